@@ -1,0 +1,28 @@
+# pg2redis — PGXS build.  `make && make install`, then `make installcheck`
+# (pg_regress on a temporary instance it creates itself; see test/pg2redis.conf).
+
+EXTENSION    = pg2redis
+EXTVERSION   = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" pg2redis.control)
+MODULE_big   = pg2redis
+OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
+DATA         = pg2redis--$(EXTVERSION).sql
+
+HIREDIS_JANSSON = hiredis jansson
+PG_CPPFLAGS  = -I$(srcdir)/include $(shell pkg-config --cflags $(HIREDIS_JANSSON))
+PG_CFLAGS    = -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+SHLIB_LINK   = $(shell pkg-config --libs $(HIREDIS_JANSSON))
+
+REGRESS      = $(sort $(notdir $(basename $(wildcard sql/*.sql))))
+REGRESS_OPTS = --temp-config=$(srcdir)/test/pg2redis.conf \
+               --temp-instance=$(CURDIR)/tmp_check \
+               --inputdir=$(srcdir) --load-extension=plpgsql
+TAP_TESTS    = 1
+
+EXTRA_CLEAN  = tmp_check results regression.diffs regression.out log
+
+PG_CONFIG   ?= pg_config
+PGXS        := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# Compiled objects depend on every project header.
+$(OBJS): $(wildcard include/pg2redis/*.h)

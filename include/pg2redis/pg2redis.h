@@ -1,0 +1,59 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg2redis.h
+ *	  Settings and small shared definitions of pg2redis.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG2REDIS_PG2REDIS_H
+#define PG2REDIS_PG2REDIS_H
+
+#include "postgres.h"
+
+/* pg2redis.numeric_mode */
+typedef enum Pg2rNumericMode
+{
+	PG2R_NUMERIC_NUMBER,
+	PG2R_NUMERIC_STRING
+} Pg2rNumericMode;
+
+extern int	pg2r_numeric_mode;
+
+/* Name of the catalog schema and of the rules table. */
+#define PG2R_SCHEMA		"pg2redis"
+#define PG2R_RULES		"rules"
+
+/*
+ * Operations a rule can be written for.  The order is that of the values
+ * stored in pg2redis.rules.op; see pg2r_op_name().
+ */
+typedef enum Pg2rOp
+{
+	PG2R_OP_INSERT,
+	PG2R_OP_UPDATE,
+	PG2R_OP_DELETE,
+	PG2R_OP_TRUNCATE,
+	PG2R_OP_SNAPSHOT
+} Pg2rOp;
+
+#define PG2R_NUM_OPS	5
+
+extern const char *pg2r_op_name(Pg2rOp op);
+extern bool pg2r_op_parse(const char *name, Pg2rOp *op);
+
+/*
+ * A soft error: what a compile or render step reports instead of raising,
+ * so that the caller decides whether it becomes an ERROR (rule validation,
+ * preview) or a dead letter (the stream).
+ */
+typedef struct Pg2rError
+{
+	int			sqlerrcode;
+	char	   *message;
+	char	   *hint;			/* NULL if none */
+} Pg2rError;
+
+extern bool pg2r_fail(Pg2rError *err, int sqlerrcode, const char *hint,
+					  const char *fmt,...) pg_attribute_printf(4, 5);
+
+#endif							/* PG2REDIS_PG2REDIS_H */

@@ -1,0 +1,48 @@
+/*-------------------------------------------------------------------------
+ *
+ * render.h
+ *	  Column values to text and to JSON, with per-column cached lookups.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG2REDIS_RENDER_H
+#define PG2REDIS_RENDER_H
+
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+
+/* How a type's values are written in JSON. */
+typedef enum ValKind
+{
+	VK_STRING,					/* JSON string of the output function's text */
+	VK_BOOL,					/* true/false */
+	VK_INTEGER,					/* JSON number, always */
+	VK_FLOAT,					/* numeric/float: number or string by mode */
+	VK_JSON,					/* json/jsonb: embedded */
+	VK_ARRAY					/* JSON array of the elements */
+} ValKind;
+
+/* Everything needed to render values of one type; built once per column. */
+typedef struct ColType
+{
+	Oid			typid;
+	ValKind		kind;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	FmgrInfo	outfunc;
+	struct ColType *elem;		/* VK_ARRAY: the element type */
+} ColType;
+
+extern void render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt);
+extern void render_text(const ColType *ct, Datum value, StringInfo out);
+extern void render_json(const ColType *ct, Datum value, bool isnull,
+						StringInfo out);
+extern void render_json_string(StringInfo out, const char *s, int len);
+extern bool render_is_json_number(const char *s);
+extern int	render_push_settings(void);
+extern void render_pop_settings(int level);
+extern bool render_is_number(const char *s, int len);
+extern bool render_parse_int64(const char *s, int len, int64 *out);
+
+#endif							/* PG2REDIS_RENDER_H */

@@ -1,0 +1,116 @@
+/* pg2redis--1.0.sql — objects of pg2redis 1.0 */
+
+\echo Use "CREATE EXTENSION pg2redis" to load this file. \quit
+
+/*
+ * The catalog lives in schema pg2redis; the SQL functions live in the schema
+ * the extension is created in (public by default), so that users call them
+ * unqualified as SPEC shows.
+ */
+CREATE SCHEMA pg2redis;
+REVOKE ALL ON SCHEMA pg2redis FROM PUBLIC;
+
+/*
+ * One row per command template.  user_catalog_table makes the table readable
+ * under the historic snapshots of logical decoding: the output plugin reads
+ * the rules as of each decoded transaction, so rule changes take effect in
+ * stream order.  The rule trigger below validates every row written.
+ */
+CREATE TABLE pg2redis.rules (
+    id        bigserial PRIMARY KEY,
+    relation  regclass NOT NULL,
+    op        text NOT NULL,
+    command   text[] NOT NULL,
+    condition jsonb,
+    position  integer NOT NULL DEFAULT 0,
+    enabled   boolean NOT NULL DEFAULT true
+) WITH (user_catalog_table = true);
+
+/* Keep rules inline so that reading them during decoding never detoasts. */
+ALTER TABLE pg2redis.rules ALTER COLUMN command SET STORAGE MAIN;
+ALTER TABLE pg2redis.rules ALTER COLUMN condition SET STORAGE MAIN;
+
+CREATE INDEX rules_relation_idx ON pg2redis.rules (relation, op, position, id);
+
+COMMENT ON TABLE pg2redis.rules IS 'pg2redis mapping rules: one Redis command template per row';
+
+/* Commands Redis rejected, with where they came from. */
+CREATE TABLE pg2redis.dead_letters (
+    id         bigserial PRIMARY KEY,
+    lsn        pg_lsn,
+    xid        xid8,
+    relation   regclass,
+    op         text,
+    command    text[],
+    error      text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE pg2redis.dead_letters IS 'pg2redis commands that could not be rendered or that Redis rejected';
+
+SELECT pg_catalog.pg_extension_config_dump('pg2redis.rules', '');
+SELECT pg_catalog.pg_extension_config_dump('pg2redis.rules_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('pg2redis.dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('pg2redis.dead_letters_id_seq', '');
+
+/* Rule validation (C): refuses a bad rule with an error naming it. */
+CREATE FUNCTION pg2redis.validate_rule()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'pg2redis_validate_rule';
+
+CREATE TRIGGER validate
+    BEFORE INSERT OR UPDATE ON pg2redis.rules
+    FOR EACH ROW EXECUTE FUNCTION pg2redis.validate_rule();
+
+/* Rule cache invalidation (C): every backend and the decoder reload rules. */
+CREATE FUNCTION pg2redis.rules_changed()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'pg2redis_rules_changed';
+
+CREATE TRIGGER invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON pg2redis.rules
+    FOR EACH STATEMENT EXECUTE FUNCTION pg2redis.rules_changed();
+
+CREATE FUNCTION pg2redis_add_rule(relation regclass, op text, command text[],
+                                  condition jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'pg2redis_add_rule_array';
+
+COMMENT ON FUNCTION pg2redis_add_rule(regclass, text, text[], jsonb)
+    IS 'add a validated pg2redis rule; returns its id';
+
+CREATE FUNCTION pg2redis_add_rule(relation regclass, op text, command text,
+                                  condition jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'pg2redis_add_rule_text';
+
+COMMENT ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb)
+    IS 'add a validated pg2redis rule written as in redis-cli; returns its id';
+
+CREATE FUNCTION pg2redis_split_command(command text)
+RETURNS text[]
+LANGUAGE C STRICT IMMUTABLE
+AS 'MODULE_PATHNAME', 'pg2redis_split_command';
+
+COMMENT ON FUNCTION pg2redis_split_command(text)
+    IS 'split a command written as in redis-cli into its arguments';
+
+CREATE FUNCTION pg2redis_preview(relation regclass, op text, new_row jsonb,
+                                 old_row jsonb DEFAULT NULL)
+RETURNS SETOF text[]
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'pg2redis_preview';
+
+COMMENT ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb)
+    IS 'the Redis commands the current rules would send for a change; touches no Redis';
+
+REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text[], jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_split_command(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis.validate_rule() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis.rules_changed() FROM PUBLIC;

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# scripts/test.sh: the one test command of pg2redis.
+#
+# Installs the Debian/Ubuntu packages that are missing, builds and installs the
+# extension, then runs `make installcheck` twice: once for pg_regress (sql/ +
+# expected/, on a temporary instance) and once for the TAP tests (t/*.pl), so
+# that a regress failure does not hide the TAP results.  PostgreSQL refuses to
+# run as root, so as root the tests run as the postgres user in a temporary
+# copy of the tree.  The last line printed is "N passed, M failed" (pg_regress
+# tests plus TAP test files); the exit status is 0 only if all passed.
+#
+# Environment:
+#   COPT                          extra compiler flags, read by PGXS (CI: -Werror)
+#   PG_CONFIG                     pg_config to build against (default: detected)
+#   PG2REDIS_TEST_SKIP_INSTALL=1  skip the package step
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PACKAGES=(libhiredis-dev libjansson-dev redis-server libipc-run-perl pkg-config make gcc)
+WORK=""                 # temporary directory: logs, and as root the tree copy
+PASSED=0 FAILED=0
+
+die() { echo "test.sh: $*" >&2; exit 1; }
+
+# as_root runs its arguments with root rights: directly, via sudo, or dies.
+as_root() {
+	if [[ $EUID -eq 0 ]]; then "$@"
+	elif command -v sudo >/dev/null; then sudo "$@"
+	else die "'$*' needs root: run this script as root or install sudo"; fi
+}
+
+# cleanup removes the temporary directory; it stops nothing, as nothing here
+# outlives its make run (pg_regress and the TAP tests stop their own servers).
+cleanup() { if [[ -n $WORK ]]; then rm -rf "$WORK"; fi; }
+trap cleanup EXIT
+
+installed() { dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'; }
+
+# have_pg is true when some PostgreSQL major has both its server and its
+# server-dev files (pg_config under /usr/lib/postgresql/N/bin comes from -dev).
+have_pg() {
+	local d
+	for d in /usr/lib/postgresql/*/bin; do [[ -x $d/postgres && -x $d/pg_config ]] && return 0; done
+	return 1
+}
+
+# install_packages installs what is missing, and calls apt-get only then.
+install_packages() {
+	local missing=() p
+	for p in "${PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+	if [[ ${#missing[@]} -eq 0 ]] && have_pg; then echo "== packages: all present"; return; fi
+	command -v apt-get >/dev/null || die "packages are missing and there is no apt-get"
+	as_root apt-get update -qq
+	if ! have_pg; then
+		if apt-cache show postgresql-15 >/dev/null 2>&1; then
+			missing+=(postgresql-15 postgresql-server-dev-15)
+		else            # e.g. Ubuntu: the distribution's own major
+			missing+=(postgresql postgresql-server-dev-all)
+		fi
+	fi
+	echo "== installing: ${missing[*]}"
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		-o Dpkg::Use-Pty=0 --no-install-recommends "${missing[@]}"
+}
+
+# find_pg_config prints the pg_config to use: $PG_CONFIG, else PostgreSQL 15's,
+# else the newest installed major's, else the one on PATH.
+find_pg_config() {
+	local c
+	if [[ -n ${PG_CONFIG:-} ]]; then command -v "$PG_CONFIG" || die "PG_CONFIG=$PG_CONFIG not found"; return; fi
+	for c in /usr/lib/postgresql/15/bin/pg_config \
+		"$(printf '%s\n' /usr/lib/postgresql/*/bin/pg_config | sort -V | tail -n 1)" pg_config; do
+		if [[ -n $c ]] && command -v "$c"; then return; fi
+	done
+	die "no pg_config found: install postgresql-server-dev-15"
+}
+
+# build cleans, compiles (COPT passes through the environment) and installs;
+# `make install` goes through as_root unless the target directories are ours.
+build() {
+	local sudo=as_root
+	if [[ -w $("$PG_CONFIG" --pkglibdir) && -w $("$PG_CONFIG" --sharedir)/extension ]]; then sudo=; fi
+	cd "$ROOT" && make -s clean PG_CONFIG="$PG_CONFIG" && make PG_CONFIG="$PG_CONFIG" &&
+		$sudo make install PG_CONFIG="$PG_CONFIG"
+}
+
+# run_check LOG [VAR=value...] runs `make installcheck` in $TESTDIR as the
+# test user, output shown and kept in LOG; returns make's status.
+run_check() {
+	local log=$1; shift
+	(cd "$TESTDIR" && "${AS_TESTER[@]}" make installcheck PG_CONFIG="$PG_CONFIG" "$@") 2>&1 | tee "$log"
+}
+
+# show_logs FILE... prints the tail of each FILE that exists.
+show_logs() {
+	local f
+	for f in "$@"; do
+		if [[ -f $f ]]; then echo "==== tail of ${f#"$TESTDIR"/}"; tail -n 60 "$f"; fi
+	done
+}
+
+# tally P F RC adds one run's counts; a failed run counts at least one failure.
+tally() {
+	local f=$2
+	if [[ $3 -ne 0 && $f -eq 0 ]]; then f=1; fi
+	PASSED=$((PASSED + $1)) FAILED=$((FAILED + f))
+}
+
+# count_regress LOG RC reads pg_regress' closing line ("All N tests passed."
+# or "M of N tests failed."); with none, pg_regress ran no test: all failed.
+count_regress() {
+	local line k n
+	line=$(grep -Eo '(All [0-9]+ tests passed|[0-9]+ of [0-9]+ tests (passed|failed))' "$1" | tail -n 1 || true)
+	case $line in
+	All*)     read -r _ n _ <<<"$line"; tally "$n" 0 "$2" ;;
+	*passed)  read -r k _ n _ <<<"$line"; tally "$k" $((n - k)) "$2" ;;
+	*failed)  read -r k _ n _ <<<"$line"; tally $((n - k)) "$k" "$2" ;;
+	*)        tally 0 "$N_SQL" "$2" ;;
+	esac
+}
+
+# count_tap LOG RC reads prove's "Files=N" and sets TAP_BAD to the files its
+# "Test Summary Report" gives as failed; with no "Files=", all files failed.
+count_tap() {
+	local n
+	n=$(sed -nE 's/^Files=([0-9]+),.*/\1/p' "$1" | tail -n 1)
+	TAP_BAD=$(awk '/^Test Summary Report/ { r = 1 }
+		r && /^t\/.*\.pl / { f = $1; if ($0 ~ /Wstat: [1-9]|Failed: [1-9]/) print f }
+		r && /Parse errors/ { print f }' "$1" | sort -u)
+	if [[ -z $n ]]; then n=$N_TAP TAP_BAD=$(cd "$ROOT" && echo t/*.pl); fi
+	tally $((n - $(wc -w <<<"$TAP_BAD"))) "$(wc -w <<<"$TAP_BAD")" "$2"
+}
+
+cd "$ROOT"
+N_SQL=$(find sql -maxdepth 1 -name '*.sql' 2>/dev/null | wc -l)
+N_TAP=$(find t -maxdepth 1 -name '*.pl' 2>/dev/null | wc -l)
+if [[ ${PG2REDIS_TEST_SKIP_INSTALL:-} != 1 ]]; then install_packages; fi
+PG_CONFIG=$(find_pg_config)
+echo "== building with $PG_CONFIG ($("$PG_CONFIG" --version))"
+if ! build; then echo "== build failed"; echo "0 passed, $((N_SQL + N_TAP)) failed"; exit 1; fi
+
+WORK=$(mktemp -d /tmp/pg2redis-test.XXXXXX)
+if [[ $EUID -eq 0 ]]; then
+	# PostgreSQL will not run as root: test a copy owned by an ordinary user.
+	TESTER=postgres
+	if ! id -u "$TESTER" >/dev/null 2>&1; then
+		TESTER=pg2redis-test
+		id -u "$TESTER" >/dev/null 2>&1 || useradd --system --no-create-home \
+			--home-dir /nonexistent --shell /usr/sbin/nologin "$TESTER"
+	fi
+	TESTDIR=$WORK/tree; mkdir "$TESTDIR"; chmod 711 "$WORK"
+	tar -C "$ROOT" --exclude=./.git --exclude=./tmp_check --exclude=./results --exclude=./log \
+		--exclude='*.o' --exclude='*.so' --exclude='*.bc' --exclude=node_modules \
+		--exclude=./regression.diffs --exclude=./regression.out -cf - . | tar -C "$TESTDIR" -xf -
+	chown -R "$TESTER": "$TESTDIR"
+	AS_TESTER=(runuser -u "$TESTER" --)
+else
+	TESTDIR=$ROOT AS_TESTER=()
+fi
+
+# pg_regress and TAP run separately, so that a regress failure neither stops
+# the TAP tests nor has its logs wiped by them (prove empties tmp_check/).
+rc_regress=0 rc_tap=0
+if [[ $N_SQL -gt 0 ]]; then
+	run_check "$WORK/regress.log" TAP_TESTS= || rc_regress=$?
+	if [[ $rc_regress -ne 0 ]]; then
+		if [[ -f $TESTDIR/regression.diffs ]]; then
+			echo "==== regression.diffs"; head -n 400 "$TESTDIR/regression.diffs"
+		fi
+		show_logs "$TESTDIR"/log/*
+	fi
+	count_regress "$WORK/regress.log" "$rc_regress"
+fi
+if [[ $N_TAP -gt 0 ]]; then
+	run_check "$WORK/tap.log" REGRESS= || rc_tap=$?
+	count_tap "$WORK/tap.log" "$rc_tap"
+	for t in $TAP_BAD; do show_logs "$TESTDIR"/tmp_check/log/*"$(basename "$t" .pl)"*; done
+	if [[ $rc_tap -ne 0 && -z $TAP_BAD ]]; then show_logs "$TESTDIR"/tmp_check/log/*; fi
+fi
+
+echo "$PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 && $rc_regress -eq 0 && $rc_tap -eq 0 ]]

@@ -1,0 +1,805 @@
+/*-------------------------------------------------------------------------
+ *
+ * mapping.c
+ *	  The mapping engine: one row change in, Redis commands out.
+ *
+ * Callers (the output plugin, pg2redis_preview, snapshots) hand a relation,
+ * an op and the old and new tuples to mapping_change(); it runs the rules
+ * that apply and hands each expanded command, or each render error, to a
+ * CommandSink.  Nothing here depends on the worker or on Redis.
+ *
+ * Per relation, a RelMap caches what does not change from row to row: the
+ * relation whose rules apply (for a partition, its nearest ancestor with
+ * rules), the attribute map from that relation's columns to the partition's,
+ * the output-function lookups of every column, the key columns for {%pk%}
+ * and the replica identity.  It is rebuilt when a relcache invalidation
+ * names the relation or when the rule cache is rebuilt.
+ *
+ * Per row, columns are deformed once and each column's text form is
+ * rendered at most once, however many rules use it.  Values PostgreSQL did
+ * not send are never rendered: an unchanged TOASTed column (an on-disk
+ * pointer) and the non-identity columns of an old row.  Such a value is left
+ * out of {pairs}/{json}, is '' for {old:col}, is taken from the old row when
+ * the old row has it (REPLICA IDENTITY FULL), and is a render error where a
+ * single value is required ({col}, {diff:col}, {%pk%}).
+ *
+ * An update that changes the primary key runs the delete rules on the old
+ * row, then the insert rules on the new row, so no stale key is left behind.
+ *
+ * Memory: everything per change is allocated in the caller's current
+ * context, which the caller resets after each change.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/attmap.h"
+#include "access/htup_details.h"
+#include "catalog/partition.h"
+#include "catalog/pg_type.h"
+#include "common/int.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+
+#include "pg2redis/commands.h"
+#include "pg2redis/compat.h"
+#include "pg2redis/mapping.h"
+
+static HTAB *RelMaps = NULL;
+static MemoryContext MapsCxt = NULL;
+
+/*
+ * relmap_invalidate is the relcache callback: entries for the relation, or
+ * whose rules come from it, are rebuilt on next use.
+ */
+static void
+relmap_invalidate(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS seq;
+	RelMap	   *entry;
+
+	if (RelMaps == NULL)
+		return;
+	hash_seq_init(&seq, RelMaps);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		if (relid == InvalidOid || entry->relid == relid ||
+			entry->rulerelid == relid)
+			entry->valid = false;
+}
+
+/*
+ * rule_relation returns the relation whose rules apply to changes of rel:
+ * rel itself if it has rules, else its nearest partition ancestor that
+ * has; InvalidOid if none.
+ */
+static Oid
+rule_relation(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	ListCell   *lc;
+
+	if (rules_exist_for(relid))
+		return relid;
+	if (!rel->rd_rel->relispartition)
+		return InvalidOid;
+	foreach(lc, get_partition_ancestors(relid))
+		if (rules_exist_for(lfirst_oid(lc)))
+			return lfirst_oid(lc);
+	return InvalidOid;
+}
+
+/* relmap_build (re)fills entry for rel, for rule cache generation gen. */
+static void
+relmap_build(RelMap *entry, Relation rel, uint64 gen)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Oid			rulerelid;
+	Relation	rulerel;
+	Oid			keyidx;
+	Bitmapset  *leafident;
+	MemoryContext old;
+
+	if (entry->cxt)
+		MemoryContextDelete(entry->cxt);
+	entry->cxt = AllocSetContextCreate(MapsCxt, "pg2redis relation map",
+									   ALLOCSET_SMALL_SIZES);
+	/* Valid from now: an invalidation during the build marks it again. */
+	entry->valid = true;
+	entry->generation = gen;
+	entry->rulerelid = InvalidOid;
+	entry->attmap = NULL;
+	entry->npk = 0;
+	entry->pk = NULL;
+	entry->identity = NULL;
+	entry->natts = 0;
+	entry->cols = NULL;
+
+	rulerelid = rule_relation(rel);
+	if (!OidIsValid(rulerelid))
+		return;
+	rulerel = rulerelid == RelationGetRelid(rel) ? rel :
+		RelationIdGetRelation(rulerelid);
+	if (!RelationIsValid(rulerel))
+		return;
+
+	old = MemoryContextSwitchTo(entry->cxt);
+
+	entry->natts = desc->natts;
+	entry->cols = palloc0(sizeof(ColType) * Max(desc->natts, 1));
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped)
+			render_coltype_init(&entry->cols[i], att->atttypid, entry->cxt);
+	}
+
+	if (rulerel != rel)
+	{
+		AttrMap    *map = pg2r_build_attrmap_by_name(desc,
+													 RelationGetDescr(rulerel));
+
+		entry->attmap = map->attnums;
+	}
+	entry->schema = get_namespace_name(RelationGetNamespace(rulerel));
+	entry->table = pstrdup(RelationGetRelationName(rulerel));
+
+	keyidx = RelationGetPrimaryKeyIndex(rulerel);
+	if (!OidIsValid(keyidx))
+		keyidx = RelationGetReplicaIndex(rulerel);
+	if (OidIsValid(keyidx))
+	{
+		Relation	idx = RelationIdGetRelation(keyidx);
+
+		if (RelationIsValid(idx))
+		{
+			entry->npk = idx->rd_index->indnkeyatts;
+			entry->pk = palloc(sizeof(AttrNumber) * entry->npk);
+			for (int k = 0; k < entry->npk; k++)
+				entry->pk[k] = idx->rd_index->indkey.values[k];
+			RelationClose(idx);
+		}
+	}
+
+	/* Old tuples come from the partition: its replica identity counts. */
+	leafident = pg2r_identity_columns(rel, &entry->identity_full);
+	for (int a = 1; a <= RelationGetDescr(rulerel)->natts; a++)
+	{
+		AttrNumber	leaf = entry->attmap ? entry->attmap[a - 1] : a;
+
+		if (leaf > 0 && bms_is_member(leaf, leafident))
+			entry->identity = bms_add_member(entry->identity, a);
+	}
+
+	MemoryContextSwitchTo(old);
+	if (rulerel != rel)
+		RelationClose(rulerel);
+	entry->rulerelid = rulerelid;
+}
+
+/*
+ * mapping_get returns the current RelMap of a relation changes arrive for,
+ * building it if needed.  The result stays valid until the next call.
+ */
+RelMap *
+mapping_get(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	uint64		gen = rules_generation();
+	RelMap	   *entry;
+	bool		found;
+
+	if (RelMaps == NULL)
+	{
+		HASHCTL		ctl;
+
+		MapsCxt = AllocSetContextCreate(TopMemoryContext,
+										"pg2redis relation maps",
+										ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(RelMap);
+		ctl.hcxt = MapsCxt;
+		RelMaps = hash_create("pg2redis relation maps", 64, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(relmap_invalidate, (Datum) 0);
+	}
+
+	entry = hash_search(RelMaps, &relid, HASH_ENTER, &found);
+	if (!found)
+	{
+		entry->cxt = NULL;
+		entry->valid = false;
+		entry->rulerelid = InvalidOid;
+	}
+	if (!entry->valid || entry->generation != gen)
+		relmap_build(entry, rel, gen);
+	return entry;
+}
+
+/* mapping_has_rules tells whether any rule applies to the relation. */
+bool
+mapping_has_rules(RelMap *map)
+{
+	return OidIsValid(map->rulerelid);
+}
+
+/* row_init deforms tup (may be NULL) into *row. */
+static void
+row_init(RowState *row, TupleDesc desc, HeapTuple tup, bool keyonly)
+{
+	memset(row, 0, sizeof(*row));
+	row->present = tup != NULL;
+	row->keyonly = keyonly;
+	if (tup == NULL)
+		return;
+	row->values = palloc(sizeof(Datum) * Max(desc->natts, 1));
+	row->isnull = palloc(sizeof(bool) * Max(desc->natts, 1));
+	row->text = palloc0(sizeof(char *) * Max(desc->natts, 1));
+	row->textlen = palloc0(sizeof(int) * Max(desc->natts, 1));
+	heap_deform_tuple(tup, desc, row->values, row->isnull);
+}
+
+/* is_unchanged_toast tells whether a value is an on-disk TOAST pointer. */
+static inline bool
+is_unchanged_toast(const ColType *ct, Datum value)
+{
+	return ct->typlen == -1 &&
+		VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(value));
+}
+
+/*
+ * resolve finds where the value of rule column rulecol lives for this
+ * change (old or current row), following the rules in the header comment.
+ * On COL_VALUE, *rowp and *idx locate a renderable, non-null value.
+ */
+static ColResult
+resolve(ExpandState *st, AttrNumber rulecol, bool old, RowState **rowp,
+		int *idx)
+{
+	RelMap	   *map = st->map;
+	AttrNumber	leafcol = map->attmap ? map->attmap[rulecol - 1] : rulecol;
+	RowState   *row = old ? st->old : st->cur;
+	int			i;
+
+	if (leafcol <= 0 || leafcol > map->natts)
+	{
+		pg2r_fail(&st->err, ERRCODE_UNDEFINED_COLUMN, NULL,
+				  "column %d of relation \"%s\" does not exist in the changed relation",
+				  rulecol, map->table);
+		return COL_ERROR;
+	}
+	if (old && row == NULL)
+	{
+		/* An update without old row did not change the identity key. */
+		if (st->old_from_cur && bms_is_member(rulecol, map->identity))
+			row = st->cur;
+		else
+			return COL_UNAVAILABLE;
+	}
+	if (row == NULL || !row->present ||
+		(row->keyonly && !bms_is_member(rulecol, map->identity)))
+		return COL_UNAVAILABLE;
+
+	i = leafcol - 1;
+	if (row->isnull[i])
+		return COL_NULL;
+	if (is_unchanged_toast(&map->cols[i], row->values[i]))
+	{
+		RowState   *alt = (row == st->cur) ? st->old : NULL;
+
+		if (alt == NULL || !alt->present || alt->keyonly || alt->isnull[i] ||
+			is_unchanged_toast(&map->cols[i], alt->values[i]))
+			return COL_UNCHANGED_TOAST;
+		row = alt;
+	}
+	*rowp = row;
+	*idx = i;
+	return COL_VALUE;
+}
+
+/*
+ * mapping_column_text sets *text and *len to the text form of rule column
+ * rulecol in the current (or, with old, the old) row, rendering it at most
+ * once per row.  Returns what was found; COL_ERROR sets st->err.
+ */
+ColResult
+mapping_column_text(ExpandState *st, AttrNumber rulecol, bool old,
+					const char **text, int *len)
+{
+	RowState   *row;
+	int			i;
+	ColResult	res = resolve(st, rulecol, old, &row, &i);
+
+	if (res != COL_VALUE)
+		return res;
+	if (row->text[i] == NULL)
+	{
+		resetStringInfo(&st->scratch);
+		render_text(&st->map->cols[i], row->values[i], &st->scratch);
+		row->text[i] = pnstrdup(st->scratch.data, st->scratch.len);
+		row->textlen[i] = st->scratch.len;
+	}
+	*text = row->text[i];
+	*len = row->textlen[i];
+	return COL_VALUE;
+}
+
+/* column_name returns the name of rule column attnum for messages. */
+static const char *
+column_name(const TplPart *part, AttrNumber attnum)
+{
+	for (int c = 0; c < part->ncols; c++)
+		if (part->cols[c] == attnum)
+			return part->colnames[c];
+	return "?";
+}
+
+/*
+ * required_text reads a column whose value a single placeholder needs;
+ * NULL renders as nullval.  Returns false with st->err set if PostgreSQL
+ * did not send the value.
+ */
+static bool
+required_text(ExpandState *st, const TplPart *part, AttrNumber col, bool old,
+			  const char *nullval, const char **text, int *len)
+{
+	ColResult	res = mapping_column_text(st, col, old, text, len);
+
+	switch (res)
+	{
+		case COL_VALUE:
+			return true;
+		case COL_NULL:
+			*text = nullval;
+			*len = strlen(nullval);
+			return true;
+		case COL_UNCHANGED_TOAST:
+			return pg2r_fail(&st->err, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+							 "Set REPLICA IDENTITY FULL on the table, or use the column only in {pairs:…} and {json:…}, which leave unsent values out.",
+							 "column \"%s\" is an unchanged TOASTed value that PostgreSQL did not send",
+							 column_name(part, col));
+		case COL_UNAVAILABLE:
+			return pg2r_fail(&st->err, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+							 "Set REPLICA IDENTITY FULL on the table so that PostgreSQL logs every old value.",
+							 "the old value of column \"%s\" was not sent by PostgreSQL",
+							 column_name(part, col));
+		default:
+			return false;
+	}
+}
+
+/*
+ * append_diff appends {diff:col}: the new value minus the old, where a
+ * missing row or NULL counts as 0.  Integers subtract exactly in int64,
+ * anything else as numeric.
+ */
+static bool
+append_diff(ExpandState *st, const TplPart *part, StringInfo out)
+{
+	AttrNumber	col = part->cols[0];
+	const char *newt = "0",
+			   *oldt = "0";
+	int			newlen = 1,
+				oldlen = 1;
+	int64		a,
+				b,
+				r;
+
+	if (st->op != PG2R_OP_DELETE &&
+		!required_text(st, part, col, false, "0", &newt, &newlen))
+		return false;
+	if ((st->old != NULL || st->old_from_cur) &&
+		!required_text(st, part, col, true, "0", &oldt, &oldlen))
+		return false;
+
+	if (render_parse_int64(newt, newlen, &a) &&
+		render_parse_int64(oldt, oldlen, &b) &&
+		!pg_sub_s64_overflow(a, b, &r))
+	{
+		appendStringInfo(out, INT64_FORMAT, r);
+		return true;
+	}
+	if (!render_is_number(newt, newlen) || !render_is_number(oldt, oldlen))
+		return pg2r_fail(&st->err, ERRCODE_INVALID_TEXT_REPRESENTATION,
+						 "Use {diff:…} on numeric columns only.",
+						 "{diff:%s} needs numbers, got \"%.*s\" and \"%.*s\"",
+						 part->colnames[0], newlen, newt, oldlen, oldt);
+	{
+		Datum		n = DirectFunctionCall3(numeric_in,
+											CStringGetDatum(pnstrdup(newt, newlen)),
+											ObjectIdGetDatum(InvalidOid),
+											Int32GetDatum(-1));
+		Datum		o = DirectFunctionCall3(numeric_in,
+											CStringGetDatum(pnstrdup(oldt, oldlen)),
+											ObjectIdGetDatum(InvalidOid),
+											Int32GetDatum(-1));
+
+		appendStringInfoString(out,
+							   DatumGetCString(DirectFunctionCall1(numeric_out,
+																   DirectFunctionCall2(numeric_sub, n, o))));
+	}
+	return true;
+}
+
+/* append_json appends {json:…}: an object of the columns that were sent. */
+static bool
+append_json(ExpandState *st, const TplPart *part, StringInfo out)
+{
+	bool		first = true;
+
+	appendStringInfoChar(out, '{');
+	for (int c = 0; c < part->ncols; c++)
+	{
+		RowState   *row = NULL;
+		int			i = 0;
+		ColResult	res = resolve(st, part->cols[c], false, &row, &i);
+
+		if (res == COL_ERROR)
+			return false;
+		if (res == COL_UNAVAILABLE || res == COL_UNCHANGED_TOAST)
+			continue;
+		if (!first)
+			appendStringInfoChar(out, ',');
+		first = false;
+		escape_json(out, part->colnames[c]);
+		appendStringInfoChar(out, ':');
+		if (res == COL_NULL)
+			appendStringInfoString(out, "null");
+		else
+			render_json(&st->map->cols[i], row->values[i], false, out);
+	}
+	appendStringInfoChar(out, '}');
+	return true;
+}
+
+/* append_pk appends {%pk%}: the key columns' values joined with ':'. */
+static bool
+append_pk(ExpandState *st, const TplPart *part, StringInfo out)
+{
+	RelMap	   *map = st->map;
+
+	if (map->npk == 0)
+		return pg2r_fail(&st->err, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+						 "Add a primary key to the table.",
+						 "{%%pk%%} needs a primary key, and table \"%s\" has none",
+						 map->table);
+	for (int k = 0; k < map->npk; k++)
+	{
+		const char *text;
+		int			len;
+		ColResult	res = mapping_column_text(st, map->pk[k], false, &text, &len);
+
+		if (res == COL_ERROR)
+			return false;
+		if (res == COL_UNAVAILABLE || res == COL_UNCHANGED_TOAST)
+			return pg2r_fail(&st->err, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+							 "Set REPLICA IDENTITY FULL on the table, or keep the primary key as replica identity.",
+							 "a primary-key value of table \"%s\" was not sent by PostgreSQL",
+							 map->table);
+		if (k > 0)
+			appendStringInfoChar(out, ':');
+		if (res == COL_VALUE)
+			appendBinaryStringInfo(out, text, len);
+	}
+	return true;
+}
+
+/*
+ * mapping_expand_arg appends the expansion of a one-argument template
+ * element to out.  Returns false with st->err set on a render error.
+ */
+bool
+mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
+{
+	for (int p = 0; p < arg->nparts; p++)
+	{
+		const TplPart *part = &arg->parts[p];
+		const char *text;
+		int			len;
+
+		switch (part->kind)
+		{
+			case TPL_LITERAL:
+				appendBinaryStringInfo(out, part->text, part->len);
+				break;
+			case TPL_COL:
+				if (!required_text(st, part, part->cols[0], false, "", &text, &len))
+					return false;
+				appendBinaryStringInfo(out, text, len);
+				break;
+			case TPL_OLD:
+				{
+					ColResult	res = mapping_column_text(st, part->cols[0], true,
+														  &text, &len);
+
+					if (res == COL_ERROR)
+						return false;
+					if (res == COL_VALUE)
+						appendBinaryStringInfo(out, text, len);
+					break;
+				}
+			case TPL_DIFF:
+				if (!append_diff(st, part, out))
+					return false;
+				break;
+			case TPL_JSON:
+				if (!append_json(st, part, out))
+					return false;
+				break;
+			case TPL_PAIRS:
+				elog(ERROR, "{pairs:…} expanded as a single argument");
+				break;
+			case TPL_SCHEMA:
+				appendStringInfoString(out, st->map->schema);
+				break;
+			case TPL_TABLE:
+				appendStringInfoString(out, st->map->table);
+				break;
+			case TPL_OP:
+				appendStringInfoString(out, pg2r_op_name(st->op));
+				break;
+			case TPL_PK:
+				if (!append_pk(st, part, out))
+					return false;
+				break;
+			case TPL_XID:
+				appendStringInfo(out, "%u", st->meta->xid);
+				break;
+			case TPL_LSN:
+				appendStringInfo(out, "%X/%X", LSN_FORMAT_ARGS(st->meta->lsn));
+				break;
+			case TPL_COMMIT_TIME:
+				{
+					char		buf[MAXDATELEN + 1];
+					int			utc = 0;
+
+					JsonEncodeDateTime(buf,
+									   TimestampTzGetDatum(st->meta->commit_time),
+									   TIMESTAMPTZOID, &utc);
+					appendStringInfoString(out, buf);
+					break;
+				}
+		}
+	}
+	return true;
+}
+
+/* Growable argument vector of one command being expanded. */
+typedef struct ArgVec
+{
+	StringInfoData data;
+	int			argc;
+	int			cap;
+	int		   *off;
+	size_t	   *len;
+} ArgVec;
+
+static void
+argvec_push(ArgVec *v, int start)
+{
+	if (v->argc == v->cap)
+	{
+		v->cap = v->cap ? v->cap * 2 : 16;
+		v->off = v->off ? repalloc(v->off, sizeof(int) * v->cap) :
+			palloc(sizeof(int) * v->cap);
+		v->len = v->len ? repalloc(v->len, sizeof(size_t) * v->cap) :
+			palloc(sizeof(size_t) * v->cap);
+	}
+	v->off[v->argc] = start;
+	v->len[v->argc] = v->data.len - start;
+	v->argc++;
+}
+
+/*
+ * expand_command expands one rule's template into v.  Returns false with
+ * st->err set on a render error; sets *elided when {pairs} left out values
+ * PostgreSQL did not send.
+ */
+static bool
+expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
+{
+	resetStringInfo(&v->data);
+	v->argc = 0;
+	*elided = false;
+	for (int a = 0; a < rule->tpl->nargs; a++)
+	{
+		const TplArg *arg = &rule->tpl->args[a];
+
+		if (arg->parts[0].kind == TPL_PAIRS)
+		{
+			const TplPart *part = &arg->parts[0];
+			int			start;
+
+			for (int c = 0; c < part->ncols; c++)
+			{
+				const char *text = "";
+				int			len = 0;
+				ColResult	res = mapping_column_text(st, part->cols[c], false,
+													  &text, &len);
+
+				if (res == COL_ERROR)
+					return false;
+				if (res == COL_UNAVAILABLE || res == COL_UNCHANGED_TOAST)
+				{
+					*elided = true;
+					continue;
+				}
+				start = v->data.len;
+				appendStringInfoString(&v->data, part->colnames[c]);
+				argvec_push(v, start);
+				start = v->data.len;
+				if (res == COL_VALUE)
+					appendBinaryStringInfo(&v->data, text, len);
+				argvec_push(v, start);
+			}
+			continue;
+		}
+		{
+			int			start = v->data.len;
+
+			if (!mapping_expand_arg(st, arg, &v->data))
+				return false;
+			argvec_push(v, start);
+		}
+	}
+	return true;
+}
+
+/* run_rules expands every rule of st->op that applies to the change. */
+static void
+run_rules(ExpandState *st, Pg2rOp op, const CommandSink *sink)
+{
+	List	   *rules = rules_for(st->map->rulerelid, op);
+	ListCell   *lc;
+	ArgVec		v = {0};
+	const char **argv = NULL;
+	int			argv_cap = 0;
+
+	if (op == PG2R_OP_SNAPSHOT && rules == NIL)
+		rules = rules_for(st->map->rulerelid, PG2R_OP_INSERT);
+	st->op = op;
+	initStringInfo(&v.data);
+
+	foreach(lc, rules)
+	{
+		Rule	   *rule = lfirst(lc);
+		bool		elided;
+
+		if (rule->broken)
+		{
+			sink->error(sink->arg, rule, op, rule->broken);
+			continue;
+		}
+		if (rule->cond)
+		{
+			int			r = condition_eval(rule->cond, st);
+
+			if (r < 0)
+			{
+				sink->error(sink->arg, rule, op, &st->err);
+				continue;
+			}
+			if (r == 0)
+				continue;
+		}
+		if (!expand_command(st, rule, &v, &elided))
+		{
+			sink->error(sink->arg, rule, op, &st->err);
+			continue;
+		}
+		/* Nothing left to write once unsent values were left out. */
+		if (elided && rule->def && v.argc < rule->def->min_args)
+			continue;
+
+		if (argv_cap < v.argc)
+		{
+			argv_cap = Max(v.argc, 16);
+			argv = argv ? repalloc(argv, sizeof(char *) * argv_cap) :
+				palloc(sizeof(char *) * argv_cap);
+		}
+		for (int i = 0; i < v.argc; i++)
+			argv[i] = v.data.data + v.off[i];
+		sink->command(sink->arg, rule, op, v.argc, argv, v.len);
+	}
+}
+
+/*
+ * pk_changed tells whether an update changed the rule relation's key: the
+ * text of a key column differs between old and new row.  A key whose old
+ * value was not sent counts as unchanged.
+ */
+static bool
+pk_changed(ExpandState *st)
+{
+	for (int k = 0; k < st->map->npk; k++)
+	{
+		const char *n = NULL,
+				   *o = NULL;
+		int			nlen = 0,
+					olen = 0;
+		ColResult	nres = mapping_column_text(st, st->map->pk[k], false, &n, &nlen);
+		ColResult	ores = mapping_column_text(st, st->map->pk[k], true, &o, &olen);
+
+		if (nres == COL_ERROR || ores == COL_ERROR ||
+			ores == COL_UNAVAILABLE || ores == COL_UNCHANGED_TOAST ||
+			nres == COL_UNCHANGED_TOAST)
+			continue;
+		if (nres != ores || (nres == COL_VALUE &&
+							 (nlen != olen || memcmp(n, o, nlen) != 0)))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * mapping_change expands the rules of one row change of rel (op insert,
+ * update, delete or snapshot; tuples in rel's format, either may be NULL)
+ * and hands the commands and render errors to sink in rule order.
+ */
+void
+mapping_change(RelMap *map, Relation rel, Pg2rOp op, HeapTuple oldtuple,
+			   HeapTuple newtuple, const ChangeMeta *meta,
+			   const CommandSink *sink)
+{
+	ExpandState st = {0};
+	RowState	newrow,
+				oldrow;
+	TupleDesc	desc = rel ? RelationGetDescr(rel) : NULL;
+
+	if (!mapping_has_rules(map))
+		return;
+	st.map = map;
+	st.meta = meta;
+	initStringInfo(&st.scratch);
+	row_init(&newrow, desc, newtuple, false);
+	row_init(&oldrow, desc, oldtuple, !map->identity_full);
+
+	switch (op)
+	{
+		case PG2R_OP_INSERT:
+		case PG2R_OP_SNAPSHOT:
+			st.cur = &newrow;
+			run_rules(&st, op, sink);
+			break;
+		case PG2R_OP_DELETE:
+			st.cur = &oldrow;
+			st.old = &oldrow;
+			run_rules(&st, op, sink);
+			break;
+		case PG2R_OP_UPDATE:
+			st.cur = &newrow;
+			st.old = oldrow.present ? &oldrow : NULL;
+			st.old_from_cur = !oldrow.present;
+			if (oldrow.present && pk_changed(&st))
+			{
+				st.cur = &oldrow;
+				st.old = &oldrow;
+				run_rules(&st, PG2R_OP_DELETE, sink);
+				st.cur = &newrow;
+				st.old = NULL;
+				run_rules(&st, PG2R_OP_INSERT, sink);
+			}
+			else
+				run_rules(&st, PG2R_OP_UPDATE, sink);
+			break;
+		case PG2R_OP_TRUNCATE:
+			run_rules(&st, op, sink);
+			break;
+	}
+}
+
+/*
+ * mapping_truncate expands the truncate rules of the relation map's rule
+ * relation once.
+ */
+void
+mapping_truncate(RelMap *map, const ChangeMeta *meta, const CommandSink *sink)
+{
+	mapping_change(map, NULL, PG2R_OP_TRUNCATE, NULL, NULL, meta, sink);
+}

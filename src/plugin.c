@@ -1,0 +1,228 @@
+/*-------------------------------------------------------------------------
+ *
+ * plugin.c
+ *	  The logical decoding output plugin "pg2redis".
+ *
+ * The library is its own output plugin: a slot created with plugin
+ * pg2redis decodes committed changes into the Redis commands the rules
+ * produce.  Read through SQL (pg_logical_slot_get_changes), each command is
+ * one row whose data is a JSON array of strings, one per Redis argument:
+ *
+ *		["HSET","product:1","id","1","name","Keyboard"]
+ *
+ * A change a rule cannot render gives a JSON object instead, so the two
+ * never look alike:
+ *
+ *		{"error":"column \"x\" ...","rule":12,"op":"update"}
+ *
+ * Transactions whose changes produce no command produce no row.
+ *
+ * Rules are read under the historic snapshot of the transaction being
+ * decoded (see rules.c), so the commands are those the rules in force at
+ * that point of the stream produce.  Output settings (ISO dates in UTC,
+ * ...) are fixed for the whole decoding session, from startup to shutdown.
+ *
+ * No streaming or two-phase callbacks are defined: Redis cannot roll back,
+ * so only committed transactions are decoded.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "replication/logical.h"
+#include "replication/output_plugin.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "pg2redis/compat.h"
+#include "pg2redis/mapping.h"
+
+typedef struct PluginState
+{
+	MemoryContext change_cxt;	/* reset after every change */
+	int			guc_level;		/* from render_push_settings */
+} PluginState;
+
+void		_PG_output_plugin_init(OutputPluginCallbacks *cb);
+
+/*
+ * plugin_startup checks the options (pg2redis takes none) and fixes the
+ * output settings for the session.
+ */
+static void
+plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
+			   bool is_init)
+{
+	PluginState *state;
+	ListCell   *lc;
+
+	foreach(lc, ctx->output_plugin_options)
+	{
+		DefElem    *elem = lfirst(lc);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("option \"%s\" is not recognized by output plugin pg2redis",
+						elem->defname),
+				 errhint("The pg2redis output plugin takes no options; its output is set by the rules in pg2redis.rules.")));
+	}
+
+	state = palloc0(sizeof(PluginState));
+	state->change_cxt = AllocSetContextCreate(ctx->context,
+											  "pg2redis change",
+											  ALLOCSET_DEFAULT_SIZES);
+	state->guc_level = render_push_settings();
+	ctx->output_plugin_private = state;
+	opt->output_type = OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
+	opt->receive_rewrites = false;
+}
+
+/* plugin_shutdown restores the session's output settings. */
+static void
+plugin_shutdown(LogicalDecodingContext *ctx)
+{
+	PluginState *state = ctx->output_plugin_private;
+
+	if (state)
+		render_pop_settings(state->guc_level);
+}
+
+static void
+plugin_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
+{
+	/* nothing is written for a transaction itself */
+}
+
+static void
+plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+			  XLogRecPtr commit_lsn)
+{
+	/* nothing is written for a transaction itself */
+}
+
+/* sql_command writes one command as a JSON array row. */
+static void
+sql_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
+			const char *const *argv, const size_t *argvlen)
+{
+	LogicalDecodingContext *ctx = arg;
+
+	OutputPluginPrepareWrite(ctx, true);
+	appendStringInfoChar(ctx->out, '[');
+	for (int i = 0; i < argc; i++)
+	{
+		if (i > 0)
+			appendStringInfoChar(ctx->out, ',');
+		render_json_string(ctx->out, argv[i], argvlen[i]);
+	}
+	appendStringInfoChar(ctx->out, ']');
+	OutputPluginWrite(ctx, true);
+}
+
+/* sql_error writes a render error as a JSON object row. */
+static void
+sql_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
+{
+	LogicalDecodingContext *ctx = arg;
+
+	OutputPluginPrepareWrite(ctx, true);
+	appendStringInfoString(ctx->out, "{\"error\":");
+	escape_json(ctx->out, err->message);
+	appendStringInfo(ctx->out, ",\"rule\":" INT64_FORMAT ",\"op\":\"%s\"}",
+					 rule->id, pg2r_op_name(op));
+	OutputPluginWrite(ctx, true);
+}
+
+/* txn_meta fills the transaction facts placeholders render. */
+static void
+txn_meta(ReorderBufferTXN *txn, ChangeMeta *meta)
+{
+	meta->xid = txn->xid;
+	meta->lsn = txn->final_lsn;
+	meta->commit_time = txn->xact_time.commit_time;
+}
+
+/* plugin_change expands the rules of one row change. */
+static void
+plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+			  Relation relation, ReorderBufferChange *change)
+{
+	PluginState *state = ctx->output_plugin_private;
+	CommandSink sink = {sql_command, sql_error, ctx};
+	RelMap	   *map;
+	ChangeMeta	meta;
+	Pg2rOp		op;
+	MemoryContext old;
+
+	map = mapping_get(relation);
+	if (!mapping_has_rules(map))
+		return;
+
+	switch (change->action)
+	{
+		case REORDER_BUFFER_CHANGE_INSERT:
+			op = PG2R_OP_INSERT;
+			break;
+		case REORDER_BUFFER_CHANGE_UPDATE:
+			op = PG2R_OP_UPDATE;
+			break;
+		case REORDER_BUFFER_CHANGE_DELETE:
+			op = PG2R_OP_DELETE;
+			break;
+		default:
+			return;
+	}
+
+	txn_meta(txn, &meta);
+	old = MemoryContextSwitchTo(state->change_cxt);
+	mapping_change(map, relation, op, PG2R_CHANGE_OLDTUPLE(change),
+				   PG2R_CHANGE_NEWTUPLE(change), &meta, &sink);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(state->change_cxt);
+}
+
+/*
+ * plugin_truncate expands the truncate rules once per rule relation: a
+ * truncated partitioned table arrives as its partitions.
+ */
+static void
+plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+				int nrelations, Relation relations[],
+				ReorderBufferChange *change)
+{
+	PluginState *state = ctx->output_plugin_private;
+	CommandSink sink = {sql_command, sql_error, ctx};
+	ChangeMeta	meta;
+	MemoryContext old;
+	List	   *done = NIL;
+
+	txn_meta(txn, &meta);
+	old = MemoryContextSwitchTo(state->change_cxt);
+	for (int i = 0; i < nrelations; i++)
+	{
+		RelMap	   *map = mapping_get(relations[i]);
+
+		if (!mapping_has_rules(map) || list_member_oid(done, map->rulerelid))
+			continue;
+		done = lappend_oid(done, map->rulerelid);
+		mapping_truncate(map, &meta, &sink);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(state->change_cxt);
+}
+
+/*
+ * _PG_output_plugin_init registers the callbacks of output plugin
+ * pg2redis.
+ */
+void
+_PG_output_plugin_init(OutputPluginCallbacks *cb)
+{
+	cb->startup_cb = plugin_startup;
+	cb->begin_cb = plugin_begin;
+	cb->change_cb = plugin_change;
+	cb->truncate_cb = plugin_truncate;
+	cb->commit_cb = plugin_commit;
+	cb->shutdown_cb = plugin_shutdown;
+}

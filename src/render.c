@@ -1,0 +1,317 @@
+/*-------------------------------------------------------------------------
+ *
+ * render.c
+ *	  Column values to the text and JSON forms placeholders expand to.
+ *
+ * Text form: the type's output function, except booleans (true/false).
+ * The session settings that shape output (DateStyle ISO, TimeZone UTC,
+ * IntervalStyle postgres, extra_float_digits 1, bytea_output hex) are fixed
+ * by the callers that render (see render_push_settings).
+ *
+ * JSON form: integers are numbers; numeric and float are numbers or strings
+ * by pg2redis.numeric_mode (NaN and infinities always strings, since JSON
+ * has no such numbers); json and jsonb are embedded; arrays become JSON
+ * arrays of their elements, nested by dimension; everything else is a JSON
+ * string of its text form.  JSON is written directly into a StringInfo:
+ * numbers are copied as PostgreSQL prints them, so no precision is lost to
+ * a double on the way.
+ *
+ * Type lookups happen once per column (render_coltype_init), never per row.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+
+#include "pg2redis/pg2redis.h"
+#include "pg2redis/render.h"
+
+/*
+ * render_coltype_init fills *ct for values of type typid, allocating what
+ * it keeps (element type info, output function) in cxt.
+ */
+void
+render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt)
+{
+	Oid			base = getBaseType(typid);
+	Oid			outfunc;
+	bool		isvarlena;
+	Oid			elemtype;
+
+	memset(ct, 0, sizeof(*ct));
+	ct->typid = typid;
+	get_typlenbyvalalign(typid, &ct->typlen, &ct->typbyval, &ct->typalign);
+	getTypeOutputInfo(typid, &outfunc, &isvarlena);
+	fmgr_info_cxt(outfunc, &ct->outfunc, cxt);
+
+	switch (base)
+	{
+		case BOOLOID:
+			ct->kind = VK_BOOL;
+			break;
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case OIDOID:
+			ct->kind = VK_INTEGER;
+			break;
+		case NUMERICOID:
+		case FLOAT4OID:
+		case FLOAT8OID:
+			ct->kind = VK_FLOAT;
+			break;
+		case JSONOID:
+		case JSONBOID:
+			ct->kind = VK_JSON;
+			break;
+		default:
+			elemtype = get_element_type(base);
+			if (OidIsValid(elemtype) && type_is_array(base))
+			{
+				ct->kind = VK_ARRAY;
+				ct->elem = MemoryContextAlloc(cxt, sizeof(ColType));
+				render_coltype_init(ct->elem, elemtype, cxt);
+			}
+			else
+				ct->kind = VK_STRING;
+			break;
+	}
+}
+
+/*
+ * render_text appends the text form of a non-null value to out.
+ */
+void
+render_text(const ColType *ct, Datum value, StringInfo out)
+{
+	if (ct->kind == VK_BOOL)
+		appendStringInfoString(out, DatumGetBool(value) ? "true" : "false");
+	else
+		appendStringInfoString(out,
+							   OutputFunctionCall((FmgrInfo *) &ct->outfunc,
+												  value));
+}
+
+/*
+ * render_is_json_number tells whether s, as PostgreSQL printed a number,
+ * is also a valid JSON number (not NaN, Infinity or a form JSON lacks).
+ */
+bool
+render_is_json_number(const char *s)
+{
+	const char *p = s;
+
+	if (*p == '-')
+		p++;
+	if (!isdigit((unsigned char) *p))
+		return false;
+	if (*p == '0' && isdigit((unsigned char) p[1]))
+		return false;
+	while (isdigit((unsigned char) *p))
+		p++;
+	if (*p == '.')
+	{
+		p++;
+		if (!isdigit((unsigned char) *p))
+			return false;
+		while (isdigit((unsigned char) *p))
+			p++;
+	}
+	if (*p == 'e' || *p == 'E')
+	{
+		p++;
+		if (*p == '+' || *p == '-')
+			p++;
+		if (!isdigit((unsigned char) *p))
+			return false;
+		while (isdigit((unsigned char) *p))
+			p++;
+	}
+	return *p == '\0';
+}
+
+/*
+ * render_parse_int64 reads s[0..len) as a plain decimal integer; false if it is
+ * not one or does not fit.
+ */
+bool
+render_parse_int64(const char *s, int len, int64 *out)
+{
+	int64		v = 0;
+	bool		neg = false;
+	int			i = 0;
+
+	if (len > 0 && (s[0] == '-' || s[0] == '+'))
+	{
+		neg = s[0] == '-';
+		i++;
+	}
+	if (i == len || len - i > 18)
+		return false;
+	for (; i < len; i++)
+	{
+		if (!isdigit((unsigned char) s[i]))
+			return false;
+		v = v * 10 + (s[i] - '0');
+	}
+	*out = neg ? -v : v;
+	return true;
+}
+
+/*
+ * render_is_number tells whether s[0..len) is a decimal number numeric_in
+ * accepts: sign, digits, optional fraction, optional exponent.
+ */
+bool
+render_is_number(const char *s, int len)
+{
+	char	   *copy;
+	bool		ok;
+
+	if (len == 0 || len > 1000)
+		return false;
+	copy = pnstrdup(s, len);
+	ok = render_is_json_number(copy[0] == '+' ? copy + 1 : copy);
+	pfree(copy);
+	return ok;
+}
+
+/* render_json_string appends s[0..len) as a JSON string. */
+void
+render_json_string(StringInfo out, const char *s, int len)
+{
+	if (s[len] == '\0')
+		escape_json(out, s);
+	else
+	{
+		char	   *copy = pnstrdup(s, len);
+
+		escape_json(out, copy);
+		pfree(copy);
+	}
+}
+
+/*
+ * render_array_dim appends dimension dim of an array (elements from *next
+ * on) as a nested JSON array.
+ */
+static void
+render_array_dim(const ColType *elem, int ndim, const int *dims, int dim,
+				 Datum *values, bool *nulls, int *next, StringInfo out)
+{
+	appendStringInfoChar(out, '[');
+	for (int i = 0; i < dims[dim]; i++)
+	{
+		if (i > 0)
+			appendStringInfoChar(out, ',');
+		if (dim + 1 < ndim)
+			render_array_dim(elem, ndim, dims, dim + 1, values, nulls, next,
+							 out);
+		else
+		{
+			render_json(elem, values[*next], nulls[*next], out);
+			(*next)++;
+		}
+	}
+	appendStringInfoChar(out, ']');
+}
+
+/*
+ * render_json appends the JSON form of a value (null included) to out.
+ */
+void
+render_json(const ColType *ct, Datum value, bool isnull, StringInfo out)
+{
+	char	   *text;
+
+	if (isnull)
+	{
+		appendStringInfoString(out, "null");
+		return;
+	}
+
+	switch (ct->kind)
+	{
+		case VK_BOOL:
+			appendStringInfoString(out, DatumGetBool(value) ? "true" : "false");
+			return;
+		case VK_ARRAY:
+			{
+				ArrayType  *arr = DatumGetArrayTypeP(value);
+				Datum	   *values;
+				bool	   *nulls;
+				int			n;
+				int			next = 0;
+
+				deconstruct_array(arr, ct->elem->typid, ct->elem->typlen,
+								  ct->elem->typbyval, ct->elem->typalign,
+								  &values, &nulls, &n);
+				if (ARR_NDIM(arr) == 0)
+					appendStringInfoString(out, "[]");
+				else
+					render_array_dim(ct->elem, ARR_NDIM(arr), ARR_DIMS(arr), 0,
+									 values, nulls, &next, out);
+				return;
+			}
+		default:
+			break;
+	}
+
+	text = OutputFunctionCall((FmgrInfo *) &ct->outfunc, value);
+	switch (ct->kind)
+	{
+		case VK_INTEGER:
+		case VK_JSON:
+			appendStringInfoString(out, text);
+			break;
+		case VK_FLOAT:
+			if (pg2r_numeric_mode == PG2R_NUMERIC_NUMBER &&
+				render_is_json_number(text))
+				appendStringInfoString(out, text);
+			else
+				escape_json(out, text);
+			break;
+		default:
+			escape_json(out, text);
+			break;
+	}
+	pfree(text);
+}
+
+/*
+ * render_push_settings fixes, until render_pop_settings(level), the
+ * settings that shape output functions' text, so that what the rules
+ * render does not depend on the session: ISO dates in UTC, PostgreSQL
+ * intervals, shortest exact floats, hex bytea.  Returns the GUC nest level
+ * to pop; an error in between is undone by transaction abort.
+ */
+int
+render_push_settings(void)
+{
+	static const char *const settings[][2] = {
+		{"DateStyle", "ISO, YMD"},
+		{"TimeZone", "UTC"},
+		{"IntervalStyle", "postgres"},
+		{"extra_float_digits", "1"},
+		{"bytea_output", "hex"},
+	};
+	int			level = NewGUCNestLevel();
+
+	for (int i = 0; i < lengthof(settings); i++)
+		(void) set_config_option(settings[i][0], settings[i][1],
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+/* render_pop_settings restores the settings render_push_settings changed. */
+void
+render_pop_settings(int level)
+{
+	AtEOXact_GUC(true, level);
+}

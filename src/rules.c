@@ -1,0 +1,685 @@
+/*-------------------------------------------------------------------------
+ *
+ * rules.c
+ *	  The rule catalog pg2redis.rules: validation when a rule is written, and
+ *	  a per-backend cache of compiled rules when rules are read.
+ *
+ * Writing.  A BEFORE ROW trigger (pg2redis_validate_rule) compiles every
+ * rule written and refuses, with an ERROR naming the rule, anything that
+ * could not be sent: an unknown op, an empty, unknown or server-level
+ * command, a placeholder naming a missing column, a malformed condition, a
+ * relation that is not a user table the writer may read, or an update or
+ * delete rule that needs old values the table's replica identity does not
+ * log.  An AFTER STATEMENT trigger (pg2redis_rules_changed) sends a relcache
+ * invalidation for the rules table, which every backend's cache listens to.
+ *
+ * Reading.  rules_for() serves the enabled rules of one relation and op,
+ * sorted by (position, id), from a hash built in one scan of the table and
+ * kept in a dedicated memory context until an invalidation arrives.  The
+ * scan uses the catalog snapshot: inside logical decoding that is the
+ * historic snapshot of the transaction being decoded, and because the
+ * rules table is a user_catalog_table, the rules read there are exactly
+ * those committed before that transaction, and the invalidations the
+ * rules' own changes carry arrive at their place in the stream.  That is
+ * what makes rule changes take effect in stream order.
+ *
+ * A rule that no longer compiles when the cache is built (a column dropped
+ * or renamed since) is kept as "broken" with the reason: expanding it
+ * yields a render error, which the stream records as a dead letter.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "catalog/catalog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
+#include "commands/trigger.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+
+#include "pg2redis/commands.h"
+#include "pg2redis/rules.h"
+
+/* Columns of pg2redis.rules. */
+#define Anum_rules_id			1
+#define Anum_rules_relation		2
+#define Anum_rules_op			3
+#define Anum_rules_command		4
+#define Anum_rules_condition	5
+#define Anum_rules_position		6
+#define Anum_rules_enabled		7
+#define Natts_rules				7
+
+/* The rules of one relation, per op. */
+typedef struct RuleRel
+{
+	Oid			relid;			/* hash key */
+	List	   *byop[PG2R_NUM_OPS];
+} RuleRel;
+
+static MemoryContext RulesCxt = NULL;
+static HTAB *RuleRels = NULL;
+static bool rules_valid = false;
+static uint64 rules_gen = 0;
+static Oid	rules_table = InvalidOid;
+static bool callback_registered = false;
+
+PG_FUNCTION_INFO_V1(pg2redis_validate_rule);
+PG_FUNCTION_INFO_V1(pg2redis_rules_changed);
+
+/*
+ * rules_invalidate is the relcache callback: the rule cache goes stale when
+ * the rules table changes or when a relation that has rules changes (a
+ * column dropped or renamed makes its rules recompile).
+ */
+static void
+rules_invalidate(Datum arg, Oid relid)
+{
+	if (!rules_valid)
+		return;
+	if (relid == InvalidOid || relid == rules_table ||
+		(RuleRels && hash_search(RuleRels, &relid, HASH_FIND, NULL)))
+		rules_valid = false;
+}
+
+/* rule_cmp orders rules by (position, id). */
+static int
+rule_cmp(const ListCell *a, const ListCell *b)
+{
+	const Rule *ra = lfirst(a);
+	const Rule *rb = lfirst(b);
+
+	if (ra->position != rb->position)
+		return ra->position < rb->position ? -1 : 1;
+	return ra->id < rb->id ? -1 : (ra->id > rb->id ? 1 : 0);
+}
+
+/*
+ * rules_lookup_table returns the OID of pg2redis.rules as the catalog
+ * snapshot sees it, or InvalidOid when the extension is not there.
+ */
+static Oid
+rules_lookup_table(void)
+{
+	Oid			nsp = get_namespace_oid(PG2R_SCHEMA, true);
+
+	if (!OidIsValid(nsp))
+		return InvalidOid;
+	return get_relname_relid(PG2R_RULES, nsp);
+}
+
+/*
+ * compile_rule fills rule->tpl and rule->cond from the stored command and
+ * condition, compiled against the rule's relation; on failure the rule is
+ * marked broken with the reason.
+ */
+static void
+compile_rule(Rule *rule, ArrayType *command, Jsonb *condition)
+{
+	Relation	rel;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	Pg2rError	err;
+
+	deconstruct_array(command, TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	rule->ncommand = n;
+	rule->command = palloc(sizeof(char *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+		rule->command[i] = nulls[i] ? pstrdup("") : TextDatumGetCString(elems[i]);
+
+	rule->def = n > 0 ? redis_command_lookup(rule->command[0]) : NULL;
+	rel = RelationIdGetRelation(rule->relid);
+	if (!RelationIsValid(rel))
+	{
+		rule->broken = palloc(sizeof(Pg2rError));
+		pg2r_fail(rule->broken, ERRCODE_UNDEFINED_TABLE, NULL,
+				  "relation with OID %u of rule " INT64_FORMAT " does not exist",
+				  rule->relid, rule->id);
+		return;
+	}
+	rule->tpl = template_compile(elems, n, RelationGetDescr(rel), &err);
+	if (rule->tpl && condition)
+		rule->cond = condition_compile(condition, RelationGetDescr(rel), &err);
+	if (rule->tpl == NULL || (condition && rule->cond == NULL))
+	{
+		rule->broken = palloc(sizeof(Pg2rError));
+		*rule->broken = err;
+		rule->tpl = NULL;
+	}
+	RelationClose(rel);
+}
+
+/*
+ * rules_load reads every enabled rule into a fresh cache.  The cache is
+ * marked valid before the scan, so that an invalidation arriving during the
+ * scan makes the next caller load again.
+ */
+static void
+rules_load(void)
+{
+	HASHCTL		ctl;
+	Relation	rel;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	MemoryContext old;
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(rules_invalidate, (Datum) 0);
+		callback_registered = true;
+	}
+	if (RulesCxt == NULL)
+		RulesCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis rules",
+										 ALLOCSET_DEFAULT_SIZES);
+	else
+		MemoryContextReset(RulesCxt);
+
+	RuleRels = NULL;
+	rules_valid = true;
+	rules_gen++;
+
+	old = MemoryContextSwitchTo(RulesCxt);
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(RuleRel);
+	ctl.hcxt = RulesCxt;
+	RuleRels = hash_create("pg2redis rules by relation", 64, &ctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	rules_table = rules_lookup_table();
+	if (!OidIsValid(rules_table))
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+
+	rel = table_open(rules_table, AccessShareLock);
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Datum		values[Natts_rules];
+		bool		isnull[Natts_rules];
+		Rule	   *rule;
+		RuleRel    *entry;
+		bool		found;
+		Pg2rOp		op;
+
+		heap_deform_tuple(tuple, RelationGetDescr(rel), values, isnull);
+		if (!DatumGetBool(values[Anum_rules_enabled - 1]) ||
+			!pg2r_op_parse(TextDatumGetCString(values[Anum_rules_op - 1]), &op))
+			continue;
+
+		rule = palloc0(sizeof(Rule));
+		rule->id = DatumGetInt64(values[Anum_rules_id - 1]);
+		rule->relid = DatumGetObjectId(values[Anum_rules_relation - 1]);
+		rule->op = op;
+		rule->position = DatumGetInt32(values[Anum_rules_position - 1]);
+		compile_rule(rule, DatumGetArrayTypeP(values[Anum_rules_command - 1]),
+					 isnull[Anum_rules_condition - 1] ? NULL :
+					 DatumGetJsonbP(values[Anum_rules_condition - 1]));
+
+		entry = hash_search(RuleRels, &rule->relid, HASH_ENTER, &found);
+		if (!found)
+			memset(entry->byop, 0, sizeof(entry->byop));
+		entry->byop[op] = lappend(entry->byop[op], rule);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	{
+		HASH_SEQ_STATUS seq;
+		RuleRel    *entry;
+
+		hash_seq_init(&seq, RuleRels);
+		while ((entry = hash_seq_search(&seq)) != NULL)
+			for (int op = 0; op < PG2R_NUM_OPS; op++)
+				list_sort(entry->byop[op], rule_cmp);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* rules_ensure loads the cache if it is stale. */
+static void
+rules_ensure(void)
+{
+	if (!rules_valid)
+		rules_load();
+}
+
+/*
+ * rules_for returns the enabled rules of relation relid for op, in order.
+ * The list belongs to the cache: valid until the next invalidation is
+ * processed.
+ */
+List *
+rules_for(Oid relid, Pg2rOp op)
+{
+	RuleRel    *entry;
+
+	rules_ensure();
+	entry = hash_search(RuleRels, &relid, HASH_FIND, NULL);
+	return entry ? entry->byop[op] : NIL;
+}
+
+/* rules_exist_for tells whether relation relid has any enabled rule. */
+bool
+rules_exist_for(Oid relid)
+{
+	rules_ensure();
+	return hash_search(RuleRels, &relid, HASH_FIND, NULL) != NULL;
+}
+
+/*
+ * rules_generation returns a number that changes whenever the cache is
+ * rebuilt, after making sure it is current; structures that point into the
+ * cache remember it to know when to rebuild themselves.
+ */
+uint64
+rules_generation(void)
+{
+	rules_ensure();
+	return rules_gen;
+}
+
+/* ---------------------------------------------------------------------------
+ * Validation
+ * ---------------------------------------------------------------------------
+ */
+
+/* What the error context line says about the rule being validated. */
+typedef struct ValidateContext
+{
+	int64		id;
+	const char *op;
+	Oid			relid;
+} ValidateContext;
+
+static void
+validate_error_context(void *arg)
+{
+	ValidateContext *vc = arg;
+	char	   *relname = OidIsValid(vc->relid) ? get_rel_name(vc->relid) : NULL;
+
+	errcontext("pg2redis rule " INT64_FORMAT " (%s on %s)", vc->id,
+			   vc->op ? vc->op : "?", relname ? relname : "?");
+}
+
+/* raise_soft turns a soft error into an ERROR. */
+static void
+raise_soft(const Pg2rError *err)
+{
+	ereport(ERROR,
+			(errcode(err->sqlerrcode),
+			 errmsg_internal("%s", err->message),
+			 err->hint ? errhint("%s", err->hint) : 0));
+}
+
+/*
+ * identity_columns returns the columns, by attnum of rel, whose old values
+ * PostgreSQL logs for an update or delete of rel; *full is set for REPLICA
+ * IDENTITY FULL, where that is every column.
+ */
+Bitmapset *
+pg2r_identity_columns(Relation rel, bool *full)
+{
+	Bitmapset  *keys;
+	Bitmapset  *result = NULL;
+	int			i = -1;
+
+	*full = rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL;
+	if (*full)
+	{
+		for (int a = 0; a < RelationGetDescr(rel)->natts; a++)
+			if (!TupleDescAttr(RelationGetDescr(rel), a)->attisdropped)
+				result = bms_add_member(result, a + 1);
+		return result;
+	}
+	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_NOTHING)
+		return NULL;
+	keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
+	while ((i = bms_next_member(keys, i)) >= 0)
+		result = bms_add_member(result, i + FirstLowInvalidHeapAttributeNumber);
+	return result;
+}
+
+/*
+ * check_identity refuses the rule when a column it needs from the old row
+ * is not in the replica identity of leaf (a partition of ruledesc's
+ * relation, or that relation itself).
+ */
+static void
+check_identity(Relation leaf, TupleDesc ruledesc, Bitmapset *needed,
+			   const char *why)
+{
+	bool		full;
+	Bitmapset  *ident = pg2r_identity_columns(leaf, &full);
+	int			a = -1;
+
+	while ((a = bms_next_member(needed, a)) >= 0)
+	{
+		const char *name = NameStr(TupleDescAttr(ruledesc, a - 1)->attname);
+		AttrNumber	leafatt = get_attnum(RelationGetRelid(leaf), name);
+
+		if (leafatt == InvalidAttrNumber || !bms_is_member(leafatt, ident))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("%s needs the old value of column \"%s\", which the replica identity of table \"%s\" does not include",
+							why, name, RelationGetRelationName(leaf)),
+					 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL, or use only replica identity columns in this rule.",
+							 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(leaf)),
+														RelationGetRelationName(leaf)))));
+	}
+}
+
+/*
+ * check_relation refuses a relation rules may not map: anything but an
+ * ordinary or partitioned, permanent user table the current role may read.
+ */
+static void
+check_relation(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	Oid			nsp = RelationGetNamespace(rel);
+	const char *name = RelationGetRelationName(rel);
+
+	if (IsCatalogRelation(rel) || IsCatalogNamespace(nsp) ||
+		IsToastNamespace(nsp) ||
+		strcmp(get_namespace_name(nsp), "information_schema") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot map system table \"%s\"", name),
+				 errhint("Rules map user tables only.")));
+	if (strcmp(get_namespace_name(nsp), PG2R_SCHEMA) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot map pg2redis's own table \"%s\"", name)));
+	if (rel->rd_rel->relkind != RELKIND_RELATION &&
+		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", name),
+				 errhint("Rules map ordinary and partitioned tables; views and other relations have no changes in the WAL.")));
+	if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot map %s table \"%s\"",
+						rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP ?
+						"temporary" : "unlogged", name),
+				 errdetail("Changes of temporary and unlogged tables are not written to the WAL."),
+				 errhint("Use ALTER TABLE %s SET LOGGED, or map another table.", name)));
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", name),
+				 errdetail("The worker reads mapped tables with superuser rights, so writing a rule requires SELECT on its table."),
+				 errhint("Have the table's owner grant SELECT on it to the role that writes the rule.")));
+}
+
+/*
+ * check_command refuses an empty, unknown or server-level command, a
+ * command name with placeholders, and a command with too few arguments.
+ */
+static void
+check_command(const Template *tpl, Datum *elems, int n)
+{
+	char	   *name;
+	const RedisCommandDef *def;
+	int			argc = 0;
+
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rule command is empty"),
+				 errhint("Give the Redis command and its arguments, one per array element.")));
+	name = TextDatumGetCString(elems[0]);
+	if (!template_is_literal(&tpl->args[0]))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("Redis command name \"%s\" cannot contain placeholders", name),
+				 errhint("Write one rule per command; choose between them with conditions.")));
+	if (redis_command_is_forbidden(name))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("Redis command \"%s\" is not allowed in rules", name),
+				 errdetail("Rules may send data commands only; server-level, scripting and transaction commands are refused."),
+				 errhint("See the list of supported commands in the README.")));
+	def = redis_command_lookup(name);
+	if (def == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("unsupported Redis command \"%s\"", name),
+				 errhint("See the list of supported commands in the README.")));
+
+	for (int i = 0; i < tpl->nargs; i++)
+	{
+		const TplArg *arg = &tpl->args[i];
+
+		argc += (arg->nparts == 1 && arg->parts[0].kind == TPL_PAIRS) ?
+			2 * arg->parts[0].ncols : 1;
+	}
+	if (argc < def->min_args)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("Redis command \"%s\" needs at least %d arguments, the rule gives %d",
+						def->name, def->min_args - 1, argc - 1)));
+}
+
+/*
+ * check_needs refuses a rule that reads what its op cannot supply: any
+ * column for truncate, an old row for insert and snapshot, and old values
+ * outside the replica identity for update and delete (checked on every
+ * partition of a partitioned table).
+ */
+static void
+check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
+{
+	Bitmapset  *fromold = NULL;
+	List	   *leaves;
+	ListCell   *lc;
+
+	if (op == PG2R_OP_TRUNCATE)
+	{
+		if (needs->any_column || needs->needs_pk)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("truncate rules cannot use column placeholders"),
+					 errhint("A TRUNCATE has no rows: use literal keys and {%%schema%%}, {%%table%%}, {%%op%%}, {%%xid%%}, {%%lsn%%} or {%%commit_time%%}.")));
+		return;
+	}
+	if (needs->needs_pk)
+	{
+		Oid			pk = RelationGetPrimaryKeyIndex(rel);
+
+		if (!OidIsValid(pk))
+			pk = RelationGetReplicaIndex(rel);
+		if (!OidIsValid(pk))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("{%%pk%%} needs a primary key, and table \"%s\" has none",
+							RelationGetRelationName(rel)),
+					 errhint("Add a primary key, or name the key columns in placeholders.")));
+	}
+	if (op == PG2R_OP_INSERT || op == PG2R_OP_SNAPSHOT)
+	{
+		if (!bms_is_empty(needs->old))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s rules have no old row, but the rule reads the old value of column \"%s\"",
+							pg2r_op_name(op),
+							NameStr(TupleDescAttr(RelationGetDescr(rel),
+												  bms_next_member(needs->old, -1) - 1)->attname)),
+					 errhint("Use {old:…}, {diff:…} on old values, \"old\": true and \"changed\" in update and delete rules.")));
+		return;
+	}
+
+	fromold = bms_union(needs->old, needs->diff);
+	if (op == PG2R_OP_DELETE)
+		fromold = bms_add_members(fromold, needs->cur);
+	if (needs->needs_pk && op == PG2R_OP_DELETE)
+	{
+		Oid			pk = RelationGetPrimaryKeyIndex(rel);
+		Relation	idx;
+
+		if (!OidIsValid(pk))
+			pk = RelationGetReplicaIndex(rel);
+		idx = index_open(pk, AccessShareLock);
+		for (int k = 0; k < idx->rd_index->indnkeyatts; k++)
+			fromold = bms_add_member(fromold, idx->rd_index->indkey.values[k]);
+		index_close(idx, AccessShareLock);
+	}
+	if (bms_is_empty(fromold))
+		return;
+
+	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+	{
+		check_identity(rel, RelationGetDescr(rel), fromold,
+					   op == PG2R_OP_DELETE ? "a delete rule" : "an update rule");
+		return;
+	}
+	leaves = find_all_inheritors(RelationGetRelid(rel), AccessShareLock, NULL);
+	foreach(lc, leaves)
+	{
+		Relation	leaf = table_open(lfirst_oid(lc), NoLock);
+
+		if (leaf->rd_rel->relkind == RELKIND_RELATION)
+			check_identity(leaf, RelationGetDescr(rel), fromold,
+						   op == PG2R_OP_DELETE ? "a delete rule" : "an update rule");
+		table_close(leaf, NoLock);
+	}
+}
+
+/*
+ * pg2redis_validate_rule is the BEFORE INSERT OR UPDATE trigger on
+ * pg2redis.rules: it returns the new row unchanged if the rule is valid and
+ * raises an ERROR saying which rule and why otherwise.
+ */
+Datum
+pg2redis_validate_rule(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	tuple;
+	TupleDesc	desc;
+	Datum		values[Natts_rules];
+	bool		isnull[Natts_rules];
+	ValidateContext vc = {0};
+	ErrorContextCallback errcb;
+	Pg2rOp		op;
+	Relation	rel;
+	ArrayType  *command;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	Template   *tpl;
+	Condition  *cond = NULL;
+	TplNeeds	needs = {0};
+	Pg2rError	err;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "pg2redis_validate_rule must be a BEFORE ROW trigger");
+
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
+		trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	desc = RelationGetDescr(trigdata->tg_relation);
+	if (desc->natts != Natts_rules)
+		elog(ERROR, "pg2redis.rules has %d columns, expected %d",
+			 desc->natts, Natts_rules);
+	heap_deform_tuple(tuple, desc, values, isnull);
+
+	vc.id = isnull[Anum_rules_id - 1] ? 0 : DatumGetInt64(values[Anum_rules_id - 1]);
+	vc.op = isnull[Anum_rules_op - 1] ? NULL : TextDatumGetCString(values[Anum_rules_op - 1]);
+	vc.relid = isnull[Anum_rules_relation - 1] ? InvalidOid :
+		DatumGetObjectId(values[Anum_rules_relation - 1]);
+	errcb.callback = validate_error_context;
+	errcb.arg = &vc;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	if (vc.op == NULL || !pg2r_op_parse(vc.op, &op))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid rule op \"%s\"", vc.op ? vc.op : ""),
+				 errhint("The op is one of insert, update, delete, truncate and snapshot.")));
+
+	/* NOT NULL constraints run after BEFORE triggers: check here too. */
+	if (isnull[Anum_rules_relation - 1] || isnull[Anum_rules_command - 1])
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("a rule needs a relation and a command")));
+
+	rel = try_relation_open(vc.relid, AccessShareLock);
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", vc.relid)));
+	check_relation(rel);
+
+	command = DatumGetArrayTypeP(values[Anum_rules_command - 1]);
+	if (ARR_NDIM(command) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("rule command must be a one-dimensional array")));
+	deconstruct_array(command, TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("rule command argument %d is null", i + 1),
+					 errhint("Write an empty string for an empty argument.")));
+
+	if (n == 0)
+		check_command(NULL, elems, 0);
+	tpl = template_compile(elems, n, RelationGetDescr(rel), &err);
+	if (tpl == NULL)
+		raise_soft(&err);
+	check_command(tpl, elems, n);
+	template_needs(tpl, &needs);
+
+	if (!isnull[Anum_rules_condition - 1])
+	{
+		cond = condition_compile(DatumGetJsonbP(values[Anum_rules_condition - 1]),
+								 RelationGetDescr(rel), &err);
+		if (cond == NULL)
+			raise_soft(&err);
+		condition_needs(cond, &needs);
+	}
+	check_needs(rel, op, &needs);
+
+	relation_close(rel, AccessShareLock);
+	error_context_stack = errcb.previous;
+	return PointerGetDatum(tuple);
+}
+
+/*
+ * pg2redis_rules_changed is the AFTER STATEMENT trigger on pg2redis.rules:
+ * it makes every backend's rule cache, and the decoder's at this point of
+ * the stream, reload the rules.
+ */
+Datum
+pg2redis_rules_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "pg2redis_rules_changed must be called as a trigger");
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
+}
