@@ -73,6 +73,28 @@ CREATE TRIGGER invalidate
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON pg2redis.rules
     FOR EACH STATEMENT EXECUTE FUNCTION pg2redis.rules_changed();
 
+/*
+ * Rules of a dropped table go with it, so that no rule names an OID that
+ * may later be reused by another table.
+ */
+CREATE FUNCTION pg2redis.drop_rules_of_dropped_tables()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM pg2redis.rules r
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.objsubid = 0
+       AND d.objid = r.relation::pg_catalog.oid;
+END
+$$;
+
+CREATE EVENT TRIGGER pg2redis_drop_rules ON sql_drop
+    EXECUTE FUNCTION pg2redis.drop_rules_of_dropped_tables();
+
 CREATE FUNCTION pg2redis_add_rule(relation regclass, op text, command text[],
                                   condition jsonb DEFAULT NULL)
 RETURNS bigint
@@ -114,3 +136,4 @@ REVOKE ALL ON FUNCTION pg2redis_split_command(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.validate_rule() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.rules_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis.drop_rules_of_dropped_tables() FROM PUBLIC;

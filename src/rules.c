@@ -470,8 +470,20 @@ check_command(const Template *tpl, Datum *elems, int n)
 	{
 		const TplArg *arg = &tpl->args[i];
 
-		argc += (arg->nparts == 1 && arg->parts[0].kind == TPL_PAIRS) ?
-			2 * arg->parts[0].ncols : 1;
+		if (arg->parts[0].kind != TPL_PAIRS)
+		{
+			argc++;
+			continue;
+		}
+		if (def->first_key > 0 &&
+			(i == def->first_key || (def->last_key < 0 && def->key_step == 1 &&
+									 i > def->first_key)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("{pairs:…} cannot stand where Redis command \"%s\" expects a key",
+							def->name),
+					 errhint("Build keys from single columns, e.g. \"item:{id}\".")));
+		argc += 2 * arg->parts[0].ncols;
 	}
 	if (argc < def->min_args)
 		ereport(ERROR,

@@ -81,7 +81,9 @@ split_or_error(text *command)
 /*
  * add_rule inserts a rule through SPI, so that the validation trigger and
  * the table's privileges apply exactly as for a direct INSERT, and returns
- * the new rule's id.
+ * the new rule's id.  The row count limit must stay 0: with a limit, the
+ * executor stops before the INSERT's AFTER STATEMENT triggers fire, and the
+ * rule caches would never hear of the new rule.
  */
 static int64
 add_rule(Oid relid, Pg2rOp op, ArrayType *command, Datum condition,
@@ -101,7 +103,7 @@ add_rule(Oid relid, Pg2rOp op, ArrayType *command, Datum condition,
 	SPI_connect();
 	if (SPI_execute_with_args("INSERT INTO pg2redis.rules (relation, op, command, condition) "
 							  "VALUES ($1, $2, $3, $4) RETURNING id",
-							  4, argtypes, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING ||
+							  4, argtypes, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not insert into pg2redis.rules");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],

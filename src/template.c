@@ -195,7 +195,7 @@ parse_placeholder(char *body, TupleDesc desc, TplPart *part, Pg2rError *err)
 			}
 		}
 		return pg2r_fail(err, ERRCODE_SYNTAX_ERROR,
-						 "Known are {%%schema%%}, {%%table%%}, {%%op%%}, {%%pk%%}, {%%xid%%}, {%%lsn%%} and {%%commit_time%%}.",
+						 "Known are {%schema%}, {%table%}, {%op%}, {%pk%}, {%xid%}, {%lsn%} and {%commit_time%}.",
 						 "unknown placeholder \"{%s%%}\"", body);
 	}
 
