@@ -9,7 +9,7 @@ DATA         = pg2redis--$(EXTVERSION).sql
 
 HIREDIS_JANSSON = hiredis jansson
 PG_CPPFLAGS  = -I$(srcdir)/include $(shell pkg-config --cflags $(HIREDIS_JANSSON))
-PG_CFLAGS    = -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+PG_CFLAGS    = -Wextra -Wno-unused-parameter
 SHLIB_LINK   = $(shell pkg-config --libs $(HIREDIS_JANSSON))
 
 REGRESS      = $(sort $(notdir $(basename $(wildcard sql/*.sql))))

@@ -16,62 +16,42 @@
 
 #include "pg2redis/commands.h"
 
-static const RedisCommandDef commands[] =
-{
+static const RedisCommandDef commands[] = {
 	/* name, min args, first key, last key, key step */
-	{"APPEND", 3, 1, 1, 1},
-	{"DECR", 2, 1, 1, 1},
-	{"DECRBY", 3, 1, 1, 1},
-	{"DEL", 2, 1, -1, 1},
-	{"EXPIRE", 3, 1, 1, 1},
-	{"EXPIREAT", 3, 1, 1, 1},
-	{"HDEL", 3, 1, 1, 1},
-	{"HINCRBY", 4, 1, 1, 1},
-	{"HINCRBYFLOAT", 4, 1, 1, 1},
-	{"HMSET", 4, 1, 1, 1},
-	{"HSET", 4, 1, 1, 1},
-	{"HSETNX", 4, 1, 1, 1},
-	{"INCR", 2, 1, 1, 1},
-	{"INCRBY", 3, 1, 1, 1},
-	{"INCRBYFLOAT", 3, 1, 1, 1},
-	{"JSON.DEL", 2, 1, 1, 1},
-	{"JSON.SET", 4, 1, 1, 1},
-	{"LPUSH", 3, 1, 1, 1},
-	{"LREM", 4, 1, 1, 1},
-	{"LTRIM", 4, 1, 1, 1},
-	{"MSET", 3, 1, -1, 2},
-	{"PERSIST", 2, 1, 1, 1},
-	{"PEXPIRE", 3, 1, 1, 1},
-	{"PEXPIREAT", 3, 1, 1, 1},
-	{"PSETEX", 4, 1, 1, 1},
-	{"PUBLISH", 3, 0, 0, 0},
-	{"RPUSH", 3, 1, 1, 1},
-	{"SADD", 3, 1, 1, 1},
-	{"SET", 3, 1, 1, 1},
-	{"SETEX", 4, 1, 1, 1},
-	{"SETNX", 3, 1, 1, 1},
-	{"SREM", 3, 1, 1, 1},
-	{"UNLINK", 2, 1, -1, 1},
-	{"XADD", 5, 1, 1, 1},
-	{"XDEL", 3, 1, 1, 1},
-	{"XTRIM", 4, 1, 1, 1},
-	{"ZADD", 4, 1, 1, 1},
-	{"ZINCRBY", 4, 1, 1, 1},
-	{"ZREM", 3, 1, 1, 1},
-	{"ZREMRANGEBYSCORE", 4, 1, 1, 1},
+	{"APPEND", 3, 1, 1, 1},		  {"DECR", 2, 1, 1, 1},
+	{"DECRBY", 3, 1, 1, 1},		  {"DEL", 2, 1, -1, 1},
+	{"EXPIRE", 3, 1, 1, 1},		  {"EXPIREAT", 3, 1, 1, 1},
+	{"HDEL", 3, 1, 1, 1},		  {"HINCRBY", 4, 1, 1, 1},
+	{"HINCRBYFLOAT", 4, 1, 1, 1}, {"HMSET", 4, 1, 1, 1},
+	{"HSET", 4, 1, 1, 1},		  {"HSETNX", 4, 1, 1, 1},
+	{"INCR", 2, 1, 1, 1},		  {"INCRBY", 3, 1, 1, 1},
+	{"INCRBYFLOAT", 3, 1, 1, 1},  {"JSON.DEL", 2, 1, 1, 1},
+	{"JSON.SET", 4, 1, 1, 1},	  {"LPUSH", 3, 1, 1, 1},
+	{"LREM", 4, 1, 1, 1},		  {"LTRIM", 4, 1, 1, 1},
+	{"MSET", 3, 1, -1, 2},		  {"PERSIST", 2, 1, 1, 1},
+	{"PEXPIRE", 3, 1, 1, 1},	  {"PEXPIREAT", 3, 1, 1, 1},
+	{"PSETEX", 4, 1, 1, 1},		  {"PUBLISH", 3, 0, 0, 0},
+	{"RPUSH", 3, 1, 1, 1},		  {"SADD", 3, 1, 1, 1},
+	{"SET", 3, 1, 1, 1},		  {"SETEX", 4, 1, 1, 1},
+	{"SETNX", 3, 1, 1, 1},		  {"SREM", 3, 1, 1, 1},
+	{"UNLINK", 2, 1, -1, 1},	  {"XADD", 5, 1, 1, 1},
+	{"XDEL", 3, 1, 1, 1},		  {"XTRIM", 4, 1, 1, 1},
+	{"ZADD", 4, 1, 1, 1},		  {"ZINCRBY", 4, 1, 1, 1},
+	{"ZREM", 3, 1, 1, 1},		  {"ZREMRANGEBYSCORE", 4, 1, 1, 1},
 };
 
 /* Commands refused with a message of their own. */
-static const char *const forbidden[] =
-{
-	"ACL", "AUTH", "BGREWRITEAOF", "BGSAVE", "CLIENT", "CLUSTER", "CONFIG",
-	"DEBUG", "DISCARD", "EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "EXEC",
-	"FAILOVER", "FCALL", "FLUSHALL", "FLUSHDB", "FUNCTION", "HELLO",
-	"KEYS", "LASTSAVE", "MIGRATE", "MODULE", "MONITOR", "MOVE", "MULTI",
-	"PSUBSCRIBE", "PSYNC", "QUIT", "READONLY", "READWRITE", "REPLCONF",
-	"REPLICAOF", "RESET", "RESTORE", "SAVE", "SCRIPT", "SELECT", "SHUTDOWN",
-	"SLAVEOF", "SLOWLOG", "SUBSCRIBE", "SWAPDB", "SYNC", "UNWATCH", "WAIT",
-	"WATCH",
+static const char *const forbidden[] = {
+	"ACL",		"AUTH",		 "BGREWRITEAOF", "BGSAVE",	  "CLIENT",
+	"CLUSTER",	"CONFIG",	 "DEBUG",		 "DISCARD",	  "EVAL",
+	"EVALSHA",	"EVAL_RO",	 "EVALSHA_RO",	 "EXEC",	  "FAILOVER",
+	"FCALL",	"FLUSHALL",	 "FLUSHDB",		 "FUNCTION",  "HELLO",
+	"KEYS",		"LASTSAVE",	 "MIGRATE",		 "MODULE",	  "MONITOR",
+	"MOVE",		"MULTI",	 "PSUBSCRIBE",	 "PSYNC",	  "QUIT",
+	"READONLY", "READWRITE", "REPLCONF",	 "REPLICAOF", "RESET",
+	"RESTORE",	"SAVE",		 "SCRIPT",		 "SELECT",	  "SHUTDOWN",
+	"SLAVEOF",	"SLOWLOG",	 "SUBSCRIBE",	 "SWAPDB",	  "SYNC",
+	"UNWATCH",	"WAIT",		 "WATCH",
 };
 
 /*
@@ -81,13 +61,12 @@ static const char *const forbidden[] =
 const RedisCommandDef *
 redis_command_lookup(const char *name)
 {
-	int			lo = 0,
-				hi = lengthof(commands) - 1;
+	int lo = 0, hi = lengthof(commands) - 1;
 
 	while (lo <= hi)
 	{
-		int			mid = (lo + hi) / 2;
-		int			cmp = pg_strcasecmp(name, commands[mid].name);
+		int mid = (lo + hi) / 2;
+		int cmp = pg_strcasecmp(name, commands[mid].name);
 
 		if (cmp == 0)
 			return &commands[mid];
@@ -106,7 +85,7 @@ redis_command_lookup(const char *name)
 bool
 redis_command_is_forbidden(const char *name)
 {
-	for (int i = 0; i < lengthof(forbidden); i++)
+	for (size_t i = 0; i < lengthof(forbidden); i++)
 		if (pg_strcasecmp(name, forbidden[i]) == 0)
 			return true;
 	return false;

@@ -31,8 +31,7 @@ static const struct
 {
 	const char *name;
 	CondOp		op;
-}			cond_ops[] =
-{
+} cond_ops[] = {
 	{"=", CONDOP_EQ},
 	{"<>", CONDOP_NE},
 	{"!=", CONDOP_NE},
@@ -48,7 +47,8 @@ static const struct
 	{"changed", CONDOP_CHANGED},
 };
 
-#define COND_HINT_SHAPE "A condition is {\"column\": …, \"op\": …, \"value\": …} or {\"all\": […]}, {\"any\": […]}, {\"not\": {…}}."
+#define COND_HINT_SHAPE                                                       \
+	"A condition is {\"column\": …, \"op\": …, \"value\": …} or {\"all\": […]}, {\"any\": […]}, {\"not\": {…}}."
 
 static Condition *compile_node(JsonbContainer *obj, TupleDesc desc,
 							   Pg2rError *err);
@@ -63,7 +63,8 @@ scalar_text(const JsonbValue *v)
 			return pnstrdup(v->val.string.val, v->val.string.len);
 		case jbvNumeric:
 			return DatumGetCString(DirectFunctionCall1(numeric_out,
-													   NumericGetDatum(v->val.numeric)));
+													   NumericGetDatum(v->val
+																		   .numeric)));
 		case jbvBool:
 			return pstrdup(v->val.boolean ? "true" : "false");
 		default:
@@ -78,7 +79,7 @@ scalar_text(const JsonbValue *v)
 static bool
 compile_value(const JsonbValue *v, TupleDesc desc, TplArg *arg, Pg2rError *err)
 {
-	char	   *text = scalar_text(v);
+	char *text = scalar_text(v);
 
 	if (text == NULL)
 		return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE,
@@ -92,26 +93,30 @@ static bool
 compile_list(const JsonbValue *v, const char *key, TupleDesc desc,
 			 Condition *cond, Pg2rError *err)
 {
-	JsonbIterator *it;
-	JsonbValue	elem;
+	JsonbIterator	  *it;
+	JsonbValue		   elem;
 	JsonbIteratorToken tok;
-	List	   *children = NIL;
-	ListCell   *lc;
-	int			i = 0;
+	List			  *children = NIL;
+	ListCell		  *lc;
+	int				   i = 0;
 
 	if (v->type != jbvBinary || !JsonContainerIsArray(v->val.binary.data))
 		return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, COND_HINT_SHAPE,
-						 "condition \"%s\" must be an array of conditions", key);
+						 "condition \"%s\" must be an array of conditions",
+						 key);
 	it = JsonbIteratorInit(v->val.binary.data);
 	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
 	{
-		Condition  *child;
+		Condition *child;
 
 		if (tok != WJB_ELEM)
 			continue;
-		if (elem.type != jbvBinary || !JsonContainerIsObject(elem.val.binary.data))
-			return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, COND_HINT_SHAPE,
-							 "each element of \"%s\" must be a condition object", key);
+		if (elem.type != jbvBinary ||
+			!JsonContainerIsObject(elem.val.binary.data))
+			return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE,
+							 COND_HINT_SHAPE,
+							 "each element of \"%s\" must be a condition object",
+							 key);
 		child = compile_node(elem.val.binary.data, desc, err);
 		if (child == NULL)
 			return false;
@@ -132,19 +137,17 @@ static bool
 compile_leaf(JsonbContainer *obj, TupleDesc desc, Condition *cond,
 			 Pg2rError *err)
 {
-	JsonbValue	col,
-				op,
-				val,
-				old;
-	char	   *opname;
-	bool		found = false;
-	TplArg		colarg;
+	JsonbValue col, op, val, old;
+	char	  *opname;
+	bool	   found = false;
+	TplArg	   colarg;
 
 	if (!getKeyJsonValueFromContainer(obj, "column", 6, &col) ||
 		col.type != jbvString)
 		return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, COND_HINT_SHAPE,
 						 "condition needs a \"column\" string");
-	if (!getKeyJsonValueFromContainer(obj, "op", 2, &op) || op.type != jbvString)
+	if (!getKeyJsonValueFromContainer(obj, "op", 2, &op) ||
+		op.type != jbvString)
 		return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, COND_HINT_SHAPE,
 						 "condition needs an \"op\" string");
 
@@ -160,7 +163,7 @@ compile_leaf(JsonbContainer *obj, TupleDesc desc, Condition *cond,
 	cond->col = colarg.parts[0].cols[0];
 
 	opname = pnstrdup(op.val.string.val, op.val.string.len);
-	for (int i = 0; i < lengthof(cond_ops); i++)
+	for (size_t i = 0; i < lengthof(cond_ops); i++)
 		if (strcmp(opname, cond_ops[i].name) == 0)
 		{
 			cond->op = cond_ops[i].op;
@@ -183,26 +186,28 @@ compile_leaf(JsonbContainer *obj, TupleDesc desc, Condition *cond,
 	{
 		case CONDOP_IN:
 		case CONDOP_NOT_IN:
-			{
-				JsonbIterator *it;
-				JsonbValue	elem;
-				JsonbIteratorToken tok;
-				int			n = 0;
+		{
+			JsonbIterator	  *it;
+			JsonbValue		   elem;
+			JsonbIteratorToken tok;
+			int				   n = 0;
 
-				if (!getKeyJsonValueFromContainer(obj, "values", 6, &val) ||
-					val.type != jbvBinary || !JsonContainerIsArray(val.val.binary.data))
-					return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE,
-									 "Write {\"column\": …, \"op\": \"in\", \"values\": [ … ]}.",
-									 "condition op \"%s\" needs a \"values\" array", opname);
-				cond->nvalues = JsonContainerSize(val.val.binary.data);
-				cond->values = palloc0(sizeof(TplArg) * Max(cond->nvalues, 1));
-				it = JsonbIteratorInit(val.val.binary.data);
-				while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
-					if (tok == WJB_ELEM &&
-						!compile_value(&elem, desc, &cond->values[n++], err))
-						return false;
-				break;
-			}
+			if (!getKeyJsonValueFromContainer(obj, "values", 6, &val) ||
+				val.type != jbvBinary ||
+				!JsonContainerIsArray(val.val.binary.data))
+				return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE,
+								 "Write {\"column\": …, \"op\": \"in\", \"values\": [ … ]}.",
+								 "condition op \"%s\" needs a \"values\" array",
+								 opname);
+			cond->nvalues = JsonContainerSize(val.val.binary.data);
+			cond->values = palloc0(sizeof(TplArg) * Max(cond->nvalues, 1));
+			it = JsonbIteratorInit(val.val.binary.data);
+			while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+				if (tok == WJB_ELEM &&
+					!compile_value(&elem, desc, &cond->values[n++], err))
+					return false;
+			break;
+		}
 		case CONDOP_IS_NULL:
 		case CONDOP_IS_NOT_NULL:
 		case CONDOP_CHANGED:
@@ -218,7 +223,8 @@ compile_leaf(JsonbContainer *obj, TupleDesc desc, Condition *cond,
 			if (!getKeyJsonValueFromContainer(obj, "value", 5, &val))
 				return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE,
 								 "Write {\"column\": …, \"op\": …, \"value\": …}.",
-								 "condition op \"%s\" needs a \"value\"", opname);
+								 "condition op \"%s\" needs a \"value\"",
+								 opname);
 			cond->nvalues = 1;
 			cond->values = palloc0(sizeof(TplArg));
 			if (!compile_value(&val, desc, &cond->values[0], err))
@@ -235,19 +241,19 @@ compile_leaf(JsonbContainer *obj, TupleDesc desc, Condition *cond,
 static Condition *
 compile_node(JsonbContainer *obj, TupleDesc desc, Pg2rError *err)
 {
-	Condition  *cond = palloc0(sizeof(Condition));
-	JsonbIterator *it;
-	JsonbValue	v;
+	Condition		  *cond = palloc0(sizeof(Condition));
+	JsonbIterator	  *it;
+	JsonbValue		   v;
 	JsonbIteratorToken tok;
-	bool		combinator = false;
-	bool		leaf = false;
-	int			nkeys = 0;
+	bool			   combinator = false;
+	bool			   leaf = false;
+	int				   nkeys = 0;
 
 	check_stack_depth();
 	it = JsonbIteratorInit(obj);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		char	   *key;
+		char *key;
 
 		if (tok != WJB_KEY)
 			continue;
@@ -270,8 +276,9 @@ compile_node(JsonbContainer *obj, TupleDesc desc, Pg2rError *err)
 	if (nkeys == 0 || (combinator && (leaf || nkeys > 1)))
 	{
 		pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, COND_HINT_SHAPE,
-				  nkeys == 0 ? "condition object is empty" :
-				  "condition mixes \"all\", \"any\" or \"not\" with other keys");
+				  nkeys == 0
+					  ? "condition object is empty"
+					  : "condition mixes \"all\", \"any\" or \"not\" with other keys");
 		return NULL;
 	}
 
@@ -351,26 +358,25 @@ condition_needs(const Condition *cond, TplNeeds *needs)
 int
 pg2r_compare_values(const char *a, int alen, const char *b, int blen)
 {
-	int64		ia,
-				ib;
+	int64 ia, ib;
 
 	if (render_parse_int64(a, alen, &ia) && render_parse_int64(b, blen, &ib))
 		return ia < ib ? -1 : (ia > ib ? 1 : 0);
 	if (render_is_number(a, alen) && render_is_number(b, blen))
 	{
-		Datum		na = DirectFunctionCall3(numeric_in,
-											 CStringGetDatum(pnstrdup(a, alen)),
-											 ObjectIdGetDatum(InvalidOid),
-											 Int32GetDatum(-1));
-		Datum		nb = DirectFunctionCall3(numeric_in,
-											 CStringGetDatum(pnstrdup(b, blen)),
-											 ObjectIdGetDatum(InvalidOid),
-											 Int32GetDatum(-1));
+		Datum na =
+			DirectFunctionCall3(numeric_in, CStringGetDatum(pnstrdup(a, alen)),
+								ObjectIdGetDatum(InvalidOid),
+								Int32GetDatum(-1));
+		Datum nb =
+			DirectFunctionCall3(numeric_in, CStringGetDatum(pnstrdup(b, blen)),
+								ObjectIdGetDatum(InvalidOid),
+								Int32GetDatum(-1));
 
 		return DatumGetInt32(DirectFunctionCall2(numeric_cmp, na, nb));
 	}
 	{
-		int			cmp = memcmp(a, b, Min(alen, blen));
+		int cmp = memcmp(a, b, Min(alen, blen));
 
 		if (cmp != 0)
 			return cmp;
@@ -393,9 +399,9 @@ leaf_value(const Condition *cond, int i, ExpandState *st, StringInfo out)
 static int
 eval_leaf(const Condition *cond, ExpandState *st)
 {
-	const char *text = NULL;
-	int			len = 0;
-	ColResult	res;
+	const char	  *text = NULL;
+	int			   len = 0;
+	ColResult	   res;
 	StringInfoData val;
 
 	res = mapping_column_text(st, cond->col, cond->old, &text, &len);
@@ -411,26 +417,26 @@ eval_leaf(const Condition *cond, ExpandState *st)
 			/* an unchanged TOASTed value is not null */
 			return (res == COL_NULL) == (cond->op == CONDOP_IS_NULL);
 		case CONDOP_CHANGED:
-			{
-				const char *otext = NULL;
-				int			olen = 0;
-				ColResult	ores;
+		{
+			const char *otext = NULL;
+			int			olen = 0;
+			ColResult	ores;
 
-				if (res == COL_UNCHANGED_TOAST)
-					return 0;
-				ores = mapping_column_text(st, cond->col, true, &otext, &olen);
-				if (ores == COL_ERROR)
-					return -1;
-				if (ores == COL_UNAVAILABLE || res == COL_UNAVAILABLE)
-					break;
-				if (ores == COL_UNCHANGED_TOAST)
-					return 0;
-				if ((res == COL_NULL) != (ores == COL_NULL))
-					return 1;
-				if (res == COL_NULL)
-					return 0;
-				return len != olen || memcmp(text, otext, len) != 0;
-			}
+			if (res == COL_UNCHANGED_TOAST)
+				return 0;
+			ores = mapping_column_text(st, cond->col, true, &otext, &olen);
+			if (ores == COL_ERROR)
+				return -1;
+			if (ores == COL_UNAVAILABLE || res == COL_UNAVAILABLE)
+				break;
+			if (ores == COL_UNCHANGED_TOAST)
+				return 0;
+			if ((res == COL_NULL) != (ores == COL_NULL))
+				return 1;
+			if (res == COL_NULL)
+				return 0;
+			return len != olen || memcmp(text, otext, len) != 0;
+		}
 		default:
 			if (res == COL_UNAVAILABLE || res == COL_UNCHANGED_TOAST)
 				break;
@@ -459,7 +465,7 @@ eval_leaf(const Condition *cond, ExpandState *st)
 			if (!leaf_value(cond, 0, st, &val))
 				return -1;
 			{
-				int			cmp = pg2r_compare_values(text, len, val.data, val.len);
+				int cmp = pg2r_compare_values(text, len, val.data, val.len);
 
 				switch (cond->op)
 				{
@@ -493,7 +499,7 @@ eval_leaf(const Condition *cond, ExpandState *st)
 int
 condition_eval(const Condition *cond, ExpandState *st)
 {
-	int			r;
+	int r;
 
 	switch (cond->kind)
 	{

@@ -51,7 +51,7 @@
 #include "pg2redis/compat.h"
 #include "pg2redis/mapping.h"
 
-static HTAB *RelMaps = NULL;
+static HTAB			*RelMaps = NULL;
 static MemoryContext MapsCxt = NULL;
 
 /*
@@ -62,7 +62,7 @@ static void
 relmap_invalidate(Datum arg, Oid relid)
 {
 	HASH_SEQ_STATUS seq;
-	RelMap	   *entry;
+	RelMap		   *entry;
 
 	if (RelMaps == NULL)
 		return;
@@ -81,8 +81,8 @@ relmap_invalidate(Datum arg, Oid relid)
 static Oid
 rule_relation(Relation rel)
 {
-	Oid			relid = RelationGetRelid(rel);
-	ListCell   *lc;
+	Oid		  relid = RelationGetRelid(rel);
+	ListCell *lc;
 
 	if (rules_exist_for(relid))
 		return relid;
@@ -98,11 +98,11 @@ rule_relation(Relation rel)
 static void
 relmap_build(RelMap *entry, Relation rel, uint64 gen)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
-	Oid			rulerelid;
-	Relation	rulerel;
-	Oid			keyidx;
-	Bitmapset  *leafident;
+	TupleDesc	  desc = RelationGetDescr(rel);
+	Oid			  rulerelid;
+	Relation	  rulerel;
+	Oid			  keyidx;
+	Bitmapset	 *leafident;
 	MemoryContext old;
 
 	if (entry->cxt)
@@ -123,8 +123,9 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 	rulerelid = rule_relation(rel);
 	if (!OidIsValid(rulerelid))
 		return;
-	rulerel = rulerelid == RelationGetRelid(rel) ? rel :
-		RelationIdGetRelation(rulerelid);
+	rulerel = rulerelid == RelationGetRelid(rel)
+				  ? rel
+				  : RelationIdGetRelation(rulerelid);
 	if (!RelationIsValid(rulerel))
 		return;
 
@@ -142,8 +143,8 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 
 	if (rulerel != rel)
 	{
-		AttrMap    *map = pg2r_build_attrmap_by_name(desc,
-													 RelationGetDescr(rulerel));
+		AttrMap *map =
+			pg2r_build_attrmap_by_name(desc, RelationGetDescr(rulerel));
 
 		entry->attmap = map->attnums;
 	}
@@ -155,7 +156,7 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 		keyidx = RelationGetReplicaIndex(rulerel);
 	if (OidIsValid(keyidx))
 	{
-		Relation	idx = RelationIdGetRelation(keyidx);
+		Relation idx = RelationIdGetRelation(keyidx);
 
 		if (RelationIsValid(idx))
 		{
@@ -171,7 +172,7 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 	leafident = pg2r_identity_columns(rel, &entry->identity_full);
 	for (int a = 1; a <= RelationGetDescr(rulerel)->natts; a++)
 	{
-		AttrNumber	leaf = entry->attmap ? entry->attmap[a - 1] : a;
+		AttrNumber leaf = entry->attmap ? entry->attmap[a - 1] : a;
 
 		if (leaf > 0 && bms_is_member(leaf, leafident))
 			entry->identity = bms_add_member(entry->identity, a);
@@ -190,18 +191,18 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 RelMap *
 mapping_get(Relation rel)
 {
-	Oid			relid = RelationGetRelid(rel);
-	uint64		gen = rules_generation();
-	RelMap	   *entry;
-	bool		found;
+	Oid		relid = RelationGetRelid(rel);
+	uint64	gen = rules_generation();
+	RelMap *entry;
+	bool	found;
 
 	if (RelMaps == NULL)
 	{
-		HASHCTL		ctl;
+		HASHCTL ctl;
 
-		MapsCxt = AllocSetContextCreate(TopMemoryContext,
-										"pg2redis relation maps",
-										ALLOCSET_DEFAULT_SIZES);
+		MapsCxt =
+			AllocSetContextCreate(TopMemoryContext, "pg2redis relation maps",
+								  ALLOCSET_DEFAULT_SIZES);
 		ctl.keysize = sizeof(Oid);
 		ctl.entrysize = sizeof(RelMap);
 		ctl.hcxt = MapsCxt;
@@ -250,7 +251,7 @@ static inline bool
 is_unchanged_toast(const ColType *ct, Datum value)
 {
 	return ct->typlen == -1 &&
-		VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(value));
+		   VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(value));
 }
 
 /*
@@ -262,10 +263,10 @@ static ColResult
 resolve(ExpandState *st, AttrNumber rulecol, bool old, RowState **rowp,
 		int *idx)
 {
-	RelMap	   *map = st->map;
-	AttrNumber	leafcol = map->attmap ? map->attmap[rulecol - 1] : rulecol;
-	RowState   *row = old ? st->old : st->cur;
-	int			i;
+	RelMap	  *map = st->map;
+	AttrNumber leafcol = map->attmap ? map->attmap[rulecol - 1] : rulecol;
+	RowState  *row = old ? st->old : st->cur;
+	int		   i;
 
 	if (leafcol <= 0 || leafcol > map->natts)
 	{
@@ -291,7 +292,7 @@ resolve(ExpandState *st, AttrNumber rulecol, bool old, RowState **rowp,
 		return COL_NULL;
 	if (is_unchanged_toast(&map->cols[i], row->values[i]))
 	{
-		RowState   *alt = (row == st->cur) ? st->old : NULL;
+		RowState *alt = (row == st->cur) ? st->old : NULL;
 
 		if (alt == NULL || !alt->present || alt->keyonly || alt->isnull[i] ||
 			is_unchanged_toast(&map->cols[i], alt->values[i]))
@@ -312,9 +313,9 @@ ColResult
 mapping_column_text(ExpandState *st, AttrNumber rulecol, bool old,
 					const char **text, int *len)
 {
-	RowState   *row;
-	int			i;
-	ColResult	res = resolve(st, rulecol, old, &row, &i);
+	RowState *row;
+	int		  i;
+	ColResult res = resolve(st, rulecol, old, &row, &i);
 
 	if (res != COL_VALUE)
 		return res;
@@ -349,7 +350,7 @@ static bool
 required_text(ExpandState *st, const TplPart *part, AttrNumber col, bool old,
 			  const char *nullval, const char **text, int *len)
 {
-	ColResult	res = mapping_column_text(st, col, old, text, len);
+	ColResult res = mapping_column_text(st, col, old, text, len);
 
 	switch (res)
 	{
@@ -360,12 +361,14 @@ required_text(ExpandState *st, const TplPart *part, AttrNumber col, bool old,
 			*len = strlen(nullval);
 			return true;
 		case COL_UNCHANGED_TOAST:
-			return pg2r_fail(&st->err, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+			return pg2r_fail(&st->err,
+							 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 							 "Set REPLICA IDENTITY FULL on the table, or use the column only in {pairs:…} and {json:…}, which leave unsent values out.",
 							 "column \"%s\" is an unchanged TOASTed value that PostgreSQL did not send",
 							 column_name(part, col));
 		case COL_UNAVAILABLE:
-			return pg2r_fail(&st->err, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+			return pg2r_fail(&st->err,
+							 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 							 "Set REPLICA IDENTITY FULL on the table so that PostgreSQL logs every old value.",
 							 "the old value of column \"%s\" was not sent by PostgreSQL",
 							 column_name(part, col));
@@ -383,13 +386,9 @@ static bool
 append_diff(ExpandState *st, const TplPart *part, StringInfo out)
 {
 	AttrNumber	col = part->cols[0];
-	const char *newt = "0",
-			   *oldt = "0";
-	int			newlen = 1,
-				oldlen = 1;
-	int64		a,
-				b,
-				r;
+	const char *newt = "0", *oldt = "0";
+	int			newlen = 1, oldlen = 1;
+	int64		a, b, r;
 
 	if (st->op != PG2R_OP_DELETE &&
 		!required_text(st, part, col, false, "0", &newt, &newlen))
@@ -399,8 +398,7 @@ append_diff(ExpandState *st, const TplPart *part, StringInfo out)
 		return false;
 
 	if (render_parse_int64(newt, newlen, &a) &&
-		render_parse_int64(oldt, oldlen, &b) &&
-		!pg_sub_s64_overflow(a, b, &r))
+		render_parse_int64(oldt, oldlen, &b) && !pg_sub_s64_overflow(a, b, &r))
 	{
 		appendStringInfo(out, INT64_FORMAT, r);
 		return true;
@@ -411,18 +409,19 @@ append_diff(ExpandState *st, const TplPart *part, StringInfo out)
 						 "{diff:%s} needs numbers, got \"%.*s\" and \"%.*s\"",
 						 part->colnames[0], newlen, newt, oldlen, oldt);
 	{
-		Datum		n = DirectFunctionCall3(numeric_in,
-											CStringGetDatum(pnstrdup(newt, newlen)),
-											ObjectIdGetDatum(InvalidOid),
-											Int32GetDatum(-1));
-		Datum		o = DirectFunctionCall3(numeric_in,
-											CStringGetDatum(pnstrdup(oldt, oldlen)),
-											ObjectIdGetDatum(InvalidOid),
-											Int32GetDatum(-1));
+		Datum n = DirectFunctionCall3(numeric_in,
+									  CStringGetDatum(pnstrdup(newt, newlen)),
+									  ObjectIdGetDatum(InvalidOid),
+									  Int32GetDatum(-1));
+		Datum o = DirectFunctionCall3(numeric_in,
+									  CStringGetDatum(pnstrdup(oldt, oldlen)),
+									  ObjectIdGetDatum(InvalidOid),
+									  Int32GetDatum(-1));
 
 		appendStringInfoString(out,
-							   DatumGetCString(DirectFunctionCall1(numeric_out,
-																   DirectFunctionCall2(numeric_sub, n, o))));
+							   DatumGetCString(DirectFunctionCall1(
+								   numeric_out,
+								   DirectFunctionCall2(numeric_sub, n, o))));
 	}
 	return true;
 }
@@ -431,14 +430,14 @@ append_diff(ExpandState *st, const TplPart *part, StringInfo out)
 static bool
 append_json(ExpandState *st, const TplPart *part, StringInfo out)
 {
-	bool		first = true;
+	bool first = true;
 
 	appendStringInfoChar(out, '{');
 	for (int c = 0; c < part->ncols; c++)
 	{
-		RowState   *row = NULL;
-		int			i = 0;
-		ColResult	res = resolve(st, part->cols[c], false, &row, &i);
+		RowState *row = NULL;
+		int		  i = 0;
+		ColResult res = resolve(st, part->cols[c], false, &row, &i);
 
 		if (res == COL_ERROR)
 			return false;
@@ -462,7 +461,7 @@ append_json(ExpandState *st, const TplPart *part, StringInfo out)
 static bool
 append_pk(ExpandState *st, const TplPart *part, StringInfo out)
 {
-	RelMap	   *map = st->map;
+	RelMap *map = st->map;
 
 	if (map->npk == 0)
 		return pg2r_fail(&st->err, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -473,12 +472,14 @@ append_pk(ExpandState *st, const TplPart *part, StringInfo out)
 	{
 		const char *text;
 		int			len;
-		ColResult	res = mapping_column_text(st, map->pk[k], false, &text, &len);
+		ColResult	res =
+			mapping_column_text(st, map->pk[k], false, &text, &len);
 
 		if (res == COL_ERROR)
 			return false;
 		if (res == COL_UNAVAILABLE || res == COL_UNCHANGED_TOAST)
-			return pg2r_fail(&st->err, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+			return pg2r_fail(&st->err,
+							 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 							 "Set REPLICA IDENTITY FULL on the table, or keep the primary key as replica identity.",
 							 "a primary-key value of table \"%s\" was not sent by PostgreSQL",
 							 map->table);
@@ -500,8 +501,8 @@ mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
 	for (int p = 0; p < arg->nparts; p++)
 	{
 		const TplPart *part = &arg->parts[p];
-		const char *text;
-		int			len;
+		const char	  *text;
+		int			   len;
 
 		switch (part->kind)
 		{
@@ -509,21 +510,22 @@ mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
 				appendBinaryStringInfo(out, part->text, part->len);
 				break;
 			case TPL_COL:
-				if (!required_text(st, part, part->cols[0], false, "", &text, &len))
+				if (!required_text(st, part, part->cols[0], false, "", &text,
+								   &len))
 					return false;
 				appendBinaryStringInfo(out, text, len);
 				break;
 			case TPL_OLD:
-				{
-					ColResult	res = mapping_column_text(st, part->cols[0], true,
-														  &text, &len);
+			{
+				ColResult res =
+					mapping_column_text(st, part->cols[0], true, &text, &len);
 
-					if (res == COL_ERROR)
-						return false;
-					if (res == COL_VALUE)
-						appendBinaryStringInfo(out, text, len);
-					break;
-				}
+				if (res == COL_ERROR)
+					return false;
+				if (res == COL_VALUE)
+					appendBinaryStringInfo(out, text, len);
+				break;
+			}
 			case TPL_DIFF:
 				if (!append_diff(st, part, out))
 					return false;
@@ -555,16 +557,16 @@ mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
 				appendStringInfo(out, "%X/%X", LSN_FORMAT_ARGS(st->meta->lsn));
 				break;
 			case TPL_COMMIT_TIME:
-				{
-					char		buf[MAXDATELEN + 1];
-					int			utc = 0;
+			{
+				char buf[MAXDATELEN + 1];
+				int	 utc = 0;
 
-					JsonEncodeDateTime(buf,
-									   TimestampTzGetDatum(st->meta->commit_time),
-									   TIMESTAMPTZOID, &utc);
-					appendStringInfoString(out, buf);
-					break;
-				}
+				JsonEncodeDateTime(buf,
+								   TimestampTzGetDatum(st->meta->commit_time),
+								   TIMESTAMPTZOID, &utc);
+				appendStringInfoString(out, buf);
+				break;
+			}
 		}
 	}
 	return true;
@@ -574,10 +576,10 @@ mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
 typedef struct ArgVec
 {
 	StringInfoData data;
-	int			argc;
-	int			cap;
-	int		   *off;
-	size_t	   *len;
+	int			   argc;
+	int			   cap;
+	int			  *off;
+	size_t		  *len;
 } ArgVec;
 
 static void
@@ -586,10 +588,10 @@ argvec_push(ArgVec *v, int start)
 	if (v->argc == v->cap)
 	{
 		v->cap = v->cap ? v->cap * 2 : 16;
-		v->off = v->off ? repalloc(v->off, sizeof(int) * v->cap) :
-			palloc(sizeof(int) * v->cap);
-		v->len = v->len ? repalloc(v->len, sizeof(size_t) * v->cap) :
-			palloc(sizeof(size_t) * v->cap);
+		v->off = v->off ? repalloc(v->off, sizeof(int) * v->cap)
+						: palloc(sizeof(int) * v->cap);
+		v->len = v->len ? repalloc(v->len, sizeof(size_t) * v->cap)
+						: palloc(sizeof(size_t) * v->cap);
 	}
 	v->off[v->argc] = start;
 	v->len[v->argc] = v->data.len - start;
@@ -614,14 +616,14 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 		if (arg->parts[0].kind == TPL_PAIRS)
 		{
 			const TplPart *part = &arg->parts[0];
-			int			start;
+			int			   start;
 
 			for (int c = 0; c < part->ncols; c++)
 			{
 				const char *text = "";
 				int			len = 0;
-				ColResult	res = mapping_column_text(st, part->cols[c], false,
-													  &text, &len);
+				ColResult	res =
+					mapping_column_text(st, part->cols[c], false, &text, &len);
 
 				if (res == COL_ERROR)
 					return false;
@@ -641,7 +643,7 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 			continue;
 		}
 		{
-			int			start = v->data.len;
+			int start = v->data.len;
 
 			if (!mapping_expand_arg(st, arg, &v->data))
 				return false;
@@ -655,11 +657,11 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 static void
 run_rules(ExpandState *st, Pg2rOp op, const CommandSink *sink)
 {
-	List	   *rules = rules_for(st->map->rulerelid, op);
-	ListCell   *lc;
-	ArgVec		v = {0};
+	List		*rules = rules_for(st->map->rulerelid, op);
+	ListCell	*lc;
+	ArgVec		 v = {0};
 	const char **argv = NULL;
-	int			argv_cap = 0;
+	int			 argv_cap = 0;
 
 	if (op == PG2R_OP_SNAPSHOT && rules == NIL)
 		rules = rules_for(st->map->rulerelid, PG2R_OP_INSERT);
@@ -668,8 +670,8 @@ run_rules(ExpandState *st, Pg2rOp op, const CommandSink *sink)
 
 	foreach(lc, rules)
 	{
-		Rule	   *rule = lfirst(lc);
-		bool		elided;
+		Rule *rule = lfirst(lc);
+		bool  elided;
 
 		if (rule->broken)
 		{
@@ -678,7 +680,7 @@ run_rules(ExpandState *st, Pg2rOp op, const CommandSink *sink)
 		}
 		if (rule->cond)
 		{
-			int			r = condition_eval(rule->cond, st);
+			int r = condition_eval(rule->cond, st);
 
 			if (r < 0)
 			{
@@ -700,8 +702,8 @@ run_rules(ExpandState *st, Pg2rOp op, const CommandSink *sink)
 		if (argv_cap < v.argc)
 		{
 			argv_cap = Max(v.argc, 16);
-			argv = argv ? repalloc(argv, sizeof(char *) * argv_cap) :
-				palloc(sizeof(char *) * argv_cap);
+			argv = argv ? repalloc(argv, sizeof(char *) * argv_cap)
+						: palloc(sizeof(char *) * argv_cap);
 		}
 		for (int i = 0; i < v.argc; i++)
 			argv[i] = v.data.data + v.off[i];
@@ -719,19 +721,19 @@ pk_changed(ExpandState *st)
 {
 	for (int k = 0; k < st->map->npk; k++)
 	{
-		const char *n = NULL,
-				   *o = NULL;
-		int			nlen = 0,
-					olen = 0;
-		ColResult	nres = mapping_column_text(st, st->map->pk[k], false, &n, &nlen);
-		ColResult	ores = mapping_column_text(st, st->map->pk[k], true, &o, &olen);
+		const char *n = NULL, *o = NULL;
+		int			nlen = 0, olen = 0;
+		ColResult	nres =
+			mapping_column_text(st, st->map->pk[k], false, &n, &nlen);
+		ColResult ores =
+			mapping_column_text(st, st->map->pk[k], true, &o, &olen);
 
 		if (nres == COL_ERROR || ores == COL_ERROR ||
 			ores == COL_UNAVAILABLE || ores == COL_UNCHANGED_TOAST ||
 			nres == COL_UNCHANGED_TOAST)
 			continue;
-		if (nres != ores || (nres == COL_VALUE &&
-							 (nlen != olen || memcmp(n, o, nlen) != 0)))
+		if (nres != ores ||
+			(nres == COL_VALUE && (nlen != olen || memcmp(n, o, nlen) != 0)))
 			return true;
 	}
 	return false;
@@ -748,8 +750,7 @@ mapping_change(RelMap *map, Relation rel, Pg2rOp op, HeapTuple oldtuple,
 			   const CommandSink *sink)
 {
 	ExpandState st = {0};
-	RowState	newrow,
-				oldrow;
+	RowState	newrow, oldrow;
 	TupleDesc	desc = rel ? RelationGetDescr(rel) : NULL;
 
 	if (!mapping_has_rules(map))

@@ -20,19 +20,18 @@
 
 PG_MODULE_MAGIC;
 
-int			pg2r_numeric_mode = PG2R_NUMERIC_NUMBER;
+int pg2r_numeric_mode = PG2R_NUMERIC_NUMBER;
 
-static const struct config_enum_entry numeric_mode_options[] = {
-	{"number", PG2R_NUMERIC_NUMBER, false},
-	{"string", PG2R_NUMERIC_STRING, false},
-	{NULL, 0, false}
-};
+static const struct config_enum_entry numeric_mode_options[] =
+	{{"number", PG2R_NUMERIC_NUMBER, false},
+	 {"string", PG2R_NUMERIC_STRING, false},
+	 {NULL, 0, false}};
 
-static const char *const op_names[PG2R_NUM_OPS] = {
-	"insert", "update", "delete", "truncate", "snapshot"
-};
+static const char *const op_names[PG2R_NUM_OPS] = {"insert", "update",
+												   "delete", "truncate",
+												   "snapshot"};
 
-void		_PG_init(void);
+void _PG_init(void);
 
 /*
  * _PG_init refuses to load outside shared_preload_libraries and defines
@@ -50,12 +49,9 @@ _PG_init(void)
 	DefineCustomEnumVariable("pg2redis.numeric_mode",
 							 "How {json:…} renders numeric and float values.",
 							 "\"number\" writes JSON numbers (exact digits as PostgreSQL prints them); \"string\" writes JSON strings.",
-							 &pg2r_numeric_mode,
-							 PG2R_NUMERIC_NUMBER,
-							 numeric_mode_options,
-							 PGC_SIGHUP,
-							 0,
-							 NULL, NULL, NULL);
+							 &pg2r_numeric_mode, PG2R_NUMERIC_NUMBER,
+							 numeric_mode_options, PGC_SIGHUP, 0, NULL, NULL,
+							 NULL);
 
 	MarkGUCPrefixReserved("pg2redis");
 }

@@ -40,11 +40,11 @@
 
 typedef struct PluginState
 {
-	MemoryContext change_cxt;	/* reset after every change */
-	int			guc_level;		/* from render_push_settings */
+	MemoryContext change_cxt; /* reset after every change */
+	int			  guc_level;  /* from render_push_settings */
 } PluginState;
 
-void		_PG_output_plugin_init(OutputPluginCallbacks *cb);
+void _PG_output_plugin_init(OutputPluginCallbacks *cb);
 
 /*
  * plugin_startup checks the options (pg2redis takes none) and fixes the
@@ -55,11 +55,11 @@ plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
 			   bool is_init)
 {
 	PluginState *state;
-	ListCell   *lc;
+	ListCell	*lc;
 
 	foreach(lc, ctx->output_plugin_options)
 	{
-		DefElem    *elem = lfirst(lc);
+		DefElem *elem = lfirst(lc);
 
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -69,8 +69,7 @@ plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
 	}
 
 	state = palloc0(sizeof(PluginState));
-	state->change_cxt = AllocSetContextCreate(ctx->context,
-											  "pg2redis change",
+	state->change_cxt = AllocSetContextCreate(ctx->context, "pg2redis change",
 											  ALLOCSET_DEFAULT_SIZES);
 	state->guc_level = render_push_settings();
 	ctx->output_plugin_private = state;
@@ -148,11 +147,11 @@ static void
 plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			  Relation relation, ReorderBufferChange *change)
 {
-	PluginState *state = ctx->output_plugin_private;
-	CommandSink sink = {sql_command, sql_error, ctx};
-	RelMap	   *map;
-	ChangeMeta	meta;
-	Pg2rOp		op;
+	PluginState	 *state = ctx->output_plugin_private;
+	CommandSink	  sink = {sql_command, sql_error, ctx};
+	RelMap		 *map;
+	ChangeMeta	  meta;
+	Pg2rOp		  op;
 	MemoryContext old;
 
 	map = mapping_get(relation);
@@ -191,17 +190,17 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 				int nrelations, Relation relations[],
 				ReorderBufferChange *change)
 {
-	PluginState *state = ctx->output_plugin_private;
-	CommandSink sink = {sql_command, sql_error, ctx};
-	ChangeMeta	meta;
+	PluginState	 *state = ctx->output_plugin_private;
+	CommandSink	  sink = {sql_command, sql_error, ctx};
+	ChangeMeta	  meta;
 	MemoryContext old;
-	List	   *done = NIL;
+	List		 *done = NIL;
 
 	txn_meta(txn, &meta);
 	old = MemoryContextSwitchTo(state->change_cxt);
 	for (int i = 0; i < nrelations; i++)
 	{
-		RelMap	   *map = mapping_get(relations[i]);
+		RelMap *map = mapping_get(relations[i]);
 
 		if (!mapping_has_rules(map) || list_member_oid(done, map->rulerelid))
 			continue;

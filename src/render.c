@@ -38,10 +38,10 @@
 void
 render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt)
 {
-	Oid			base = getBaseType(typid);
-	Oid			outfunc;
-	bool		isvarlena;
-	Oid			elemtype;
+	Oid	 base = getBaseType(typid);
+	Oid	 outfunc;
+	bool isvarlena;
+	Oid	 elemtype;
 
 	memset(ct, 0, sizeof(*ct));
 	ct->typid = typid;
@@ -142,9 +142,9 @@ render_is_json_number(const char *s)
 bool
 render_parse_int64(const char *s, int len, int64 *out)
 {
-	int64		v = 0;
-	bool		neg = false;
-	int			i = 0;
+	int64 v = 0;
+	bool  neg = false;
+	int	  i = 0;
 
 	if (len > 0 && (s[0] == '-' || s[0] == '+'))
 	{
@@ -170,8 +170,8 @@ render_parse_int64(const char *s, int len, int64 *out)
 bool
 render_is_number(const char *s, int len)
 {
-	char	   *copy;
-	bool		ok;
+	char *copy;
+	bool  ok;
 
 	if (len == 0 || len > 1000)
 		return false;
@@ -189,7 +189,7 @@ render_json_string(StringInfo out, const char *s, int len)
 		escape_json(out, s);
 	else
 	{
-		char	   *copy = pnstrdup(s, len);
+		char *copy = pnstrdup(s, len);
 
 		escape_json(out, copy);
 		pfree(copy);
@@ -227,7 +227,7 @@ render_array_dim(const ColType *elem, int ndim, const int *dims, int dim,
 void
 render_json(const ColType *ct, Datum value, bool isnull, StringInfo out)
 {
-	char	   *text;
+	char *text;
 
 	if (isnull)
 	{
@@ -238,26 +238,27 @@ render_json(const ColType *ct, Datum value, bool isnull, StringInfo out)
 	switch (ct->kind)
 	{
 		case VK_BOOL:
-			appendStringInfoString(out, DatumGetBool(value) ? "true" : "false");
+			appendStringInfoString(out,
+								   DatumGetBool(value) ? "true" : "false");
 			return;
 		case VK_ARRAY:
-			{
-				ArrayType  *arr = DatumGetArrayTypeP(value);
-				Datum	   *values;
-				bool	   *nulls;
-				int			n;
-				int			next = 0;
+		{
+			ArrayType *arr = DatumGetArrayTypeP(value);
+			Datum	  *values;
+			bool	  *nulls;
+			int		   n;
+			int		   next = 0;
 
-				deconstruct_array(arr, ct->elem->typid, ct->elem->typlen,
-								  ct->elem->typbyval, ct->elem->typalign,
-								  &values, &nulls, &n);
-				if (ARR_NDIM(arr) == 0)
-					appendStringInfoString(out, "[]");
-				else
-					render_array_dim(ct->elem, ARR_NDIM(arr), ARR_DIMS(arr), 0,
-									 values, nulls, &next, out);
-				return;
-			}
+			deconstruct_array(arr, ct->elem->typid, ct->elem->typlen,
+							  ct->elem->typbyval, ct->elem->typalign, &values,
+							  &nulls, &n);
+			if (ARR_NDIM(arr) == 0)
+				appendStringInfoString(out, "[]");
+			else
+				render_array_dim(ct->elem, ARR_NDIM(arr), ARR_DIMS(arr), 0,
+								 values, nulls, &next, out);
+			return;
+		}
 		default:
 			break;
 	}
@@ -294,18 +295,16 @@ int
 render_push_settings(void)
 {
 	static const char *const settings[][2] = {
-		{"DateStyle", "ISO, YMD"},
-		{"TimeZone", "UTC"},
-		{"IntervalStyle", "postgres"},
-		{"extra_float_digits", "1"},
+		{"DateStyle", "ISO, YMD"},	   {"TimeZone", "UTC"},
+		{"IntervalStyle", "postgres"}, {"extra_float_digits", "1"},
 		{"bytea_output", "hex"},
 	};
-	int			level = NewGUCNestLevel();
+	int level = NewGUCNestLevel();
 
-	for (int i = 0; i < lengthof(settings); i++)
-		(void) set_config_option(settings[i][0], settings[i][1],
-								 PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
+	for (size_t i = 0; i < lengthof(settings); i++)
+		(void) set_config_option(settings[i][0], settings[i][1], PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
+								 false);
 	return level;
 }
 

@@ -56,28 +56,28 @@
 #include "pg2redis/rules.h"
 
 /* Columns of pg2redis.rules. */
-#define Anum_rules_id			1
-#define Anum_rules_relation		2
-#define Anum_rules_op			3
-#define Anum_rules_command		4
-#define Anum_rules_condition	5
-#define Anum_rules_position		6
-#define Anum_rules_enabled		7
-#define Natts_rules				7
+#define Anum_rules_id 1
+#define Anum_rules_relation 2
+#define Anum_rules_op 3
+#define Anum_rules_command 4
+#define Anum_rules_condition 5
+#define Anum_rules_position 6
+#define Anum_rules_enabled 7
+#define Natts_rules 7
 
 /* The rules of one relation, per op. */
 typedef struct RuleRel
 {
-	Oid			relid;			/* hash key */
-	List	   *byop[PG2R_NUM_OPS];
+	Oid	  relid; /* hash key */
+	List *byop[PG2R_NUM_OPS];
 } RuleRel;
 
 static MemoryContext RulesCxt = NULL;
-static HTAB *RuleRels = NULL;
-static bool rules_valid = false;
-static uint64 rules_gen = 0;
-static Oid	rules_table = InvalidOid;
-static bool callback_registered = false;
+static HTAB			*RuleRels = NULL;
+static bool			 rules_valid = false;
+static uint64		 rules_gen = 0;
+static Oid			 rules_table = InvalidOid;
+static bool			 callback_registered = false;
 
 PG_FUNCTION_INFO_V1(pg2redis_validate_rule);
 PG_FUNCTION_INFO_V1(pg2redis_rules_changed);
@@ -116,7 +116,7 @@ rule_cmp(const ListCell *a, const ListCell *b)
 static Oid
 rules_lookup_table(void)
 {
-	Oid			nsp = get_namespace_oid(PG2R_SCHEMA, true);
+	Oid nsp = get_namespace_oid(PG2R_SCHEMA, true);
 
 	if (!OidIsValid(nsp))
 		return InvalidOid;
@@ -131,18 +131,19 @@ rules_lookup_table(void)
 static void
 compile_rule(Rule *rule, ArrayType *command, Jsonb *condition)
 {
-	Relation	rel;
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-	Pg2rError	err;
+	Relation  rel;
+	Datum	 *elems;
+	bool	 *nulls;
+	int		  n;
+	Pg2rError err;
 
-	deconstruct_array(command, TEXTOID, -1, false, TYPALIGN_INT,
-					  &elems, &nulls, &n);
+	deconstruct_array(command, TEXTOID, -1, false, TYPALIGN_INT, &elems,
+					  &nulls, &n);
 	rule->ncommand = n;
 	rule->command = palloc(sizeof(char *) * Max(n, 1));
 	for (int i = 0; i < n; i++)
-		rule->command[i] = nulls[i] ? pstrdup("") : TextDatumGetCString(elems[i]);
+		rule->command[i] =
+			nulls[i] ? pstrdup("") : TextDatumGetCString(elems[i]);
 
 	rule->def = n > 0 ? redis_command_lookup(rule->command[0]) : NULL;
 	rel = RelationIdGetRelation(rule->relid);
@@ -150,7 +151,8 @@ compile_rule(Rule *rule, ArrayType *command, Jsonb *condition)
 	{
 		rule->broken = palloc(sizeof(Pg2rError));
 		pg2r_fail(rule->broken, ERRCODE_UNDEFINED_TABLE, NULL,
-				  "relation with OID %u of rule " INT64_FORMAT " does not exist",
+				  "relation with OID %u of rule " INT64_FORMAT
+				  " does not exist",
 				  rule->relid, rule->id);
 		return;
 	}
@@ -174,10 +176,10 @@ compile_rule(Rule *rule, ArrayType *command, Jsonb *condition)
 static void
 rules_load(void)
 {
-	HASHCTL		ctl;
-	Relation	rel;
-	SysScanDesc scan;
-	HeapTuple	tuple;
+	HASHCTL		  ctl;
+	Relation	  rel;
+	SysScanDesc	  scan;
+	HeapTuple	  tuple;
 	MemoryContext old;
 
 	if (!callback_registered)
@@ -213,16 +215,17 @@ rules_load(void)
 	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
 	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
 	{
-		Datum		values[Natts_rules];
-		bool		isnull[Natts_rules];
-		Rule	   *rule;
-		RuleRel    *entry;
-		bool		found;
-		Pg2rOp		op;
+		Datum	 values[Natts_rules];
+		bool	 isnull[Natts_rules];
+		Rule	*rule;
+		RuleRel *entry;
+		bool	 found;
+		Pg2rOp	 op;
 
 		heap_deform_tuple(tuple, RelationGetDescr(rel), values, isnull);
 		if (!DatumGetBool(values[Anum_rules_enabled - 1]) ||
-			!pg2r_op_parse(TextDatumGetCString(values[Anum_rules_op - 1]), &op))
+			!pg2r_op_parse(TextDatumGetCString(values[Anum_rules_op - 1]),
+						   &op))
 			continue;
 
 		rule = palloc0(sizeof(Rule));
@@ -231,8 +234,9 @@ rules_load(void)
 		rule->op = op;
 		rule->position = DatumGetInt32(values[Anum_rules_position - 1]);
 		compile_rule(rule, DatumGetArrayTypeP(values[Anum_rules_command - 1]),
-					 isnull[Anum_rules_condition - 1] ? NULL :
-					 DatumGetJsonbP(values[Anum_rules_condition - 1]));
+					 isnull[Anum_rules_condition - 1]
+						 ? NULL
+						 : DatumGetJsonbP(values[Anum_rules_condition - 1]));
 
 		entry = hash_search(RuleRels, &rule->relid, HASH_ENTER, &found);
 		if (!found)
@@ -244,7 +248,7 @@ rules_load(void)
 
 	{
 		HASH_SEQ_STATUS seq;
-		RuleRel    *entry;
+		RuleRel		   *entry;
 
 		hash_seq_init(&seq, RuleRels);
 		while ((entry = hash_seq_search(&seq)) != NULL)
@@ -270,7 +274,7 @@ rules_ensure(void)
 List *
 rules_for(Oid relid, Pg2rOp op)
 {
-	RuleRel    *entry;
+	RuleRel *entry;
 
 	rules_ensure();
 	entry = hash_search(RuleRels, &relid, HASH_FIND, NULL);
@@ -314,7 +318,7 @@ static void
 validate_error_context(void *arg)
 {
 	ValidateContext *vc = arg;
-	char	   *relname = OidIsValid(vc->relid) ? get_rel_name(vc->relid) : NULL;
+	char *relname = OidIsValid(vc->relid) ? get_rel_name(vc->relid) : NULL;
 
 	errcontext("pg2redis rule " INT64_FORMAT " (%s on %s)", vc->id,
 			   vc->op ? vc->op : "?", relname ? relname : "?");
@@ -325,8 +329,7 @@ static void
 raise_soft(const Pg2rError *err)
 {
 	ereport(ERROR,
-			(errcode(err->sqlerrcode),
-			 errmsg_internal("%s", err->message),
+			(errcode(err->sqlerrcode), errmsg_internal("%s", err->message),
 			 err->hint ? errhint("%s", err->hint) : 0));
 }
 
@@ -338,9 +341,9 @@ raise_soft(const Pg2rError *err)
 Bitmapset *
 pg2r_identity_columns(Relation rel, bool *full)
 {
-	Bitmapset  *keys;
-	Bitmapset  *result = NULL;
-	int			i = -1;
+	Bitmapset *keys;
+	Bitmapset *result = NULL;
+	int		   i = -1;
 
 	*full = rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL;
 	if (*full)
@@ -354,7 +357,8 @@ pg2r_identity_columns(Relation rel, bool *full)
 		return NULL;
 	keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
 	while ((i = bms_next_member(keys, i)) >= 0)
-		result = bms_add_member(result, i + FirstLowInvalidHeapAttributeNumber);
+		result =
+			bms_add_member(result, i + FirstLowInvalidHeapAttributeNumber);
 	return result;
 }
 
@@ -367,9 +371,9 @@ static void
 check_identity(Relation leaf, TupleDesc ruledesc, Bitmapset *needed,
 			   const char *why)
 {
-	bool		full;
-	Bitmapset  *ident = pg2r_identity_columns(leaf, &full);
-	int			a = -1;
+	bool	   full;
+	Bitmapset *ident = pg2r_identity_columns(leaf, &full);
+	int		   a = -1;
 
 	while ((a = bms_next_member(needed, a)) >= 0)
 	{
@@ -382,8 +386,9 @@ check_identity(Relation leaf, TupleDesc ruledesc, Bitmapset *needed,
 					 errmsg("%s needs the old value of column \"%s\", which the replica identity of table \"%s\" does not include",
 							why, name, RelationGetRelationName(leaf)),
 					 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL, or use only replica identity columns in this rule.",
-							 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(leaf)),
-														RelationGetRelationName(leaf)))));
+							 quote_qualified_identifier(
+								 get_namespace_name(RelationGetNamespace(leaf)),
+								 RelationGetRelationName(leaf)))));
 	}
 }
 
@@ -401,10 +406,9 @@ check_relation(Relation rel)
 	if (IsCatalogRelation(rel) || IsCatalogNamespace(nsp) ||
 		IsToastNamespace(nsp) ||
 		strcmp(get_namespace_name(nsp), "information_schema") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("cannot map system table \"%s\"", name),
-				 errhint("Rules map user tables only.")));
+		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						errmsg("cannot map system table \"%s\"", name),
+						errhint("Rules map user tables only.")));
 	if (strcmp(get_namespace_name(nsp), PG2R_SCHEMA) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -419,10 +423,13 @@ check_relation(Relation rel)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot map %s table \"%s\"",
-						rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP ?
-						"temporary" : "unlogged", name),
+						rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP
+							? "temporary"
+							: "unlogged",
+						name),
 				 errdetail("Changes of temporary and unlogged tables are not written to the WAL."),
-				 errhint("Use ALTER TABLE %s SET LOGGED, or map another table.", name)));
+				 errhint("Use ALTER TABLE %s SET LOGGED, or map another table.",
+						 name)));
 	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -438,9 +445,9 @@ check_relation(Relation rel)
 static void
 check_command(const Template *tpl, Datum *elems, int n)
 {
-	char	   *name;
+	char				  *name;
 	const RedisCommandDef *def;
-	int			argc = 0;
+	int					   argc = 0;
 
 	if (n == 0)
 		ereport(ERROR,
@@ -451,7 +458,8 @@ check_command(const Template *tpl, Datum *elems, int n)
 	if (!template_is_literal(&tpl->args[0]))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("Redis command name \"%s\" cannot contain placeholders", name),
+				 errmsg("Redis command name \"%s\" cannot contain placeholders",
+						name),
 				 errhint("Write one rule per command; choose between them with conditions.")));
 	if (redis_command_is_forbidden(name))
 		ereport(ERROR,
@@ -476,8 +484,8 @@ check_command(const Template *tpl, Datum *elems, int n)
 			continue;
 		}
 		if (def->first_key > 0 &&
-			(i == def->first_key || (def->last_key < 0 && def->key_step == 1 &&
-									 i > def->first_key)))
+			(i == def->first_key ||
+			 (def->last_key < 0 && def->key_step == 1 && i > def->first_key)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("{pairs:…} cannot stand where Redis command \"%s\" expects a key",
@@ -501,9 +509,9 @@ check_command(const Template *tpl, Datum *elems, int n)
 static void
 check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 {
-	Bitmapset  *fromold = NULL;
-	List	   *leaves;
-	ListCell   *lc;
+	Bitmapset *fromold = NULL;
+	List	  *leaves;
+	ListCell  *lc;
 
 	if (op == PG2R_OP_TRUNCATE)
 	{
@@ -516,7 +524,7 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 	}
 	if (needs->needs_pk)
 	{
-		Oid			pk = RelationGetPrimaryKeyIndex(rel);
+		Oid pk = RelationGetPrimaryKeyIndex(rel);
 
 		if (!OidIsValid(pk))
 			pk = RelationGetReplicaIndex(rel);
@@ -535,7 +543,10 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 					 errmsg("%s rules have no old row, but the rule reads the old value of column \"%s\"",
 							pg2r_op_name(op),
 							NameStr(TupleDescAttr(RelationGetDescr(rel),
-												  bms_next_member(needs->old, -1) - 1)->attname)),
+												  bms_next_member(needs->old,
+																  -1) -
+													  1)
+										->attname)),
 					 errhint("Use {old:…}, {diff:…} on old values, \"old\": true and \"changed\" in update and delete rules.")));
 		return;
 	}
@@ -545,8 +556,8 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 		fromold = bms_add_members(fromold, needs->cur);
 	if (needs->needs_pk && op == PG2R_OP_DELETE)
 	{
-		Oid			pk = RelationGetPrimaryKeyIndex(rel);
-		Relation	idx;
+		Oid		 pk = RelationGetPrimaryKeyIndex(rel);
+		Relation idx;
 
 		if (!OidIsValid(pk))
 			pk = RelationGetReplicaIndex(rel);
@@ -561,17 +572,19 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
 	{
 		check_identity(rel, RelationGetDescr(rel), fromold,
-					   op == PG2R_OP_DELETE ? "a delete rule" : "an update rule");
+					   op == PG2R_OP_DELETE ? "a delete rule"
+											: "an update rule");
 		return;
 	}
 	leaves = find_all_inheritors(RelationGetRelid(rel), AccessShareLock, NULL);
 	foreach(lc, leaves)
 	{
-		Relation	leaf = table_open(lfirst_oid(lc), NoLock);
+		Relation leaf = table_open(lfirst_oid(lc), NoLock);
 
 		if (leaf->rd_rel->relkind == RELKIND_RELATION)
 			check_identity(leaf, RelationGetDescr(rel), fromold,
-						   op == PG2R_OP_DELETE ? "a delete rule" : "an update rule");
+						   op == PG2R_OP_DELETE ? "a delete rule"
+												: "an update rule");
 		table_close(leaf, NoLock);
 	}
 }
@@ -584,41 +597,47 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 Datum
 pg2redis_validate_rule(PG_FUNCTION_ARGS)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	HeapTuple	tuple;
-	TupleDesc	desc;
-	Datum		values[Natts_rules];
-	bool		isnull[Natts_rules];
-	ValidateContext vc = {0};
+	TriggerData			*trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple			 tuple;
+	TupleDesc			 desc;
+	Datum				 values[Natts_rules];
+	bool				 isnull[Natts_rules];
+	ValidateContext		 vc = {0};
 	ErrorContextCallback errcb;
-	Pg2rOp		op;
-	Relation	rel;
-	ArrayType  *command;
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-	Template   *tpl;
-	Condition  *cond = NULL;
-	TplNeeds	needs = {0};
-	Pg2rError	err;
+	Pg2rOp				 op;
+	Relation			 rel;
+	ArrayType			*command;
+	Datum				*elems;
+	bool				*nulls;
+	int					 n;
+	Template			*tpl;
+	Condition			*cond = NULL;
+	TplNeeds			 needs = {0};
+	Pg2rError			 err;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
 		elog(ERROR, "pg2redis_validate_rule must be a BEFORE ROW trigger");
 
-	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
-		trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
+				? trigdata->tg_newtuple
+				: trigdata->tg_trigtuple;
 	desc = RelationGetDescr(trigdata->tg_relation);
 	if (desc->natts != Natts_rules)
-		elog(ERROR, "pg2redis.rules has %d columns, expected %d",
-			 desc->natts, Natts_rules);
+		elog(ERROR, "pg2redis.rules has %d columns, expected %d", desc->natts,
+			 Natts_rules);
 	heap_deform_tuple(tuple, desc, values, isnull);
 
-	vc.id = isnull[Anum_rules_id - 1] ? 0 : DatumGetInt64(values[Anum_rules_id - 1]);
-	vc.op = isnull[Anum_rules_op - 1] ? NULL : TextDatumGetCString(values[Anum_rules_op - 1]);
-	vc.relid = isnull[Anum_rules_relation - 1] ? InvalidOid :
-		DatumGetObjectId(values[Anum_rules_relation - 1]);
+	vc.id = isnull[Anum_rules_id - 1]
+				? 0
+				: DatumGetInt64(values[Anum_rules_id - 1]);
+	vc.op = isnull[Anum_rules_op - 1]
+				? NULL
+				: TextDatumGetCString(values[Anum_rules_op - 1]);
+	vc.relid = isnull[Anum_rules_relation - 1]
+				   ? InvalidOid
+				   : DatumGetObjectId(values[Anum_rules_relation - 1]);
 	errcb.callback = validate_error_context;
 	errcb.arg = &vc;
 	errcb.previous = error_context_stack;
@@ -632,9 +651,8 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 
 	/* NOT NULL constraints run after BEFORE triggers: check here too. */
 	if (isnull[Anum_rules_relation - 1] || isnull[Anum_rules_command - 1])
-		ereport(ERROR,
-				(errcode(ERRCODE_NOT_NULL_VIOLATION),
-				 errmsg("a rule needs a relation and a command")));
+		ereport(ERROR, (errcode(ERRCODE_NOT_NULL_VIOLATION),
+						errmsg("a rule needs a relation and a command")));
 
 	rel = try_relation_open(vc.relid, AccessShareLock);
 	if (rel == NULL)
@@ -648,8 +666,8 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("rule command must be a one-dimensional array")));
-	deconstruct_array(command, TEXTOID, -1, false, TYPALIGN_INT,
-					  &elems, &nulls, &n);
+	deconstruct_array(command, TEXTOID, -1, false, TYPALIGN_INT, &elems,
+					  &nulls, &n);
 	for (int i = 0; i < n; i++)
 		if (nulls[i])
 			ereport(ERROR,
@@ -667,8 +685,9 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 
 	if (!isnull[Anum_rules_condition - 1])
 	{
-		cond = condition_compile(DatumGetJsonbP(values[Anum_rules_condition - 1]),
-								 RelationGetDescr(rel), &err);
+		cond =
+			condition_compile(DatumGetJsonbP(values[Anum_rules_condition - 1]),
+							  RelationGetDescr(rel), &err);
 		if (cond == NULL)
 			raise_soft(&err);
 		condition_needs(cond, &needs);

@@ -35,9 +35,9 @@ PG_FUNCTION_INFO_V1(pg2redis_preview);
 static Pg2rOp
 parse_op(text *optext)
 {
-	char	   *name = text_to_cstring(optext);
-	char	   *end;
-	Pg2rOp		op;
+	char  *name = text_to_cstring(optext);
+	char  *end;
+	Pg2rOp op;
 
 	while (*name == ' ')
 		name++;
@@ -61,16 +61,15 @@ parse_op(text *optext)
 static ArrayType *
 split_or_error(text *command)
 {
-	Pg2rError	err = {0};
-	List	   *args = pg2r_split_cli(text_to_cstring(command), &err);
-	Datum	   *elems;
-	int			i = 0;
-	ListCell   *lc;
+	Pg2rError err = {0};
+	List	 *args = pg2r_split_cli(text_to_cstring(command), &err);
+	Datum	 *elems;
+	int		  i = 0;
+	ListCell *lc;
 
 	if (args == NIL && err.message != NULL)
 		ereport(ERROR,
-				(errcode(err.sqlerrcode),
-				 errmsg_internal("%s", err.message),
+				(errcode(err.sqlerrcode), errmsg_internal("%s", err.message),
 				 err.hint ? errhint("%s", err.hint) : 0));
 	elems = palloc(sizeof(Datum) * Max(list_length(args), 1));
 	foreach(lc, args)
@@ -89,11 +88,11 @@ static int64
 add_rule(Oid relid, Pg2rOp op, ArrayType *command, Datum condition,
 		 bool condnull)
 {
-	Oid			argtypes[4] = {REGCLASSOID, TEXTOID, TEXTARRAYOID, JSONBOID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', condnull ? 'n' : ' '};
-	int64		id;
-	bool		isnull;
+	Oid	  argtypes[4] = {REGCLASSOID, TEXTOID, TEXTARRAYOID, JSONBOID};
+	Datum values[4];
+	char  nulls[4] = {' ', ' ', ' ', condnull ? 'n' : ' '};
+	int64 id;
+	bool  isnull;
 
 	values[0] = ObjectIdGetDatum(relid);
 	values[1] = CStringGetTextDatum(pg2r_op_name(op));
@@ -103,7 +102,8 @@ add_rule(Oid relid, Pg2rOp op, ArrayType *command, Datum condition,
 	SPI_connect();
 	if (SPI_execute_with_args("INSERT INTO pg2redis.rules (relation, op, command, condition) "
 							  "VALUES ($1, $2, $3, $4) RETURNING id",
-							  4, argtypes, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+							  4, argtypes, values, nulls, false,
+							  0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not insert into pg2redis.rules");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -120,9 +120,8 @@ Datum
 pg2redis_add_rule_array(PG_FUNCTION_ARGS)
 {
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("relation, op and command must not be null")));
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("relation, op and command must not be null")));
 	PG_RETURN_INT64(add_rule(PG_GETARG_OID(0), parse_op(PG_GETARG_TEXT_PP(1)),
 							 PG_GETARG_ARRAYTYPE_P(2),
 							 PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3),
@@ -137,9 +136,8 @@ Datum
 pg2redis_add_rule_text(PG_FUNCTION_ARGS)
 {
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("relation, op and command must not be null")));
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("relation, op and command must not be null")));
 	PG_RETURN_INT64(add_rule(PG_GETARG_OID(0), parse_op(PG_GETARG_TEXT_PP(1)),
 							 split_or_error(PG_GETARG_TEXT_PP(2)),
 							 PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3),
@@ -164,18 +162,18 @@ pg2redis_split_command(PG_FUNCTION_ARGS)
 static HeapTuple
 row_from_json(Relation rel, Jsonb *json, const char *what)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
-	JsonbIterator *it;
-	JsonbValue	v;
+	TupleDesc		   desc = RelationGetDescr(rel);
+	JsonbIterator	  *it;
+	JsonbValue		   v;
 	JsonbIteratorToken tok;
-	Oid			argtypes[1] = {JSONBOID};
-	Datum		values[1];
-	HeapTupleHeader hdr;
-	HeapTupleData tmp;
-	HeapTuple	result;
-	bool		isnull;
-	MemoryContext caller = CurrentMemoryContext;
-	char	   *sql;
+	Oid				   argtypes[1] = {JSONBOID};
+	Datum			   values[1];
+	HeapTupleHeader	   hdr;
+	HeapTupleData	   tmp;
+	HeapTuple		   result;
+	bool			   isnull;
+	MemoryContext	   caller = CurrentMemoryContext;
+	char			  *sql;
 
 	if (json == NULL)
 		return NULL;
@@ -187,7 +185,7 @@ row_from_json(Relation rel, Jsonb *json, const char *what)
 	it = JsonbIteratorInit(&json->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		char	   *key;
+		char *key;
 
 		if (tok != WJB_KEY)
 			continue;
@@ -204,7 +202,8 @@ row_from_json(Relation rel, Jsonb *json, const char *what)
 				   format_type_be_qualified(rel->rd_rel->reltype));
 	values[0] = JsonbPGetDatum(json);
 	SPI_connect();
-	if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT ||
+	if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, true, 1) !=
+			SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not build a row from %s", what);
 	hdr = DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[0],
@@ -218,8 +217,8 @@ row_from_json(Relation rel, Jsonb *json, const char *what)
 		MemoryContext spi = MemoryContextSwitchTo(caller);
 
 		/* Re-form in the relation's own descriptor, outside SPI memory. */
-		Datum	   *vals = palloc(sizeof(Datum) * Max(desc->natts, 1));
-		bool	   *nulls = palloc(sizeof(bool) * Max(desc->natts, 1));
+		Datum *vals = palloc(sizeof(Datum) * Max(desc->natts, 1));
+		bool  *nulls = palloc(sizeof(bool) * Max(desc->natts, 1));
 
 		heap_deform_tuple(&tmp, desc, vals, nulls);
 		result = heap_form_tuple(desc, vals, nulls);
@@ -233,8 +232,8 @@ row_from_json(Relation rel, Jsonb *json, const char *what)
 typedef struct PreviewSink
 {
 	Tuplestorestate *store;
-	TupleDesc	desc;
-	Oid			relid;
+	TupleDesc		 desc;
+	Oid				 relid;
 } PreviewSink;
 
 static void
@@ -242,12 +241,13 @@ preview_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 				const char *const *argv, const size_t *argvlen)
 {
 	PreviewSink *ps = arg;
-	Datum	   *elems = palloc(sizeof(Datum) * Max(argc, 1));
-	Datum		value;
-	bool		isnull = false;
+	Datum		*elems = palloc(sizeof(Datum) * Max(argc, 1));
+	Datum		 value;
+	bool		 isnull = false;
 
 	for (int i = 0; i < argc; i++)
-		elems[i] = PointerGetDatum(cstring_to_text_with_len(argv[i], argvlen[i]));
+		elems[i] =
+			PointerGetDatum(cstring_to_text_with_len(argv[i], argvlen[i]));
 	value = PointerGetDatum(construct_array(elems, argc, TEXTOID, -1, false,
 											TYPALIGN_INT));
 	tuplestore_putvalues(ps->store, ps->desc, &value, &isnull);
@@ -257,8 +257,7 @@ static void
 preview_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
 {
 	ereport(ERROR,
-			(errcode(err->sqlerrcode),
-			 errmsg_internal("%s", err->message),
+			(errcode(err->sqlerrcode), errmsg_internal("%s", err->message),
 			 err->hint ? errhint("%s", err->hint) : 0,
 			 errcontext("pg2redis rule " INT64_FORMAT " (%s)", rule->id,
 						pg2r_op_name(op))));
@@ -274,20 +273,18 @@ Datum
 pg2redis_preview(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Relation	rel;
-	Pg2rOp		op;
-	HeapTuple	newtup,
-				oldtup;
-	PreviewSink ps;
-	CommandSink sink = {preview_command, preview_error, &ps};
-	ChangeMeta	meta;
-	RelMap	   *map;
-	int			level;
+	Relation	   rel;
+	Pg2rOp		   op;
+	HeapTuple	   newtup, oldtup;
+	PreviewSink	   ps;
+	CommandSink	   sink = {preview_command, preview_error, &ps};
+	ChangeMeta	   meta;
+	RelMap		  *map;
+	int			   level;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("relation and op must not be null")));
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("relation and op must not be null")));
 	op = parse_op(PG_GETARG_TEXT_PP(1));
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	ps.store = rsinfo->setResult;
@@ -296,9 +293,9 @@ pg2redis_preview(PG_FUNCTION_ARGS)
 	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
 	if (rel->rd_rel->relkind != RELKIND_RELATION &&
 		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel))));
+		ereport(ERROR, (errcode(ERRCODE_WRONG_OBJECT_TYPE),
+						errmsg("\"%s\" is not a table",
+							   RelationGetRelationName(rel))));
 	ps.relid = RelationGetRelid(rel);
 
 	newtup = row_from_json(rel, PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2),
@@ -306,7 +303,8 @@ pg2redis_preview(PG_FUNCTION_ARGS)
 	oldtup = row_from_json(rel, PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3),
 						   "old_row");
 	if ((op == PG2R_OP_INSERT || op == PG2R_OP_SNAPSHOT ||
-		 op == PG2R_OP_UPDATE) && newtup == NULL)
+		 op == PG2R_OP_UPDATE) &&
+		newtup == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("a preview of %s needs new_row", pg2r_op_name(op))));
@@ -325,8 +323,8 @@ pg2redis_preview(PG_FUNCTION_ARGS)
 	if (op == PG2R_OP_TRUNCATE)
 		mapping_truncate(map, &meta, &sink);
 	else
-		mapping_change(map, rel, op, oldtup, op == PG2R_OP_DELETE ? NULL : newtup,
-					   &meta, &sink);
+		mapping_change(map, rel, op, oldtup,
+					   op == PG2R_OP_DELETE ? NULL : newtup, &meta, &sink);
 	render_pop_settings(level);
 
 	relation_close(rel, AccessShareLock);

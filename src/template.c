@@ -33,8 +33,7 @@ static const struct
 {
 	const char *name;
 	TplKind		kind;
-}			meta_placeholders[] =
-{
+} meta_placeholders[] = {
 	{"schema", TPL_SCHEMA},
 	{"table", TPL_TABLE},
 	{"op", TPL_OP},
@@ -49,15 +48,16 @@ static const struct
  * "return pg2r_fail(...)".
  */
 bool
-pg2r_fail(Pg2rError *err, int sqlerrcode, const char *hint, const char *fmt,...)
+pg2r_fail(Pg2rError *err, int sqlerrcode, const char *hint, const char *fmt,
+		  ...)
 {
 	StringInfoData buf;
 
 	initStringInfo(&buf);
 	for (;;)
 	{
-		va_list		args;
-		int			needed;
+		va_list args;
+		int		needed;
 
 		va_start(args, fmt);
 		needed = appendStringInfoVA(&buf, fmt, args);
@@ -76,7 +76,7 @@ pg2r_fail(Pg2rError *err, int sqlerrcode, const char *hint, const char *fmt,...)
 static char *
 trim_name(char *s)
 {
-	char	   *end;
+	char *end;
 
 	while (*s == ' ' || *s == '\t')
 		s++;
@@ -111,7 +111,7 @@ find_column(TupleDesc desc, const char *name)
 static bool
 resolve_columns(char *list, TupleDesc desc, TplPart *part, Pg2rError *err)
 {
-	char	   *trimmed = trim_name(list);
+	char *trimmed = trim_name(list);
 
 	if (strcmp(trimmed, "*") == 0)
 	{
@@ -132,8 +132,8 @@ resolve_columns(char *list, TupleDesc desc, TplPart *part, Pg2rError *err)
 	}
 
 	{
-		int			n = 1;
-		char	   *p;
+		int	  n = 1;
+		char *p;
 
 		for (p = trimmed; *p; p++)
 			if (*p == ',')
@@ -145,9 +145,9 @@ resolve_columns(char *list, TupleDesc desc, TplPart *part, Pg2rError *err)
 
 	for (char *tok = trimmed;;)
 	{
-		char	   *comma = strchr(tok, ',');
-		char	   *name;
-		AttrNumber	attnum;
+		char	  *comma = strchr(tok, ',');
+		char	  *name;
+		AttrNumber attnum;
 
 		if (comma)
 			*comma = '\0';
@@ -178,15 +178,15 @@ resolve_columns(char *list, TupleDesc desc, TplPart *part, Pg2rError *err)
 static bool
 parse_placeholder(char *body, TupleDesc desc, TplPart *part, Pg2rError *err)
 {
-	size_t		blen = strlen(body);
-	char	   *colon;
+	size_t blen = strlen(body);
+	char  *colon;
 
 	memset(part, 0, sizeof(*part));
 
 	if (blen >= 2 && body[0] == '%' && body[blen - 1] == '%')
 	{
 		body[blen - 1] = '\0';
-		for (int i = 0; i < lengthof(meta_placeholders); i++)
+		for (size_t i = 0; i < lengthof(meta_placeholders); i++)
 		{
 			if (strcmp(body + 1, meta_placeholders[i].name) == 0)
 			{
@@ -202,8 +202,8 @@ parse_placeholder(char *body, TupleDesc desc, TplPart *part, Pg2rError *err)
 	colon = strchr(body, ':');
 	if (colon)
 	{
-		char	   *prefix = body;
-		char	   *rest = colon + 1;
+		char *prefix = body;
+		char *rest = colon + 1;
 
 		*colon = '\0';
 		prefix = trim_name(prefix);
@@ -246,11 +246,11 @@ bool
 template_parse_arg(const char *source, TupleDesc desc, bool allow_multi,
 				   TplArg *arg, Pg2rError *err)
 {
-	const char *p = source;
+	const char	  *p = source;
 	StringInfoData lit;
-	List	   *parts = NIL;
-	ListCell   *lc;
-	int			i;
+	List		  *parts = NIL;
+	ListCell	  *lc;
+	int			   i;
 
 	initStringInfo(&lit);
 	arg->source = pstrdup(source);
@@ -275,7 +275,7 @@ template_parse_arg(const char *source, TupleDesc desc, bool allow_multi,
 		else if (p[0] == '{')
 		{
 			const char *close = strchr(p + 1, '}');
-			TplPart    *part;
+			TplPart	   *part;
 
 			if (close == NULL)
 				return pg2r_fail(err, ERRCODE_SYNTAX_ERROR,
@@ -292,8 +292,8 @@ template_parse_arg(const char *source, TupleDesc desc, bool allow_multi,
 				resetStringInfo(&lit);
 			}
 			part = palloc0(sizeof(TplPart));
-			if (!parse_placeholder(pnstrdup(p + 1, close - p - 1), desc,
-								   part, err))
+			if (!parse_placeholder(pnstrdup(p + 1, close - p - 1), desc, part,
+								   err))
 				return false;
 			parts = lappend(parts, part);
 			p = close + 1;
@@ -303,7 +303,7 @@ template_parse_arg(const char *source, TupleDesc desc, bool allow_multi,
 	}
 	if (lit.len > 0 || parts == NIL)
 	{
-		TplPart    *part = palloc0(sizeof(TplPart));
+		TplPart *part = palloc0(sizeof(TplPart));
 
 		part->kind = TPL_LITERAL;
 		part->text = pnstrdup(lit.data, lit.len);
@@ -316,12 +316,13 @@ template_parse_arg(const char *source, TupleDesc desc, bool allow_multi,
 	i = 0;
 	foreach(lc, parts)
 	{
-		TplPart    *part = lfirst(lc);
+		TplPart *part = lfirst(lc);
 
 		if (part->kind == TPL_PAIRS && (!allow_multi || arg->nparts != 1))
 			return pg2r_fail(err, ERRCODE_SYNTAX_ERROR,
-							 allow_multi ? "Write {pairs:…} as an argument of its own." :
-							 "Use {json:…} to put several columns into one value.",
+							 allow_multi
+								 ? "Write {pairs:…} as an argument of its own."
+								 : "Use {json:…} to put several columns into one value.",
 							 "{pairs:…} must be a whole command argument, in \"%s\"",
 							 source);
 		arg->parts[i++] = *part;
@@ -337,18 +338,18 @@ template_parse_arg(const char *source, TupleDesc desc, bool allow_multi,
 Template *
 template_compile(Datum *elems, int nelems, TupleDesc desc, Pg2rError *err)
 {
-	Template   *tpl = palloc0(sizeof(Template));
+	Template *tpl = palloc0(sizeof(Template));
 
 	tpl->nargs = nelems;
 	tpl->args = palloc0(sizeof(TplArg) * Max(nelems, 1));
 	for (int i = 0; i < nelems; i++)
 	{
-		char	   *source = TextDatumGetCString(elems[i]);
+		char *source = TextDatumGetCString(elems[i]);
 
 		if (!template_parse_arg(source, desc, i > 0, &tpl->args[i], err))
 		{
-			err->message = psprintf("%s (command argument %d)",
-									err->message, i + 1);
+			err->message =
+				psprintf("%s (command argument %d)", err->message, i + 1);
 			return NULL;
 		}
 	}
@@ -369,7 +370,7 @@ template_arg_needs(const TplArg *arg, TplNeeds *needs)
 	for (int i = 0; i < arg->nparts; i++)
 	{
 		const TplPart *part = &arg->parts[i];
-		Bitmapset **set;
+		Bitmapset	 **set;
 
 		switch (part->kind)
 		{
@@ -415,14 +416,14 @@ template_needs(const Template *tpl, TplNeeds *needs)
 List *
 pg2r_split_cli(const char *command, Pg2rError *err)
 {
-	List	   *args = NIL;
-	const char *p = command;
+	List		  *args = NIL;
+	const char	  *p = command;
 	StringInfoData cur;
 
 	initStringInfo(&cur);
 	for (;;)
 	{
-		int			depth = 0;
+		int depth = 0;
 
 		while (*p && isspace((unsigned char) *p))
 			p++;

@@ -15,13 +15,13 @@
 typedef struct RedisCommandDef
 {
 	const char *name;
-	int			min_args;		/* including the command name */
+	int			min_args; /* including the command name */
 	int			first_key;
 	int			last_key;
 	int			key_step;
 } RedisCommandDef;
 
 extern const RedisCommandDef *redis_command_lookup(const char *name);
-extern bool redis_command_is_forbidden(const char *name);
+extern bool					  redis_command_is_forbidden(const char *name);
 
-#endif							/* PG2REDIS_COMMANDS_H */
+#endif /* PG2REDIS_COMMANDS_H */

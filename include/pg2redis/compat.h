@@ -20,22 +20,22 @@
  * HeapTuple from 17 on.
  */
 #if PG_VERSION_NUM >= 170000
-#define PG2R_CHANGE_NEWTUPLE(change)	((change)->data.tp.newtuple)
-#define PG2R_CHANGE_OLDTUPLE(change)	((change)->data.tp.oldtuple)
+#define PG2R_CHANGE_NEWTUPLE(change) ((change)->data.tp.newtuple)
+#define PG2R_CHANGE_OLDTUPLE(change) ((change)->data.tp.oldtuple)
 #else
-#define PG2R_CHANGE_NEWTUPLE(change) \
+#define PG2R_CHANGE_NEWTUPLE(change)                                          \
 	((change)->data.tp.newtuple ? &(change)->data.tp.newtuple->tuple : NULL)
-#define PG2R_CHANGE_OLDTUPLE(change) \
+#define PG2R_CHANGE_OLDTUPLE(change)                                          \
 	((change)->data.tp.oldtuple ? &(change)->data.tp.oldtuple->tuple : NULL)
 #endif
 
 /* AttrMap building lost its error-message argument in 16. */
 #if PG_VERSION_NUM >= 160000
-#define pg2r_build_attrmap_by_name(indesc, outdesc) \
+#define pg2r_build_attrmap_by_name(indesc, outdesc)                           \
 	build_attrmap_by_name((indesc), (outdesc), false)
 #else
-#define pg2r_build_attrmap_by_name(indesc, outdesc) \
+#define pg2r_build_attrmap_by_name(indesc, outdesc)                           \
 	build_attrmap_by_name((indesc), (outdesc))
 #endif
 
-#endif							/* PG2REDIS_COMPAT_H */
+#endif /* PG2REDIS_COMPAT_H */

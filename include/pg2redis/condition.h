@@ -37,24 +37,25 @@ typedef enum CondOp
 
 typedef struct Condition
 {
-	CondKind	kind;
-	int			nchildren;		/* all/any/not */
+	CondKind		   kind;
+	int				   nchildren; /* all/any/not */
 	struct Condition **children;
 	/* leaf */
-	AttrNumber	col;			/* attnum in the rule's relation */
-	char	   *colname;
-	bool		old;			/* test the value before the change */
-	CondOp		op;
-	int			nvalues;		/* 1 for comparisons, n for in/not_in */
-	TplArg	   *values;			/* each a one-argument template */
+	AttrNumber col; /* attnum in the rule's relation */
+	char	  *colname;
+	bool	   old; /* test the value before the change */
+	CondOp	   op;
+	int		   nvalues; /* 1 for comparisons, n for in/not_in */
+	TplArg	  *values;	/* each a one-argument template */
 } Condition;
 
 struct ExpandState;
 
 extern Condition *condition_compile(Jsonb *json, TupleDesc desc,
 									Pg2rError *err);
-extern void condition_needs(const Condition *cond, TplNeeds *needs);
-extern int	condition_eval(const Condition *cond, struct ExpandState *st);
-extern int	pg2r_compare_values(const char *a, int alen, const char *b, int blen);
+extern void		  condition_needs(const Condition *cond, TplNeeds *needs);
+extern int condition_eval(const Condition *cond, struct ExpandState *st);
+extern int pg2r_compare_values(const char *a, int alen, const char *b,
+							   int blen);
 
-#endif							/* PG2REDIS_CONDITION_H */
+#endif /* PG2REDIS_CONDITION_H */

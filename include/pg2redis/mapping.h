@@ -24,63 +24,63 @@
  */
 typedef struct RelMap
 {
-	Oid			relid;			/* hash key */
-	bool		valid;
-	uint64		generation;		/* rules_generation() it was built for */
-	MemoryContext cxt;			/* everything below lives here */
-	Oid			rulerelid;		/* InvalidOid: no rules apply */
-	char	   *schema;			/* of rulerelid */
-	char	   *table;
-	int			natts;			/* of relid */
-	ColType    *cols;			/* [attnum - 1] of relid */
-	AttrNumber *attmap;			/* rule relation attnum - 1 -> relid attnum;
+	Oid			  relid; /* hash key */
+	bool		  valid;
+	uint64		  generation; /* rules_generation() it was built for */
+	MemoryContext cxt;		  /* everything below lives here */
+	Oid			  rulerelid;  /* InvalidOid: no rules apply */
+	char		 *schema;	  /* of rulerelid */
+	char		 *table;
+	int			  natts;  /* of relid */
+	ColType		 *cols;	  /* [attnum - 1] of relid */
+	AttrNumber	 *attmap; /* rule relation attnum - 1 -> relid attnum;
 								 * NULL if the same relation */
-	int			npk;			/* key columns for {%pk%}, rule relation */
-	AttrNumber *pk;
-	Bitmapset  *identity;		/* replica identity columns, rule rel attnums */
-	bool		identity_full;
+	int			  npk;	  /* key columns for {%pk%}, rule relation */
+	AttrNumber	 *pk;
+	Bitmapset	 *identity; /* replica identity columns, rule rel attnums */
+	bool		  identity_full;
 } RelMap;
 
 /* Transaction facts for {%xid%}, {%lsn%}, {%commit_time%}. */
 typedef struct ChangeMeta
 {
 	TransactionId xid;
-	XLogRecPtr	lsn;
-	TimestampTz commit_time;
+	XLogRecPtr	  lsn;
+	TimestampTz	  commit_time;
 } ChangeMeta;
 
 /* Where expanded commands and render errors go. */
 typedef struct CommandSink
 {
-	void		(*command) (void *arg, const Rule *rule, Pg2rOp op, int argc,
-							const char *const *argv, const size_t *argvlen);
-	void		(*error) (void *arg, const Rule *rule, Pg2rOp op,
-						  const Pg2rError *err);
-	void	   *arg;
+	void (*command)(void *arg, const Rule *rule, Pg2rOp op, int argc,
+					const char *const *argv, const size_t *argvlen);
+	void (*error)(void *arg, const Rule *rule, Pg2rOp op,
+				  const Pg2rError *err);
+	void *arg;
 } CommandSink;
 
 /* One row as the expansion sees it: deformed, with its text forms cached. */
 typedef struct RowState
 {
-	bool		present;
-	bool		keyonly;		/* only replica identity columns were sent */
-	Datum	   *values;			/* [attnum - 1] of the change's relation */
-	bool	   *isnull;
-	char	  **text;			/* rendered text, NULL until needed */
-	int		   *textlen;
+	bool   present;
+	bool   keyonly; /* only replica identity columns were sent */
+	Datum *values;	/* [attnum - 1] of the change's relation */
+	bool  *isnull;
+	char **text; /* rendered text, NULL until needed */
+	int	  *textlen;
 } RowState;
 
 /* State of expanding one change; conditions read columns through it. */
 typedef struct ExpandState
 {
-	RelMap	   *map;
-	Pg2rOp		op;				/* the op whose rules run */
-	RowState   *cur;			/* new row; the old row for a delete */
-	RowState   *old;			/* row before the change, or NULL */
-	bool		old_from_cur;	/* update without old row: key unchanged */
+	RelMap			 *map;
+	Pg2rOp			  op;			/* the op whose rules run */
+	RowState		 *cur;			/* new row; the old row for a delete */
+	RowState		 *old;			/* row before the change, or NULL */
+	bool			  old_from_cur; /* update without old row: key unchanged */
 	const ChangeMeta *meta;
-	StringInfoData scratch;
-	Pg2rError	err;
+	StringInfoData	  scratch;
+	Pg2rError		  err;
 } ExpandState;
 
 /* Result of reading one column. */
@@ -88,21 +88,21 @@ typedef enum ColResult
 {
 	COL_VALUE,
 	COL_NULL,
-	COL_UNAVAILABLE,			/* old value PostgreSQL did not send */
-	COL_UNCHANGED_TOAST,		/* unchanged TOASTed value, not sent */
+	COL_UNAVAILABLE,	 /* old value PostgreSQL did not send */
+	COL_UNCHANGED_TOAST, /* unchanged TOASTed value, not sent */
 	COL_ERROR
 } ColResult;
 
-extern RelMap *mapping_get(Relation rel);
-extern bool mapping_has_rules(RelMap *map);
-extern void mapping_change(RelMap *map, Relation rel, Pg2rOp op,
-						   HeapTuple oldtuple, HeapTuple newtuple,
-						   const ChangeMeta *meta, const CommandSink *sink);
-extern void mapping_truncate(RelMap *map, const ChangeMeta *meta,
-							 const CommandSink *sink);
+extern RelMap	*mapping_get(Relation rel);
+extern bool		 mapping_has_rules(RelMap *map);
+extern void		 mapping_change(RelMap *map, Relation rel, Pg2rOp op,
+								HeapTuple oldtuple, HeapTuple newtuple,
+								const ChangeMeta *meta, const CommandSink *sink);
+extern void		 mapping_truncate(RelMap *map, const ChangeMeta *meta,
+								  const CommandSink *sink);
 extern ColResult mapping_column_text(ExpandState *st, AttrNumber rulecol,
 									 bool old, const char **text, int *len);
-extern bool mapping_expand_arg(ExpandState *st, const TplArg *arg,
-							   StringInfo out);
+extern bool		 mapping_expand_arg(ExpandState *st, const TplArg *arg,
+									StringInfo out);
 
-#endif							/* PG2REDIS_MAPPING_H */
+#endif /* PG2REDIS_MAPPING_H */

@@ -17,11 +17,11 @@ typedef enum Pg2rNumericMode
 	PG2R_NUMERIC_STRING
 } Pg2rNumericMode;
 
-extern int	pg2r_numeric_mode;
+extern int pg2r_numeric_mode;
 
 /* Name of the catalog schema and of the rules table. */
-#define PG2R_SCHEMA		"pg2redis"
-#define PG2R_RULES		"rules"
+#define PG2R_SCHEMA "pg2redis"
+#define PG2R_RULES "rules"
 
 /*
  * Operations a rule can be written for.  The order is that of the values
@@ -36,10 +36,10 @@ typedef enum Pg2rOp
 	PG2R_OP_SNAPSHOT
 } Pg2rOp;
 
-#define PG2R_NUM_OPS	5
+#define PG2R_NUM_OPS 5
 
 extern const char *pg2r_op_name(Pg2rOp op);
-extern bool pg2r_op_parse(const char *name, Pg2rOp *op);
+extern bool		   pg2r_op_parse(const char *name, Pg2rOp *op);
 
 /*
  * A soft error: what a compile or render step reports instead of raising,
@@ -48,12 +48,12 @@ extern bool pg2r_op_parse(const char *name, Pg2rOp *op);
  */
 typedef struct Pg2rError
 {
-	int			sqlerrcode;
-	char	   *message;
-	char	   *hint;			/* NULL if none */
+	int	  sqlerrcode;
+	char *message;
+	char *hint; /* NULL if none */
 } Pg2rError;
 
 extern bool pg2r_fail(Pg2rError *err, int sqlerrcode, const char *hint,
-					  const char *fmt,...) pg_attribute_printf(4, 5);
+					  const char *fmt, ...) pg_attribute_printf(4, 5);
 
-#endif							/* PG2REDIS_PG2REDIS_H */
+#endif /* PG2REDIS_PG2REDIS_H */

@@ -14,24 +14,24 @@
 /* How a type's values are written in JSON. */
 typedef enum ValKind
 {
-	VK_STRING,					/* JSON string of the output function's text */
-	VK_BOOL,					/* true/false */
-	VK_INTEGER,					/* JSON number, always */
-	VK_FLOAT,					/* numeric/float: number or string by mode */
-	VK_JSON,					/* json/jsonb: embedded */
-	VK_ARRAY					/* JSON array of the elements */
+	VK_STRING,	/* JSON string of the output function's text */
+	VK_BOOL,	/* true/false */
+	VK_INTEGER, /* JSON number, always */
+	VK_FLOAT,	/* numeric/float: number or string by mode */
+	VK_JSON,	/* json/jsonb: embedded */
+	VK_ARRAY	/* JSON array of the elements */
 } ValKind;
 
 /* Everything needed to render values of one type; built once per column. */
 typedef struct ColType
 {
-	Oid			typid;
-	ValKind		kind;
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	FmgrInfo	outfunc;
-	struct ColType *elem;		/* VK_ARRAY: the element type */
+	Oid				typid;
+	ValKind			kind;
+	int16			typlen;
+	bool			typbyval;
+	char			typalign;
+	FmgrInfo		outfunc;
+	struct ColType *elem; /* VK_ARRAY: the element type */
 } ColType;
 
 extern void render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt);
@@ -45,4 +45,4 @@ extern void render_pop_settings(int level);
 extern bool render_is_number(const char *s, int len);
 extern bool render_parse_int64(const char *s, int len, int64 *out);
 
-#endif							/* PG2REDIS_RENDER_H */
+#endif /* PG2REDIS_RENDER_H */

@@ -16,21 +16,21 @@
 /* One enabled rule of pg2redis.rules, compiled against its relation. */
 typedef struct Rule
 {
-	int64		id;
-	Oid			relid;
-	Pg2rOp		op;
-	int			position;
-	Template   *tpl;			/* NULL if broken */
+	int64						  id;
+	Oid							  relid;
+	Pg2rOp						  op;
+	int							  position;
+	Template					 *tpl;	/* NULL if broken */
 	const struct RedisCommandDef *def;	/* the command's shape */
-	Condition  *cond;			/* NULL = always */
-	Pg2rError  *broken;			/* why it no longer compiles, or NULL */
-	int			ncommand;		/* the command as stored, for dead letters */
-	char	  **command;
+	Condition					 *cond; /* NULL = always */
+	Pg2rError *broken;	 /* why it no longer compiles, or NULL */
+	int		   ncommand; /* the command as stored, for dead letters */
+	char	 **command;
 } Rule;
 
-extern List *rules_for(Oid relid, Pg2rOp op);
-extern bool rules_exist_for(Oid relid);
-extern uint64 rules_generation(void);
+extern List		 *rules_for(Oid relid, Pg2rOp op);
+extern bool		  rules_exist_for(Oid relid);
+extern uint64	  rules_generation(void);
 extern Bitmapset *pg2r_identity_columns(Relation rel, bool *full);
 
-#endif							/* PG2REDIS_RULES_H */
+#endif /* PG2REDIS_RULES_H */

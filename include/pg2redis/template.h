@@ -14,44 +14,44 @@
 
 typedef enum TplKind
 {
-	TPL_LITERAL,				/* literal text */
-	TPL_COL,					/* {col} */
-	TPL_OLD,					/* {old:col} */
-	TPL_DIFF,					/* {diff:col} */
-	TPL_PAIRS,					/* {pairs:*} or {pairs:a,b}: several arguments */
-	TPL_JSON,					/* {json:*} or {json:a,b} */
-	TPL_SCHEMA,					/* {%schema%} */
-	TPL_TABLE,					/* {%table%} */
-	TPL_OP,						/* {%op%} */
-	TPL_PK,						/* {%pk%} */
-	TPL_XID,					/* {%xid%} */
-	TPL_LSN,					/* {%lsn%} */
-	TPL_COMMIT_TIME				/* {%commit_time%} */
+	TPL_LITERAL,	/* literal text */
+	TPL_COL,		/* {col} */
+	TPL_OLD,		/* {old:col} */
+	TPL_DIFF,		/* {diff:col} */
+	TPL_PAIRS,		/* {pairs:*} or {pairs:a,b}: several arguments */
+	TPL_JSON,		/* {json:*} or {json:a,b} */
+	TPL_SCHEMA,		/* {%schema%} */
+	TPL_TABLE,		/* {%table%} */
+	TPL_OP,			/* {%op%} */
+	TPL_PK,			/* {%pk%} */
+	TPL_XID,		/* {%xid%} */
+	TPL_LSN,		/* {%lsn%} */
+	TPL_COMMIT_TIME /* {%commit_time%} */
 } TplKind;
 
 /* One piece of an argument: literal text or one placeholder. */
 typedef struct TplPart
 {
 	TplKind		kind;
-	char	   *text;			/* TPL_LITERAL: the text (braces unescaped) */
-	int			len;			/* TPL_LITERAL: its length */
-	int			ncols;			/* column placeholders: number of columns */
-	AttrNumber *cols;			/* their attnums in the rule's relation */
-	char	  **colnames;		/* and their names (JSON keys, pairs fields) */
+	char	   *text;	  /* TPL_LITERAL: the text (braces unescaped) */
+	int			len;	  /* TPL_LITERAL: its length */
+	int			ncols;	  /* column placeholders: number of columns */
+	AttrNumber *cols;	  /* their attnums in the rule's relation */
+	char	  **colnames; /* and their names (JSON keys, pairs fields) */
 } TplPart;
 
 /* One template element: becomes one Redis argument, or several for pairs. */
 typedef struct TplArg
 {
-	int			nparts;
-	TplPart    *parts;
-	char	   *source;			/* the element as written, for messages */
+	int		 nparts;
+	TplPart *parts;
+	char	*source; /* the element as written, for messages */
 } TplArg;
 
 typedef struct Template
 {
-	int			nargs;
-	TplArg	   *args;
+	int		nargs;
+	TplArg *args;
 } Template;
 
 /*
@@ -62,20 +62,20 @@ typedef struct Template
  */
 typedef struct TplNeeds
 {
-	Bitmapset  *cur;
-	Bitmapset  *old;
-	Bitmapset  *diff;
-	bool		needs_pk;
-	bool		any_column;		/* any column placeholder at all */
+	Bitmapset *cur;
+	Bitmapset *old;
+	Bitmapset *diff;
+	bool	   needs_pk;
+	bool	   any_column; /* any column placeholder at all */
 } TplNeeds;
 
-extern bool template_parse_arg(const char *source, TupleDesc desc,
-							   bool allow_multi, TplArg *arg, Pg2rError *err);
+extern bool		 template_parse_arg(const char *source, TupleDesc desc,
+									bool allow_multi, TplArg *arg, Pg2rError *err);
 extern Template *template_compile(Datum *elems, int nelems, TupleDesc desc,
 								  Pg2rError *err);
-extern void template_arg_needs(const TplArg *arg, TplNeeds *needs);
-extern void template_needs(const Template *tpl, TplNeeds *needs);
-extern bool template_is_literal(const TplArg *arg);
-extern List *pg2r_split_cli(const char *command, Pg2rError *err);
+extern void		 template_arg_needs(const TplArg *arg, TplNeeds *needs);
+extern void		 template_needs(const Template *tpl, TplNeeds *needs);
+extern bool		 template_is_literal(const TplArg *arg);
+extern List		*pg2r_split_cli(const char *command, Pg2rError *err);
 
-#endif							/* PG2REDIS_TEMPLATE_H */
+#endif /* PG2REDIS_TEMPLATE_H */
