@@ -38,7 +38,7 @@ COMMENT ON TABLE pg2redis.rules IS 'pg2redis mapping rules: one Redis command te
 CREATE TABLE pg2redis.dead_letters (
     id         bigserial PRIMARY KEY,
     lsn        pg_lsn,
-    xid        xid8,
+    xid        xid,
     relation   regclass,
     op         text,
     command    text[],
@@ -130,6 +130,59 @@ AS 'MODULE_PATHNAME', 'pg2redis_preview';
 COMMENT ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb)
     IS 'the Redis commands the current rules would send for a change; touches no Redis';
 
+CREATE FUNCTION pg2redis_status(
+    OUT worker_pid integer,
+    OUT state text,
+    OUT slot_name text,
+    OUT redis_url text,
+    OUT redis_connected boolean,
+    OUT confirmed_lsn pg_lsn,
+    OUT server_lsn pg_lsn,
+    OUT lag_bytes bigint,
+    OUT last_commit_time timestamptz,
+    OUT transactions bigint,
+    OUT changes bigint,
+    OUT commands bigint,
+    OUT dead_letters bigint,
+    OUT retries bigint,
+    OUT last_error text,
+    OUT last_error_time timestamptz,
+    OUT applied_lsn pg_lsn)
+RETURNS record
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_status';
+
+COMMENT ON FUNCTION pg2redis_status()
+    IS 'state of the pg2redis worker, its slot and its Redis connection';
+
+CREATE FUNCTION pg2redis_wait(timeout interval DEFAULT '30s')
+RETURNS boolean
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_wait';
+
+COMMENT ON FUNCTION pg2redis_wait(interval)
+    IS 'wait until every transaction committed before the call is applied in Redis';
+
+CREATE FUNCTION pg2redis_redis(VARIADIC args text[])
+RETURNS jsonb
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_redis';
+
+COMMENT ON FUNCTION pg2redis_redis(text[])
+    IS 'run one Redis command on the configured server and return its reply as JSON';
+
+CREATE FUNCTION pg2redis_resync()
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_resync';
+
+COMMENT ON FUNCTION pg2redis_resync()
+    IS 'drop the Redis position and the slot, recreate it and load every mapped table again';
+
+REVOKE ALL ON FUNCTION pg2redis_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_wait(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_redis(text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_resync() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text[], jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_split_command(text) FROM PUBLIC;

@@ -1,12 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * pg2redis.c
- *	  Library entry point: load checks and settings.
+ *	  Library entry point: load checks, settings, shared memory, the worker.
  *
  * pg2redis must be loaded through shared_preload_libraries: its worker is
- * registered by the postmaster, and every backend must have the library
- * loaded so that the commit hook and the output plugin are the same code.
- * Loading it any other way is refused with a hint, never half-done.
+ * registered by the postmaster, its shared memory is sized at startup, and
+ * every backend must run its commit hook (which wakes the worker).  Loading
+ * it any other way is refused with a hint, never half-done.
  *
  *-------------------------------------------------------------------------
  */
@@ -14,28 +14,183 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
 #include "utils/guc.h"
 
 #include "pg2redis/pg2redis.h"
+#include "pg2redis/settings.h"
+#include "pg2redis/state.h"
 
 PG_MODULE_MAGIC;
 
-int pg2r_numeric_mode = PG2R_NUMERIC_NUMBER;
+int	  pg2r_numeric_mode = PG2R_NUMERIC_NUMBER;
+char *pg2r_database = NULL;
+char *pg2r_redis_url = NULL;
+char *pg2r_slot_name = NULL;
+bool  pg2r_enabled = true;
+int	  pg2r_batch_size = 1000;
+int	  pg2r_flush_interval_ms = 10;
+int	  pg2r_redis_timeout_ms = 5000;
+int	  pg2r_retry_initial_ms = 100;
+int	  pg2r_retry_max_ms = 10000;
+int	  pg2r_on_command_error = PG2R_ON_ERROR_DEAD_LETTER;
+int	  pg2r_max_transaction_commands = 10000;
+int	  pg2r_decoding_work_mem_kb = 16384;
 
 static const struct config_enum_entry numeric_mode_options[] =
 	{{"number", PG2R_NUMERIC_NUMBER, false},
 	 {"string", PG2R_NUMERIC_STRING, false},
 	 {NULL, 0, false}};
 
+static const struct config_enum_entry on_command_error_options[] =
+	{{"dead_letter", PG2R_ON_ERROR_DEAD_LETTER, false},
+	 {"stop", PG2R_ON_ERROR_STOP, false},
+	 {NULL, 0, false}};
+
 static const char *const op_names[PG2R_NUM_OPS] = {"insert", "update",
 												   "delete", "truncate",
 												   "snapshot"};
 
-void _PG_init(void);
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void			 _PG_init(void);
+PGDLLEXPORT void pg2redis_worker_main(Datum arg);
+
+/* check_slot_name accepts the names ReplicationSlotCreate accepts. */
+static bool
+check_slot_name(char **newval, void **extra, GucSource source)
+{
+	const char *p;
+
+	if (*newval == NULL || (*newval)[0] == '\0' ||
+		strlen(*newval) >= NAMEDATALEN)
+	{
+		GUC_check_errdetail("A slot name has 1 to %d characters.",
+							NAMEDATALEN - 1);
+		return false;
+	}
+	for (p = *newval; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+			  *p == '_'))
+		{
+			GUC_check_errdetail("A slot name contains only lower case letters, digits and underscores.");
+			return false;
+		}
+	return true;
+}
+
+/* define_settings defines every pg2redis.* setting. */
+static void
+define_settings(void)
+{
+	DefineCustomStringVariable("pg2redis.database",
+							   "Database whose changes pg2redis streams.",
+							   NULL, &pg2r_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("pg2redis.redis_url",
+							   "Redis server pg2redis writes to.",
+							   "redis://[[user]:password@]host[:port][/db] or unix:///path/redis.sock[?db=N].",
+							   &pg2r_redis_url, "redis://127.0.0.1:6379/0",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL,
+							   NULL);
+	DefineCustomStringVariable("pg2redis.slot_name",
+							   "Logical replication slot the pg2redis worker owns.",
+							   NULL, &pg2r_slot_name, "pg2redis",
+							   PGC_POSTMASTER, 0, check_slot_name, NULL, NULL);
+	DefineCustomBoolVariable("pg2redis.enabled",
+							 "Streams changes to Redis; off pauses (the slot keeps its position).",
+							 NULL, &pg2r_enabled, true, PGC_SIGHUP, 0, NULL,
+							 NULL, NULL);
+	DefineCustomIntVariable("pg2redis.batch_size",
+							"Most commands in one pipeline round trip to Redis.",
+							"Several transactions share one MULTI/EXEC up to this many commands; one larger transaction is sent whole up to pg2redis.max_transaction_commands.",
+							&pg2r_batch_size, 1000, 1, 1000000, PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.flush_interval",
+							"Longest a partial batch waits for more transactions while more WAL is pending.",
+							"An idle stream flushes at once.",
+							&pg2r_flush_interval_ms, 10, 0, 60000, PGC_SIGHUP,
+							GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.redis_timeout",
+							"Deadline for connecting to Redis and for each reply.",
+							NULL, &pg2r_redis_timeout_ms, 5000, 100, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.retry_initial_backoff",
+							"First wait before reconnecting to Redis.",
+							"Doubled after every failed attempt, with jitter, up to pg2redis.retry_max_backoff.",
+							&pg2r_retry_initial_ms, 100, 1, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.retry_max_backoff",
+							"Longest wait between attempts to reconnect to Redis.",
+							NULL, &pg2r_retry_max_ms, 10000, 1, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomEnumVariable("pg2redis.numeric_mode",
+							 "How {json:…} renders numeric and float values.",
+							 "\"number\" writes JSON numbers (exact digits as PostgreSQL prints them); \"string\" writes JSON strings.",
+							 &pg2r_numeric_mode, PG2R_NUMERIC_NUMBER,
+							 numeric_mode_options, PGC_SIGHUP, 0, NULL, NULL,
+							 NULL);
+	DefineCustomEnumVariable("pg2redis.on_command_error",
+							 "What to do with a command Redis rejects.",
+							 "dead_letter records it in pg2redis.dead_letters and goes on; stop stops the stream, keeping its position.",
+							 &pg2r_on_command_error, PG2R_ON_ERROR_DEAD_LETTER,
+							 on_command_error_options, PGC_SIGHUP, 0, NULL,
+							 NULL, NULL);
+	DefineCustomIntVariable("pg2redis.max_transaction_commands",
+							"Most commands of one transaction in one MULTI/EXEC.",
+							"A larger transaction is applied in several atomic parts.",
+							&pg2r_max_transaction_commands, 10000, 1, 10000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.decoding_work_mem",
+							"Memory the worker's decoder uses before spilling a large transaction to disk.",
+							"The worker's own logical_decoding_work_mem.",
+							&pg2r_decoding_work_mem_kb, 16384, 64,
+							MAX_KILOBYTES, PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL,
+							NULL);
+
+	MarkGUCPrefixReserved("pg2redis");
+}
+
+/* shmem_request asks for pg2redis's shared memory. */
+static void
+shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	pg2r_state_request_shmem();
+}
+
+/* shmem_startup creates or attaches pg2redis's shared memory. */
+static void
+shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	pg2r_state_init_shmem();
+}
+
+/* register_worker registers the one static pg2redis worker. */
+static void
+register_worker(void)
+{
+	BackgroundWorker worker = {0};
+
+	worker.bgw_flags =
+		BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	strlcpy(worker.bgw_library_name, "pg2redis", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "pg2redis_worker_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "pg2redis worker", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "pg2redis", BGW_MAXLEN);
+	RegisterBackgroundWorker(&worker);
+}
 
 /*
- * _PG_init refuses to load outside shared_preload_libraries and defines
- * the pg2redis.* settings.
+ * _PG_init refuses to load outside shared_preload_libraries, defines the
+ * settings, and sets up shared memory, the commit hook and the worker.
  */
 void
 _PG_init(void)
@@ -46,14 +201,15 @@ _PG_init(void)
 				 errmsg("pg2redis must be loaded via \"shared_preload_libraries\""),
 				 errhint("Add pg2redis to \"shared_preload_libraries\" in postgresql.conf and restart the server.")));
 
-	DefineCustomEnumVariable("pg2redis.numeric_mode",
-							 "How {json:…} renders numeric and float values.",
-							 "\"number\" writes JSON numbers (exact digits as PostgreSQL prints them); \"string\" writes JSON strings.",
-							 &pg2r_numeric_mode, PG2R_NUMERIC_NUMBER,
-							 numeric_mode_options, PGC_SIGHUP, 0, NULL, NULL,
-							 NULL);
+	define_settings();
 
-	MarkGUCPrefixReserved("pg2redis");
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = shmem_startup;
+
+	pg2r_xact_callback_register();
+	register_worker();
 }
 
 /* pg2r_op_name returns the name of op as stored in pg2redis.rules.op. */

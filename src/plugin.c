@@ -37,6 +37,9 @@
 
 #include "pg2redis/compat.h"
 #include "pg2redis/mapping.h"
+#include "pg2redis/sender.h"
+#include "pg2redis/settings.h"
+#include "pg2redis/worker.h"
 
 typedef struct PluginState
 {
@@ -68,10 +71,20 @@ plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
 				 errhint("The pg2redis output plugin takes no options; its output is set by the rules in pg2redis.rules.")));
 	}
 
+	/* the worker's slot feeds Redis; SQL reading it would steal changes */
+	if (!pg2r_in_worker && ctx->slot &&
+		strcmp(NameStr(ctx->slot->data.name), pg2r_slot_name) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("replication slot \"%s\" belongs to the pg2redis worker",
+						pg2r_slot_name),
+				 errhint("Create another slot with plugin pg2redis to read commands through SQL.")));
+
 	state = palloc0(sizeof(PluginState));
 	state->change_cxt = AllocSetContextCreate(ctx->context, "pg2redis change",
 											  ALLOCSET_DEFAULT_SIZES);
-	state->guc_level = render_push_settings();
+	/* the worker fixes the output settings for its whole process */
+	state->guc_level = pg2r_in_worker ? -1 : render_push_settings();
 	ctx->output_plugin_private = state;
 	opt->output_type = OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
 	opt->receive_rewrites = false;
@@ -83,21 +96,26 @@ plugin_shutdown(LogicalDecodingContext *ctx)
 {
 	PluginState *state = ctx->output_plugin_private;
 
-	if (state)
+	if (state && state->guc_level >= 0)
 		render_pop_settings(state->guc_level);
 }
 
+/* plugin_begin starts a transaction in the worker; SQL writes nothing. */
 static void
 plugin_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 {
-	/* nothing is written for a transaction itself */
+	if (pg2r_in_worker)
+		sender_begin_txn(txn->xid, txn->final_lsn, txn->end_lsn,
+						 txn->xact_time.commit_time);
 }
 
+/* plugin_commit ends a transaction in the worker; SQL writes nothing. */
 static void
 plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			  XLogRecPtr commit_lsn)
 {
-	/* nothing is written for a transaction itself */
+	if (pg2r_in_worker)
+		sender_commit_txn();
 }
 
 /* sql_command writes one command as a JSON array row. */
@@ -153,10 +171,20 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	ChangeMeta	  meta;
 	Pg2rOp		  op;
 	MemoryContext old;
+	Oid			  relid = RelationGetRelid(relation);
 
 	map = mapping_get(relation);
 	if (!mapping_has_rules(map))
 		return;
+	if (pg2r_in_worker)
+	{
+		sender_count_change();
+		if (sender_txn_skipped())
+			return;
+		sink.command = sender_command;
+		sink.error = sender_render_error;
+		sink.arg = &relid;
+	}
 
 	switch (change->action)
 	{
@@ -195,7 +223,16 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	ChangeMeta	  meta;
 	MemoryContext old;
 	List		 *done = NIL;
+	Oid			  relid = InvalidOid;
 
+	if (pg2r_in_worker)
+	{
+		if (sender_txn_skipped())
+			return;
+		sink.command = sender_command;
+		sink.error = sender_render_error;
+		sink.arg = &relid;
+	}
 	txn_meta(txn, &meta);
 	old = MemoryContextSwitchTo(state->change_cxt);
 	for (int i = 0; i < nrelations; i++)
@@ -205,6 +242,7 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		if (!mapping_has_rules(map) || list_member_oid(done, map->rulerelid))
 			continue;
 		done = lappend_oid(done, map->rulerelid);
+		relid = map->rulerelid;
 		mapping_truncate(map, &meta, &sink);
 	}
 	MemoryContextSwitchTo(old);

@@ -51,6 +51,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "utils/snapmgr.h"
 
 #include "pg2redis/commands.h"
 #include "pg2redis/rules.h"
@@ -211,8 +212,17 @@ rules_load(void)
 		return;
 	}
 
+	/*
+	 * Inside decoding, NULL means the historic snapshot of the transaction
+	 * being decoded; elsewhere, read with the active snapshot (that of the
+	 * statement, or of the worker's initial load), not a newer one.
+	 */
 	rel = table_open(rules_table, AccessShareLock);
-	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	scan = systable_beginscan(rel, InvalidOid, false,
+							  !HistoricSnapshotActive() && ActiveSnapshotSet()
+								  ? GetActiveSnapshot()
+								  : NULL,
+							  0, NULL);
 	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
 	{
 		Datum	 values[Natts_rules];
@@ -299,6 +309,21 @@ rules_generation(void)
 {
 	rules_ensure();
 	return rules_gen;
+}
+
+/* rules_relations returns the OIDs of all relations with enabled rules. */
+List *
+rules_relations(void)
+{
+	HASH_SEQ_STATUS seq;
+	RuleRel		   *entry;
+	List		   *result = NIL;
+
+	rules_ensure();
+	hash_seq_init(&seq, RuleRels);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		result = lappend_oid(result, entry->relid);
+	return result;
 }
 
 /* ---------------------------------------------------------------------------

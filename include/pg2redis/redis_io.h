@@ -1,0 +1,64 @@
+/*-------------------------------------------------------------------------
+ *
+ * redis_io.h
+ *	  Redis connections: URLs, non-blocking sockets, RESP out, replies in.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG2REDIS_REDIS_IO_H
+#define PG2REDIS_REDIS_IO_H
+
+#include <hiredis/hiredis.h>
+
+#include "lib/stringinfo.h"
+#include "port.h"
+
+/* Where to connect, parsed from pg2redis.redis_url. */
+typedef struct RedisTarget
+{
+	bool  unix_socket;
+	char *path; /* unix socket path */
+	char *host; /* TCP host as written */
+	int	  port;
+	int	  db;
+	char *user;		/* NULL: no ACL user */
+	char *password; /* NULL: no AUTH */
+	char *display;	/* the URL with the password masked */
+} RedisTarget;
+
+typedef enum RedisConnState
+{
+	RCONN_CLOSED,
+	RCONN_CONNECTING, /* non-blocking connect() in progress */
+	RCONN_OPEN		  /* connected: bytes may flow */
+} RedisConnState;
+
+/* One connection: a socket and a hiredis reply reader. */
+typedef struct RedisConn
+{
+	RedisConnState state;
+	pgsocket	   sock;
+	redisReader	  *reader;
+	char		   error[256]; /* why the last call failed */
+} RedisConn;
+
+extern bool	 redis_parse_url(const char *url, RedisTarget *target,
+							 char **errmsg);
+extern char *redis_mask_url(const char *url);
+
+extern void	   redis_conn_init(RedisConn *conn);
+extern bool	   redis_connect_start(RedisConn *conn, const RedisTarget *target);
+extern bool	   redis_connect_finish(RedisConn *conn);
+extern void	   redis_close(RedisConn *conn);
+extern ssize_t redis_send(RedisConn *conn, const char *data, size_t len);
+extern bool	   redis_receive(RedisConn *conn, bool *eof);
+extern int	   redis_next_reply(RedisConn *conn, redisReply **reply);
+
+extern void	 redis_append_command(StringInfo buf, int argc,
+								  const char *const *argv,
+								  const size_t		*argvlen);
+extern void	 redis_append_cstrings(StringInfo buf, int argc, ...);
+extern char *redis_reply_to_json(const redisReply *reply);
+extern int	 redis_append_handshake(StringInfo buf, const RedisTarget *target);
+
+#endif /* PG2REDIS_REDIS_IO_H */

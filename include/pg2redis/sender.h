@@ -1,0 +1,51 @@
+/*-------------------------------------------------------------------------
+ *
+ * sender.h
+ *	  Decoded transactions to Redis: blocks, the fence, replies, retries.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG2REDIS_SENDER_H
+#define PG2REDIS_SENDER_H
+
+#include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
+#include "pg2redis/rules.h"
+
+/* A command Redis rejected or a rule could not render, to be recorded. */
+typedef struct DeadLetter
+{
+	XLogRecPtr	  lsn;
+	TransactionId xid;
+	Oid			  relid;
+	Pg2rOp		  op;
+	int			  argc;
+	char		**argv;
+	char		 *error;
+} DeadLetter;
+
+extern void sender_init(void);
+extern void sender_begin_txn(TransactionId xid, XLogRecPtr commit_lsn,
+							 XLogRecPtr end_lsn, TimestampTz commit_time);
+extern bool sender_txn_skipped(void);
+extern void sender_count_change(void);
+/* CommandSink callbacks; arg points to the changed relation's Oid. */
+extern void	 sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
+							const char *const *argv, const size_t *argvlen);
+extern void	 sender_render_error(void *arg, const Rule *rule, Pg2rOp op,
+								 const Pg2rError *err);
+extern void	 sender_commit_txn(void);
+extern bool	 sender_ready(void);
+extern bool	 sender_idle(void);
+extern bool	 sender_stopped(void);
+extern void	 sender_flush(void);
+extern bool	 sender_batch_open_longer_than(int ms);
+extern void	 sender_service(long timeout_ms);
+extern void	 sender_reconfigure(void);
+extern void	 sender_disconnect(void);
+extern List *sender_take_dead_letters(void);
+extern bool	 sender_has_dead_letters(void);
+extern void	 sender_set_idle_position(XLogRecPtr lsn);
+extern bool	 sender_delete_fence(void);
+
+#endif /* PG2REDIS_SENDER_H */

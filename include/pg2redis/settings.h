@@ -1,0 +1,30 @@
+/*-------------------------------------------------------------------------
+ *
+ * settings.h
+ *	  The pg2redis.* settings (GUCs).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG2REDIS_SETTINGS_H
+#define PG2REDIS_SETTINGS_H
+
+typedef enum Pg2rOnCommandError
+{
+	PG2R_ON_ERROR_DEAD_LETTER,
+	PG2R_ON_ERROR_STOP
+} Pg2rOnCommandError;
+
+extern char *pg2r_database;
+extern char *pg2r_redis_url;
+extern char *pg2r_slot_name;
+extern bool	 pg2r_enabled;
+extern int	 pg2r_batch_size;
+extern int	 pg2r_flush_interval_ms;
+extern int	 pg2r_redis_timeout_ms;
+extern int	 pg2r_retry_initial_ms;
+extern int	 pg2r_retry_max_ms;
+extern int	 pg2r_on_command_error;
+extern int	 pg2r_max_transaction_commands;
+extern int	 pg2r_decoding_work_mem_kb;
+
+#endif /* PG2REDIS_SETTINGS_H */

@@ -1,0 +1,15 @@
+/*-------------------------------------------------------------------------
+ *
+ * snapshot.h
+ *	  Loading existing rows of mapped tables into Redis.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG2REDIS_SNAPSHOT_H
+#define PG2REDIS_SNAPSHOT_H
+
+#include "access/xlogdefs.h"
+
+extern void snapshot_initial_load(XLogRecPtr start);
+
+#endif /* PG2REDIS_SNAPSHOT_H */

@@ -1,0 +1,71 @@
+/*-------------------------------------------------------------------------
+ *
+ * state.h
+ *	  Shared memory: what the worker reports, and how backends wake it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG2REDIS_STATE_H
+#define PG2REDIS_STATE_H
+
+#include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/spin.h"
+
+/* What pg2redis_status().state says. */
+typedef enum Pg2rWorkerState
+{
+	PG2R_STATE_STOPPED,
+	PG2R_STATE_WAITING_FOR_EXTENSION,
+	PG2R_STATE_STARTING,
+	PG2R_STATE_SNAPSHOTTING,
+	PG2R_STATE_STREAMING,
+	PG2R_STATE_PAUSED,
+	PG2R_STATE_REDIS_UNAVAILABLE
+} Pg2rWorkerState;
+
+typedef struct Pg2rShared
+{
+	slock_t			mutex;		   /* protects everything but the atomics */
+	pid_t			worker_pid;	   /* 0 when no worker runs */
+	int				worker_procno; /* its PGPROC number, or -1 */
+	Oid				dboid;		   /* database the worker streams */
+	Pg2rWorkerState state;
+	bool			redis_connected;
+	XLogRecPtr		confirmed_lsn; /* slot position confirmed */
+	XLogRecPtr	applied_lsn; /* all WAL before it is in Redis or irrelevant */
+	TimestampTz last_commit_time; /* of the last transaction applied */
+	uint64		transactions;
+	uint64		changes;
+	uint64		commands;
+	uint64		dead_letters;
+	uint64		retries;
+	char		last_error[512];
+	TimestampTz last_error_time;
+	bool		resync_requested;
+	pg_atomic_uint32  wakeup_pending;
+	ConditionVariable progress_cv; /* broadcast when applied_lsn moves */
+} Pg2rShared;
+
+extern Pg2rShared *pg2r_shared;
+
+extern void		   pg2r_state_request_shmem(void);
+extern void		   pg2r_state_init_shmem(void);
+extern void		   pg2r_wake_worker(void);
+extern void		   pg2r_xact_callback_register(void);
+extern const char *pg2r_state_name(Pg2rWorkerState state);
+
+/* What the worker reports (worker process only). */
+extern void pg2r_report_state(Pg2rWorkerState state);
+extern void pg2r_report_connected(bool connected);
+extern void pg2r_report_error(const char *fmt, ...) pg_attribute_printf(1, 2);
+extern void pg2r_report_applied(XLogRecPtr lsn, TimestampTz commit_time,
+								uint64 transactions, uint64 commands,
+								uint64 changes);
+extern void pg2r_report_confirmed(XLogRecPtr lsn);
+extern void pg2r_report_retry(void);
+extern void pg2r_report_dead_letters(uint64 n);
+
+#endif /* PG2REDIS_STATE_H */

@@ -1,0 +1,20 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.h
+ *	  The background worker: what other modules call back into.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG2REDIS_WORKER_H
+#define PG2REDIS_WORKER_H
+
+#include "access/xlogdefs.h"
+
+/* True in the pg2redis worker process only. */
+extern bool pg2r_in_worker;
+
+extern void		  worker_confirm(XLogRecPtr lsn);
+extern XLogRecPtr worker_confirmed_lsn(void);
+extern void		  worker_handle_interrupts(void);
+
+#endif /* PG2REDIS_WORKER_H */

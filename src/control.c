@@ -1,0 +1,353 @@
+/*-------------------------------------------------------------------------
+ *
+ * control.c
+ *	  SQL functions that talk to the worker or to Redis: status, wait,
+ *	  resync, and running one Redis command.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonb.h"
+#include "utils/pg_lsn.h"
+#include "utils/timestamp.h"
+
+#include "pg2redis/commands.h"
+#include "pg2redis/redis_io.h"
+#include "pg2redis/settings.h"
+#include "pg2redis/state.h"
+
+PG_FUNCTION_INFO_V1(pg2redis_status);
+PG_FUNCTION_INFO_V1(pg2redis_wait);
+PG_FUNCTION_INFO_V1(pg2redis_resync);
+PG_FUNCTION_INFO_V1(pg2redis_redis);
+
+#define STATUS_COLUMNS 17
+
+/*
+ * pg2redis_status() returns one row describing the worker, its slot and
+ * Redis; the Redis password is masked.
+ */
+Datum
+pg2redis_status(PG_FUNCTION_ARGS)
+{
+	TupleDesc  desc;
+	Datum	   values[STATUS_COLUMNS];
+	bool	   nulls[STATUS_COLUMNS] = {0};
+	Pg2rShared s;
+	XLogRecPtr server_lsn = GetXLogInsertRecPtr();
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	memcpy(&s, pg2r_shared, sizeof(s));
+	SpinLockRelease(&pg2r_shared->mutex);
+
+	values[0] = Int32GetDatum(s.worker_pid);
+	nulls[0] = s.worker_pid == 0;
+	values[1] = CStringGetTextDatum(pg2r_state_name(s.state));
+	values[2] = CStringGetTextDatum(pg2r_slot_name);
+	values[3] = CStringGetTextDatum(redis_mask_url(pg2r_redis_url));
+	values[4] = BoolGetDatum(s.redis_connected);
+	values[5] = LSNGetDatum(s.confirmed_lsn);
+	nulls[5] = s.confirmed_lsn == InvalidXLogRecPtr;
+	values[6] = LSNGetDatum(server_lsn);
+	values[7] =
+		Int64GetDatum(s.confirmed_lsn == InvalidXLogRecPtr
+						  ? 0
+						  : (int64) (server_lsn -
+									 Min(server_lsn, s.confirmed_lsn)));
+	nulls[7] = s.confirmed_lsn == InvalidXLogRecPtr;
+	values[8] = TimestampTzGetDatum(s.last_commit_time);
+	nulls[8] = s.last_commit_time == 0;
+	values[9] = Int64GetDatum(s.transactions);
+	values[10] = Int64GetDatum(s.changes);
+	values[11] = Int64GetDatum(s.commands);
+	values[12] = Int64GetDatum(s.dead_letters);
+	values[13] = Int64GetDatum(s.retries);
+	values[14] = CStringGetTextDatum(s.last_error);
+	nulls[14] = s.last_error[0] == '\0';
+	values[15] = TimestampTzGetDatum(s.last_error_time);
+	nulls[15] = s.last_error_time == 0;
+	values[16] = LSNGetDatum(s.applied_lsn);
+	nulls[16] = s.applied_lsn == InvalidXLogRecPtr;
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc),
+													  values, nulls)));
+}
+
+/*
+ * wal_record_start turns a WAL insert position into the position a reader
+ * reports after the record before it: at the start of a page, the position
+ * is past the page header, which no record ends at.
+ */
+static XLogRecPtr
+wal_record_start(XLogRecPtr lsn)
+{
+	if (XLogSegmentOffset(lsn, wal_segment_size) == SizeOfXLogLongPHD)
+		return lsn - SizeOfXLogLongPHD;
+	if (lsn % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		return lsn - SizeOfXLogShortPHD;
+	return lsn;
+}
+
+/*
+ * pg2redis_wait(timeout) returns true once every transaction committed
+ * before the call is applied in Redis, false when timeout passes first.
+ */
+Datum
+pg2redis_wait(PG_FUNCTION_ARGS)
+{
+	Interval   *timeout = PG_GETARG_INTERVAL_P(0);
+	int64		timeout_ms;
+	TimestampTz deadline;
+	XLogRecPtr	target;
+	bool		done = false;
+
+	timeout_ms =
+		(int64) timeout->time / 1000 +
+		((int64) timeout->day * 86400 + (int64) timeout->month * 30 * 86400) *
+			1000;
+	if (timeout_ms < 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("timeout must not be negative")));
+
+	/* everything committed so far is in WAL before target; make it readable */
+	target = GetXLogInsertRecPtr();
+	XLogFlush(target);
+	target = wal_record_start(target);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	pg2r_wake_worker();
+	ConditionVariablePrepareToSleep(&pg2r_shared->progress_cv);
+	for (;;)
+	{
+		XLogRecPtr applied;
+		long	   remaining;
+
+		SpinLockAcquire(&pg2r_shared->mutex);
+		applied = pg2r_shared->applied_lsn;
+		SpinLockRelease(&pg2r_shared->mutex);
+		if (applied >= target)
+		{
+			done = true;
+			break;
+		}
+		remaining =
+			TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			break;
+		(void) ConditionVariableTimedSleep(&pg2r_shared->progress_cv,
+										   Min(remaining, 100),
+										   PG_WAIT_EXTENSION);
+		pg2r_wake_worker();
+	}
+	ConditionVariableCancelSleep();
+	PG_RETURN_BOOL(done);
+}
+
+/*
+ * pg2redis_resync() makes the worker drop its Redis position and its slot,
+ * recreate the slot and load every mapped table again.
+ */
+Datum
+pg2redis_resync(PG_FUNCTION_ARGS)
+{
+	bool running;
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	running = pg2r_shared->worker_pid != 0;
+	if (running)
+		pg2r_shared->resync_requested = true;
+	SpinLockRelease(&pg2r_shared->mutex);
+	if (!running)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg2redis worker is not running"),
+				 errhint("Check pg2redis_status() and the server log; the worker needs shared_preload_libraries = 'pg2redis' and wal_level = logical.")));
+	pg2r_wake_worker();
+	PG_RETURN_VOID();
+}
+
+/* wait_socket waits for events on sock until deadline; false on timeout. */
+static bool
+wait_socket(pgsocket sock, int events, TimestampTz deadline)
+{
+	long remaining =
+		TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+	int rc;
+
+	if (remaining <= 0)
+		return false;
+	rc = WaitLatchOrSocket(MyLatch,
+						   events | WL_LATCH_SET | WL_TIMEOUT |
+							   WL_EXIT_ON_PM_DEATH,
+						   sock, remaining, PG_WAIT_EXTENSION);
+	if (rc & WL_LATCH_SET)
+		ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+	return (rc & events) != 0 || !(rc & WL_TIMEOUT);
+}
+
+/* redis_fail raises the ERROR of a failed pg2redis_redis() call. */
+static void
+redis_fail(RedisConn *conn, const RedisTarget *target, const char *what)
+{
+	char msg[sizeof(conn->error)];
+
+	strlcpy(msg, conn->error[0] ? conn->error : what, sizeof(msg));
+	redis_close(conn);
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not run the command on Redis at %s",
+					target->display),
+			 errdetail("%s", msg),
+			 errhint("Check pg2redis.redis_url and that Redis is running.")));
+}
+
+/*
+ * pg2redis_redis(VARIADIC args) runs one Redis command on the configured
+ * server and returns its reply as JSON: a string, integer, array, null, or
+ * {"error": "..."}.  It opens its own connection, with the deadlines of
+ * pg2redis.redis_timeout, and never blocks beyond them.
+ */
+Datum
+pg2redis_redis(PG_FUNCTION_ARGS)
+{
+	ArrayType				*args = PG_GETARG_ARRAYTYPE_P(0);
+	Datum					*elems;
+	bool					*elnulls;
+	int						 n;
+	RedisTarget				 target;
+	RedisConn				 conn;
+	char					*urlerr;
+	StringInfoData			 out;
+	size_t					 sent = 0;
+	int						 expected;
+	TimestampTz				 deadline;
+	redisReply				*reply = NULL;
+	char					*json_text;
+	Datum					 result;
+	static const char *const streaming[] = {"SUBSCRIBE",  "PSUBSCRIBE",
+											"SSUBSCRIBE", "MONITOR",
+											"SYNC",		  "PSYNC"};
+
+	deconstruct_array(args, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elnulls,
+					  &n);
+	if (n == 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("a Redis command is needed")));
+	for (int i = 0; i < n; i++)
+		if (elnulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("Redis command argument %d is null", i + 1)));
+	for (size_t i = 0; i < lengthof(streaming); i++)
+		if (pg_strcasecmp(TextDatumGetCString(elems[0]), streaming[i]) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("Redis command \"%s\" does not return a single reply",
+							TextDatumGetCString(elems[0]))));
+
+	if (!redis_parse_url(pg2r_redis_url, &target, &urlerr))
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("invalid pg2redis.redis_url: %s", urlerr)));
+
+	initStringInfo(&out);
+	expected = redis_append_handshake(&out, &target) + 1;
+	{
+		const char **argv = palloc(sizeof(char *) * n);
+		size_t		*argvlen = palloc(sizeof(size_t) * n);
+
+		for (int i = 0; i < n; i++)
+		{
+			argv[i] = VARDATA_ANY(DatumGetTextPP(elems[i]));
+			argvlen[i] = VARSIZE_ANY_EXHDR(DatumGetTextPP(elems[i]));
+		}
+		redis_append_command(&out, n, argv, argvlen);
+	}
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   pg2r_redis_timeout_ms);
+	redis_conn_init(&conn);
+	if (!redis_connect_start(&conn, &target))
+		redis_fail(&conn, &target, "could not connect");
+	if (conn.state == RCONN_CONNECTING)
+	{
+		if (!wait_socket(conn.sock, WL_SOCKET_WRITEABLE, deadline))
+			redis_fail(&conn, &target, "timed out connecting");
+		if (!redis_connect_finish(&conn))
+			redis_fail(&conn, &target, "could not connect");
+	}
+
+	while (expected > 0)
+	{
+		bool eof;
+		int	 rc;
+
+		if (sent < (size_t) out.len)
+		{
+			ssize_t w = redis_send(&conn, out.data + sent, out.len - sent);
+
+			if (w < 0)
+				redis_fail(&conn, &target, "could not send");
+			sent += w;
+		}
+		if (!wait_socket(conn.sock,
+						 WL_SOCKET_READABLE |
+							 (sent < (size_t) out.len ? WL_SOCKET_WRITEABLE
+													  : 0),
+						 deadline))
+			redis_fail(&conn, &target, "timed out waiting for the reply");
+		if (!redis_receive(&conn, &eof))
+			redis_fail(&conn, &target, "could not receive");
+		while (expected > 0 && (rc = redis_next_reply(&conn, &reply)) == 1)
+		{
+			expected--;
+			if (expected > 0)
+			{
+				/* a handshake reply */
+				if (reply->type == REDIS_REPLY_ERROR)
+				{
+					snprintf(conn.error, sizeof(conn.error), "%s", reply->str);
+					freeReplyObject(reply);
+					redis_fail(&conn, &target,
+							   "Redis refused the connection setup");
+				}
+				freeReplyObject(reply);
+				reply = NULL;
+			}
+		}
+		if (expected > 0 && rc < 0)
+			redis_fail(&conn, &target, "protocol error");
+	}
+	redis_close(&conn);
+
+	json_text = redis_reply_to_json(reply);
+	freeReplyObject(reply);
+	if (json_text == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY),
+						errmsg("out of memory converting a Redis reply")));
+	PG_TRY();
+	{
+		result = DirectFunctionCall1(jsonb_in, CStringGetDatum(json_text));
+	}
+	PG_FINALLY();
+	{
+		free(json_text);
+	}
+	PG_END_TRY();
+	PG_RETURN_DATUM(result);
+}

@@ -1,0 +1,549 @@
+/*-------------------------------------------------------------------------
+ *
+ * redis_io.c
+ *	  Redis connections: URLs, non-blocking sockets, RESP out, replies in.
+ *
+ * pg2redis drives its own sockets and uses hiredis only for the protocol
+ * reader.  hiredis 0.14 has no timeouts and may block in its connect and
+ * read helpers; a blocked call would not see SIGTERM and would hold up
+ * shutdown and DROP DATABASE.  So every socket here is non-blocking, never
+ * waits, and reports what it could not do; callers wait with
+ * WaitLatchOrSocket under their own deadlines.  Nothing here raises an
+ * ERROR: failures are returned with a message in conn->error, so that the
+ * callers decide between retrying and failing.
+ *
+ * Commands are written in RESP directly into a StringInfo (no allocation
+ * per command); replies are parsed by a hiredis reader fed with what the
+ * socket returned.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/string.h"
+
+#include "pg2redis/redis_io.h"
+
+/* Decode %XX escapes of a URL component in place. */
+static void
+url_decode(char *s)
+{
+	char *out = s;
+
+	for (char *p = s; *p; p++)
+	{
+		if (p[0] == '%' && isxdigit((unsigned char) p[1]) &&
+			isxdigit((unsigned char) p[2]))
+		{
+			char hex[3] = {p[1], p[2], '\0'};
+
+			*out++ = (char) strtol(hex, NULL, 16);
+			p += 2;
+		}
+		else
+			*out++ = *p;
+	}
+	*out = '\0';
+}
+
+/* parse_int parses a whole decimal string into *out within [min, max]. */
+static bool
+parse_int(const char *s, int min, int max, int *out)
+{
+	char *end;
+	long  v;
+
+	if (*s == '\0')
+		return false;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < min || v > max)
+		return false;
+	*out = (int) v;
+	return true;
+}
+
+/*
+ * redis_parse_url parses redis://[[user]:password@]host[:port][/db] or
+ * unix:///path[?db=N] into *target (palloc'd in the current context).
+ * Returns false with a message in *errmsg for a malformed URL; the message
+ * never contains the password.
+ */
+bool
+redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
+{
+	char *copy = pstrdup(url);
+	char *rest;
+	char *at;
+	char *slash;
+	char *hostport;
+
+	memset(target, 0, sizeof(*target));
+	target->port = 6379;
+	target->display = redis_mask_url(url);
+
+	if (strncmp(copy, "unix://", 7) == 0)
+	{
+		char *query;
+
+		target->unix_socket = true;
+		rest = copy + 7;
+		query = strchr(rest, '?');
+		if (query)
+		{
+			*query++ = '\0';
+			if (strncmp(query, "db=", 3) != 0 ||
+				!parse_int(query + 3, 0, 1000000, &target->db))
+			{
+				*errmsg =
+					psprintf("invalid query \"%s\" in Redis URL; only db=N is supported",
+							 query);
+				return false;
+			}
+		}
+		if (rest[0] != '/')
+		{
+			*errmsg =
+				pstrdup("a unix:// Redis URL needs an absolute socket path, as in unix:///run/redis.sock");
+			return false;
+		}
+		url_decode(rest);
+		if (strlen(rest) >= sizeof(((struct sockaddr_un *) NULL)->sun_path))
+		{
+			*errmsg = pstrdup("Redis socket path is too long");
+			return false;
+		}
+		target->path = rest;
+		return true;
+	}
+
+	if (strncmp(copy, "redis://", 8) != 0)
+	{
+		*errmsg = pstrdup("a Redis URL starts with redis:// or unix://");
+		return false;
+	}
+	rest = copy + 8;
+
+	slash = strchr(rest, '/');
+	if (slash)
+	{
+		*slash = '\0';
+		if (slash[1] != '\0' && !parse_int(slash + 1, 0, 1000000, &target->db))
+		{
+			*errmsg = psprintf("invalid database number \"%s\" in Redis URL",
+							   slash + 1);
+			return false;
+		}
+	}
+
+	at = strrchr(rest, '@');
+	hostport = rest;
+	if (at)
+	{
+		char *colon;
+
+		*at = '\0';
+		hostport = at + 1;
+		colon = strchr(rest, ':');
+		if (colon)
+		{
+			*colon = '\0';
+			target->password = colon + 1;
+			url_decode(target->password);
+		}
+		else
+			target->password = rest; /* redis://secret@host */
+		if (colon && rest[0] != '\0')
+		{
+			target->user = rest;
+			url_decode(target->user);
+		}
+		if (!colon)
+			url_decode(target->password);
+	}
+
+	if (hostport[0] == '[')
+	{
+		char *close = strchr(hostport, ']');
+
+		if (!close)
+		{
+			*errmsg = pstrdup("unterminated [ in Redis URL host");
+			return false;
+		}
+		*close = '\0';
+		target->host = hostport + 1;
+		hostport = close + 1;
+		if (*hostport == ':' &&
+			!parse_int(hostport + 1, 1, 65535, &target->port))
+		{
+			*errmsg =
+				psprintf("invalid port \"%s\" in Redis URL", hostport + 1);
+			return false;
+		}
+	}
+	else
+	{
+		char *colon = strchr(hostport, ':');
+
+		if (colon)
+		{
+			*colon = '\0';
+			if (!parse_int(colon + 1, 1, 65535, &target->port))
+			{
+				*errmsg =
+					psprintf("invalid port \"%s\" in Redis URL", colon + 1);
+				return false;
+			}
+		}
+		target->host = hostport;
+	}
+	if (target->host[0] == '\0')
+	{
+		*errmsg = pstrdup("Redis URL has no host");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * redis_mask_url returns url with any password replaced by "***", for
+ * logs, status and messages.
+ */
+char *
+redis_mask_url(const char *url)
+{
+	const char *scheme = strstr(url, "://");
+	const char *at;
+	const char *colon;
+	const char *start;
+
+	if (scheme == NULL)
+		return pstrdup(url);
+	start = scheme + 3;
+	at = strchr(start, '@');
+	if (at == NULL || (strchr(start, '/') && strchr(start, '/') < at))
+		return pstrdup(url);
+	colon = memchr(start, ':', at - start);
+	if (colon == NULL)
+		return psprintf("%.*s***%s", (int) (start - url), url, at);
+	return psprintf("%.*s***%s", (int) (colon + 1 - url), url, at);
+}
+
+/* redis_conn_init makes *conn a closed connection. */
+void
+redis_conn_init(RedisConn *conn)
+{
+	memset(conn, 0, sizeof(*conn));
+	conn->state = RCONN_CLOSED;
+	conn->sock = PGINVALID_SOCKET;
+}
+
+/* set_error records why a connection call failed. */
+static bool
+set_error(RedisConn *conn, const char *what, int err)
+{
+	snprintf(conn->error, sizeof(conn->error), "%s: %s", what, strerror(err));
+	return false;
+}
+
+/*
+ * redis_connect_start opens a non-blocking socket to target and starts
+ * connecting.  Returns false with conn->error set if that failed at once;
+ * otherwise the connection is RCONN_CONNECTING (wait until the socket is
+ * writable, then call redis_connect_finish) or already RCONN_OPEN.
+ *
+ * Host names are resolved here, synchronously: numeric addresses and
+ * names in /etc/hosts (localhost) resolve without the network.
+ */
+bool
+redis_connect_start(RedisConn *conn, const RedisTarget *target)
+{
+	struct sockaddr_storage addr;
+	socklen_t				addrlen;
+	int						family;
+	int						rc;
+
+	redis_close(conn);
+
+	if (target->unix_socket)
+	{
+		struct sockaddr_un *un = (struct sockaddr_un *) &addr;
+
+		memset(un, 0, sizeof(*un));
+		un->sun_family = AF_UNIX;
+		strlcpy(un->sun_path, target->path, sizeof(un->sun_path));
+		addrlen = sizeof(*un);
+		family = AF_UNIX;
+	}
+	else
+	{
+		struct addrinfo	 hints = {0};
+		struct addrinfo *res;
+		char			 port[16];
+
+		hints.ai_socktype = SOCK_STREAM;
+		hints.ai_family = AF_UNSPEC;
+		snprintf(port, sizeof(port), "%d", target->port);
+		rc = getaddrinfo(target->host, port, &hints, &res);
+		if (rc != 0)
+		{
+			snprintf(conn->error, sizeof(conn->error),
+					 "could not resolve Redis host \"%s\": %s", target->host,
+					 gai_strerror(rc));
+			return false;
+		}
+		memcpy(&addr, res->ai_addr, res->ai_addrlen);
+		addrlen = res->ai_addrlen;
+		family = res->ai_family;
+		freeaddrinfo(res);
+	}
+
+	conn->sock = socket(family, SOCK_STREAM, 0);
+	if (conn->sock == PGINVALID_SOCKET)
+		return set_error(conn, "could not create socket", errno);
+	if (fcntl(conn->sock, F_SETFL, O_NONBLOCK) < 0 ||
+		fcntl(conn->sock, F_SETFD, FD_CLOEXEC) < 0)
+	{
+		int err = errno;
+
+		redis_close(conn);
+		return set_error(conn, "could not set socket options", err);
+	}
+	if (family != AF_UNIX)
+	{
+		int on = 1;
+
+		(void) setsockopt(conn->sock, IPPROTO_TCP, TCP_NODELAY, &on,
+						  sizeof(on));
+		(void) setsockopt(conn->sock, SOL_SOCKET, SO_KEEPALIVE, &on,
+						  sizeof(on));
+	}
+
+	conn->reader = redisReaderCreate();
+	if (conn->reader == NULL)
+	{
+		redis_close(conn);
+		snprintf(conn->error, sizeof(conn->error), "out of memory");
+		return false;
+	}
+
+	rc = connect(conn->sock, (struct sockaddr *) &addr, addrlen);
+	if (rc == 0)
+	{
+		conn->state = RCONN_OPEN;
+		return true;
+	}
+	if (errno == EINPROGRESS || errno == EAGAIN)
+	{
+		conn->state = RCONN_CONNECTING;
+		return true;
+	}
+	{
+		int err = errno;
+
+		redis_close(conn);
+		return set_error(conn, "could not connect to Redis", err);
+	}
+}
+
+/*
+ * redis_connect_finish completes a connect once the socket is writable:
+ * returns true when connected, false with conn->error when it failed.
+ */
+bool
+redis_connect_finish(RedisConn *conn)
+{
+	int		  err = 0;
+	socklen_t len = sizeof(err);
+
+	if (conn->state == RCONN_OPEN)
+		return true;
+	if (getsockopt(conn->sock, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err != 0)
+	{
+		redis_close(conn);
+		return set_error(conn, "could not connect to Redis", err);
+	}
+	conn->state = RCONN_OPEN;
+	return true;
+}
+
+/* redis_close closes the socket and frees the reader; error is kept. */
+void
+redis_close(RedisConn *conn)
+{
+	if (conn->sock != PGINVALID_SOCKET)
+		close(conn->sock);
+	conn->sock = PGINVALID_SOCKET;
+	if (conn->reader)
+		redisReaderFree(conn->reader);
+	conn->reader = NULL;
+	conn->state = RCONN_CLOSED;
+}
+
+/*
+ * redis_send writes what it can of data without blocking: returns the
+ * number of bytes written (0 if the socket is full), or -1 with
+ * conn->error set if the connection failed.
+ */
+ssize_t
+redis_send(RedisConn *conn, const char *data, size_t len)
+{
+	ssize_t n;
+
+	if (len == 0)
+		return 0;
+	n = send(conn->sock, data, len, MSG_NOSIGNAL);
+	if (n >= 0)
+		return n;
+	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+		return 0;
+	set_error(conn, "could not send to Redis", errno);
+	return -1;
+}
+
+/*
+ * redis_receive reads what the socket has into the reply reader without
+ * blocking.  Returns false with conn->error set if the connection failed
+ * or was closed by Redis.
+ */
+bool
+redis_receive(RedisConn *conn, bool *eof)
+{
+	char buf[65536];
+
+	*eof = false;
+	for (;;)
+	{
+		ssize_t n = recv(conn->sock, buf, sizeof(buf), 0);
+
+		if (n > 0)
+		{
+			if (redisReaderFeed(conn->reader, buf, n) != REDIS_OK)
+			{
+				snprintf(conn->error, sizeof(conn->error),
+						 "could not read Redis reply: %s",
+						 conn->reader->errstr);
+				return false;
+			}
+			if ((size_t) n < sizeof(buf))
+				return true;
+			continue;
+		}
+		if (n == 0)
+		{
+			*eof = true;
+			snprintf(conn->error, sizeof(conn->error),
+					 "Redis closed the connection");
+			return false;
+		}
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return true;
+		if (errno == EINTR)
+			continue;
+		return set_error(conn, "could not receive from Redis", errno);
+	}
+}
+
+/*
+ * redis_next_reply returns 1 and the next complete reply (free it with
+ * freeReplyObject), 0 if none is complete yet, or -1 with conn->error set
+ * for a protocol error.
+ */
+int
+redis_next_reply(RedisConn *conn, redisReply **reply)
+{
+	void *r = NULL;
+
+	if (redisReaderGetReply(conn->reader, &r) != REDIS_OK)
+	{
+		snprintf(conn->error, sizeof(conn->error),
+				 "could not parse Redis reply: %s", conn->reader->errstr);
+		return -1;
+	}
+	*reply = r;
+	return r != NULL;
+}
+
+/* append_bulk appends one RESP bulk string. */
+static inline void
+append_bulk(StringInfo buf, const char *s, size_t len)
+{
+	char hdr[32];
+	int	 n = snprintf(hdr, sizeof(hdr), "$%zu\r\n", len);
+
+	appendBinaryStringInfo(buf, hdr, n);
+	appendBinaryStringInfo(buf, s, len);
+	appendBinaryStringInfo(buf, "\r\n", 2);
+}
+
+/* redis_append_command appends one command in RESP to buf. */
+void
+redis_append_command(StringInfo buf, int argc, const char *const *argv,
+					 const size_t *argvlen)
+{
+	char hdr[32];
+	int	 n = snprintf(hdr, sizeof(hdr), "*%d\r\n", argc);
+
+	appendBinaryStringInfo(buf, hdr, n);
+	for (int i = 0; i < argc; i++)
+		append_bulk(buf, argv[i], argvlen[i]);
+}
+
+/* redis_append_cstrings appends a command given as argc C strings. */
+void
+redis_append_cstrings(StringInfo buf, int argc, ...)
+{
+	va_list ap;
+	char	hdr[32];
+	int		n = snprintf(hdr, sizeof(hdr), "*%d\r\n", argc);
+
+	appendBinaryStringInfo(buf, hdr, n);
+	va_start(ap, argc);
+	for (int i = 0; i < argc; i++)
+	{
+		const char *s = va_arg(ap, const char *);
+
+		append_bulk(buf, s, strlen(s));
+	}
+	va_end(ap);
+}
+
+/*
+ * redis_append_handshake appends AUTH and SELECT as target needs them and
+ * returns how many replies they produce.
+ */
+int
+redis_append_handshake(StringInfo buf, const RedisTarget *target)
+{
+	int n = 0;
+
+	if (target->password)
+	{
+		if (target->user)
+			redis_append_cstrings(buf, 3, "AUTH", target->user,
+								  target->password);
+		else
+			redis_append_cstrings(buf, 2, "AUTH", target->password);
+		n++;
+	}
+	if (target->db != 0)
+	{
+		char db[16];
+
+		snprintf(db, sizeof(db), "%d", target->db);
+		redis_append_cstrings(buf, 2, "SELECT", db);
+		n++;
+	}
+	return n;
+}

@@ -1,0 +1,75 @@
+/*-------------------------------------------------------------------------
+ *
+ * reply_json.c
+ *	  Redis replies to JSON text, with jansson.
+ *
+ * Kept apart from PostgreSQL's headers on purpose: jansson's json_object()
+ * and PostgreSQL's SQL-callable json_object() share a name.  Nothing here
+ * raises an error; out of memory is a NULL result.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <stdlib.h>
+
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+char *redis_reply_to_json(const redisReply *reply);
+
+/* to_json converts a reply into a jansson value; NULL when out of memory. */
+static json_t *
+to_json(const redisReply *r)
+{
+	json_t *v;
+
+	switch (r->type)
+	{
+		case REDIS_REPLY_STRING:
+		case REDIS_REPLY_STATUS:
+			return json_stringn_nocheck(r->str, r->len);
+		case REDIS_REPLY_INTEGER:
+			return json_integer(r->integer);
+		case REDIS_REPLY_ERROR:
+			v = json_object();
+			if (v &&
+				json_object_set_new(v, "error",
+									json_stringn_nocheck(r->str, r->len)) != 0)
+			{
+				json_decref(v);
+				return NULL;
+			}
+			return v;
+		case REDIS_REPLY_ARRAY:
+			v = json_array();
+			for (size_t i = 0; v && i < r->elements; i++)
+			{
+				json_t *elem = to_json(r->element[i]);
+
+				if (elem == NULL || json_array_append_new(v, elem) != 0)
+				{
+					json_decref(v);
+					return NULL;
+				}
+			}
+			return v;
+		default:
+			return json_null();
+	}
+}
+
+/*
+ * redis_reply_to_json returns the reply as compact JSON text, malloc'd
+ * (free() it), or NULL when out of memory.
+ */
+char *
+redis_reply_to_json(const redisReply *reply)
+{
+	json_t *v = to_json(reply);
+	char   *text;
+
+	if (v == NULL)
+		return NULL;
+	text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+	json_decref(v);
+	return text;
+}

@@ -1,0 +1,198 @@
+/*-------------------------------------------------------------------------
+ *
+ * state.c
+ *	  Shared memory: what the worker reports, and how backends wake it.
+ *
+ * The worker publishes its state and counters here for pg2redis_status()
+ * and its progress for pg2redis_wait().  Every backend (the library is
+ * preloaded) runs a commit callback that sets the worker's latch when a
+ * transaction that wrote commits, so that a commit reaches Redis without
+ * a polling delay while an idle system costs nothing.  An atomic flag
+ * keeps a burst of commits to one SetLatch.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/timestamp.h"
+
+#include "pg2redis/state.h"
+
+Pg2rShared *pg2r_shared = NULL;
+
+static const char *const state_names[] = {
+	[PG2R_STATE_STOPPED] = "stopped",
+	[PG2R_STATE_WAITING_FOR_EXTENSION] = "waiting_for_extension",
+	[PG2R_STATE_STARTING] = "starting",
+	[PG2R_STATE_SNAPSHOTTING] = "snapshotting",
+	[PG2R_STATE_STREAMING] = "streaming",
+	[PG2R_STATE_PAUSED] = "paused",
+	[PG2R_STATE_REDIS_UNAVAILABLE] = "redis_unavailable",
+};
+
+/* pg2r_state_name returns the name pg2redis_status() shows for state. */
+const char *
+pg2r_state_name(Pg2rWorkerState state)
+{
+	return state_names[state];
+}
+
+/* pg2r_state_request_shmem asks the postmaster for our shared memory. */
+void
+pg2r_state_request_shmem(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(Pg2rShared)));
+}
+
+/* pg2r_state_init_shmem creates (postmaster) or attaches the state. */
+void
+pg2r_state_init_shmem(void)
+{
+	bool found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	pg2r_shared = ShmemInitStruct("pg2redis", sizeof(Pg2rShared), &found);
+	if (!found)
+	{
+		memset(pg2r_shared, 0, sizeof(Pg2rShared));
+		SpinLockInit(&pg2r_shared->mutex);
+		pg2r_shared->worker_procno = -1;
+		pg2r_shared->state = PG2R_STATE_STOPPED;
+		pg_atomic_init_u32(&pg2r_shared->wakeup_pending, 0);
+		ConditionVariableInit(&pg2r_shared->progress_cv);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * pg2r_wake_worker sets the worker's latch unless a wakeup is already
+ * pending.  Safe to call from any backend at any time.
+ */
+void
+pg2r_wake_worker(void)
+{
+	int procno;
+
+	if (pg2r_shared == NULL)
+		return;
+	procno = pg2r_shared->worker_procno;
+	if (procno < 0 || (MyProc && MyProc->pgprocno == procno))
+		return;
+	if (pg_atomic_exchange_u32(&pg2r_shared->wakeup_pending, 1) == 0)
+		SetLatch(&GetPGProcByNumber(procno)->procLatch);
+}
+
+/*
+ * xact_callback wakes the worker when a transaction that wrote commits in
+ * its database.  It must never raise an ERROR: the commit is done.
+ */
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	if (event != XACT_EVENT_COMMIT || pg2r_shared == NULL)
+		return;
+	if (!TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		return;
+	if (pg2r_shared->dboid != MyDatabaseId)
+		return;
+	pg2r_wake_worker();
+}
+
+/* pg2r_xact_callback_register installs the commit hook (from _PG_init). */
+void
+pg2r_xact_callback_register(void)
+{
+	RegisterXactCallback(xact_callback, NULL);
+}
+
+/* pg2r_report_state publishes the worker's state. */
+void
+pg2r_report_state(Pg2rWorkerState state)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->state = state;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/* pg2r_report_connected publishes whether Redis is connected. */
+void
+pg2r_report_connected(bool connected)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->redis_connected = connected;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/* pg2r_report_error publishes the last error and its time. */
+void
+pg2r_report_error(const char *fmt, ...)
+{
+	char	msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	SpinLockAcquire(&pg2r_shared->mutex);
+	strlcpy(pg2r_shared->last_error, msg, sizeof(pg2r_shared->last_error));
+	pg2r_shared->last_error_time = GetCurrentTimestamp();
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/*
+ * pg2r_report_applied adds applied work to the counters and, when lsn is
+ * valid, moves the applied position (never backwards), waking waiters.
+ */
+void
+pg2r_report_applied(XLogRecPtr lsn, TimestampTz commit_time,
+					uint64 transactions, uint64 commands, uint64 changes)
+{
+	bool moved = false;
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->transactions += transactions;
+	pg2r_shared->commands += commands;
+	pg2r_shared->changes += changes;
+	if (commit_time != 0)
+		pg2r_shared->last_commit_time = commit_time;
+	if (lsn != InvalidXLogRecPtr && lsn > pg2r_shared->applied_lsn)
+	{
+		pg2r_shared->applied_lsn = lsn;
+		moved = true;
+	}
+	SpinLockRelease(&pg2r_shared->mutex);
+	if (moved)
+		ConditionVariableBroadcast(&pg2r_shared->progress_cv);
+}
+
+/* pg2r_report_confirmed publishes the slot's confirmed position. */
+void
+pg2r_report_confirmed(XLogRecPtr lsn)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->confirmed_lsn = lsn;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/* pg2r_report_retry counts a failed attempt to reach Redis. */
+void
+pg2r_report_retry(void)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->retries++;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/* pg2r_report_dead_letters counts dead letters. */
+void
+pg2r_report_dead_letters(uint64 n)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->dead_letters += n;
+	SpinLockRelease(&pg2r_shared->mutex);
+}

@@ -1,0 +1,681 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The pg2redis background worker: slot lifecycle and the decoding loop.
+ *
+ * One static worker, started by the postmaster after recovery, connects to
+ * pg2redis.database and waits (on its latch) until the extension exists
+ * there.  Then:
+ *
+ * First start (no slot): in one REPEATABLE READ transaction, create the
+ * slot as ephemeral, find its consistent start point, take the slot's
+ * initial snapshot, copy every mapped table with it to Redis (snapshot.c),
+ * then persist the slot.  The copy is exact at the slot's start point, and
+ * a crash before the slot is persisted drops it, so the next start copies
+ * again from a new start point.
+ *
+ * Every start: acquire the slot, check it was not invalidated, create a
+ * decoding context with the extension's own output plugin, and read WAL
+ * from the slot's restart_lsn.  The plugin's callbacks hand commands to
+ * the sender (sender.c), which writes them to Redis.
+ *
+ * The loop reads WAL records while complete ones are flushed, then sleeps
+ * on its latch (set by the commit hook of every backend, see state.c) and
+ * on the Redis socket.  The page reader never waits for WAL: waiting
+ * inside XLogReadRecord would only see SIGTERM, not the latch, SIGHUP or
+ * Redis.  Decoding runs outside any transaction, as in a walsender: the
+ * reorder buffer starts one per decoded transaction.  The few SQL writes
+ * the worker makes (dead letters) run between decoding batches, with
+ * PROC_IN_LOGICAL_DECODING cleared and the caches reset on both sides.
+ *
+ * The slot is confirmed only up to what Redis acknowledged (the end of the
+ * last applied commit record), or, when nothing is pending, up to the last
+ * record read, so that an idle stream does not pin WAL.  Confirmation
+ * marks the slot dirty; it is saved every few seconds and at exit.
+ *
+ * Errors in this process are FATAL (no error recovery in a background
+ * worker without its own sigsetjmp): the worker exits with code 1, its
+ * slot is released, and the postmaster starts it again after 5 seconds.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogutils.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/decode.h"
+#include "replication/logical.h"
+#include "replication/slot.h"
+#include "replication/snapbuild.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#include "pg2redis/sender.h"
+#include "pg2redis/settings.h"
+#include "pg2redis/snapshot.h"
+#include "pg2redis/state.h"
+#include "pg2redis/worker.h"
+
+#define SLOT_SAVE_INTERVAL_MS 2000
+#define DEAD_LETTER_INTERVAL_MS 200
+#define DECODE_BATCH_RECORDS 10000
+#define IDLE_TIMEOUT_MS 1000
+#define EXTENSION_POLL_MS 10000
+
+bool pg2r_in_worker = false;
+
+PGDLLEXPORT void pg2redis_worker_main(Datum arg);
+
+static MemoryContext		   WorkerCxt = NULL;
+static LogicalDecodingContext *decoding = NULL;
+static bool					   wal_exhausted = false;
+static bool					   slot_dirty = false;
+static TimestampTz			   last_slot_save = 0;
+static XLogRecPtr			   last_restart_lsn = InvalidXLogRecPtr;
+static TimestampTz			   last_dead_letters = 0;
+
+/* ---------------------------------------------------------------------------
+ * Small helpers
+ * ---------------------------------------------------------------------------
+ */
+
+/*
+ * worker_handle_interrupts serves SIGTERM (via CHECK_FOR_INTERRUPTS) and
+ * SIGHUP: a reload re-reads the settings and applies a new Redis URL.  A
+ * stream stopped by a rejected command restarts the worker on reload, so
+ * that it retries from its position.
+ */
+void
+worker_handle_interrupts(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		if (sender_stopped())
+		{
+			ereport(LOG,
+					(errmsg("pg2redis: configuration reloaded, restarting the stopped stream")));
+			proc_exit(1);
+		}
+		sender_reconfigure();
+	}
+}
+
+/* worker_confirmed_lsn returns the slot's confirmed position. */
+XLogRecPtr
+worker_confirmed_lsn(void)
+{
+	if (MyReplicationSlot == NULL)
+		return InvalidXLogRecPtr;
+	return MyReplicationSlot->data.confirmed_flush;
+}
+
+/*
+ * worker_confirm tells the slot that Redis has everything before lsn; the
+ * slot is saved later (maybe_save_slot).
+ */
+void
+worker_confirm(XLogRecPtr lsn)
+{
+	if (MyReplicationSlot == NULL || decoding == NULL ||
+		lsn <= MyReplicationSlot->data.confirmed_flush)
+		return;
+	LogicalConfirmReceivedLocation(lsn);
+	ReplicationSlotMarkDirty();
+	slot_dirty = true;
+	if (MyReplicationSlot->data.restart_lsn != last_restart_lsn)
+	{
+		/* a restart_lsn move alone does not recompute what WAL to keep */
+		last_restart_lsn = MyReplicationSlot->data.restart_lsn;
+		ReplicationSlotsComputeRequiredLSN();
+	}
+	pg2r_report_confirmed(MyReplicationSlot->data.confirmed_flush);
+}
+
+/* maybe_save_slot writes a dirty slot to disk every few seconds. */
+static void
+maybe_save_slot(bool force)
+{
+	if (!slot_dirty || MyReplicationSlot == NULL)
+		return;
+	if (!force &&
+		!TimestampDifferenceExceeds(last_slot_save, GetCurrentTimestamp(),
+									SLOT_SAVE_INTERVAL_MS))
+		return;
+	ReplicationSlotSave();
+	slot_dirty = false;
+	last_slot_save = GetCurrentTimestamp();
+}
+
+/* worker_exit saves the slot and clears the worker's entry (shmem exit). */
+static void
+worker_exit(int code, Datum arg)
+{
+	if (MyReplicationSlot != NULL && slot_dirty)
+	{
+		/* best effort: the Redis fence makes a lost save harmless */
+		MyReplicationSlot->just_dirtied = true;
+		MyReplicationSlot->dirty = true;
+	}
+	sender_disconnect();
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->worker_pid = 0;
+	pg2r_shared->worker_procno = -1;
+	pg2r_shared->state = PG2R_STATE_STOPPED;
+	pg2r_shared->redis_connected = false;
+	SpinLockRelease(&pg2r_shared->mutex);
+	ConditionVariableBroadcast(&pg2r_shared->progress_cv);
+}
+
+/*
+ * set_process_settings fixes, for this process, the settings that shape
+ * rendering, the decoder's memory, and lets it load its own plugin on
+ * servers that restrict output plugins (Debian 15.19+), without widening
+ * the server-wide list.
+ */
+static void
+set_process_settings(void)
+{
+	static const char *const settings[][2] = {
+		{"DateStyle", "ISO, YMD"},	   {"TimeZone", "UTC"},
+		{"IntervalStyle", "postgres"}, {"extra_float_digits", "1"},
+		{"bytea_output", "hex"},
+	};
+	const char *plugins;
+	char		mem[32];
+
+	for (size_t i = 0; i < lengthof(settings); i++)
+		SetConfigOption(settings[i][0], settings[i][1], PGC_USERSET,
+						PGC_S_OVERRIDE);
+	snprintf(mem, sizeof(mem), "%d", pg2r_decoding_work_mem_kb);
+	SetConfigOption("logical_decoding_work_mem", mem, PGC_USERSET,
+					PGC_S_OVERRIDE);
+
+	plugins = GetConfigOption("output_plugin_libraries", true, false);
+	if (plugins != NULL)
+	{
+		char	 *copy = pstrdup(plugins);
+		List	 *names = NIL;
+		ListCell *lc;
+		bool	  found = false;
+
+		if (SplitGUCList(copy, ',', &names))
+			foreach(lc, names)
+				if (strcmp(lfirst(lc), "pg2redis") == 0)
+					found = true;
+		if (!found)
+			SetConfigOption("output_plugin_libraries",
+							plugins[0] ? psprintf("%s, pg2redis", plugins)
+									   : "pg2redis",
+							PGC_SUSET, PGC_S_SESSION);
+	}
+}
+
+/* set_decoding_flag sets or clears PROC_IN_LOGICAL_DECODING. */
+static void
+set_decoding_flag(bool on)
+{
+	LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
+	if (on)
+		MyProc->statusFlags |= PROC_IN_LOGICAL_DECODING;
+	else
+		MyProc->statusFlags &= ~PROC_IN_LOGICAL_DECODING;
+	ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
+	LWLockRelease(ProcArrayLock);
+}
+
+/*
+ * begin_sql / end_sql bracket ordinary SQL in the decoding process: the
+ * decoding flag must be off (else vacuum and other snapshots ignore us)
+ * and no time-travel catalog entry may survive into it, or out of it.
+ */
+static void
+begin_sql(void)
+{
+	if (decoding)
+		set_decoding_flag(false);
+	InvalidateSystemCaches();
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+static void
+end_sql(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	InvalidateSystemCaches();
+	if (decoding)
+		set_decoding_flag(true);
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	MemoryContextSwitchTo(WorkerCxt);
+}
+
+/* ---------------------------------------------------------------------------
+ * Dead letters
+ * ---------------------------------------------------------------------------
+ */
+
+/* write_dead_letters records queued dead letters in pg2redis.dead_letters. */
+static void
+write_dead_letters(void)
+{
+	List	 *letters;
+	ListCell *lc;
+	Oid		  types[6] = {PG_LSNOID, XIDOID,	   REGCLASSOID,
+						  TEXTOID,	 TEXTARRAYOID, TEXTOID};
+
+	if (!sender_has_dead_letters())
+		return;
+	letters = sender_take_dead_letters();
+	begin_sql();
+	pgstat_report_activity(STATE_RUNNING, "pg2redis: recording dead letters");
+	foreach(lc, letters)
+	{
+		DeadLetter *dl = lfirst(lc);
+		Datum		values[6];
+		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+		Datum	   *elems = palloc(sizeof(Datum) * Max(dl->argc, 1));
+
+		for (int i = 0; i < dl->argc; i++)
+			elems[i] = CStringGetTextDatum(dl->argv[i]);
+		values[0] = LSNGetDatum(dl->lsn);
+		values[1] = TransactionIdGetDatum(dl->xid);
+		values[2] = ObjectIdGetDatum(dl->relid);
+		values[3] = CStringGetTextDatum(pg2r_op_name(dl->op));
+		values[4] = PointerGetDatum(construct_array(elems, dl->argc, TEXTOID,
+													-1, false, TYPALIGN_INT));
+		values[5] = CStringGetTextDatum(dl->error);
+		if (!TransactionIdIsValid(dl->xid))
+			nulls[1] = 'n';
+		if (SPI_execute_with_args("INSERT INTO pg2redis.dead_letters "
+								  "(lsn, xid, relation, op, command, error) "
+								  "VALUES ($1, $2, $3, $4, $5, $6)",
+								  6, types, values, nulls, false,
+								  0) != SPI_OK_INSERT)
+			elog(ERROR, "could not record a pg2redis dead letter");
+	}
+	end_sql();
+	(void) sender_take_dead_letters(); /* frees the list just written */
+	last_dead_letters = GetCurrentTimestamp();
+}
+
+/* ---------------------------------------------------------------------------
+ * The slot
+ * ---------------------------------------------------------------------------
+ */
+
+/*
+ * page_read reads WAL pages that are flushed, and reports the end of WAL
+ * instead of waiting for more.  Its flag is a static, not private_data:
+ * that belongs to the decoding context.
+ */
+static int
+page_read(XLogReaderState *state, XLogRecPtr targetPagePtr, int reqLen,
+		  XLogRecPtr targetRecPtr, char *cur_page)
+{
+	if (targetPagePtr + reqLen > GetFlushRecPtr(NULL))
+	{
+		wal_exhausted = true;
+		return -1;
+	}
+	return read_local_xlog_page(state, targetPagePtr, reqLen, targetRecPtr,
+								cur_page);
+}
+
+/* The worker never writes plugin output through these; the sender does. */
+static void
+no_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid,
+		 bool last_write)
+{
+	elog(ERROR, "pg2redis worker does not write plugin output");
+}
+
+/* wait_for_extension sleeps until CREATE EXTENSION pg2redis is done. */
+static void
+wait_for_extension(void)
+{
+	for (;;)
+	{
+		bool exists;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		exists = OidIsValid(get_extension_oid("pg2redis", true));
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(WorkerCxt);
+		if (exists)
+			return;
+		pg2r_report_state(PG2R_STATE_WAITING_FOR_EXTENSION);
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 EXTENSION_POLL_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		worker_handle_interrupts();
+	}
+}
+
+/* wait_for_redis serves the sender until Redis is ready. */
+static void
+wait_for_redis(void)
+{
+	while (!sender_ready())
+		sender_service(IDLE_TIMEOUT_MS);
+}
+
+/*
+ * create_slot creates the slot and loads every mapped table into Redis
+ * with the slot's initial snapshot, then persists the slot.
+ */
+static void
+create_slot(void)
+{
+	LogicalDecodingContext *ctx;
+	Snapshot				snap;
+	XLogRecPtr				start;
+
+	ereport(LOG, (errmsg("pg2redis: creating replication slot \"%s\"",
+						 pg2r_slot_name)));
+	pg2r_report_state(PG2R_STATE_STARTING);
+
+	/* the initial load needs Redis; do not hold a slot while waiting */
+	wait_for_redis();
+	if (!sender_delete_fence())
+		proc_exit(1);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	XactIsoLevel = XACT_REPEATABLE_READ;
+	CheckLogicalDecodingRequirements();
+	ReplicationSlotCreate(pg2r_slot_name, true, RS_EPHEMERAL, false);
+	ctx =
+		CreateInitDecodingContext("pg2redis", NIL, true, InvalidXLogRecPtr,
+								  XL_ROUTINE(.page_read = read_local_xlog_page,
+											 .segment_open = wal_segment_open,
+											 .segment_close =
+												 wal_segment_close),
+								  no_write, no_write, NULL);
+	DecodingContextFindStartpoint(ctx);
+	MemoryContextSwitchTo(TopTransactionContext);
+	if (FirstSnapshotSet)
+		elog(ERROR,
+			 "pg2redis: a snapshot was taken before the slot's initial snapshot");
+	InvalidateCatalogSnapshot();
+	snap = SnapBuildInitialSnapshot(ctx->snapshot_builder);
+	RestoreTransactionSnapshot(snap, MyProc);
+	start = MyReplicationSlot->data.confirmed_flush;
+	FreeDecodingContext(ctx);
+
+	pg2r_report_state(PG2R_STATE_SNAPSHOTTING);
+	snapshot_initial_load(start);
+
+	ReplicationSlotPersist();
+	ReplicationSlotRelease();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(WorkerCxt);
+	ereport(LOG, (errmsg("pg2redis: replication slot \"%s\" created at %X/%X",
+						 pg2r_slot_name, LSN_FORMAT_ARGS(start))));
+}
+
+/*
+ * start_decoding acquires the slot (creating it on first start), checks it
+ * is usable, and creates the decoding context.
+ */
+static void
+start_decoding(void)
+{
+	ReplicationSlot *slot;
+
+	if (SearchNamedReplicationSlot(pg2r_slot_name, true) == NULL)
+		create_slot();
+
+	ReplicationSlotAcquire(pg2r_slot_name, true);
+	slot = MyReplicationSlot;
+	if (slot->data.database != MyDatabaseId ||
+		strcmp(NameStr(slot->data.plugin), "pg2redis") != 0)
+		ereport(FATAL,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("replication slot \"%s\" was not created by pg2redis for this database",
+						pg2r_slot_name),
+				 errhint("Drop the slot, or set pg2redis.slot_name to another name.")));
+	if (XLogRecPtrIsInvalid(slot->data.restart_lsn))
+	{
+		/* invalidated (max_slot_wal_keep_size): the WAL it needs is gone */
+		ereport(WARNING,
+				(errmsg("pg2redis: replication slot \"%s\" was invalidated; the WAL it needed was removed",
+						pg2r_slot_name),
+				 errdetail("Changes made while the worker could not keep up are lost from the stream."),
+				 errhint("The worker recreates the slot and loads every mapped table again.")));
+		ReplicationSlotRelease();
+		ReplicationSlotDrop(pg2r_slot_name, true);
+		create_slot();
+		ReplicationSlotAcquire(pg2r_slot_name, true);
+	}
+
+	MemoryContextSwitchTo(WorkerCxt);
+	decoding =
+		CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
+							  XL_ROUTINE(.page_read = page_read,
+										 .segment_open = wal_segment_open,
+										 .segment_close = wal_segment_close),
+							  no_write, no_write, NULL);
+	XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
+	last_restart_lsn = MyReplicationSlot->data.restart_lsn;
+	MemoryContextSwitchTo(WorkerCxt);
+	pg2r_report_confirmed(MyReplicationSlot->data.confirmed_flush);
+	pg2r_report_applied(MyReplicationSlot->data.confirmed_flush, 0, 0, 0, 0);
+}
+
+/*
+ * resync drops the slot and the Redis position, then restarts the worker,
+ * which creates a new slot and loads every mapped table again.
+ */
+static void
+resync(void)
+{
+	ereport(LOG, (errmsg("pg2redis: resync requested")));
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->resync_requested = false;
+	SpinLockRelease(&pg2r_shared->mutex);
+	if (decoding)
+	{
+		FreeDecodingContext(decoding);
+		decoding = NULL;
+	}
+	if (MyReplicationSlot)
+		ReplicationSlotRelease();
+	ReplicationSlotDrop(pg2r_slot_name, true);
+	proc_exit(1);
+}
+
+/* ---------------------------------------------------------------------------
+ * The loop
+ * ---------------------------------------------------------------------------
+ */
+
+/* resync_requested tells whether pg2redis_resync() asked for a resync. */
+static bool
+resync_requested(void)
+{
+	bool r;
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	r = pg2r_shared->resync_requested;
+	SpinLockRelease(&pg2r_shared->mutex);
+	return r;
+}
+
+/*
+ * decode_available reads and decodes complete WAL records while there are
+ * some, up to a batch; returns true when it stopped at the end of WAL.
+ */
+static bool
+decode_available(void)
+{
+	for (int n = 0; n < DECODE_BATCH_RECORDS; n++)
+	{
+		XLogRecord *record;
+		char	   *errm = NULL;
+
+		wal_exhausted = false;
+		record = XLogReadRecord(decoding->reader, &errm);
+		if (errm)
+			elog(ERROR, "could not read WAL for pg2redis: %s", errm);
+		if (record == NULL)
+			return true;
+		LogicalDecodingProcessRecord(decoding, decoding->reader);
+		MemoryContextSwitchTo(WorkerCxt);
+		worker_handle_interrupts();
+		if (!sender_ready() || !pg2r_enabled || resync_requested())
+			return false;
+		/* a partial batch goes out once it waited long enough */
+		if (sender_batch_open_longer_than(pg2r_flush_interval_ms))
+			sender_flush();
+	}
+	return false;
+}
+
+/* stream is the main loop: decode, send, confirm, sleep. */
+static void
+stream(void)
+{
+	for (;;)
+	{
+		bool at_end = false;
+
+		worker_handle_interrupts();
+		if (resync_requested())
+			resync();
+
+		if (!pg2r_enabled)
+		{
+			/* let what is in flight land, then sleep until re-enabled */
+			sender_flush();
+			if (sender_idle())
+				pg2r_report_state(PG2R_STATE_PAUSED);
+			sender_service(IDLE_TIMEOUT_MS);
+			continue;
+		}
+		if (sender_stopped())
+		{
+			pg2r_report_state(PG2R_STATE_STOPPED);
+			write_dead_letters();
+			sender_service(IDLE_TIMEOUT_MS);
+			continue;
+		}
+		if (!sender_ready())
+		{
+			sender_service(IDLE_TIMEOUT_MS);
+			continue;
+		}
+		pg2r_report_state(PG2R_STATE_STREAMING);
+
+		/* clear before reading, so that a commit racing with us wakes us */
+		pg_atomic_write_u32(&pg2r_shared->wakeup_pending, 0);
+		pgstat_report_activity(STATE_RUNNING, "pg2redis: streaming");
+		at_end = decode_available();
+
+		if (at_end)
+		{
+			XLogRecPtr end = decoding->reader->EndRecPtr;
+
+			sender_flush();
+			sender_service(0);
+			if (sender_idle())
+			{
+				worker_confirm(end);
+				sender_set_idle_position(end);
+			}
+		}
+		else
+			sender_service(0);
+
+		if (sender_has_dead_letters() &&
+			TimestampDifferenceExceeds(last_dead_letters,
+									   GetCurrentTimestamp(),
+									   DEAD_LETTER_INTERVAL_MS))
+			write_dead_letters();
+		maybe_save_slot(false);
+
+		if (at_end)
+		{
+			pgstat_report_activity(STATE_IDLE, NULL);
+			/* short sleep when WAL is written but not flushed (async commit) */
+			sender_service(GetXLogInsertRecPtr() > GetFlushRecPtr(NULL)
+							   ? 50
+							   : IDLE_TIMEOUT_MS);
+		}
+	}
+}
+
+/*
+ * pg2redis_worker_main is the worker's entry point: it waits for the
+ * extension and Redis, starts decoding, and streams until told to stop.
+ */
+void
+pg2redis_worker_main(Datum arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	pg2r_in_worker = true;
+
+	WorkerCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis worker",
+									  ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(WorkerCxt);
+
+	BackgroundWorkerInitializeConnection(pg2r_database, NULL, 0);
+	pgstat_report_appname("pg2redis");
+	before_shmem_exit(worker_exit, (Datum) 0);
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->worker_pid = MyProcPid;
+	pg2r_shared->worker_procno = MyProc->pgprocno;
+	pg2r_shared->dboid = MyDatabaseId;
+	pg2r_shared->state = PG2R_STATE_STARTING;
+	SpinLockRelease(&pg2r_shared->mutex);
+
+	if (wal_level < WAL_LEVEL_LOGICAL)
+	{
+		pg2r_report_error("wal_level must be logical");
+		ereport(LOG,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg2redis cannot stream: \"wal_level\" is \"%s\"",
+						GetConfigOption("wal_level", false, false)),
+				 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
+		proc_exit(0); /* do not restart: the setting needs a restart */
+	}
+
+	set_process_settings();
+	sender_init();
+	wait_for_extension();
+	pg2r_report_state(PG2R_STATE_STARTING);
+	wait_for_redis();
+	start_decoding();
+	stream();
+}
