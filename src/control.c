@@ -36,6 +36,21 @@ PG_FUNCTION_INFO_V1(pg2redis_redis);
 #define STATUS_COLUMNS 17
 
 /*
+ * wal_record_start turns a WAL insert position into the position a reader
+ * reports after the record before it: at the start of a page, the position
+ * is past the page header, which no record ends at.
+ */
+static XLogRecPtr
+wal_record_start(XLogRecPtr lsn)
+{
+	if (XLogSegmentOffset(lsn, wal_segment_size) == SizeOfXLogLongPHD)
+		return lsn - SizeOfXLogLongPHD;
+	if (lsn % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		return lsn - SizeOfXLogShortPHD;
+	return lsn;
+}
+
+/*
  * pg2redis_status() returns one row describing the worker, its slot and
  * Redis; the Redis password is masked.
  */
@@ -46,10 +61,11 @@ pg2redis_status(PG_FUNCTION_ARGS)
 	Datum	   values[STATUS_COLUMNS];
 	bool	   nulls[STATUS_COLUMNS] = {0};
 	Pg2rShared s;
-	XLogRecPtr server_lsn = GetXLogInsertRecPtr();
+	XLogRecPtr server_lsn;
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	server_lsn = wal_record_start(GetXLogInsertRecPtr());
 
 	SpinLockAcquire(&pg2r_shared->mutex);
 	memcpy(&s, pg2r_shared, sizeof(s));
@@ -89,21 +105,6 @@ pg2redis_status(PG_FUNCTION_ARGS)
 }
 
 /*
- * wal_record_start turns a WAL insert position into the position a reader
- * reports after the record before it: at the start of a page, the position
- * is past the page header, which no record ends at.
- */
-static XLogRecPtr
-wal_record_start(XLogRecPtr lsn)
-{
-	if (XLogSegmentOffset(lsn, wal_segment_size) == SizeOfXLogLongPHD)
-		return lsn - SizeOfXLogLongPHD;
-	if (lsn % XLOG_BLCKSZ == SizeOfXLogShortPHD)
-		return lsn - SizeOfXLogShortPHD;
-	return lsn;
-}
-
-/*
  * pg2redis_wait(timeout) returns true once every transaction committed
  * before the call is applied in Redis, false when timeout passes first.
  */
@@ -125,9 +126,8 @@ pg2redis_wait(PG_FUNCTION_ARGS)
 						errmsg("timeout must not be negative")));
 
 	/* everything committed so far is in WAL before target; make it readable */
-	target = GetXLogInsertRecPtr();
+	target = wal_record_start(GetXLogInsertRecPtr());
 	XLogFlush(target);
-	target = wal_record_start(target);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 
 	pg2r_wake_worker();
@@ -264,6 +264,12 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 	if (!redis_parse_url(pg2r_redis_url, &target, &urlerr))
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("invalid pg2redis.redis_url: %s", urlerr)));
+
+	if (!redis_apply_password_file(&target, pg2r_redis_password_file,
+								   conn.error, sizeof(conn.error)))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR), errmsg("%s", conn.error),
+				 errhint("Check pg2redis.redis_password_file.")));
 
 	initStringInfo(&out);
 	expected = redis_append_handshake(&out, &target) + 1;

@@ -28,6 +28,7 @@ int	  pg2r_numeric_mode = PG2R_NUMERIC_NUMBER;
 char *pg2r_database = NULL;
 char *pg2r_redis_url = NULL;
 char *pg2r_slot_name = NULL;
+char *pg2r_redis_password_file = NULL;
 bool  pg2r_enabled = true;
 int	  pg2r_batch_size = 1000;
 int	  pg2r_flush_interval_ms = 10;
@@ -95,6 +96,11 @@ define_settings(void)
 							   &pg2r_redis_url, "redis://127.0.0.1:6379/0",
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL,
 							   NULL);
+	DefineCustomStringVariable("pg2redis.redis_password_file",
+							   "File whose first line is the Redis password.",
+							   "Keeps the secret out of pg2redis.redis_url and postgresql.conf; the URL may then name just the ACL user.",
+							   &pg2r_redis_password_file, "", PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomStringVariable("pg2redis.slot_name",
 							   "Logical replication slot the pg2redis worker owns.",
 							   NULL, &pg2r_slot_name, "pg2redis",

@@ -157,6 +157,7 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 		{
 			*colon = '\0';
 			target->password = colon + 1;
+			target->password_from_colon = true;
 			url_decode(target->password);
 		}
 		else
@@ -211,6 +212,47 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 		*errmsg = pstrdup("Redis URL has no host");
 		return false;
 	}
+	return true;
+}
+
+/*
+ * redis_apply_password_file sets target's password from the first line of
+ * path (when path is set), so that the secret need not sit in the URL and
+ * in postgresql.conf; "redis://name@host" then names the ACL user.
+ * Returns false with a message in err (never containing the secret).
+ */
+bool
+redis_apply_password_file(RedisTarget *target, const char *path, char *err,
+						  size_t errlen)
+{
+	FILE  *f;
+	char   line[1024];
+	size_t len;
+
+	if (path == NULL || path[0] == '\0')
+		return true;
+	f = fopen(path, "r");
+	if (f == NULL)
+	{
+		snprintf(err, errlen, "could not open Redis password file \"%s\": %s",
+				 path, strerror(errno));
+		return false;
+	}
+	if (fgets(line, sizeof(line), f) == NULL)
+		line[0] = '\0';
+	fclose(f);
+	len = strcspn(line, "\r\n");
+	line[len] = '\0';
+	if (len == 0)
+	{
+		snprintf(err, errlen, "Redis password file \"%s\" is empty", path);
+		return false;
+	}
+	if (target->password && target->user == NULL &&
+		!target->password_from_colon)
+		target->user = target->password;
+	target->password = pstrdup(line);
+	explicit_bzero(line, sizeof(line));
 	return true;
 }
 

@@ -883,7 +883,19 @@ link_fail(const char *fmt, ...)
 static void
 link_connect(void)
 {
-	if (!redis_connect_start(&rlink.conn, &rlink.target))
+	RedisTarget	  target = rlink.target;
+	MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+	bool		  ok =
+		redis_apply_password_file(&target, pg2r_redis_password_file,
+								  rlink.conn.error, sizeof(rlink.conn.error));
+
+	MemoryContextSwitchTo(old);
+	if (!ok)
+	{
+		link_fail("%s", rlink.conn.error);
+		return;
+	}
+	if (!redis_connect_start(&rlink.conn, &target))
 	{
 		link_fail("%s", rlink.conn.error);
 		return;
@@ -893,7 +905,7 @@ link_connect(void)
 												 pg2r_redis_timeout_ms);
 	resetStringInfo(&rlink.hs);
 	rlink.hs_written = 0;
-	rlink.hs_pending = redis_append_handshake(&rlink.hs, &rlink.target) + 1;
+	rlink.hs_pending = redis_append_handshake(&rlink.hs, &target) + 1;
 	redis_append_cstrings(&rlink.hs, 2, "GET", rlink.fence_key);
 }
 

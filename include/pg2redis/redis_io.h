@@ -21,9 +21,10 @@ typedef struct RedisTarget
 	char *host; /* TCP host as written */
 	int	  port;
 	int	  db;
-	char *user;		/* NULL: no ACL user */
-	char *password; /* NULL: no AUTH */
-	char *display;	/* the URL with the password masked */
+	char *user;				   /* NULL: no ACL user */
+	char *password;			   /* NULL: no AUTH */
+	bool  password_from_colon; /* written as user:password@ */
+	char *display;			   /* the URL with the password masked */
 } RedisTarget;
 
 typedef enum RedisConnState
@@ -45,6 +46,8 @@ typedef struct RedisConn
 extern bool	 redis_parse_url(const char *url, RedisTarget *target,
 							 char **errmsg);
 extern char *redis_mask_url(const char *url);
+extern bool	 redis_apply_password_file(RedisTarget *target, const char *path,
+									   char *err, size_t errlen);
 
 extern void	   redis_conn_init(RedisConn *conn);
 extern bool	   redis_connect_start(RedisConn *conn, const RedisTarget *target);

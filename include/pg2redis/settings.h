@@ -16,6 +16,7 @@ typedef enum Pg2rOnCommandError
 
 extern char *pg2r_database;
 extern char *pg2r_redis_url;
+extern char *pg2r_redis_password_file;
 extern char *pg2r_slot_name;
 extern bool	 pg2r_enabled;
 extern int	 pg2r_batch_size;
