@@ -804,6 +804,8 @@ handle_handshake_reply(redisReply *r)
 	rlink.attempts = 0;
 	rlink.deadline = 0;
 	pg2r_report_connected(true);
+	if (!stopped)
+		pg2r_report_state(PG2R_STATE_STREAMING);
 	ereport(LOG, (errmsg("pg2redis: connected to Redis at %s",
 						 rlink.target.display)));
 

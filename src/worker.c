@@ -545,7 +545,8 @@ decode_available(void)
 		wal_exhausted = false;
 		record = XLogReadRecord(decoding->reader, &errm);
 		if (errm)
-			elog(ERROR, "could not read WAL for pg2redis: %s", errm);
+			ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED),
+							errmsg("pg2redis could not read WAL: %s", errm)));
 		if (record == NULL)
 			return true;
 		LogicalDecodingProcessRecord(decoding, decoding->reader);
