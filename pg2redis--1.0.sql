@@ -48,6 +48,57 @@ CREATE TABLE pg2redis.dead_letters (
 
 COMMENT ON TABLE pg2redis.dead_letters IS 'pg2redis commands that could not be rendered or that Redis rejected';
 
+/*
+ * Snapshot requests (pg2redis_snapshot()), processed by the worker one at a
+ * time, in id order, while streaming goes on.  current_relation and
+ * last_key record progress, so that a request interrupted by a restart
+ * resumes after the last chunk it sent.
+ */
+CREATE TABLE pg2redis.snapshots (
+    id               bigserial PRIMARY KEY,
+    relation         regclass,
+    state            text NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    rows             bigint NOT NULL DEFAULT 0,
+    requested_at     timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    error            text,
+    current_relation regclass,
+    last_key         text[]
+);
+
+COMMENT ON TABLE pg2redis.snapshots IS 'pg2redis snapshot requests and their progress';
+
+/*
+ * Snapshot filters: rows of relation are snapshotted only WHERE filter
+ * holds (the pgwalk tool's snapshot "type: query").  Superuser-only, like
+ * every table here: the worker runs the filter with superuser rights.
+ */
+CREATE TABLE pg2redis.snapshot_filters (
+    relation regclass PRIMARY KEY,
+    filter   text NOT NULL
+);
+
+COMMENT ON TABLE pg2redis.snapshot_filters IS 'pg2redis snapshot WHERE clauses per table';
+
+CREATE FUNCTION pg2redis.validate_snapshot_filter()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'pg2redis_validate_snapshot_filter';
+
+CREATE TRIGGER validate
+    BEFORE INSERT OR UPDATE ON pg2redis.snapshot_filters
+    FOR EACH ROW EXECUTE FUNCTION pg2redis.validate_snapshot_filter();
+
+CREATE VIEW pg2redis_snapshots AS
+    SELECT id, relation, state, rows, requested_at, started_at, finished_at,
+           error
+      FROM pg2redis.snapshots;
+
+COMMENT ON VIEW pg2redis_snapshots IS 'pg2redis snapshot requests: state, rows, timings, error';
+
+SELECT pg_catalog.pg_extension_config_dump('pg2redis.snapshot_filters', '');
 SELECT pg_catalog.pg_extension_config_dump('pg2redis.rules', '');
 SELECT pg_catalog.pg_extension_config_dump('pg2redis.rules_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('pg2redis.dead_letters', '');
@@ -89,6 +140,11 @@ BEGIN
      WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
        AND d.objsubid = 0
        AND d.objid = r.relation::pg_catalog.oid;
+    DELETE FROM pg2redis.snapshot_filters f
+     USING pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.objsubid = 0
+       AND d.objid = f.relation::pg_catalog.oid;
 END
 $$;
 
@@ -171,6 +227,14 @@ AS 'MODULE_PATHNAME', 'pg2redis_redis';
 COMMENT ON FUNCTION pg2redis_redis(text[])
     IS 'run one Redis command on the configured server and return its reply as JSON';
 
+CREATE FUNCTION pg2redis_snapshot(relation regclass DEFAULT NULL)
+RETURNS bigint
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_snapshot';
+
+COMMENT ON FUNCTION pg2redis_snapshot(regclass)
+    IS 'request a consistent snapshot of one mapped table (or all) while streaming goes on; returns the request id';
+
 CREATE FUNCTION pg2redis_resync()
 RETURNS void
 LANGUAGE C VOLATILE
@@ -183,6 +247,9 @@ REVOKE ALL ON FUNCTION pg2redis_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_wait(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_redis(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_resync() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_snapshot(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis.validate_snapshot_filter() FROM PUBLIC;
+REVOKE ALL ON pg2redis_snapshots FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text[], jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_split_command(text) FROM PUBLIC;

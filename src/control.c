@@ -11,7 +11,11 @@
 #include "access/htup_details.h"
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
+#include "access/table.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -20,18 +24,24 @@
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/pg_lsn.h"
 #include "utils/timestamp.h"
 
 #include "pg2redis/commands.h"
+#include "pg2redis/mapping.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/settings.h"
+#include "pg2redis/snapshot.h"
 #include "pg2redis/state.h"
 
 PG_FUNCTION_INFO_V1(pg2redis_status);
 PG_FUNCTION_INFO_V1(pg2redis_wait);
 PG_FUNCTION_INFO_V1(pg2redis_resync);
 PG_FUNCTION_INFO_V1(pg2redis_redis);
+PG_FUNCTION_INFO_V1(pg2redis_snapshot);
+PG_FUNCTION_INFO_V1(pg2redis_validate_snapshot_filter);
 
 #define STATUS_COLUMNS 17
 
@@ -356,4 +366,130 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	PG_RETURN_DATUM(result);
+}
+
+/*
+ * check_snapshot_table refuses a table an on-demand snapshot cannot read:
+ * one without rules that apply to it, or without a primary key or replica
+ * identity index to chunk it by.
+ */
+static void
+check_snapshot_table(Oid leaf)
+{
+	Relation rel = table_open(leaf, AccessShareLock);
+
+	if (!mapping_has_rules(mapping_get(rel)))
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("table \"%s\" has no pg2redis rules",
+							   RelationGetRelationName(rel)),
+						errhint("Add rules with pg2redis_add_rule() first.")));
+	if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)) &&
+		!OidIsValid(RelationGetReplicaIndex(rel)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has no primary key or replica identity index",
+						RelationGetRelationName(rel)),
+				 errdetail("Snapshots on demand read a table in chunks by key."),
+				 errhint("Add a primary key, or use pg2redis_resync() to load every table with the slot's own snapshot.")));
+	table_close(rel, AccessShareLock);
+}
+
+/*
+ * pg2redis_snapshot(relation) queues a snapshot of one mapped table (or of
+ * all, when NULL) and returns the request id; the worker serves it while
+ * streaming goes on.  The request is visible to the worker at commit.
+ */
+Datum
+pg2redis_snapshot(PG_FUNCTION_ARGS)
+{
+	Oid		  relid = PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0);
+	List	 *leaves;
+	ListCell *lc;
+	Oid		  types[1] = {REGCLASSOID};
+	Datum	  values[1] = {ObjectIdGetDatum(relid)};
+	char	  nulls[1] = {OidIsValid(relid) ? ' ' : 'n'};
+	bool	  isnull;
+	int64	  id;
+
+	if (OidIsValid(relid))
+	{
+		char kind = get_rel_relkind(relid);
+
+		if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("\"%s\" is not a table", get_rel_name(relid))));
+	}
+	leaves = snapshot_mapped_leaves(relid);
+	if (leaves == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg(OidIsValid(relid)
+							? "table \"%s\" has no partitions to snapshot"
+							: "no table has pg2redis rules%s",
+						OidIsValid(relid) ? get_rel_name(relid) : ""),
+				 errhint("Add rules with pg2redis_add_rule() first.")));
+	foreach(lc, leaves)
+		check_snapshot_table(lfirst_oid(lc));
+
+	SPI_connect();
+	if (SPI_execute_with_args("INSERT INTO pg2redis.snapshots (relation) VALUES ($1) RETURNING id",
+							  1, types, values, nulls, false,
+							  0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not insert into pg2redis.snapshots");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+
+	/* the commit hook wakes the worker; the flag tells it to look */
+	pg_atomic_write_u32(&pg2r_shared->snapshot_requested, 1);
+	if (pg2r_shared->worker_pid == 0)
+		ereport(NOTICE,
+				(errmsg("the pg2redis worker is not running; the request waits for it")));
+	PG_RETURN_INT64(id);
+}
+
+/*
+ * pg2redis_validate_snapshot_filter is the BEFORE ROW trigger of
+ * pg2redis.snapshot_filters: the filter must be a WHERE condition that
+ * plans against its relation.
+ */
+Datum
+pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	 tuple;
+	bool		 isnull;
+	Oid			 relid;
+	char		*filter;
+	char		*sql;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "pg2redis_validate_snapshot_filter must be a row trigger");
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
+				? trigdata->tg_newtuple
+				: trigdata->tg_trigtuple;
+	relid =
+		DatumGetObjectId(heap_getattr(tuple, 1,
+									  RelationGetDescr(trigdata->tg_relation),
+									  &isnull));
+	filter =
+		TextDatumGetCString(heap_getattr(tuple, 2,
+										 RelationGetDescr(trigdata
+															  ->tg_relation),
+										 &isnull));
+	sql =
+		psprintf("SELECT 1 FROM %s t WHERE (%s)",
+				 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											get_rel_name(relid)),
+				 filter);
+	SPI_connect();
+	if (SPI_prepare(sql, 0, NULL) == NULL)
+		ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR),
+						errmsg("invalid snapshot filter for table \"%s\": %s",
+							   get_rel_name(relid),
+							   SPI_result_code_string(SPI_result))));
+	SPI_finish();
+	return PointerGetDatum(tuple);
 }

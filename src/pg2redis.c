@@ -38,6 +38,7 @@ int	  pg2r_retry_max_ms = 10000;
 int	  pg2r_on_command_error = PG2R_ON_ERROR_DEAD_LETTER;
 int	  pg2r_max_transaction_commands = 10000;
 int	  pg2r_decoding_work_mem_kb = 16384;
+int	  pg2r_snapshot_batch_size = 10000;
 
 static const struct config_enum_entry numeric_mode_options[] =
 	{{"number", PG2R_NUMERIC_NUMBER, false},
@@ -155,6 +156,12 @@ define_settings(void)
 							&pg2r_decoding_work_mem_kb, 16384, 64,
 							MAX_KILOBYTES, PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL,
 							NULL);
+
+	DefineCustomIntVariable("pg2redis.snapshot_batch_size",
+							"Rows per chunk of a snapshot on demand.",
+							"Each chunk is selected by primary key between two watermarks; larger chunks are faster, smaller ones hold up the stream less.",
+							&pg2r_snapshot_batch_size, 10000, 1, 1000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("pg2redis");
 }

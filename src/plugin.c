@@ -37,6 +37,7 @@
 
 #include "pg2redis/compat.h"
 #include "pg2redis/mapping.h"
+#include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/worker.h"
@@ -115,7 +116,10 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			  XLogRecPtr commit_lsn)
 {
 	if (pg2r_in_worker)
+	{
+		ondemand_note_commit(txn->xid);
 		sender_commit_txn();
+	}
 }
 
 /* sql_command writes one command as a JSON array row. */
@@ -173,6 +177,9 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	MemoryContext old;
 	Oid			  relid = RelationGetRelid(relation);
 
+	if (pg2r_in_worker)
+		ondemand_note_change(relation, txn->xid, PG2R_CHANGE_OLDTUPLE(change),
+							 PG2R_CHANGE_NEWTUPLE(change));
 	map = mapping_get(relation);
 	if (!mapping_has_rules(map))
 		return;
@@ -227,6 +234,8 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	if (pg2r_in_worker)
 	{
+		for (int i = 0; i < nrelations; i++)
+			ondemand_note_truncate(RelationGetRelid(relations[i]), txn->xid);
 		if (sender_txn_skipped())
 			return;
 		sink.command = sender_command;
@@ -250,6 +259,19 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 }
 
 /*
+ * plugin_message passes the worker's snapshot watermarks on; SQL readers
+ * get nothing for messages.
+ */
+static void
+plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+			   XLogRecPtr message_lsn, bool transactional, const char *prefix,
+			   Size message_size, const char *message)
+{
+	if (pg2r_in_worker && !transactional)
+		ondemand_on_message(message_lsn, prefix, message_size, message);
+}
+
+/*
  * _PG_output_plugin_init registers the callbacks of output plugin
  * pg2redis.
  */
@@ -261,5 +283,6 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
 	cb->change_cb = plugin_change;
 	cb->truncate_cb = plugin_truncate;
 	cb->commit_cb = plugin_commit;
+	cb->message_cb = plugin_message;
 	cb->shutdown_cb = plugin_shutdown;
 }

@@ -23,35 +23,40 @@
 #include "access/tableam.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/lsyscache.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "pg2redis/mapping.h"
+#include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/snapshot.h"
 
 /*
- * mapped_leaves returns the OIDs of the tables whose rows the load reads:
- * every mapped table, and every leaf partition of a mapped partitioned
- * table, once each.
+ * snapshot_mapped_leaves returns the OIDs, in order, of the tables whose
+ * rows a snapshot of relid reads (InvalidOid: of every mapped table): the
+ * table itself, or every leaf partition of a partitioned one, once each.
  */
-static List *
-mapped_leaves(void)
+List *
+snapshot_mapped_leaves(Oid relid)
 {
-	List	 *result = NIL;
+	List *result = NIL;
+	List *roots =
+		OidIsValid(relid) ? list_make1_oid(relid) : rules_relations();
 	ListCell *lc;
 
-	foreach(lc, rules_relations())
+	foreach(lc, roots)
 	{
-		Oid		  relid = lfirst_oid(lc);
 		ListCell *lc2;
 
-		foreach(lc2, find_all_inheritors(relid, AccessShareLock, NULL))
+		foreach(lc2,
+				find_all_inheritors(lfirst_oid(lc), AccessShareLock, NULL))
 		{
 			Oid child = lfirst_oid(lc2);
 
@@ -59,7 +64,63 @@ mapped_leaves(void)
 				result = list_append_unique_oid(result, child);
 		}
 	}
+	list_sort(result, list_oid_cmp);
 	return result;
+}
+
+/*
+ * load_filtered sends the rows of rel that its snapshot filter keeps,
+ * reading them with SQL under the active snapshot.
+ */
+static uint64
+load_filtered(Relation rel, RelMap *map, const char *filter,
+			  const ChangeMeta *meta, const CommandSink *sink,
+			  MemoryContext rowcxt)
+{
+	char *sql =
+		psprintf("SELECT t FROM ONLY %s t WHERE (%s)",
+				 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+											RelationGetRelationName(rel)),
+				 filter);
+	Portal	   portal;
+	uint64	   rows = 0;
+	SPIPlanPtr plan = SPI_prepare(sql, 0, NULL);
+
+	if (plan == NULL)
+		elog(ERROR, "could not prepare the snapshot filter of \"%s\"",
+			 RelationGetRelationName(rel));
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool			isnull;
+			HeapTupleHeader hdr =
+				DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
+													  SPI_tuptable->tupdesc, 1,
+													  &isnull));
+			HeapTupleData tuple;
+			MemoryContext old = MemoryContextSwitchTo(rowcxt);
+
+			tuple.t_len = HeapTupleHeaderGetDatumLength(hdr);
+			ItemPointerSetInvalid(&tuple.t_self);
+			tuple.t_tableOid = RelationGetRelid(rel);
+			tuple.t_data = hdr;
+			sender_count_change();
+			mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, meta,
+						   sink);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(rowcxt);
+			rows++;
+			CHECK_FOR_INTERRUPTS();
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	return rows;
 }
 
 /*
@@ -80,11 +141,12 @@ snapshot_initial_load(XLogRecPtr start)
 
 	PushActiveSnapshot(GetTransactionSnapshot());
 	snap = GetActiveSnapshot();
+	SPI_connect();
 	meta.xid = InvalidTransactionId;
 	meta.lsn = start;
 	meta.commit_time = GetCurrentTimestamp();
 
-	leaves = mapped_leaves();
+	leaves = snapshot_mapped_leaves(InvalidOid);
 	sender_begin_txn(InvalidTransactionId, start, start, meta.commit_time);
 	foreach(lc, leaves)
 	{
@@ -94,6 +156,7 @@ snapshot_initial_load(XLogRecPtr start)
 		CommandSink	  sink = {sender_command, sender_render_error, &relid};
 		TableScanDesc scan;
 		HeapTuple	  tuple;
+		char		 *filter;
 
 		if (!mapping_has_rules(map))
 		{
@@ -101,6 +164,13 @@ snapshot_initial_load(XLogRecPtr start)
 			continue;
 		}
 		pgstat_report_activity(STATE_RUNNING, "pg2redis: initial load");
+		filter = ondemand_filter_for(map->rulerelid);
+		if (filter)
+		{
+			rows += load_filtered(rel, map, filter, &meta, &sink, rowcxt);
+			table_close(rel, AccessShareLock);
+			continue;
+		}
 		scan = table_beginscan(rel, snap, 0, NULL);
 		while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
 		{
@@ -121,6 +191,7 @@ snapshot_initial_load(XLogRecPtr start)
 	sender_flush();
 	while (!sender_idle())
 		sender_service(1000);
+	SPI_finish();
 	PopActiveSnapshot();
 	MemoryContextDelete(rowcxt);
 	ereport(LOG, (errmsg("pg2redis: initial load sent " UINT64_FORMAT

@@ -64,6 +64,7 @@ pg2r_state_init_shmem(void)
 		pg2r_shared->worker_procno = -1;
 		pg2r_shared->state = PG2R_STATE_STOPPED;
 		pg_atomic_init_u32(&pg2r_shared->wakeup_pending, 0);
+		pg_atomic_init_u32(&pg2r_shared->snapshot_requested, 0);
 		ConditionVariableInit(&pg2r_shared->progress_cv);
 	}
 	LWLockRelease(AddinShmemInitLock);

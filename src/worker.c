@@ -69,6 +69,7 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
+#include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
@@ -274,6 +275,53 @@ end_sql(void)
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	MemoryContextSwitchTo(WorkerCxt);
+}
+
+/*
+ * worker_run_sql runs fn in a transaction (SPI connected, a snapshot
+ * active, the decoding flag cleared) inside a subtransaction, so that an
+ * ERROR in it is returned in *err instead of ending the worker.  *result
+ * (if given) gets fn's result.
+ */
+bool
+worker_run_sql(bool (*fn)(void *arg), void *arg, bool *result, char **err)
+{
+	MemoryContext cxt;
+	ResourceOwner owner;
+	volatile bool ok = true;
+	volatile bool r = false;
+
+	begin_sql();
+	cxt = CurrentMemoryContext;
+	owner = CurrentResourceOwner;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		r = fn(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		*err = MemoryContextStrdup(WorkerCxt, edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	end_sql();
+	if (result)
+		*result = r;
+	return ok;
 }
 
 /* ---------------------------------------------------------------------------
@@ -622,12 +670,18 @@ stream(void)
 									   DEAD_LETTER_INTERVAL_MS))
 			write_dead_letters();
 		maybe_save_slot(false);
+		ondemand_step();
 
 		if (at_end)
 		{
 			pgstat_report_activity(STATE_IDLE, NULL);
-			/* short sleep when WAL is written but not flushed (async commit) */
-			sender_service(GetXLogInsertRecPtr() > GetFlushRecPtr(NULL)
+
+			/*
+			 * Sleep until woken; briefly when a snapshot chunk waits for its
+			 * watermark or WAL is written but not flushed (async commit).
+			 */
+			sender_service(ondemand_busy() ? 10
+						   : GetXLogInsertRecPtr() > GetFlushRecPtr(NULL)
 							   ? 50
 							   : IDLE_TIMEOUT_MS);
 		}
@@ -674,6 +728,7 @@ pg2redis_worker_main(Datum arg)
 
 	set_process_settings();
 	sender_init();
+	ondemand_init();
 	wait_for_extension();
 	pg2r_report_state(PG2R_STATE_STARTING);
 	wait_for_redis();

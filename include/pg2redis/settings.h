@@ -27,5 +27,6 @@ extern int	 pg2r_retry_max_ms;
 extern int	 pg2r_on_command_error;
 extern int	 pg2r_max_transaction_commands;
 extern int	 pg2r_decoding_work_mem_kb;
+extern int	 pg2r_snapshot_batch_size;
 
 #endif /* PG2REDIS_SETTINGS_H */

@@ -9,7 +9,9 @@
 #define PG2REDIS_SNAPSHOT_H
 
 #include "access/xlogdefs.h"
+#include "nodes/pg_list.h"
 
-extern void snapshot_initial_load(XLogRecPtr start);
+extern void	 snapshot_initial_load(XLogRecPtr start);
+extern List *snapshot_mapped_leaves(Oid relid);
 
 #endif /* PG2REDIS_SNAPSHOT_H */

@@ -46,6 +46,7 @@ typedef struct Pg2rShared
 	TimestampTz last_error_time;
 	bool		resync_requested;
 	pg_atomic_uint32  wakeup_pending;
+	pg_atomic_uint32  snapshot_requested; /* pg2redis_snapshot() was called */
 	ConditionVariable progress_cv; /* broadcast when applied_lsn moves */
 } Pg2rShared;
 

@@ -1,0 +1,899 @@
+/*-------------------------------------------------------------------------
+ *
+ * ondemand.c
+ *	  Snapshots on demand while streaming goes on (pg2redis_snapshot()).
+ *
+ * A snapshot request is served chunk by chunk, by primary key, with the
+ * watermark method of DBLog (Netflix, 2019), all inside the worker:
+ *
+ *	1. write a low watermark L (a non-transactional logical message, flushed);
+ *	2. select the next chunk of rows by primary key under a fresh snapshot,
+ *	   and render each row's commands (the table's snapshot rules, else its
+ *	   insert rules) right away, keyed by the row's primary key;
+ *	3. write a high watermark H.
+ *
+ * Decoding goes on meanwhile.  Every change the stream applies between L
+ * and H to a row of the chunk removes that row from the chunk: the stream's
+ * version is newer.  When H is decoded, the rows left are sent to Redis at
+ * that point of the stream, as one more transaction; a row changed after H
+ * is applied after it.  So a snapshot never writes a row state older than
+ * one already written.
+ *
+ * PostgreSQL adds a hole DBLog does not have: a commit can be in the WAL
+ * (and decoded, and applied) before it leaves the proc array, so the chunk's
+ * snapshot may not see a transaction the stream applied before L.  Two
+ * guards close it: after taking the snapshot, the chunk is selected again if
+ * the snapshot misses any transaction the worker has recently decoded; and
+ * while the chunk is open, a change by a transaction the snapshot does not
+ * see removes its row from the chunk even before L.
+ *
+ * Progress (the leaf being read and the last key sent) is recorded in
+ * pg2redis.snapshots after every chunk, so that a request interrupted by a
+ * restart resumes after its last chunk.  A request that fails (a table
+ * without a primary key, a bad filter) is marked failed with the reason,
+ * and the stream goes on.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "replication/message.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "common/hashfn.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "pg2redis/mapping.h"
+#include "pg2redis/ondemand.h"
+#include "pg2redis/sender.h"
+#include "pg2redis/settings.h"
+#include "pg2redis/snapshot.h"
+#include "pg2redis/state.h"
+#include "pg2redis/worker.h"
+
+#define WATERMARK_PREFIX "pg2redis"
+#define RECENT_XIDS 8192
+#define SNAPSHOT_RETRIES 1000
+
+/* One selected row: its key and its rendered commands. */
+typedef struct ChunkRow
+{
+	char		  *key;		/* hash key: primary key as text */
+	bool		   removed; /* the stream changed it: not sent */
+	StringInfoData cmds;	/* serialized commands, see row_sink_* */
+} ChunkRow;
+
+/* The request being served. */
+static struct
+{
+	bool   active;
+	int64  id;
+	List  *leaves;	 /* OIDs still to read, in order */
+	Oid	   leaf;	 /* being read */
+	List  *last_key; /* text of the last key sent, or NIL */
+	uint64 rows;	 /* sent so far */
+} req;
+
+/* The chunk in flight between its watermarks. */
+static struct
+{
+	bool		   open;	  /* selected, H not decoded yet */
+	bool		   in_window; /* L decoded */
+	bool		   sent;	  /* H decoded, rows sent: record progress */
+	bool		   last;	  /* the leaf has no rows after this chunk */
+	char		   low[64];
+	char		   high[64];
+	TransactionId  xmin;
+	TransactionId  xmax;
+	TransactionId *xip;
+	int			   xcnt;
+	HTAB		  *rows;
+	List		  *order;	 /* ChunkRow *, in key order */
+	List		  *next_key; /* key of the chunk's last row */
+	uint64		   nsent;
+	int			   nkeys; /* key columns of the leaf */
+	AttrNumber	  *keyatts;
+	FmgrInfo	  *keyout;
+	MemoryContext  cxt;
+} chunk;
+
+static MemoryContext OndemandCxt = NULL;
+static TransactionId recent[RECENT_XIDS];
+static int			 recent_next = 0;
+static uint64		 chunk_seq = 0;
+static TimestampTz	 last_poll = 0;
+static TimestampTz	 requested_until = 0;
+
+/* ---------------------------------------------------------------------------
+ * Keys and visibility
+ * ---------------------------------------------------------------------------
+ */
+
+/*
+ * row_key returns the primary key of a tuple of the chunk's leaf as text
+ * (columns joined by a unit separator), or NULL if a key column is null.
+ */
+static char *
+row_key(TupleDesc desc, HeapTuple tuple)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int k = 0; k < chunk.nkeys; k++)
+	{
+		bool  isnull;
+		Datum v = heap_getattr(tuple, chunk.keyatts[k], desc, &isnull);
+
+		if (isnull)
+			return NULL;
+		if (k > 0)
+			appendStringInfoChar(&buf, '\x1f');
+		appendStringInfoString(&buf, OutputFunctionCall(&chunk.keyout[k], v));
+	}
+	return buf.data;
+}
+
+/* key_hash and key_match hash chunk rows by their key string. */
+static uint32
+key_hash(const void *key, Size keysize)
+{
+	const char *s = *(const char *const *) key;
+
+	return string_hash(s, strlen(s) + 1);
+}
+
+static int
+key_match(const void *a, const void *b, Size keysize)
+{
+	return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+/* invisible tells whether the chunk's snapshot does not see xid. */
+static bool
+invisible(TransactionId xid)
+{
+	if (!TransactionIdIsNormal(xid))
+		return false;
+	if (TransactionIdFollowsOrEquals(xid, chunk.xmax))
+		return true;
+	if (TransactionIdPrecedes(xid, chunk.xmin))
+		return false;
+	for (int i = 0; i < chunk.xcnt; i++)
+		if (TransactionIdEquals(chunk.xip[i], xid))
+			return true;
+	return false;
+}
+
+/* drop_key removes a row from the open chunk. */
+static void
+drop_key(const char *key)
+{
+	ChunkRow *row;
+
+	if (key == NULL)
+		return;
+	row = hash_search(chunk.rows, &key, HASH_FIND, NULL);
+	if (row)
+		row->removed = true;
+}
+
+/* ---------------------------------------------------------------------------
+ * Hooks called while decoding (worker only)
+ * ---------------------------------------------------------------------------
+ */
+
+/* ondemand_note_commit remembers a decoded transaction, for the guard. */
+void
+ondemand_note_commit(TransactionId xid)
+{
+	recent[recent_next] = xid;
+	recent_next = (recent_next + 1) % RECENT_XIDS;
+}
+
+/*
+ * ondemand_note_change removes from the open chunk the rows a decoded
+ * change touches, when the stream's version is newer than the chunk's.
+ */
+void
+ondemand_note_change(Relation rel, TransactionId xid, HeapTuple oldtuple,
+					 HeapTuple newtuple)
+{
+	MemoryContext old;
+
+	if (!chunk.open || RelationGetRelid(rel) != req.leaf)
+		return;
+	if (!chunk.in_window && !invisible(xid))
+		return;
+	old = MemoryContextSwitchTo(chunk.cxt);
+	if (oldtuple)
+		drop_key(row_key(RelationGetDescr(rel), oldtuple));
+	if (newtuple)
+		drop_key(row_key(RelationGetDescr(rel), newtuple));
+	MemoryContextSwitchTo(old);
+}
+
+/* ondemand_note_truncate empties the open chunk when its leaf is truncated. */
+void
+ondemand_note_truncate(Oid relid, TransactionId xid)
+{
+	ListCell *lc;
+
+	if (!chunk.open || relid != req.leaf)
+		return;
+	if (!chunk.in_window && !invisible(xid))
+		return;
+	foreach(lc, chunk.order)
+		((ChunkRow *) lfirst(lc))->removed = true;
+}
+
+/*
+ * send_chunk hands the rows left in the chunk to the sender, as one
+ * transaction at the stream position of the high watermark.
+ */
+static void
+send_chunk(XLogRecPtr lsn)
+{
+	ListCell *lc;
+	Oid		  relid = req.leaf;
+
+	sender_begin_txn(InvalidTransactionId, lsn, lsn, GetCurrentTimestamp());
+	foreach(lc, chunk.order)
+	{
+		ChunkRow   *row = lfirst(lc);
+		const char *p;
+		const char *end;
+
+		if (row->removed)
+			continue;
+		chunk.nsent++;
+		sender_count_change();
+		p = row->cmds.data;
+		end = p + row->cmds.len;
+		while (p < end)
+		{
+			Rule  rule = {0};
+			int32 argc;
+
+			memcpy(&rule.id, p, sizeof(int64));
+			p += sizeof(int64);
+			memcpy(&argc, p, sizeof(int32));
+			p += sizeof(int32);
+			if (argc < 0)
+			{
+				Pg2rError err = {ERRCODE_DATA_EXCEPTION, (char *) p, NULL};
+
+				sender_render_error(&relid, &rule, PG2R_OP_SNAPSHOT, &err);
+				p += strlen(p) + 1;
+				continue;
+			}
+			{
+				const char **argv = palloc(sizeof(char *) * Max(argc, 1));
+				size_t		*lens = palloc(sizeof(size_t) * Max(argc, 1));
+
+				for (int i = 0; i < argc; i++)
+				{
+					int32 len;
+
+					memcpy(&len, p, sizeof(int32));
+					p += sizeof(int32);
+					argv[i] = p;
+					lens[i] = len;
+					p += len;
+				}
+				sender_command(&relid, &rule, PG2R_OP_SNAPSHOT, argc, argv,
+							   lens);
+				pfree(argv);
+				pfree(lens);
+			}
+		}
+	}
+	sender_commit_txn();
+}
+
+/*
+ * ondemand_on_message handles a decoded watermark: the low one opens the
+ * chunk's window, the high one sends what is left of the chunk.
+ */
+void
+ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
+					const char *message)
+{
+	if (!chunk.open || strcmp(prefix, WATERMARK_PREFIX) != 0)
+		return;
+	if (size == strlen(chunk.low) && memcmp(message, chunk.low, size) == 0)
+		chunk.in_window = true;
+	else if (size == strlen(chunk.high) &&
+			 memcmp(message, chunk.high, size) == 0)
+	{
+		send_chunk(lsn);
+		chunk.open = false;
+		chunk.sent = true;
+	}
+}
+
+/* ---------------------------------------------------------------------------
+ * Rendering the chunk's rows
+ * ---------------------------------------------------------------------------
+ */
+
+/* The row whose commands the sink collects. */
+static ChunkRow *sink_row = NULL;
+
+static void
+row_sink_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
+				 const char *const *argv, const size_t *argvlen)
+{
+	int32 n = argc;
+
+	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->id,
+						   sizeof(int64));
+	appendBinaryStringInfo(&sink_row->cmds, (const char *) &n, sizeof(int32));
+	for (int i = 0; i < argc; i++)
+	{
+		int32 len = argvlen[i];
+
+		appendBinaryStringInfo(&sink_row->cmds, (const char *) &len,
+							   sizeof(int32));
+		appendBinaryStringInfo(&sink_row->cmds, argv[i], len);
+	}
+}
+
+static void
+row_sink_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
+{
+	int32 n = -1;
+
+	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->id,
+						   sizeof(int64));
+	appendBinaryStringInfo(&sink_row->cmds, (const char *) &n, sizeof(int32));
+	appendBinaryStringInfo(&sink_row->cmds, err->message,
+						   strlen(err->message) + 1);
+}
+
+/* ---------------------------------------------------------------------------
+ * Selecting a chunk (between decoding batches, in a transaction)
+ * ---------------------------------------------------------------------------
+ */
+
+/* write_watermark writes and flushes a watermark message. */
+static void
+write_watermark(const char *payload)
+{
+	XLogRecPtr lsn =
+		LogLogicalMessage(WATERMARK_PREFIX, payload, strlen(payload), false);
+
+	XLogFlush(lsn);
+}
+
+/*
+ * filter_for returns the snapshot filter of relation relid, or NULL (in a
+ * transaction, SPI connected).
+ */
+char *
+ondemand_filter_for(Oid relid)
+{
+	Oid	  types[1] = {REGCLASSOID};
+	Datum values[1] = {ObjectIdGetDatum(relid)};
+
+	if (SPI_execute_with_args("SELECT filter FROM pg2redis.snapshot_filters WHERE relation = $1",
+							  1, types, values, NULL, true,
+							  1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg2redis.snapshot_filters");
+	if (SPI_processed == 0)
+		return NULL;
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/* Arguments of select_chunk, run under worker_run_sql. */
+typedef struct SelectArgs
+{
+	int	  attempts;
+	char *error;
+} SelectArgs;
+
+/*
+ * setup_key sets the chunk's key columns from the leaf's primary key (or
+ * replica identity index); false if it has neither.
+ */
+static bool
+setup_key(Relation rel)
+{
+	Oid		 idxoid = RelationGetPrimaryKeyIndex(rel);
+	Relation idx;
+
+	if (!OidIsValid(idxoid))
+		idxoid = RelationGetReplicaIndex(rel);
+	if (!OidIsValid(idxoid))
+		return false;
+	idx = index_open(idxoid, AccessShareLock);
+	chunk.nkeys = idx->rd_index->indnkeyatts;
+	chunk.keyatts =
+		MemoryContextAlloc(chunk.cxt, sizeof(AttrNumber) * chunk.nkeys);
+	chunk.keyout =
+		MemoryContextAlloc(chunk.cxt, sizeof(FmgrInfo) * chunk.nkeys);
+	for (int k = 0; k < chunk.nkeys; k++)
+	{
+		Oid typid = TupleDescAttr(RelationGetDescr(rel),
+								  idx->rd_index->indkey.values[k] - 1)
+						->atttypid;
+		Oid	 outfunc;
+		bool varlena;
+
+		chunk.keyatts[k] = idx->rd_index->indkey.values[k];
+		getTypeOutputInfo(typid, &outfunc, &varlena);
+		fmgr_info_cxt(outfunc, &chunk.keyout[k], chunk.cxt);
+	}
+	index_close(idx, AccessShareLock);
+	return true;
+}
+
+/* build_query returns the SQL selecting the next chunk of the leaf. */
+static char *
+build_query(Relation rel, const char *filter)
+{
+	StringInfoData sql;
+	StringInfoData cols;
+	TupleDesc	   desc = RelationGetDescr(rel);
+
+	initStringInfo(&cols);
+	for (int k = 0; k < chunk.nkeys; k++)
+		appendStringInfo(&cols, "%st.%s", k ? ", " : "",
+						 quote_identifier(NameStr(TupleDescAttr(desc,
+																chunk.keyatts
+																		[k] -
+																	1)
+													  ->attname)));
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT t FROM ONLY %s t WHERE true",
+					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel)));
+	if (req.last_key != NIL)
+	{
+		appendStringInfo(&sql, " AND ROW(%s) > ROW(", cols.data);
+		for (int k = 0; k < chunk.nkeys; k++)
+			appendStringInfo(&sql, "%s$%d::text::%s", k ? ", " : "", k + 1,
+							 format_type_be_qualified(TupleDescAttr(desc,
+																	chunk.keyatts
+																			[k] -
+																		1)
+														  ->atttypid));
+		appendStringInfoChar(&sql, ')');
+	}
+	if (filter)
+		appendStringInfo(&sql, " AND (%s)", filter);
+	appendStringInfo(&sql, " ORDER BY %s LIMIT %d", cols.data,
+					 pg2r_snapshot_batch_size);
+	return sql.data;
+}
+
+/*
+ * select_chunk reads the next chunk of the leaf under the transaction's
+ * snapshot and renders its rows.  Returns false (without rows) when the
+ * snapshot misses a transaction the worker already decoded: the caller
+ * selects again.
+ */
+static bool
+select_chunk(void *arg)
+{
+	Snapshot	  snap = GetActiveSnapshot();
+	Relation	  rel;
+	RelMap		 *map;
+	char		 *sql;
+	Datum		 *values = NULL;
+	Oid			 *types = NULL;
+	int			  nargs = 0;
+	ChangeMeta	  meta = {0};
+	CommandSink	  sink = {row_sink_command, row_sink_error, NULL};
+	MemoryContext old;
+	HASHCTL		  ctl;
+
+	/* the guard: the snapshot must see what the stream already applied */
+	for (int i = 0; i < RECENT_XIDS; i++)
+		if (TransactionIdIsNormal(recent[i]) &&
+			XidInMVCCSnapshot(recent[i], snap))
+			return false;
+
+	old = MemoryContextSwitchTo(chunk.cxt);
+	chunk.xmin = snap->xmin;
+	chunk.xmax = snap->xmax;
+	chunk.xcnt = snap->xcnt;
+	chunk.xip = palloc(sizeof(TransactionId) * Max(snap->xcnt, 1));
+	memcpy(chunk.xip, snap->xip, sizeof(TransactionId) * snap->xcnt);
+	ctl.keysize = sizeof(char *);
+	ctl.entrysize = sizeof(ChunkRow);
+	ctl.hash = key_hash;
+	ctl.match = key_match;
+	ctl.hcxt = chunk.cxt;
+	chunk.rows =
+		hash_create("pg2redis chunk rows", 1024, &ctl,
+					HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	MemoryContextSwitchTo(old);
+
+	rel = table_open(req.leaf, AccessShareLock);
+	map = mapping_get(rel);
+	if (!setup_key(rel))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has no primary key or replica identity index",
+						RelationGetRelationName(rel)),
+				 errhint("Snapshots on demand read tables by key; add a primary key.")));
+	sql = build_query(rel, mapping_has_rules(map)
+							   ? ondemand_filter_for(map->rulerelid)
+							   : NULL);
+	if (req.last_key != NIL)
+	{
+		ListCell *lc;
+
+		nargs = list_length(req.last_key);
+		values = palloc(sizeof(Datum) * nargs);
+		types = palloc(sizeof(Oid) * nargs);
+		foreach(lc, req.last_key)
+		{
+			values[foreach_current_index(lc)] =
+				CStringGetTextDatum(lfirst(lc));
+			types[foreach_current_index(lc)] = TEXTOID;
+		}
+	}
+	if (SPI_execute_with_args(sql, nargs, types, values, NULL, true, 0) !=
+		SPI_OK_SELECT)
+		elog(ERROR, "could not select a snapshot chunk");
+
+	meta.lsn = InvalidXLogRecPtr;
+	meta.commit_time = GetCurrentTimestamp();
+	chunk.last = SPI_processed < (uint64) pg2r_snapshot_batch_size;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool			isnull;
+		HeapTupleHeader hdr =
+			DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
+												  SPI_tuptable->tupdesc, 1,
+												  &isnull));
+		HeapTupleData tuple;
+		char		 *key;
+		ChunkRow	 *row;
+		bool		  found;
+
+		tuple.t_len = HeapTupleHeaderGetDatumLength(hdr);
+		ItemPointerSetInvalid(&tuple.t_self);
+		tuple.t_tableOid = req.leaf;
+		tuple.t_data = hdr;
+
+		old = MemoryContextSwitchTo(chunk.cxt);
+		key = row_key(RelationGetDescr(rel), &tuple);
+		row = hash_search(chunk.rows, &key, HASH_ENTER, &found);
+		row->key = key;
+		row->removed = false;
+		initStringInfo(&row->cmds);
+		chunk.order = lappend(chunk.order, row);
+		if (i == SPI_processed - 1)
+		{
+			list_free_deep(chunk.next_key);
+			chunk.next_key = NIL;
+			for (int k = 0; k < chunk.nkeys; k++)
+			{
+				bool  knull;
+				Datum v = heap_getattr(&tuple, chunk.keyatts[k],
+									   RelationGetDescr(rel), &knull);
+
+				chunk.next_key =
+					lappend(chunk.next_key,
+							OutputFunctionCall(&chunk.keyout[k], v));
+			}
+		}
+		MemoryContextSwitchTo(old);
+
+		sink_row = row;
+		old = MemoryContextSwitchTo(chunk.cxt);
+		mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, &meta, &sink);
+		MemoryContextSwitchTo(old);
+		sink_row = NULL;
+	}
+	table_close(rel, AccessShareLock);
+	return true;
+}
+
+/* ---------------------------------------------------------------------------
+ * Requests
+ * ---------------------------------------------------------------------------
+ */
+
+/* Arguments of request SQL run under worker_run_sql. */
+typedef struct ProgressArgs
+{
+	const char *state; /* new state, or NULL to keep */
+	const char *error;
+} ProgressArgs;
+
+/* record_progress writes the request's progress (and state). */
+static bool
+record_progress(void *arg)
+{
+	ProgressArgs *pa = arg;
+	Oid			  types[6] = {INT8OID,		INT8OID, REGCLASSOID,
+							  TEXTARRAYOID, TEXTOID, TEXTOID};
+	Datum		  values[6];
+	char		  nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+
+	values[0] = Int64GetDatum(req.id);
+	values[1] = Int64GetDatum(req.rows);
+	values[2] = ObjectIdGetDatum(req.leaf);
+	nulls[2] = OidIsValid(req.leaf) ? ' ' : 'n';
+	if (req.last_key != NIL)
+	{
+		Datum	 *elems = palloc(sizeof(Datum) * list_length(req.last_key));
+		ListCell *lc;
+
+		foreach(lc, req.last_key)
+			elems[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
+		values[3] =
+			PointerGetDatum(construct_array(elems, list_length(req.last_key),
+											TEXTOID, -1, false, TYPALIGN_INT));
+	}
+	else
+		nulls[3] = 'n';
+	values[4] = pa->state ? CStringGetTextDatum(pa->state) : (Datum) 0;
+	nulls[4] = pa->state ? ' ' : 'n';
+	values[5] = pa->error ? CStringGetTextDatum(pa->error) : (Datum) 0;
+	nulls[5] = pa->error ? ' ' : 'n';
+	if (SPI_execute_with_args("UPDATE pg2redis.snapshots SET rows = $2, current_relation = $3, "
+							  "last_key = $4, state = coalesce($5, state), error = $6, "
+							  "started_at = coalesce(started_at, now()), "
+							  "finished_at = CASE WHEN $5 IN ('done', 'failed') THEN now() END "
+							  "WHERE id = $1",
+							  6, types, values, nulls, false,
+							  0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update pg2redis.snapshots");
+	return true;
+}
+
+/* finish_request ends the current request as done or failed. */
+static void
+finish_request(const char *state, const char *error)
+{
+	ProgressArgs pa = {state, error};
+	char		*err = NULL;
+
+	if (!worker_run_sql(record_progress, &pa, NULL, &err))
+		ereport(WARNING,
+				(errmsg("pg2redis could not record the end of snapshot request " INT64_FORMAT
+						": %s",
+						req.id, err)));
+	ereport(LOG, (errmsg("pg2redis: snapshot request " INT64_FORMAT
+						 " %s after " UINT64_FORMAT " rows%s%s",
+						 req.id, state, req.rows, error ? ": " : "",
+						 error ? error : "")));
+	req.active = false;
+	MemoryContextReset(OndemandCxt);
+	req.leaves = NIL;
+	req.last_key = NIL;
+}
+
+/*
+ * load_request picks the oldest pending or running request and the leaves
+ * it still has to read.
+ */
+static bool
+load_request(void *arg)
+{
+	bool		  isnull;
+	Datum		  relation;
+	Datum		  current;
+	Datum		  lastkey;
+	Datum		  rows;
+	List		 *leaves;
+	ListCell	 *lc;
+	MemoryContext old;
+
+	if (SPI_execute("SELECT id, relation, current_relation, last_key, rows "
+					"FROM pg2redis.snapshots WHERE state IN ('pending', 'running') "
+					"ORDER BY id LIMIT 1",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg2redis.snapshots");
+	if (SPI_processed == 0)
+		return true;
+
+	req.id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
+	relation = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+							 &isnull);
+	leaves = isnull ? snapshot_mapped_leaves(InvalidOid)
+					: snapshot_mapped_leaves(DatumGetObjectId(relation));
+	current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
+							&isnull);
+
+	old = MemoryContextSwitchTo(OndemandCxt);
+	req.leaves = NIL;
+	req.last_key = NIL;
+	foreach(lc, leaves)
+	{
+		/* leaves before the one in progress are done */
+		if (!isnull && lfirst_oid(lc) < DatumGetObjectId(current))
+			continue;
+		req.leaves = lappend_oid(req.leaves, lfirst_oid(lc));
+	}
+	lastkey = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4,
+							&isnull);
+	if (!isnull && req.leaves != NIL &&
+		linitial_oid(req.leaves) == DatumGetObjectId(current))
+	{
+		Datum *elems;
+		bool  *nulls;
+		int	   n;
+
+		deconstruct_array(DatumGetArrayTypeP(lastkey), TEXTOID, -1, false,
+						  TYPALIGN_INT, &elems, &nulls, &n);
+		for (int i = 0; i < n; i++)
+			req.last_key =
+				lappend(req.last_key, TextDatumGetCString(elems[i]));
+	}
+	rows = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5,
+						 &isnull);
+	req.rows = DatumGetInt64(rows);
+	req.leaf = req.leaves != NIL ? linitial_oid(req.leaves) : InvalidOid;
+	req.active = true;
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/* ondemand_init sets up memory (worker start). */
+void
+ondemand_init(void)
+{
+	OndemandCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis snapshots",
+										ALLOCSET_DEFAULT_SIZES);
+	chunk.cxt =
+		AllocSetContextCreate(TopMemoryContext, "pg2redis snapshot chunk",
+							  ALLOCSET_DEFAULT_SIZES);
+	memset(&req, 0, sizeof(req));
+	memset(recent, 0, sizeof(recent));
+}
+
+/* ondemand_busy: a chunk waits for its high watermark. */
+bool
+ondemand_busy(void)
+{
+	return chunk.open;
+}
+
+/* chunk_reset forgets the chunk's rows. */
+static void
+chunk_reset(void)
+{
+	MemoryContextReset(chunk.cxt);
+	chunk.open = chunk.in_window = chunk.sent = chunk.last = false;
+	chunk.rows = NULL;
+	chunk.order = NIL;
+	chunk.next_key = NIL;
+	chunk.xip = NULL;
+	chunk.nsent = 0;
+}
+
+/*
+ * ondemand_step advances snapshot requests between decoding batches:
+ * records the progress of a chunk that was sent, and opens the next chunk
+ * (watermarks and selection) when none is open.
+ */
+void
+ondemand_step(void)
+{
+	char *err = NULL;
+
+	if (chunk.open)
+		return;
+
+	if (chunk.sent)
+	{
+		ProgressArgs  pa = {"running", NULL};
+		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
+		ListCell	 *lc;
+
+		req.rows += chunk.nsent;
+		req.last_key = NIL;
+		foreach(lc, chunk.next_key)
+			req.last_key = lappend(req.last_key, pstrdup(lfirst(lc)));
+		if (chunk.last)
+		{
+			req.leaves = list_delete_first(req.leaves);
+			req.leaf =
+				req.leaves != NIL ? linitial_oid(req.leaves) : InvalidOid;
+			req.last_key = NIL;
+		}
+		MemoryContextSwitchTo(old);
+		chunk_reset();
+		if (req.leaves == NIL)
+		{
+			finish_request("done", NULL);
+			return;
+		}
+		if (!worker_run_sql(record_progress, &pa, NULL, &err))
+		{
+			finish_request("failed", err);
+			return;
+		}
+	}
+
+	if (!req.active)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		/*
+		 * A request wakes us at its commit; the row may not be visible yet
+		 * when the flag is seen, so look again for a little while.
+		 */
+		if (pg_atomic_exchange_u32(&pg2r_shared->snapshot_requested, 0) != 0)
+			requested_until = TimestampTzPlusMilliseconds(now, 2000);
+		if (!(now < requested_until &&
+			  TimestampDifferenceExceeds(last_poll, now, 50)) &&
+			!TimestampDifferenceExceeds(last_poll, now, 10000))
+			return;
+		last_poll = GetCurrentTimestamp();
+		if (!worker_run_sql(load_request, NULL, NULL, &err))
+		{
+			ereport(WARNING,
+					(errmsg("pg2redis could not read snapshot requests: %s",
+							err)));
+			return;
+		}
+		if (!req.active)
+			return;
+		ereport(LOG,
+				(errmsg("pg2redis: serving snapshot request " INT64_FORMAT,
+						req.id)));
+		if (req.leaves == NIL)
+		{
+			finish_request("done", NULL);
+			return;
+		}
+		{
+			ProgressArgs pa = {"running", NULL};
+
+			(void) worker_run_sql(record_progress, &pa, NULL, &err);
+		}
+	}
+
+	/* open the next chunk: L, select, H */
+	chunk_reset();
+	chunk_seq++;
+	snprintf(chunk.low, sizeof(chunk.low), "L:" INT64_FORMAT ":" UINT64_FORMAT,
+			 req.id, chunk_seq);
+	snprintf(chunk.high, sizeof(chunk.high),
+			 "H:" INT64_FORMAT ":" UINT64_FORMAT, req.id, chunk_seq);
+	for (int attempt = 0;; attempt++)
+	{
+		bool selected = false;
+
+		write_watermark(chunk.low);
+		if (!worker_run_sql(select_chunk, NULL, &selected, &err))
+		{
+			chunk_reset();
+			finish_request("failed", err);
+			return;
+		}
+		if (selected)
+			break;
+		chunk_reset();
+		if (attempt >= SNAPSHOT_RETRIES)
+		{
+			finish_request("failed",
+						   "could not take a snapshot that sees every decoded transaction");
+			return;
+		}
+		pg_usleep(1000L);
+	}
+	write_watermark(chunk.high);
+	chunk.open = true;
+}
