@@ -769,6 +769,20 @@ ondemand_busy(void)
 	return chunk.open;
 }
 
+/*
+ * ondemand_poll_timeout returns how long the worker may sleep before it
+ * should look for a just-requested snapshot again (ms), or -1.
+ */
+long
+ondemand_poll_timeout(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (req.active || now >= requested_until)
+		return -1;
+	return Max(50 - TimestampDifferenceMilliseconds(last_poll, now), 0);
+}
+
 /* chunk_reset forgets the chunk's rows. */
 static void
 chunk_reset(void)

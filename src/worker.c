@@ -674,16 +674,22 @@ stream(void)
 
 		if (at_end)
 		{
-			pgstat_report_activity(STATE_IDLE, NULL);
-
 			/*
-			 * Sleep until woken; briefly when a snapshot chunk waits for its
-			 * watermark or WAL is written but not flushed (async commit).
+			 * Sleep until woken: not at all when a snapshot chunk waits for
+			 * its own (flushed) watermark, briefly when WAL is written but
+			 * not flushed (async commit) or a snapshot was just requested.
 			 */
-			sender_service(ondemand_busy() ? 10
-						   : GetXLogInsertRecPtr() > GetFlushRecPtr(NULL)
-							   ? 50
-							   : IDLE_TIMEOUT_MS);
+			long timeout = IDLE_TIMEOUT_MS;
+			long poll = ondemand_poll_timeout();
+
+			pgstat_report_activity(STATE_IDLE, NULL);
+			if (ondemand_busy())
+				timeout = 0;
+			else if (GetXLogInsertRecPtr() > GetFlushRecPtr(NULL))
+				timeout = 50;
+			if (poll >= 0)
+				timeout = Min(timeout, poll);
+			sender_service(timeout);
 		}
 	}
 }

@@ -15,6 +15,7 @@
 extern void	 ondemand_init(void);
 extern void	 ondemand_step(void);
 extern bool	 ondemand_busy(void);
+extern long	 ondemand_poll_timeout(void);
 extern void	 ondemand_note_commit(TransactionId xid);
 extern void	 ondemand_note_change(Relation rel, TransactionId xid,
 								  HeapTuple oldtuple, HeapTuple newtuple);
