@@ -48,7 +48,26 @@ is($ret, 0, 'CREATE EXTENSION succeeds when preloaded')
 is($node->safe_psql('postgres', 'SELECT count(*) FROM pg2redis.rules'),
 	'0', 'pg2redis.rules starts empty');
 
-# (c) No backend or worker died along the way.
+# (c) wal_level below logical: the worker says why it cannot stream, and
+# stays stopped instead of restarting in a loop.
+$node->append_conf('postgresql.conf', "wal_level = replica\nmax_wal_senders = 0\n");
+$node->restart;
+my $found = 0;
+foreach (1 .. 100)
+{
+	$found = 1, last
+	  if slurp_file($node->logfile) =~ /pg2redis cannot stream: "wal_level" is "replica"/;
+	select(undef, undef, undef, 0.1);
+}
+ok($found, 'with wal_level = replica the worker logs why it cannot stream');
+like(slurp_file($node->logfile), qr/HINT:  Set wal_level = logical/,
+	'and how to fix it');
+is($node->safe_psql('postgres', 'SELECT state FROM pg2redis_status()'),
+	'stopped', 'pg2redis_status() says stopped');
+like($node->safe_psql('postgres', 'SELECT last_error FROM pg2redis_status()'),
+	qr/wal_level/, 'last_error names wal_level');
+
+# (d) No backend or worker died along the way.
 $node->stop;
 unlike(
 	slurp_file($node->logfile),

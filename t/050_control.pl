@@ -106,4 +106,22 @@ unlike($status, qr/s3cret/, 'the password is not in pg2redis_status()');
 ok(!log_lines($node, qr/s3cret/), 'the password is not in the server log');
 
 $node->stop;
+
+# A unix:// URL, with a database number.
+my $sockdir = PostgreSQL::Test::Utils::tempdir_short();
+my $unix = start_redis(name => 'unix', extra_args => [ '--unixsocket', "$sockdir/redis.sock" ]);
+my $unode = new_node('unix', redis_url => "unix://$sockdir/redis.sock?db=3",
+	flush_interval => '5ms');
+wait_for_status($unode, 'state', 'streaming', 60, 'streaming over a unix socket');
+$unode->safe_psql('postgres', q{
+	CREATE TABLE u (id int PRIMARY KEY);
+	SELECT pg2redis_add_rule('u', 'insert', 'SADD u {id}');
+	INSERT INTO u VALUES (1), (2);
+});
+wait_for_redis($unode, 30, 'changes arrive over a unix socket');
+is($unix->cli('-n', '3', 'SCARD', 'u'), '2',
+	'the rows are in database 3 of the unix-socket Redis');
+is($unode->safe_psql('postgres', "SELECT pg2redis_redis('SCARD', 'u')"), '2',
+	'pg2redis_redis uses the unix socket and database too');
+$unode->stop;
 done_testing();
