@@ -186,6 +186,222 @@ AS 'MODULE_PATHNAME', 'pg2redis_preview';
 COMMENT ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb)
     IS 'the Redis commands the current rules would send for a change; touches no Redis';
 
+/*
+ * pg2redis_import: the pgwalk pg2redis YAML config, converted to JSON, as
+ * rules.  All or nothing: any error rolls the whole import back, and says
+ * which table, op and command it is about.  Keys pg2redis cannot honour
+ * are named in a NOTICE.
+ */
+CREATE FUNCTION pg2redis_import(config jsonb)
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    created   integer := 0;
+    item      jsonb;
+    tname     text;
+    tbody     jsonb;
+    rel       regclass;
+    k         text;
+    op        text;
+    cmds      jsonb;
+    cmd       jsonb;
+    idx       integer;
+    argv      text[];
+    cond      jsonb;
+    msg       text;
+    state     text;
+    hint      text;
+    entry     jsonb;
+    filter    text;
+BEGIN
+    IF config IS NULL OR jsonb_typeof(config) <> 'object' THEN
+        RAISE EXCEPTION 'pg2redis_import needs a JSON object'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Convert the YAML config to JSON, e.g. with yq -o json config.yaml.';
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(config) LOOP
+        IF k NOT IN ('tables', 'snapshot') THEN
+            RAISE NOTICE 'pg2redis_import ignores top-level key "%"', k
+                USING HINT = 'Connection settings go to pg2redis.redis_url and pg2redis.database.';
+        END IF;
+    END LOOP;
+    IF config ? 'tables' AND jsonb_typeof(config->'tables') <> 'array' THEN
+        RAISE EXCEPTION '"tables" must be a list'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    FOR item IN SELECT value FROM jsonb_array_elements(coalesce(config->'tables', '[]')) LOOP
+        IF jsonb_typeof(item) <> 'object' OR (SELECT count(*) FROM jsonb_object_keys(item)) <> 1 THEN
+            RAISE EXCEPTION 'each item of "tables" must be an object with one key, the table name: %', item
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT key, value INTO tname, tbody FROM jsonb_each(item);
+        rel := to_regclass(tname);
+        IF rel IS NULL THEN
+            RAISE EXCEPTION 'table "%" of the config does not exist', tname
+                USING ERRCODE = 'undefined_table',
+                      HINT = 'Create the table before importing its mapping.';
+        END IF;
+        IF jsonb_typeof(tbody) <> 'object' THEN
+            RAISE EXCEPTION 'the mapping of table "%" must be an object', tname
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOR k IN SELECT jsonb_object_keys(tbody) LOOP
+            IF k NOT IN ('commands', 'insert', 'update', 'delete', 'truncate', 'snapshot') THEN
+                RAISE NOTICE 'pg2redis_import ignores key "%" of table "%"', k, tname;
+            END IF;
+        END LOOP;
+
+        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete', 'truncate', 'snapshot'] LOOP
+            -- shared commands apply to insert, update and delete, before the op's own
+            cmds := '[]';
+            IF op IN ('insert', 'update', 'delete') AND tbody ? 'commands' THEN
+                IF jsonb_typeof(tbody->'commands') <> 'array' THEN
+                    RAISE EXCEPTION '"commands" of table "%" must be a list', tname
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                cmds := tbody->'commands';
+            END IF;
+            IF tbody ? op THEN
+                IF jsonb_typeof(tbody->op) <> 'object' THEN
+                    RAISE EXCEPTION '"%" of table "%" must be an object with "commands"', op, tname
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                FOR k IN SELECT jsonb_object_keys(tbody->op) LOOP
+                    IF k <> 'commands' THEN
+                        RAISE NOTICE 'pg2redis_import ignores key "%" of %.%', k, tname, op;
+                    END IF;
+                END LOOP;
+                IF jsonb_typeof(coalesce(tbody->op->'commands', '[]')) <> 'array' THEN
+                    RAISE EXCEPTION '"commands" of %.% must be a list', tname, op
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                cmds := cmds || coalesce(tbody->op->'commands', '[]');
+            END IF;
+
+            idx := 0;
+            FOR cmd IN SELECT value FROM jsonb_array_elements(cmds) LOOP
+                idx := idx + 1;
+                cond := NULL;
+                IF jsonb_typeof(cmd) = 'object' THEN
+                    FOR k IN SELECT jsonb_object_keys(cmd) LOOP
+                        IF k NOT IN ('command', 'condition') THEN
+                            RAISE NOTICE 'pg2redis_import ignores key "%" of %.% command %', k, tname, op, idx;
+                        END IF;
+                    END LOOP;
+                    cond := cmd->'condition';
+                    cmd := cmd->'command';
+                END IF;
+                IF cmd IS NULL OR jsonb_typeof(cmd) <> 'array'
+                   OR EXISTS (SELECT FROM jsonb_array_elements(cmd) e
+                               WHERE jsonb_typeof(e) IN ('object', 'array', 'null')) THEN
+                    RAISE EXCEPTION 'table "%", % command %: a command is a list of arguments, or {"command": [...], "condition": {...}}', tname, op, idx
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                argv := ARRAY(SELECT jsonb_array_elements_text(cmd));
+                BEGIN
+                    PERFORM @extschema@.pg2redis_add_rule(rel, op, argv, cond);
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE,
+                                            hint = PG_EXCEPTION_HINT;
+                    RAISE EXCEPTION 'table "%", % command % (%): %', tname, op, idx, cmd, msg
+                        USING ERRCODE = state, HINT = coalesce(hint, '');
+                END;
+                created := created + 1;
+            END LOOP;
+        END LOOP;
+    END LOOP;
+
+    IF config ? 'snapshot' THEN
+        FOR k IN SELECT jsonb_object_keys(config->'snapshot') LOOP
+            IF k <> 'config' THEN
+                RAISE NOTICE 'pg2redis_import ignores snapshot key "%"', k
+                    USING HINT = 'Snapshots run in the worker; see pg2redis.snapshot_batch_size.';
+            END IF;
+        END LOOP;
+        FOR entry IN SELECT value FROM jsonb_array_elements(coalesce(config->'snapshot'->'config', '[]')) LOOP
+            rel := to_regclass(entry->>'name');
+            IF rel IS NULL THEN
+                RAISE EXCEPTION 'snapshot config names table "%", which does not exist', entry->>'name'
+                    USING ERRCODE = 'undefined_table';
+            END IF;
+            FOR k IN SELECT jsonb_object_keys(entry) LOOP
+                IF k NOT IN ('name', 'type', 'where', 'query') THEN
+                    RAISE NOTICE 'pg2redis_import ignores key "%" of the snapshot config of "%"', k, entry->>'name';
+                END IF;
+            END LOOP;
+            IF coalesce(entry->>'type', 'full') = 'full' THEN
+                CONTINUE;
+            ELSIF entry->>'type' <> 'query' THEN
+                RAISE EXCEPTION 'snapshot type "%" of table "%" is unknown', entry->>'type', entry->>'name'
+                    USING ERRCODE = 'invalid_parameter_value', HINT = 'Use full or query.';
+            END IF;
+            filter := entry->>'where';
+            IF filter IS NULL AND entry ? 'query' THEN
+                -- keep the WHERE clause of the query
+                filter := substring(entry->>'query' FROM '(?i)\mwhere\M(.*)$');
+                filter := rtrim(btrim(filter), ';');
+            END IF;
+            IF filter IS NULL OR filter = '' THEN
+                RAISE EXCEPTION 'snapshot config of table "%" has type query but no WHERE clause', entry->>'name'
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Give "where": "<condition>", or a "query" with a WHERE clause.';
+            END IF;
+            INSERT INTO pg2redis.snapshot_filters (relation, filter) VALUES (rel, filter)
+                ON CONFLICT (relation) DO UPDATE SET filter = EXCLUDED.filter;
+        END LOOP;
+    END IF;
+    RETURN created;
+END
+$$;
+
+COMMENT ON FUNCTION pg2redis_import(jsonb)
+    IS 'import a pgwalk pg2redis config (its YAML as JSON) as rules; all or nothing';
+
+/*
+ * pg2redis_export: the enabled rules and snapshot filters, in the shape
+ * pg2redis_import takes.
+ */
+CREATE FUNCTION pg2redis_export()
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH r AS (
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS tname,
+               min(r.id) OVER (PARTITION BY r.relation) AS first_id,
+               r.op, r.position, r.id,
+               CASE WHEN r.condition IS NULL THEN to_jsonb(r.command)
+                    ELSE jsonb_build_object('command', r.command, 'condition', r.condition)
+               END AS cmd
+          FROM pg2redis.rules r
+          JOIN pg_class c ON c.oid = r.relation
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE r.enabled
+    ), ops AS (
+        SELECT tname, first_id, op,
+               jsonb_build_object('commands', jsonb_agg(cmd ORDER BY position, id)) AS body
+          FROM r GROUP BY tname, first_id, op
+    ), tables AS (
+        SELECT first_id, jsonb_build_object(tname, jsonb_object_agg(op, body)) AS item
+          FROM ops GROUP BY tname, first_id
+    )
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'tables', coalesce((SELECT jsonb_agg(item ORDER BY first_id) FROM tables), '[]'),
+        'snapshot', (SELECT jsonb_build_object('config', jsonb_agg(
+                         jsonb_build_object('name', quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+                                            'type', 'query', 'where', f.filter)
+                         ORDER BY f.relation))
+                       FROM pg2redis.snapshot_filters f
+                       JOIN pg_class c ON c.oid = f.relation
+                       JOIN pg_namespace n ON n.oid = c.relnamespace
+                     HAVING count(*) > 0)))
+$$;
+
+COMMENT ON FUNCTION pg2redis_export()
+    IS 'the enabled rules and snapshot filters, in the JSON shape pg2redis_import takes';
+
 CREATE FUNCTION pg2redis_status(
     OUT worker_pid integer,
     OUT state text,
@@ -248,6 +464,8 @@ REVOKE ALL ON FUNCTION pg2redis_wait(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_redis(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_resync() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_snapshot(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_import(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_export() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.validate_snapshot_filter() FROM PUBLIC;
 REVOKE ALL ON pg2redis_snapshots FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text[], jsonb) FROM PUBLIC;
