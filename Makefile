@@ -24,5 +24,11 @@ PG_CONFIG   ?= pg_config
 PGXS        := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# A release archive of the committed tree: make dist.
+dist:
+	git archive --format zip --prefix=$(EXTENSION)-$(EXTVERSION)/ -o $(EXTENSION)-$(EXTVERSION).zip HEAD
+
+.PHONY: dist
+
 # Compiled objects depend on every project header.
 $(OBJS): $(wildcard include/pg2redis/*.h)

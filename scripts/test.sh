@@ -7,7 +7,8 @@
 # that a regress failure does not hide the TAP results.  PostgreSQL refuses to
 # run as root, so as root the tests run as the postgres user in a temporary
 # copy of the tree.  The last line printed is "N passed, M failed" (pg_regress
-# tests plus TAP test files); the exit status is 0 only if all passed.
+# tests, TAP test files and the shop demo); the exit status is 0 only if all
+# passed.
 #
 # Environment:
 #   COPT                          extra compiler flags, read by PGXS (CI: -Werror)
@@ -16,73 +17,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PACKAGES=(libhiredis-dev libjansson-dev redis-server libipc-run-perl pkg-config make gcc)
 WORK=""                 # temporary directory: logs, and as root the tree copy
 PASSED=0 FAILED=0
-
-die() { echo "test.sh: $*" >&2; exit 1; }
-
-# as_root runs its arguments with root rights: directly, via sudo, or dies.
-as_root() {
-	if [[ $EUID -eq 0 ]]; then "$@"
-	elif command -v sudo >/dev/null; then sudo "$@"
-	else die "'$*' needs root: run this script as root or install sudo"; fi
-}
-
-# cleanup removes the temporary directory; it stops nothing, as nothing here
-# outlives its make run (pg_regress and the TAP tests stop their own servers).
-cleanup() { if [[ -n $WORK ]]; then rm -rf "$WORK"; fi; }
-trap cleanup EXIT
-
-installed() { dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'; }
-
-# have_pg is true when some PostgreSQL major has both its server and its
-# server-dev files (pg_config under /usr/lib/postgresql/N/bin comes from -dev).
-have_pg() {
-	local d
-	for d in /usr/lib/postgresql/*/bin; do [[ -x $d/postgres && -x $d/pg_config ]] && return 0; done
-	return 1
-}
-
-# install_packages installs what is missing, and calls apt-get only then.
-install_packages() {
-	local missing=() p
-	for p in "${PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
-	if [[ ${#missing[@]} -eq 0 ]] && have_pg; then echo "== packages: all present"; return; fi
-	command -v apt-get >/dev/null || die "packages are missing and there is no apt-get"
-	as_root apt-get update -qq
-	if ! have_pg; then
-		if apt-cache show postgresql-15 >/dev/null 2>&1; then
-			missing+=(postgresql-15 postgresql-server-dev-15)
-		else            # e.g. Ubuntu: the distribution's own major
-			missing+=(postgresql postgresql-server-dev-all)
-		fi
-	fi
-	echo "== installing: ${missing[*]}"
-	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		-o Dpkg::Use-Pty=0 --no-install-recommends "${missing[@]}"
-}
-
-# find_pg_config prints the pg_config to use: $PG_CONFIG, else PostgreSQL 15's,
-# else the newest installed major's, else the one on PATH.
-find_pg_config() {
-	local c
-	if [[ -n ${PG_CONFIG:-} ]]; then command -v "$PG_CONFIG" || die "PG_CONFIG=$PG_CONFIG not found"; return; fi
-	for c in /usr/lib/postgresql/15/bin/pg_config \
-		"$(printf '%s\n' /usr/lib/postgresql/*/bin/pg_config | sort -V | tail -n 1)" pg_config; do
-		if [[ -n $c ]] && command -v "$c"; then return; fi
-	done
-	die "no pg_config found: install postgresql-server-dev-15"
-}
-
-# build cleans, compiles (COPT passes through the environment) and installs;
-# `make install` goes through as_root unless the target directories are ours.
-build() {
-	local sudo=as_root
-	if [[ -w $("$PG_CONFIG" --pkglibdir) && -w $("$PG_CONFIG" --sharedir)/extension ]]; then sudo=; fi
-	cd "$ROOT" && make -s clean PG_CONFIG="$PG_CONFIG" && make PG_CONFIG="$PG_CONFIG" &&
-		$sudo make install PG_CONFIG="$PG_CONFIG"
-}
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh"
 
 # run_check LOG [VAR=value...] runs `make installcheck` in $TESTDIR as the
 # test user, output shown and kept in LOG; returns make's status.
@@ -142,12 +80,7 @@ if ! build; then echo "== build failed"; echo "0 passed, $((N_SQL + N_TAP)) fail
 WORK=$(mktemp -d /tmp/pg2redis-test.XXXXXX)
 if [[ $EUID -eq 0 ]]; then
 	# PostgreSQL will not run as root: test a copy owned by an ordinary user.
-	TESTER=postgres
-	if ! id -u "$TESTER" >/dev/null 2>&1; then
-		TESTER=pg2redis-test
-		id -u "$TESTER" >/dev/null 2>&1 || useradd --system --no-create-home \
-			--home-dir /nonexistent --shell /usr/sbin/nologin "$TESTER"
-	fi
+	TESTER=$(unprivileged_user)
 	TESTDIR=$WORK/tree; mkdir "$TESTDIR"; chmod 711 "$WORK"
 	tar -C "$ROOT" --exclude=./.git --exclude=./tmp_check --exclude=./results --exclude=./log \
 		--exclude='*.o' --exclude='*.so' --exclude='*.bc' --exclude=node_modules \
@@ -176,6 +109,20 @@ if [[ $N_TAP -gt 0 ]]; then
 	count_tap "$WORK/tap.log" "$rc_tap"
 	for t in $TAP_BAD; do show_logs "$TESTDIR"/tmp_check/log/*"$(basename "$t" .pl)"*; done
 	if [[ $rc_tap -ne 0 && -z $TAP_BAD ]]; then show_logs "$TESTDIR"/tmp_check/log/*; fi
+fi
+
+# The README's first command, the shop demo, must keep working: run it and
+# check it shows what the article shows.
+echo "== the shop demo (scripts/demo.sh)"
+if PG2REDIS_TEST_SKIP_INSTALL=1 PG2REDIS_DEMO_SKIP_BUILD=1 PG_CONFIG="$PG_CONFIG" \
+	bash "$ROOT/scripts/demo.sh" >"$WORK/demo.log" 2>&1 &&
+	grep -A14 'HGETALL product:1' "$WORK/demo.log" | grep -qx 35 &&
+	grep -A8 'ZRANGE products:stock' "$WORK/demo.log" | tr '\n' ' ' | grep -q '1 35 ' &&
+	grep -A2 'SMEMBERS customer:1:orders' "$WORK/demo.log" | grep -qx 1 &&
+	grep -q '"status":"paid"' "$WORK/demo.log"; then
+	echo "ok - demo"; tally 1 0 0
+else
+	echo "not ok - demo"; tail -n 60 "$WORK/demo.log"; tally 0 1 1
 fi
 
 echo "$PASSED passed, $FAILED failed"
