@@ -80,3 +80,81 @@ unprivileged_user() {
 	fi
 	echo "$u"
 }
+
+# --- throwaway servers (scripts/demo.sh, bench/run.sh) -----------------------
+
+WORK="" PG_STARTED="" REDIS_PID=""
+
+# make_workdir NAME makes $WORK, a temporary directory PostgreSQL may use,
+# and sets AS_PG to run commands as the user PostgreSQL runs as.
+make_workdir() {
+	WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+	if [[ $EUID -eq 0 ]]; then
+		local u
+		u=$(unprivileged_user)
+		chown "$u" "$WORK"
+		AS_PG=(runuser -u "$u" --)
+	else
+		AS_PG=()
+	fi
+}
+
+# free_port prints a loopback TCP port nobody listens on.
+free_port() {
+	local p
+	for _ in $(seq 200); do
+		p=$((20000 + RANDOM % 30000))
+		if [[ $p != "${PGPORT:-}" && $p != "${REDIS_PORT:-}" ]] &&
+			! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			echo "$p"; return
+		fi
+	done
+	die "no free port found"
+}
+
+# start_redis starts redis-server on a free loopback port (REDIS_PORT,
+# REDIS_PID), without persistence, and waits until it answers.
+start_redis() {
+	REDIS_PORT=$(free_port)
+	redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+		--dir "$WORK" --logfile "$WORK/redis.log" --daemonize no "$@" &
+	REDIS_PID=$!
+	for _ in $(seq 100); do
+		redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return
+		sleep 0.1
+	done
+	die "Redis did not start (see $WORK/redis.log)"
+}
+
+# start_pg DATABASE [CONF_LINE...] creates and starts a PostgreSQL cluster on
+# a free loopback port (PGPORT) with pg2redis streaming DATABASE to Redis.
+start_pg() {
+	local db=$1; shift
+	PGPORT=$(free_port)
+	"${AS_PG[@]}" "$BIN/initdb" -D "$WORK/pgdata" -A trust -U postgres >/dev/null
+	{
+		echo "listen_addresses = '127.0.0.1'"
+		echo "port = $PGPORT"
+		echo "unix_socket_directories = '$WORK'"
+		echo "shared_preload_libraries = 'pg2redis'"
+		echo "wal_level = logical"
+		echo "pg2redis.database = '$db'"
+		echo "pg2redis.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'"
+		printf '%s\n' "$@"
+	} >>"$WORK/pgdata/postgresql.conf"
+	"${AS_PG[@]}" "$BIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w start >/dev/null
+	PG_STARTED=1
+}
+
+# stop_all stops the servers started here, by pid, and removes $WORK.
+stop_all() {
+	if [[ -n $PG_STARTED ]]; then
+		"${AS_PG[@]}" "$BIN/pg_ctl" -D "$WORK/pgdata" -m fast -w stop >/dev/null 2>&1 || true
+	fi
+	if [[ -n $REDIS_PID ]] && kill -0 "$REDIS_PID" 2>/dev/null; then
+		kill "$REDIS_PID" 2>/dev/null || true
+		for _ in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$REDIS_PID" 2>/dev/null || true
+	fi
+	if [[ -n $WORK ]]; then rm -rf "$WORK"; fi
+}

@@ -14,35 +14,11 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-WORK=""
-PG_STARTED="" REDIS_PID=""
 # shellcheck source=scripts/common.sh
 source "$ROOT/scripts/common.sh"
 
-# stop_all stops the servers this script started and removes WORK.
-stop_all() {
-	if [[ -n $PG_STARTED ]]; then
-		"${AS_PG[@]}" "$BIN/pg_ctl" -D "$WORK/pgdata" -m fast -w stop >/dev/null 2>&1 || true
-	fi
-	if [[ -n $REDIS_PID ]] && kill -0 "$REDIS_PID" 2>/dev/null; then
-		kill "$REDIS_PID" 2>/dev/null || true
-		for _ in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "$REDIS_PID" 2>/dev/null || true
-	fi
-	if [[ -n $WORK ]]; then rm -rf "$WORK"; fi
-}
 trap stop_all EXIT
 trap 'exit 130' INT TERM
-
-# free_port prints a loopback TCP port nobody listens on.
-free_port() {
-	local p
-	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 30000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-	done
-	die "no free port found"
-}
 
 psql_shop() { "${AS_PG[@]}" "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$WORK" -p "$PGPORT" -d shop "$@"; }
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
@@ -56,38 +32,13 @@ if [[ ${PG2REDIS_DEMO_SKIP_BUILD:-} != 1 ]]; then
 	build >/dev/null || die "build failed"
 fi
 
-WORK=$(mktemp -d /tmp/pg2redis-demo.XXXXXX)
-if [[ $EUID -eq 0 ]]; then
-	PGUSER_OS=$(unprivileged_user)
-	chown "$PGUSER_OS" "$WORK"
-	AS_PG=(runuser -u "$PGUSER_OS" --)
-else
-	AS_PG=()
-fi
+make_workdir pg2redis-demo
 cp -r "$ROOT/example/shop" "$WORK/shop" && chmod -R a+rX "$WORK/shop"
-PGPORT=$(free_port) REDIS_PORT=$(free_port)
-[[ $PGPORT != "$REDIS_PORT" ]] || REDIS_PORT=$(free_port)
 
-echo "== $(date +%T) starting Redis on 127.0.0.1:$REDIS_PORT"
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-	--dir "$WORK" --logfile "$WORK/redis.log" --daemonize no &
-REDIS_PID=$!
-for _ in $(seq 100); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
-rcli ping >/dev/null || die "Redis did not start (see $WORK/redis.log)"
-
-echo "== $(date +%T) starting PostgreSQL on 127.0.0.1:$PGPORT"
-"${AS_PG[@]}" "$BIN/initdb" -D "$WORK/pgdata" -A trust -U postgres >/dev/null
-cat >>"$WORK/pgdata/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$WORK'
-shared_preload_libraries = 'pg2redis'
-wal_level = logical
-pg2redis.database = 'shop'
-pg2redis.redis_url = 'redis://127.0.0.1:$REDIS_PORT/0'
-CONF
-"${AS_PG[@]}" "$BIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w start >/dev/null
-PG_STARTED=1
+echo "== $(date +%T) starting Redis and PostgreSQL on loopback"
+start_redis
+start_pg shop
+echo "   Redis 127.0.0.1:$REDIS_PORT, PostgreSQL 127.0.0.1:$PGPORT, under $WORK"
 "${AS_PG[@]}" "$BIN/createdb" -h "$WORK" -p "$PGPORT" -U postgres shop
 # the worker started before database shop existed: restart so it finds it now
 "${AS_PG[@]}" "$BIN/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -m fast -w restart >/dev/null

@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# bench/run.sh [--smoke]: pg2redis's benchmark, every figure measured side by
+# side in one run on the same throwaway PostgreSQL and Redis (loopback).
+#
+#   catch-up   1000 x 1000-row INSERT transactions committed while the worker
+#              is paused, then the time until Redis holds them all; the same
+#              for one 1,000,000-row transaction, and for UPDATEs and DELETEs
+#              of all rows (1000 transactions each)
+#   ceilings   redis-cli --pipe of the same commands; decoding alone through
+#              a test_decoding slot (pg_logical_slot_get_changes)
+#   sidecar    a Node.js consumer (pg-logical-replication + ioredis, pinned in
+#              bench/sidecar) doing the same mapping, acknowledging after each
+#              pipeline
+#   latency    single-row UPDATE transactions at 200/s and 2,000/s for 10 s
+#              each: COMMIT returned -> value published in Redis, pg2redis and
+#              the sidecar in turn
+#   memory     the worker's peak RSS during the 1,000,000-row transaction
+#   snapshot   pg2redis_snapshot() of a 200,000-row, 6-column table
+#
+# The mapping (6-column table `bench`): insert/update HSET bench:<id> <row>
+# + SADD bench:all <id>; delete DEL + SREM.  --smoke runs tiny sizes and only
+# checks that everything runs and Redis matches (scripts/test.sh runs it).
+#
+# Environment: PG_CONFIG, PG2REDIS_TEST_SKIP_INSTALL=1, PG2REDIS_DEMO_SKIP_BUILD=1
+# as for scripts/demo.sh.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/common.sh
+source "$ROOT/scripts/common.sh"
+
+SMOKE=0
+[[ ${1:-} == --smoke ]] && SMOKE=1
+if [[ $SMOKE == 1 ]]; then
+	TXNS=20 PER=100 BIG=5000 SNAP=5000 LAT_SECS=1 RATES="100"
+else
+	TXNS=1000 PER=1000 BIG=1000000 SNAP=200000 LAT_SECS=10 RATES="200 2000"
+fi
+N=$((TXNS * PER))
+SIDECAR_DIR=$ROOT/bench/sidecar
+SIDECAR_PID="" SAMPLER_PID=""
+
+cleanup_bench() {
+	[[ -n $SIDECAR_PID ]] && kill "$SIDECAR_PID" 2>/dev/null || true
+	[[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null || true
+	stop_all
+}
+trap cleanup_bench EXIT
+trap 'exit 130' INT TERM
+
+cd "$ROOT"
+if [[ ${PG2REDIS_TEST_SKIP_INSTALL:-} != 1 ]]; then
+	install_packages
+	command -v node >/dev/null && command -v npm >/dev/null ||
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+	command -v python3 >/dev/null ||
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3
+fi
+PG_CONFIG=$(find_pg_config)
+BIN=$("$PG_CONFIG" --bindir)
+if [[ ${PG2REDIS_DEMO_SKIP_BUILD:-} != 1 ]]; then build >/dev/null || die "build failed"; fi
+if [[ ! -d $SIDECAR_DIR/node_modules ]]; then
+	(cd "$SIDECAR_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+		die "npm ci in bench/sidecar failed"
+fi
+
+make_workdir pg2redis-bench
+start_redis
+start_pg postgres "max_replication_slots = 10" "max_wal_senders = 10" \
+	"shared_buffers = 256MB" "max_wal_size = 4GB" "checkpoint_timeout = 30min"
+export PGPORT PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=postgres REDIS_PORT
+sql() { "${AS_PG[@]}" "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres "$@"; }
+rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
+say() { echo "== $(date +%T) $*"; }
+
+# wait_caught_up: pg2redis applied everything committed so far
+wait_caught_up() { [[ $(sql -c "SELECT pg2redis_wait('900s')") == t ]] || die "pg2redis did not catch up"; }
+set_enabled() {
+	sql -c "ALTER SYSTEM SET pg2redis.enabled = $1" -c "SELECT pg_reload_conf()" >/dev/null
+	local want=streaming
+	[[ $1 == off ]] && want=paused
+	for _ in $(seq 300); do [[ $(sql -c "SELECT state FROM pg2redis_status()") == "$want" ]] && return; sleep 0.05; done
+	die "the worker did not become $want"
+}
+# catch_up MEASURE: resume the paused worker, time until Redis has it all
+catch_up() {
+	local t0 t1
+	t0=$(now); set_enabled on; wait_caught_up; t1=$(now)
+	secs "$t0" "$t1"
+}
+# run_sidecar EXPECT: stream the sidecar slot until EXPECT changes; seconds
+run_sidecar() {
+	local t0 t1 out
+	t0=$(now)
+	out=$(SLOT=sidecar PUBLICATION=bench_pub EXPECT=$1 node "$SIDECAR_DIR/sidecar.js") || die "sidecar failed: $out"
+	t1=$(now)
+	grep -q '^done' <<<"$out" || die "sidecar did not finish: $out"
+	secs "$t0" "$t1"
+}
+check_count() {
+	local got
+	got=$(rcli scard bench:all)
+	[[ $got == "$1" ]] || die "$2: Redis has $got members in bench:all, PostgreSQL $1"
+}
+check_rows() {
+	local bad
+	bad=$(sql -c "SELECT count(*) FROM (SELECT id FROM bench ORDER BY random() LIMIT 200) s
+		WHERE pg2redis_redis('HGET', 'bench:' || id, 'a') <> to_jsonb('a' || id)")
+	[[ $bad == 0 ]] || die "$1: $bad sampled rows differ in Redis"
+}
+
+say "setting up: table bench (6 columns), rules, publication, slots"
+sql <<'SQL'
+CREATE EXTENSION pg2redis;
+CREATE TABLE bench (id int PRIMARY KEY, a text, b int, c text, d bigint, e text);
+SELECT pg2redis_add_rule('bench', op, ARRAY['HSET', 'bench:{id}', '{pairs:*}']) FROM unnest(ARRAY['insert', 'update']) op;
+SELECT pg2redis_add_rule('bench', op, 'SADD bench:all {id}') FROM unnest(ARRAY['insert', 'update']) op;
+SELECT pg2redis_add_rule('bench', 'delete', 'DEL bench:{id}');
+SELECT pg2redis_add_rule('bench', 'delete', 'SREM bench:all {id}');
+CREATE TABLE lat (id int PRIMARY KEY, v bigint);
+INSERT INTO lat VALUES (1, 0);
+SELECT pg2redis_add_rule('lat', 'update', 'PUBLISH lat {v}');
+CREATE PUBLICATION bench_pub FOR TABLE bench, lat;
+CREATE PROCEDURE fill(txns int, per int, base int) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR t IN 0 .. txns - 1 LOOP
+        INSERT INTO bench SELECT g, 'a' || g, g, 'c' || g, g * 2, 'e'
+          FROM generate_series(base + t * per + 1, base + (t + 1) * per) g;
+        COMMIT;
+    END LOOP;
+END $$;
+CREATE PROCEDURE touch(txns int, per int, how text) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR t IN 0 .. txns - 1 LOOP
+        IF how = 'update' THEN
+            UPDATE bench SET b = b + 1 WHERE id BETWEEN t * per + 1 AND (t + 1) * per;
+        ELSE
+            DELETE FROM bench WHERE id BETWEEN t * per + 1 AND (t + 1) * per;
+        END IF;
+        COMMIT;
+    END LOOP;
+END $$;
+SQL
+for _ in $(seq 300); do [[ $(sql -c "SELECT state FROM pg2redis_status()") == streaming ]] && break; sleep 0.05; done
+WORKER=$(sql -c "SELECT worker_pid FROM pg2redis_status()")
+
+# --- ceilings: Redis alone ---------------------------------------------------
+say "Redis alone: redis-cli --pipe of $N rows (HSET of 6 fields + SADD)"
+python3 - "$N" >"$WORK/pipe.resp" <<'PY'
+import sys
+out = sys.stdout.buffer
+def cmd(*args):
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    out.write(b"".join(parts))
+for g in range(1, int(sys.argv[1]) + 1):
+    s = str(g)
+    cmd("HSET", "bench:" + s, "id", s, "a", "a" + s, "b", s, "c", "c" + s, "d", str(2 * g), "e", "e")
+    cmd("SADD", "bench:all", s)
+PY
+rcli flushall >/dev/null
+t0=$(now); rcli --pipe <"$WORK/pipe.resp" >/dev/null; t1=$(now)
+REDIS_S=$(secs "$t0" "$t1")
+check_count "$N" "redis-cli --pipe"
+rcli flushall >/dev/null
+
+# --- catch-up: 1000 x 1000-row transactions --------------------------------
+say "committing $TXNS x $PER-row transactions while pg2redis is paused"
+sql -c "SELECT 'slot' FROM pg_create_logical_replication_slot('sidecar', 'pgoutput')" \
+	-c "SELECT 'slot' FROM pg_create_logical_replication_slot('td', 'test_decoding')" >/dev/null
+set_enabled off
+sql -c "CALL fill($TXNS, $PER, 0)"
+rcli flushall >/dev/null
+say "pg2redis catch-up"
+P2R_S=$(catch_up)
+check_count "$N" "pg2redis catch-up"; check_rows "pg2redis catch-up"
+say "decoding alone (test_decoding)"
+t0=$(now)
+DEC_CHANGES=$(sql -c "SELECT count(*) FROM pg_logical_slot_get_changes('td', NULL, NULL) WHERE data LIKE 'table%'")
+t1=$(now); DEC_S=$(secs "$t0" "$t1")
+rcli flushall >/dev/null
+say "sidecar catch-up"
+SC_S=$(run_sidecar "$N")
+check_count "$N" "sidecar catch-up"
+
+# --- one transaction of BIG rows ---------------------------------------------
+say "one $BIG-row transaction while pg2redis is paused"
+set_enabled off
+sql -c "CALL fill(1, $BIG, $N)"
+echo 0 >"$WORK/rss.max"
+( m=0; while kill -0 "$WORKER" 2>/dev/null; do
+	r=$(awk '/VmRSS/ {print $2}' "/proc/$WORKER/status" 2>/dev/null || echo 0)
+	if [[ ${r:-0} -gt $m ]]; then m=$r; echo "$m" >"$WORK/rss.max"; fi
+	sleep 0.05
+done ) &
+SAMPLER_PID=$!
+P2R_BIG_S=$(catch_up)
+kill "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+RSS_KB=$(cat "$WORK/rss.max")
+check_count "$((N + BIG))" "pg2redis, one big transaction"
+t0=$(now)
+sql -c "SELECT count(*) FROM pg_logical_slot_get_changes('td', NULL, NULL)" >/dev/null
+t1=$(now); DEC_BIG_S=$(secs "$t0" "$t1")
+say "sidecar, one big transaction"
+SC_BIG_S=$(run_sidecar "$BIG")
+
+# --- updates and deletes (pg2redis) -------------------------------------------
+say "UPDATE of $N rows in $TXNS transactions while paused"
+set_enabled off
+sql -c "CALL touch($TXNS, $PER, 'update')"
+P2R_UPD_S=$(catch_up)
+[[ $(rcli hget bench:1 b) == 2 ]] || die "update did not reach Redis"
+say "DELETE of $N rows in $TXNS transactions while paused"
+set_enabled off
+sql -c "CALL touch($TXNS, $PER, 'delete')"
+P2R_DEL_S=$(catch_up)
+check_count "$BIG" "pg2redis deletes"
+sql -c "SELECT pg_drop_replication_slot('td')" -c "SELECT pg_drop_replication_slot('sidecar')" >/dev/null
+
+# --- latency -----------------------------------------------------------------
+declare -A LAT
+for r in $RATES; do
+	say "latency at $r tx/s for $LAT_SECS s: pg2redis"
+	LAT[p2r_$r]=$(RATE=$r DURATION=$LAT_SECS node "$SIDECAR_DIR/latency.js")
+	say "latency at $r tx/s for $LAT_SECS s: sidecar"
+	set_enabled off
+	sql -c "SELECT 'slot' FROM pg_create_logical_replication_slot('sidecar', 'pgoutput')" >/dev/null
+	SLOT=sidecar PUBLICATION=bench_pub EXPECT=0 node "$SIDECAR_DIR/sidecar.js" >"$WORK/sidecar.log" 2>&1 &
+	SIDECAR_PID=$!
+	for _ in $(seq 100); do
+		[[ $(sql -c "SELECT active FROM pg_replication_slots WHERE slot_name = 'sidecar'") == t ]] && break
+		sleep 0.1
+	done
+	LAT[sc_$r]=$(RATE=$r DURATION=$LAT_SECS node "$SIDECAR_DIR/latency.js")
+	kill "$SIDECAR_PID"; wait "$SIDECAR_PID" 2>/dev/null || true; SIDECAR_PID=""
+	for k in "p2r_$r" "sc_$r"; do
+		[[ ${LAT[$k]} == *"lost 0" && ${LAT[$k]} != *"n 0 "* ]] || die "latency run $k lost changes: ${LAT[$k]}"
+	done
+	sql -c "SELECT pg_drop_replication_slot('sidecar')" >/dev/null
+	set_enabled on
+done
+
+# --- snapshot ------------------------------------------------------------------
+say "pg2redis_snapshot() of a $SNAP-row, 6-column table"
+sql >/dev/null <<SQL
+CREATE TABLE snap (id int PRIMARY KEY, a text, b int, c text, d bigint, e text);
+INSERT INTO snap SELECT g, 'a' || g, g, 'c' || g, g * 2, 'e' FROM generate_series(1, $SNAP) g;
+SELECT pg2redis_add_rule('snap', 'insert', ARRAY['HSET', 'snap:{id}', '{pairs:*}']);
+SQL
+
+wait_caught_up
+REQ=$(sql -c "SELECT pg2redis_snapshot('snap')")
+for _ in $(seq 3000); do
+	[[ $(sql -c "SELECT state FROM pg2redis_snapshots WHERE id = $REQ") =~ done|failed ]] && break
+	sleep 0.1
+done
+SNAP_S=$(sql -c "SELECT extract(epoch FROM finished_at - started_at) FROM pg2redis_snapshots WHERE id = $REQ AND state = 'done'")
+[[ -n $SNAP_S ]] || die "the snapshot failed"
+wait_caught_up
+[[ $(rcli eval "return #redis.call('KEYS', 'snap:*')" 0) == "$SNAP" ]] || die "snapshot: Redis does not have every row"
+
+# --- report ------------------------------------------------------------------
+field() { sed -E "s/.*$1 ([0-9.a-zA-Z]+).*/\1/" <<<"$2"; }
+RC=$(rate "$N" "$REDIS_S") PR=$(rate "$N" "$P2R_S") SR=$(rate "$N" "$SC_S")
+DR=$(rate "$DEC_CHANGES" "$DEC_S")
+PBR=$(rate "$BIG" "$P2R_BIG_S") SBR=$(rate "$BIG" "$SC_BIG_S") DBR=$(rate "$BIG" "$DEC_BIG_S")
+PUR=$(rate "$N" "$P2R_UPD_S") PDR=$(rate "$N" "$P2R_DEL_S")
+SNR=$(rate "$SNAP" "$SNAP_S")
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "pg2redis benchmark ($(nproc) cores, PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'), Redis $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/\1/'), loopback$([[ $SMOKE == 1 ]] && echo ', SMOKE sizes'))"
+echo
+printf '| %-58s | %12s | %-26s |\n' "measurement" "figure" "ratio"
+printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..60})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..28})"
+row() { printf '| %-58s | %12s | %-26s |\n' "$1" "$2" "$3"; }
+row "Redis alone, redis-cli --pipe (HSET+SADD), rows/s" "$RC" "ceiling"
+row "decoding alone, test_decoding, $TXNS x $PER, changes/s" "$DR" ""
+row "pg2redis catch-up, $TXNS x $PER inserts, rows/s" "$PR" "$(ratio "$PR" "$RC") x Redis, $(ratio "$PR" "$SR") x sidecar"
+row "sidecar catch-up, $TXNS x $PER inserts, rows/s" "$SR" "$(ratio "$SR" "$RC") x Redis"
+row "pg2redis catch-up, 1 x $BIG inserts, rows/s" "$PBR" "$(ratio "$PBR" "$RC") x Redis, $(ratio "$PBR" "$SBR") x sidecar"
+row "sidecar catch-up, 1 x $BIG inserts, rows/s" "$SBR" ""
+row "decoding alone, 1 x $BIG, changes/s" "$DBR" ""
+row "pg2redis catch-up, $TXNS x $PER updates, rows/s" "$PUR" ""
+row "pg2redis catch-up, $TXNS x $PER deletes, rows/s" "$PDR" ""
+for r in $RATES; do
+	p=${LAT[p2r_$r]} s=${LAT[sc_$r]}
+	row "latency at $r tx/s, pg2redis p50 / p99 / max, ms" "$(field p50 "$p") / $(field p99 "$p") / $(field max "$p")" "n $(field n "$p"), lost $(field lost "$p")"
+	row "latency at $r tx/s, sidecar p50 / p99 / max, ms" "$(field p50 "$s") / $(field p99 "$s") / $(field max "$s")" "n $(field n "$s"), lost $(field lost "$s")"
+done
+row "worker peak RSS during the 1 x $BIG transaction, MiB" "$((RSS_KB / 1024))" ""
+row "pg2redis_snapshot() of $SNAP rows, rows/s" "$SNR" ""
+echo
+if [[ $SMOKE == 1 ]]; then echo "bench smoke: everything ran and Redis matched PostgreSQL"; fi
