@@ -7,8 +7,8 @@
 # that a regress failure does not hide the TAP results.  PostgreSQL refuses to
 # run as root, so as root the tests run as the postgres user in a temporary
 # copy of the tree.  The last line printed is "N passed, M failed" (pg_regress
-# tests, TAP test files and the shop demo); the exit status is 0 only if all
-# passed.
+# tests, TAP test files, the shop demo and the benchmark's smoke run); the
+# exit status is 0 only if all passed.
 #
 # Environment:
 #   COPT                          extra compiler flags, read by PGXS (CI: -Werror)
@@ -123,6 +123,16 @@ if PG2REDIS_TEST_SKIP_INSTALL=1 PG2REDIS_DEMO_SKIP_BUILD=1 PG_CONFIG="$PG_CONFIG
 	echo "ok - demo"; tally 1 0 0
 else
 	echo "not ok - demo"; tail -n 60 "$WORK/demo.log"; tally 0 1 1
+fi
+
+# The benchmark in smoke mode: tiny sizes, checks it runs and Redis matches.
+echo "== the benchmark, smoke sizes (bench/run.sh --smoke)"
+if PG2REDIS_DEMO_SKIP_BUILD=1 PG_CONFIG="$PG_CONFIG" \
+	bash "$ROOT/bench/run.sh" --smoke >"$WORK/bench.log" 2>&1 &&
+	grep -q '^bench smoke: everything ran and Redis matched PostgreSQL' "$WORK/bench.log"; then
+	echo "ok - bench smoke"; sed -n '/^| measurement/,/^$/p' "$WORK/bench.log"; tally 1 0 0
+else
+	echo "not ok - bench smoke"; tail -n 60 "$WORK/bench.log"; tally 0 1 1
 fi
 
 echo "$PASSED passed, $FAILED failed"

@@ -691,6 +691,13 @@ stream(void)
 				timeout = 50;
 			if (poll >= 0)
 				timeout = Min(timeout, poll);
+
+			/*
+			 * A commit may have set the flag (and the latch, which Redis
+			 * I/O since then may have reset): then there is WAL to read.
+			 */
+			if (pg_atomic_read_u32(&pg2r_shared->wakeup_pending) != 0)
+				timeout = 0;
 			sender_service(timeout);
 		}
 	}
