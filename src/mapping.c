@@ -38,6 +38,7 @@
 #include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
+#include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/hsearch.h"
@@ -221,6 +222,26 @@ mapping_get(Relation rel)
 	if (!entry->valid || entry->generation != gen)
 		relmap_build(entry, rel, gen);
 	return entry;
+}
+
+/*
+ * mapping_spi_row points *tuple at row i of the current SPI result, whose
+ * first column is a whole-row value of relation relid ("SELECT t FROM rel
+ * t"): a tuple in the relation's own format, dropped columns included.
+ */
+void
+mapping_spi_row(uint64 i, Oid relid, HeapTupleData *tuple)
+{
+	bool			isnull;
+	HeapTupleHeader hdr =
+		DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
+											  SPI_tuptable->tupdesc, 1,
+											  &isnull));
+
+	tuple->t_len = HeapTupleHeaderGetDatumLength(hdr);
+	ItemPointerSetInvalid(&tuple->t_self);
+	tuple->t_tableOid = relid;
+	tuple->t_data = hdr;
 }
 
 /* mapping_has_rules tells whether any rule applies to the relation. */

@@ -557,20 +557,12 @@ select_chunk(void *arg)
 	chunk.last = SPI_processed < (uint64) pg2r_snapshot_batch_size;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		bool			isnull;
-		HeapTupleHeader hdr =
-			DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
-												  SPI_tuptable->tupdesc, 1,
-												  &isnull));
 		HeapTupleData tuple;
 		char		 *key;
 		ChunkRow	 *row;
 		bool		  found;
 
-		tuple.t_len = HeapTupleHeaderGetDatumLength(hdr);
-		ItemPointerSetInvalid(&tuple.t_self);
-		tuple.t_tableOid = req.leaf;
-		tuple.t_data = hdr;
+		mapping_spi_row(i, req.leaf, &tuple);
 
 		old = MemoryContextSwitchTo(chunk.cxt);
 		key = row_key(RelationGetDescr(rel), &tuple);

@@ -97,18 +97,10 @@ load_filtered(Relation rel, RelMap *map, const char *filter,
 			break;
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
-			bool			isnull;
-			HeapTupleHeader hdr =
-				DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
-													  SPI_tuptable->tupdesc, 1,
-													  &isnull));
 			HeapTupleData tuple;
 			MemoryContext old = MemoryContextSwitchTo(rowcxt);
 
-			tuple.t_len = HeapTupleHeaderGetDatumLength(hdr);
-			ItemPointerSetInvalid(&tuple.t_self);
-			tuple.t_tableOid = RelationGetRelid(rel);
-			tuple.t_data = hdr;
+			mapping_spi_row(i, RelationGetRelid(rel), &tuple);
 			sender_count_change();
 			mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, meta,
 						   sink);

@@ -410,7 +410,7 @@ wait_for_extension(void)
 {
 	for (;;)
 	{
-		bool		exists;
+		bool exists;
 
 		/* clear before looking, so that the next commit wakes us again */
 		pg_atomic_write_u32(&pg2r_shared->wakeup_pending, 0);
