@@ -7,10 +7,10 @@ MODULE_big   = pg2redis
 OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
 DATA         = pg2redis--$(EXTVERSION).sql
 
-HIREDIS_JANSSON = hiredis jansson
-PG_CPPFLAGS  = -I$(srcdir)/include $(shell pkg-config --cflags $(HIREDIS_JANSSON))
+LIBS_PC      = hiredis jansson openssl
+PG_CPPFLAGS  = -I$(srcdir)/include $(shell pkg-config --cflags $(LIBS_PC))
 PG_CFLAGS    = -Wextra -Wno-unused-parameter
-SHLIB_LINK   = $(shell pkg-config --libs $(HIREDIS_JANSSON))
+SHLIB_LINK   = $(shell pkg-config --libs $(LIBS_PC))
 
 REGRESS      = $(sort $(notdir $(basename $(wildcard sql/*.sql))))
 REGRESS_OPTS = --temp-config=$(srcdir)/test/pg2redis.conf \

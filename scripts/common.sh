@@ -3,7 +3,7 @@
 # pg_config, building and installing pg2redis, and the unprivileged user
 # PostgreSQL runs as when we are root.  Sourced, not run; expects $ROOT.
 
-PACKAGES=(libhiredis-dev libjansson-dev redis-server libipc-run-perl pkg-config make gcc)
+PACKAGES=(libhiredis-dev libjansson-dev libssl-dev openssl redis-server libipc-run-perl pkg-config make gcc)
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
 

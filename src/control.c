@@ -236,13 +236,13 @@ redis_fail(RedisConn *conn, const RedisTarget *target, const char *what)
 Datum
 pg2redis_redis(PG_FUNCTION_ARGS)
 {
-	ArrayType				*args = PG_GETARG_ARRAYTYPE_P(0);
-	Datum					*elems;
-	bool					*elnulls;
-	int						 n;
-	RedisTarget				 target;
-	RedisConn				 conn;
-	char					*urlerr;
+	ArrayType  *args = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *elnulls;
+	int			n;
+	RedisTarget target;
+	RedisConn	conn;
+
 	StringInfoData			 out;
 	size_t					 sent = 0;
 	int						 expected;
@@ -271,15 +271,11 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 					 errmsg("Redis command \"%s\" does not return a single reply",
 							TextDatumGetCString(elems[0]))));
 
-	if (!redis_parse_url(pg2r_redis_url, &target, &urlerr))
+	redis_conn_init(&conn);
+	if (!pg2r_redis_target(&target, conn.error, sizeof(conn.error)))
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("invalid pg2redis.redis_url: %s", urlerr)));
-
-	if (!redis_apply_password_file(&target, pg2r_redis_password_file,
-								   conn.error, sizeof(conn.error)))
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR), errmsg("%s", conn.error),
-				 errhint("Check pg2redis.redis_password_file.")));
+						errmsg("%s", conn.error),
+						errhint("Fix the pg2redis.redis_* settings.")));
 
 	initStringInfo(&out);
 	expected = redis_append_handshake(&out, &target) + 1;
@@ -297,15 +293,19 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										   pg2r_redis_timeout_ms);
-	redis_conn_init(&conn);
 	if (!redis_connect_start(&conn, &target))
 		redis_fail(&conn, &target, "could not connect");
-	if (conn.state == RCONN_CONNECTING)
+	for (;;)
 	{
-		if (!wait_socket(conn.sock, WL_SOCKET_WRITEABLE, deadline))
+		int done;
+
+		if (!wait_socket(conn.sock, conn.want, deadline))
 			redis_fail(&conn, &target, "timed out connecting");
-		if (!redis_connect_finish(&conn))
+		done = redis_connect_finish(&conn, &target);
+		if (done < 0)
 			redis_fail(&conn, &target, "could not connect");
+		if (done > 0)
+			break;
 	}
 
 	while (expected > 0)

@@ -19,6 +19,7 @@
 #include "utils/guc.h"
 
 #include "pg2redis/pg2redis.h"
+#include "pg2redis/redis_io.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/state.h"
 
@@ -28,7 +29,11 @@ int	  pg2r_numeric_mode = PG2R_NUMERIC_NUMBER;
 char *pg2r_database = NULL;
 char *pg2r_redis_url = NULL;
 char *pg2r_slot_name = NULL;
-char *pg2r_redis_password_file = NULL;
+char	   *pg2r_redis_password_file = NULL;
+char	   *pg2r_redis_tls_ca_file = NULL;
+char	   *pg2r_redis_tls_cert_file = NULL;
+char	   *pg2r_redis_tls_key_file = NULL;
+int			pg2r_redis_tls_verify = REDIS_TLS_VERIFY_FULL;
 bool  pg2r_enabled = true;
 int	  pg2r_batch_size = 1000;
 int	  pg2r_flush_interval_ms = 10;
@@ -43,6 +48,12 @@ int	  pg2r_snapshot_batch_size = 10000;
 static const struct config_enum_entry numeric_mode_options[] =
 	{{"number", PG2R_NUMERIC_NUMBER, false},
 	 {"string", PG2R_NUMERIC_STRING, false},
+	 {NULL, 0, false}};
+
+static const struct config_enum_entry tls_verify_options[] =
+	{{"full", REDIS_TLS_VERIFY_FULL, false},
+	 {"ca", REDIS_TLS_VERIFY_CA, false},
+	 {"none", REDIS_TLS_VERIFY_NONE, false},
 	 {NULL, 0, false}};
 
 static const struct config_enum_entry on_command_error_options[] =
@@ -102,6 +113,26 @@ define_settings(void)
 							   "Keeps the secret out of pg2redis.redis_url and postgresql.conf; the URL may then name just the ACL user.",
 							   &pg2r_redis_password_file, "", PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("pg2redis.redis_tls_ca_file",
+							   "CA certificates (PEM) that a rediss:// server's certificate must chain to.",
+							   "Empty: the system's trusted CAs.",
+							   &pg2r_redis_tls_ca_file, "", PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("pg2redis.redis_tls_cert_file",
+							   "Client certificate (PEM) pg2redis presents to a rediss:// server.",
+							   NULL, &pg2r_redis_tls_cert_file, "", PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("pg2redis.redis_tls_key_file",
+							   "Private key (PEM) of the client certificate.",
+							   "Empty: the key is in the certificate file.",
+							   &pg2r_redis_tls_key_file, "", PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomEnumVariable("pg2redis.redis_tls_verify",
+							 "How the certificate of a rediss:// server is checked.",
+							 "full: it chains to a trusted CA and names the host of the URL; ca: it chains to a trusted CA; none: not checked (encryption without authentication).",
+							 &pg2r_redis_tls_verify, REDIS_TLS_VERIFY_FULL,
+							 tls_verify_options, PGC_SIGHUP,
+							 GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
 	DefineCustomStringVariable("pg2redis.slot_name",
 							   "Logical replication slot the pg2redis worker owns.",
 							   NULL, &pg2r_slot_name, "pg2redis",
@@ -223,6 +254,44 @@ _PG_init(void)
 
 	pg2r_xact_callback_register();
 	register_worker();
+}
+
+/*
+ * pg2r_redis_target fills *target from the Redis settings: the URL, the
+ * password file and the TLS settings.  Returns false with a message in err
+ * (never containing a secret).
+ */
+bool
+pg2r_redis_target(RedisTarget *target, char *err, size_t errlen)
+{
+	char *msg;
+
+	if (!redis_parse_url(pg2r_redis_url, target, &msg))
+	{
+		snprintf(err, errlen, "invalid pg2redis.redis_url: %s", msg);
+		return false;
+	}
+	if (!redis_apply_password_file(target, pg2r_redis_password_file, err,
+								   errlen))
+		return false;
+	target->tls_ca_file = pg2r_redis_tls_ca_file;
+	target->tls_cert_file = pg2r_redis_tls_cert_file;
+	target->tls_key_file = pg2r_redis_tls_key_file;
+	target->tls_verify = pg2r_redis_tls_verify;
+	return true;
+}
+
+/*
+ * pg2r_redis_settings_signature returns a string that changes whenever a
+ * setting of the Redis connection does (so that a reload reconnects).
+ */
+char *
+pg2r_redis_settings_signature(void)
+{
+	return psprintf("%s\n%s\n%s\n%s\n%s\n%d", pg2r_redis_url,
+					pg2r_redis_password_file, pg2r_redis_tls_ca_file,
+					pg2r_redis_tls_cert_file, pg2r_redis_tls_key_file,
+					pg2r_redis_tls_verify);
 }
 
 /* pg2r_op_name returns the name of op as stored in pg2redis.rules.op. */

@@ -20,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -28,7 +29,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #include "common/string.h"
+#include "storage/latch.h"
 
 #include "pg2redis/redis_io.h"
 
@@ -125,12 +131,19 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 		return true;
 	}
 
-	if (strncmp(copy, "redis://", 8) != 0)
+	if (strncmp(copy, "rediss://", 9) == 0)
 	{
-		*errmsg = pstrdup("a Redis URL starts with redis:// or unix://");
+		target->tls = true;
+		rest = copy + 9;
+	}
+	else if (strncmp(copy, "redis://", 8) == 0)
+		rest = copy + 8;
+	else
+	{
+		*errmsg =
+			pstrdup("a Redis URL starts with redis://, rediss:// (TLS) or unix://");
 		return false;
 	}
-	rest = copy + 8;
 
 	slash = strchr(rest, '/');
 	if (slash)
@@ -379,14 +392,11 @@ redis_connect_start(RedisConn *conn, const RedisTarget *target)
 	}
 
 	rc = connect(conn->sock, (struct sockaddr *) &addr, addrlen);
-	if (rc == 0)
+	if (rc == 0 || errno == EINPROGRESS || errno == EAGAIN)
 	{
-		conn->state = RCONN_OPEN;
-		return true;
-	}
-	if (errno == EINPROGRESS || errno == EAGAIN)
-	{
+		/* redis_connect_finish completes it (and does TLS) when writable */
 		conn->state = RCONN_CONNECTING;
+		conn->want = WL_SOCKET_WRITEABLE;
 		return true;
 	}
 	{
@@ -398,32 +408,165 @@ redis_connect_start(RedisConn *conn, const RedisTarget *target)
 }
 
 /*
- * redis_connect_finish completes a connect once the socket is writable:
- * returns true when connected, false with conn->error when it failed.
+ * tls_error records why a TLS step failed: the certificate check's verdict
+ * when there is one, else OpenSSL's reason.  Closes the connection.
  */
-bool
-redis_connect_finish(RedisConn *conn)
+static int
+tls_error(RedisConn *conn, const char *what)
+{
+	unsigned long e = ERR_get_error();
+	long verify = conn->ssl ? SSL_get_verify_result(conn->ssl) : X509_V_OK;
+
+	if (verify != X509_V_OK)
+		snprintf(conn->error, sizeof(conn->error),
+				 "%s: the Redis server's certificate does not verify: %s",
+				 what, X509_verify_cert_error_string(verify));
+	else
+		snprintf(conn->error, sizeof(conn->error), "%s: %s", what,
+				 e ? ERR_reason_error_string(e) : "the connection was closed");
+	ERR_clear_error();
+	redis_close(conn);
+	return -1;
+}
+
+/* tls_step advances the handshake: 1 done, 0 waiting (conn->want), -1 failed. */
+static int
+tls_step(RedisConn *conn)
+{
+	int r = SSL_connect(conn->ssl);
+
+	if (r == 1)
+	{
+		conn->state = RCONN_OPEN;
+		conn->want = 0;
+		return 1;
+	}
+	switch (SSL_get_error(conn->ssl, r))
+	{
+		case SSL_ERROR_WANT_READ:
+			conn->want = WL_SOCKET_READABLE;
+			return 0;
+		case SSL_ERROR_WANT_WRITE:
+			conn->want = WL_SOCKET_WRITEABLE;
+			return 0;
+		default:
+			return tls_error(conn, "TLS handshake with Redis failed");
+	}
+}
+
+/*
+ * tls_start sets up TLS on the connected socket as target asks (CA file,
+ * client certificate, verification) and starts the handshake.
+ */
+static int
+tls_start(RedisConn *conn, const RedisTarget *target)
+{
+	SSL_CTX		 *ctx;
+	SSL			 *ssl;
+	unsigned char addr[16];
+	bool		  numeric = inet_pton(AF_INET, target->host, addr) == 1 ||
+				   inet_pton(AF_INET6, target->host, addr) == 1;
+
+	ERR_clear_error();
+	ctx = SSL_CTX_new(TLS_client_method());
+	if (ctx == NULL)
+		return tls_error(conn, "could not set up TLS");
+	conn->ssl_ctx = ctx;
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+							  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	if (target->tls_verify != REDIS_TLS_VERIFY_NONE)
+	{
+		if (target->tls_ca_file && target->tls_ca_file[0])
+		{
+			if (SSL_CTX_load_verify_locations(ctx, target->tls_ca_file,
+											  NULL) != 1)
+				return tls_error(conn,
+								 "could not load the CA file of pg2redis.redis_tls_ca_file");
+		}
+		else if (SSL_CTX_set_default_verify_paths(ctx) != 1)
+			return tls_error(conn,
+							 "could not load the system's CA certificates");
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	}
+	else
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	if (target->tls_cert_file && target->tls_cert_file[0])
+	{
+		const char *key = target->tls_key_file && target->tls_key_file[0]
+							  ? target->tls_key_file
+							  : target->tls_cert_file;
+
+		if (SSL_CTX_use_certificate_chain_file(ctx, target->tls_cert_file) !=
+			1)
+			return tls_error(conn,
+							 "could not load the client certificate of pg2redis.redis_tls_cert_file");
+		if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+			return tls_error(conn,
+							 "could not load the client key of pg2redis.redis_tls_key_file");
+	}
+
+	ssl = SSL_new(ctx);
+	if (ssl == NULL)
+		return tls_error(conn, "could not set up TLS");
+	conn->ssl = ssl;
+	if (SSL_set_fd(ssl, conn->sock) != 1)
+		return tls_error(conn, "could not set up TLS");
+	if (!numeric)
+		SSL_set_tlsext_host_name(ssl, target->host);
+	if (target->tls_verify == REDIS_TLS_VERIFY_FULL)
+	{
+		int ok = numeric ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl),
+														 target->host)
+						 : SSL_set1_host(ssl, target->host);
+
+		if (ok != 1)
+			return tls_error(conn, "could not set the host name to verify");
+	}
+	conn->state = RCONN_TLS;
+	return tls_step(conn);
+}
+
+/*
+ * redis_connect_finish goes on connecting once the socket is ready for
+ * conn->want: returns 1 when connected (TLS handshake included), 0 when it
+ * must wait again for conn->want, -1 with conn->error when it failed.
+ */
+int
+redis_connect_finish(RedisConn *conn, const RedisTarget *target)
 {
 	int		  err = 0;
 	socklen_t len = sizeof(err);
 
 	if (conn->state == RCONN_OPEN)
-		return true;
+		return 1;
+	if (conn->state == RCONN_TLS)
+		return tls_step(conn);
 	if (getsockopt(conn->sock, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
 		err = errno;
 	if (err != 0)
 	{
 		redis_close(conn);
-		return set_error(conn, "could not connect to Redis", err);
+		set_error(conn, "could not connect to Redis", err);
+		return -1;
 	}
+	if (target->tls)
+		return tls_start(conn, target);
 	conn->state = RCONN_OPEN;
-	return true;
+	conn->want = 0;
+	return 1;
 }
 
 /* redis_close closes the socket and frees the reader; error is kept. */
 void
 redis_close(RedisConn *conn)
 {
+	if (conn->ssl)
+		SSL_free(conn->ssl);
+	conn->ssl = NULL;
+	if (conn->ssl_ctx)
+		SSL_CTX_free(conn->ssl_ctx);
+	conn->ssl_ctx = NULL;
 	if (conn->sock != PGINVALID_SOCKET)
 		close(conn->sock);
 	conn->sock = PGINVALID_SOCKET;
@@ -445,6 +588,24 @@ redis_send(RedisConn *conn, const char *data, size_t len)
 
 	if (len == 0)
 		return 0;
+	if (conn->ssl)
+	{
+		int r;
+
+		ERR_clear_error();
+		r = SSL_write(conn->ssl, data, (int) Min(len, (size_t) INT_MAX));
+		if (r > 0)
+			return r;
+		switch (SSL_get_error(conn->ssl, r))
+		{
+			case SSL_ERROR_WANT_READ:
+			case SSL_ERROR_WANT_WRITE:
+				return 0;
+			default:
+				tls_error(conn, "could not send to Redis over TLS");
+				return -1;
+		}
+	}
 	n = send(conn->sock, data, len, MSG_NOSIGNAL);
 	if (n >= 0)
 		return n;
@@ -467,7 +628,35 @@ redis_receive(RedisConn *conn, bool *eof)
 	*eof = false;
 	for (;;)
 	{
-		ssize_t n = recv(conn->sock, buf, sizeof(buf), 0);
+		ssize_t n;
+
+		if (conn->ssl)
+		{
+			int r;
+
+			ERR_clear_error();
+			r = SSL_read(conn->ssl, buf, sizeof(buf));
+			if (r > 0)
+				n = r;
+			else
+			{
+				int e = SSL_get_error(conn->ssl, r);
+
+				if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+					return true;
+				if (e == SSL_ERROR_ZERO_RETURN)
+				{
+					*eof = true;
+					snprintf(conn->error, sizeof(conn->error),
+							 "Redis closed the connection");
+					return false;
+				}
+				tls_error(conn, "could not receive from Redis over TLS");
+				return false;
+			}
+		}
+		else
+			n = recv(conn->sock, buf, sizeof(buf), 0);
 
 		if (n > 0)
 		{
@@ -478,7 +667,8 @@ redis_receive(RedisConn *conn, bool *eof)
 						 conn->reader->errstr);
 				return false;
 			}
-			if ((size_t) n < sizeof(buf))
+			/* a short read drained the socket; TLS keeps reading until WANT_READ */
+			if (!conn->ssl && (size_t) n < sizeof(buf))
 				return true;
 			continue;
 		}

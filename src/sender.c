@@ -123,8 +123,9 @@ static struct
 {
 	LinkState	   state;
 	RedisConn	   conn;
-	RedisTarget	   target;
-	char		  *url; /* URL the target was parsed from */
+	RedisTarget	   target;			 /* for messages: the URL, masked */
+	RedisTarget	   connected_target; /* what the connection uses */
+	char		  *url; /* settings signature the target is from */
 	char		  *fence_key;
 	StringInfoData hs; /* handshake bytes to send */
 	size_t		   hs_written;
@@ -885,11 +886,10 @@ link_fail(const char *fmt, ...)
 static void
 link_connect(void)
 {
-	RedisTarget	  target = rlink.target;
+	RedisTarget	 *target = &rlink.connected_target;
 	MemoryContext old = MemoryContextSwitchTo(SenderCxt);
 	bool		  ok =
-		redis_apply_password_file(&target, pg2r_redis_password_file,
-								  rlink.conn.error, sizeof(rlink.conn.error));
+		pg2r_redis_target(target, rlink.conn.error, sizeof(rlink.conn.error));
 
 	MemoryContextSwitchTo(old);
 	if (!ok)
@@ -897,7 +897,7 @@ link_connect(void)
 		link_fail("%s", rlink.conn.error);
 		return;
 	}
-	if (!redis_connect_start(&rlink.conn, &target))
+	if (!redis_connect_start(&rlink.conn, target))
 	{
 		link_fail("%s", rlink.conn.error);
 		return;
@@ -907,7 +907,7 @@ link_connect(void)
 												 pg2r_redis_timeout_ms);
 	resetStringInfo(&rlink.hs);
 	rlink.hs_written = 0;
-	rlink.hs_pending = redis_append_handshake(&rlink.hs, &target) + 1;
+	rlink.hs_pending = redis_append_handshake(&rlink.hs, target) + 1;
 	redis_append_cstrings(&rlink.hs, 2, "GET", rlink.fence_key);
 }
 
@@ -919,34 +919,33 @@ void
 sender_reconfigure(void)
 {
 	RedisTarget	  target;
-	char		 *urlerr;
+	char		  err[256];
+	char		 *signature = pg2r_redis_settings_signature();
 	MemoryContext old;
 
-	if (rlink.url && strcmp(rlink.url, pg2r_redis_url) == 0)
+	if (rlink.url && strcmp(rlink.url, signature) == 0)
 		return;
 	old = MemoryContextSwitchTo(SenderCxt);
-	if (!redis_parse_url(pg2r_redis_url, &target, &urlerr))
+	rlink.url = pstrdup(signature);
+	if (!pg2r_redis_target(&target, err, sizeof(err)))
 	{
 		MemoryContextSwitchTo(old);
-		pg2r_report_error("invalid pg2redis.redis_url: %s", urlerr);
+		pg2r_report_error("%s", err);
 		ereport(WARNING,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid pg2redis.redis_url: %s", urlerr),
-				 errhint("Fix pg2redis.redis_url and reload the configuration.")));
-		if (rlink.url == NULL)
-		{
-			/* no valid target yet: stay down until a reload */
-			rlink.url = pstrdup("");
-			rlink.next_attempt = DT_NOEND;
-		}
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", err),
+				 errhint("Fix the pg2redis.redis_* settings and reload the configuration.")));
+		/* no valid target: stay down until a reload */
+		redis_close(&rlink.conn);
+		rlink.state = LINK_DOWN;
+		rlink.next_attempt = DT_NOEND;
 		return;
 	}
-	rlink.url = pstrdup(pg2r_redis_url);
 	rlink.target = target;
 	MemoryContextSwitchTo(old);
 	if (rlink.state != LINK_DOWN)
 		ereport(LOG,
-				(errmsg("pg2redis: Redis URL changed to %s", target.display)));
+				(errmsg("pg2redis: Redis settings changed, connecting to %s",
+						target.display)));
 	redis_close(&rlink.conn);
 	rlink.state = LINK_DOWN;
 	rlink.attempts = 0;
@@ -1091,11 +1090,12 @@ sender_service(long timeout_ms)
 	{
 		sock = rlink.conn.sock;
 		events |= WL_SOCKET_READABLE;
-		if (rlink.state == LINK_CONNECTING ||
-			(rlink.state == LINK_HANDSHAKE &&
-			 rlink.hs_written < (size_t) rlink.hs.len) ||
-			(rlink.state == LINK_READY && inflight &&
-			 inflight->written < (size_t) inflight->resp.len))
+		if (rlink.state == LINK_CONNECTING)
+			events = (events & ~WL_SOCKET_READABLE) | rlink.conn.want;
+		else if ((rlink.state == LINK_HANDSHAKE &&
+				  rlink.hs_written < (size_t) rlink.hs.len) ||
+				 (rlink.state == LINK_READY && inflight &&
+				  inflight->written < (size_t) inflight->resp.len))
 			events |= WL_SOCKET_WRITEABLE;
 	}
 
@@ -1122,9 +1122,11 @@ sender_service(long timeout_ms)
 	if (rlink.state == LINK_CONNECTING &&
 		(rc & (WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE)))
 	{
-		if (!redis_connect_finish(&rlink.conn))
+		int done = redis_connect_finish(&rlink.conn, &rlink.connected_target);
+
+		if (done < 0)
 			link_fail("%s", rlink.conn.error);
-		else
+		else if (done > 0)
 		{
 			rlink.state = LINK_HANDSHAKE;
 			rlink.deadline =

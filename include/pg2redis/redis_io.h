@@ -16,21 +16,35 @@
 /* Where to connect, parsed from pg2redis.redis_url. */
 typedef struct RedisTarget
 {
-	bool  unix_socket;
-	char *path; /* unix socket path */
-	char *host; /* TCP host as written */
-	int	  port;
-	int	  db;
-	char *user;				   /* NULL: no ACL user */
-	char *password;			   /* NULL: no AUTH */
-	bool  password_from_colon; /* written as user:password@ */
-	char *display;			   /* the URL with the password masked */
+	bool		unix_socket;
+	char	   *path; /* unix socket path */
+	char	   *host; /* TCP host as written */
+	int			port;
+	int			db;
+	char	   *user;				 /* NULL: no ACL user */
+	char	   *password;			 /* NULL: no AUTH */
+	bool		password_from_colon; /* written as user:password@ */
+	char	   *display;			 /* the URL with the password masked */
+	bool		tls;				 /* rediss:// */
+	const char *tls_ca_file;		 /* NULL or "": the system's CAs */
+	const char *tls_cert_file;		 /* client certificate, or NULL */
+	const char *tls_key_file;		 /* its key (default: in the cert file) */
+	int			tls_verify;			 /* RedisTlsVerify */
 } RedisTarget;
+
+/* How a TLS server is checked (pg2redis.redis_tls_verify). */
+typedef enum RedisTlsVerify
+{
+	REDIS_TLS_VERIFY_FULL, /* chain to a trusted CA, and the host name */
+	REDIS_TLS_VERIFY_CA,   /* chain to a trusted CA only */
+	REDIS_TLS_VERIFY_NONE  /* nothing: encryption without authentication */
+} RedisTlsVerify;
 
 typedef enum RedisConnState
 {
 	RCONN_CLOSED,
 	RCONN_CONNECTING, /* non-blocking connect() in progress */
+	RCONN_TLS,		  /* TLS handshake in progress */
 	RCONN_OPEN		  /* connected: bytes may flow */
 } RedisConnState;
 
@@ -40,6 +54,9 @@ typedef struct RedisConn
 	RedisConnState state;
 	pgsocket	   sock;
 	redisReader	  *reader;
+	void		  *ssl;		   /* SSL *, when TLS */
+	void		  *ssl_ctx;	   /* SSL_CTX * */
+	int			   want;	   /* WL_SOCKET_* events the next step needs */
 	char		   error[256]; /* why the last call failed */
 } RedisConn;
 
@@ -49,10 +66,10 @@ extern char *redis_mask_url(const char *url);
 extern bool	 redis_apply_password_file(RedisTarget *target, const char *path,
 									   char *err, size_t errlen);
 
-extern void	   redis_conn_init(RedisConn *conn);
-extern bool	   redis_connect_start(RedisConn *conn, const RedisTarget *target);
-extern bool	   redis_connect_finish(RedisConn *conn);
-extern void	   redis_close(RedisConn *conn);
+extern void redis_conn_init(RedisConn *conn);
+extern bool redis_connect_start(RedisConn *conn, const RedisTarget *target);
+extern int	redis_connect_finish(RedisConn *conn, const RedisTarget *target);
+extern void redis_close(RedisConn *conn);
 extern ssize_t redis_send(RedisConn *conn, const char *data, size_t len);
 extern bool	   redis_receive(RedisConn *conn, bool *eof);
 extern int	   redis_next_reply(RedisConn *conn, redisReply **reply);

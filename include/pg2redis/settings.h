@@ -17,6 +17,10 @@ typedef enum Pg2rOnCommandError
 extern char *pg2r_database;
 extern char *pg2r_redis_url;
 extern char *pg2r_redis_password_file;
+extern char *pg2r_redis_tls_ca_file;
+extern char *pg2r_redis_tls_cert_file;
+extern char *pg2r_redis_tls_key_file;
+extern int	 pg2r_redis_tls_verify;
 extern char *pg2r_slot_name;
 extern bool	 pg2r_enabled;
 extern int	 pg2r_batch_size;
@@ -28,5 +32,11 @@ extern int	 pg2r_on_command_error;
 extern int	 pg2r_max_transaction_commands;
 extern int	 pg2r_decoding_work_mem_kb;
 extern int	 pg2r_snapshot_batch_size;
+
+struct RedisTarget;
+
+extern bool	 pg2r_redis_target(struct RedisTarget *target, char *err,
+							   size_t errlen);
+extern char *pg2r_redis_settings_signature(void);
 
 #endif /* PG2REDIS_SETTINGS_H */
