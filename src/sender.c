@@ -1173,11 +1173,13 @@ sender_set_idle_position(XLogRecPtr lsn)
 }
 
 /*
- * sender_delete_fence deletes the stream position from Redis (resync),
- * waiting for the reply; false if Redis could not be reached in time.
+ * sender_reset_fence sets the stream position in Redis to 0/0 when a new
+ * slot is made (its positions are unrelated to an older slot's), waiting
+ * for the reply; false if Redis could not be reached in time.  SET rather
+ * than DEL, so that an ACL user needs only SET and GET on the key.
  */
 bool
-sender_delete_fence(void)
+sender_reset_fence(void)
 {
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   pg2r_redis_timeout_ms);
@@ -1192,7 +1194,7 @@ sender_delete_fence(void)
 		sender_service(100);
 	}
 	initStringInfo(&out);
-	redis_append_cstrings(&out, 2, "DEL", rlink.fence_key);
+	redis_append_cstrings(&out, 3, "SET", rlink.fence_key, "0/0");
 	while (r == NULL && GetCurrentTimestamp() < deadline)
 	{
 		bool eof;
@@ -1224,7 +1226,7 @@ sender_delete_fence(void)
 	{
 		if (r)
 			freeReplyObject(r);
-		link_fail("could not delete the stream position from Redis");
+		link_fail("could not reset the stream position in Redis");
 		return false;
 	}
 	freeReplyObject(r);

@@ -455,7 +455,7 @@ create_slot(void)
 
 	/* the initial load needs Redis; do not hold a slot while waiting */
 	wait_for_redis();
-	if (!sender_delete_fence())
+	if (!sender_reset_fence())
 		proc_exit(1);
 
 	SetCurrentStatementStartTimestamp();

@@ -46,6 +46,6 @@ extern void	 sender_disconnect(void);
 extern List *sender_take_dead_letters(void);
 extern bool	 sender_has_dead_letters(void);
 extern void	 sender_set_idle_position(XLogRecPtr lsn);
-extern bool	 sender_delete_fence(void);
+extern bool	 sender_reset_fence(void);
 
 #endif /* PG2REDIS_SENDER_H */
