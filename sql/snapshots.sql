@@ -41,6 +41,9 @@ INSERT INTO pg2redis.snapshot_filters VALUES ('keyed', 'id > 10');
 INSERT INTO pg2redis.snapshot_filters VALUES ('parts', 'nope > 1');
 INSERT INTO pg2redis.snapshot_filters VALUES ('parts', 'id > 1; DROP TABLE keyed');
 INSERT INTO pg2redis.snapshot_filters VALUES ('parts', 'id >');
+INSERT INTO pg2redis.snapshot_filters VALUES (NULL, 'true');
+INSERT INTO pg2redis.snapshot_filters VALUES (99999, 'true');
+INSERT INTO pg2redis.snapshot_filters VALUES ('parts', NULL);
 UPDATE pg2redis.snapshot_filters SET filter = 'v ~ ''[''' WHERE relation = 'keyed'::regclass;
 SELECT relation, filter FROM pg2redis.snapshot_filters;
 -- dropping a table drops its filter

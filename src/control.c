@@ -45,20 +45,6 @@ PG_FUNCTION_INFO_V1(pg2redis_validate_snapshot_filter);
 
 #define STATUS_COLUMNS 17
 
-/*
- * wal_record_start turns a WAL insert position into the position a reader
- * reports after the record before it: at the start of a page, the position
- * is past the page header, which no record ends at.
- */
-static XLogRecPtr
-wal_record_start(XLogRecPtr lsn)
-{
-	if (XLogSegmentOffset(lsn, wal_segment_size) == SizeOfXLogLongPHD)
-		return lsn - SizeOfXLogLongPHD;
-	if (lsn % XLOG_BLCKSZ == SizeOfXLogShortPHD)
-		return lsn - SizeOfXLogShortPHD;
-	return lsn;
-}
 
 /*
  * pg2redis_status() returns one row describing the worker, its slot and
@@ -75,7 +61,7 @@ pg2redis_status(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	server_lsn = wal_record_start(GetXLogInsertRecPtr());
+	server_lsn = pg2r_wal_record_start(GetXLogInsertRecPtr());
 
 	SpinLockAcquire(&pg2r_shared->mutex);
 	memcpy(&s, pg2r_shared, sizeof(s));
@@ -136,7 +122,7 @@ pg2redis_wait(PG_FUNCTION_ARGS)
 						errmsg("timeout must not be negative")));
 
 	/* everything committed so far is in WAL before target; make it readable */
-	target = wal_record_start(GetXLogInsertRecPtr());
+	target = pg2r_wal_record_start(GetXLogInsertRecPtr());
 	XLogFlush(target);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 
@@ -249,6 +235,7 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 	TimestampTz				 deadline;
 	redisReply				*reply = NULL;
 	char					*json_text;
+	int						 not_utf8;
 	Datum					 result;
 	static const char *const streaming[] = {"SUBSCRIBE",  "PSUBSCRIBE",
 											"SSUBSCRIBE", "MONITOR",
@@ -293,66 +280,81 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										   pg2r_redis_timeout_ms);
-	if (!redis_connect_start(&conn, &target))
-		redis_fail(&conn, &target, "could not connect");
-	for (;;)
+	/* a cancel or timeout must not leak the socket or the reader */
+	PG_TRY();
 	{
-		int done;
-
-		if (!wait_socket(conn.sock, conn.want, deadline))
-			redis_fail(&conn, &target, "timed out connecting");
-		done = redis_connect_finish(&conn, &target);
-		if (done < 0)
+		if (!redis_connect_start(&conn, &target))
 			redis_fail(&conn, &target, "could not connect");
-		if (done > 0)
-			break;
-	}
-
-	while (expected > 0)
-	{
-		bool eof;
-		int	 rc;
-
-		if (sent < (size_t) out.len)
+		for (;;)
 		{
-			ssize_t w = redis_send(&conn, out.data + sent, out.len - sent);
+			int done;
 
-			if (w < 0)
-				redis_fail(&conn, &target, "could not send");
-			sent += w;
+			if (!wait_socket(conn.sock, conn.want, deadline))
+				redis_fail(&conn, &target, "timed out connecting");
+			done = redis_connect_finish(&conn, &target);
+			if (done < 0)
+				redis_fail(&conn, &target, "could not connect");
+			if (done > 0)
+				break;
 		}
-		if (!wait_socket(conn.sock,
-						 WL_SOCKET_READABLE |
-							 (sent < (size_t) out.len ? WL_SOCKET_WRITEABLE
-													  : 0),
-						 deadline))
-			redis_fail(&conn, &target, "timed out waiting for the reply");
-		if (!redis_receive(&conn, &eof))
-			redis_fail(&conn, &target, "could not receive");
-		while (expected > 0 && (rc = redis_next_reply(&conn, &reply)) == 1)
+
+		while (expected > 0)
 		{
-			expected--;
-			if (expected > 0)
+			bool eof;
+			int	 rc;
+
+			if (sent < (size_t) out.len)
 			{
-				/* a handshake reply */
-				if (reply->type == REDIS_REPLY_ERROR)
-				{
-					snprintf(conn.error, sizeof(conn.error), "%s", reply->str);
-					freeReplyObject(reply);
-					redis_fail(&conn, &target,
-							   "Redis refused the connection setup");
-				}
-				freeReplyObject(reply);
-				reply = NULL;
+				ssize_t w = redis_send(&conn, out.data + sent, out.len - sent);
+
+				if (w < 0)
+					redis_fail(&conn, &target, "could not send");
+				sent += w;
 			}
+			if (!wait_socket(conn.sock,
+							 WL_SOCKET_READABLE |
+								 (sent < (size_t) out.len ? WL_SOCKET_WRITEABLE
+														  : 0),
+							 deadline))
+				redis_fail(&conn, &target, "timed out waiting for the reply");
+			if (!redis_receive(&conn, &eof))
+				redis_fail(&conn, &target, "could not receive");
+			while (expected > 0 && (rc = redis_next_reply(&conn, &reply)) == 1)
+			{
+				expected--;
+				if (expected > 0)
+				{
+					/* a handshake reply */
+					if (reply->type == REDIS_REPLY_ERROR)
+					{
+						snprintf(conn.error, sizeof(conn.error), "%s",
+								 reply->str);
+						freeReplyObject(reply);
+						redis_fail(&conn, &target,
+								   "Redis refused the connection setup");
+					}
+					freeReplyObject(reply);
+					reply = NULL;
+				}
+			}
+			if (expected > 0 && rc < 0)
+				redis_fail(&conn, &target, "protocol error");
 		}
-		if (expected > 0 && rc < 0)
-			redis_fail(&conn, &target, "protocol error");
 	}
+	PG_CATCH();
+	{
+		redis_close(&conn);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	redis_close(&conn);
 
-	json_text = redis_reply_to_json(reply);
+	json_text = redis_reply_to_json(reply, &not_utf8);
 	freeReplyObject(reply);
+	if (json_text == NULL && not_utf8)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 errmsg("the Redis reply is not valid UTF-8 and cannot be returned as JSON")));
 	if (json_text == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY),
 						errmsg("out of memory converting a Redis reply")));
@@ -454,15 +456,26 @@ pg2redis_snapshot(PG_FUNCTION_ARGS)
  * pg2redis.snapshot_filters: the filter must be a WHERE condition that
  * plans against its relation.
  */
+/* filter_error_context names the table whose filter is being checked. */
+static void
+filter_error_context(void *arg)
+{
+	errcontext("snapshot filter of table \"%s\"", (const char *) arg);
+}
+
 Datum
 pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	HeapTuple	 tuple;
-	bool		 isnull;
-	Oid			 relid;
-	char		*filter;
-	char		*sql;
+	TriggerData			*trigdata = (TriggerData *) fcinfo->context;
+	TupleDesc			 desc;
+	HeapTuple			 tuple;
+	bool				 relnull;
+	bool				 filternull;
+	Oid					 relid;
+	char				 kind;
+	char				*filter;
+	char				*sql;
+	ErrorContextCallback errcb;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
@@ -470,26 +483,35 @@ pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
 				? trigdata->tg_newtuple
 				: trigdata->tg_trigtuple;
-	relid =
-		DatumGetObjectId(heap_getattr(tuple, 1,
-									  RelationGetDescr(trigdata->tg_relation),
-									  &isnull));
-	filter =
-		TextDatumGetCString(heap_getattr(tuple, 2,
-										 RelationGetDescr(trigdata
-															  ->tg_relation),
-										 &isnull));
+	desc = RelationGetDescr(trigdata->tg_relation);
+	relid = DatumGetObjectId(heap_getattr(tuple, 1, desc, &relnull));
+	filter = DatumGetPointer(heap_getattr(tuple, 2, desc, &filternull));
+	if (relnull || filternull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("a snapshot filter needs a relation and a filter")));
+	kind = get_rel_relkind(relid);
+	if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("relation with OID %u is not a table", relid),
+				 errhint("Snapshot filters apply to ordinary and partitioned tables.")));
+	filter = TextDatumGetCString(PointerGetDatum(filter));
 	sql =
 		psprintf("SELECT 1 FROM %s t WHERE (%s)",
 				 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 											get_rel_name(relid)),
 				 filter);
+	errcb.callback = filter_error_context;
+	errcb.arg = get_rel_name(relid);
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
 	SPI_connect();
 	if (SPI_prepare(sql, 0, NULL) == NULL)
 		ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR),
-						errmsg("invalid snapshot filter for table \"%s\": %s",
-							   get_rel_name(relid),
+						errmsg("invalid snapshot filter: %s",
 							   SPI_result_code_string(SPI_result))));
 	SPI_finish();
+	error_context_stack = errcb.previous;
 	return PointerGetDatum(tuple);
 }

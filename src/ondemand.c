@@ -82,11 +82,17 @@ static struct
 {
 	bool   active;
 	int64  id;
-	List  *leaves;	 /* OIDs still to read, in order */
-	Oid	   leaf;	 /* being read */
-	List  *last_key; /* text of the last key sent, or NIL */
-	uint64 rows;	 /* sent so far */
+	List  *leaves;				   /* OIDs still to read, in order */
+	Oid	   leaf;				   /* being read */
+	List  *last_key;			   /* text of the last key sent, or NIL */
+	uint64 rows;				   /* sent so far */
+	bool   leaf_done;			   /* the leaf's last range chunk was sent */
+	List  *retry;				   /* keys to select again (char *) */
+	int	   retry_round;			   /* how often they were selected again */
+	char   leaf_name[NAMEDATALEN]; /* for messages outside transactions */
 } req;
+
+#define RETRY_ROUNDS 10
 
 /* The chunk in flight between its watermarks. */
 static struct
@@ -105,7 +111,9 @@ static struct
 	List		  *order;	 /* ChunkRow *, in key order */
 	List		  *next_key; /* key of the chunk's last row */
 	uint64		   nsent;
-	int			   nkeys; /* key columns of the leaf */
+	XLogRecPtr	   sent_at;	 /* stream position the rows were sent at */
+	bool		   is_retry; /* selects req.retry keys, not a range */
+	int			   nkeys;	 /* key columns of the leaf */
 	AttrNumber	  *keyatts;
 	FmgrInfo	  *keyout;
 	MemoryContext  cxt;
@@ -302,6 +310,9 @@ send_chunk(XLogRecPtr lsn)
 		}
 	}
 	sender_commit_txn();
+	/* send it now, so that its acknowledgement can be awaited */
+	sender_flush();
+	chunk.sent_at = chunk.nsent > 0 ? lsn : InvalidXLogRecPtr;
 }
 
 /*
@@ -461,7 +472,41 @@ build_query(Relation rel, const char *filter)
 	appendStringInfo(&sql, "SELECT t FROM ONLY %s t WHERE true",
 					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 												RelationGetRelationName(rel)));
-	if (req.last_key != NIL)
+	if (chunk.is_retry)
+	{
+		ListCell *lc;
+		int		  n = 0;
+
+		/* rows the stream touched while their chunk was open: by key */
+		appendStringInfo(&sql, " AND ROW(%s) IN (", cols.data);
+		foreach(lc, req.retry)
+		{
+			char *key = pstrdup(lfirst(lc));
+			char *part = key;
+
+			if (n++ >= pg2r_snapshot_batch_size)
+				break;
+			appendStringInfoString(&sql, n > 1 ? ", ROW(" : "ROW(");
+			for (int k = 0; k < chunk.nkeys; k++)
+			{
+				char *sep = strchr(part, '\x1f');
+
+				if (sep)
+					*sep = '\0';
+				appendStringInfo(&sql, "%s%s::%s", k ? ", " : "",
+								 quote_literal_cstr(part),
+								 format_type_be_qualified(TupleDescAttr(desc,
+																		chunk.keyatts
+																				[k] -
+																			1)
+															  ->atttypid));
+				part = sep ? sep + 1 : part + strlen(part);
+			}
+			appendStringInfoChar(&sql, ')');
+		}
+		appendStringInfoChar(&sql, ')');
+	}
+	else if (req.last_key != NIL)
 	{
 		appendStringInfo(&sql, " AND ROW(%s) > ROW(", cols.data);
 		for (int k = 0; k < chunk.nkeys; k++)
@@ -524,6 +569,7 @@ select_chunk(void *arg)
 	MemoryContextSwitchTo(old);
 
 	rel = table_open(req.leaf, AccessShareLock);
+	strlcpy(req.leaf_name, RelationGetRelationName(rel), NAMEDATALEN);
 	map = mapping_get(rel);
 	if (!setup_key(rel))
 		ereport(ERROR,
@@ -534,7 +580,7 @@ select_chunk(void *arg)
 	sql = build_query(rel, mapping_has_rules(map)
 							   ? ondemand_filter_for(map->rulerelid)
 							   : NULL);
-	if (req.last_key != NIL)
+	if (req.last_key != NIL && !chunk.is_retry)
 	{
 		ListCell *lc;
 
@@ -554,7 +600,8 @@ select_chunk(void *arg)
 
 	meta.lsn = InvalidXLogRecPtr;
 	meta.commit_time = GetCurrentTimestamp();
-	chunk.last = SPI_processed < (uint64) pg2r_snapshot_batch_size;
+	chunk.last =
+		!chunk.is_retry && SPI_processed < (uint64) pg2r_snapshot_batch_size;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTupleData tuple;
@@ -672,6 +719,9 @@ finish_request(const char *state, const char *error)
 	MemoryContextReset(OndemandCxt);
 	req.leaves = NIL;
 	req.last_key = NIL;
+	req.retry = NIL;
+	req.retry_round = 0;
+	req.leaf_done = false;
 }
 
 /*
@@ -710,6 +760,9 @@ load_request(void *arg)
 	old = MemoryContextSwitchTo(OndemandCxt);
 	req.leaves = NIL;
 	req.last_key = NIL;
+	req.retry = NIL;
+	req.retry_round = 0;
+	req.leaf_done = false;
 	foreach(lc, leaves)
 	{
 		/* leaves before the one in progress are done */
@@ -786,6 +839,8 @@ chunk_reset(void)
 	chunk.next_key = NIL;
 	chunk.xip = NULL;
 	chunk.nsent = 0;
+	chunk.sent_at = InvalidXLogRecPtr;
+	chunk.is_retry = false;
 }
 
 /*
@@ -801,6 +856,14 @@ ondemand_step(void)
 	if (chunk.open)
 		return;
 
+	/*
+	 * Progress is recorded only once Redis has applied the chunk: a restart
+	 * before that selects the chunk again instead of skipping it.
+	 */
+	if (chunk.sent && chunk.sent_at != InvalidXLogRecPtr &&
+		!sender_applied_through(chunk.sent_at))
+		return;
+
 	if (chunk.sent)
 	{
 		ProgressArgs  pa = {"running", NULL};
@@ -808,15 +871,46 @@ ondemand_step(void)
 		ListCell	 *lc;
 
 		req.rows += chunk.nsent;
-		req.last_key = NIL;
-		foreach(lc, chunk.next_key)
-			req.last_key = lappend(req.last_key, pstrdup(lfirst(lc)));
-		if (chunk.last)
+		if (chunk.is_retry)
+		{
+			/* the keys selected again leave the list; new conflicts join it */
+			int done = Min(list_length(req.retry), pg2r_snapshot_batch_size);
+
+			req.retry = list_delete_first_n(req.retry, done);
+			req.retry_round++;
+		}
+		else
+		{
+			req.last_key = NIL;
+			foreach(lc, chunk.next_key)
+				req.last_key = lappend(req.last_key, pstrdup(lfirst(lc)));
+			req.leaf_done = chunk.last;
+		}
+		foreach(lc, chunk.order)
+		{
+			ChunkRow *row = lfirst(lc);
+
+			if (row->removed)
+				req.retry = lappend(req.retry, pstrdup(row->key));
+		}
+		if (req.retry != NIL && req.retry_round >= RETRY_ROUNDS)
+		{
+			ereport(WARNING,
+					(errmsg("pg2redis: snapshot request " INT64_FORMAT
+							" leaves %d rows of \"%s\" to the stream",
+							req.id, list_length(req.retry), req.leaf_name),
+					 errdetail("They changed every time they were read again; the stream applied their changes with the update rules.")));
+			req.retry = NIL;
+		}
+		if (req.retry == NIL)
+			req.retry_round = 0;
+		if (req.leaf_done && req.retry == NIL)
 		{
 			req.leaves = list_delete_first(req.leaves);
 			req.leaf =
 				req.leaves != NIL ? linitial_oid(req.leaves) : InvalidOid;
 			req.last_key = NIL;
+			req.leaf_done = false;
 		}
 		MemoryContextSwitchTo(old);
 		chunk_reset();
@@ -873,6 +967,7 @@ ondemand_step(void)
 
 	/* open the next chunk: L, select, H */
 	chunk_reset();
+	chunk.is_retry = req.retry != NIL;
 	chunk_seq++;
 	snprintf(chunk.low, sizeof(chunk.low), "L:" INT64_FORMAT ":" UINT64_FORMAT,
 			 req.id, chunk_seq);

@@ -267,8 +267,13 @@ plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			   XLogRecPtr message_lsn, bool transactional, const char *prefix,
 			   Size message_size, const char *message)
 {
+	/*
+	 * The end of the message's record: strictly after the end of every
+	 * transaction committed before it, so the chunk's fence never equals one.
+	 */
 	if (pg2r_in_worker && !transactional)
-		ondemand_on_message(message_lsn, prefix, message_size, message);
+		ondemand_on_message(ctx->reader->EndRecPtr, prefix, message_size,
+							message);
 }
 
 /*

@@ -145,18 +145,6 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 		return false;
 	}
 
-	slash = strchr(rest, '/');
-	if (slash)
-	{
-		*slash = '\0';
-		if (slash[1] != '\0' && !parse_int(slash + 1, 0, 1000000, &target->db))
-		{
-			*errmsg = psprintf("invalid database number \"%s\" in Redis URL",
-							   slash + 1);
-			return false;
-		}
-	}
-
 	at = strrchr(rest, '@');
 	hostport = rest;
 	if (at)
@@ -182,6 +170,19 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 		}
 		if (!colon)
 			url_decode(target->password);
+	}
+
+	/* the database number follows the host, after the userinfo */
+	slash = strchr(hostport, '/');
+	if (slash)
+	{
+		*slash = '\0';
+		if (slash[1] != '\0' && !parse_int(slash + 1, 0, 1000000, &target->db))
+		{
+			*errmsg = psprintf("invalid database number \"%s\" in Redis URL",
+							   slash + 1);
+			return false;
+		}
 	}
 
 	if (hostport[0] == '[')
@@ -284,8 +285,10 @@ redis_mask_url(const char *url)
 	if (scheme == NULL)
 		return pstrdup(url);
 	start = scheme + 3;
-	at = strchr(start, '@');
-	if (at == NULL || (strchr(start, '/') && strchr(start, '/') < at))
+
+	/* as redis_parse_url: the userinfo ends at the last '@' */
+	at = strrchr(start, '@');
+	if (at == NULL)
 		return pstrdup(url);
 	colon = memchr(start, ':', at - start);
 	if (colon == NULL)

@@ -5,7 +5,7 @@
  *
  * Kept apart from PostgreSQL's headers on purpose: jansson's json_object()
  * and PostgreSQL's SQL-callable json_object() share a name.  Nothing here
- * raises an error; out of memory is a NULL result.
+ * raises an error; failures are a NULL result.
  *
  *-------------------------------------------------------------------------
  */
@@ -14,11 +14,14 @@
 #include <hiredis/hiredis.h>
 #include <jansson.h>
 
-char *redis_reply_to_json(const redisReply *reply);
+char *redis_reply_to_json(const redisReply *reply, int *not_utf8);
 
-/* to_json converts a reply into a jansson value; NULL when out of memory. */
+/*
+ * to_json converts a reply into a jansson value; NULL when out of memory or
+ * when a string is not valid UTF-8 (then *not_utf8 is set).
+ */
 static json_t *
-to_json(const redisReply *r)
+to_json(const redisReply *r, int *not_utf8)
 {
 	json_t *v;
 
@@ -26,7 +29,10 @@ to_json(const redisReply *r)
 	{
 		case REDIS_REPLY_STRING:
 		case REDIS_REPLY_STATUS:
-			return json_stringn_nocheck(r->str, r->len);
+			v = json_stringn(r->str, r->len);
+			if (v == NULL)
+				*not_utf8 = 1;
+			return v;
 		case REDIS_REPLY_INTEGER:
 			return json_integer(r->integer);
 		case REDIS_REPLY_ERROR:
@@ -43,7 +49,7 @@ to_json(const redisReply *r)
 			v = json_array();
 			for (size_t i = 0; v && i < r->elements; i++)
 			{
-				json_t *elem = to_json(r->element[i]);
+				json_t *elem = to_json(r->element[i], not_utf8);
 
 				if (elem == NULL || json_array_append_new(v, elem) != 0)
 				{
@@ -59,14 +65,17 @@ to_json(const redisReply *r)
 
 /*
  * redis_reply_to_json returns the reply as compact JSON text, malloc'd
- * (free() it), or NULL when out of memory.
+ * (free() it), or NULL: then *not_utf8 says whether a string of the reply
+ * was not valid UTF-8 (else memory ran out).
  */
 char *
-redis_reply_to_json(const redisReply *reply)
+redis_reply_to_json(const redisReply *reply, int *not_utf8)
 {
-	json_t *v = to_json(reply);
+	json_t *v;
 	char   *text;
 
+	*not_utf8 = 0;
+	v = to_json(reply, not_utf8);
 	if (v == NULL)
 		return NULL;
 	text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);

@@ -235,8 +235,11 @@ block_reset(Block *b)
 	if (b->resp.maxlen > 64 * 1024 * 1024)
 	{
 		/* do not keep a huge buffer around after a huge transaction */
+		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+
 		pfree(b->resp.data);
 		initStringInfo(&b->resp);
+		MemoryContextSwitchTo(old);
 	}
 }
 
@@ -519,6 +522,17 @@ sender_idle(void)
 	return inflight == NULL && building->resp.len == 0;
 }
 
+/*
+ * sender_applied_through tells whether Redis has applied every transaction
+ * ending at or before lsn (as far as this process knows).
+ */
+bool
+sender_applied_through(XLogRecPtr lsn)
+{
+	return rlink.applied.lsn > lsn ||
+		   (rlink.applied.lsn == lsn && rlink.applied.seq == FENCE_DONE);
+}
+
 /* sender_stopped: a rejected command stopped the stream. */
 bool
 sender_stopped(void)
@@ -586,6 +600,9 @@ dead_letter_cmd(Block *b, int i, const char *error)
 	char   **argv = resp_to_argv(b->resp.data + ci->offset, &argc);
 
 	queue_dead_letter(ci->lsn, ci->xid, ci->relid, ci->op, argc, argv, error);
+	for (int a = 0; a < argc; a++)
+		pfree(argv[a]);
+	pfree(argv);
 	if (pg2r_on_command_error == PG2R_ON_ERROR_STOP && !stopped)
 	{
 		stopped = true;
@@ -610,6 +627,27 @@ is_transient(const char *err)
 		if (strncmp(err, prefixes[i], strlen(prefixes[i])) == 0)
 			return true;
 	return false;
+}
+
+/*
+ * inflight_restart makes the block in flight go out again from its first
+ * byte, forgetting the replies of the connection that carried it.
+ */
+static void
+inflight_restart(void)
+{
+	if (inflight == NULL)
+		return;
+	inflight->written = 0;
+	inflight->replies = 0;
+	if (inflight->queue_failed)
+	{
+		pfree(inflight->queue_failed);
+		inflight->queue_failed = NULL;
+		pfree(inflight->queue_errors);
+		inflight->queue_errors = NULL;
+	}
+	inflight->any_queue_error = false;
 }
 
 /* inflight_acked finishes the block in flight once Redis applied it. */
@@ -798,7 +836,7 @@ handle_handshake_reply(redisReply *r)
 			ereport(LOG,
 					(errmsg("pg2redis: Redis has no stream position (key \"%s\"); streaming resumes from the slot's position",
 							rlink.fence_key),
-					 errhint("If Redis lost its data, run pg2redis_snapshot() to load it again.")));
+					 errhint("If Redis lost its data, run pg2redis_resync() to load every mapped table again, or pg2redis_snapshot() for one table.")));
 	}
 	rlink.fence_known = true;
 	rlink.state = LINK_READY;
@@ -817,10 +855,7 @@ handle_handshake_reply(redisReply *r)
 			fence_cmp(inflight->fence, rlink.applied) <= 0)
 			inflight_acked();
 		else
-		{
-			inflight->written = 0;
-			inflight->replies = 0;
-		}
+			inflight_restart();
 	}
 	return true;
 }
@@ -858,19 +893,7 @@ link_fail(const char *fmt, ...)
 	rlink.next_attempt =
 		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 	rlink.deadline = 0;
-	if (inflight)
-	{
-		inflight->written = 0;
-		inflight->replies = 0;
-		if (inflight->queue_failed)
-		{
-			pfree(inflight->queue_failed);
-			inflight->queue_failed = NULL;
-			pfree(inflight->queue_errors);
-			inflight->queue_errors = NULL;
-		}
-		inflight->any_queue_error = false;
-	}
+	inflight_restart();
 	pg2r_report_connected(false);
 	pg2r_report_retry();
 	pg2r_report_error("%s", msg);
@@ -950,11 +973,7 @@ sender_reconfigure(void)
 	rlink.state = LINK_DOWN;
 	rlink.attempts = 0;
 	rlink.next_attempt = 0;
-	if (inflight)
-	{
-		inflight->written = 0;
-		inflight->replies = 0;
-	}
+	inflight_restart();
 }
 
 /* sender_disconnect closes the connection (worker exit). */

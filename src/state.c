@@ -15,6 +15,8 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
@@ -196,4 +198,19 @@ pg2r_report_dead_letters(uint64 n)
 	SpinLockAcquire(&pg2r_shared->mutex);
 	pg2r_shared->dead_letters += n;
 	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/*
+ * pg2r_wal_record_start turns a WAL insert position into the position a reader
+ * reports after the record before it: at the start of a page, the position
+ * is past the page header, which no record ends at.
+ */
+XLogRecPtr
+pg2r_wal_record_start(XLogRecPtr lsn)
+{
+	if (XLogSegmentOffset(lsn, wal_segment_size) == SizeOfXLogLongPHD)
+		return lsn - SizeOfXLogLongPHD;
+	if (lsn % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		return lsn - SizeOfXLogShortPHD;
+	return lsn;
 }

@@ -259,6 +259,9 @@ begin_sql(void)
 	InvalidateSystemCaches();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	/* never wait long for a lock: the stream waits meanwhile */
+	(void) set_config_option("lock_timeout", "5s", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 }
@@ -329,19 +332,15 @@ worker_run_sql(bool (*fn)(void *arg), void *arg, bool *result, char **err)
  * ---------------------------------------------------------------------------
  */
 
-/* write_dead_letters records queued dead letters in pg2redis.dead_letters. */
-static void
-write_dead_letters(void)
+/* insert_dead_letters inserts the dead letters in arg (a List). */
+static bool
+insert_dead_letters(void *arg)
 {
-	List	 *letters;
+	List	 *letters = arg;
 	ListCell *lc;
 	Oid		  types[6] = {PG_LSNOID, XIDOID,	   REGCLASSOID,
 						  TEXTOID,	 TEXTARRAYOID, TEXTOID};
 
-	if (!sender_has_dead_letters())
-		return;
-	letters = sender_take_dead_letters();
-	begin_sql();
 	pgstat_report_activity(STATE_RUNNING, "pg2redis: recording dead letters");
 	foreach(lc, letters)
 	{
@@ -368,8 +367,35 @@ write_dead_letters(void)
 								  0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record a pg2redis dead letter");
 	}
-	end_sql();
-	(void) sender_take_dead_letters(); /* frees the list just written */
+	return true;
+}
+
+/*
+ * write_dead_letters records queued dead letters in pg2redis.dead_letters.
+ * If that fails (the table locked or gone), they are logged instead: they
+ * are counted in pg2redis_status() either way, and the stream goes on.
+ */
+static void
+write_dead_letters(void)
+{
+	List *letters;
+	char *err = NULL;
+
+	if (!sender_has_dead_letters())
+		return;
+	letters = sender_take_dead_letters();
+	if (!worker_run_sql(insert_dead_letters, letters, NULL, &err))
+	{
+		DeadLetter *first = linitial(letters);
+
+		ereport(WARNING,
+				(errmsg("pg2redis could not record %d dead letters: %s",
+						list_length(letters), err),
+				 errdetail("The first: relation %u, %s at %X/%X: %s",
+						   first->relid, pg2r_op_name(first->op),
+						   LSN_FORMAT_ARGS(first->lsn), first->error)));
+	}
+	(void) sender_take_dead_letters(); /* frees the list just handled */
 	last_dead_letters = GetCurrentTimestamp();
 }
 
@@ -687,7 +713,8 @@ stream(void)
 			pgstat_report_activity(STATE_IDLE, NULL);
 			if (ondemand_busy())
 				timeout = 0;
-			else if (GetXLogInsertRecPtr() > GetFlushRecPtr(NULL))
+			else if (pg2r_wal_record_start(GetXLogInsertRecPtr()) >
+					 GetFlushRecPtr(NULL))
 				timeout = 50;
 			if (poll >= 0)
 				timeout = Min(timeout, poll);

@@ -78,7 +78,7 @@ extern void	 redis_append_command(StringInfo buf, int argc,
 								  const char *const *argv,
 								  const size_t		*argvlen);
 extern void	 redis_append_cstrings(StringInfo buf, int argc, ...);
-extern char *redis_reply_to_json(const redisReply *reply);
+extern char *redis_reply_to_json(const redisReply *reply, int *not_utf8);
 extern int	 redis_append_handshake(StringInfo buf, const RedisTarget *target);
 
 #endif /* PG2REDIS_REDIS_IO_H */

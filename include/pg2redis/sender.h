@@ -38,6 +38,7 @@ extern void	 sender_commit_txn(void);
 extern bool	 sender_ready(void);
 extern bool	 sender_idle(void);
 extern bool	 sender_stopped(void);
+extern bool	 sender_applied_through(XLogRecPtr lsn);
 extern void	 sender_flush(void);
 extern bool	 sender_batch_open_longer_than(int ms);
 extern void	 sender_service(long timeout_ms);
