@@ -40,6 +40,18 @@ DROP ROLE pg2redis_nobody;
 SET pg2redis.no_such_setting = 1;
 SHOW pg2redis.numeric_mode;
 
+-- pg2redis_status() never shows a Redis password, whatever it contains.
+ALTER SYSTEM SET pg2redis.redis_url = 'redis://app:s3cr@t/x@127.0.0.1:1/0';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.3);
+SELECT redis_url FROM pg2redis_status();
+ALTER SYSTEM SET pg2redis.redis_url = 'redis://top/secret@localhost:2';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.3);
+SELECT redis_url FROM pg2redis_status();
+ALTER SYSTEM RESET pg2redis.redis_url;
+SELECT pg_reload_conf();
+
 -- Dropping a mapped table drops its rules.
 CREATE TABLE gone (id int PRIMARY KEY);
 SELECT pg2redis_add_rule('gone', 'insert', 'SET gone:{id} 1') > 0 AS added;
