@@ -267,8 +267,11 @@ send_chunk(XLogRecPtr lsn)
 
 		if (row->removed)
 			continue;
-		chunk.nsent++;
-		sender_count_change();
+		if (!sender_txn_skipped())
+		{
+			chunk.nsent++;
+			sender_count_change();
+		}
 		p = row->cmds.data;
 		end = p + row->cmds.len;
 		while (p < end)

@@ -973,6 +973,7 @@ sender_reconfigure(void)
 	rlink.state = LINK_DOWN;
 	rlink.attempts = 0;
 	rlink.next_attempt = 0;
+	pg2r_report_connected(false);
 	inflight_restart();
 }
 
