@@ -90,6 +90,10 @@ INSERT INTO docf SELECT * FROM doc;
 UPDATE doc SET title = 'changed';
 UPDATE docf SET title = 'changed';
 UPDATE doc SET body = 'short now';
+-- a key change runs the insert rules on the new row: its unchanged TOASTed
+-- value comes from the old row (REPLICA IDENTITY FULL)
+SELECT pg2redis_add_rule('docf', 'insert', 'SET docf:{id}:moved {body}') > 0 AS ok;
+UPDATE docf SET id = 2;
 SELECT CASE WHEN length(data) > 120
             THEN left(data, 40) || '...(' || length(data) || ' chars)...' || right(data, 20)
             ELSE data END AS data

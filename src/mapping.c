@@ -313,7 +313,7 @@ resolve(ExpandState *st, AttrNumber rulecol, bool old, RowState **rowp,
 		return COL_NULL;
 	if (is_unchanged_toast(&map->cols[i], row->values[i]))
 	{
-		RowState *alt = (row == st->cur) ? st->old : NULL;
+		RowState   *alt = (row == st->cur) ? st->toast_from : NULL;
 
 		if (alt == NULL || !alt->present || alt->keyonly || alt->isnull[i] ||
 			is_unchanged_toast(&map->cols[i], alt->values[i]))
@@ -798,6 +798,8 @@ mapping_change(RelMap *map, Relation rel, Pg2rOp op, HeapTuple oldtuple,
 			st.cur = &newrow;
 			st.old = oldrow.present ? &oldrow : NULL;
 			st.old_from_cur = !oldrow.present;
+			/* the old row has unchanged TOASTed values (REPLICA IDENTITY FULL) */
+			st.toast_from = st.old;
 			if (oldrow.present && pk_changed(&st))
 			{
 				st.cur = &oldrow;

@@ -75,9 +75,8 @@ $node->safe_psql('postgres', "INSERT INTO t VALUES (4, 'four')");
 is($node->safe_psql('postgres', "SELECT pg2redis_wait('2s')"),
 	'f', 'nothing is applied while stopped');
 is($redis->call('EXISTS', 't:4'), '0', 'the later change waits');
-is( $node->safe_psql('postgres',
-		"SELECT count(*) FROM pg2redis.dead_letters WHERE error LIKE 'WRONGTYPE%'"),
-	'1',
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg2redis.dead_letters WHERE error LIKE 'WRONGTYPE%'"),
 	'the rejected command is a dead letter');
 
 # Fix the cause, reload: the worker restarts and goes on from its position.
