@@ -140,7 +140,7 @@ sub run_batch
 	is($rc, 0, "workload batch: $label") or diag($err);
 }
 
-run_batch(40, 'before any fault');
+run_batch(100, 'before any fault');
 
 # the worker dies mid-stream
 my $pid = worker_pid($node);
@@ -148,18 +148,18 @@ kill 'KILL', $pid if $pid;
 # a killed background worker makes the postmaster restart every backend
 $node->poll_query_until('postgres', 'SELECT true')
   or die 'the server did not come back after the worker was killed';
-run_batch(40, 'after SIGKILL of the worker');
+run_batch(100, 'after SIGKILL of the worker');
 $node->poll_query_until('postgres', "SELECT state = 'streaming' FROM pg2redis_status()")
   or diag(status_text($node));
 
 # Redis restarts (AOF keeps its data)
 $redis->restart;
-run_batch(40, 'after a Redis restart');
+run_batch(100, 'after a Redis restart');
 
 # PostgreSQL crashes
 $node->stop('immediate');
 $node->start;
-run_batch(40, 'after an immediate stop');
+run_batch(100, 'after an immediate stop');
 
 wait_for_redis($node, 120, 'caught up after every fault');
 check_table_in_redis($node, $redis, '(SELECT id, name, qty FROM chaos)', 'chaos',
