@@ -122,5 +122,21 @@ is($unix->cli('-n', '3', 'SCARD', 'u'), '2',
 	'the rows are in database 3 of the unix-socket Redis');
 is($unode->safe_psql('postgres', "SELECT pg2redis_redis('SCARD', 'u')"), '2',
 	'pg2redis_redis uses the unix socket and database too');
+
+# DROP EXTENSION and CREATE EXTENSION again: the worker picks up the new
+# rules table and streams by the rules added to it.
+# The worker decodes a change while there is no extension (and so no rules
+# table) before the extension comes back.
+$unode->safe_psql('postgres', 'DROP EXTENSION pg2redis CASCADE');
+$unode->safe_psql('postgres', 'INSERT INTO u VALUES (10)');
+sleep(2);
+$unode->safe_psql('postgres', q{
+	CREATE EXTENSION pg2redis;
+	SELECT pg2redis_add_rule('u', 'insert', 'SADD u2 {id}');
+	INSERT INTO u VALUES (3);
+});
+wait_for_redis($unode, 60, 'streaming after the extension was created again');
+is($unix->cli('-n', '3', 'SMEMBERS', 'u2'), '3',
+	'a rule of the re-created extension applies');
 $unode->stop;
 done_testing();
