@@ -313,7 +313,7 @@ resolve(ExpandState *st, AttrNumber rulecol, bool old, RowState **rowp,
 		return COL_NULL;
 	if (is_unchanged_toast(&map->cols[i], row->values[i]))
 	{
-		RowState   *alt = (row == st->cur) ? st->toast_from : NULL;
+		RowState *alt = (row == st->cur) ? st->toast_from : NULL;
 
 		if (alt == NULL || !alt->present || alt->keyonly || alt->isnull[i] ||
 			is_unchanged_toast(&map->cols[i], alt->values[i]))

@@ -94,7 +94,8 @@ rules_invalidate(Datum arg, Oid relid)
 	if (!rules_valid)
 		return;
 	/* without a rules table (no extension yet), any DDL may create it */
-	if (relid == InvalidOid || relid == rules_table || !OidIsValid(rules_table) ||
+	if (relid == InvalidOid || relid == rules_table ||
+		!OidIsValid(rules_table) ||
 		(RuleRels && hash_search(RuleRels, &relid, HASH_FIND, NULL)))
 		rules_valid = false;
 }

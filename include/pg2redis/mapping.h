@@ -73,12 +73,12 @@ typedef struct RowState
 /* State of expanding one change; conditions read columns through it. */
 typedef struct ExpandState
 {
-	RelMap			 *map;
-	Pg2rOp			  op;			/* the op whose rules run */
-	RowState		 *cur;			/* new row; the old row for a delete */
-	RowState		 *old;			/* row before the change, or NULL */
-	bool		old_from_cur;	/* update without old row: key unchanged */
-	RowState   *toast_from;		/* where an unchanged TOASTed value of cur is */
+	RelMap	 *map;
+	Pg2rOp	  op;			/* the op whose rules run */
+	RowState *cur;			/* new row; the old row for a delete */
+	RowState *old;			/* row before the change, or NULL */
+	bool	  old_from_cur; /* update without old row: key unchanged */
+	RowState *toast_from;	/* where an unchanged TOASTed value of cur is */
 	const ChangeMeta *meta;
 	StringInfoData	  scratch;
 	Pg2rError		  err;
