@@ -177,6 +177,22 @@ AS 'MODULE_PATHNAME', 'pg2redis_split_command';
 COMMENT ON FUNCTION pg2redis_split_command(text)
     IS 'split a command written as in redis-cli into its arguments';
 
+CREATE FUNCTION pg2redis_key_slot(key text)
+RETURNS integer
+LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'pg2redis_key_slot';
+
+COMMENT ON FUNCTION pg2redis_key_slot(text)
+    IS 'the Redis Cluster hash slot (0..16383) of a key, hash tags honoured';
+
+CREATE FUNCTION pg2redis_command_slot(command text[])
+RETURNS integer
+LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'pg2redis_command_slot';
+
+COMMENT ON FUNCTION pg2redis_command_slot(text[])
+    IS 'the Redis Cluster hash slot of a command''s keys; NULL without keys';
+
 CREATE FUNCTION pg2redis_preview(relation regclass, op text, new_row jsonb,
                                  old_row jsonb DEFAULT NULL)
 RETURNS SETOF text[]
@@ -471,6 +487,8 @@ REVOKE ALL ON pg2redis_snapshots FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text[], jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_split_command(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_key_slot(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_command_slot(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.validate_rule() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.rules_changed() FROM PUBLIC;

@@ -630,6 +630,25 @@ is_transient(const char *err)
 }
 
 /*
+ * cluster_note returns a remark to append to a Redis error that only a Redis
+ * Cluster node sends (a redirection, or keys of a transaction in different
+ * slots), or "" for any other error.  The stream cannot go on against such a
+ * node: it stops and retries, losing nothing, until the URL is changed.
+ */
+static const char *
+cluster_note(const char *err)
+{
+	static const char *const prefixes[] = {"MOVED", "ASK", "CROSSSLOT",
+										   "CLUSTERDOWN"};
+
+	for (size_t i = 0; i < lengthof(prefixes); i++)
+		if (strncmp(err, prefixes[i], strlen(prefixes[i])) == 0)
+			return " (pg2redis.redis_url names a Redis Cluster node; Redis "
+				   "Cluster is not supported yet, give a standalone server)";
+	return "";
+}
+
+/*
  * inflight_restart makes the block in flight go out again from its first
  * byte, forgetting the replies of the connection that carried it.
  */
@@ -741,7 +760,8 @@ handle_block_reply(redisReply *r)
 		{
 			if (idx == b->ncmds + 1 || is_transient(r->str))
 			{
-				link_fail("Redis refused to queue a command: %s", r->str);
+				link_fail("Redis refused to queue a command: %s%s", r->str,
+						  cluster_note(r->str));
 				return false;
 			}
 			if (b->queue_failed == NULL)
@@ -790,8 +810,9 @@ handle_block_reply(redisReply *r)
 		rebuild_without_refused();
 		return true;
 	}
-	link_fail("unexpected reply to EXEC: %s",
-			  r->type == REDIS_REPLY_ERROR ? r->str : "nil");
+	link_fail("unexpected reply to EXEC: %s%s",
+			  r->type == REDIS_REPLY_ERROR ? r->str : "nil",
+			  r->type == REDIS_REPLY_ERROR ? cluster_note(r->str) : "");
 	return false;
 }
 
@@ -813,7 +834,8 @@ handle_handshake_reply(redisReply *r)
 	/* the last one is GET of the fence */
 	if (r->type == REDIS_REPLY_ERROR)
 	{
-		link_fail("could not read the stream position from Redis: %s", r->str);
+		link_fail("could not read the stream position from Redis: %s%s",
+				  r->str, cluster_note(r->str));
 		return false;
 	}
 	if (r->type == REDIS_REPLY_STRING)

@@ -55,6 +55,7 @@ use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(
   start_redis
+  start_redis_cluster
   new_node
   wait_for_redis
   poll_until
@@ -111,6 +112,77 @@ sub start_redis
 	my $redis = Pg2RedisTest::Redis->new(%opts);
 	$redis->start;
 	return $redis;
+}
+
+=pod
+
+=over
+
+=item start_redis_cluster(%opts)
+
+Starts a Redis Cluster on 127.0.0.1: C<primaries> (default 3) primaries and
+C<replicas> (default 0) replicas per primary, each a C<start_redis> server
+with C<--cluster-enabled yes>, joined with C<redis-cli --cluster create>.
+Waits (at most 30 s) until every node reports C<cluster_state:ok> and knows
+every node. Returns the C<Pg2RedisTest::Redis> objects, primaries first in
+the order of the slots they hold, then the replicas.
+C<node_timeout> (ms, default 2000) sets C<--cluster-node-timeout>, which
+bounds how fast a replica takes over a failed primary.
+
+=back
+
+=cut
+
+sub start_redis_cluster
+{
+	my (%opts) = @_;
+	my $primaries = $opts{primaries} // 3;
+	my $replicas  = $opts{replicas}  // 0;
+	my $timeout   = $opts{node_timeout} // 2000;
+	my @nodes;
+
+	foreach my $i (1 .. $primaries * (1 + $replicas))
+	{
+		push @nodes,
+		  start_redis(
+			name       => "cluster$i",
+			extra_args => [
+				'--cluster-enabled', 'yes',
+				'--cluster-node-timeout', $timeout
+			]);
+	}
+	my ($out, $err) = ('', '');
+	IPC::Run::run(
+		[
+			'redis-cli', '--cluster', 'create',
+			(map { '127.0.0.1:' . $_->port } @nodes),
+			'--cluster-replicas', $replicas, '--cluster-yes'
+		],
+		'<', \undef, '>', \$out, '2>', \$err,
+		IPC::Run::timeout(60))
+	  or croak "redis-cli --cluster create failed:\n$out$err";
+
+	my $n = scalar @nodes;
+	poll_until(
+		30,
+		sub {
+			foreach my $node (@nodes)
+			{
+				return 0
+				  unless $node->call('CLUSTER', 'INFO') =~
+				  /cluster_state:ok.*cluster_known_nodes:$n\b/s;
+			}
+			return 1;
+		},
+		0.1) or croak "the Redis Cluster did not become ready within 30 s:\n$out";
+
+	# primaries first, in the order of the slots they hold
+	my %by_port = map { $_->port => $_ } @nodes;
+	my @primaries =
+	  map  { $by_port{ $_->[2][1] } }
+	  sort { $a->[0] <=> $b->[0] } @{ $nodes[0]->call('CLUSTER', 'SLOTS') };
+	my %is_primary = map { $_->port => 1 } @primaries;
+	return (@primaries, grep { !$is_primary{ $_->port } } @nodes);
 }
 
 =pod
