@@ -621,7 +621,8 @@ is_transient(const char *err)
 										   "BUSY",		  "READONLY",
 										   "MASTERDOWN",  "TRYAGAIN",
 										   "CLUSTERDOWN", "NOREPLICAS",
-										   "MOVED",		  "ASK"};
+										   "MOVED",		  "ASK",
+										   "CROSSSLOT"};
 
 	for (size_t i = 0; i < lengthof(prefixes); i++)
 		if (strncmp(err, prefixes[i], strlen(prefixes[i])) == 0)

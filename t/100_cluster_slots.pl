@@ -110,6 +110,7 @@ my $cnode = new_node('tocluster', redis_url => $primaries[0]->url,
 $cnode->safe_psql('postgres', q{
 	CREATE TABLE c (id int PRIMARY KEY, v text);
 	SELECT pg2redis_add_rule('c', 'insert', 'SET c:{id} {v}');
+	SELECT pg2redis_add_rule('c', 'insert', 'DEL c:{id}:a c:{id}:b c:{id}:c');
 	INSERT INTO c SELECT i, 'v' || i FROM generate_series(1, 20) i;
 });
 ok(poll_status($cnode, 'last_error', qr/Redis Cluster is not supported yet/, 30),
@@ -122,4 +123,25 @@ is($keys_after, $keys_before, 'and writes nothing to the cluster');
 isnt($cnode->safe_psql('postgres', 'SELECT state FROM pg2redis_status()'),
 	'streaming', 'and does not claim to be streaming');
 $cnode->stop;
+
+# A one-node cluster owning every slot: the position reads fine, the commands
+# queue, and it is the transaction across slots that Redis refuses
+# (CROSSSLOT, on the multi-key DEL and on EXEC).  The same: no dead letters.
+my $one = start_redis(name => 'one', extra_args => [ '--cluster-enabled', 'yes' ]);
+$one->call('CLUSTER', 'ADDSLOTSRANGE', '0', '16383');
+poll_until(30, sub { $one->call('CLUSTER', 'INFO') =~ /cluster_state:ok/ })
+  or BAIL_OUT('the one-node cluster is not ready');
+my $onode = new_node('toone', redis_url => $one->url, flush_interval => '5ms');
+$onode->safe_psql('postgres', q{
+	CREATE TABLE c (id int PRIMARY KEY, v text);
+	SELECT pg2redis_add_rule('c', 'insert', 'SET c:{id} {v}');
+	SELECT pg2redis_add_rule('c', 'insert', 'DEL c:{id}:a c:{id}:b c:{id}:c');
+	INSERT INTO c VALUES (1, 'one');
+});
+ok(poll_status($onode, 'last_error', qr/CROSSSLOT.*Redis Cluster is not supported yet/, 30),
+	'a one-node cluster: CROSSSLOT, and the same message');
+is($onode->safe_psql('postgres', 'SELECT count(*) FROM pg2redis.dead_letters'),
+	'0', 'no dead letters there either');
+is_deeply($one->call('KEYS', 'c:*'), [], 'no data written there either');
+$onode->stop;
 done_testing();
