@@ -26,9 +26,13 @@ CREATE TABLE pg2redis.rules (
     enabled   boolean NOT NULL DEFAULT true
 ) WITH (user_catalog_table = true);
 
-/* Keep rules inline so that reading them during decoding never detoasts. */
-ALTER TABLE pg2redis.rules ALTER COLUMN command SET STORAGE MAIN;
-ALTER TABLE pg2redis.rules ALTER COLUMN condition SET STORAGE MAIN;
+/*
+ * Keep rules inline and uncompressed, so that reading them during decoding
+ * never needs a TOAST table, which the slot's catalog horizon does not
+ * protect; the rule trigger refuses rules too large for that.
+ */
+ALTER TABLE pg2redis.rules ALTER COLUMN command SET STORAGE PLAIN;
+ALTER TABLE pg2redis.rules ALTER COLUMN condition SET STORAGE PLAIN;
 
 CREATE INDEX rules_relation_idx ON pg2redis.rules (relation, op, position, id);
 

@@ -62,6 +62,19 @@ SELECT cond('delete', '{"column": "status", "op": "=", "value": "paid"}');
 SELECT holds('delete', NULL, '{"id": 1, "status": "paid"}');
 SELECT holds('delete', NULL, '{"id": 1, "status": "new"}');
 
+-- text that looks numeric but that numeric_in refuses (a second sign, an
+-- exponent beyond 1000) compares as text: never an error, which in the
+-- decoder would stop the stream
+DELETE FROM pg2redis.rules;
+SELECT cond('insert', '{"column": "note", "op": ">", "value": "5"}');
+SELECT n, (SELECT count(*) FROM holds('insert', jsonb_build_object('id', 1, 'note', n))) AS holds
+FROM unnest(ARRAY['+-5', '++5', '1e5000', '1e-2000', '1e01001', '+6', '1e1000', '1E-1000', '1e0999', '4']) n;
+-- and {diff:…} of such text is a render error, not a crash
+SELECT pg2redis_add_rule('c', 'update', 'INCRBYFLOAT d {diff:note}');
+SELECT pg2redis_preview('c', 'update', '{"id": 1, "note": "+-5"}', '{"id": 1, "note": "1"}');
+SELECT pg2redis_preview('c', 'update', '{"id": 1, "note": "1e5000"}', '{"id": 1, "note": "1"}');
+SELECT pg2redis_preview('c', 'update', '{"id": 1, "note": "+7"}', '{"id": 1, "note": "1e0"}');
+
 DROP FUNCTION cond(text, jsonb);
 DROP FUNCTION holds(text, jsonb, jsonb);
 DROP TABLE c;

@@ -40,6 +40,7 @@ SELECT attname FROM pg_attribute
 INSERT INTO pg2redis.snapshot_filters VALUES ('keyed', 'id > 10');
 INSERT INTO pg2redis.snapshot_filters VALUES ('parts', 'nope > 1');
 INSERT INTO pg2redis.snapshot_filters VALUES ('parts', 'id > 1; DROP TABLE keyed');
+INSERT INTO pg2redis.snapshot_filters VALUES ('parts', 'true); SELECT (1');
 INSERT INTO pg2redis.snapshot_filters VALUES ('parts', 'id >');
 INSERT INTO pg2redis.snapshot_filters VALUES (NULL, 'true');
 INSERT INTO pg2redis.snapshot_filters VALUES (99999, 'true');

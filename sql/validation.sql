@@ -158,6 +158,15 @@ UPDATE pg2redis.rules SET op = 'nope';
 SELECT op, command, condition FROM pg2redis.rules ORDER BY id;
 
 DROP OWNED BY rule_writer;
+-- rules are stored inline: one too large for a page is refused, one just
+-- below the limit is kept
+SELECT pg2redis_add_rule('items', 'insert', 'SET k 1',
+    jsonb_build_object('column', 'name', 'op', 'in',
+                       'values', (SELECT jsonb_agg(lpad(i::text, 10, '0')) FROM generate_series(1, 600) i)));
+SELECT pg2redis_add_rule('items', 'insert', 'SET k 1',
+    jsonb_build_object('column', 'name', 'op', 'in',
+                       'values', (SELECT jsonb_agg(lpad(i::text, 10, '0')) FROM generate_series(1, 300) i))) > 0 AS kept;
+SELECT pg_column_size(condition) > 3000 AS inline_and_whole FROM pg2redis.rules WHERE condition IS NOT NULL ORDER BY id DESC LIMIT 1;
 DROP ROLE rule_writer;
 DROP VIEW items_view;
 DROP TABLE items, nokey, full_items, scratch, tmp_items;

@@ -475,6 +475,7 @@ pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 	char				 kind;
 	char				*filter;
 	char				*sql;
+	SPIPlanPtr			 plan;
 	ErrorContextCallback errcb;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
@@ -507,10 +508,17 @@ pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
 	SPI_connect();
-	if (SPI_prepare(sql, 0, NULL) == NULL)
+	plan = SPI_prepare(sql, 0, NULL);
+	if (plan == NULL)
 		ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR),
 						errmsg("invalid snapshot filter: %s",
 							   SPI_result_code_string(SPI_result))));
+	/* the loads open a cursor on it: one SELECT, nothing after it */
+	if (!SPI_is_cursor_plan(plan))
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("invalid snapshot filter: it must be one boolean expression"),
+				 errhint("Write a WHERE condition without semicolons, e.g. \"status <> 'archived'\".")));
 	SPI_finish();
 	error_context_stack = errcb.previous;
 	return PointerGetDatum(tuple);

@@ -165,18 +165,36 @@ render_parse_int64(const char *s, int len, int64 *out)
 
 /*
  * render_is_number tells whether s[0..len) is a decimal number numeric_in
- * accepts: sign, digits, optional fraction, optional exponent.
+ * accepts: one sign, digits, optional fraction, optional exponent of at most
+ * 1000 in magnitude (numeric_in's own limit).  Callers pass such strings to
+ * numeric_in in the decoder, where an error would stop the stream, so
+ * anything doubtful is "not a number" (and compared as text).
  */
 bool
 render_is_number(const char *s, int len)
 {
-	char *copy;
-	bool  ok;
+	char	   *copy;
+	const char *e;
+	bool		ok;
 
 	if (len == 0 || len > 1000)
 		return false;
 	copy = pnstrdup(s, len);
-	ok = render_is_json_number(copy[0] == '+' ? copy + 1 : copy);
+	/* a leading '+' is accepted, but not followed by another sign */
+	ok = !(copy[0] == '+' && (copy[1] == '-' || copy[1] == '+')) &&
+		 render_is_json_number(copy[0] == '+' ? copy + 1 : copy);
+	if (ok &&
+		((e = strchr(copy, 'e')) != NULL || (e = strchr(copy, 'E')) != NULL))
+	{
+		const char *d = e + 1;
+
+		if (*d == '+' || *d == '-')
+			d++;
+		while (*d == '0')
+			d++;
+		/* more than four significant digits, or above 1000 */
+		ok = strlen(d) < 4 || (strlen(d) == 4 && strcmp(d, "1000") <= 0);
+	}
 	pfree(copy);
 	return ok;
 }

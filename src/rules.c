@@ -31,6 +31,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
@@ -81,6 +82,10 @@ static Oid			 rules_table = InvalidOid;
 static bool			 callback_registered = false;
 
 PG_FUNCTION_INFO_V1(pg2redis_validate_rule);
+
+/* what a rule's command and condition may take, stored inline in a page */
+#define RULE_MAX_BYTES 7000
+
 PG_FUNCTION_INFO_V1(pg2redis_rules_changed);
 
 /*
@@ -680,6 +685,22 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 	if (isnull[Anum_rules_relation - 1] || isnull[Anum_rules_command - 1])
 		ereport(ERROR, (errcode(ERRCODE_NOT_NULL_VIOLATION),
 						errmsg("a rule needs a relation and a command")));
+
+	/*
+	 * Rules are stored inline (STORAGE PLAIN): the decoder reads them under
+	 * historic snapshots, and a TOAST table is not protected by the slot's
+	 * catalog horizon.  Refuse what cannot fit in a page, with a clear error.
+	 */
+	if (toast_raw_datum_size(values[Anum_rules_command - 1]) +
+			(isnull[Anum_rules_condition - 1]
+				 ? 0
+				 : toast_raw_datum_size(values[Anum_rules_condition - 1])) >
+		RULE_MAX_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("rule is too large: its command and condition take more than %d bytes",
+						RULE_MAX_BYTES),
+				 errhint("Split it into several rules, or use shorter \"in\" lists.")));
 
 	rel = try_relation_open(vc.relid, AccessShareLock);
 	if (rel == NULL)

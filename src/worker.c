@@ -678,19 +678,22 @@ stream(void)
 		at_end = decode_available();
 
 		if (at_end)
+			sender_flush();
+		sender_service(0);
+
+		/*
+		 * With nothing in flight or waiting, every transaction that ended
+		 * before the read position is applied (or mapped to nothing): confirm
+		 * it, also when a full batch stopped short of the end of WAL, so that
+		 * a long stretch of changes to unmapped tables does not pin WAL.
+		 */
+		if (sender_idle())
 		{
 			XLogRecPtr end = decoding->reader->EndRecPtr;
 
-			sender_flush();
-			sender_service(0);
-			if (sender_idle())
-			{
-				worker_confirm(end);
-				sender_set_idle_position(end);
-			}
+			worker_confirm(end);
+			sender_set_idle_position(end);
 		}
-		else
-			sender_service(0);
 
 		if (sender_has_dead_letters() &&
 			TimestampDifferenceExceeds(last_dead_letters,
