@@ -118,6 +118,12 @@ UPDATE ev SET amount = 11 WHERE id = 1;
 UPDATE ev SET region = 'eu' WHERE id = 1;
 TRUNCATE ev;
 SELECT data FROM pg_logical_slot_get_changes('p2r', NULL, NULL);
+-- a partition truncated alone does not run the parent's truncate rules;
+-- all partitions truncated together do, once
+TRUNCATE ev_us;
+TRUNCATE ev_eu;
+TRUNCATE ev_eu, ev_us;
+SELECT data FROM pg_logical_slot_get_changes('p2r', NULL, NULL);
 
 -- a rule that no longer renders yields an error row, and the stream goes on
 CREATE TABLE d (id int PRIMARY KEY, gone text);

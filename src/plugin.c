@@ -29,9 +29,12 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
 #include "replication/logical.h"
 #include "replication/output_plugin.h"
 #include "utils/json.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -49,6 +52,9 @@ typedef struct PluginState
 } PluginState;
 
 void _PG_output_plugin_init(OutputPluginCallbacks *cb);
+
+static bool truncates_all_partitions(Oid parent, Relation relations[],
+									 int nrelations);
 
 /*
  * plugin_startup checks the options (pg2redis takes none) and fixes the
@@ -250,12 +256,42 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 		if (!mapping_has_rules(map) || list_member_oid(done, map->rulerelid))
 			continue;
+		/* a partitioned table is emptied only with all of its partitions */
+		if (map->rulerelid != RelationGetRelid(relations[i]) &&
+			!truncates_all_partitions(map->rulerelid, relations, nrelations))
+			continue;
 		done = lappend_oid(done, map->rulerelid);
 		relid = map->rulerelid;
 		mapping_truncate(map, &meta, &sink);
 	}
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->change_cxt);
+}
+
+/*
+ * truncates_all_partitions tells whether relations[] holds every leaf
+ * partition of the partitioned table parent: only then was the table itself
+ * emptied (the WAL names the leaves only), and only then do its truncate
+ * rules run.  A partition truncated alone runs its own truncate rules.
+ */
+static bool
+truncates_all_partitions(Oid parent, Relation relations[], int nrelations)
+{
+	ListCell *lc;
+
+	foreach(lc, find_all_inheritors(parent, NoLock, NULL))
+	{
+		Oid	 child = lfirst_oid(lc);
+		bool found = false;
+
+		if (get_rel_relkind(child) != RELKIND_RELATION)
+			continue;
+		for (int i = 0; i < nrelations && !found; i++)
+			found = RelationGetRelid(relations[i]) == child;
+		if (!found)
+			return false;
+	}
+	return true;
 }
 
 /*
