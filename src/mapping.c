@@ -108,8 +108,7 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 
 	if (entry->cxt)
 		MemoryContextDelete(entry->cxt);
-	entry->cxt = AllocSetContextCreate(MapsCxt, "pg2redis relation map",
-									   ALLOCSET_SMALL_SIZES);
+	entry->cxt = NULL;
 	/* Valid from now: an invalidation during the build marks it again. */
 	entry->valid = true;
 	entry->generation = gen;
@@ -130,6 +129,9 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 	if (!RelationIsValid(rulerel))
 		return;
 
+	/* only relations with rules get memory of their own */
+	entry->cxt = AllocSetContextCreate(MapsCxt, "pg2redis relation map",
+									   ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(entry->cxt);
 
 	entry->natts = desc->natts;
@@ -220,7 +222,19 @@ mapping_get(Relation rel)
 		entry->rulerelid = InvalidOid;
 	}
 	if (!entry->valid || entry->generation != gen)
-		relmap_build(entry, rel, gen);
+	{
+		/* an error half-way leaves the entry to be built again next time */
+		PG_TRY();
+		{
+			relmap_build(entry, rel, gen);
+		}
+		PG_CATCH();
+		{
+			entry->valid = false;
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
 	return entry;
 }
 
