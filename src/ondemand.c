@@ -94,6 +94,22 @@ static struct
 
 #define RETRY_ROUNDS 10
 
+/*
+ * The progress of the last chunk sent, to be recorded once Redis has applied
+ * it.  One chunk may wait for its acknowledgement while the next one is
+ * selected (the selection does not depend on Redis), so that reading
+ * PostgreSQL and applying in Redis overlap; a restart before the
+ * acknowledgement selects that chunk again.
+ */
+static struct
+{
+	bool	   active;
+	XLogRecPtr sent_at; /* the chunk's fence */
+	uint64	   rows;
+	Oid		   leaf;
+	List	  *last_key; /* in OndemandCxt */
+} pending;
+
 /* The chunk in flight between its watermarks. */
 static struct
 {
@@ -658,6 +674,7 @@ typedef struct ProgressArgs
 {
 	const char *state; /* new state, or NULL to keep */
 	const char *error;
+	bool		acked; /* record pending's values, not req's */
 } ProgressArgs;
 
 /* record_progress writes the request's progress (and state). */
@@ -669,20 +686,23 @@ record_progress(void *arg)
 							  TEXTARRAYOID, TEXTOID, TEXTOID};
 	Datum		  values[6];
 	char		  nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	uint64		  rows = pa->acked ? pending.rows : req.rows;
+	Oid			  leaf = pa->acked ? pending.leaf : req.leaf;
+	List		 *last_key = pa->acked ? pending.last_key : req.last_key;
 
 	values[0] = Int64GetDatum(req.id);
-	values[1] = Int64GetDatum(req.rows);
-	values[2] = ObjectIdGetDatum(req.leaf);
-	nulls[2] = OidIsValid(req.leaf) ? ' ' : 'n';
-	if (req.last_key != NIL)
+	values[1] = Int64GetDatum(rows);
+	values[2] = ObjectIdGetDatum(leaf);
+	nulls[2] = OidIsValid(leaf) ? ' ' : 'n';
+	if (last_key != NIL)
 	{
-		Datum	 *elems = palloc(sizeof(Datum) * list_length(req.last_key));
+		Datum	 *elems = palloc(sizeof(Datum) * list_length(last_key));
 		ListCell *lc;
 
-		foreach(lc, req.last_key)
+		foreach(lc, last_key)
 			elems[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
 		values[3] =
-			PointerGetDatum(construct_array(elems, list_length(req.last_key),
+			PointerGetDatum(construct_array(elems, list_length(last_key),
 											TEXTOID, -1, false, TYPALIGN_INT));
 	}
 	else
@@ -706,7 +726,7 @@ record_progress(void *arg)
 static void
 finish_request(const char *state, const char *error)
 {
-	ProgressArgs pa = {state, error};
+	ProgressArgs pa = {state, error, false};
 	char		*err = NULL;
 
 	if (!worker_run_sql(record_progress, &pa, NULL, &err))
@@ -719,6 +739,8 @@ finish_request(const char *state, const char *error)
 						 req.id, state, req.rows, error ? ": " : "",
 						 error ? error : "")));
 	req.active = false;
+	pending.active = false;
+	pending.last_key = NIL;
 	MemoryContextReset(OndemandCxt);
 	req.leaves = NIL;
 	req.last_key = NIL;
@@ -863,13 +885,31 @@ ondemand_step(void)
 	 * Progress is recorded only once Redis has applied the chunk: a restart
 	 * before that selects the chunk again instead of skipping it.
 	 */
-	if (chunk.sent && chunk.sent_at != InvalidXLogRecPtr &&
-		!sender_applied_through(chunk.sent_at))
+	if (pending.active && sender_applied_through(pending.sent_at))
+	{
+		ProgressArgs pa = {"running", NULL, true};
+
+		pending.active = false;
+		if (req.leaves != NIL &&
+			!worker_run_sql(record_progress, &pa, NULL, &err))
+		{
+			finish_request("failed", err);
+			return;
+		}
+	}
+	/* at most one chunk waits for Redis while the next one is selected */
+	if (chunk.sent && pending.active)
 		return;
+	/* the request is done once Redis has applied its last chunk */
+	if (req.active && req.leaves == NIL && !chunk.sent)
+	{
+		if (!pending.active)
+			finish_request("done", NULL);
+		return;
+	}
 
 	if (chunk.sent)
 	{
-		ProgressArgs  pa = {"running", NULL};
 		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
 		ListCell	 *lc;
 
@@ -915,16 +955,25 @@ ondemand_step(void)
 			req.last_key = NIL;
 			req.leaf_done = false;
 		}
+		if (chunk.sent_at != InvalidXLogRecPtr)
+		{
+			/* recorded as progress when Redis has applied the chunk */
+			list_free_deep(pending.last_key);
+			pending.last_key = NIL;
+			foreach(lc, req.last_key)
+				pending.last_key =
+					lappend(pending.last_key, pstrdup(lfirst(lc)));
+			pending.rows = req.rows;
+			pending.leaf = req.leaf;
+			pending.sent_at = chunk.sent_at;
+			pending.active = true;
+		}
 		MemoryContextSwitchTo(old);
 		chunk_reset();
 		if (req.leaves == NIL)
 		{
-			finish_request("done", NULL);
-			return;
-		}
-		if (!worker_run_sql(record_progress, &pa, NULL, &err))
-		{
-			finish_request("failed", err);
+			if (!pending.active)
+				finish_request("done", NULL);
 			return;
 		}
 	}
@@ -962,7 +1011,7 @@ ondemand_step(void)
 			return;
 		}
 		{
-			ProgressArgs pa = {"running", NULL};
+			ProgressArgs pa = {"running", NULL, false};
 
 			(void) worker_run_sql(record_progress, &pa, NULL, &err);
 		}

@@ -176,5 +176,46 @@ diag(sprintf('on-demand snapshot of 200000 rows (6 columns, one HSET): %.0f rows
 		  . '(%.2f s from start to done; %.2f s from request to start; %.2f s as the client saw it)',
 		200000 / $run, $run, $pickup, $secs));
 
+# --- resume: the worker killed half-way through a request ----------------
+
+# Small chunks, so that the request is still running when the worker dies.
+# The recorded progress trails what Redis has applied, so the request goes on
+# from there after the restart instead of starting over, and loses nothing.
+$node->append_conf('postgresql.conf',
+	"pg2redis.snapshot_batch_size = 1000\nrestart_after_crash = on\n");
+$node->reload;
+wait_for_redis($node, 60, 'settled before the resume test');
+$redis->call('FLUSHALL');
+my $rid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('wide')");
+ok( poll_until(
+		60,
+		sub {
+			$node->safe_psql('postgres',
+				"SELECT state = 'running' AND rows >= 40000 FROM pg2redis_snapshots WHERE id = $rid") eq 't';
+		},
+		0.01),
+	'the request records progress as it goes');
+my $at_kill = $node->safe_psql('postgres', "SELECT rows FROM pg2redis_snapshots WHERE id = $rid");
+cmp_ok(scalar(redis_keys($redis, 'wide:*')), '>=', $at_kill,
+	'the progress recorded is applied in Redis');
+my $wpid = worker_pid($node) // 0;
+my $cmdline = $wpid > 0 ? eval { slurp_file("/proc/$wpid/cmdline") } // '' : '';
+ok($wpid > 0 && $cmdline =~ /^postgres/, 'worker pid known') or BAIL_OUT('no worker');
+my $offset = -s $node->logfile;
+kill 'KILL', $wpid;
+ok(poll_until(30, sub { slurp_file($node->logfile, $offset) =~ /reinitializing/ }),
+	'the postmaster restarts after the worker was killed');
+ok( poll_until(
+		120,
+		sub {
+			$node->safe_psql('postgres', "SELECT state FROM pg2redis_snapshots WHERE id = $rid") eq 'done';
+		}),
+	'the request is done after the restart');
+wait_for_redis($node, 60, 'resumed snapshot applied');
+is(scalar(redis_keys($redis, 'wide:*')), 200000, 'every row is in Redis after the resume');
+my $rows = $node->safe_psql('postgres', "SELECT rows FROM pg2redis_snapshots WHERE id = $rid");
+cmp_ok($rows, '<', 200000 + $at_kill,
+	"the request went on from its progress ($at_kill rows at the kill, $rows in all), not from the start");
+
 $node->stop;
 done_testing();
