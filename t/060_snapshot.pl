@@ -64,6 +64,20 @@ is($redis->call('GET', 'total:acc'),
 	'the counter counts every row exactly once (load or stream, never both)');
 ok(log_lines($node, qr/initial load sent \d+ rows/), 'the worker logged the initial load');
 
+# request_reaches($id, $state, $timeout, $interval): polls the state of a
+# snapshot request until it is $state; returns whether it got there in time.
+sub request_reaches
+{
+	my ($id, $state, $timeout, $interval) = @_;
+	return poll_until(
+		$timeout,
+		sub {
+			$node->safe_psql('postgres',
+				"SELECT state FROM pg2redis_snapshots WHERE id = $id") eq $state;
+		},
+		$interval // 0.1);
+}
+
 # --- on demand, under a concurrent workload, Redis emptied first --------
 
 $node->safe_psql(
@@ -101,13 +115,7 @@ for my $round (1 .. 2)
 	my $id = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('od')");
 	($rc, $out, $err) = finish_psql_script($bg);
 	is($rc, 0, "round $round: the concurrent workload ran") or diag($err);
-	ok( poll_until(
-			120,
-			sub {
-				$node->safe_psql('postgres',
-					"SELECT state FROM pg2redis_snapshots WHERE id = $id") eq 'done';
-			}),
-		"round $round: the snapshot request is done");
+	ok(request_reaches($id, 'done', 120), "round $round: the snapshot request is done");
 	wait_for_redis($node, 60, "round $round: stream caught up");
 	check_table_in_redis($node, $redis, 'od', 'od',
 		"round $round: after an on-demand snapshot under load, Redis equals PostgreSQL");
@@ -123,8 +131,7 @@ $node->safe_psql('postgres',
 	"INSERT INTO pg2redis.snapshot_filters VALUES ('od', 'id <= 100')");
 $redis->call('FLUSHALL');
 my $fid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('od')");
-poll_until(60,
-	sub { $node->safe_psql('postgres', "SELECT state FROM pg2redis_snapshots WHERE id = $fid") eq 'done' });
+request_reaches($fid, 'done', 60);
 wait_for_redis($node, 30, 'filtered snapshot done');
 is(scalar(redis_keys($redis, 'od:*')),
 	$node->safe_psql('postgres', 'SELECT count(*) FROM od WHERE id <= 100'),
@@ -133,12 +140,7 @@ is(scalar(redis_keys($redis, 'od:*')),
 $node->safe_psql('postgres',
 	"UPDATE pg2redis.snapshot_filters SET filter = 'w::int > 0' WHERE relation = 'od'::regclass");
 my $bad = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('od')");
-ok( poll_until(
-		60,
-		sub {
-			$node->safe_psql('postgres',
-				"SELECT state FROM pg2redis_snapshots WHERE id = $bad") eq 'failed';
-		}),
+ok(request_reaches($bad, 'failed', 60),
 	'a request whose filter fails at run time is marked failed');
 like(
 	$node->safe_psql('postgres', "SELECT error FROM pg2redis_snapshots WHERE id = $bad"),
@@ -163,9 +165,7 @@ wait_for_redis($node, 60, 'wide rows committed before the rule are not streamed'
 $redis->call('FLUSHALL');
 my $t0 = time;
 my $wid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('wide')");
-poll_until(300,
-	sub { $node->safe_psql('postgres', "SELECT state FROM pg2redis_snapshots WHERE id = $wid") eq 'done' },
-	0.02);
+request_reaches($wid, 'done', 300, 0.02);
 wait_for_redis($node, 60, 'wide snapshot applied');
 my $secs = time - $t0;
 is(scalar(redis_keys($redis, 'wide:*')), 200000, 'the 200k-row snapshot wrote every row');
@@ -205,12 +205,7 @@ my $offset = -s $node->logfile;
 kill 'KILL', $wpid;
 ok(poll_until(30, sub { slurp_file($node->logfile, $offset) =~ /reinitializing/ }),
 	'the postmaster restarts after the worker was killed');
-ok( poll_until(
-		120,
-		sub {
-			$node->safe_psql('postgres', "SELECT state FROM pg2redis_snapshots WHERE id = $rid") eq 'done';
-		}),
-	'the request is done after the restart');
+ok(request_reaches($rid, 'done', 120), 'the request is done after the restart');
 wait_for_redis($node, 60, 'resumed snapshot applied');
 is(scalar(redis_keys($redis, 'wide:*')), 200000, 'every row is in Redis after the resume');
 my $rows = $node->safe_psql('postgres', "SELECT rows FROM pg2redis_snapshots WHERE id = $rid");
