@@ -136,6 +136,8 @@ static struct
 } chunk;
 
 static MemoryContext OndemandCxt = NULL;
+
+static void			 chunk_reset(void);
 static TransactionId recent[RECENT_XIDS];
 static int			 recent_next = 0;
 static uint64		 chunk_seq = 0;
@@ -739,6 +741,7 @@ finish_request(const char *state, const char *error)
 						 req.id, state, req.rows, error ? ": " : "",
 						 error ? error : "")));
 	req.active = false;
+	chunk_reset();
 	pending.active = false;
 	pending.last_key = NIL;
 	MemoryContextReset(OndemandCxt);
@@ -885,7 +888,13 @@ ondemand_step(void)
 	 * Progress is recorded only once Redis has applied the chunk: a restart
 	 * before that selects the chunk again instead of skipping it.
 	 */
-	if (pending.active && sender_applied_through(pending.sent_at))
+	/*
+	 * With nothing in flight or waiting, the sender has nothing of the chunk
+	 * left either: its rows may have produced no command at all (conditions,
+	 * render errors), and then no block carries its fence.
+	 */
+	if (pending.active &&
+		(sender_applied_through(pending.sent_at) || sender_idle()))
 	{
 		ProgressArgs pa = {"running", NULL, true};
 

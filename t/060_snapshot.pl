@@ -151,6 +151,22 @@ wait_for_redis($node, 30, 'the stream goes on after a failed request');
 is($redis->call('HGET', 'od:999999', 'w'), 'after', 'a change after the failure arrives');
 $node->safe_psql('postgres', "DELETE FROM pg2redis.snapshot_filters");
 
+# --- a snapshot whose rows produce no command -----------------------------
+
+# Every row fails the rule's condition: no block carries the chunks' fences,
+# and on a quiet database the request must still end.
+$node->safe_psql('postgres', q{
+	CREATE TABLE quiet (id int PRIMARY KEY, v int);
+	INSERT INTO quiet SELECT g, g FROM generate_series(1, 5000) g;
+	SELECT pg2redis_add_rule('quiet', 'insert', 'SET quiet:{id} {v}',
+		'{"column": "v", "op": "<", "value": 0}');
+});
+wait_for_redis($node, 30, 'quiet table settled');
+my $qid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('quiet')");
+ok(request_reaches($qid, 'done', 30),
+	'a snapshot whose rows produce no command ends on a quiet database');
+is(scalar(redis_keys($redis, 'quiet:*')), 0, 'and writes nothing');
+
 # --- throughput: 200k rows, 6 columns, one HSET ---------------------------
 
 $node->safe_psql(
