@@ -256,11 +256,12 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 		if (!mapping_has_rules(map) || list_member_oid(done, map->rulerelid))
 			continue;
+		/* each rule relation is considered once, whatever the outcome */
+		done = lappend_oid(done, map->rulerelid);
 		/* a partitioned table is emptied only with all of its partitions */
 		if (map->rulerelid != RelationGetRelid(relations[i]) &&
 			!truncates_all_partitions(map->rulerelid, relations, nrelations))
 			continue;
-		done = lappend_oid(done, map->rulerelid);
 		relid = map->rulerelid;
 		mapping_truncate(map, &meta, &sink);
 	}

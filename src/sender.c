@@ -613,39 +613,49 @@ dead_letter_cmd(Block *b, int i, const char *error)
 	}
 }
 
-/* is_transient tells whether a Redis error is worth retrying as is. */
+/*
+ * error_code_in tells whether a Redis error's code, its first word (e.g.
+ * "MOVED" in "MOVED 3999 127.0.0.1:6381"), is one of codes.
+ */
 static bool
-is_transient(const char *err)
+error_code_in(const char *err, const char *const *codes, size_t ncodes)
 {
-	static const char *const prefixes[] = {"OOM",		  "LOADING",
-										   "BUSY",		  "READONLY",
-										   "MASTERDOWN",  "TRYAGAIN",
-										   "CLUSTERDOWN", "NOREPLICAS",
-										   "MOVED",		  "ASK",
-										   "CROSSSLOT"};
+	size_t len = strcspn(err, " ");
 
-	for (size_t i = 0; i < lengthof(prefixes); i++)
-		if (strncmp(err, prefixes[i], strlen(prefixes[i])) == 0)
+	for (size_t i = 0; i < ncodes; i++)
+		if (strlen(codes[i]) == len && strncmp(err, codes[i], len) == 0)
 			return true;
 	return false;
 }
 
+/* Errors only a Redis Cluster node sends: redirections, keys across slots. */
+static const char *const cluster_codes[] = {"MOVED", "ASK", "CROSSSLOT",
+											"CLUSTERDOWN"};
+
+/* is_transient tells whether a Redis error is worth retrying as is. */
+static bool
+is_transient(const char *err)
+{
+	static const char *const codes[] = {"OOM",		 "LOADING",	   "BUSY",
+										"READONLY",	 "MASTERDOWN", "TRYAGAIN",
+										"NOREPLICAS"};
+
+	return error_code_in(err, codes, lengthof(codes)) ||
+		   error_code_in(err, cluster_codes, lengthof(cluster_codes));
+}
+
 /*
  * cluster_note returns a remark to append to a Redis error that only a Redis
- * Cluster node sends (a redirection, or keys of a transaction in different
- * slots), or "" for any other error.  The stream cannot go on against such a
- * node: it stops and retries, losing nothing, until the URL is changed.
+ * Cluster node sends, or "" for any other error.  The stream cannot go on
+ * against such a node: it stops and retries, losing nothing, until the URL is
+ * changed.
  */
 static const char *
 cluster_note(const char *err)
 {
-	static const char *const prefixes[] = {"MOVED", "ASK", "CROSSSLOT",
-										   "CLUSTERDOWN"};
-
-	for (size_t i = 0; i < lengthof(prefixes); i++)
-		if (strncmp(err, prefixes[i], strlen(prefixes[i])) == 0)
-			return " (pg2redis.redis_url names a Redis Cluster node; Redis "
-				   "Cluster is not supported yet, give a standalone server)";
+	if (error_code_in(err, cluster_codes, lengthof(cluster_codes)))
+		return " (pg2redis.redis_url names a Redis Cluster node; Redis "
+			   "Cluster is not supported yet, give a standalone server)";
 	return "";
 }
 
