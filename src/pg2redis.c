@@ -38,6 +38,7 @@ bool  pg2r_enabled = true;
 int	  pg2r_batch_size = 1000;
 int	  pg2r_flush_interval_ms = 10;
 int	  pg2r_redis_timeout_ms = 5000;
+int	  pg2r_redis_cluster_wait_replicas = 1;
 int	  pg2r_retry_initial_ms = 100;
 int	  pg2r_retry_max_ms = 10000;
 int	  pg2r_on_command_error = PG2R_ON_ERROR_DEAD_LETTER;
@@ -151,6 +152,11 @@ define_settings(void)
 							"An idle stream flushes at once.",
 							&pg2r_flush_interval_ms, 10, 0, 60000, PGC_SIGHUP,
 							GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.redis_cluster_wait_replicas",
+							"Replicas of a Redis Cluster primary that must have the stream's writes before they count as applied.",
+							"The stream confirms its replication slot past a change only once WAIT says this many replicas (or all the slot map lists, when fewer) have it, so that a replica taking over a failed primary lacks nothing the slot no longer holds. 0 never waits.",
+							&pg2r_redis_cluster_wait_replicas, 1, 0, 16,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("pg2redis.redis_timeout",
 							"Deadline for connecting to Redis and for each reply.",
 							NULL, &pg2r_redis_timeout_ms, 5000, 100, 3600000,

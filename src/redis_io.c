@@ -78,7 +78,59 @@ parse_int(const char *s, int min, int max, int *out)
 }
 
 /*
- * redis_parse_url parses redis://[[user]:password@]host[:port][/db] or
+ * parse_hostport parses "host[:port]" or "[ipv6][:port]" in place (port
+ * keeps its value when not given).  Returns false with a message in *errmsg.
+ */
+static bool
+parse_hostport(char *hostport, char **host, int *port, char **errmsg)
+{
+	if (hostport[0] == '[')
+	{
+		char *close = strchr(hostport, ']');
+
+		if (!close)
+		{
+			*errmsg = pstrdup("unterminated [ in Redis URL host");
+			return false;
+		}
+		*close = '\0';
+		*host = hostport + 1;
+		hostport = close + 1;
+		if (*hostport == ':' && !parse_int(hostport + 1, 1, 65535, port))
+		{
+			*errmsg =
+				psprintf("invalid port \"%s\" in Redis URL", hostport + 1);
+			return false;
+		}
+	}
+	else
+	{
+		char *colon = strchr(hostport, ':');
+
+		if (colon)
+		{
+			*colon = '\0';
+			if (!parse_int(colon + 1, 1, 65535, port))
+			{
+				*errmsg =
+					psprintf("invalid port \"%s\" in Redis URL", colon + 1);
+				return false;
+			}
+		}
+		*host = hostport;
+	}
+	if ((*host)[0] == '\0')
+	{
+		*errmsg = pstrdup("Redis URL has no host");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * redis_parse_url parses redis://[[user]:password@]host[:port][/db],
+ * rediss:// (TLS), redis-cluster://[[user]:password@]host[:port][,host...]
+ * (the hosts are seeds of a Redis Cluster), rediss-cluster:// or
  * unix:///path[?db=N] into *target (palloc'd in the current context).
  * Returns false with a message in *errmsg for a malformed URL; the message
  * never contains the password.
@@ -86,11 +138,22 @@ parse_int(const char *s, int min, int max, int *out)
 bool
 redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 {
+	static const struct
+	{
+		const char *scheme;
+		bool		tls;
+		bool		cluster;
+	} schemes[] = {{"redis://", false, false},
+				   {"rediss://", true, false},
+				   {"redis-cluster://", false, true},
+				   {"rediss-cluster://", true, true}};
 	char *copy = pstrdup(url);
-	char *rest;
+	char *rest = NULL;
 	char *at;
 	char *slash;
 	char *hostport;
+	char *seed;
+	int	  nseeds = 1;
 
 	memset(target, 0, sizeof(*target));
 	target->port = 6379;
@@ -131,17 +194,18 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 		return true;
 	}
 
-	if (strncmp(copy, "rediss://", 9) == 0)
-	{
-		target->tls = true;
-		rest = copy + 9;
-	}
-	else if (strncmp(copy, "redis://", 8) == 0)
-		rest = copy + 8;
-	else
+	for (size_t i = 0; i < lengthof(schemes); i++)
+		if (strncmp(copy, schemes[i].scheme, strlen(schemes[i].scheme)) == 0)
+		{
+			rest = copy + strlen(schemes[i].scheme);
+			target->tls = schemes[i].tls;
+			target->cluster = schemes[i].cluster;
+			break;
+		}
+	if (rest == NULL)
 	{
 		*errmsg =
-			pstrdup("a Redis URL starts with redis://, rediss:// (TLS) or unix://");
+			pstrdup("a Redis URL starts with redis://, rediss:// (TLS), redis-cluster://, rediss-cluster:// or unix://");
 		return false;
 	}
 
@@ -184,48 +248,40 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 			return false;
 		}
 	}
-
-	if (hostport[0] == '[')
+	if (target->cluster && target->db != 0)
 	{
-		char *close = strchr(hostport, ']');
-
-		if (!close)
-		{
-			*errmsg = pstrdup("unterminated [ in Redis URL host");
-			return false;
-		}
-		*close = '\0';
-		target->host = hostport + 1;
-		hostport = close + 1;
-		if (*hostport == ':' &&
-			!parse_int(hostport + 1, 1, 65535, &target->port))
-		{
-			*errmsg =
-				psprintf("invalid port \"%s\" in Redis URL", hostport + 1);
-			return false;
-		}
-	}
-	else
-	{
-		char *colon = strchr(hostport, ':');
-
-		if (colon)
-		{
-			*colon = '\0';
-			if (!parse_int(colon + 1, 1, 65535, &target->port))
-			{
-				*errmsg =
-					psprintf("invalid port \"%s\" in Redis URL", colon + 1);
-				return false;
-			}
-		}
-		target->host = hostport;
-	}
-	if (target->host[0] == '\0')
-	{
-		*errmsg = pstrdup("Redis URL has no host");
+		*errmsg =
+			pstrdup("a Redis Cluster has only database 0; remove the database number from the URL");
 		return false;
 	}
+
+	for (char *p = hostport; *p; p++)
+		if (*p == ',')
+			nseeds++;
+	if (nseeds > 1 && !target->cluster)
+	{
+		*errmsg =
+			pstrdup("a Redis URL with several hosts must start with redis-cluster:// or rediss-cluster://");
+		return false;
+	}
+	target->nseeds = nseeds;
+	target->seed_hosts = palloc(sizeof(char *) * nseeds);
+	target->seed_ports = palloc(sizeof(int) * nseeds);
+	seed = hostport;
+	for (int i = 0; i < nseeds; i++)
+	{
+		char *comma = strchr(seed, ',');
+
+		if (comma)
+			*comma = '\0';
+		target->seed_ports[i] = 6379;
+		if (!parse_hostport(seed, &target->seed_hosts[i],
+							&target->seed_ports[i], errmsg))
+			return false;
+		seed = comma ? comma + 1 : NULL;
+	}
+	target->host = target->seed_hosts[0];
+	target->port = target->seed_ports[0];
 	return true;
 }
 

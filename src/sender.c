@@ -1,21 +1,21 @@
 /*-------------------------------------------------------------------------
  *
  * sender.c
- *	  Decoded transactions to Redis: blocks, the fence, replies, retries.
+ *	  Decoded transactions to Redis: blocks, fences, replies, retries.
  *
  * The decoder hands every command of a committed transaction to
- * sender_command(), in commit order.  Commands are written in RESP into a
- * block:
+ * sender_command(), in commit order.  Commands are collected in a block of
+ * one or more whole transactions, which goes to Redis as
  *
  *		MULTI
- *		<commands of one or more whole transactions>
- *		SET pg2redis:<slot>:lsn <fence>
+ *		<the block's commands>
+ *		SET <fence key> <fence>
  *		EXEC
  *
- * so that Redis applies a block, and the fence saying how far the stream
- * got, atomically.  The fence is "<end_lsn>" when the transaction whose
- * commit record ends at end_lsn (and every earlier one) is applied, or
- * "<end_lsn>:<n>" when only its first n commands are: a transaction with
+ * so that Redis applies the commands, and the fence saying how far the
+ * stream got, atomically.  The fence is "<end_lsn>" when the transaction
+ * whose commit record ends at end_lsn (and every earlier one) is applied,
+ * or "<end_lsn>:<n>" when only its first n commands are: a transaction with
  * more than pg2redis.max_transaction_commands commands is split into
  * several blocks.  After any reconnect or restart the fence is read back,
  * and the decoder skips what Redis already has; decoding is deterministic
@@ -23,23 +23,48 @@
  * transaction is the same command every time.  That is what applies INCRBY,
  * XADD and PUBLISH exactly once.
  *
+ * Redis Cluster (redis-cluster:// URLs) runs a MULTI/EXEC only when all its
+ * keys are in one hash slot.  There a block is cut into groups, one per
+ * slot it touches, each a MULTI/EXEC of its slot's commands (in commit
+ * order) and of the slot's own fence key (src/cluster.c), sent on the link
+ * to the primary that serves the slot.  Atomicity and the fence are then per
+ * slot: a reader of one key still sees transactions whole and in order,
+ * and every slot knows exactly which commands it has.  Multi-key DEL,
+ * UNLINK and MSET whose keys span slots are split per slot; other commands
+ * whose keys span slots are dead letters.  A standalone server is the same
+ * machinery with one group per block and one fence key.
+ *
  * At most two blocks exist: one in flight (sent, not yet acknowledged) and
  * one being built.  The next block is built while Redis executes the
- * previous one, which keeps both processes busy, but a block is never sent
- * before the previous one's EXEC reply came back.  That keeps ordering
- * simple under failures: if the connection drops, only the block in flight
- * is in doubt, and the fence tells whether Redis applied it; if Redis
- * refuses a command while queueing it (EXECABORT), nothing after it has
- * been sent, so the block can be sent again without it.  When the block
- * being built is full and one is still in flight, the caller (possibly a
- * decoding callback in the middle of a huge transaction) waits here: that
- * is the back-pressure that bounds memory.
+ * previous one, but a block is never sent before every group of the
+ * previous one is acknowledged.  That keeps ordering simple under failures:
+ * only the block in flight is ever in doubt, and each group's fence tells
+ * whether Redis applied it.  If Redis refuses a command while queueing it
+ * (EXECABORT), nothing of its group was applied, so the group is sent again
+ * without it.  When the block being built is full and one is still in
+ * flight, the caller (possibly a decoding callback in the middle of a huge
+ * transaction) waits here: that is the back-pressure that bounds memory.
  *
- * The connection is a small state machine (down, connecting, handshake,
- * ready) driven by sender_service(), which waits on the latch and the
- * socket with the deadlines of pg2redis.redis_timeout and reconnects with
- * exponential backoff and jitter.  Nothing here blocks without a deadline,
- * and nothing raises an ERROR for a Redis failure.
+ * Links.  A standalone server has one link; a cluster has a link to each
+ * primary, set up from CLUSTER SLOTS asked of a seed (or of a node of the
+ * last map).  Each link is a small state machine (down, connecting,
+ * handshake, ready) driven by sender_service(), which waits on the latch and
+ * every socket with the deadlines of pg2redis.redis_timeout.  Any failure,
+ * and any redirection (MOVED, ASK, TRYAGAIN, CLUSTERDOWN: the topology
+ * changed or is changing), drops every link, and after a backoff with
+ * jitter the map is asked for again and every link re-reads the fences of
+ * its slots: the groups of the block in flight that Redis has are done, the
+ * others are sent again to whoever serves their slot now.  Nothing here
+ * blocks without a deadline, and nothing raises an ERROR for a Redis failure.
+ *
+ * Failover.  Redis replicates asynchronously, so a write a primary
+ * acknowledged can be lost when a replica takes its place.  Fence and
+ * commands of a group are one MULTI/EXEC, replicated as a unit, so a
+ * promoted replica holds a fence consistent with its data.  To be able to
+ * resend what it lacks, a block counts as applied (and the replication slot
+ * is confirmed past it) only once WAIT reports the groups replicated to
+ * pg2redis.redis_cluster_wait_replicas replicas of their primary (or to as
+ * many as the map lists, when fewer).
  *
  * Commands Redis rejects are kept, with where they came from, for the
  * worker to record in pg2redis.dead_letters between decoding batches (or,
@@ -56,6 +81,10 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "pg2redis/cluster.h"
+#include "pg2redis/commands.h"
+#include "pg2redis/compat.h"
+#include "pg2redis/keyslot.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
@@ -82,27 +111,50 @@ typedef struct CmdInfo
 	XLogRecPtr	  lsn;
 	uint32		  offset; /* of its RESP in the block */
 	uint32		  len;
+	int			  slot;	   /* hash slot (cluster), 0 (standalone) */
+	bool		  dropped; /* refused while queued: a dead letter now */
 } CmdInfo;
+
+typedef enum GroupState
+{
+	GROUP_PENDING, /* to be sent */
+	GROUP_SENT,	   /* sent, EXEC not answered yet */
+	GROUP_APPLIED, /* EXEC answered, WAIT not yet */
+	GROUP_DONE	   /* applied (and replicated as configured) */
+} GroupState;
+
+/* The commands of one slot in a block: one MULTI/EXEC. */
+typedef struct Group
+{
+	int		   slot; /* hash slot, or -1 on a standalone server */
+	int		   first;
+	int		   n; /* commands: order[first .. first + n - 1] */
+	int		   link;
+	GroupState state;
+	bool	   fence_only; /* applied: write the fence again, for WAIT */
+	bool	   any_queue_error;
+	int		   sent_first; /* its commands in its link's sent[] */
+	int		   sent_n;
+} Group;
 
 typedef struct Block
 {
-	StringInfoData resp;
+	StringInfoData resp; /* the commands' RESP, back to back */
 	int			   ncmds;
 	int			   cmdcap;
 	CmdInfo		  *cmds;
 	int			   txn_cmds; /* commands of the open transaction here */
-	bool		   closed;
 	Fence		   fence;
+	bool		   reset; /* sets every fence to 0/0 (a new slot) */
 	int			   ntxns; /* transactions completed in this block */
 	uint64		   nchanges;
 	TimestampTz	   commit_time; /* of the last completed transaction */
 	TimestampTz	   opened_at;
 	/* while in flight */
-	size_t written;
-	int	   replies;		 /* replies received so far */
-	bool  *queue_failed; /* per command: refused when queued */
-	char **queue_errors;
-	bool   any_queue_error;
+	int	  *order; /* command indexes, grouped by slot */
+	Group *groups;
+	int	   ngroups;
+	char **queue_errors; /* per command: why Redis refused to queue it */
 } Block;
 
 typedef enum LinkState
@@ -113,41 +165,80 @@ typedef enum LinkState
 	LINK_READY
 } LinkState;
 
+/* A connection to one Redis server (a primary, in a cluster). */
+typedef struct Link
+{
+	LinkState	   state;
+	RedisConn	   conn;
+	RedisTarget	   target; /* this server */
+	char		  *name;   /* host:port, for messages */
+	int			   replicas;
+	bool		   is_map; /* asks CLUSTER SLOTS, carries no data */
+	StringInfoData hs;	   /* handshake bytes to send */
+	size_t		   hs_written;
+	int			   hs_setup;  /* AUTH/SELECT replies expected first */
+	int			   hs_nslots; /* fence GETs that follow, for hs_slots */
+	int			  *hs_slots;
+	int			   hs_seen;
+	StringInfoData out; /* groups of the block in flight */
+	size_t		   written;
+	int			  *pend; /* groups in the order sent */
+	int			   npend;
+	int			  *sent; /* command indexes in the order sent */
+	int			   nsent;
+	int			   pos;	  /* pend[pos] is the group being answered */
+	int			   reply; /* replies of that group so far */
+	int			   wait_n;
+	bool		   wait_sent;
+	TimestampTz	   deadline; /* of the current connect or reply */
+} Link;
+
+typedef enum TopoState
+{
+	TOPO_DOWN,	/* waiting to (re)connect */
+	TOPO_MAP,	/* asking a cluster node for the slot map */
+	TOPO_LINKS, /* links connecting and reading fences */
+	TOPO_READY
+} TopoState;
+
 static MemoryContext SenderCxt = NULL;
 static MemoryContext DeadCxt = NULL;
+static MemoryContext TopoCxt = NULL; /* links and the map: reset on refresh */
 static Block		 blocks[2];
 static Block		*building = NULL;
 static Block		*inflight = NULL;
 
 static struct
 {
-	LinkState	   state;
-	RedisConn	   conn;
-	RedisTarget	   target;			 /* for messages: the URL, masked */
-	RedisTarget	   connected_target; /* what the connection uses */
-	char		  *url; /* settings signature the target is from */
-	char		  *fence_key;
-	StringInfoData hs; /* handshake bytes to send */
-	size_t		   hs_written;
-	int			   hs_pending;	/* handshake replies still expected */
-	bool		   fence_known; /* read at least once since start */
-	Fence		   applied;		/* Redis's fence as last read or set */
-	int			   attempts;	/* failed attempts since last success */
-	TimestampTz	   next_attempt;
-	TimestampTz	   deadline; /* of the current connect or reply */
-} rlink;
+	TopoState	state;
+	RedisTarget target; /* from the settings */
+	char	   *url;	/* settings signature the target is from */
+	bool		cluster;
+	int			nlinks;
+	Link		links[CLUSTER_MAX_NODES];
+	Link		maplink;
+	ClusterMap *map;		 /* cluster: the last slot map */
+	int			nfences;	 /* CLUSTER_SLOTS, or 1 */
+	Fence	   *applied;	 /* per slot: what Redis has, as last known */
+	Fence	   *read;		 /* per slot: fences read at the last connect */
+	Fence		read_max;	 /* the highest of them */
+	bool		fence_known; /* read at least once since start */
+	Fence		acked;		 /* the last block applied whole */
+	int			attempts;	 /* failed attempts since last success */
+	TimestampTz next_attempt;
+} topo;
 
 /* The transaction being decoded. */
 static struct
 {
 	bool		  active;
 	bool		  skip; /* wholly applied already */
+	bool		  seen; /* reached Redis before (its errors are recorded) */
 	TransactionId xid;
 	XLogRecPtr	  commit_lsn;
 	XLogRecPtr	  end_lsn;
 	TimestampTz	  commit_time;
-	uint64		  seq;		  /* its commands so far */
-	uint64		  skip_until; /* its commands below this are applied */
+	uint64		  seq; /* its commands so far */
 	uint64		  changes;
 } cur;
 
@@ -155,8 +246,9 @@ static bool	  stopped = false;
 static List	 *dead_letters = NIL;
 static uint64 dead_letters_dropped = 0;
 
-static void link_fail(const char *fmt, ...) pg_attribute_printf(1, 2);
+static void topo_fail(Link *l, const char *fmt, ...) pg_attribute_printf(2, 3);
 static void wait_for_room(void);
+static void dispatch_inflight(void);
 
 /* ---------------------------------------------------------------------------
  * Fences
@@ -204,34 +296,80 @@ fence_parse(const char *s, Fence *f)
 	return true;
 }
 
+/*
+ * fence_covers tells whether a slot whose fence is f has command seq of the
+ * transaction ending at end_lsn.
+ */
+static bool
+fence_covers(Fence f, XLogRecPtr end_lsn, uint64 seq)
+{
+	if (end_lsn != f.lsn)
+		return end_lsn < f.lsn;
+	return f.seq == FENCE_DONE || seq < f.seq;
+}
+
+/* fence_slot returns the index into topo.applied of a group's slot. */
+static inline int
+fence_slot(int slot)
+{
+	return slot < 0 ? 0 : slot;
+}
+
+/* append_fence_set appends SET <fence key of slot> <fence>. */
+static void
+append_fence_set(StringInfo buf, int slot, Fence fence)
+{
+	StringInfoData key;
+	char		   val[64];
+
+	initStringInfo(&key);
+	cluster_append_fence_key(&key, pg2r_slot_name, slot);
+	redis_append_cstrings(buf, 3, "SET", key.data,
+						  fence_format(fence, val, sizeof(val)));
+	pfree(key.data);
+}
+
 /* ---------------------------------------------------------------------------
  * Blocks
  * ---------------------------------------------------------------------------
  */
 
+/* block_forget_groups frees what sending a block needed. */
+static void
+block_forget_groups(Block *b)
+{
+	if (b->queue_errors)
+	{
+		for (int i = 0; i < b->ncmds; i++)
+			if (b->queue_errors[i])
+				pfree(b->queue_errors[i]);
+		pfree(b->queue_errors);
+	}
+	b->queue_errors = NULL;
+	if (b->order)
+		pfree(b->order);
+	b->order = NULL;
+	if (b->groups)
+		pfree(b->groups);
+	b->groups = NULL;
+	b->ngroups = 0;
+}
+
 /* block_reset empties a block for reuse, keeping its buffers. */
 static void
 block_reset(Block *b)
 {
+	block_forget_groups(b);
 	resetStringInfo(&b->resp);
 	b->ncmds = 0;
 	b->txn_cmds = 0;
-	b->closed = false;
 	b->fence.lsn = InvalidXLogRecPtr;
 	b->fence.seq = FENCE_DONE;
+	b->reset = false;
 	b->ntxns = 0;
 	b->nchanges = 0;
 	b->commit_time = 0;
 	b->opened_at = 0;
-	b->written = 0;
-	b->replies = 0;
-	b->any_queue_error = false;
-	if (b->queue_failed)
-		pfree(b->queue_failed);
-	b->queue_failed = NULL;
-	if (b->queue_errors)
-		pfree(b->queue_errors);
-	b->queue_errors = NULL;
 	if (b->resp.maxlen > 64 * 1024 * 1024)
 	{
 		/* do not keep a huge buffer around after a huge transaction */
@@ -253,6 +391,8 @@ sender_init(void)
 									  ALLOCSET_DEFAULT_SIZES);
 	DeadCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis dead letters",
 									ALLOCSET_DEFAULT_SIZES);
+	TopoCxt = AllocSetContextCreate(SenderCxt, "pg2redis Redis links",
+									ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(SenderCxt);
 	for (int i = 0; i < 2; i++)
 	{
@@ -262,37 +402,76 @@ sender_init(void)
 	}
 	building = &blocks[0];
 	inflight = NULL;
-	redis_conn_init(&rlink.conn);
-	rlink.state = LINK_DOWN;
-	initStringInfo(&rlink.hs);
-	rlink.fence_key = psprintf("pg2redis:%s:lsn", pg2r_slot_name);
-	rlink.applied.lsn = InvalidXLogRecPtr;
-	rlink.applied.seq = FENCE_DONE;
+	topo.state = TOPO_DOWN;
+	topo.acked.lsn = InvalidXLogRecPtr;
+	topo.acked.seq = FENCE_DONE;
+	/* one fence until the settings say more (an invalid URL says nothing) */
+	topo.nfences = 1;
+	topo.applied = palloc(sizeof(Fence));
+	topo.read = palloc(sizeof(Fence));
+	topo.applied[0] = topo.acked;
+	topo.read[0] = topo.acked;
 	MemoryContextSwitchTo(old);
 	sender_reconfigure();
 }
 
-/* block_open starts a block with MULTI if it is empty. */
+/*
+ * make_groups cuts a closed block into its groups: one per slot touched
+ * (cluster), one in all (standalone), or one per fence (a reset block).
+ */
 static void
-block_open(Block *b)
+make_groups(Block *b)
 {
-	if (b->resp.len > 0)
-		return;
-	redis_append_cstrings(&b->resp, 1, "MULTI");
-	b->opened_at = GetCurrentTimestamp();
-}
+	static int	  counts[REDIS_CLUSTER_SLOTS + 1];
+	MemoryContext old = MemoryContextSwitchTo(SenderCxt);
 
-/* block_close appends the fence and EXEC. */
-static void
-block_close(Block *b, Fence fence)
-{
-	char buf[64];
+	b->order = palloc(sizeof(int) * Max(b->ncmds, 1));
+	b->queue_errors = palloc0(sizeof(char *) * Max(b->ncmds, 1));
+	if (b->reset)
+	{
+		b->ngroups = topo.cluster ? REDIS_CLUSTER_SLOTS : 1;
+		b->groups = palloc0(sizeof(Group) * b->ngroups);
+		for (int g = 0; g < b->ngroups; g++)
+			b->groups[g].slot = topo.cluster ? g : -1;
+	}
+	else if (!topo.cluster)
+	{
+		b->ngroups = 1;
+		b->groups = palloc0(sizeof(Group));
+		b->groups[0].slot = -1;
+		b->groups[0].n = b->ncmds;
+		for (int i = 0; i < b->ncmds; i++)
+			b->order[i] = i;
+	}
+	else
+	{
+		/* a counting sort by slot keeps commit order within each slot */
+		int ngroups = 0;
+		int g = 0;
 
-	b->fence = fence;
-	redis_append_cstrings(&b->resp, 3, "SET", rlink.fence_key,
-						  fence_format(fence, buf, sizeof(buf)));
-	redis_append_cstrings(&b->resp, 1, "EXEC");
-	b->closed = true;
+		memset(counts, 0, sizeof(counts));
+		for (int i = 0; i < b->ncmds; i++)
+			if (counts[b->cmds[i].slot + 1]++ == 0)
+				ngroups++;
+		b->groups = palloc0(sizeof(Group) * ngroups);
+		b->ngroups = ngroups;
+		for (int s = 0, start = 0; s < REDIS_CLUSTER_SLOTS; s++)
+		{
+			int n = counts[s + 1];
+
+			if (n == 0)
+				continue;
+			b->groups[g].slot = s;
+			b->groups[g].first = start;
+			b->groups[g].n = n;
+			counts[s + 1] = start; /* next free position of slot s */
+			start += n;
+			g++;
+		}
+		for (int i = 0; i < b->ncmds; i++)
+			b->order[counts[b->cmds[i].slot + 1]++] = i;
+	}
+	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -305,16 +484,16 @@ push_building(Fence fence)
 {
 	Block *b = building;
 
-	if (b->ncmds == 0 && b->resp.len == 0)
+	if (b->ncmds == 0 && !b->reset)
 		return;
-	block_close(b, fence);
+	b->fence = fence;
 	wait_for_room();
 	inflight = b;
 	building = (b == &blocks[0]) ? &blocks[1] : &blocks[0];
 	block_reset(building);
-	inflight->written = 0;
-	inflight->replies = 0;
-	rlink.deadline = 0;
+	make_groups(inflight);
+	if (topo.state == TOPO_READY)
+		dispatch_inflight();
 	sender_service(0);
 }
 
@@ -324,8 +503,8 @@ push_building(Fence fence)
  */
 
 /*
- * sender_begin_txn starts a decoded transaction; whether it is skipped
- * depends on the fence Redis holds.
+ * sender_begin_txn starts a decoded transaction; what of it is skipped
+ * depends on the fences Redis holds.
  */
 void
 sender_begin_txn(TransactionId xid, XLogRecPtr commit_lsn, XLogRecPtr end_lsn,
@@ -338,13 +517,12 @@ sender_begin_txn(TransactionId xid, XLogRecPtr commit_lsn, XLogRecPtr end_lsn,
 	cur.commit_time = commit_time;
 	cur.seq = 0;
 	cur.changes = 0;
-	cur.skip = false;
-	cur.skip_until = 0;
-	if (end_lsn < rlink.applied.lsn ||
-		(end_lsn == rlink.applied.lsn && rlink.applied.seq == FENCE_DONE))
-		cur.skip = true;
-	else if (end_lsn == rlink.applied.lsn)
-		cur.skip_until = rlink.applied.seq;
+	/* on a cluster, each command is checked against its slot's fence */
+	cur.skip = !topo.cluster && (end_lsn < topo.applied[0].lsn ||
+								 (end_lsn == topo.applied[0].lsn &&
+								  topo.applied[0].seq == FENCE_DONE));
+	cur.seen = cur.skip || (topo.cluster && topo.read_max.lsn >= end_lsn &&
+							topo.read_max.lsn != InvalidXLogRecPtr);
 	building->txn_cmds = 0;
 }
 
@@ -360,58 +538,6 @@ void
 sender_count_change(void)
 {
 	cur.changes++;
-}
-
-/*
- * sender_command appends one command of the current transaction, unless
- * Redis has it already; splits the transaction when it outgrows
- * pg2redis.max_transaction_commands.
- */
-void
-sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
-			   const char *const *argv, const size_t *argvlen)
-{
-	Oid		 relid = *(Oid *) arg;
-	Block	*b = building;
-	CmdInfo *ci;
-	uint64	 seq = cur.seq++;
-
-	if (cur.skip || seq < cur.skip_until)
-		return;
-	if (b->txn_cmds >= pg2r_max_transaction_commands)
-	{
-		Fence part = {cur.end_lsn, seq};
-
-		push_building(part);
-		b = building;
-		b->txn_cmds = 0;
-	}
-
-	block_open(b);
-	if (b->ncmds == b->cmdcap)
-	{
-		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
-
-		b->cmdcap = b->cmdcap ? b->cmdcap * 2 : 1024;
-		b->cmds = b->cmds ? repalloc(b->cmds, sizeof(CmdInfo) * b->cmdcap)
-						  : palloc(sizeof(CmdInfo) * b->cmdcap);
-		MemoryContextSwitchTo(old);
-	}
-	ci = &b->cmds[b->ncmds++];
-	ci->rule_id = rule->id;
-	ci->relid = relid;
-	ci->op = op;
-	ci->xid = cur.xid;
-	ci->lsn = cur.commit_lsn;
-	ci->offset = b->resp.len;
-	{
-		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
-
-		redis_append_command(&b->resp, argc, argv, argvlen);
-		MemoryContextSwitchTo(old);
-	}
-	ci->len = b->resp.len - ci->offset;
-	b->txn_cmds++;
 }
 
 /* queue_dead_letter keeps a dead letter for the worker to record. */
@@ -447,6 +573,164 @@ queue_dead_letter(XLogRecPtr lsn, TransactionId xid, Oid relid, Pg2rOp op,
 }
 
 /*
+ * append_command adds one command for slot to the block being built,
+ * unless that slot has it already.
+ */
+static void
+append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
+			   int argc, const char *const *argv, const size_t *argvlen)
+{
+	Block	*b = building;
+	CmdInfo *ci;
+
+	if (fence_covers(topo.applied[slot], cur.end_lsn, seq))
+		return;
+	if (b->ncmds == 0)
+		b->opened_at = GetCurrentTimestamp();
+	if (b->ncmds == b->cmdcap)
+	{
+		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+
+		b->cmdcap = b->cmdcap ? b->cmdcap * 2 : 1024;
+		b->cmds = b->cmds ? repalloc(b->cmds, sizeof(CmdInfo) * b->cmdcap)
+						  : palloc(sizeof(CmdInfo) * b->cmdcap);
+		MemoryContextSwitchTo(old);
+	}
+	ci = &b->cmds[b->ncmds++];
+	ci->rule_id = rule->id;
+	ci->relid = relid;
+	ci->op = op;
+	ci->xid = cur.xid;
+	ci->lsn = cur.commit_lsn;
+	ci->slot = slot;
+	ci->dropped = false;
+	ci->offset = b->resp.len;
+	{
+		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+
+		redis_append_command(&b->resp, argc, argv, argvlen);
+		MemoryContextSwitchTo(old);
+	}
+	ci->len = b->resp.len - ci->offset;
+}
+
+/*
+ * split_by_slot sends a multi-key command whose keys span slots (DEL,
+ * UNLINK, MSET: each key with the arguments after it up to the next key) as
+ * one command per slot, keys in their order; false if the command cannot be
+ * split that way.
+ */
+static bool
+split_by_slot(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int argc,
+			  const char *const *argv, const size_t *argvlen)
+{
+	const RedisCommandDef *def = redis_command_lookup(argv[0]);
+	const char			 **sargv;
+	size_t				  *slen;
+	int					  *slots;
+	bool				  *done;
+	int					   nunits;
+
+	if (def == NULL ||
+		(pg_strcasecmp(def->name, "DEL") != 0 &&
+		 pg_strcasecmp(def->name, "UNLINK") != 0 &&
+		 pg_strcasecmp(def->name, "MSET") != 0) ||
+		(argc - def->first_key) % def->key_step != 0)
+		return false;
+	nunits = (argc - def->first_key) / def->key_step;
+	sargv = palloc(sizeof(char *) * argc);
+	slen = palloc(sizeof(size_t) * argc);
+	slots = palloc(sizeof(int) * nunits);
+	done = palloc0(sizeof(bool) * nunits);
+	for (int u = 0; u < nunits; u++)
+	{
+		int k = def->first_key + u * def->key_step;
+
+		slots[u] = redis_key_slot(argv[k], argvlen[k]);
+	}
+	for (int u = 0; u < nunits; u++)
+	{
+		int n = def->first_key;
+
+		if (done[u])
+			continue;
+		memcpy(sargv, argv, sizeof(char *) * def->first_key);
+		memcpy(slen, argvlen, sizeof(size_t) * def->first_key);
+		for (int v = u; v < nunits; v++)
+		{
+			int k = def->first_key + v * def->key_step;
+
+			if (done[v] || slots[v] != slots[u])
+				continue;
+			done[v] = true;
+			for (int a = 0; a < def->key_step; a++)
+			{
+				sargv[n] = argv[k + a];
+				slen[n++] = argvlen[k + a];
+			}
+		}
+		append_command(rule, relid, op, seq, slots[u], n, sargv, slen);
+	}
+	pfree(sargv);
+	pfree(slen);
+	pfree(slots);
+	pfree(done);
+	return true;
+}
+
+/*
+ * sender_command appends one command of the current transaction, unless
+ * Redis has it already; splits the transaction when it outgrows
+ * pg2redis.max_transaction_commands.
+ */
+void
+sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
+			   const char *const *argv, const size_t *argvlen)
+{
+	Oid	   relid = *(Oid *) arg;
+	uint64 seq = cur.seq++;
+	int	   slot = 0;
+
+	if (cur.skip)
+		return;
+	if (building->txn_cmds >= pg2r_max_transaction_commands)
+	{
+		Fence part = {cur.end_lsn, seq};
+
+		push_building(part);
+		building->txn_cmds = 0;
+	}
+	building->txn_cmds++;
+
+	if (topo.cluster)
+	{
+		slot = redis_command_slot(argc, argv, argvlen);
+		if (slot == REDIS_SLOT_CROSSSLOT)
+		{
+			char **copy;
+
+			if (split_by_slot(rule, relid, op, seq, argc, argv, argvlen))
+				return;
+			if (cur.seen)
+				return;
+			copy = palloc(sizeof(char *) * argc);
+			for (int i = 0; i < argc; i++)
+				copy[i] = pnstrdup(argv[i], argvlen[i]);
+			queue_dead_letter(cur.commit_lsn, cur.xid, relid, op, argc, copy,
+							  "CROSSSLOT the keys of this command hash to different Redis Cluster slots; give them one hash tag, as in {order:1}:items and {order:1}:total");
+			for (int i = 0; i < argc; i++)
+				pfree(copy[i]);
+			pfree(copy);
+			return;
+		}
+		/* a command without a key (PUBLISH) goes with slot 0's fence */
+		if (slot < 0)
+			slot = 0;
+	}
+	append_command(rule, relid, op, seq, slot, argc, argv, argvlen);
+}
+
+/*
  * sender_render_error records a change a rule could not render; the
  * command stored in the dead letter is the rule's template.
  */
@@ -456,7 +740,7 @@ sender_render_error(void *arg, const Rule *rule, Pg2rOp op,
 {
 	Oid relid = *(Oid *) arg;
 
-	if (cur.skip)
+	if (cur.seen)
 		return;
 	queue_dead_letter(cur.commit_lsn, cur.xid, relid, op, rule->ncommand,
 					  rule->command, err->message);
@@ -474,7 +758,7 @@ sender_commit_txn(void)
 	cur.active = false;
 	if (cur.skip)
 		return;
-	if (b->resp.len > 0)
+	if (b->ncmds > 0)
 	{
 		b->ntxns++;
 		b->nchanges += cur.changes;
@@ -494,7 +778,7 @@ sender_commit_txn(void)
 void
 sender_flush(void)
 {
-	if (cur.active || building->resp.len == 0)
+	if (cur.active || building->ncmds == 0)
 		return;
 	push_building(building->fence);
 }
@@ -503,23 +787,23 @@ sender_flush(void)
 bool
 sender_batch_open_longer_than(int ms)
 {
-	return building->resp.len > 0 &&
+	return building->ncmds > 0 &&
 		   TimestampDifferenceExceeds(building->opened_at,
 									  GetCurrentTimestamp(), ms);
 }
 
-/* sender_ready: connected, and the fence is known. */
+/* sender_ready: connected, and the fences are known. */
 bool
 sender_ready(void)
 {
-	return rlink.state == LINK_READY && rlink.fence_known && !stopped;
+	return topo.state == TOPO_READY && topo.fence_known && !stopped;
 }
 
 /* sender_idle: nothing built, nothing in flight. */
 bool
 sender_idle(void)
 {
-	return inflight == NULL && building->resp.len == 0;
+	return inflight == NULL && building->ncmds == 0;
 }
 
 /*
@@ -529,8 +813,8 @@ sender_idle(void)
 bool
 sender_applied_through(XLogRecPtr lsn)
 {
-	return rlink.applied.lsn > lsn ||
-		   (rlink.applied.lsn == lsn && rlink.applied.seq == FENCE_DONE);
+	return topo.acked.lsn > lsn ||
+		   (topo.acked.lsn == lsn && topo.acked.seq == FENCE_DONE);
 }
 
 /* sender_stopped: a rejected command stopped the stream. */
@@ -561,6 +845,171 @@ sender_take_dead_letters(void)
 	if (taken == NIL)
 		MemoryContextReset(DeadCxt);
 	return taken;
+}
+
+/* ---------------------------------------------------------------------------
+ * Sending a block: groups on links
+ * ---------------------------------------------------------------------------
+ */
+
+/* link_wait_replicas returns how many replicas WAIT asks for on l. */
+static int
+link_wait_replicas(const Link *l)
+{
+	if (!topo.cluster)
+		return 0;
+	return Min(pg2r_redis_cluster_wait_replicas, l->replicas);
+}
+
+/*
+ * link_build_out writes the pending groups of the block in flight that
+ * belong on link li into its output, followed by WAIT when replicas must
+ * acknowledge them.
+ */
+static void
+link_build_out(int li)
+{
+	Link		 *l = &topo.links[li];
+	Block		 *b = inflight;
+	MemoryContext old = MemoryContextSwitchTo(TopoCxt);
+
+	resetStringInfo(&l->out);
+	l->written = 0;
+	l->npend = 0;
+	l->nsent = 0;
+	l->pos = 0;
+	l->reply = 0;
+	l->wait_sent = false;
+	if (l->pend)
+		pfree(l->pend);
+	if (l->sent)
+		pfree(l->sent);
+	l->pend = palloc(sizeof(int) * Max(b->ngroups, 1));
+	l->sent = palloc(sizeof(int) * Max(b->ncmds, 1));
+	for (int gi = 0; gi < b->ngroups; gi++)
+	{
+		Group *g = &b->groups[gi];
+
+		if (g->link != li || g->state != GROUP_PENDING)
+			continue;
+		redis_append_cstrings(&l->out, 1, "MULTI");
+		g->sent_first = l->nsent;
+		if (!g->fence_only)
+			for (int k = 0; k < g->n; k++)
+			{
+				int		 c = b->order[g->first + k];
+				CmdInfo *ci = &b->cmds[c];
+
+				if (ci->dropped)
+					continue;
+				appendBinaryStringInfo(&l->out, b->resp.data + ci->offset,
+									   ci->len);
+				l->sent[l->nsent++] = c;
+			}
+		g->sent_n = l->nsent - g->sent_first;
+		append_fence_set(&l->out, g->slot, b->fence);
+		redis_append_cstrings(&l->out, 1, "EXEC");
+		g->state = GROUP_SENT;
+		g->any_queue_error = false;
+		l->pend[l->npend++] = gi;
+	}
+	l->wait_n = link_wait_replicas(l);
+	if (l->npend > 0 && l->wait_n > 0)
+	{
+		char n[16], ms[16];
+
+		snprintf(n, sizeof(n), "%d", l->wait_n);
+		snprintf(ms, sizeof(ms), "%d", Max(pg2r_redis_timeout_ms / 2, 1));
+		redis_append_cstrings(&l->out, 3, "WAIT", n, ms);
+		l->wait_sent = true;
+	}
+	l->deadline = l->npend > 0
+					  ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													pg2r_redis_timeout_ms)
+					  : 0;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * dispatch_inflight assigns the pending groups of the block in flight to
+ * the links serving their slots and writes every link's output.
+ */
+static void
+dispatch_inflight(void)
+{
+	Block *b = inflight;
+
+	for (int gi = 0; gi < b->ngroups; gi++)
+		if (b->groups[gi].state == GROUP_PENDING)
+			b->groups[gi].link =
+				topo.cluster ? topo.map->slot_node[b->groups[gi].slot] : 0;
+	for (int li = 0; li < topo.nlinks; li++)
+		link_build_out(li);
+}
+
+/* inflight_acked finishes the block in flight once Redis applied it. */
+static void
+inflight_acked(void)
+{
+	Block *b = inflight;
+
+	if (b->reset)
+	{
+		for (int s = 0; s < topo.nfences; s++)
+		{
+			topo.applied[s].lsn = InvalidXLogRecPtr;
+			topo.applied[s].seq = FENCE_DONE;
+		}
+		topo.read_max = topo.applied[0];
+	}
+	else
+	{
+		pg2r_report_applied(b->fence.seq == FENCE_DONE ? b->fence.lsn
+													   : InvalidXLogRecPtr,
+							b->commit_time, b->ntxns, b->ncmds, b->nchanges);
+		if (b->fence.seq == FENCE_DONE)
+			worker_confirm(b->fence.lsn);
+	}
+	topo.acked = b->fence;
+	block_reset(b);
+	inflight = NULL;
+	for (int li = 0; li < topo.nlinks; li++)
+		topo.links[li].deadline = 0;
+}
+
+/* inflight_check acknowledges the block in flight when all its groups are. */
+static void
+inflight_check(void)
+{
+	if (inflight == NULL)
+		return;
+	for (int gi = 0; gi < inflight->ngroups; gi++)
+		if (inflight->groups[gi].state != GROUP_DONE)
+			return;
+	inflight_acked();
+}
+
+/*
+ * inflight_restart forgets what the links carried of the block in flight:
+ * every group not known applied is pending again (the fences read on the
+ * next connect decide).
+ */
+static void
+inflight_restart(void)
+{
+	if (inflight == NULL)
+		return;
+	for (int gi = 0; gi < inflight->ngroups; gi++)
+	{
+		inflight->groups[gi].state = GROUP_PENDING;
+		inflight->groups[gi].any_queue_error = false;
+	}
+	for (int c = 0; c < inflight->ncmds; c++)
+		if (inflight->queue_errors[c])
+		{
+			pfree(inflight->queue_errors[c]);
+			inflight->queue_errors[c] = NULL;
+		}
 }
 
 /* ---------------------------------------------------------------------------
@@ -630,346 +1079,757 @@ error_code_in(const char *err, const char *const *codes, size_t ncodes)
 
 /* Errors only a Redis Cluster node sends: redirections, keys across slots. */
 static const char *const cluster_codes[] = {"MOVED", "ASK", "CROSSSLOT",
-											"CLUSTERDOWN"};
+											"CLUSTERDOWN", "TRYAGAIN"};
 
-/* is_transient tells whether a Redis error is worth retrying as is. */
+/*
+ * is_transient tells whether a Redis error is worth retrying as is.  On a
+ * cluster, redirections are (the map is asked for again), but CROSSSLOT is
+ * about the command itself: a dead letter.
+ */
 static bool
 is_transient(const char *err)
 {
-	static const char *const codes[] = {"OOM",		 "LOADING",	   "BUSY",
-										"READONLY",	 "MASTERDOWN", "TRYAGAIN",
-										"NOREPLICAS"};
+	static const char *const codes[] = {"OOM",		  "LOADING",
+										"BUSY",		  "READONLY",
+										"MASTERDOWN", "NOREPLICAS"};
+	static const char *const crossslot[] = {"CROSSSLOT"};
 
+	if (topo.cluster && error_code_in(err, crossslot, 1))
+		return false;
 	return error_code_in(err, codes, lengthof(codes)) ||
 		   error_code_in(err, cluster_codes, lengthof(cluster_codes));
 }
 
 /*
  * cluster_note returns a remark to append to a Redis error that only a Redis
- * Cluster node sends, or "" for any other error.  The stream cannot go on
- * against such a node: it stops and retries, losing nothing, until the URL is
- * changed.
+ * Cluster node sends when pg2redis.redis_url names a standalone server, or
+ * "" for any other error.  The stream cannot go on against such a node with
+ * such a URL: it stops and retries, losing nothing, until the URL is changed.
  */
 static const char *
 cluster_note(const char *err)
 {
-	if (error_code_in(err, cluster_codes, lengthof(cluster_codes)))
-		return " (pg2redis.redis_url names a Redis Cluster node; Redis "
-			   "Cluster is not supported yet, give a standalone server)";
+	if (!topo.cluster &&
+		error_code_in(err, cluster_codes, lengthof(cluster_codes)))
+		return " (pg2redis.redis_url names a node of a Redis Cluster; write it "
+			   "as redis-cluster://host:port)";
 	return "";
 }
 
+/* group_applied records that Redis ran a group's EXEC. */
+static void
+group_applied(Link *l, Group *g)
+{
+	topo.applied[fence_slot(g->slot)] = inflight->fence;
+	g->state = l->wait_sent ? GROUP_APPLIED : GROUP_DONE;
+}
+
 /*
- * inflight_restart makes the block in flight go out again from its first
- * byte, forgetting the replies of the connection that carried it.
+ * link_pipeline_done runs when every reply a link's output asked for came
+ * back: groups to send again go out, or the block may be complete.
  */
 static void
-inflight_restart(void)
+link_pipeline_done(int li)
 {
-	if (inflight == NULL)
-		return;
-	inflight->written = 0;
-	inflight->replies = 0;
-	if (inflight->queue_failed)
-	{
-		pfree(inflight->queue_failed);
-		inflight->queue_failed = NULL;
-		pfree(inflight->queue_errors);
-		inflight->queue_errors = NULL;
-	}
-	inflight->any_queue_error = false;
-}
+	Link *l = &topo.links[li];
+	bool  again = false;
 
-/* inflight_acked finishes the block in flight once Redis applied it. */
-static void
-inflight_acked(void)
-{
-	Block *b = inflight;
-
-	rlink.applied = b->fence;
-	pg2r_report_applied(b->fence.seq == FENCE_DONE ? b->fence.lsn
-												   : InvalidXLogRecPtr,
-						b->commit_time, b->ntxns, b->ncmds, b->nchanges);
-	if (b->fence.seq == FENCE_DONE)
-		worker_confirm(b->fence.lsn);
-	block_reset(b);
-	inflight = NULL;
-	rlink.deadline = 0;
+	l->npend = 0;
+	l->deadline = 0;
+	for (int gi = 0; gi < inflight->ngroups; gi++)
+		if (inflight->groups[gi].link == li &&
+			inflight->groups[gi].state == GROUP_PENDING)
+			again = true;
+	if (again)
+		link_build_out(li);
+	else
+		inflight_check();
 }
 
 /*
- * rebuild_without_refused resends the block in flight without the commands
- * Redis refused to queue (they became dead letters).
- */
-static void
-rebuild_without_refused(void)
-{
-	Block		  *b = inflight;
-	StringInfoData old = b->resp;
-	CmdInfo		  *oldcmds = b->cmds;
-	int			   n = b->ncmds;
-	MemoryContext  ctx = MemoryContextSwitchTo(SenderCxt);
-	int			   kept = 0;
-
-	initStringInfo(&b->resp);
-	b->cmds = palloc(sizeof(CmdInfo) * Max(b->cmdcap, 1));
-	b->ncmds = 0;
-	redis_append_cstrings(&b->resp, 1, "MULTI");
-	for (int i = 0; i < n; i++)
-	{
-		if (b->queue_failed[i])
-			continue;
-		b->cmds[kept] = oldcmds[i];
-		b->cmds[kept].offset = b->resp.len;
-		appendBinaryStringInfo(&b->resp, old.data + oldcmds[i].offset,
-							   oldcmds[i].len);
-		kept++;
-	}
-	b->ncmds = kept;
-	MemoryContextSwitchTo(ctx);
-	pfree(old.data);
-	pfree(oldcmds);
-	pfree(b->queue_failed);
-	b->queue_failed = NULL;
-	pfree(b->queue_errors);
-	b->queue_errors = NULL;
-	b->any_queue_error = false;
-	{
-		char buf[64];
-
-		redis_append_cstrings(&b->resp, 3, "SET", rlink.fence_key,
-							  fence_format(b->fence, buf, sizeof(buf)));
-		redis_append_cstrings(&b->resp, 1, "EXEC");
-	}
-	b->written = 0;
-	b->replies = 0;
-}
-
-/*
- * handle_block_reply consumes one reply of the block in flight.  Returns
- * false when the link must be dropped (the error is recorded).
+ * handle_exec_reply consumes the EXEC reply of group g.  Returns false when
+ * the links must be dropped (the error is recorded).
  */
 static bool
-handle_block_reply(redisReply *r)
+handle_exec_reply(Link *l, Group *g, redisReply *r)
 {
 	Block *b = inflight;
-	int	   idx = b->replies++;
 
-	if (idx == 0)
+	if (r->type == REDIS_REPLY_ARRAY && !g->any_queue_error)
 	{
-		if (r->type == REDIS_REPLY_ERROR)
-		{
-			link_fail("Redis refused MULTI: %s", r->str);
-			return false;
-		}
-		return true;
-	}
-	if (idx <= b->ncmds + 1)
-	{
-		/* QUEUED, or an error for a command refused while queueing */
-		if (r->type == REDIS_REPLY_ERROR)
-		{
-			if (idx == b->ncmds + 1 || is_transient(r->str))
-			{
-				link_fail("Redis refused to queue a command: %s%s", r->str,
-						  cluster_note(r->str));
-				return false;
-			}
-			if (b->queue_failed == NULL)
-			{
-				MemoryContext old = MemoryContextSwitchTo(SenderCxt);
-
-				b->queue_failed = palloc0(sizeof(bool) * Max(b->ncmds, 1));
-				b->queue_errors = palloc0(sizeof(char *) * Max(b->ncmds, 1));
-				MemoryContextSwitchTo(old);
-			}
-			b->queue_failed[idx - 1] = true;
-			b->queue_errors[idx - 1] = MemoryContextStrdup(SenderCxt, r->str);
-			b->any_queue_error = true;
-		}
-		return true;
-	}
-
-	/* the EXEC reply */
-	if (r->type == REDIS_REPLY_ARRAY && !b->any_queue_error)
-	{
-		for (size_t i = 0; i < r->elements && (int) i < b->ncmds; i++)
+		for (size_t i = 0; i < r->elements && (int) i < g->sent_n; i++)
 			if (r->element[i]->type == REDIS_REPLY_ERROR)
-				dead_letter_cmd(b, i, r->element[i]->str);
-		if (r->elements == (size_t) b->ncmds + 1 &&
-			r->element[b->ncmds]->type == REDIS_REPLY_ERROR)
+				dead_letter_cmd(b, l->sent[g->sent_first + i],
+								r->element[i]->str);
+		if (r->elements == (size_t) g->sent_n + 1 &&
+			r->element[g->sent_n]->type == REDIS_REPLY_ERROR)
 		{
-			link_fail("Redis refused to record the stream position: %s",
-					  r->element[b->ncmds]->str);
+			topo_fail(l, "Redis refused to record the stream position: %s",
+					  r->element[g->sent_n]->str);
 			return false;
 		}
-		inflight_acked();
+		group_applied(l, g);
 		return true;
 	}
-	if (b->any_queue_error)
+	if (g->any_queue_error)
 	{
-		/* EXECABORT: nothing of the block was applied */
-		for (int i = 0; i < b->ncmds; i++)
-			if (b->queue_failed[i])
-				dead_letter_cmd(b, i, b->queue_errors[i]);
+		/* EXECABORT: nothing of the group was applied */
+		for (int k = 0; k < g->sent_n; k++)
+		{
+			int c = l->sent[g->sent_first + k];
+
+			if (b->queue_errors[c] == NULL)
+				continue;
+			dead_letter_cmd(b, c, b->queue_errors[c]);
+			b->cmds[c].dropped = true;
+			pfree(b->queue_errors[c]);
+			b->queue_errors[c] = NULL;
+		}
+		g->any_queue_error = false;
 		if (stopped)
 		{
 			/* keep the position before the block; it is sent again on resume */
-			link_fail("the stream stopped on a rejected command");
+			topo_fail(l, "the stream stopped on a rejected command");
 			return false;
 		}
-		rebuild_without_refused();
+		g->state = GROUP_PENDING; /* sent again without them */
 		return true;
 	}
-	link_fail("unexpected reply to EXEC: %s%s",
+	topo_fail(l, "unexpected reply to EXEC: %s%s",
 			  r->type == REDIS_REPLY_ERROR ? r->str : "nil",
 			  r->type == REDIS_REPLY_ERROR ? cluster_note(r->str) : "");
 	return false;
 }
 
-/* handle_handshake_reply consumes AUTH, SELECT and GET replies. */
+/*
+ * handle_block_reply consumes one reply on a ready link.  Returns false
+ * when the links must be dropped (the error is recorded).
+ */
 static bool
-handle_handshake_reply(redisReply *r)
+handle_block_reply(int li, redisReply *r)
 {
-	rlink.hs_pending--;
-	if (rlink.hs_pending > 0)
+	Link  *l = &topo.links[li];
+	Block *b = inflight;
+	Group *g;
+	int	   idx;
+
+	if (b == NULL || (l->pos >= l->npend && !l->wait_sent))
+	{
+		topo_fail(l, "unexpected reply from Redis");
+		return false;
+	}
+	if (l->pos >= l->npend)
+	{
+		/* the reply to WAIT */
+		if (r->type != REDIS_REPLY_INTEGER || r->integer < l->wait_n)
+		{
+			topo_fail(l,
+					  "Redis replicated the stream's writes to %lld of the %d replicas asked for within %d ms (pg2redis.redis_cluster_wait_replicas)",
+					  r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
+					  l->wait_n, Max(pg2r_redis_timeout_ms / 2, 1));
+			return false;
+		}
+		l->wait_sent = false;
+		for (int gi = 0; gi < b->ngroups; gi++)
+			if (b->groups[gi].link == li &&
+				b->groups[gi].state == GROUP_APPLIED)
+				b->groups[gi].state = GROUP_DONE;
+		link_pipeline_done(li);
+		return true;
+	}
+
+	g = &b->groups[l->pend[l->pos]];
+	idx = l->reply++;
+	if (idx == 0)
 	{
 		if (r->type == REDIS_REPLY_ERROR)
 		{
-			link_fail("Redis refused the connection setup: %s", r->str);
+			topo_fail(l, "Redis refused MULTI: %s", r->str);
 			return false;
 		}
 		return true;
 	}
-
-	/* the last one is GET of the fence */
-	if (r->type == REDIS_REPLY_ERROR)
+	if (idx <= g->sent_n + 1)
 	{
-		link_fail("could not read the stream position from Redis: %s%s",
-				  r->str, cluster_note(r->str));
-		return false;
-	}
-	if (r->type == REDIS_REPLY_STRING)
-	{
-		Fence f;
-
-		if (!fence_parse(r->str, &f))
+		/* QUEUED, or an error for a command refused while queueing */
+		if (r->type == REDIS_REPLY_ERROR)
 		{
-			link_fail("Redis key \"%s\" holds \"%s\", which is not a pg2redis stream position",
-					  rlink.fence_key, r->str);
-			return false;
-		}
-		rlink.applied = f;
-	}
-	else
-	{
-		rlink.applied.lsn = InvalidXLogRecPtr;
-		rlink.applied.seq = FENCE_DONE;
-		if (rlink.fence_known || worker_confirmed_lsn() != InvalidXLogRecPtr)
-			ereport(LOG,
-					(errmsg("pg2redis: Redis has no stream position (key \"%s\"); streaming resumes from the slot's position",
-							rlink.fence_key),
-					 errhint("If Redis lost its data, run pg2redis_resync() to load every mapped table again, or pg2redis_snapshot() for one table.")));
-	}
-	rlink.fence_known = true;
-	rlink.state = LINK_READY;
-	rlink.attempts = 0;
-	rlink.deadline = 0;
-	pg2r_report_connected(true);
-	if (!stopped)
-		pg2r_report_state(PG2R_STATE_STREAMING);
-	ereport(LOG, (errmsg("pg2redis: connected to Redis at %s",
-						 rlink.target.display)));
+			int c;
 
-	/* The block in flight when the link dropped: applied, or sent again. */
-	if (inflight)
-	{
-		if (rlink.applied.lsn != InvalidXLogRecPtr &&
-			fence_cmp(inflight->fence, rlink.applied) <= 0)
-			inflight_acked();
-		else
-			inflight_restart();
+			if (idx == g->sent_n + 1 || is_transient(r->str))
+			{
+				topo_fail(l, "Redis refused to queue a command: %s%s", r->str,
+						  cluster_note(r->str));
+				return false;
+			}
+			c = l->sent[g->sent_first + idx - 1];
+			if (b->queue_errors[c] == NULL)
+				b->queue_errors[c] = MemoryContextStrdup(SenderCxt, r->str);
+			g->any_queue_error = true;
+		}
+		return true;
 	}
+
+	/* the EXEC reply ends the group */
+	if (!handle_exec_reply(l, g, r))
+		return false;
+	l->pos++;
+	l->reply = 0;
+	l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											  pg2r_redis_timeout_ms);
+	if (l->pos == l->npend && !l->wait_sent)
+		link_pipeline_done(li);
 	return true;
 }
 
 /* ---------------------------------------------------------------------------
- * The link
+ * Links and the topology
  * ---------------------------------------------------------------------------
  */
 
+/* link_close closes a link's connection. */
+static void
+link_close(Link *l)
+{
+	redis_close(&l->conn);
+	l->state = LINK_DOWN;
+	l->deadline = 0;
+	l->npend = 0;
+	l->wait_sent = false;
+}
+
+/* topo_close closes every link. */
+static void
+topo_close(void)
+{
+	for (int li = 0; li < topo.nlinks; li++)
+		link_close(&topo.links[li]);
+	link_close(&topo.maplink);
+}
+
 /*
- * link_fail drops the connection, records why, and schedules a reconnect
- * after a backoff with jitter.
+ * topo_fail drops every link, records why (naming link l's server in a
+ * cluster), and schedules a reconnect after a backoff with jitter.
  */
 static void
-link_fail(const char *fmt, ...)
+topo_fail(Link *l, const char *fmt, ...)
 {
 	char	msg[512];
+	char	full[600];
 	va_list ap;
 	long	delay;
 
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	if (topo.cluster && l && l->name)
+		snprintf(full, sizeof(full), "%s: %s", l->name, msg);
+	else
+		strlcpy(full, msg, sizeof(full));
 
-	redis_close(&rlink.conn);
-	rlink.state = LINK_DOWN;
-	rlink.hs_pending = 0;
+	topo_close();
+	topo.state = TOPO_DOWN;
 	delay = pg2r_retry_initial_ms;
-	for (int i = 0; i < rlink.attempts && delay < pg2r_retry_max_ms; i++)
+	for (int i = 0; i < topo.attempts && delay < pg2r_retry_max_ms; i++)
 		delay *= 2;
 	delay = Min(delay, pg2r_retry_max_ms);
 	delay =
 		(long) (delay * (0.5 + 0.5 * pg_prng_double(&pg_global_prng_state)));
-	rlink.attempts++;
-	rlink.next_attempt =
+	topo.attempts++;
+	topo.next_attempt =
 		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
-	rlink.deadline = 0;
 	inflight_restart();
 	pg2r_report_connected(false);
 	pg2r_report_retry();
-	pg2r_report_error("%s", msg);
+	pg2r_report_error("%s", full);
 	if (!stopped)
 		pg2r_report_state(PG2R_STATE_REDIS_UNAVAILABLE);
-	if (rlink.attempts == 1 || rlink.attempts % 20 == 0)
+	if (topo.attempts == 1 || topo.attempts % 20 == 0)
 		ereport(LOG, (errmsg("pg2redis: Redis at %s is unavailable: %s",
-							 rlink.target.display, msg),
+							 topo.target.display, full),
 					  errdetail("Retrying in %ld ms.", delay)));
 }
 
-/* link_connect starts connecting, and the handshake once connected. */
-static void
-link_connect(void)
+/*
+ * link_start begins connecting l to host:port; the handshake (AUTH, then
+ * CLUSTER SLOTS for the map link or the fence GETs of its slots) is queued
+ * to go once connected.
+ */
+static bool
+link_start(Link *l, const char *host, int port)
 {
-	RedisTarget	 *target = &rlink.connected_target;
-	MemoryContext old = MemoryContextSwitchTo(SenderCxt);
-	bool		  ok =
-		pg2r_redis_target(target, rlink.conn.error, sizeof(rlink.conn.error));
+	MemoryContext  old = MemoryContextSwitchTo(TopoCxt);
+	StringInfoData key;
 
+	redis_conn_init(&l->conn);
+	l->target = topo.target;
+	if (!topo.target.unix_socket)
+	{
+		l->target.host = pstrdup(host);
+		l->target.port = port;
+	}
+	l->name = topo.target.unix_socket ? pstrdup(topo.target.path)
+									  : psprintf("%s:%d", host, port);
+	initStringInfo(&l->hs);
+	initStringInfo(&l->out);
+	l->hs_written = 0;
+	l->hs_seen = 0;
+	l->hs_setup = redis_append_handshake(&l->hs, &l->target);
+	initStringInfo(&key);
+	if (l->is_map)
+		redis_append_cstrings(&l->hs, 2, "CLUSTER", "SLOTS");
+	else
+		for (int i = 0; i < l->hs_nslots; i++)
+		{
+			resetStringInfo(&key);
+			cluster_append_fence_key(&key, pg2r_slot_name,
+									 topo.cluster ? l->hs_slots[i] : -1);
+			redis_append_cstrings(&l->hs, 2, "GET", key.data);
+		}
 	MemoryContextSwitchTo(old);
-	if (!ok)
+	if (!redis_connect_start(&l->conn, &l->target))
 	{
-		link_fail("%s", rlink.conn.error);
-		return;
+		topo_fail(l, "%s", l->conn.error);
+		return false;
 	}
-	if (!redis_connect_start(&rlink.conn, target))
-	{
-		link_fail("%s", rlink.conn.error);
-		return;
-	}
-	rlink.state = LINK_CONNECTING;
-	rlink.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												 pg2r_redis_timeout_ms);
-	resetStringInfo(&rlink.hs);
-	rlink.hs_written = 0;
-	rlink.hs_pending = redis_append_handshake(&rlink.hs, target) + 1;
-	redis_append_cstrings(&rlink.hs, 2, "GET", rlink.fence_key);
+	l->state = LINK_CONNECTING;
+	l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											  pg2r_redis_timeout_ms);
+	return true;
 }
 
 /*
- * sender_reconfigure applies a new pg2redis.redis_url: a changed URL drops
- * the connection and reconnects at once.
+ * topo_connect starts a (re)connect: to the server, or, in a cluster, to a
+ * node asked for the slot map (the nodes of the last map first, then the
+ * URL's seeds, one more each attempt).
+ */
+static void
+topo_connect(void)
+{
+	MemoryContext old;
+
+	topo_close();
+	MemoryContextReset(TopoCxt);
+	memset(topo.links, 0, sizeof(topo.links));
+	memset(&topo.maplink, 0, sizeof(topo.maplink));
+	topo.nlinks = 0;
+	if (!topo.cluster)
+	{
+		Link *l = &topo.links[0];
+
+		topo.nlinks = 1;
+		old = MemoryContextSwitchTo(TopoCxt);
+		l->hs_nslots = 1;
+		l->hs_slots = palloc0(sizeof(int));
+		MemoryContextSwitchTo(old);
+		topo.state = TOPO_LINKS;
+		(void) link_start(l, topo.target.host, topo.target.port);
+		return;
+	}
+	else
+	{
+		int			known = topo.map ? topo.map->nnodes : 0;
+		int			i = topo.attempts % (known + topo.target.nseeds);
+		const char *host;
+		int			port;
+
+		if (i < known)
+		{
+			host = topo.map->nodes[i].host;
+			port = topo.map->nodes[i].port;
+		}
+		else
+		{
+			host = topo.target.seed_hosts[i - known];
+			port = topo.target.seed_ports[i - known];
+		}
+		/* the host may live in the map about to be replaced */
+		host = MemoryContextStrdup(SenderCxt, host);
+		topo.maplink.is_map = true;
+		topo.state = TOPO_MAP;
+		(void) link_start(&topo.maplink, host, port);
+		pfree((char *) host);
+	}
+}
+
+/* topo_use_map starts a link to every primary of a new slot map. */
+static void
+topo_use_map(ClusterMap *map)
+{
+	MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+
+	if (topo.map)
+	{
+		for (int i = 0; i < topo.map->nnodes; i++)
+			pfree(topo.map->nodes[i].host);
+		pfree(topo.map);
+	}
+	topo.map = map;
+	for (int i = 0; i < map->nnodes; i++)
+		map->nodes[i].host = pstrdup(map->nodes[i].host);
+	MemoryContextSwitchTo(old);
+
+	link_close(&topo.maplink);
+	topo.nlinks = map->nnodes;
+	old = MemoryContextSwitchTo(TopoCxt);
+	for (int li = 0; li < map->nnodes; li++)
+	{
+		Link *l = &topo.links[li];
+
+		l->replicas = map->nodes[li].replicas;
+		l->hs_slots = palloc(sizeof(int) * REDIS_CLUSTER_SLOTS);
+		for (int s = 0; s < REDIS_CLUSTER_SLOTS; s++)
+			if (map->slot_node[s] == li)
+				l->hs_slots[l->hs_nslots++] = s;
+	}
+	MemoryContextSwitchTo(old);
+	topo.state = TOPO_LINKS;
+	for (int li = 0; li < map->nnodes; li++)
+		if (!link_start(&topo.links[li], map->nodes[li].host,
+						map->nodes[li].port))
+			return;
+}
+
+/*
+ * topo_ready runs once every link has read its fences: the groups of the
+ * block in flight that Redis has are done (or, when replicas must
+ * acknowledge them, their fence is written again so that WAIT covers it),
+ * the others go out again.
+ */
+static void
+topo_ready(void)
+{
+	static bool in_doubt[REDIS_CLUSTER_SLOTS];
+	int			lost = 0;
+
+	memset(in_doubt, 0, sizeof(in_doubt));
+	if (inflight)
+	{
+		for (int gi = 0; gi < inflight->ngroups; gi++)
+		{
+			Group *g = &inflight->groups[gi];
+			Fence  r = topo.read[fence_slot(g->slot)];
+			bool   has = inflight->reset ? r.lsn == InvalidXLogRecPtr
+										 : fence_cmp(inflight->fence, r) <= 0;
+			int	   li = topo.cluster ? topo.map->slot_node[g->slot] : 0;
+
+			in_doubt[fence_slot(g->slot)] = true;
+			g->fence_only = has && link_wait_replicas(&topo.links[li]) > 0;
+			g->state = has && !g->fence_only ? GROUP_DONE : GROUP_PENDING;
+		}
+	}
+	topo.read_max.lsn = InvalidXLogRecPtr;
+	topo.read_max.seq = 0;
+	for (int s = 0; s < topo.nfences; s++)
+	{
+		if (fence_cmp(topo.read[s], topo.read_max) > 0)
+			topo.read_max = topo.read[s];
+		/* a slot's position went back: writes it acknowledged are gone */
+		if (topo.fence_known && !in_doubt[s] &&
+			fence_cmp(topo.read[s], topo.applied[s]) < 0)
+			lost++;
+	}
+	if (lost > 0 && topo.cluster)
+		ereport(WARNING,
+				(errmsg("pg2redis: the Redis Cluster lost writes of %d hash slots that it had acknowledged",
+						lost),
+				 errdetail("Their stream positions went back; the changes in between are not in Redis."),
+				 errhint("Set pg2redis.redis_cluster_wait_replicas to the number of replicas per primary, and run pg2redis_resync() to load every mapped table again.")));
+	else if (!topo.cluster && topo.read[0].lsn == InvalidXLogRecPtr &&
+			 (topo.fence_known || worker_confirmed_lsn() != InvalidXLogRecPtr))
+	{
+		StringInfoData key;
+
+		initStringInfo(&key);
+		cluster_append_fence_key(&key, pg2r_slot_name, -1);
+		ereport(LOG,
+				(errmsg("pg2redis: Redis has no stream position (key \"%s\"); streaming resumes from the slot's position",
+						key.data),
+				 errhint("If Redis lost its data, run pg2redis_resync() to load every mapped table again, or pg2redis_snapshot() for one table.")));
+		pfree(key.data);
+	}
+	memcpy(topo.applied, topo.read, sizeof(Fence) * topo.nfences);
+	if (!topo.cluster)
+		topo.acked = topo.read[0];
+	topo.fence_known = true;
+	topo.state = TOPO_READY;
+	topo.attempts = 0;
+	pg2r_report_connected(true);
+	if (!stopped)
+		pg2r_report_state(PG2R_STATE_STREAMING);
+	if (topo.cluster)
+		ereport(LOG,
+				(errmsg("pg2redis: connected to Redis Cluster at %s (%d primaries)",
+						topo.target.display, topo.nlinks)));
+	else
+		ereport(LOG, (errmsg("pg2redis: connected to Redis at %s",
+							 topo.target.display)));
+	if (inflight)
+	{
+		dispatch_inflight();
+		inflight_check();
+	}
+}
+
+/*
+ * handle_handshake_reply consumes AUTH and SELECT replies, then CLUSTER
+ * SLOTS (map link) or the fence GETs.  Returns false when the links were
+ * dropped.
+ */
+static bool
+handle_handshake_reply(int li, Link *l, redisReply *r)
+{
+	int idx = l->hs_seen++;
+
+	if (idx < l->hs_setup)
+	{
+		if (r->type == REDIS_REPLY_ERROR)
+		{
+			topo_fail(l, "Redis refused the connection setup: %s", r->str);
+			return false;
+		}
+		return true;
+	}
+	if (l->is_map)
+	{
+		char		  err[256];
+		ClusterMap	 *map;
+		MemoryContext old;
+
+		if (r->type == REDIS_REPLY_ERROR)
+		{
+			topo_fail(l,
+					  "could not read the slot map of the Redis Cluster: %s",
+					  r->str);
+			return false;
+		}
+		old = MemoryContextSwitchTo(TopoCxt);
+		map = MemoryContextAllocZero(SenderCxt, sizeof(ClusterMap));
+		if (!cluster_parse_slots(r, l->target.host, map, err, sizeof(err)))
+		{
+			MemoryContextSwitchTo(old);
+			pfree(map);
+			topo_fail(l, "%s", err);
+			return false;
+		}
+		MemoryContextSwitchTo(old);
+		topo_use_map(map);
+		return false; /* the map link is closed */
+	}
+
+	/* a fence GET */
+	{
+		int	  s = topo.cluster ? l->hs_slots[idx - l->hs_setup] : 0;
+		Fence f = {InvalidXLogRecPtr, FENCE_DONE};
+
+		if (r->type == REDIS_REPLY_ERROR)
+		{
+			topo_fail(l, "could not read the stream position from Redis: %s%s",
+					  r->str, cluster_note(r->str));
+			return false;
+		}
+		if (r->type == REDIS_REPLY_STRING && !fence_parse(r->str, &f))
+		{
+			StringInfoData key;
+
+			initStringInfo(&key);
+			cluster_append_fence_key(&key, pg2r_slot_name,
+									 topo.cluster ? s : -1);
+			topo_fail(l,
+					  "Redis key \"%s\" holds \"%s\", which is not a pg2redis stream position",
+					  key.data, r->str);
+			pfree(key.data);
+			return false;
+		}
+		topo.read[s] = f;
+	}
+	if (l->hs_seen == l->hs_setup + l->hs_nslots)
+	{
+		l->state = LINK_READY;
+		l->deadline = 0;
+		for (int i = 0; i < topo.nlinks; i++)
+			if (topo.links[i].state != LINK_READY)
+				return true;
+		topo_ready();
+	}
+	return true;
+}
+
+/* link_write sends what is pending on a link; false when the links failed. */
+static bool
+link_write(Link *l)
+{
+	const char *data;
+	size_t		len;
+	size_t	   *written;
+	ssize_t		n;
+
+	if (l->state == LINK_HANDSHAKE && l->hs_written < (size_t) l->hs.len)
+	{
+		data = l->hs.data;
+		len = l->hs.len;
+		written = &l->hs_written;
+	}
+	else if (l->state == LINK_READY && l->written < (size_t) l->out.len)
+	{
+		data = l->out.data;
+		len = l->out.len;
+		written = &l->written;
+	}
+	else
+		return true;
+
+	while (*written < len)
+	{
+		n = redis_send(&l->conn, data + *written, len - *written);
+		if (n < 0)
+		{
+			topo_fail(l, "%s", l->conn.error);
+			return false;
+		}
+		if (n == 0)
+			break;
+		*written += n;
+		l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  pg2r_redis_timeout_ms);
+	}
+	return true;
+}
+
+/*
+ * link_read takes in and handles what Redis sent on a link; false when the
+ * links failed or were rebuilt (the caller must not touch l again).
+ */
+static bool
+link_read(int li, Link *l)
+{
+	bool		eof;
+	redisReply *r;
+	int			rc;
+
+	if (!redis_receive(&l->conn, &eof))
+	{
+		topo_fail(l, "%s", l->conn.error);
+		return false;
+	}
+	while ((rc = redis_next_reply(&l->conn, &r)) == 1)
+	{
+		bool ok;
+
+		l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  pg2r_redis_timeout_ms);
+		if (l->state == LINK_HANDSHAKE)
+			ok = handle_handshake_reply(li, l, r);
+		else
+			ok = handle_block_reply(li, r);
+		freeReplyObject(r);
+		if (!ok || l->state == LINK_DOWN)
+			return false;
+	}
+	if (rc < 0)
+	{
+		topo_fail(l, "%s", l->conn.error);
+		return false;
+	}
+	return true;
+}
+
+/* link_awaiting: something was sent on l that Redis has not answered. */
+static bool
+link_awaiting(const Link *l)
+{
+	if (l->state == LINK_HANDSHAKE || l->state == LINK_CONNECTING)
+		return true;
+	return l->state == LINK_READY && (l->pos < l->npend || l->wait_sent);
+}
+
+/* link_events returns the socket events l waits for (0: none). */
+static int
+link_events(const Link *l)
+{
+	if (l->state == LINK_DOWN)
+		return 0;
+	if (l->state == LINK_CONNECTING)
+		return l->conn.want;
+	if ((l->state == LINK_HANDSHAKE && l->hs_written < (size_t) l->hs.len) ||
+		(l->state == LINK_READY && l->written < (size_t) l->out.len))
+		return WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE;
+	return WL_SOCKET_READABLE;
+}
+
+/* link_step advances one link after a wait; false when the links failed. */
+static bool
+link_step(int li, Link *l, int events)
+{
+	if (l->state == LINK_CONNECTING &&
+		(events & (WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE)))
+	{
+		int done = redis_connect_finish(&l->conn, &l->target);
+
+		if (done < 0)
+		{
+			topo_fail(l, "%s", l->conn.error);
+			return false;
+		}
+		if (done > 0)
+		{
+			l->state = LINK_HANDSHAKE;
+			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													  pg2r_redis_timeout_ms);
+		}
+	}
+	if (l->state == LINK_HANDSHAKE || l->state == LINK_READY)
+	{
+		if (!link_write(l) || !link_read(li, l))
+			return false;
+		if (l->state == LINK_READY && !link_write(l))
+			return false;
+	}
+	if (l->state != LINK_DOWN && l->deadline != 0 && link_awaiting(l) &&
+		GetCurrentTimestamp() >= l->deadline)
+	{
+		topo_fail(l, l->state == LINK_CONNECTING
+						 ? "timed out connecting to Redis"
+						 : "timed out waiting for Redis to reply");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * regroup_inflight cuts the block in flight again after a switch between a
+ * standalone server and a cluster: every command gets its slot (or 0).
+ */
+static void
+regroup_inflight(void)
+{
+	for (int c = 0; c < inflight->ncmds; c++)
+	{
+		int	   argc;
+		char **argv =
+			resp_to_argv(inflight->resp.data + inflight->cmds[c].offset,
+						 &argc);
+		size_t *lens = palloc(sizeof(size_t) * Max(argc, 1));
+		int		slot;
+
+		for (int a = 0; a < argc; a++)
+			lens[a] = strlen(argv[a]);
+		slot = topo.cluster
+				   ? redis_command_slot(argc, (const char *const *) argv, lens)
+				   : 0;
+		inflight->cmds[c].slot = Max(slot, 0);
+		for (int a = 0; a < argc; a++)
+			pfree(argv[a]);
+		pfree(argv);
+		pfree(lens);
+	}
+	block_forget_groups(inflight);
+	make_groups(inflight);
+}
+
+/*
+ * sender_reconfigure applies new pg2redis.redis_* settings: a changed
+ * target drops the links and reconnects at once.
  */
 void
 sender_reconfigure(void)
@@ -978,11 +1838,12 @@ sender_reconfigure(void)
 	char		  err[256];
 	char		 *signature = pg2r_redis_settings_signature();
 	MemoryContext old;
+	int			  nfences;
 
-	if (rlink.url && strcmp(rlink.url, signature) == 0)
+	if (topo.url && strcmp(topo.url, signature) == 0)
 		return;
 	old = MemoryContextSwitchTo(SenderCxt);
-	rlink.url = pstrdup(signature);
+	topo.url = pstrdup(signature);
 	if (!pg2r_redis_target(&target, err, sizeof(err)))
 	{
 		MemoryContextSwitchTo(old);
@@ -991,140 +1852,78 @@ sender_reconfigure(void)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", err),
 				 errhint("Fix the pg2redis.redis_* settings and reload the configuration.")));
 		/* no valid target: stay down until a reload */
-		redis_close(&rlink.conn);
-		rlink.state = LINK_DOWN;
-		rlink.next_attempt = DT_NOEND;
+		topo_close();
+		topo.state = TOPO_DOWN;
+		topo.next_attempt = DT_NOEND;
 		return;
 	}
-	rlink.target = target;
-	MemoryContextSwitchTo(old);
-	if (rlink.state != LINK_DOWN)
+	if (topo.state != TOPO_DOWN)
 		ereport(LOG,
 				(errmsg("pg2redis: Redis settings changed, connecting to %s",
 						target.display)));
-	redis_close(&rlink.conn);
-	rlink.state = LINK_DOWN;
-	rlink.attempts = 0;
-	rlink.next_attempt = 0;
+	topo_close();
+	topo.target = target;
+	nfences = target.cluster ? REDIS_CLUSTER_SLOTS : 1;
+	if (topo.nfences != nfences)
+	{
+		/* standalone <-> cluster: nothing known about the new fences */
+		pfree(topo.applied);
+		pfree(topo.read);
+		topo.applied = palloc(sizeof(Fence) * nfences);
+		topo.read = palloc(sizeof(Fence) * nfences);
+		for (int s = 0; s < nfences; s++)
+		{
+			topo.applied[s].lsn = InvalidXLogRecPtr;
+			topo.applied[s].seq = FENCE_DONE;
+			topo.read[s] = topo.applied[s];
+		}
+		topo.nfences = nfences;
+		topo.fence_known = false;
+		topo.cluster = target.cluster;
+		if (inflight)
+			regroup_inflight();
+	}
+	topo.cluster = target.cluster;
+	if (topo.map && !topo.cluster)
+	{
+		pfree(topo.map);
+		topo.map = NULL;
+	}
+	MemoryContextSwitchTo(old);
+	topo.state = TOPO_DOWN;
+	topo.attempts = 0;
+	topo.next_attempt = 0;
 	pg2r_report_connected(false);
 	inflight_restart();
 }
 
-/* sender_disconnect closes the connection (worker exit). */
+/* sender_disconnect closes the connections (worker exit). */
 void
 sender_disconnect(void)
 {
 	if (SenderCxt == NULL)
 		return;
-	redis_close(&rlink.conn);
-	rlink.state = LINK_DOWN;
-}
-
-/* link_write sends what is pending; false when the link failed. */
-static bool
-link_write(void)
-{
-	const char *data;
-	size_t		len;
-	size_t	   *written;
-	ssize_t		n;
-
-	if (rlink.state == LINK_HANDSHAKE &&
-		rlink.hs_written < (size_t) rlink.hs.len)
-	{
-		data = rlink.hs.data;
-		len = rlink.hs.len;
-		written = &rlink.hs_written;
-	}
-	else if (rlink.state == LINK_READY && inflight &&
-			 inflight->written < (size_t) inflight->resp.len)
-	{
-		data = inflight->resp.data;
-		len = inflight->resp.len;
-		written = &inflight->written;
-	}
-	else
-		return true;
-
-	while (*written < len)
-	{
-		n = redis_send(&rlink.conn, data + *written, len - *written);
-		if (n < 0)
-		{
-			link_fail("%s", rlink.conn.error);
-			return false;
-		}
-		if (n == 0)
-			break;
-		*written += n;
-		rlink.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													 pg2r_redis_timeout_ms);
-	}
-	return true;
-}
-
-/* link_read takes in and handles what Redis sent; false on failure. */
-static bool
-link_read(void)
-{
-	bool		eof;
-	redisReply *r;
-	int			rc;
-
-	if (!redis_receive(&rlink.conn, &eof))
-	{
-		link_fail("%s", rlink.conn.error);
-		return false;
-	}
-	while ((rc = redis_next_reply(&rlink.conn, &r)) == 1)
-	{
-		bool ok;
-
-		rlink.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													 pg2r_redis_timeout_ms);
-		if (rlink.state == LINK_HANDSHAKE)
-			ok = handle_handshake_reply(r);
-		else if (rlink.state == LINK_READY && inflight)
-			ok = handle_block_reply(r);
-		else
-		{
-			link_fail("unexpected reply from Redis");
-			ok = false;
-		}
-		freeReplyObject(r);
-		if (!ok)
-			return false;
-	}
-	if (rc < 0)
-	{
-		link_fail("%s", rlink.conn.error);
-		return false;
-	}
-	return true;
-}
-
-/* awaiting_reply: something was sent that Redis has not answered. */
-static bool
-awaiting_reply(void)
-{
-	if (rlink.state == LINK_HANDSHAKE || rlink.state == LINK_CONNECTING)
-		return true;
-	return rlink.state == LINK_READY && inflight != NULL;
+	topo_close();
+	topo.state = TOPO_DOWN;
 }
 
 /*
  * sender_service does one round of Redis work: connects when due, writes
  * what is pending, reads and handles replies, enforces deadlines.  It
- * waits up to timeout_ms for the socket or the latch first (0: does not
+ * waits up to timeout_ms for a socket or the latch first (0: does not
  * wait).  Interrupts are handled by the worker's hook.
  */
 void
 sender_service(long timeout_ms)
 {
-	TimestampTz now = GetCurrentTimestamp();
-	int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
-	pgsocket	sock = PGINVALID_SOCKET;
-	int			rc = 0;
+	TimestampTz	  now = GetCurrentTimestamp();
+	WaitEventSet *set;
+	WaitEvent	  occurred[CLUSTER_MAX_NODES + 3];
+	int			  events[CLUSTER_MAX_NODES + 1];
+	Link		 *all[CLUSTER_MAX_NODES + 1];
+	int			  nall = 0;
+	int			  nsockets = 0;
+	int			  nev;
 
 	worker_handle_interrupts();
 	if (stopped)
@@ -1136,70 +1935,64 @@ sender_service(long timeout_ms)
 		return;
 	}
 
-	if (rlink.state == LINK_DOWN && rlink.next_attempt <= now)
-		link_connect();
-
-	if (rlink.state != LINK_DOWN)
-	{
-		sock = rlink.conn.sock;
-		events |= WL_SOCKET_READABLE;
-		if (rlink.state == LINK_CONNECTING)
-			events = (events & ~WL_SOCKET_READABLE) | rlink.conn.want;
-		else if ((rlink.state == LINK_HANDSHAKE &&
-				  rlink.hs_written < (size_t) rlink.hs.len) ||
-				 (rlink.state == LINK_READY && inflight &&
-				  inflight->written < (size_t) inflight->resp.len))
-			events |= WL_SOCKET_WRITEABLE;
-	}
+	if (topo.state == TOPO_DOWN && topo.next_attempt <= now)
+		topo_connect();
 
 	/* never sleep past a deadline or a reconnect attempt */
-	if (rlink.state == LINK_DOWN && rlink.next_attempt != DT_NOEND)
+	if (topo.state == TOPO_DOWN && topo.next_attempt != DT_NOEND)
 		timeout_ms =
 			Min(timeout_ms,
-				Max(TimestampDifferenceMilliseconds(now, rlink.next_attempt),
+				Max(TimestampDifferenceMilliseconds(now, topo.next_attempt),
 					0));
-	if (rlink.deadline != 0 && awaiting_reply())
-		timeout_ms =
-			Min(timeout_ms,
-				Max(TimestampDifferenceMilliseconds(now, rlink.deadline), 0));
-
-	if (timeout_ms > 0 || sock != PGINVALID_SOCKET)
+	if (topo.state == TOPO_MAP)
+		all[nall++] = &topo.maplink;
+	else if (topo.state != TOPO_DOWN)
+		for (int li = 0; li < topo.nlinks; li++)
+			all[nall++] = &topo.links[li];
+	for (int i = 0; i < nall; i++)
 	{
-		rc = WaitLatchOrSocket(MyLatch, events | WL_TIMEOUT, sock,
-							   Max(timeout_ms, 0), PG_WAIT_EXTENSION);
-		if (rc & WL_LATCH_SET)
-			ResetLatch(MyLatch);
+		if (all[i]->deadline != 0 && link_awaiting(all[i]))
+			timeout_ms =
+				Min(timeout_ms,
+					Max(TimestampDifferenceMilliseconds(now, all[i]->deadline),
+						0));
+		events[i] = 0;
+		if (link_events(all[i]) != 0)
+			nsockets++;
+	}
+
+	if (timeout_ms > 0 || nsockets > 0)
+	{
+		set = PG2R_CREATE_WAIT_EVENT_SET(nsockets + 2);
+		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL,
+						  NULL);
+		for (int i = 0; i < nall; i++)
+		{
+			int ev = link_events(all[i]);
+
+			if (ev != 0)
+				AddWaitEventToSet(set, ev, all[i]->conn.sock, NULL,
+								  (void *) (intptr_t) i);
+		}
+		nev = WaitEventSetWait(set, Max(timeout_ms, 0), occurred,
+							   lengthof(occurred), PG_WAIT_EXTENSION);
+		FreeWaitEventSet(set);
+		for (int e = 0; e < nev; e++)
+		{
+			if (occurred[e].events & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+			else if (occurred[e].events &
+					 (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
+				events[(intptr_t) occurred[e].user_data] |= occurred[e].events;
+		}
 		worker_handle_interrupts();
 	}
 
-	if (rlink.state == LINK_CONNECTING &&
-		(rc & (WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE)))
-	{
-		int done = redis_connect_finish(&rlink.conn, &rlink.connected_target);
-
-		if (done < 0)
-			link_fail("%s", rlink.conn.error);
-		else if (done > 0)
-		{
-			rlink.state = LINK_HANDSHAKE;
-			rlink.deadline =
-				TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											pg2r_redis_timeout_ms);
-		}
-	}
-	if (rlink.state == LINK_HANDSHAKE || rlink.state == LINK_READY)
-	{
-		if (link_write())
-			(void) link_read();
-		if (rlink.state == LINK_READY)
-			(void) link_write();
-	}
-
-	if (rlink.state != LINK_DOWN && rlink.deadline != 0 && awaiting_reply() &&
-		GetCurrentTimestamp() >= rlink.deadline)
-		link_fail(rlink.state == LINK_CONNECTING
-					  ? "timed out connecting to Redis"
-					  : "timed out waiting for Redis to reply");
+	/* a failure or a new map rebuilds the links: stop at the first */
+	for (int i = 0; i < nall; i++)
+		if (!link_step(all[i] == &topo.maplink ? -1 : i, all[i], events[i]))
+			break;
 }
 
 /*
@@ -1226,19 +2019,16 @@ sender_set_idle_position(XLogRecPtr lsn)
 }
 
 /*
- * sender_reset_fence sets the stream position in Redis to 0/0 when a new
+ * sender_reset_fence sets every stream position in Redis to 0/0 when a new
  * slot is made (its positions are unrelated to an older slot's), waiting
- * for the reply; false if Redis could not be reached in time.  SET rather
- * than DEL, so that an ACL user needs only SET and GET on the key.
+ * for the replies; false if Redis could not be reached in time.  SET rather
+ * than DEL, so that an ACL user needs only SET and GET on the keys.
  */
 bool
 sender_reset_fence(void)
 {
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   pg2r_redis_timeout_ms);
-	StringInfoData out;
-	size_t		   sent = 0;
-	redisReply	  *r = NULL;
 
 	while (!sender_ready() || !sender_idle())
 	{
@@ -1246,44 +2036,18 @@ sender_reset_fence(void)
 			return false;
 		sender_service(100);
 	}
-	initStringInfo(&out);
-	redis_append_cstrings(&out, 3, "SET", rlink.fence_key, "0/0");
-	while (r == NULL && GetCurrentTimestamp() < deadline)
+	building->reset = true;
+	push_building(building->fence);
+	while (inflight != NULL)
 	{
-		bool eof;
-		int	 rc;
-
-		if (sent < (size_t) out.len)
+		if (GetCurrentTimestamp() >= deadline)
 		{
-			ssize_t n =
-				redis_send(&rlink.conn, out.data + sent, out.len - sent);
-
-			if (n < 0)
-				break;
-			sent += n;
+			topo_fail(NULL, "could not reset the stream position in Redis");
+			block_reset(inflight);
+			inflight = NULL;
+			return false;
 		}
-		(void) WaitLatchOrSocket(MyLatch,
-								 WL_SOCKET_READABLE | WL_TIMEOUT |
-									 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH,
-								 rlink.conn.sock, 100, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-		if (!redis_receive(&rlink.conn, &eof))
-			break;
-		rc = redis_next_reply(&rlink.conn, &r);
-		if (rc < 0)
-			break;
+		sender_service(100);
 	}
-	pfree(out.data);
-	if (r == NULL || r->type == REDIS_REPLY_ERROR)
-	{
-		if (r)
-			freeReplyObject(r);
-		link_fail("could not reset the stream position in Redis");
-		return false;
-	}
-	freeReplyObject(r);
-	rlink.applied.lsn = InvalidXLogRecPtr;
-	rlink.applied.seq = FENCE_DONE;
 	return true;
 }

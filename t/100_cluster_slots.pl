@@ -6,9 +6,9 @@
 # by that slot and the cluster's slot map (CLUSTER SLOTS) reaches the owning
 # primary, while any other primary answers MOVED; pg2redis_command_slot()
 # accepts the multi-key commands the cluster accepts and refuses, like the
-# cluster (CROSSSLOT), those whose keys span slots.  Until cluster mode
-# exists, a worker pointed at a cluster node stops with a clear error and
-# loses nothing.
+# cluster (CROSSSLOT), those whose keys span slots.  A worker pointed at a
+# cluster node with a redis:// URL (a standalone server) stops with an error
+# that says to write redis-cluster://, and loses nothing.
 
 use strict;
 use warnings;
@@ -100,9 +100,9 @@ like(ref $crossslot ? $crossslot->{error} : $crossslot, qr/^CROSSSLOT/,
 
 $node->stop;
 
-# Until cluster mode exists, a worker pointed at a cluster node stops with a
-# clear error and retries, and dead-letters nothing: Redis's redirections and
-# CROSSSLOT are not command errors.
+# A redis:// URL naming a cluster node: the worker stops with a clear error
+# and retries, and dead-letters nothing: Redis's redirections and CROSSSLOT
+# are not command errors there.
 my $keys_before = 0;
 $keys_before += $_->call('DBSIZE') foreach @primaries;
 my $cnode = new_node('tocluster', redis_url => $primaries[0]->url,
@@ -113,8 +113,8 @@ $cnode->safe_psql('postgres', q{
 	SELECT pg2redis_add_rule('c', 'insert', 'DEL c:{id}:a c:{id}:b c:{id}:c');
 	INSERT INTO c SELECT i, 'v' || i FROM generate_series(1, 20) i;
 });
-ok(poll_status($cnode, 'last_error', qr/Redis Cluster is not supported yet/, 30),
-	'a worker pointed at a cluster node says Redis Cluster is not supported');
+ok(poll_status($cnode, 'last_error', qr/names a node of a Redis Cluster; write it as redis-cluster:/, 30),
+	'a redis:// URL naming a cluster node: the error says to write redis-cluster://');
 is($cnode->safe_psql('postgres', 'SELECT count(*) FROM pg2redis.dead_letters'),
 	'0', 'and records no dead letters');
 my $keys_after = 0;
@@ -138,7 +138,7 @@ $onode->safe_psql('postgres', q{
 	SELECT pg2redis_add_rule('c', 'insert', 'DEL c:{id}:a c:{id}:b c:{id}:c');
 	INSERT INTO c VALUES (1, 'one');
 });
-ok(poll_status($onode, 'last_error', qr/CROSSSLOT.*Redis Cluster is not supported yet/, 30),
+ok(poll_status($onode, 'last_error', qr/CROSSSLOT.*write it as redis-cluster:/, 30),
 	'a one-node cluster: CROSSSLOT, and the same message');
 is($onode->safe_psql('postgres', 'SELECT count(*) FROM pg2redis.dead_letters'),
 	'0', 'no dead letters there either');

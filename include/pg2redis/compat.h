@@ -38,4 +38,15 @@
 	build_attrmap_by_name((indesc), (outdesc))
 #endif
 
+/*
+ * A WaitEventSet belongs to a memory context up to 16, to a resource owner
+ * (none here: the set lives for one wait) from 17 on.
+ */
+#if PG_VERSION_NUM >= 170000
+#define PG2R_CREATE_WAIT_EVENT_SET(nevents) CreateWaitEventSet(NULL, (nevents))
+#else
+#define PG2R_CREATE_WAIT_EVENT_SET(nevents)                                   \
+	CreateWaitEventSet(CurrentMemoryContext, (nevents))
+#endif
+
 #endif /* PG2REDIS_COMPAT_H */

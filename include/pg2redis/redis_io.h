@@ -26,10 +26,14 @@ typedef struct RedisTarget
 	bool		password_from_colon; /* written as user:password@ */
 	char	   *display;			 /* the URL with the password masked */
 	bool		tls;				 /* rediss:// */
-	const char *tls_ca_file;		 /* NULL or "": the system's CAs */
-	const char *tls_cert_file;		 /* client certificate, or NULL */
-	const char *tls_key_file;		 /* its key (default: in the cert file) */
-	int			tls_verify;			 /* RedisTlsVerify */
+	bool		cluster;			 /* redis-cluster://: hosts are seeds */
+	int			nseeds; /* TCP hosts in the URL (1 unless cluster) */
+	char	  **seed_hosts;
+	int		   *seed_ports;
+	const char *tls_ca_file;   /* NULL or "": the system's CAs */
+	const char *tls_cert_file; /* client certificate, or NULL */
+	const char *tls_key_file;  /* its key (default: in the cert file) */
+	int			tls_verify;	   /* RedisTlsVerify */
 } RedisTarget;
 
 /* How a TLS server is checked (pg2redis.redis_tls_verify). */

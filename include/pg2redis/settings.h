@@ -26,6 +26,7 @@ extern bool	 pg2r_enabled;
 extern int	 pg2r_batch_size;
 extern int	 pg2r_flush_interval_ms;
 extern int	 pg2r_redis_timeout_ms;
+extern int	 pg2r_redis_cluster_wait_replicas;
 extern int	 pg2r_retry_initial_ms;
 extern int	 pg2r_retry_max_ms;
 extern int	 pg2r_on_command_error;
