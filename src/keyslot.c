@@ -108,7 +108,7 @@ redis_command_slot(int argc, const char *const *argv, const size_t *argvlen)
 
 	if (argc < 1)
 		return REDIS_SLOT_UNKNOWN;
-	def = redis_command_lookup(argv[0]);
+	def = redis_command_lookup_len(argv[0], argvlen[0]);
 	if (def == NULL)
 		return REDIS_SLOT_UNKNOWN;
 	if (def->first_key <= 0)

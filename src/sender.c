@@ -225,6 +225,7 @@ static struct
 	bool		fence_known; /* read at least once since start */
 	Fence		acked;		 /* the last block applied whole */
 	int			attempts;	 /* failed attempts since last success */
+	int			redirects;	 /* redirections followed, for the log */
 	TimestampTz next_attempt;
 } topo;
 
@@ -243,10 +244,12 @@ static struct
 } cur;
 
 static bool	  stopped = false;
+static bool	  redirect_next = false; /* the next topo_fail is a redirection */
 static List	 *dead_letters = NIL;
 static uint64 dead_letters_dropped = 0;
 
 static void topo_fail(Link *l, const char *fmt, ...) pg_attribute_printf(2, 3);
+static void note_redirect(const char *err);
 static void wait_for_room(void);
 static void dispatch_inflight(void);
 
@@ -624,7 +627,7 @@ static bool
 split_by_slot(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int argc,
 			  const char *const *argv, const size_t *argvlen)
 {
-	const RedisCommandDef *def = redis_command_lookup(argv[0]);
+	const RedisCommandDef *def = redis_command_lookup_len(argv[0], argvlen[0]);
 	const char			 **sargv;
 	size_t				  *slen;
 	int					  *slots;
@@ -1195,6 +1198,8 @@ handle_exec_reply(Link *l, Group *g, redisReply *r)
 		g->state = GROUP_PENDING; /* sent again without them */
 		return true;
 	}
+	if (r->type == REDIS_REPLY_ERROR)
+		note_redirect(r->str);
 	topo_fail(l, "unexpected reply to EXEC: %s%s",
 			  r->type == REDIS_REPLY_ERROR ? r->str : "nil",
 			  r->type == REDIS_REPLY_ERROR ? cluster_note(r->str) : "");
@@ -1258,6 +1263,7 @@ handle_block_reply(int li, redisReply *r)
 
 			if (idx == g->sent_n + 1 || is_transient(r->str))
 			{
+				note_redirect(r->str);
 				topo_fail(l, "Redis refused to queue a command: %s%s", r->str,
 						  cluster_note(r->str));
 				return false;
@@ -1318,7 +1324,9 @@ topo_fail(Link *l, const char *fmt, ...)
 	char	full[600];
 	va_list ap;
 	long	delay;
+	bool	redirect = redirect_next;
 
+	redirect_next = false;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
@@ -1330,12 +1338,17 @@ topo_fail(Link *l, const char *fmt, ...)
 	topo_close();
 	topo.state = TOPO_DOWN;
 	delay = pg2r_retry_initial_ms;
-	for (int i = 0; i < topo.attempts && delay < pg2r_retry_max_ms; i++)
-		delay *= 2;
-	delay = Min(delay, pg2r_retry_max_ms);
+	if (redirect)
+		topo.redirects++; /* the cluster is fine, its map changes: no backoff */
+	else
+	{
+		for (int i = 0; i < topo.attempts && delay < pg2r_retry_max_ms; i++)
+			delay *= 2;
+		delay = Min(delay, pg2r_retry_max_ms);
+		topo.attempts++;
+	}
 	delay =
 		(long) (delay * (0.5 + 0.5 * pg_prng_double(&pg_global_prng_state)));
-	topo.attempts++;
 	topo.next_attempt =
 		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 	inflight_restart();
@@ -1344,10 +1357,28 @@ topo_fail(Link *l, const char *fmt, ...)
 	pg2r_report_error("%s", full);
 	if (!stopped)
 		pg2r_report_state(PG2R_STATE_REDIS_UNAVAILABLE);
-	if (topo.attempts == 1 || topo.attempts % 20 == 0)
-		ereport(LOG, (errmsg("pg2redis: Redis at %s is unavailable: %s",
-							 topo.target.display, full),
-					  errdetail("Retrying in %ld ms.", delay)));
+	if (redirect ? topo.redirects % 100 == 1
+				 : topo.attempts == 1 || topo.attempts % 20 == 0)
+		ereport(LOG,
+				(redirect ? errmsg("pg2redis: the Redis Cluster at %s is moving slots or failing over: %s",
+								   topo.target.display, full)
+						  : errmsg("pg2redis: Redis at %s is unavailable: %s",
+								   topo.target.display, full),
+				 errdetail("Retrying in %ld ms.", delay)));
+}
+
+/*
+ * note_redirect tells the next topo_fail() that err, a reply of a cluster
+ * node, says the slot map changed or is changing (MOVED, ASK, TRYAGAIN,
+ * CLUSTERDOWN): the map is read again after the initial backoff only.
+ */
+static void
+note_redirect(const char *err)
+{
+	static const char *const codes[] = {"MOVED", "ASK", "TRYAGAIN",
+										"CLUSTERDOWN"};
+
+	redirect_next = topo.cluster && error_code_in(err, codes, lengthof(codes));
 }
 
 /*
@@ -1624,6 +1655,7 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 
 		if (r->type == REDIS_REPLY_ERROR)
 		{
+			note_redirect(r->str);
 			topo_fail(l, "could not read the stream position from Redis: %s%s",
 					  r->str, cluster_note(r->str));
 			return false;

@@ -495,6 +495,7 @@ sub redis_smembers
 sub redis_keys
 {
 	my ($redis, $pattern) = @_;
+	return $redis->keys_matching($pattern) if $redis->can('keys_matching');
 	my ($cursor, %keys) = (0);
 	do
 	{
@@ -1263,6 +1264,188 @@ sub _reply
 		return [ map { _reply($st) } 1 .. $rest ];
 	}
 	die "$st->{what}: protocol error at '$line'\n";
+}
+
+1;
+
+=pod
+
+=head1 Pg2RedisTest::ClusterClient
+
+A client for a Redis Cluster built by C<start_redis_cluster()>, with the
+interface of C<Pg2RedisTest::Redis> that the checks use:
+
+=over
+
+=item Pg2RedisTest::ClusterClient->new(@nodes)
+
+Every node of the cluster (primaries and replicas); the slot map is read
+from the first one that answers C<CLUSTER SLOTS>.
+
+=item $client->call(@args), $client->pipeline([@cmd], ...)
+
+Route each command by the hash slot of its first key (hash tags honoured),
+follow C<MOVED>/C<ASK> and retry C<TRYAGAIN>/C<CLUSTERDOWN> (re-reading the
+map) for up to 30 s.
+
+=item $client->keys_matching($pattern)
+
+The keys matching a pattern on every primary, sorted (what C<redis_keys()>
+uses for a cluster).
+
+=item $client->node_of($key), $client->slot($key)
+
+The node serving a key now, and a key's hash slot.
+
+=back
+
+=cut
+
+package Pg2RedisTest::ClusterClient;
+
+use strict;
+use warnings;
+
+use Carp;
+use Time::HiRes qw(usleep);
+
+sub new
+{
+	my ($class, @nodes) = @_;
+	my $self = bless { nodes => [@nodes] }, $class;
+	$self->refresh;
+	return $self;
+}
+
+sub refresh
+{
+	my ($self) = @_;
+	my %by_port = map { $_->port => $_ } @{ $self->{nodes} };
+	foreach my $n (@{ $self->{nodes} })
+	{
+		next unless $n->pid;
+		my $slots = eval { $n->call('CLUSTER', 'SLOTS') } or next;
+		my @owner;
+		foreach my $r (@$slots)
+		{
+			$owner[$_] = $by_port{ $r->[2][1] } foreach $r->[0] .. $r->[1];
+		}
+		next if grep { !defined } @owner[ 0 .. 16383 ];
+		$self->{owner} = \@owner;
+		return 1;
+	}
+	return 0;
+}
+
+sub crc16
+{
+	my ($s) = @_;
+	my $crc = 0;
+	foreach my $c (unpack('C*', $s))
+	{
+		$crc ^= $c << 8;
+		for (1 .. 8)
+		{
+			$crc = ($crc & 0x8000) ? (($crc << 1) ^ 0x1021) : ($crc << 1);
+			$crc &= 0xffff;
+		}
+	}
+	return $crc;
+}
+
+sub slot
+{
+	my ($self, $key) = @_;
+	utf8::encode($key) if utf8::is_utf8($key);
+	my $open = index($key, '{');
+	if ($open >= 0)
+	{
+		my $close = index($key, '}', $open + 1);
+		$key = substr($key, $open + 1, $close - $open - 1)
+		  if $close > $open + 1;
+	}
+	return crc16($key) % 16384;
+}
+
+sub node_of
+{
+	my ($self, $key) = @_;
+	return $self->{owner}[ $self->slot($key) ];
+}
+
+sub primaries
+{
+	my ($self) = @_;
+	my %seen;
+	return grep { !$seen{ $_->port }++ } @{ $self->{owner} };
+}
+
+sub pipeline
+{
+	my ($self, @cmds) = @_;
+	my @replies;
+	my @todo = (0 .. $#cmds);
+	my $deadline = Time::HiRes::time() + 30;
+	while (@todo)
+	{
+		my %by_node;
+		foreach my $i (@todo)
+		{
+			my $key = @{ $cmds[$i] } > 1 ? $cmds[$i][1] : '';
+			push @{ $by_node{ $self->node_of($key)->port } }, $i;
+		}
+		my %by_port = map { $_->port => $_ } @{ $self->{nodes} };
+		my @again;
+		foreach my $port (keys %by_node)
+		{
+			my @idx = @{ $by_node{$port} };
+			my @r = eval { $by_port{$port}->pipeline(map { $cmds[$_] } @idx) };
+			if ($@)
+			{
+				push @again, @idx;
+				next;
+			}
+			foreach my $k (0 .. $#idx)
+			{
+				my $reply = $r[$k];
+				if (ref $reply eq 'HASH'
+					&& $reply->{error} =~ /^(MOVED|ASK|TRYAGAIN|CLUSTERDOWN)\b/)
+				{
+					push @again, $idx[$k];
+					next;
+				}
+				$replies[ $idx[$k] ] = $reply;
+			}
+		}
+		@todo = sort { $a <=> $b } @again;
+		if (@todo)
+		{
+			croak "the cluster did not serve @{ $cmds[ $todo[0] ] } within 30 s"
+			  if Time::HiRes::time() > $deadline;
+			usleep(100_000);
+			$self->refresh;
+		}
+	}
+	return @replies;
+}
+
+sub call
+{
+	my ($self, @args) = @_;
+	my ($reply) = $self->pipeline(\@args);
+	croak "redis cluster: @args: $reply->{error}" if ref $reply eq 'HASH';
+	return $reply;
+}
+
+sub keys_matching
+{
+	my ($self, $pattern) = @_;
+	my %keys;
+	foreach my $n ($self->primaries)
+	{
+		$keys{$_} = 1 foreach Pg2RedisTest::redis_keys($n, $pattern);
+	}
+	return sort keys %keys;
 }
 
 1;
