@@ -214,10 +214,144 @@ redis_fail(RedisConn *conn, const RedisTarget *target, const char *what)
 }
 
 /*
+ * redis_roundtrip connects to target, sends the handshake, ASKING when
+ * asking, and the command (cmd, in RESP), and returns the command's reply
+ * (free it with freeReplyObject).  Raises an ERROR on failure or after
+ * pg2redis.redis_timeout.
+ */
+static redisReply *
+redis_roundtrip(const RedisTarget *target, const StringInfo cmd, bool asking)
+{
+	RedisConn		conn;
+	StringInfoData	out;
+	volatile size_t sent = 0;
+	int				expected;
+	TimestampTz		deadline;
+	redisReply	   *reply = NULL;
+
+	redis_conn_init(&conn);
+	initStringInfo(&out);
+	expected = redis_append_handshake(&out, target) + 1;
+	if (asking)
+	{
+		redis_append_cstrings(&out, 1, "ASKING");
+		expected++;
+	}
+	appendBinaryStringInfo(&out, cmd->data, cmd->len);
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   pg2r_redis_timeout_ms);
+	/* a cancel or timeout must not leak the socket or the reader */
+	PG_TRY();
+	{
+		if (!redis_connect_start(&conn, target))
+			redis_fail(&conn, target, "could not connect");
+		for (;;)
+		{
+			int done;
+
+			if (!wait_socket(conn.sock, conn.want, deadline))
+				redis_fail(&conn, target, "timed out connecting");
+			done = redis_connect_finish(&conn, target);
+			if (done < 0)
+				redis_fail(&conn, target, "could not connect");
+			if (done > 0)
+				break;
+		}
+
+		while (expected > 0)
+		{
+			bool eof;
+			int	 rc;
+
+			if (sent < (size_t) out.len)
+			{
+				ssize_t w = redis_send(&conn, out.data + sent, out.len - sent);
+
+				if (w < 0)
+					redis_fail(&conn, target, "could not send");
+				sent += w;
+			}
+			if (!wait_socket(conn.sock,
+							 WL_SOCKET_READABLE |
+								 (sent < (size_t) out.len ? WL_SOCKET_WRITEABLE
+														  : 0),
+							 deadline))
+				redis_fail(&conn, target, "timed out waiting for the reply");
+			if (!redis_receive(&conn, &eof))
+				redis_fail(&conn, target, "could not receive");
+			while (expected > 0 && (rc = redis_next_reply(&conn, &reply)) == 1)
+			{
+				expected--;
+				if (expected > 0)
+				{
+					/* a handshake reply */
+					if (reply->type == REDIS_REPLY_ERROR)
+					{
+						snprintf(conn.error, sizeof(conn.error), "%s",
+								 reply->str);
+						freeReplyObject(reply);
+						redis_fail(&conn, target,
+								   "Redis refused the connection setup");
+					}
+					freeReplyObject(reply);
+					reply = NULL;
+				}
+			}
+			if (expected > 0 && rc < 0)
+				redis_fail(&conn, target, "protocol error");
+		}
+	}
+	PG_CATCH();
+	{
+		redis_close(&conn);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	redis_close(&conn);
+	pfree(out.data);
+	return reply;
+}
+
+/*
+ * redirection reads "MOVED <slot> <host>:<port>" or "ASK ..." from a cluster
+ * node's error into *target's host and port; false for any other reply.
+ */
+static bool
+redirection(const redisReply *reply, RedisTarget *target, bool *asking)
+{
+	const char *addr;
+	const char *colon;
+	int			port;
+
+	if (reply->type != REDIS_REPLY_ERROR)
+		return false;
+	if (strncmp(reply->str, "MOVED ", 6) == 0)
+		*asking = false;
+	else if (strncmp(reply->str, "ASK ", 4) == 0)
+		*asking = true;
+	else
+		return false;
+	addr = strchr(strchr(reply->str, ' ') + 1, ' ');
+	if (addr == NULL || (colon = strrchr(addr + 1, ':')) == NULL)
+		return false;
+	port = atoi(colon + 1);
+	if (port <= 0 || port > 65535)
+		return false;
+	/* an endpoint announced empty is the node that answered */
+	if (colon > addr + 1)
+		target->host = pnstrdup(addr + 1, colon - addr - 1);
+	target->port = port;
+	return true;
+}
+
+/*
  * pg2redis_redis(VARIADIC args) runs one Redis command on the configured
  * server and returns its reply as JSON: a string, integer, array, null, or
  * {"error": "..."}.  It opens its own connection, with the deadlines of
- * pg2redis.redis_timeout, and never blocks beyond them.
+ * pg2redis.redis_timeout, and never blocks beyond them.  On a Redis Cluster
+ * it goes to the first seed and follows MOVED and ASK (up to 5 times) to
+ * the node serving the command's key.
  */
 Datum
 pg2redis_redis(PG_FUNCTION_ARGS)
@@ -227,13 +361,11 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 	bool	   *elnulls;
 	int			n;
 	RedisTarget target;
-	RedisConn	conn;
+	char		err[256];
 
-	StringInfoData			 out;
-	size_t					 sent = 0;
-	int						 expected;
-	TimestampTz				 deadline;
+	StringInfoData			 cmd;
 	redisReply				*reply = NULL;
+	bool					 asking = false;
 	char					*json_text;
 	int						 not_utf8;
 	Datum					 result;
@@ -258,14 +390,12 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 					 errmsg("Redis command \"%s\" does not return a single reply",
 							TextDatumGetCString(elems[0]))));
 
-	redis_conn_init(&conn);
-	if (!pg2r_redis_target(&target, conn.error, sizeof(conn.error)))
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("%s", conn.error),
-						errhint("Fix the pg2redis.redis_* settings.")));
+	if (!pg2r_redis_target(&target, err, sizeof(err)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", err),
+				 errhint("Fix the pg2redis.redis_* settings.")));
 
-	initStringInfo(&out);
-	expected = redis_append_handshake(&out, &target) + 1;
+	initStringInfo(&cmd);
 	{
 		const char **argv = palloc(sizeof(char *) * n);
 		size_t		*argvlen = palloc(sizeof(size_t) * n);
@@ -275,79 +405,17 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 			argv[i] = VARDATA_ANY(DatumGetTextPP(elems[i]));
 			argvlen[i] = VARSIZE_ANY_EXHDR(DatumGetTextPP(elems[i]));
 		}
-		redis_append_command(&out, n, argv, argvlen);
+		redis_append_command(&cmd, n, argv, argvlen);
 	}
 
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										   pg2r_redis_timeout_ms);
-	/* a cancel or timeout must not leak the socket or the reader */
-	PG_TRY();
+	reply = redis_roundtrip(&target, &cmd, false);
+	for (int hops = 0;
+		 target.cluster && hops < 5 && redirection(reply, &target, &asking);
+		 hops++)
 	{
-		if (!redis_connect_start(&conn, &target))
-			redis_fail(&conn, &target, "could not connect");
-		for (;;)
-		{
-			int done;
-
-			if (!wait_socket(conn.sock, conn.want, deadline))
-				redis_fail(&conn, &target, "timed out connecting");
-			done = redis_connect_finish(&conn, &target);
-			if (done < 0)
-				redis_fail(&conn, &target, "could not connect");
-			if (done > 0)
-				break;
-		}
-
-		while (expected > 0)
-		{
-			bool eof;
-			int	 rc;
-
-			if (sent < (size_t) out.len)
-			{
-				ssize_t w = redis_send(&conn, out.data + sent, out.len - sent);
-
-				if (w < 0)
-					redis_fail(&conn, &target, "could not send");
-				sent += w;
-			}
-			if (!wait_socket(conn.sock,
-							 WL_SOCKET_READABLE |
-								 (sent < (size_t) out.len ? WL_SOCKET_WRITEABLE
-														  : 0),
-							 deadline))
-				redis_fail(&conn, &target, "timed out waiting for the reply");
-			if (!redis_receive(&conn, &eof))
-				redis_fail(&conn, &target, "could not receive");
-			while (expected > 0 && (rc = redis_next_reply(&conn, &reply)) == 1)
-			{
-				expected--;
-				if (expected > 0)
-				{
-					/* a handshake reply */
-					if (reply->type == REDIS_REPLY_ERROR)
-					{
-						snprintf(conn.error, sizeof(conn.error), "%s",
-								 reply->str);
-						freeReplyObject(reply);
-						redis_fail(&conn, &target,
-								   "Redis refused the connection setup");
-					}
-					freeReplyObject(reply);
-					reply = NULL;
-				}
-			}
-			if (expected > 0 && rc < 0)
-				redis_fail(&conn, &target, "protocol error");
-		}
+		freeReplyObject(reply);
+		reply = redis_roundtrip(&target, &cmd, asking);
 	}
-	PG_CATCH();
-	{
-		redis_close(&conn);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	redis_close(&conn);
 
 	json_text = redis_reply_to_json(reply, &not_utf8);
 	freeReplyObject(reply);

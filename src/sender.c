@@ -92,6 +92,7 @@
 #include "pg2redis/worker.h"
 
 #define FENCE_DONE PG_UINT64_MAX
+#define MAP_REFRESH_MS 5000 /* how often a cluster's slot map is checked */
 #define MAX_DEAD_LETTERS 10000
 
 /* How far the stream got: see the header comment. */
@@ -204,6 +205,7 @@ typedef enum TopoState
 static MemoryContext SenderCxt = NULL;
 static MemoryContext DeadCxt = NULL;
 static MemoryContext TopoCxt = NULL; /* links and the map: reset on refresh */
+static MemoryContext MapCxt = NULL;	 /* the map link: reset after each use */
 static Block		 blocks[2];
 static Block		*building = NULL;
 static Block		*inflight = NULL;
@@ -226,6 +228,7 @@ static struct
 	Fence		acked;		 /* the last block applied whole */
 	int			attempts;	 /* failed attempts since last success */
 	int			redirects;	 /* redirections followed, for the log */
+	TimestampTz map_read_at; /* when the slot map was last compared */
 	TimestampTz next_attempt;
 } topo;
 
@@ -250,6 +253,8 @@ static uint64 dead_letters_dropped = 0;
 
 static void topo_fail(Link *l, const char *fmt, ...) pg_attribute_printf(2, 3);
 static void note_redirect(const char *err);
+static bool link_start(struct Link *l, const char *host, int port);
+static void link_reset(struct Link *l);
 static void wait_for_room(void);
 static void dispatch_inflight(void);
 
@@ -396,6 +401,8 @@ sender_init(void)
 									ALLOCSET_DEFAULT_SIZES);
 	TopoCxt = AllocSetContextCreate(SenderCxt, "pg2redis Redis links",
 									ALLOCSET_DEFAULT_SIZES);
+	MapCxt = AllocSetContextCreate(SenderCxt, "pg2redis Redis Cluster map",
+								   ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(SenderCxt);
 	for (int i = 0; i < 2; i++)
 	{
@@ -406,6 +413,9 @@ sender_init(void)
 	building = &blocks[0];
 	inflight = NULL;
 	topo.state = TOPO_DOWN;
+	for (int li = 0; li < CLUSTER_MAX_NODES; li++)
+		link_reset(&topo.links[li]);
+	link_reset(&topo.maplink);
 	topo.acked.lsn = InvalidXLogRecPtr;
 	topo.acked.seq = FENCE_DONE;
 	/* one fence until the settings say more (an invalid URL says nothing) */
@@ -1293,6 +1303,17 @@ handle_block_reply(int li, redisReply *r)
  * ---------------------------------------------------------------------------
  */
 
+/*
+ * link_reset makes *l an unused, closed link (its socket is not 0, which a
+ * later close would take for a real descriptor).
+ */
+static void
+link_reset(Link *l)
+{
+	memset(l, 0, sizeof(Link));
+	redis_conn_init(&l->conn);
+}
+
 /* link_close closes a link's connection. */
 static void
 link_close(Link *l)
@@ -1314,6 +1335,52 @@ topo_close(void)
 }
 
 /*
+ * map_check_done closes the map link after a check of the slot map while
+ * the links are ready, and forgets what it used.
+ */
+static void
+map_check_done(void)
+{
+	link_close(&topo.maplink);
+	MemoryContextReset(MapCxt);
+	link_reset(&topo.maplink);
+	topo.map_read_at = GetCurrentTimestamp();
+}
+
+/*
+ * map_equal tells whether two slot maps route every slot to the same
+ * primary, with the same number of replicas.
+ */
+static bool
+map_equal(const ClusterMap *a, const ClusterMap *b)
+{
+	if (a->nnodes != b->nnodes)
+		return false;
+	for (int i = 0; i < a->nnodes; i++)
+		if (a->nodes[i].port != b->nodes[i].port ||
+			a->nodes[i].replicas != b->nodes[i].replicas ||
+			strcmp(a->nodes[i].host, b->nodes[i].host) != 0)
+			return false;
+	return memcmp(a->slot_node, b->slot_node, sizeof(a->slot_node)) == 0;
+}
+
+/*
+ * map_check_start asks a primary for the slot map, on a connection of its
+ * own, to notice replicas added or removed and slots moved without a
+ * redirection having told (every MAP_REFRESH_MS while the links are ready).
+ */
+static void
+map_check_start(void)
+{
+	static int next = 0;
+	int		   i = next++ % topo.map->nnodes;
+
+	topo.maplink.is_map = true;
+	(void) link_start(&topo.maplink, topo.map->nodes[i].host,
+					  topo.map->nodes[i].port);
+}
+
+/*
  * topo_fail drops every link, records why (naming link l's server in a
  * cluster), and schedules a reconnect after a backoff with jitter.
  */
@@ -1325,6 +1392,15 @@ topo_fail(Link *l, const char *fmt, ...)
 	va_list ap;
 	long	delay;
 	bool	redirect = redirect_next;
+
+	if (l == &topo.maplink && topo.state == TOPO_READY)
+	{
+		/* a failed check of the slot map: the links are fine */
+		redirect_next = false;
+		map_check_done();
+		return;
+	}
+
 
 	redirect_next = false;
 	va_start(ap, fmt);
@@ -1360,10 +1436,11 @@ topo_fail(Link *l, const char *fmt, ...)
 	if (redirect ? topo.redirects % 100 == 1
 				 : topo.attempts == 1 || topo.attempts % 20 == 0)
 		ereport(LOG,
-				(redirect ? errmsg("pg2redis: the Redis Cluster at %s is moving slots or failing over: %s",
-								   topo.target.display, full)
-						  : errmsg("pg2redis: Redis at %s is unavailable: %s",
-								   topo.target.display, full),
+				(redirect
+					 ? errmsg("pg2redis: the Redis Cluster at %s is moving slots or failing over: %s",
+							  topo.target.display, full)
+					 : errmsg("pg2redis: Redis at %s is unavailable: %s",
+							  topo.target.display, full),
 				 errdetail("Retrying in %ld ms.", delay)));
 }
 
@@ -1389,7 +1466,7 @@ note_redirect(const char *err)
 static bool
 link_start(Link *l, const char *host, int port)
 {
-	MemoryContext  old = MemoryContextSwitchTo(TopoCxt);
+	MemoryContext  old = MemoryContextSwitchTo(l->is_map ? MapCxt : TopoCxt);
 	StringInfoData key;
 
 	redis_conn_init(&l->conn);
@@ -1441,8 +1518,10 @@ topo_connect(void)
 
 	topo_close();
 	MemoryContextReset(TopoCxt);
-	memset(topo.links, 0, sizeof(topo.links));
-	memset(&topo.maplink, 0, sizeof(topo.maplink));
+	MemoryContextReset(MapCxt);
+	for (int li = 0; li < CLUSTER_MAX_NODES; li++)
+		link_reset(&topo.links[li]);
+	link_reset(&topo.maplink);
 	topo.nlinks = 0;
 	if (!topo.cluster)
 	{
@@ -1501,6 +1580,9 @@ topo_use_map(ClusterMap *map)
 	MemoryContextSwitchTo(old);
 
 	link_close(&topo.maplink);
+	MemoryContextReset(MapCxt);
+	link_reset(&topo.maplink);
+	topo.map_read_at = GetCurrentTimestamp();
 	topo.nlinks = map->nnodes;
 	old = MemoryContextSwitchTo(TopoCxt);
 	for (int li = 0; li < map->nnodes; li++)
@@ -1634,7 +1716,7 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 					  r->str);
 			return false;
 		}
-		old = MemoryContextSwitchTo(TopoCxt);
+		old = MemoryContextSwitchTo(MapCxt);
 		map = MemoryContextAllocZero(SenderCxt, sizeof(ClusterMap));
 		if (!cluster_parse_slots(r, l->target.host, map, err, sizeof(err)))
 		{
@@ -1644,8 +1726,22 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 			return false;
 		}
 		MemoryContextSwitchTo(old);
-		topo_use_map(map);
-		return false; /* the map link is closed */
+		if (topo.state == TOPO_READY)
+		{
+			/* a periodic check: reconnect only if the map changed */
+			bool same = map_equal(map, topo.map);
+
+			pfree(map);
+			map_check_done();
+			if (!same)
+			{
+				redirect_next = true;
+				topo_fail(NULL, "the slot map of the Redis Cluster changed");
+			}
+			return false;
+		}
+		topo_use_map(map); /* copies the host names */
+		return false;	   /* the map link is closed */
 	}
 
 	/* a fence GET */
@@ -1950,9 +2046,9 @@ sender_service(long timeout_ms)
 {
 	TimestampTz	  now = GetCurrentTimestamp();
 	WaitEventSet *set;
-	WaitEvent	  occurred[CLUSTER_MAX_NODES + 3];
-	int			  events[CLUSTER_MAX_NODES + 1];
-	Link		 *all[CLUSTER_MAX_NODES + 1];
+	WaitEvent	  occurred[CLUSTER_MAX_NODES + 4];
+	int			  events[CLUSTER_MAX_NODES + 2];
+	Link		 *all[CLUSTER_MAX_NODES + 2];
 	int			  nall = 0;
 	int			  nsockets = 0;
 	int			  nev;
@@ -1976,11 +2072,17 @@ sender_service(long timeout_ms)
 			Min(timeout_ms,
 				Max(TimestampDifferenceMilliseconds(now, topo.next_attempt),
 					0));
+	if (topo.state == TOPO_READY && topo.cluster &&
+		topo.maplink.state == LINK_DOWN &&
+		TimestampDifferenceExceeds(topo.map_read_at, now, MAP_REFRESH_MS))
+		map_check_start();
 	if (topo.state == TOPO_MAP)
 		all[nall++] = &topo.maplink;
 	else if (topo.state != TOPO_DOWN)
 		for (int li = 0; li < topo.nlinks; li++)
 			all[nall++] = &topo.links[li];
+	if (topo.state == TOPO_READY && topo.maplink.state != LINK_DOWN)
+		all[nall++] = &topo.maplink;
 	for (int i = 0; i < nall; i++)
 	{
 		if (all[i]->deadline != 0 && link_awaiting(all[i]))

@@ -14,6 +14,9 @@
 #   - a SIGKILL of the worker,
 # and after each the cluster equals PostgreSQL, the counter equals the SQL
 # sum and the stream has exactly one entry per insert: exactly once per slot.
+# Also: every slot with data holds its own stream position, replicas
+# acknowledge the writes (WAIT), pg2redis_redis() follows MOVED, and an
+# on-demand snapshot reloads a table into the flushed cluster.
 # The seed is printed (PG2REDIS_CHAOS_SEED replays one).
 
 use strict;
@@ -90,6 +93,22 @@ is(scalar @unfenced, 0,
 	'every hash slot holding data holds its own stream position ('
 	  . scalar(keys %fence_slots) . ' positions)')
   or diag("slots without a position: @unfenced[0 .. ($#unfenced < 9 ? $#unfenced : 9)]");
+
+# Writes count only once replicas have them: the stream asked for WAIT.
+my $waits = 0;
+foreach my $p (@primaries)
+{
+	$waits += $1 if $p->call('INFO', 'commandstats') =~ /cmdstat_wait:calls=(\d+)/;
+}
+cmp_ok($waits, '>', 0, "replicas acknowledged the stream's writes (WAIT called $waits times)");
+
+# pg2redis_redis() follows MOVED to the node serving a key.
+my @sample = ($client->keys_matching('chaos:*'))[ 0 .. 19 ];
+my $same = grep {
+	$node->safe_psql('postgres', "SELECT pg2redis_redis('HGET', '$_', 'id') #>> '{}'") eq
+	  $client->call('HGET', $_, 'id')
+} @sample;
+is($same, 20, 'pg2redis_redis() reads keys from whichever primary serves them');
 
 # 2. Resharding mid-stream.
 my $h = start_psql_script($node, workload_sql(200, 0.01), timeout => 300);
@@ -168,6 +187,20 @@ wait_for_redis($node, 120, 'worker SIGKILL: caught up');
 # the script cut short by the crash left the model behind: ids it added may
 # be missing; check compares with PostgreSQL, which is the truth
 $chaos->check($node, $client, 'after SIGKILL of the worker');
+
+# 5. An on-demand snapshot reloads a table into the emptied cluster.
+$client->refresh;
+$_->call('FLUSHALL') foreach $client->primaries;
+my $sid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('chaos')");
+ok( poll_until(
+		60,
+		sub {
+			$node->safe_psql('postgres',
+				"SELECT state FROM pg2redis_snapshots WHERE id = $sid") eq 'done';
+		}),
+	'the snapshot of chaos ends done');
+check_table_in_redis($node, $client, '(SELECT id, name, qty FROM chaos)', 'chaos',
+	'a snapshot reloads every row into the cluster');
 
 $node->stop;
 done_testing();

@@ -148,7 +148,8 @@ sub start_redis_cluster
 			name       => "cluster$i",
 			extra_args => [
 				'--cluster-enabled', 'yes',
-				'--cluster-node-timeout', $timeout
+				'--cluster-node-timeout', $timeout,
+				'--repl-diskless-sync-delay', '0'
 			]);
 	}
 	my ($out, $err) = ('', '');
@@ -182,7 +183,24 @@ sub start_redis_cluster
 	  map  { $by_port{ $_->[2][1] } }
 	  sort { $a->[0] <=> $b->[0] } @{ $nodes[0]->call('CLUSTER', 'SLOTS') };
 	my %is_primary = map { $_->port => 1 } @primaries;
-	return (@primaries, grep { !$is_primary{ $_->port } } @nodes);
+	my @replicas = grep { !$is_primary{ $_->port } } @nodes;
+
+	# replicas in sync, and listed by CLUSTER SLOTS: a failover needs both
+	poll_until(
+		30,
+		sub {
+			foreach my $r (@replicas)
+			{
+				return 0
+				  unless $r->call('INFO', 'replication') =~
+				  /master_link_status:up/;
+			}
+			my $listed = 0;
+			$listed += @$_ - 3 foreach @{ $nodes[0]->call('CLUSTER', 'SLOTS') };
+			return $listed >= @replicas;
+		},
+		0.1) or croak "the replicas of the Redis Cluster did not sync within 30 s";
+	return (@primaries, @replicas);
 }
 
 =pod
