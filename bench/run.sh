@@ -16,6 +16,8 @@
 #              the sidecar in turn
 #   memory     the worker's peak RSS during the 1,000,000-row transaction
 #   snapshot   pg2redis_snapshot() of a 200,000-row, 6-column table
+#   cluster    the 1000 x 1000-row catch-up again, to a 3-primary Redis
+#              Cluster (no replicas) started on loopback ports
 #
 # The mapping (6-column table `bench`): insert/update HSET bench:<id> <row>
 # + SADD bench:all <id>; delete DEL + SREM.  --smoke runs tiny sizes and only
@@ -264,6 +266,48 @@ SNAP_S=$(sql -c "SELECT extract(epoch FROM finished_at - started_at) FROM pg2red
 wait_caught_up
 [[ $(rcli eval "return #redis.call('KEYS', 'snap:*')" 0) == "$SNAP" ]] || die "snapshot: Redis does not have every row"
 
+# --- catch-up against a 3-primary Redis Cluster ------------------------------
+# start_redis_cluster N: N cluster-enabled servers on free loopback ports
+# (CLUSTER_PORTS, their pids in EXTRA_PIDS), joined by redis-cli.
+start_redis_cluster() {
+	CLUSTER_PORTS=()
+	for i in $(seq "$1"); do
+		local p dir=$WORK/cluster$i
+		p=$(free_port)
+		mkdir -p "$dir"
+		redis-server --bind 127.0.0.1 --port "$p" --save '' --appendonly no \
+			--cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+			--dir "$dir" --logfile "$dir/redis.log" --daemonize no &
+		EXTRA_PIDS+=("$!")
+		CLUSTER_PORTS+=("$p")
+		for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+	done
+	redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") \
+		--cluster-replicas 0 --cluster-yes >"$WORK/cluster-create.log" 2>&1 ||
+		die "redis-cli --cluster create failed (see $WORK/cluster-create.log)"
+	for p in "${CLUSTER_PORTS[@]}"; do
+		for _ in $(seq 300); do
+			redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' && break
+			sleep 0.1
+		done
+	done
+}
+say "Redis Cluster: 3 primaries; pg2redis switched to it"
+start_redis_cluster 3
+ccli() { redis-cli -c -h 127.0.0.1 -p "${CLUSTER_PORTS[0]}" "$@"; }
+sql -c "ALTER SYSTEM SET pg2redis.redis_url = 'redis-cluster://127.0.0.1:${CLUSTER_PORTS[0]},127.0.0.1:${CLUSTER_PORTS[1]}'" \
+	-c "SELECT pg_reload_conf()" >/dev/null
+for _ in $(seq 300); do
+	[[ $(sql -c "SELECT state = 'streaming' AND redis_url LIKE 'redis-cluster:%' FROM pg2redis_status()") == t ]] && break
+	sleep 0.1
+done
+set_enabled off
+sql -c "TRUNCATE bench" -c "CALL fill($TXNS, $PER, 0)"
+say "pg2redis catch-up to the cluster"
+P2R_CL_S=$(catch_up)
+[[ $(ccli scard bench:all) == "$N" ]] || die "cluster catch-up: bench:all does not have $N members"
+check_rows "cluster catch-up"
+
 # --- report ------------------------------------------------------------------
 field() { sed -E "s/.*$1 ([0-9.a-zA-Z]+).*/\1/" <<<"$2"; }
 RC=$(rate "$N" "$REDIS_S") PR=$(rate "$N" "$P2R_S") SR=$(rate "$N" "$SC_S")
@@ -271,6 +315,7 @@ DR=$(rate "$DEC_CHANGES" "$DEC_S")
 PBR=$(rate "$BIG" "$P2R_BIG_S") SBR=$(rate "$BIG" "$SC_BIG_S") DBR=$(rate "$BIG" "$DEC_BIG_S")
 PUR=$(rate "$N" "$P2R_UPD_S") PDR=$(rate "$N" "$P2R_DEL_S")
 SNR=$(rate "$SNAP" "$SNAP_S")
+PCR=$(rate "$N" "$P2R_CL_S")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "pg2redis benchmark ($(nproc) cores, PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'), Redis $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/\1/'), loopback$([[ $SMOKE == 1 ]] && echo ', SMOKE sizes'))"
@@ -287,6 +332,7 @@ row "sidecar catch-up, 1 x $BIG inserts, rows/s" "$SBR" ""
 row "decoding alone, 1 x $BIG, changes/s" "$DBR" ""
 row "pg2redis catch-up, $TXNS x $PER updates, rows/s" "$PUR" ""
 row "pg2redis catch-up, $TXNS x $PER deletes, rows/s" "$PDR" ""
+row "pg2redis catch-up, 3-primary Cluster, $TXNS x $PER inserts, rows/s" "$PCR" "$(ratio "$PCR" "$PR") x to one Redis"
 for r in $RATES; do
 	p=${LAT[p2r_$r]} s=${LAT[sc_$r]}
 	row "latency at $r tx/s, pg2redis p50 / p99 / max, ms" "$(field p50 "$p") / $(field p99 "$p") / $(field max "$p")" "n $(field n "$p"), lost $(field lost "$p")"

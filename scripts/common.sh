@@ -84,6 +84,7 @@ unprivileged_user() {
 # --- throwaway servers (scripts/demo.sh, bench/run.sh) -----------------------
 
 WORK="" PG_STARTED="" REDIS_PID=""
+EXTRA_PIDS=()
 
 # make_workdir NAME makes $WORK, a temporary directory PostgreSQL may use,
 # and sets AS_PG to run commands as the user PostgreSQL runs as.
@@ -146,7 +147,8 @@ start_pg() {
 	PG_STARTED=1
 }
 
-# stop_all stops the servers started here, by pid, and removes $WORK.
+# stop_all stops the servers started here, by pid (PostgreSQL, REDIS_PID and
+# EXTRA_PIDS), and removes $WORK.
 stop_all() {
 	if [[ -n $PG_STARTED ]]; then
 		"${AS_PG[@]}" "$BIN/pg_ctl" -D "$WORK/pgdata" -m fast -w stop >/dev/null 2>&1 || true
@@ -156,5 +158,10 @@ stop_all() {
 		for _ in $(seq 50); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
 		kill -9 "$REDIS_PID" 2>/dev/null || true
 	fi
+		for pid in "${EXTRA_PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$pid" 2>/dev/null || true
+	done
 	if [[ -n $WORK ]]; then rm -rf "$WORK"; fi
 }

@@ -128,6 +128,12 @@ every node. Returns the C<Pg2RedisTest::Redis> objects, primaries first in
 the order of the slots they hold, then the replicas.
 C<node_timeout> (ms, default 2000) sets C<--cluster-node-timeout>, which
 bounds how fast a replica takes over a failed primary.
+C<< tls => { ca => $file, cert => $file, key => $file } >> gives every node
+a TLS port too (C<< $redis->{tls_port} >>, certificate and key for the
+server and for the cluster bus, client certificates not required), which
+the cluster announces to its TLS clients (C<tls-cluster yes>); the plain
+port stays open for the test's own checks (plain clients are told plain
+ports).
 
 =back
 
@@ -138,25 +144,38 @@ sub start_redis_cluster
 	my (%opts) = @_;
 	my $primaries = $opts{primaries} // 3;
 	my $replicas  = $opts{replicas}  // 0;
-	my $timeout   = $opts{node_timeout} // 2000;
+		my $timeout   = $opts{node_timeout} // 2000;
+	my $tls       = $opts{tls};
 	my @nodes;
 
 	foreach my $i (1 .. $primaries * (1 + $replicas))
 	{
-		push @nodes,
-		  start_redis(
+		my $tls_port = $tls ? PostgreSQL::Test::Cluster::get_free_port() : undef;
+		my @tls_args = $tls
+		  ? (
+			'--tls-port', $tls_port, '--tls-cert-file', $tls->{cert},
+			'--tls-key-file', $tls->{key}, '--tls-ca-cert-file', $tls->{ca},
+			'--tls-auth-clients', 'optional', '--tls-cluster', 'yes',
+			'--tls-replication', 'yes')
+		  : ();
+		my $r = start_redis(
 			name       => "cluster$i",
 			extra_args => [
 				'--cluster-enabled', 'yes',
 				'--cluster-node-timeout', $timeout,
-				'--repl-diskless-sync-delay', '0'
+				'--repl-diskless-sync-delay', '0', @tls_args
 			]);
+		$r->{tls_port} = $tls_port;
+		push @nodes, $r;
 	}
 	my ($out, $err) = ('', '');
 	IPC::Run::run(
 		[
-			'redis-cli', '--cluster', 'create',
-			(map { '127.0.0.1:' . $_->port } @nodes),
+			'redis-cli',
+			($tls ? ('--tls', '--cacert', $tls->{ca}, '--cert', $tls->{cert},
+				'--key', $tls->{key}) : ()),
+			'--cluster', 'create',
+			(map { '127.0.0.1:' . ($tls ? $_->{tls_port} : $_->port) } @nodes),
 			'--cluster-replicas', $replicas, '--cluster-yes'
 		],
 		'<', \undef, '>', \$out, '2>', \$err,
@@ -178,7 +197,8 @@ sub start_redis_cluster
 		0.1) or croak "the Redis Cluster did not become ready within 30 s:\n$out";
 
 	# primaries first, in the order of the slots they hold
-	my %by_port = map { $_->port => $_ } @nodes;
+		# CLUSTER SLOTS gives plain ports to plain clients, TLS ports over TLS
+	my %by_port = map { ($_->port => $_, ($tls ? ($_->{tls_port} => $_) : ())) } @nodes;
 	my @primaries =
 	  map  { $by_port{ $_->[2][1] } }
 	  sort { $a->[0] <=> $b->[0] } @{ $nodes[0]->call('CLUSTER', 'SLOTS') };
@@ -1337,8 +1357,9 @@ sub new
 
 sub refresh
 {
-	my ($self) = @_;
-	my %by_port = map { $_->port => $_ } @{ $self->{nodes} };
+		my ($self) = @_;
+	my %by_port = map { ($_->port => $_, ($_->{tls_port} ? ($_->{tls_port} => $_) : ())) }
+	  @{ $self->{nodes} };
 	foreach my $n (@{ $self->{nodes} })
 	{
 		next unless $n->pid;

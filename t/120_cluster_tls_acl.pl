@@ -1,0 +1,111 @@
+# Copyright (c) pg2redis developers
+#
+# Cluster mode over TLS with an ACL user: a 3-primary Redis Cluster whose
+# nodes announce TLS ports (tls-cluster yes), certificates from a test CA
+# made here (the slot map names nodes by IP address: the certificate holds
+# IP:127.0.0.1 as well as DNS:localhost, and pg2redis.redis_tls_verify =
+# full checks both), and the same limited ACL user on every node.  Rows
+# arrive on every primary; denied commands are dead letters; a wrong CA is
+# refused with a clear error and nothing is lost; the password never shows.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Pg2RedisTest;
+use Test::More;
+
+my $dir = PostgreSQL::Test::Utils::tempdir();
+
+sub openssl
+{
+	my @cmd = ('openssl', @_);
+	my ($out, $err);
+	IPC::Run::run(\@cmd, '>', \$out, '2>', \$err)
+	  or die "openssl @_ failed: $err";
+}
+
+openssl('req', '-x509', '-new', '-nodes', '-newkey', 'rsa:2048', '-days', '2',
+	'-keyout', "$dir/ca.key", '-out', "$dir/ca.crt", '-subj', '/CN=pg2redis test CA');
+openssl('req', '-x509', '-new', '-nodes', '-newkey', 'rsa:2048', '-days', '2',
+	'-keyout', "$dir/other.key", '-out', "$dir/other.crt", '-subj', '/CN=another CA');
+PostgreSQL::Test::Utils::append_to_file("$dir/server.ext",
+	"subjectAltName=DNS:localhost,IP:127.0.0.1\n");
+openssl('req', '-new', '-nodes', '-newkey', 'rsa:2048', '-keyout', "$dir/server.key",
+	'-out', "$dir/server.csr", '-subj', '/CN=localhost');
+openssl('x509', '-req', '-in', "$dir/server.csr", '-CA', "$dir/ca.crt",
+	'-CAkey', "$dir/ca.key", '-CAcreateserial', '-days', '2',
+	'-out', "$dir/server.crt", '-extfile', "$dir/server.ext");
+chmod 0600, "$dir/server.key";
+
+my @primaries = start_redis_cluster(
+	primaries => 3,
+	tls => { ca => "$dir/ca.crt", cert => "$dir/server.crt", key => "$dir/server.key" });
+my $client = Pg2RedisTest::ClusterClient->new(@primaries);
+# (the worker only speaks TLS here: the cluster tells TLS clients TLS ports)
+
+# the same user on every node: MULTI/EXEC/GET/SET/SADD on t:* and the
+# positions, and the slot map
+foreach my $p (@primaries)
+{
+	$p->call('ACL', 'SETUSER', 'app', 'on', '>app-secret', 'resetkeys',
+		'~t:*', '~pg2redis:*', '-@all', '+multi', '+exec', '+get', '+set',
+		'+sadd', '+ping', '+cluster|slots');
+}
+
+my $node = new_node(
+	'tlsacl',
+	redis_url => 'rediss-cluster://app:app-secret@localhost:' . $primaries[0]{tls_port},
+	flush_interval => '5ms',
+	conf => [
+		"pg2redis.redis_tls_ca_file = '$dir/ca.crt'",
+		"pg2redis.retry_max_backoff = '500ms'"
+	]);
+wait_for_status($node, 'state', 'streaming', 60,
+	'streaming to a TLS cluster as an ACL user, certificates verified');
+
+$node->safe_psql(
+	'postgres', q{
+	CREATE TABLE t (id int PRIMARY KEY, v text);
+	SELECT pg2redis_add_rule('t', 'insert', 'SET t:{id} {v}');
+	SELECT pg2redis_add_rule('t', 'insert', 'SADD other:{id} {v}');   -- key outside ~t:*
+	SELECT pg2redis_add_rule('t', 'insert', 'HSET t:h:{id} v {v}');    -- command not granted
+	INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 300) g;
+});
+wait_for_redis($node, 60, 'rows arrive over TLS');
+my @got = $client->pipeline(map { [ 'GET', "t:$_" ] } 1 .. 300);
+is(scalar(grep { ($got[ $_ - 1 ] // '') eq "v$_" } 1 .. 300), 300, 'every row is in the cluster');
+my %nodes_used = map { $client->node_of("t:$_")->port => 1 } 1 .. 300;
+is(scalar(keys %nodes_used), 3, 'the rows are spread over the three primaries');
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) = 600 FROM pg2redis.dead_letters WHERE error LIKE 'NOPERM%'"),
+	'each denied command (2 per row) is a dead letter with NOPERM');
+is(scalar(grep { $_ ne '0' } $client->pipeline(map { [ 'EXISTS', "other:$_" ] } 1 .. 300)),
+	0, 'nothing was written outside the key patterns');
+is($node->safe_psql('postgres', "SELECT pg2redis_redis('GET', 't:77')"),
+	'"v77"', 'pg2redis_redis() reaches the right node over TLS as the ACL user');
+
+# a CA that did not sign the nodes' certificates
+$node->append_conf('postgresql.conf', "pg2redis.redis_tls_ca_file = '$dir/other.crt'\n");
+$node->reload;
+ok(poll_status($node, 'last_error', qr/certificate does not verify/, 30),
+	'a certificate from another CA is refused, and last_error says so');
+$node->safe_psql('postgres',
+	"INSERT INTO t SELECT g, 'w' || g FROM generate_series(301, 400) g");
+$node->append_conf('postgresql.conf', "pg2redis.redis_tls_ca_file = '$dir/ca.crt'\n");
+$node->reload;
+wait_for_redis($node, 60, 'the right CA again: the stream catches up');
+@got = $client->pipeline(map { [ 'GET', "t:$_" ] } 301 .. 400);
+is(scalar(grep { ($got[ $_ - 301 ] // '') eq "w$_" } 301 .. 400), 100,
+	'nothing committed while TLS failed is lost');
+
+unlike(status_text($node), qr/app-secret/, 'the password is not in pg2redis_status()');
+unlike(slurp_file($node->logfile), qr/app-secret/, 'nor in the server log');
+
+$node->stop;
+done_testing();
