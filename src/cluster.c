@@ -107,8 +107,9 @@ find_node(ClusterMap *map, const char *host, int port)
 /*
  * cluster_parse_slots fills *map (host names palloc'd in the current
  * context) from a CLUSTER SLOTS reply: entries [start, end, primary,
- * replica...], each node as [ip, port, id, ...].  A node announced without
- * an address ("" or "?") is the node that answered, seed_host.  Returns
+  * replica...], each node as [ip, port, id, ...].  A node announced without
+ * an endpoint (NULL or "") is the node that answered, seed_host; one whose
+ * endpoint is unknown ("?") cannot be reached.  Returns
  * false with a message in err when the reply is not such a map or leaves a
  * slot without a primary (the cluster is not serving every slot).
  */
@@ -144,16 +145,27 @@ cluster_parse_slots(const redisReply *reply, const char *seed_host,
 		}
 		primary = e->element[2];
 		if (primary->type != REDIS_REPLY_ARRAY || primary->elements < 2 ||
-			primary->element[0]->type != REDIS_REPLY_STRING ||
+			(primary->element[0]->type != REDIS_REPLY_STRING &&
+			 primary->element[0]->type != REDIS_REPLY_NIL) ||
 			!reply_int(primary->element[1], &port) || port < 1 || port > 65535)
 		{
 			snprintf(err, errlen,
 					 "CLUSTER SLOTS returned a malformed node entry");
 			return false;
 		}
-		host = primary->element[0]->str;
-		if (host[0] == '\0' || strcmp(host, "?") == 0)
+		/* no endpoint (NULL or ""): the node that answered, on that port */
+		host = primary->element[0]->type == REDIS_REPLY_NIL
+				   ? seed_host
+				   : primary->element[0]->str;
+		if (host[0] == '\0')
 			host = seed_host;
+		if (strcmp(host, "?") == 0)
+		{
+			snprintf(err, errlen,
+					 "the Redis Cluster announces a primary (port %lld) without an endpoint; set cluster-announce-hostname or cluster-preferred-endpoint-type ip",
+					 port);
+			return false;
+		}
 		node = find_node(map, host, (int) port);
 		if (node < 0)
 		{

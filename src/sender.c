@@ -77,6 +77,7 @@
 #include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -177,7 +178,9 @@ typedef struct Link
 	bool		   is_map; /* asks CLUSTER SLOTS, carries no data */
 	StringInfoData hs;	   /* handshake bytes to send */
 	size_t		   hs_written;
-	int			   hs_setup;  /* AUTH/SELECT replies expected first */
+	int			   hs_setup; /* AUTH/SELECT replies expected first */
+	int			   hs_extra; /* then CLIENT KILL (if hs_kill) and INFO */
+	bool		   hs_kill;
 	int			   hs_nslots; /* fence GETs that follow, for hs_slots */
 	int			  *hs_slots;
 	int			   hs_seen;
@@ -196,6 +199,7 @@ typedef struct Link
 
 typedef enum TopoState
 {
+	TOPO_INIT,	/* before the first settings were applied */
 	TOPO_DOWN,	/* waiting to (re)connect */
 	TOPO_MAP,	/* asking a cluster node for the slot map */
 	TOPO_LINKS, /* links connecting and reading fences */
@@ -228,7 +232,15 @@ static struct
 	Fence		acked;		 /* the last block applied whole */
 	int			attempts;	 /* failed attempts since last success */
 	int			redirects;	 /* redirections followed, for the log */
-	TimestampTz map_read_at; /* when the slot map was last compared */
+	int			redirect_streak; /* redirections since a block was applied */
+	TimestampTz map_read_at;	 /* when the slot map was last compared */
+	/* our last connection to each server, to end it before a new one */
+	struct
+	{
+		char *name; /* host:port */
+		char *id;	/* its CLIENT ID */
+		char *addr; /* its address as the server sees it */
+	} clients[2 * CLUSTER_MAX_NODES];
 	TimestampTz next_attempt;
 } topo;
 
@@ -412,7 +424,7 @@ sender_init(void)
 	}
 	building = &blocks[0];
 	inflight = NULL;
-	topo.state = TOPO_DOWN;
+	topo.state = TOPO_INIT;
 	for (int li = 0; li < CLUSTER_MAX_NODES; li++)
 		link_reset(&topo.links[li]);
 	link_reset(&topo.maplink);
@@ -501,6 +513,12 @@ push_building(Fence fence)
 		return;
 	b->fence = fence;
 	wait_for_room();
+	if (stopped)
+	{
+		/* not sent: decoded again when the stream restarts */
+		block_reset(b);
+		return;
+	}
 	inflight = b;
 	building = (b == &blocks[0]) ? &blocks[1] : &blocks[0];
 	block_reset(building);
@@ -984,6 +1002,7 @@ inflight_acked(void)
 			worker_confirm(b->fence.lsn);
 	}
 	topo.acked = b->fence;
+	topo.redirect_streak = 0;
 	block_reset(b);
 	inflight = NULL;
 	for (int li = 0; li < topo.nlinks; li++)
@@ -1354,14 +1373,26 @@ map_check_done(void)
 static bool
 map_equal(const ClusterMap *a, const ClusterMap *b)
 {
+	/* b's node i is a's node same[i]; nodes come in any order */
+	int same[CLUSTER_MAX_NODES];
+
 	if (a->nnodes != b->nnodes)
 		return false;
-	for (int i = 0; i < a->nnodes; i++)
-		if (a->nodes[i].port != b->nodes[i].port ||
-			a->nodes[i].replicas != b->nodes[i].replicas ||
-			strcmp(a->nodes[i].host, b->nodes[i].host) != 0)
+	for (int i = 0; i < b->nnodes; i++)
+	{
+		same[i] = -1;
+		for (int j = 0; j < a->nnodes; j++)
+			if (a->nodes[j].port == b->nodes[i].port &&
+				a->nodes[j].replicas == b->nodes[i].replicas &&
+				strcmp(a->nodes[j].host, b->nodes[i].host) == 0)
+				same[i] = j;
+		if (same[i] < 0)
 			return false;
-	return memcmp(a->slot_node, b->slot_node, sizeof(a->slot_node)) == 0;
+	}
+	for (int s = 0; s < REDIS_CLUSTER_SLOTS; s++)
+		if (a->slot_node[s] != same[b->slot_node[s]])
+			return false;
+	return true;
 }
 
 /*
@@ -1415,7 +1446,13 @@ topo_fail(Link *l, const char *fmt, ...)
 	topo.state = TOPO_DOWN;
 	delay = pg2r_retry_initial_ms;
 	if (redirect)
-		topo.redirects++; /* the cluster is fine, its map changes: no backoff */
+	{
+		/* the cluster changes its map: back off gently, up to 16 x */
+		topo.redirects++;
+		delay = Min((long) delay << Min(topo.redirect_streak, 4),
+					pg2r_retry_max_ms);
+		topo.redirect_streak++;
+	}
 	else
 	{
 		for (int i = 0; i < topo.attempts && delay < pg2r_retry_max_ms; i++)
@@ -1459,6 +1496,86 @@ note_redirect(const char *err)
 }
 
 /*
+ * client_slot returns the index in topo.clients of server name, or -1;
+ * with add, a free (or the oldest) entry for it.
+ */
+static int
+client_slot(const char *name, bool add)
+{
+	static int next = 0;
+
+	for (int c = 0; c < (int) lengthof(topo.clients); c++)
+		if (topo.clients[c].name && strcmp(topo.clients[c].name, name) == 0)
+			return c;
+	if (!add)
+		return -1;
+	for (int c = 0; c < (int) lengthof(topo.clients); c++)
+		if (topo.clients[c].name == NULL)
+			return c;
+	return next++ % lengthof(topo.clients);
+}
+
+/*
+ * info_field copies the value of "key=" in a CLIENT INFO line into a new
+ * string in SenderCxt, or returns NULL.
+ */
+static char *
+info_field(const char *info, const char *key)
+{
+	size_t		klen = strlen(key);
+	const char *p = info;
+
+	while (p && *p)
+	{
+		if (strncmp(p, key, klen) == 0 && p[klen] == '=')
+		{
+			size_t len;
+			char  *v;
+
+			p += klen + 1;
+			len = strcspn(p, " \r\n");
+			v = MemoryContextAlloc(SenderCxt, len + 1);
+			memcpy(v, p, len);
+			v[len] = '\0';
+			return v;
+		}
+		p = strchr(p, ' ');
+		if (p)
+			p++;
+	}
+	return NULL;
+}
+
+/* remember_client records which connection l is, from CLIENT INFO. */
+static void
+remember_client(Link *l, const redisReply *r)
+{
+	int	  c;
+	char *id, *addr;
+
+	if (r->type != REDIS_REPLY_STRING)
+		return; /* older than Redis 6.2, or not granted: nothing to end */
+	id = info_field(r->str, "id");
+	addr = info_field(r->str, "addr");
+	if (id == NULL || addr == NULL)
+		return;
+	c = client_slot(l->name, true);
+	if (topo.clients[c].name == NULL)
+		topo.clients[c].name = MemoryContextStrdup(SenderCxt, l->name);
+	else if (strcmp(topo.clients[c].name, l->name) != 0)
+	{
+		pfree(topo.clients[c].name);
+		topo.clients[c].name = MemoryContextStrdup(SenderCxt, l->name);
+	}
+	if (topo.clients[c].id)
+		pfree(topo.clients[c].id);
+	if (topo.clients[c].addr)
+		pfree(topo.clients[c].addr);
+	topo.clients[c].id = id;
+	topo.clients[c].addr = addr;
+}
+
+/*
  * link_start begins connecting l to host:port; the handshake (AUTH, then
  * CLUSTER SLOTS for the map link or the fence GETs of its slots) is queued
  * to go once connected.
@@ -1483,10 +1600,32 @@ link_start(Link *l, const char *host, int port)
 	l->hs_written = 0;
 	l->hs_seen = 0;
 	l->hs_setup = redis_append_handshake(&l->hs, &l->target);
+	l->hs_extra = 0;
+	l->hs_kill = false;
 	initStringInfo(&key);
 	if (l->is_map)
 		redis_append_cstrings(&l->hs, 2, "CLUSTER", "SLOTS");
 	else
+	{
+		int c = client_slot(l->name, false);
+
+		/*
+		 * The connection this one replaces may still have a block in the
+		 * server's input buffer (the server stalled, or the network): it
+		 * would run after the fences are read here.  End it first; the
+		 * server runs commands one at a time, so after the KILL that block
+		 * either ran (and the fences show it) or never will.
+		 */
+		if (c >= 0 && topo.clients[c].id)
+		{
+			redis_append_cstrings(&l->hs, 6, "CLIENT", "KILL", "ID",
+								  topo.clients[c].id, "ADDR",
+								  topo.clients[c].addr);
+			l->hs_kill = true;
+			l->hs_extra++;
+		}
+		redis_append_cstrings(&l->hs, 2, "CLIENT", "INFO");
+		l->hs_extra++;
 		for (int i = 0; i < l->hs_nslots; i++)
 		{
 			resetStringInfo(&key);
@@ -1494,6 +1633,7 @@ link_start(Link *l, const char *host, int port)
 									 topo.cluster ? l->hs_slots[i] : -1);
 			redis_append_cstrings(&l->hs, 2, "GET", key.data);
 		}
+	}
 	MemoryContextSwitchTo(old);
 	if (!redis_connect_start(&l->conn, &l->target))
 	{
@@ -1562,18 +1702,25 @@ topo_connect(void)
 	}
 }
 
+/* topo_forget_map frees the slot map, if any. */
+static void
+topo_forget_map(void)
+{
+	if (topo.map == NULL)
+		return;
+	for (int i = 0; i < topo.map->nnodes; i++)
+		pfree(topo.map->nodes[i].host);
+	pfree(topo.map);
+	topo.map = NULL;
+}
+
 /* topo_use_map starts a link to every primary of a new slot map. */
 static void
 topo_use_map(ClusterMap *map)
 {
 	MemoryContext old = MemoryContextSwitchTo(SenderCxt);
 
-	if (topo.map)
-	{
-		for (int i = 0; i < topo.map->nnodes; i++)
-			pfree(topo.map->nodes[i].host);
-		pfree(topo.map);
-	}
+	topo_forget_map();
 	topo.map = map;
 	for (int i = 0; i < map->nnodes; i++)
 		map->nodes[i].host = pstrdup(map->nodes[i].host);
@@ -1684,6 +1831,47 @@ topo_ready(void)
 	}
 }
 
+/* link_ready marks a link ready, and the topology once all links are. */
+static void
+link_ready(Link *l)
+{
+	l->state = LINK_READY;
+	l->deadline = 0;
+	for (int i = 0; i < topo.nlinks; i++)
+		if (topo.links[i].state != LINK_READY)
+			return;
+	topo_ready();
+}
+
+/*
+ * handle_sync_reply consumes the replies to the SET and the WAIT that make
+ * the positions read at the first connect durable.  Returns false when the
+ * links were dropped.
+ */
+static bool
+handle_sync_reply(int li, Link *l, redisReply *r, int which)
+{
+	if (r->type == REDIS_REPLY_ERROR)
+	{
+		topo_fail(l,
+				  "could not confirm the stream positions on the replicas: %s",
+				  r->str);
+		return false;
+	}
+	if (which == 0)
+		return true;
+	if (r->type != REDIS_REPLY_INTEGER || r->integer < link_wait_replicas(l))
+	{
+		topo_fail(l,
+				  "Redis replicated the stream's positions to %lld of the %d replicas asked for within %d ms (pg2redis.redis_cluster_wait_replicas)",
+				  r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
+				  link_wait_replicas(l), Max(pg2r_redis_timeout_ms / 2, 1));
+		return false;
+	}
+	link_ready(l);
+	return true;
+}
+
 /*
  * handle_handshake_reply consumes AUTH and SELECT replies, then CLUSTER
  * SLOTS (map link) or the fence GETs.  Returns false when the links were
@@ -1744,9 +1932,22 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 		return false;	   /* the map link is closed */
 	}
 
+	if (idx < l->hs_setup + l->hs_extra)
+	{
+		/* CLIENT KILL (its result does not matter), then CLIENT INFO */
+		if (idx == l->hs_setup + l->hs_extra - 1)
+			remember_client(l, r);
+		return true;
+	}
+	if (idx >= l->hs_setup + l->hs_extra + l->hs_nslots)
+		return handle_sync_reply(li, l, r,
+								 idx - (l->hs_setup + l->hs_extra +
+										l->hs_nslots));
+
 	/* a fence GET */
 	{
-		int	  s = topo.cluster ? l->hs_slots[idx - l->hs_setup] : 0;
+		int s =
+			topo.cluster ? l->hs_slots[idx - l->hs_setup - l->hs_extra] : 0;
 		Fence f = {InvalidXLogRecPtr, FENCE_DONE};
 
 		if (r->type == REDIS_REPLY_ERROR)
@@ -1771,14 +1972,32 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 		}
 		topo.read[s] = f;
 	}
-	if (l->hs_seen == l->hs_setup + l->hs_nslots)
+	if (l->hs_seen == l->hs_setup + l->hs_extra + l->hs_nslots)
 	{
-		l->state = LINK_READY;
-		l->deadline = 0;
-		for (int i = 0; i < topo.nlinks; i++)
-			if (topo.links[i].state != LINK_READY)
-				return true;
-		topo_ready();
+		if (!topo.fence_known && link_wait_replicas(l) > 0 && l->hs_nslots > 0)
+		{
+			/*
+			 * The positions just read may be writes the replicas never got
+			 * (the worker stopped before WAIT answered): the slot would be
+			 * confirmed past them, and a failover would lose them.  One
+			 * write now, and WAIT for it, covers everything before it.
+			 */
+			char		   val[64], n[16], ms[16];
+			StringInfoData key;
+			MemoryContext  old = MemoryContextSwitchTo(TopoCxt);
+
+			initStringInfo(&key);
+			cluster_append_fence_key(&key, pg2r_slot_name, l->hs_slots[0]);
+			redis_append_cstrings(&l->hs, 3, "SET", key.data,
+								  fence_format(topo.read[l->hs_slots[0]], val,
+											   sizeof(val)));
+			snprintf(n, sizeof(n), "%d", link_wait_replicas(l));
+			snprintf(ms, sizeof(ms), "%d", Max(pg2r_redis_timeout_ms / 2, 1));
+			redis_append_cstrings(&l->hs, 3, "WAIT", n, ms);
+			MemoryContextSwitchTo(old);
+			return true;
+		}
+		link_ready(l);
 	}
 	return true;
 }
@@ -1925,37 +2144,6 @@ link_step(int li, Link *l, int events)
 }
 
 /*
- * regroup_inflight cuts the block in flight again after a switch between a
- * standalone server and a cluster: every command gets its slot (or 0).
- */
-static void
-regroup_inflight(void)
-{
-	for (int c = 0; c < inflight->ncmds; c++)
-	{
-		int	   argc;
-		char **argv =
-			resp_to_argv(inflight->resp.data + inflight->cmds[c].offset,
-						 &argc);
-		size_t *lens = palloc(sizeof(size_t) * Max(argc, 1));
-		int		slot;
-
-		for (int a = 0; a < argc; a++)
-			lens[a] = strlen(argv[a]);
-		slot = topo.cluster
-				   ? redis_command_slot(argc, (const char *const *) argv, lens)
-				   : 0;
-		inflight->cmds[c].slot = Max(slot, 0);
-		for (int a = 0; a < argc; a++)
-			pfree(argv[a]);
-		pfree(argv);
-		pfree(lens);
-	}
-	block_forget_groups(inflight);
-	make_groups(inflight);
-}
-
-/*
  * sender_reconfigure applies new pg2redis.redis_* settings: a changed
  * target drops the links and reconnects at once.
  */
@@ -1985,16 +2173,26 @@ sender_reconfigure(void)
 		topo.next_attempt = DT_NOEND;
 		return;
 	}
-	if (topo.state != TOPO_DOWN)
+	if (topo.state != TOPO_DOWN && topo.state != TOPO_INIT)
 		ereport(LOG,
 				(errmsg("pg2redis: Redis settings changed, connecting to %s",
 						target.display)));
+	nfences = target.cluster ? REDIS_CLUSTER_SLOTS : 1;
+	if (topo.nfences != nfences && topo.state != TOPO_INIT)
+	{
+		/*
+		 * Standalone <-> cluster: the blocks decoded so far are cut for the
+		 * other kind of server.  Start over from the slot's position, which
+		 * only ever moves past what Redis acknowledged.
+		 */
+		ereport(LOG,
+				(errmsg("pg2redis: pg2redis.redis_url switched between a standalone Redis and a Redis Cluster; restarting the worker")));
+		proc_exit(1);
+	}
 	topo_close();
 	topo.target = target;
-	nfences = target.cluster ? REDIS_CLUSTER_SLOTS : 1;
 	if (topo.nfences != nfences)
 	{
-		/* standalone <-> cluster: nothing known about the new fences */
 		pfree(topo.applied);
 		pfree(topo.read);
 		topo.applied = palloc(sizeof(Fence) * nfences);
@@ -2006,17 +2204,11 @@ sender_reconfigure(void)
 			topo.read[s] = topo.applied[s];
 		}
 		topo.nfences = nfences;
-		topo.fence_known = false;
-		topo.cluster = target.cluster;
-		if (inflight)
-			regroup_inflight();
 	}
 	topo.cluster = target.cluster;
-	if (topo.map && !topo.cluster)
-	{
-		pfree(topo.map);
-		topo.map = NULL;
-	}
+	/* another server: nothing is known about its positions or its map */
+	topo.fence_known = false;
+	topo_forget_map();
 	MemoryContextSwitchTo(old);
 	topo.state = TOPO_DOWN;
 	topo.attempts = 0;
@@ -2130,14 +2322,15 @@ sender_service(long timeout_ms)
 }
 
 /*
- * wait_for_room waits until nothing is in flight, serving Redis; called
+  * wait_for_room waits until nothing is in flight, serving Redis; called
  * with a closed block that must go next, possibly inside a decoding
- * callback.
+ * callback.  It returns at once when the stream stopped on a rejected
+ * command, so that the worker's loop records the dead letters.
  */
 static void
 wait_for_room(void)
 {
-	while (inflight != NULL)
+	while (inflight != NULL && !stopped)
 		sender_service(1000);
 }
 

@@ -114,6 +114,11 @@ workload_with(
 	});
 wait_for_redis($node, 60, '(c2) caught up after the stall');
 check_items_in_redis($node, $redis1, '(c2) Redis stalled past redis_timeout');
+# each reconnect first ends the connection it replaces (by id and address),
+# so that commands still in Redis's input buffer cannot run after the
+# position was read
+like($redis1->call('INFO', 'commandstats'), qr/cmdstat_client\|kill:calls=[1-9]/,
+	'(c2) the reconnect ended the old connection (CLIENT KILL ID ... ADDR ...)');
 $node->safe_psql('postgres',
 	"ALTER SYSTEM RESET pg2redis.redis_timeout; SELECT pg_reload_conf();");
 

@@ -102,6 +102,25 @@ foreach my $p (@primaries)
 }
 cmp_ok($waits, '>', 0, "replicas acknowledged the stream's writes (WAIT called $waits times)");
 
+# The slot map is checked every 5 s, asking each primary in turn (each lists
+# the slots in its own order): a cluster that does not change is not
+# reconnected to.
+sub slots_calls
+{
+	my $n = 0;
+	foreach my $p (@primaries)
+	{
+		$n += $1 if $p->call('INFO', 'commandstats') =~ /cmdstat_cluster\|slots:calls=(\d+)/;
+	}
+	return $n;
+}
+my $retries = $node->safe_psql('postgres', 'SELECT retries FROM pg2redis_status()');
+my $calls = slots_calls();
+sleep 11;
+cmp_ok(slots_calls() - $calls, '>=', 2, 'the slot map is checked every 5 s');
+is($node->safe_psql('postgres', 'SELECT retries FROM pg2redis_status()'),
+	$retries, 'checks of an unchanged slot map do not reconnect');
+
 # pg2redis_redis() follows MOVED to the node serving a key.
 my @sample = ($client->keys_matching('chaos:*'))[ 0 .. 19 ];
 my $same = grep {
