@@ -100,11 +100,13 @@ make_workdir() {
 	fi
 }
 
-# free_port prints a loopback TCP port nobody listens on.
+# free_port prints a loopback TCP port nobody listens on, below the kernel's
+# ephemeral range (32768 and up: a port some outgoing connection holds cannot
+# be listened on) even for a Redis Cluster bus (the port + 10000).
 free_port() {
 	local p
 	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 30000))
+		p=$((10200 + RANDOM % 12000))
 		if [[ $p != "${PGPORT:-}" && $p != "${REDIS_PORT:-}" ]] &&
 			! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"; return
@@ -116,13 +118,18 @@ free_port() {
 # start_redis starts redis-server on a free loopback port (REDIS_PORT,
 # REDIS_PID), without persistence, and waits until it answers.
 start_redis() {
-	REDIS_PORT=$(free_port)
-	redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-		--dir "$WORK" --logfile "$WORK/redis.log" --daemonize no "$@" &
-	REDIS_PID=$!
-	for _ in $(seq 100); do
-		redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return
-		sleep 0.1
+	for _ in 1 2 3; do # another port if this one was taken meanwhile
+		REDIS_PORT=$(free_port)
+		redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+			--dir "$WORK" --logfile "$WORK/redis.log" --daemonize no "$@" &
+		REDIS_PID=$!
+		for _ in $(seq 100); do
+			redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return
+			kill -0 "$REDIS_PID" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill "$REDIS_PID" 2>/dev/null; wait "$REDIS_PID" 2>/dev/null
+		echo "== Redis did not start on port $REDIS_PORT: $(tail -1 "$WORK/redis.log" 2>/dev/null)" >&2
 	done
 	die "Redis did not start (see $WORK/redis.log)"
 }
