@@ -64,20 +64,6 @@ is($redis->call('GET', 'total:acc'),
 	'the counter counts every row exactly once (load or stream, never both)');
 ok(log_lines($node, qr/initial load sent \d+ rows/), 'the worker logged the initial load');
 
-# request_reaches($id, $state, $timeout, $interval): polls the state of a
-# snapshot request until it is $state; returns whether it got there in time.
-sub request_reaches
-{
-	my ($id, $state, $timeout, $interval) = @_;
-	return poll_until(
-		$timeout,
-		sub {
-			$node->safe_psql('postgres',
-				"SELECT state FROM pg2redis_snapshots WHERE id = $id") eq $state;
-		},
-		$interval // 0.1);
-}
-
 # --- on demand, under a concurrent workload, Redis emptied first --------
 
 $node->safe_psql(
@@ -115,7 +101,7 @@ for my $round (1 .. 2)
 	my $id = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('od')");
 	($rc, $out, $err) = finish_psql_script($bg);
 	is($rc, 0, "round $round: the concurrent workload ran") or diag($err);
-	ok(request_reaches($id, 'done', 120), "round $round: the snapshot request is done");
+	ok(snapshot_reaches($node, $id, 'done', 120), "round $round: the snapshot request is done");
 	wait_for_redis($node, 60, "round $round: stream caught up");
 	check_table_in_redis($node, $redis, 'od', 'od',
 		"round $round: after an on-demand snapshot under load, Redis equals PostgreSQL");
@@ -131,7 +117,7 @@ $node->safe_psql('postgres',
 	"INSERT INTO pg2redis.snapshot_filters VALUES ('od', 'id <= 100')");
 $redis->call('FLUSHALL');
 my $fid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('od')");
-request_reaches($fid, 'done', 60);
+snapshot_reaches($node, $fid, 'done', 60);
 wait_for_redis($node, 30, 'filtered snapshot done');
 is(scalar(redis_keys($redis, 'od:*')),
 	$node->safe_psql('postgres', 'SELECT count(*) FROM od WHERE id <= 100'),
@@ -140,7 +126,7 @@ is(scalar(redis_keys($redis, 'od:*')),
 $node->safe_psql('postgres',
 	"UPDATE pg2redis.snapshot_filters SET filter = 'w::int > 0' WHERE relation = 'od'::regclass");
 my $bad = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('od')");
-ok(request_reaches($bad, 'failed', 60),
+ok(snapshot_reaches($node, $bad, 'failed', 60),
 	'a request whose filter fails at run time is marked failed');
 like(
 	$node->safe_psql('postgres', "SELECT error FROM pg2redis_snapshots WHERE id = $bad"),
@@ -163,7 +149,7 @@ $node->safe_psql('postgres', q{
 });
 wait_for_redis($node, 30, 'quiet table settled');
 my $qid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('quiet')");
-ok(request_reaches($qid, 'done', 30),
+ok(snapshot_reaches($node, $qid, 'done', 30),
 	'a snapshot whose rows produce no command ends on a quiet database');
 is(scalar(redis_keys($redis, 'quiet:*')), 0, 'and writes nothing');
 
@@ -181,7 +167,7 @@ wait_for_redis($node, 60, 'wide rows committed before the rule are not streamed'
 $redis->call('FLUSHALL');
 my $t0 = time;
 my $wid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('wide')");
-request_reaches($wid, 'done', 300, 0.02);
+snapshot_reaches($node, $wid, 'done', 300, 0.02);
 wait_for_redis($node, 60, 'wide snapshot applied');
 my $secs = time - $t0;
 is(scalar(redis_keys($redis, 'wide:*')), 200000, 'the 200k-row snapshot wrote every row');
@@ -221,7 +207,7 @@ my $offset = -s $node->logfile;
 kill 'KILL', $wpid;
 ok(poll_until(30, sub { slurp_file($node->logfile, $offset) =~ /reinitializing/ }),
 	'the postmaster restarts after the worker was killed');
-ok(request_reaches($rid, 'done', 120), 'the request is done after the restart');
+ok(snapshot_reaches($node, $rid, 'done', 120), 'the request is done after the restart');
 wait_for_redis($node, 60, 'resumed snapshot applied');
 is(scalar(redis_keys($redis, 'wide:*')), 200000, 'every row is in Redis after the resume');
 my $rows = $node->safe_psql('postgres', "SELECT rows FROM pg2redis_snapshots WHERE id = $rid");

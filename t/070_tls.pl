@@ -19,31 +19,7 @@ use Test::More;
 
 my $dir = PostgreSQL::Test::Utils::tempdir();
 
-sub openssl
-{
-	my @cmd = ('openssl', @_);
-	my ($out, $err);
-	IPC::Run::run(\@cmd, '>', \$out, '2>', \$err)
-	  or die "openssl @_ failed: $err";
-}
-
-# a CA, a server certificate for "localhost" only, a client certificate,
-# and another CA that signed nothing of ours
-openssl('req', '-x509', '-new', '-nodes', '-newkey', 'rsa:2048', '-days', '2',
-	'-keyout', "$dir/ca.key", '-out', "$dir/ca.crt", '-subj', '/CN=pg2redis test CA');
-openssl('req', '-x509', '-new', '-nodes', '-newkey', 'rsa:2048', '-days', '2',
-	'-keyout', "$dir/other.key", '-out', "$dir/other.crt", '-subj', '/CN=another CA');
-PostgreSQL::Test::Utils::append_to_file("$dir/server.ext", "subjectAltName=DNS:localhost\n");
-for my $who ([ 'server', 'localhost', "$dir/server.ext" ], [ 'client', 'pg2redis', undef ])
-{
-	my ($name, $cn, $ext) = @$who;
-	openssl('req', '-new', '-nodes', '-newkey', 'rsa:2048', '-keyout', "$dir/$name.key",
-		'-out', "$dir/$name.csr", '-subj', "/CN=$cn");
-	openssl('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/ca.crt",
-		'-CAkey', "$dir/ca.key", '-CAcreateserial', '-days', '2',
-		'-out', "$dir/$name.crt", ($ext ? ('-extfile', $ext) : ()));
-}
-chmod 0600, "$dir/client.key", "$dir/server.key";
+make_test_certs($dir, san => 'DNS:localhost');
 
 # Redis: plain TCP on its usual port (for the test's own checks), TLS on
 # another, client certificates required there.

@@ -211,13 +211,7 @@ $chaos->check($node, $client, 'after SIGKILL of the worker');
 $client->refresh;
 $_->call('FLUSHALL') foreach $client->primaries;
 my $sid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('chaos')");
-ok( poll_until(
-		60,
-		sub {
-			$node->safe_psql('postgres',
-				"SELECT state FROM pg2redis_snapshots WHERE id = $sid") eq 'done';
-		}),
-	'the snapshot of chaos ends done');
+ok(snapshot_reaches($node, $sid, 'done', 60), 'the snapshot of chaos ends done');
 check_table_in_redis($node, $client, '(SELECT id, name, qty FROM chaos)', 'chaos',
 	'a snapshot reloads every row into the cluster');
 

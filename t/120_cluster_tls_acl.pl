@@ -22,26 +22,7 @@ use Test::More;
 
 my $dir = PostgreSQL::Test::Utils::tempdir();
 
-sub openssl
-{
-	my @cmd = ('openssl', @_);
-	my ($out, $err);
-	IPC::Run::run(\@cmd, '>', \$out, '2>', \$err)
-	  or die "openssl @_ failed: $err";
-}
-
-openssl('req', '-x509', '-new', '-nodes', '-newkey', 'rsa:2048', '-days', '2',
-	'-keyout', "$dir/ca.key", '-out', "$dir/ca.crt", '-subj', '/CN=pg2redis test CA');
-openssl('req', '-x509', '-new', '-nodes', '-newkey', 'rsa:2048', '-days', '2',
-	'-keyout', "$dir/other.key", '-out', "$dir/other.crt", '-subj', '/CN=another CA');
-PostgreSQL::Test::Utils::append_to_file("$dir/server.ext",
-	"subjectAltName=DNS:localhost,IP:127.0.0.1\n");
-openssl('req', '-new', '-nodes', '-newkey', 'rsa:2048', '-keyout', "$dir/server.key",
-	'-out', "$dir/server.csr", '-subj', '/CN=localhost');
-openssl('x509', '-req', '-in', "$dir/server.csr", '-CA', "$dir/ca.crt",
-	'-CAkey', "$dir/ca.key", '-CAcreateserial', '-days', '2',
-	'-out', "$dir/server.crt", '-extfile', "$dir/server.ext");
-chmod 0600, "$dir/server.key";
+make_test_certs($dir, san => 'DNS:localhost,IP:127.0.0.1');
 
 my @primaries = start_redis_cluster(
 	primaries => 3,

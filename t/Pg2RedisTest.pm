@@ -56,6 +56,8 @@ use Time::HiRes qw(usleep);
 our @EXPORT = qw(
   start_redis
   start_redis_cluster
+  make_test_certs
+  snapshot_reaches
   new_node
   wait_for_redis
   poll_until
@@ -225,6 +227,50 @@ sub start_redis_cluster
 
 =pod
 
+=over
+
+=item make_test_certs($dir, san => 'DNS:localhost')
+
+Makes, with openssl, in C<$dir>: a CA (C<ca.crt>, C<ca.key>), a server
+certificate signed by it for C<CN=localhost> with the given subjectAltName
+(C<server.crt>, C<server.key>), a client certificate (C<client.crt>,
+C<client.key>), and another CA that signed nothing of ours (C<other.crt>).
+
+=back
+
+=cut
+
+sub make_test_certs
+{
+	my ($dir, %opts) = @_;
+	my $san = $opts{san} // 'DNS:localhost';
+	my $openssl = sub {
+		my ($out, $err);
+		IPC::Run::run([ 'openssl', @_ ], '>', \$out, '2>', \$err)
+		  or croak "openssl @_ failed: $err";
+	};
+	foreach my $ca ([ 'ca', 'pg2redis test CA' ], [ 'other', 'another CA' ])
+	{
+		$openssl->('req', '-x509', '-new', '-nodes', '-newkey', 'rsa:2048',
+			'-days', '2', '-keyout', "$dir/$ca->[0].key", '-out',
+			"$dir/$ca->[0].crt", '-subj', "/CN=$ca->[1]");
+	}
+	PostgreSQL::Test::Utils::append_to_file("$dir/server.ext", "subjectAltName=$san\n");
+	foreach my $who ([ 'server', 'localhost', "$dir/server.ext" ], [ 'client', 'pg2redis', undef ])
+	{
+		my ($name, $cn, $ext) = @$who;
+		$openssl->('req', '-new', '-nodes', '-newkey', 'rsa:2048', '-keyout',
+			"$dir/$name.key", '-out', "$dir/$name.csr", '-subj', "/CN=$cn");
+		$openssl->('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/ca.crt",
+			'-CAkey', "$dir/ca.key", '-CAcreateserial', '-days', '2',
+			'-out', "$dir/$name.crt", ($ext ? ('-extfile', $ext) : ()));
+	}
+	chmod 0600, "$dir/client.key", "$dir/server.key";
+	return;
+}
+
+=pod
+
 =head2 PostgreSQL
 
 =over
@@ -299,6 +345,11 @@ sub new_node
 
 =over
 
+=item snapshot_reaches($node, $id, $state, $timeout, $interval = 0.1)
+
+Polls the state of snapshot request C<$id> (C<pg2redis_snapshots>) until it
+is C<$state>; returns whether it got there within C<$timeout> seconds.
+
 =item wait_for_redis($node, $timeout_seconds = 60, $test_name)
 
 A test: C<SELECT pg2redis_wait('<timeout>s')> returns true, i.e. everything
@@ -308,6 +359,18 @@ C<pg2redis_status()>. Returns the test's result.
 =back
 
 =cut
+
+sub snapshot_reaches
+{
+	my ($node, $id, $state, $timeout, $interval) = @_;
+	return poll_until(
+		$timeout,
+		sub {
+			$node->safe_psql('postgres',
+				"SELECT state FROM pg2redis_snapshots WHERE id = $id") eq $state;
+		},
+		$interval // 0.1);
+}
 
 sub wait_for_redis
 {
