@@ -193,6 +193,18 @@ finish_batch($h, 'through a failover');
 wait_for_redis($node, 120, 'failover: caught up');
 $chaos->check($node, $client, 'after a failover');
 
+# 3b. A replica stops answering (SIGSTOP): WAIT on its primary times out,
+# and once the cluster marks the replica failed (node timeout) the slot map
+# no longer lists it and the stream goes on without waiting for it.
+my ($stalled) = grep {
+	$_->pid && $_->call('INFO', 'replication') =~ /role:slave.*master_link_status:up/s
+} @nodes[ 3 .. 5 ];
+$stalled->pause;
+run_batch(30, 'while a replica is stalled');
+wait_for_redis($node, 90, 'a stalled replica does not stop the stream');
+$stalled->resume;
+$chaos->check($node, $client, 'with a replica stalled');
+
 # 4. The worker dies mid-stream; it restarts from the per-slot positions.
 $h = start_psql_script($node, workload_sql(150, 0.01), timeout => 300);
 usleep(500_000);
