@@ -127,7 +127,8 @@ $cnode->stop;
 # A one-node cluster owning every slot: the position reads fine, the commands
 # queue, and it is the transaction across slots that Redis refuses
 # (CROSSSLOT, on the multi-key DEL and on EXEC).  The same: no dead letters.
-my $one = start_redis(name => 'one', extra_args => [ '--cluster-enabled', 'yes' ]);
+my $one = start_redis(name => 'one',
+	extra_args => [ '--cluster-enabled', 'yes', '--cluster-port', PostgreSQL::Test::Cluster::get_free_port() ]);
 $one->call('CLUSTER', 'ADDSLOTSRANGE', '0', '16383');
 poll_until(30, sub { $one->call('CLUSTER', 'INFO') =~ /cluster_state:ok/ })
   or BAIL_OUT('the one-node cluster is not ready');

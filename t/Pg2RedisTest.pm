@@ -160,10 +160,13 @@ sub start_redis_cluster
 			'--tls-auth-clients', 'optional', '--tls-cluster', 'yes',
 			'--tls-replication', 'yes')
 		  : ();
+				# the bus port too from PostgreSQL's allocator: the default (port +
+		# 10000) can fall in the kernel's ephemeral range, held by a client
 		my $r = start_redis(
 			name       => "cluster$i",
 			extra_args => [
 				'--cluster-enabled', 'yes',
+				'--cluster-port', PostgreSQL::Test::Cluster::get_free_port(),
 				'--cluster-node-timeout', $timeout,
 				'--repl-diskless-sync-delay', '0', @tls_args
 			]);
