@@ -276,7 +276,7 @@ start_redis_cluster() {
 		p=$(free_port)
 		mkdir -p "$dir"
 		redis-server --bind 127.0.0.1 --port "$p" --save '' --appendonly no \
-									--cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+			--cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
 			--dir "$dir" --logfile "$dir/redis.log" --daemonize no &
 		EXTRA_PIDS+=("$!")
 		CLUSTER_PORTS+=("$p")
