@@ -100,13 +100,14 @@ make_workdir() {
 	fi
 }
 
-# free_port prints a loopback TCP port nobody listens on, below the kernel's
-# ephemeral range (32768 and up: a port some outgoing connection holds cannot
-# be listened on) even for a Redis Cluster bus (the port + 10000).
+# free_port prints a loopback TCP port nobody listens on, in 10200-20199: below
+# the kernel's ephemeral range (32768 and up: a port some outgoing connection
+# holds cannot be listened on) even for a Redis Cluster bus (the port +
+# 10000), and never another server's bus port.
 free_port() {
 	local p
 	for _ in $(seq 200); do
-		p=$((10200 + RANDOM % 12000))
+		p=$((10200 + RANDOM % 10000))
 		if [[ $p != "${PGPORT:-}" && $p != "${REDIS_PORT:-}" ]] &&
 			! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			echo "$p"; return
