@@ -6,7 +6,8 @@
 # IP:127.0.0.1 as well as DNS:localhost, and pg2redis.redis_tls_verify =
 # full checks both), and the same limited ACL user on every node.  Rows
 # arrive on every primary; denied commands are dead letters; a wrong CA is
-# refused with a clear error and nothing is lost; the password never shows.
+# refused with a clear error and nothing is lost; on_command_error = stop
+# stops under load and resumes after a reload; the password never shows.
 
 use strict;
 use warnings;
@@ -84,6 +85,35 @@ wait_for_redis($node, 60, 'the right CA again: the stream catches up');
 @got = $client->pipeline(map { [ 'GET', "t:$_" ] } 301 .. 400);
 is(scalar(grep { ($got[ $_ - 301 ] // '') eq "w$_" } 301 .. 400), 100,
 	'nothing committed while TLS failed is lost');
+
+# on_command_error = stop under load: batches of 50 commands, so the decoder
+# waits for room while the rejected batch is answered by the primaries; the
+# stream stops, the dead letter is recorded, and after a reload the stream
+# goes on from its positions.
+$node->safe_psql('postgres', q{
+	DELETE FROM pg2redis.rules
+	 WHERE relation = 't'::regclass AND command[1] IN ('SADD', 'HSET');
+	SELECT pg2redis_add_rule('t', 'insert', 'SADD t:ids {id}');
+});
+$client->call('SET', 't:ids', 'not a set');
+$node->append_conf('postgresql.conf',
+	"pg2redis.on_command_error = stop\npg2redis.batch_size = 50\n");
+$node->reload;
+$node->safe_psql('postgres', 'SELECT pg_sleep(0.5)');
+$node->safe_psql('postgres',
+	join('', map { "INSERT INTO t SELECT g, 'x' || g FROM generate_series($_, $_ + 19) g;\n" }
+		  map { 401 + 20 * $_ } 0 .. 29));
+wait_for_status($node, 'state', 'stopped', 30, 'a rejected command stops the stream');
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) >= 1 FROM pg2redis.dead_letters WHERE error LIKE 'WRONGTYPE%'"),
+	'the rejected command is recorded as a dead letter while stopped');
+$client->call('DEL', 't:ids');
+$node->append_conf('postgresql.conf', "pg2redis.on_command_error = dead_letter\n");
+$node->reload;
+wait_for_redis($node, 60, 'the stream resumes after the reload');
+@got = $client->pipeline(map { [ 'GET', "t:$_" ] } 401 .. 1000);
+is(scalar(grep { ($got[ $_ - 401 ] // '') eq "x$_" } 401 .. 1000), 600,
+	'every row committed around the stop is in the cluster');
 
 unlike(status_text($node), qr/app-secret/, 'the password is not in pg2redis_status()');
 unlike(slurp_file($node->logfile), qr/app-secret/, 'nor in the server log');
