@@ -830,11 +830,12 @@ sender_ready(void)
 	return topo.state == TOPO_READY && topo.fence_known && !stopped;
 }
 
-/* sender_idle: nothing built, nothing in flight. */
+/* sender_idle: nothing built, nothing in flight, not stopped. */
 bool
 sender_idle(void)
 {
-	return inflight == NULL && building->ncmds == 0;
+	/* a stopped stream discards what it decodes: nothing is "applied" */
+	return !stopped && inflight == NULL && building->ncmds == 0;
 }
 
 /*
@@ -1558,7 +1559,13 @@ remember_client(Link *l, const redisReply *r)
 	id = info_field(r->str, "id");
 	addr = info_field(r->str, "addr");
 	if (id == NULL || addr == NULL)
+	{
+		if (id)
+			pfree(id);
+		if (addr)
+			pfree(addr);
 		return;
+	}
 	c = client_slot(l->name, true);
 	if (topo.clients[c].name == NULL)
 		topo.clients[c].name = MemoryContextStrdup(SenderCxt, l->name);
@@ -1613,10 +1620,12 @@ link_start(Link *l, const char *host, int port)
 		 * The connection this one replaces may still have a block in the
 		 * server's input buffer (the server stalled, or the network): it
 		 * would run after the fences are read here.  End it first; the
-		 * server runs commands one at a time, so after the KILL that block
-		 * either ran (and the fences show it) or never will.
+		 		 * server runs commands one at a time, so after the KILL that block
+		 * either ran (and the fences show it) or never will.  Not over a
+		 * unix socket: every client there has the address "<path>:0", and
+		 * after a restart of the server another client may have our old id.
 		 */
-		if (c >= 0 && topo.clients[c].id)
+		if (c >= 0 && topo.clients[c].id && !topo.target.unix_socket)
 		{
 			redis_append_cstrings(&l->hs, 6, "CLIENT", "KILL", "ID",
 								  topo.clients[c].id, "ADDR",
@@ -1678,8 +1687,9 @@ topo_connect(void)
 	}
 	else
 	{
-		int			known = topo.map ? topo.map->nnodes : 0;
-		int			i = topo.attempts % (known + topo.target.nseeds);
+		int known = topo.map ? topo.map->nnodes : 0;
+		int i = (topo.attempts + topo.redirect_streak) %
+				(known + topo.target.nseeds);
 		const char *host;
 		int			port;
 
@@ -1699,6 +1709,39 @@ topo_connect(void)
 		topo.state = TOPO_MAP;
 		(void) link_start(&topo.maplink, host, port);
 		pfree((char *) host);
+	}
+}
+
+/*
+ * forget_other_clients drops the connections remembered for servers that are
+ * not primaries of map (so that the table holds the current ones).
+ */
+static void
+forget_other_clients(const ClusterMap *map)
+{
+	for (int c = 0; c < (int) lengthof(topo.clients); c++)
+	{
+		bool keep = false;
+
+		if (topo.clients[c].name == NULL)
+			continue;
+		for (int i = 0; i < map->nnodes && !keep; i++)
+		{
+			char name[NI_MAXHOST + 16];
+
+			snprintf(name, sizeof(name), "%s:%d", map->nodes[i].host,
+					 map->nodes[i].port);
+			keep = strcmp(name, topo.clients[c].name) == 0;
+		}
+		if (keep)
+			continue;
+		pfree(topo.clients[c].name);
+		if (topo.clients[c].id)
+			pfree(topo.clients[c].id);
+		if (topo.clients[c].addr)
+			pfree(topo.clients[c].addr);
+		topo.clients[c].name = topo.clients[c].id = topo.clients[c].addr =
+			NULL;
 	}
 }
 
@@ -1722,6 +1765,7 @@ topo_use_map(ClusterMap *map)
 
 	topo_forget_map();
 	topo.map = map;
+	forget_other_clients(map);
 	for (int i = 0; i < map->nnodes; i++)
 		map->nodes[i].host = pstrdup(map->nodes[i].host);
 	MemoryContextSwitchTo(old);
@@ -1853,6 +1897,7 @@ handle_sync_reply(int li, Link *l, redisReply *r, int which)
 {
 	if (r->type == REDIS_REPLY_ERROR)
 	{
+		note_redirect(r->str);
 		topo_fail(l,
 				  "could not confirm the stream positions on the replicas: %s",
 				  r->str);
@@ -1986,8 +2031,10 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 			StringInfoData key;
 			MemoryContext  old = MemoryContextSwitchTo(TopoCxt);
 
+			/* a key of its own, in a slot of this primary: fences untouched */
 			initStringInfo(&key);
-			cluster_append_fence_key(&key, pg2r_slot_name, l->hs_slots[0]);
+			appendStringInfo(&key, "pg2redis:%s:sync:{%d}", pg2r_slot_name,
+							 cluster_fence_tag(l->hs_slots[0]));
 			redis_append_cstrings(&l->hs, 3, "SET", key.data,
 								  fence_format(topo.read[l->hs_slots[0]], val,
 											   sizeof(val)));
@@ -2167,9 +2214,10 @@ sender_reconfigure(void)
 		ereport(WARNING,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", err),
 				 errhint("Fix the pg2redis.redis_* settings and reload the configuration.")));
-		/* no valid target: stay down until a reload */
+		/* no valid target: stay down until a reload (still "initial" if so) */
 		topo_close();
-		topo.state = TOPO_DOWN;
+		if (topo.state != TOPO_INIT)
+			topo.state = TOPO_DOWN;
 		topo.next_attempt = DT_NOEND;
 		return;
 	}
