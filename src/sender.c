@@ -45,17 +45,14 @@
  * flight, the caller (possibly a decoding callback in the middle of a huge
  * transaction) waits here: that is the back-pressure that bounds memory.
  *
- * Links.  A standalone server has one link; a cluster has a link to each
- * primary, set up from CLUSTER SLOTS asked of a seed (or of a node of the
- * last map).  Each link is a small state machine (down, connecting,
- * handshake, ready) driven by sender_service(), which waits on the latch and
- * every socket with the deadlines of pg2redis.redis_timeout.  Any failure,
- * and any redirection (MOVED, ASK, TRYAGAIN, CLUSTERDOWN: the topology
- * changed or is changing), drops every link, and after a backoff with
- * jitter the map is asked for again and every link re-reads the fences of
- * its slots: the groups of the block in flight that Redis has are done, the
- * others are sent again to whoever serves their slot now.  Nothing here
- * blocks without a deadline, and nothing raises an ERROR for a Redis failure.
+  * Links.  A standalone server has one link; a cluster has a link to each
+ * primary (src/links.c: connections, handshakes, the slot map, reconnects).
+ * Any failure, and any redirection (MOVED, ASK, TRYAGAIN, CLUSTERDOWN: the
+ * topology changed or is changing), drops every link; once they are back
+ * and have read the fences of their slots (pg2r_topo_ready, here), the
+ * groups of the block in flight that Redis has are done, the others are
+ * sent again to whoever serves their slot now.  Nothing here blocks without
+ * a deadline, and nothing raises an ERROR for a Redis failure.
  *
  * Failover.  Redis replicates asynchronously, so a write a primary
  * acknowledged can be lost when a replica takes its place.  Fence and
@@ -88,161 +85,23 @@
 #include "pg2redis/keyslot.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/sender.h"
+#include "pg2redis/sender_int.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/state.h"
 #include "pg2redis/worker.h"
 
-#define FENCE_DONE PG_UINT64_MAX
-#define MAP_REFRESH_MS 5000 /* how often a cluster's slot map is checked */
 #define MAX_DEAD_LETTERS 10000
 
-/* How far the stream got: see the header comment. */
-typedef struct Fence
-{
-	XLogRecPtr lsn;
-	uint64	   seq;
-} Fence;
 
-/* Where a command of a block came from, for dead letters. */
-typedef struct CmdInfo
-{
-	int64		  rule_id;
-	Oid			  relid;
-	Pg2rOp		  op;
-	TransactionId xid;
-	XLogRecPtr	  lsn;
-	uint32		  offset; /* of its RESP in the block */
-	uint32		  len;
-	int			  slot;	   /* hash slot (cluster), 0 (standalone) */
-	bool		  dropped; /* refused while queued: a dead letter now */
-} CmdInfo;
-
-typedef enum GroupState
-{
-	GROUP_PENDING, /* to be sent */
-	GROUP_SENT,	   /* sent, EXEC not answered yet */
-	GROUP_APPLIED, /* EXEC answered, WAIT not yet */
-	GROUP_DONE	   /* applied (and replicated as configured) */
-} GroupState;
-
-/* The commands of one slot in a block: one MULTI/EXEC. */
-typedef struct Group
-{
-	int		   slot; /* hash slot, or -1 on a standalone server */
-	int		   first;
-	int		   n; /* commands: order[first .. first + n - 1] */
-	int		   link;
-	GroupState state;
-	bool	   fence_only; /* applied: write the fence again, for WAIT */
-	bool	   any_queue_error;
-	int		   sent_first; /* its commands in its link's sent[] */
-	int		   sent_n;
-} Group;
-
-typedef struct Block
-{
-	StringInfoData resp; /* the commands' RESP, back to back */
-	int			   ncmds;
-	int			   cmdcap;
-	CmdInfo		  *cmds;
-	int			   txn_cmds; /* commands of the open transaction here */
-	Fence		   fence;
-	bool		   reset; /* sets every fence to 0/0 (a new slot) */
-	int			   ntxns; /* transactions completed in this block */
-	uint64		   nchanges;
-	TimestampTz	   commit_time; /* of the last completed transaction */
-	TimestampTz	   opened_at;
-	/* while in flight */
-	int	  *order; /* command indexes, grouped by slot */
-	Group *groups;
-	int	   ngroups;
-	char **queue_errors; /* per command: why Redis refused to queue it */
-} Block;
-
-typedef enum LinkState
-{
-	LINK_DOWN,
-	LINK_CONNECTING,
-	LINK_HANDSHAKE,
-	LINK_READY
-} LinkState;
-
-/* A connection to one Redis server (a primary, in a cluster). */
-typedef struct Link
-{
-	LinkState	   state;
-	RedisConn	   conn;
-	RedisTarget	   target; /* this server */
-	char		  *name;   /* host:port, for messages */
-	int			   replicas;
-	bool		   is_map; /* asks CLUSTER SLOTS, carries no data */
-	StringInfoData hs;	   /* handshake bytes to send */
-	size_t		   hs_written;
-	int			   hs_setup; /* AUTH/SELECT replies expected first */
-	int			   hs_extra; /* then CLIENT KILL (if hs_kill) and INFO */
-	bool		   hs_kill;
-	int			   hs_nslots; /* fence GETs that follow, for hs_slots */
-	int			  *hs_slots;
-	int			   hs_seen;
-	StringInfoData out; /* groups of the block in flight */
-	size_t		   written;
-	int			  *pend; /* groups in the order sent */
-	int			   npend;
-	int			  *sent; /* command indexes in the order sent */
-	int			   nsent;
-	int			   pos;	  /* pend[pos] is the group being answered */
-	int			   reply; /* replies of that group so far */
-	int			   wait_n;
-	bool		   wait_sent;
-	TimestampTz	   deadline; /* of the current connect or reply */
-} Link;
-
-typedef enum TopoState
-{
-	TOPO_INIT,	/* before the first settings were applied */
-	TOPO_DOWN,	/* waiting to (re)connect */
-	TOPO_MAP,	/* asking a cluster node for the slot map */
-	TOPO_LINKS, /* links connecting and reading fences */
-	TOPO_READY
-} TopoState;
-
-static MemoryContext SenderCxt = NULL;
+MemoryContext		 SenderCxt = NULL;
 static MemoryContext DeadCxt = NULL;
-static MemoryContext TopoCxt = NULL; /* links and the map: reset on refresh */
-static MemoryContext MapCxt = NULL;	 /* the map link: reset after each use */
+MemoryContext		 TopoCxt = NULL; /* links and the map: reset on refresh */
+MemoryContext		 MapCxt = NULL;	 /* the map link: reset after each use */
 static Block		 blocks[2];
-static Block		*building = NULL;
-static Block		*inflight = NULL;
+Block				*building = NULL;
+Block				*inflight = NULL;
 
-static struct
-{
-	TopoState	state;
-	RedisTarget target; /* from the settings */
-	char	   *url;	/* settings signature the target is from */
-	bool		cluster;
-	int			nlinks;
-	Link		links[CLUSTER_MAX_NODES];
-	Link		maplink;
-	ClusterMap *map;		 /* cluster: the last slot map */
-	int			nfences;	 /* CLUSTER_SLOTS, or 1 */
-	Fence	   *applied;	 /* per slot: what Redis has, as last known */
-	Fence	   *read;		 /* per slot: fences read at the last connect */
-	Fence		read_max;	 /* the highest of them */
-	bool		fence_known; /* read at least once since start */
-	Fence		acked;		 /* the last block applied whole */
-	int			attempts;	 /* failed attempts since last success */
-	int			redirects;	 /* redirections followed, for the log */
-	int			redirect_streak; /* redirections since a block was applied */
-	TimestampTz map_read_at;	 /* when the slot map was last compared */
-	/* our last connection to each server, to end it before a new one */
-	struct
-	{
-		char *name; /* host:port */
-		char *id;	/* its CLIENT ID */
-		char *addr; /* its address as the server sees it */
-	} clients[2 * CLUSTER_MAX_NODES];
-	TimestampTz next_attempt;
-} topo;
+Topology topo;
 
 /* The transaction being decoded. */
 static struct
@@ -258,15 +117,10 @@ static struct
 	uint64		  changes;
 } cur;
 
-static bool	  stopped = false;
-static bool	  redirect_next = false; /* the next topo_fail is a redirection */
+bool		  stopped = false;
 static List	 *dead_letters = NIL;
 static uint64 dead_letters_dropped = 0;
 
-static void topo_fail(Link *l, const char *fmt, ...) pg_attribute_printf(2, 3);
-static void note_redirect(const char *err);
-static bool link_start(struct Link *l, const char *host, int port);
-static void link_reset(struct Link *l);
 static void wait_for_room(void);
 static void dispatch_inflight(void);
 
@@ -285,8 +139,8 @@ fence_cmp(Fence a, Fence b)
 	return 0;
 }
 
-static char *
-fence_format(Fence f, char *buf, size_t len)
+char *
+pg2r_fence_format(Fence f, char *buf, size_t len)
 {
 	if (f.seq == FENCE_DONE)
 		snprintf(buf, len, "%X/%X", LSN_FORMAT_ARGS(f.lsn));
@@ -296,9 +150,9 @@ fence_format(Fence f, char *buf, size_t len)
 	return buf;
 }
 
-/* fence_parse reads a fence from Redis; false if malformed. */
-static bool
-fence_parse(const char *s, Fence *f)
+/* pg2r_fence_parse reads a fence from Redis; false if malformed. */
+bool
+pg2r_fence_parse(const char *s, Fence *f)
 {
 	unsigned int	   hi, lo;
 	unsigned long long seq;
@@ -345,7 +199,7 @@ append_fence_set(StringInfo buf, int slot, Fence fence)
 	initStringInfo(&key);
 	cluster_append_fence_key(&key, pg2r_slot_name, slot);
 	redis_append_cstrings(buf, 3, "SET", key.data,
-						  fence_format(fence, val, sizeof(val)));
+						  pg2r_fence_format(fence, val, sizeof(val)));
 	pfree(key.data);
 }
 
@@ -426,8 +280,8 @@ sender_init(void)
 	inflight = NULL;
 	topo.state = TOPO_INIT;
 	for (int li = 0; li < CLUSTER_MAX_NODES; li++)
-		link_reset(&topo.links[li]);
-	link_reset(&topo.maplink);
+		pg2r_link_reset(&topo.links[li]);
+	pg2r_link_reset(&topo.maplink);
 	topo.acked.lsn = InvalidXLogRecPtr;
 	topo.acked.seq = FENCE_DONE;
 	/* one fence until the settings say more (an invalid URL says nothing) */
@@ -884,9 +738,9 @@ sender_take_dead_letters(void)
  * ---------------------------------------------------------------------------
  */
 
-/* link_wait_replicas returns how many replicas WAIT asks for on l. */
-static int
-link_wait_replicas(const Link *l)
+/* pg2r_link_wait_replicas returns how many replicas WAIT asks for on l. */
+int
+pg2r_link_wait_replicas(const Link *l)
 {
 	if (!topo.cluster)
 		return 0;
@@ -945,7 +799,7 @@ link_build_out(int li)
 		g->any_queue_error = false;
 		l->pend[l->npend++] = gi;
 	}
-	l->wait_n = link_wait_replicas(l);
+	l->wait_n = pg2r_link_wait_replicas(l);
 	if (l->npend > 0 && l->wait_n > 0)
 	{
 		char n[16], ms[16];
@@ -1023,12 +877,12 @@ inflight_check(void)
 }
 
 /*
- * inflight_restart forgets what the links carried of the block in flight:
+ * pg2r_inflight_restart forgets what the links carried of the block in flight:
  * every group not known applied is pending again (the fences read on the
  * next connect decide).
  */
-static void
-inflight_restart(void)
+void
+pg2r_inflight_restart(void)
 {
 	if (inflight == NULL)
 		return;
@@ -1096,11 +950,11 @@ dead_letter_cmd(Block *b, int i, const char *error)
 }
 
 /*
- * error_code_in tells whether a Redis error's code, its first word (e.g.
+ * pg2r_error_code_in tells whether a Redis error's code, its first word (e.g.
  * "MOVED" in "MOVED 3999 127.0.0.1:6381"), is one of codes.
  */
-static bool
-error_code_in(const char *err, const char *const *codes, size_t ncodes)
+bool
+pg2r_error_code_in(const char *err, const char *const *codes, size_t ncodes)
 {
 	size_t len = strcspn(err, " ");
 
@@ -1127,23 +981,23 @@ is_transient(const char *err)
 										"MASTERDOWN", "NOREPLICAS"};
 	static const char *const crossslot[] = {"CROSSSLOT"};
 
-	if (topo.cluster && error_code_in(err, crossslot, 1))
+	if (topo.cluster && pg2r_error_code_in(err, crossslot, 1))
 		return false;
-	return error_code_in(err, codes, lengthof(codes)) ||
-		   error_code_in(err, cluster_codes, lengthof(cluster_codes));
+	return pg2r_error_code_in(err, codes, lengthof(codes)) ||
+		   pg2r_error_code_in(err, cluster_codes, lengthof(cluster_codes));
 }
 
 /*
- * cluster_note returns a remark to append to a Redis error that only a Redis
+ * pg2r_cluster_note returns a remark to append to a Redis error that only a Redis
  * Cluster node sends when pg2redis.redis_url names a standalone server, or
  * "" for any other error.  The stream cannot go on against such a node with
  * such a URL: it stops and retries, losing nothing, until the URL is changed.
  */
-static const char *
-cluster_note(const char *err)
+const char *
+pg2r_cluster_note(const char *err)
 {
 	if (!topo.cluster &&
-		error_code_in(err, cluster_codes, lengthof(cluster_codes)))
+		pg2r_error_code_in(err, cluster_codes, lengthof(cluster_codes)))
 		return " (pg2redis.redis_url names a node of a Redis Cluster; write it "
 			   "as redis-cluster://host:port)";
 	return "";
@@ -1197,8 +1051,9 @@ handle_exec_reply(Link *l, Group *g, redisReply *r)
 		if (r->elements == (size_t) g->sent_n + 1 &&
 			r->element[g->sent_n]->type == REDIS_REPLY_ERROR)
 		{
-			topo_fail(l, "Redis refused to record the stream position: %s",
-					  r->element[g->sent_n]->str);
+			pg2r_topo_fail(l,
+						   "Redis refused to record the stream position: %s",
+						   r->element[g->sent_n]->str);
 			return false;
 		}
 		group_applied(l, g);
@@ -1222,26 +1077,27 @@ handle_exec_reply(Link *l, Group *g, redisReply *r)
 		if (stopped)
 		{
 			/* keep the position before the block; it is sent again on resume */
-			topo_fail(l, "the stream stopped on a rejected command");
+			pg2r_topo_fail(l, "the stream stopped on a rejected command");
 			return false;
 		}
 		g->state = GROUP_PENDING; /* sent again without them */
 		return true;
 	}
 	if (r->type == REDIS_REPLY_ERROR)
-		note_redirect(r->str);
-	topo_fail(l, "unexpected reply to EXEC: %s%s",
-			  r->type == REDIS_REPLY_ERROR ? r->str : "nil",
-			  r->type == REDIS_REPLY_ERROR ? cluster_note(r->str) : "");
+		pg2r_note_redirect(r->str);
+	pg2r_topo_fail(l, "unexpected reply to EXEC: %s%s",
+				   r->type == REDIS_REPLY_ERROR ? r->str : "nil",
+				   r->type == REDIS_REPLY_ERROR ? pg2r_cluster_note(r->str)
+												: "");
 	return false;
 }
 
 /*
- * handle_block_reply consumes one reply on a ready link.  Returns false
+ * pg2r_handle_block_reply consumes one reply on a ready link.  Returns false
  * when the links must be dropped (the error is recorded).
  */
-static bool
-handle_block_reply(int li, redisReply *r)
+bool
+pg2r_handle_block_reply(int li, redisReply *r)
 {
 	Link  *l = &topo.links[li];
 	Block *b = inflight;
@@ -1250,7 +1106,7 @@ handle_block_reply(int li, redisReply *r)
 
 	if (b == NULL || (l->pos >= l->npend && !l->wait_sent))
 	{
-		topo_fail(l, "unexpected reply from Redis");
+		pg2r_topo_fail(l, "unexpected reply from Redis");
 		return false;
 	}
 	if (l->pos >= l->npend)
@@ -1258,10 +1114,10 @@ handle_block_reply(int li, redisReply *r)
 		/* the reply to WAIT */
 		if (r->type != REDIS_REPLY_INTEGER || r->integer < l->wait_n)
 		{
-			topo_fail(l,
-					  "Redis replicated the stream's writes to %lld of the %d replicas asked for within %d ms (pg2redis.redis_cluster_wait_replicas)",
-					  r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
-					  l->wait_n, Max(pg2r_redis_timeout_ms / 2, 1));
+			pg2r_topo_fail(l,
+						   "Redis replicated the stream's writes to %lld of the %d replicas asked for within %d ms (pg2redis.redis_cluster_wait_replicas)",
+						   r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
+						   l->wait_n, Max(pg2r_redis_timeout_ms / 2, 1));
 			return false;
 		}
 		l->wait_sent = false;
@@ -1279,7 +1135,7 @@ handle_block_reply(int li, redisReply *r)
 	{
 		if (r->type == REDIS_REPLY_ERROR)
 		{
-			topo_fail(l, "Redis refused MULTI: %s", r->str);
+			pg2r_topo_fail(l, "Redis refused MULTI: %s", r->str);
 			return false;
 		}
 		return true;
@@ -1293,9 +1149,9 @@ handle_block_reply(int li, redisReply *r)
 
 			if (idx == g->sent_n + 1 || is_transient(r->str))
 			{
-				note_redirect(r->str);
-				topo_fail(l, "Redis refused to queue a command: %s%s", r->str,
-						  cluster_note(r->str));
+				pg2r_note_redirect(r->str);
+				pg2r_topo_fail(l, "Redis refused to queue a command: %s%s",
+							   r->str, pg2r_cluster_note(r->str));
 				return false;
 			}
 			c = l->sent[g->sent_first + idx - 1];
@@ -1319,489 +1175,18 @@ handle_block_reply(int li, redisReply *r)
 }
 
 /* ---------------------------------------------------------------------------
- * Links and the topology
+  * The links are back: what Redis has of the block in flight
  * ---------------------------------------------------------------------------
  */
 
 /*
- * link_reset makes *l an unused, closed link (its socket is not 0, which a
- * later close would take for a real descriptor).
- */
-static void
-link_reset(Link *l)
-{
-	memset(l, 0, sizeof(Link));
-	redis_conn_init(&l->conn);
-}
-
-/* link_close closes a link's connection. */
-static void
-link_close(Link *l)
-{
-	redis_close(&l->conn);
-	l->state = LINK_DOWN;
-	l->deadline = 0;
-	l->npend = 0;
-	l->wait_sent = false;
-}
-
-/* topo_close closes every link. */
-static void
-topo_close(void)
-{
-	for (int li = 0; li < topo.nlinks; li++)
-		link_close(&topo.links[li]);
-	link_close(&topo.maplink);
-}
-
-/*
- * map_check_done closes the map link after a check of the slot map while
- * the links are ready, and forgets what it used.
- */
-static void
-map_check_done(void)
-{
-	link_close(&topo.maplink);
-	MemoryContextReset(MapCxt);
-	link_reset(&topo.maplink);
-	topo.map_read_at = GetCurrentTimestamp();
-}
-
-/*
- * map_equal tells whether two slot maps route every slot to the same
- * primary, with the same number of replicas.
- */
-static bool
-map_equal(const ClusterMap *a, const ClusterMap *b)
-{
-	/* b's node i is a's node same[i]; nodes come in any order */
-	int same[CLUSTER_MAX_NODES];
-
-	if (a->nnodes != b->nnodes)
-		return false;
-	for (int i = 0; i < b->nnodes; i++)
-	{
-		same[i] = -1;
-		for (int j = 0; j < a->nnodes; j++)
-			if (a->nodes[j].port == b->nodes[i].port &&
-				a->nodes[j].replicas == b->nodes[i].replicas &&
-				strcmp(a->nodes[j].host, b->nodes[i].host) == 0)
-				same[i] = j;
-		if (same[i] < 0)
-			return false;
-	}
-	for (int s = 0; s < REDIS_CLUSTER_SLOTS; s++)
-		if (a->slot_node[s] != same[b->slot_node[s]])
-			return false;
-	return true;
-}
-
-/*
- * map_check_start asks a primary for the slot map, on a connection of its
- * own, to notice replicas added or removed and slots moved without a
- * redirection having told (every MAP_REFRESH_MS while the links are ready).
- */
-static void
-map_check_start(void)
-{
-	static int next = 0;
-	int		   i = next++ % topo.map->nnodes;
-
-	topo.maplink.is_map = true;
-	(void) link_start(&topo.maplink, topo.map->nodes[i].host,
-					  topo.map->nodes[i].port);
-}
-
-/*
- * topo_fail drops every link, records why (naming link l's server in a
- * cluster), and schedules a reconnect after a backoff with jitter.
- */
-static void
-topo_fail(Link *l, const char *fmt, ...)
-{
-	char	msg[512];
-	char	full[600];
-	va_list ap;
-	long	delay;
-	bool	redirect = redirect_next;
-
-	if (l == &topo.maplink && topo.state == TOPO_READY)
-	{
-		/* a failed check of the slot map: the links are fine */
-		redirect_next = false;
-		map_check_done();
-		return;
-	}
-
-
-	redirect_next = false;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (topo.cluster && l && l->name)
-		snprintf(full, sizeof(full), "%s: %s", l->name, msg);
-	else
-		strlcpy(full, msg, sizeof(full));
-
-	topo_close();
-	topo.state = TOPO_DOWN;
-	delay = pg2r_retry_initial_ms;
-	if (redirect)
-	{
-		/* the cluster changes its map: back off gently, up to 16 x */
-		topo.redirects++;
-		delay = Min((long) delay << Min(topo.redirect_streak, 4),
-					pg2r_retry_max_ms);
-		topo.redirect_streak++;
-	}
-	else
-	{
-		for (int i = 0; i < topo.attempts && delay < pg2r_retry_max_ms; i++)
-			delay *= 2;
-		delay = Min(delay, pg2r_retry_max_ms);
-		topo.attempts++;
-	}
-	delay =
-		(long) (delay * (0.5 + 0.5 * pg_prng_double(&pg_global_prng_state)));
-	topo.next_attempt =
-		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
-	inflight_restart();
-	pg2r_report_connected(false);
-	pg2r_report_retry();
-	pg2r_report_error("%s", full);
-	if (!stopped)
-		pg2r_report_state(PG2R_STATE_REDIS_UNAVAILABLE);
-	if (redirect ? topo.redirects % 100 == 1
-				 : topo.attempts == 1 || topo.attempts % 20 == 0)
-		ereport(LOG,
-				(redirect
-					 ? errmsg("pg2redis: the Redis Cluster at %s is moving slots or failing over: %s",
-							  topo.target.display, full)
-					 : errmsg("pg2redis: Redis at %s is unavailable: %s",
-							  topo.target.display, full),
-				 errdetail("Retrying in %ld ms.", delay)));
-}
-
-/*
- * note_redirect tells the next topo_fail() that err, a reply of a cluster
- * node, says the slot map changed or is changing (MOVED, ASK, TRYAGAIN,
- * CLUSTERDOWN): the map is read again after the initial backoff only.
- */
-static void
-note_redirect(const char *err)
-{
-	static const char *const codes[] = {"MOVED", "ASK", "TRYAGAIN",
-										"CLUSTERDOWN"};
-
-	redirect_next = topo.cluster && error_code_in(err, codes, lengthof(codes));
-}
-
-/*
- * client_slot returns the index in topo.clients of server name, or -1;
- * with add, a free (or the oldest) entry for it.
- */
-static int
-client_slot(const char *name, bool add)
-{
-	static int next = 0;
-
-	for (int c = 0; c < (int) lengthof(topo.clients); c++)
-		if (topo.clients[c].name && strcmp(topo.clients[c].name, name) == 0)
-			return c;
-	if (!add)
-		return -1;
-	for (int c = 0; c < (int) lengthof(topo.clients); c++)
-		if (topo.clients[c].name == NULL)
-			return c;
-	return next++ % lengthof(topo.clients);
-}
-
-/*
- * info_field copies the value of "key=" in a CLIENT INFO line into a new
- * string in SenderCxt, or returns NULL.
- */
-static char *
-info_field(const char *info, const char *key)
-{
-	size_t		klen = strlen(key);
-	const char *p = info;
-
-	while (p && *p)
-	{
-		if (strncmp(p, key, klen) == 0 && p[klen] == '=')
-		{
-			size_t len;
-			char  *v;
-
-			p += klen + 1;
-			len = strcspn(p, " \r\n");
-			v = MemoryContextAlloc(SenderCxt, len + 1);
-			memcpy(v, p, len);
-			v[len] = '\0';
-			return v;
-		}
-		p = strchr(p, ' ');
-		if (p)
-			p++;
-	}
-	return NULL;
-}
-
-/* remember_client records which connection l is, from CLIENT INFO. */
-static void
-remember_client(Link *l, const redisReply *r)
-{
-	int	  c;
-	char *id, *addr;
-
-	if (r->type != REDIS_REPLY_STRING)
-		return; /* older than Redis 6.2, or not granted: nothing to end */
-	id = info_field(r->str, "id");
-	addr = info_field(r->str, "addr");
-	if (id == NULL || addr == NULL)
-	{
-		if (id)
-			pfree(id);
-		if (addr)
-			pfree(addr);
-		return;
-	}
-	c = client_slot(l->name, true);
-	if (topo.clients[c].name == NULL)
-		topo.clients[c].name = MemoryContextStrdup(SenderCxt, l->name);
-	else if (strcmp(topo.clients[c].name, l->name) != 0)
-	{
-		pfree(topo.clients[c].name);
-		topo.clients[c].name = MemoryContextStrdup(SenderCxt, l->name);
-	}
-	if (topo.clients[c].id)
-		pfree(topo.clients[c].id);
-	if (topo.clients[c].addr)
-		pfree(topo.clients[c].addr);
-	topo.clients[c].id = id;
-	topo.clients[c].addr = addr;
-}
-
-/*
- * link_start begins connecting l to host:port; the handshake (AUTH, then
- * CLUSTER SLOTS for the map link or the fence GETs of its slots) is queued
- * to go once connected.
- */
-static bool
-link_start(Link *l, const char *host, int port)
-{
-	MemoryContext  old = MemoryContextSwitchTo(l->is_map ? MapCxt : TopoCxt);
-	StringInfoData key;
-
-	redis_conn_init(&l->conn);
-	l->target = topo.target;
-	if (!topo.target.unix_socket)
-	{
-		l->target.host = pstrdup(host);
-		l->target.port = port;
-	}
-	l->name = topo.target.unix_socket ? pstrdup(topo.target.path)
-									  : psprintf("%s:%d", host, port);
-	initStringInfo(&l->hs);
-	initStringInfo(&l->out);
-	l->hs_written = 0;
-	l->hs_seen = 0;
-	l->hs_setup = redis_append_handshake(&l->hs, &l->target);
-	l->hs_extra = 0;
-	l->hs_kill = false;
-	initStringInfo(&key);
-	if (l->is_map)
-		redis_append_cstrings(&l->hs, 2, "CLUSTER", "SLOTS");
-	else
-	{
-		int c = client_slot(l->name, false);
-
-		/*
-		 * The connection this one replaces may still have a block in the
-		 * server's input buffer (the server stalled, or the network): it
-		 * would run after the fences are read here.  End it first; the
-		 		 * server runs commands one at a time, so after the KILL that block
-		 * either ran (and the fences show it) or never will.  Not over a
-		 * unix socket: every client there has the address "<path>:0", and
-		 * after a restart of the server another client may have our old id.
-		 */
-		if (c >= 0 && topo.clients[c].id && !topo.target.unix_socket)
-		{
-			redis_append_cstrings(&l->hs, 6, "CLIENT", "KILL", "ID",
-								  topo.clients[c].id, "ADDR",
-								  topo.clients[c].addr);
-			l->hs_kill = true;
-			l->hs_extra++;
-		}
-		redis_append_cstrings(&l->hs, 2, "CLIENT", "INFO");
-		l->hs_extra++;
-		for (int i = 0; i < l->hs_nslots; i++)
-		{
-			resetStringInfo(&key);
-			cluster_append_fence_key(&key, pg2r_slot_name,
-									 topo.cluster ? l->hs_slots[i] : -1);
-			redis_append_cstrings(&l->hs, 2, "GET", key.data);
-		}
-	}
-	MemoryContextSwitchTo(old);
-	if (!redis_connect_start(&l->conn, &l->target))
-	{
-		topo_fail(l, "%s", l->conn.error);
-		return false;
-	}
-	l->state = LINK_CONNECTING;
-	l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											  pg2r_redis_timeout_ms);
-	return true;
-}
-
-/*
- * topo_connect starts a (re)connect: to the server, or, in a cluster, to a
- * node asked for the slot map (the nodes of the last map first, then the
- * URL's seeds, one more each attempt).
- */
-static void
-topo_connect(void)
-{
-	MemoryContext old;
-
-	topo_close();
-	MemoryContextReset(TopoCxt);
-	MemoryContextReset(MapCxt);
-	for (int li = 0; li < CLUSTER_MAX_NODES; li++)
-		link_reset(&topo.links[li]);
-	link_reset(&topo.maplink);
-	topo.nlinks = 0;
-	if (!topo.cluster)
-	{
-		Link *l = &topo.links[0];
-
-		topo.nlinks = 1;
-		old = MemoryContextSwitchTo(TopoCxt);
-		l->hs_nslots = 1;
-		l->hs_slots = palloc0(sizeof(int));
-		MemoryContextSwitchTo(old);
-		topo.state = TOPO_LINKS;
-		(void) link_start(l, topo.target.host, topo.target.port);
-		return;
-	}
-	else
-	{
-		int known = topo.map ? topo.map->nnodes : 0;
-		int i = (topo.attempts + topo.redirect_streak) %
-				(known + topo.target.nseeds);
-		const char *host;
-		int			port;
-
-		if (i < known)
-		{
-			host = topo.map->nodes[i].host;
-			port = topo.map->nodes[i].port;
-		}
-		else
-		{
-			host = topo.target.seed_hosts[i - known];
-			port = topo.target.seed_ports[i - known];
-		}
-		/* the host may live in the map about to be replaced */
-		host = MemoryContextStrdup(SenderCxt, host);
-		topo.maplink.is_map = true;
-		topo.state = TOPO_MAP;
-		(void) link_start(&topo.maplink, host, port);
-		pfree((char *) host);
-	}
-}
-
-/*
- * forget_other_clients drops the connections remembered for servers that are
- * not primaries of map (so that the table holds the current ones).
- */
-static void
-forget_other_clients(const ClusterMap *map)
-{
-	for (int c = 0; c < (int) lengthof(topo.clients); c++)
-	{
-		bool keep = false;
-
-		if (topo.clients[c].name == NULL)
-			continue;
-		for (int i = 0; i < map->nnodes && !keep; i++)
-		{
-			char name[NI_MAXHOST + 16];
-
-			snprintf(name, sizeof(name), "%s:%d", map->nodes[i].host,
-					 map->nodes[i].port);
-			keep = strcmp(name, topo.clients[c].name) == 0;
-		}
-		if (keep)
-			continue;
-		pfree(topo.clients[c].name);
-		if (topo.clients[c].id)
-			pfree(topo.clients[c].id);
-		if (topo.clients[c].addr)
-			pfree(topo.clients[c].addr);
-		topo.clients[c].name = topo.clients[c].id = topo.clients[c].addr =
-			NULL;
-	}
-}
-
-/* topo_forget_map frees the slot map, if any. */
-static void
-topo_forget_map(void)
-{
-	if (topo.map == NULL)
-		return;
-	for (int i = 0; i < topo.map->nnodes; i++)
-		pfree(topo.map->nodes[i].host);
-	pfree(topo.map);
-	topo.map = NULL;
-}
-
-/* topo_use_map starts a link to every primary of a new slot map. */
-static void
-topo_use_map(ClusterMap *map)
-{
-	MemoryContext old = MemoryContextSwitchTo(SenderCxt);
-
-	topo_forget_map();
-	topo.map = map;
-	forget_other_clients(map);
-	for (int i = 0; i < map->nnodes; i++)
-		map->nodes[i].host = pstrdup(map->nodes[i].host);
-	MemoryContextSwitchTo(old);
-
-	link_close(&topo.maplink);
-	MemoryContextReset(MapCxt);
-	link_reset(&topo.maplink);
-	topo.map_read_at = GetCurrentTimestamp();
-	topo.nlinks = map->nnodes;
-	old = MemoryContextSwitchTo(TopoCxt);
-	for (int li = 0; li < map->nnodes; li++)
-	{
-		Link *l = &topo.links[li];
-
-		l->replicas = map->nodes[li].replicas;
-		l->hs_slots = palloc(sizeof(int) * REDIS_CLUSTER_SLOTS);
-		for (int s = 0; s < REDIS_CLUSTER_SLOTS; s++)
-			if (map->slot_node[s] == li)
-				l->hs_slots[l->hs_nslots++] = s;
-	}
-	MemoryContextSwitchTo(old);
-	topo.state = TOPO_LINKS;
-	for (int li = 0; li < map->nnodes; li++)
-		if (!link_start(&topo.links[li], map->nodes[li].host,
-						map->nodes[li].port))
-			return;
-}
-
-/*
- * topo_ready runs once every link has read its fences: the groups of the
+ * pg2r_topo_ready runs once every link has read its fences: the groups of the
  * block in flight that Redis has are done (or, when replicas must
  * acknowledge them, their fence is written again so that WAIT covers it),
  * the others go out again.
  */
-static void
-topo_ready(void)
+void
+pg2r_topo_ready(void)
 {
 	static bool in_doubt[REDIS_CLUSTER_SLOTS];
 	int			lost = 0;
@@ -1818,7 +1203,8 @@ topo_ready(void)
 			int	   li = topo.cluster ? topo.map->slot_node[g->slot] : 0;
 
 			in_doubt[fence_slot(g->slot)] = true;
-			g->fence_only = has && link_wait_replicas(&topo.links[li]) > 0;
+			g->fence_only =
+				has && pg2r_link_wait_replicas(&topo.links[li]) > 0;
 			g->state = has && !g->fence_only ? GROUP_DONE : GROUP_PENDING;
 		}
 	}
@@ -1875,500 +1261,6 @@ topo_ready(void)
 	}
 }
 
-/* link_ready marks a link ready, and the topology once all links are. */
-static void
-link_ready(Link *l)
-{
-	l->state = LINK_READY;
-	l->deadline = 0;
-	for (int i = 0; i < topo.nlinks; i++)
-		if (topo.links[i].state != LINK_READY)
-			return;
-	topo_ready();
-}
-
-/*
- * handle_sync_reply consumes the replies to the SET and the WAIT that make
- * the positions read at the first connect durable.  Returns false when the
- * links were dropped.
- */
-static bool
-handle_sync_reply(int li, Link *l, redisReply *r, int which)
-{
-	if (r->type == REDIS_REPLY_ERROR)
-	{
-		note_redirect(r->str);
-		topo_fail(l,
-				  "could not confirm the stream positions on the replicas: %s",
-				  r->str);
-		return false;
-	}
-	if (which == 0)
-		return true;
-	if (r->type != REDIS_REPLY_INTEGER || r->integer < link_wait_replicas(l))
-	{
-		topo_fail(l,
-				  "Redis replicated the stream's positions to %lld of the %d replicas asked for within %d ms (pg2redis.redis_cluster_wait_replicas)",
-				  r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
-				  link_wait_replicas(l), Max(pg2r_redis_timeout_ms / 2, 1));
-		return false;
-	}
-	link_ready(l);
-	return true;
-}
-
-/*
- * handle_handshake_reply consumes AUTH and SELECT replies, then CLUSTER
- * SLOTS (map link) or the fence GETs.  Returns false when the links were
- * dropped.
- */
-static bool
-handle_handshake_reply(int li, Link *l, redisReply *r)
-{
-	int idx = l->hs_seen++;
-
-	if (idx < l->hs_setup)
-	{
-		if (r->type == REDIS_REPLY_ERROR)
-		{
-			topo_fail(l, "Redis refused the connection setup: %s", r->str);
-			return false;
-		}
-		return true;
-	}
-	if (l->is_map)
-	{
-		char		  err[256];
-		ClusterMap	 *map;
-		MemoryContext old;
-
-		if (r->type == REDIS_REPLY_ERROR)
-		{
-			topo_fail(l,
-					  "could not read the slot map of the Redis Cluster: %s",
-					  r->str);
-			return false;
-		}
-		old = MemoryContextSwitchTo(MapCxt);
-		map = MemoryContextAllocZero(SenderCxt, sizeof(ClusterMap));
-		if (!cluster_parse_slots(r, l->target.host, map, err, sizeof(err)))
-		{
-			MemoryContextSwitchTo(old);
-			pfree(map);
-			topo_fail(l, "%s", err);
-			return false;
-		}
-		MemoryContextSwitchTo(old);
-		if (topo.state == TOPO_READY)
-		{
-			/* a periodic check: reconnect only if the map changed */
-			bool same = map_equal(map, topo.map);
-
-			pfree(map);
-			map_check_done();
-			if (!same)
-			{
-				redirect_next = true;
-				topo_fail(NULL, "the slot map of the Redis Cluster changed");
-			}
-			return false;
-		}
-		topo_use_map(map); /* copies the host names */
-		return false;	   /* the map link is closed */
-	}
-
-	if (idx < l->hs_setup + l->hs_extra)
-	{
-		/* CLIENT KILL (its result does not matter), then CLIENT INFO */
-		if (idx == l->hs_setup + l->hs_extra - 1)
-			remember_client(l, r);
-		return true;
-	}
-	if (idx >= l->hs_setup + l->hs_extra + l->hs_nslots)
-		return handle_sync_reply(li, l, r,
-								 idx - (l->hs_setup + l->hs_extra +
-										l->hs_nslots));
-
-	/* a fence GET */
-	{
-		int s =
-			topo.cluster ? l->hs_slots[idx - l->hs_setup - l->hs_extra] : 0;
-		Fence f = {InvalidXLogRecPtr, FENCE_DONE};
-
-		if (r->type == REDIS_REPLY_ERROR)
-		{
-			note_redirect(r->str);
-			topo_fail(l, "could not read the stream position from Redis: %s%s",
-					  r->str, cluster_note(r->str));
-			return false;
-		}
-		if (r->type == REDIS_REPLY_STRING && !fence_parse(r->str, &f))
-		{
-			StringInfoData key;
-
-			initStringInfo(&key);
-			cluster_append_fence_key(&key, pg2r_slot_name,
-									 topo.cluster ? s : -1);
-			topo_fail(l,
-					  "Redis key \"%s\" holds \"%s\", which is not a pg2redis stream position",
-					  key.data, r->str);
-			pfree(key.data);
-			return false;
-		}
-		topo.read[s] = f;
-	}
-	if (l->hs_seen == l->hs_setup + l->hs_extra + l->hs_nslots)
-	{
-		if (!topo.fence_known && link_wait_replicas(l) > 0 && l->hs_nslots > 0)
-		{
-			/*
-			 * The positions just read may be writes the replicas never got
-			 * (the worker stopped before WAIT answered): the slot would be
-			 * confirmed past them, and a failover would lose them.  One
-			 * write now, and WAIT for it, covers everything before it.
-			 */
-			char		   val[64], n[16], ms[16];
-			StringInfoData key;
-			MemoryContext  old = MemoryContextSwitchTo(TopoCxt);
-
-			/* a key of its own, in a slot of this primary: fences untouched */
-			initStringInfo(&key);
-			appendStringInfo(&key, "pg2redis:%s:sync:{%d}", pg2r_slot_name,
-							 cluster_fence_tag(l->hs_slots[0]));
-			redis_append_cstrings(&l->hs, 3, "SET", key.data,
-								  fence_format(topo.read[l->hs_slots[0]], val,
-											   sizeof(val)));
-			snprintf(n, sizeof(n), "%d", link_wait_replicas(l));
-			snprintf(ms, sizeof(ms), "%d", Max(pg2r_redis_timeout_ms / 2, 1));
-			redis_append_cstrings(&l->hs, 3, "WAIT", n, ms);
-			MemoryContextSwitchTo(old);
-			return true;
-		}
-		link_ready(l);
-	}
-	return true;
-}
-
-/* link_write sends what is pending on a link; false when the links failed. */
-static bool
-link_write(Link *l)
-{
-	const char *data;
-	size_t		len;
-	size_t	   *written;
-	ssize_t		n;
-
-	if (l->state == LINK_HANDSHAKE && l->hs_written < (size_t) l->hs.len)
-	{
-		data = l->hs.data;
-		len = l->hs.len;
-		written = &l->hs_written;
-	}
-	else if (l->state == LINK_READY && l->written < (size_t) l->out.len)
-	{
-		data = l->out.data;
-		len = l->out.len;
-		written = &l->written;
-	}
-	else
-		return true;
-
-	while (*written < len)
-	{
-		n = redis_send(&l->conn, data + *written, len - *written);
-		if (n < 0)
-		{
-			topo_fail(l, "%s", l->conn.error);
-			return false;
-		}
-		if (n == 0)
-			break;
-		*written += n;
-		l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												  pg2r_redis_timeout_ms);
-	}
-	return true;
-}
-
-/*
- * link_read takes in and handles what Redis sent on a link; false when the
- * links failed or were rebuilt (the caller must not touch l again).
- */
-static bool
-link_read(int li, Link *l)
-{
-	bool		eof;
-	redisReply *r;
-	int			rc;
-
-	if (!redis_receive(&l->conn, &eof))
-	{
-		topo_fail(l, "%s", l->conn.error);
-		return false;
-	}
-	while ((rc = redis_next_reply(&l->conn, &r)) == 1)
-	{
-		bool ok;
-
-		l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												  pg2r_redis_timeout_ms);
-		if (l->state == LINK_HANDSHAKE)
-			ok = handle_handshake_reply(li, l, r);
-		else
-			ok = handle_block_reply(li, r);
-		freeReplyObject(r);
-		if (!ok || l->state == LINK_DOWN)
-			return false;
-	}
-	if (rc < 0)
-	{
-		topo_fail(l, "%s", l->conn.error);
-		return false;
-	}
-	return true;
-}
-
-/* link_awaiting: something was sent on l that Redis has not answered. */
-static bool
-link_awaiting(const Link *l)
-{
-	if (l->state == LINK_HANDSHAKE || l->state == LINK_CONNECTING)
-		return true;
-	return l->state == LINK_READY && (l->pos < l->npend || l->wait_sent);
-}
-
-/* link_events returns the socket events l waits for (0: none). */
-static int
-link_events(const Link *l)
-{
-	if (l->state == LINK_DOWN)
-		return 0;
-	if (l->state == LINK_CONNECTING)
-		return l->conn.want;
-	if ((l->state == LINK_HANDSHAKE && l->hs_written < (size_t) l->hs.len) ||
-		(l->state == LINK_READY && l->written < (size_t) l->out.len))
-		return WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE;
-	return WL_SOCKET_READABLE;
-}
-
-/* link_step advances one link after a wait; false when the links failed. */
-static bool
-link_step(int li, Link *l, int events)
-{
-	if (l->state == LINK_CONNECTING &&
-		(events & (WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE)))
-	{
-		int done = redis_connect_finish(&l->conn, &l->target);
-
-		if (done < 0)
-		{
-			topo_fail(l, "%s", l->conn.error);
-			return false;
-		}
-		if (done > 0)
-		{
-			l->state = LINK_HANDSHAKE;
-			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													  pg2r_redis_timeout_ms);
-		}
-	}
-	if (l->state == LINK_HANDSHAKE || l->state == LINK_READY)
-	{
-		if (!link_write(l) || !link_read(li, l))
-			return false;
-		if (l->state == LINK_READY && !link_write(l))
-			return false;
-	}
-	if (l->state != LINK_DOWN && l->deadline != 0 && link_awaiting(l) &&
-		GetCurrentTimestamp() >= l->deadline)
-	{
-		topo_fail(l, l->state == LINK_CONNECTING
-						 ? "timed out connecting to Redis"
-						 : "timed out waiting for Redis to reply");
-		return false;
-	}
-	return true;
-}
-
-/*
- * sender_reconfigure applies new pg2redis.redis_* settings: a changed
- * target drops the links and reconnects at once.
- */
-void
-sender_reconfigure(void)
-{
-	RedisTarget	  target;
-	char		  err[256];
-	char		 *signature = pg2r_redis_settings_signature();
-	MemoryContext old;
-	int			  nfences;
-
-	if (topo.url && strcmp(topo.url, signature) == 0)
-		return;
-	old = MemoryContextSwitchTo(SenderCxt);
-	topo.url = pstrdup(signature);
-	if (!pg2r_redis_target(&target, err, sizeof(err)))
-	{
-		MemoryContextSwitchTo(old);
-		pg2r_report_error("%s", err);
-		ereport(WARNING,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", err),
-				 errhint("Fix the pg2redis.redis_* settings and reload the configuration.")));
-		/* no valid target: stay down until a reload (still "initial" if so) */
-		topo_close();
-		if (topo.state != TOPO_INIT)
-			topo.state = TOPO_DOWN;
-		topo.next_attempt = DT_NOEND;
-		return;
-	}
-	if (topo.state != TOPO_DOWN && topo.state != TOPO_INIT)
-		ereport(LOG,
-				(errmsg("pg2redis: Redis settings changed, connecting to %s",
-						target.display)));
-	nfences = target.cluster ? REDIS_CLUSTER_SLOTS : 1;
-	if (topo.nfences != nfences && topo.state != TOPO_INIT)
-	{
-		/*
-		 * Standalone <-> cluster: the blocks decoded so far are cut for the
-		 * other kind of server.  Start over from the slot's position, which
-		 * only ever moves past what Redis acknowledged.
-		 */
-		ereport(LOG,
-				(errmsg("pg2redis: pg2redis.redis_url switched between a standalone Redis and a Redis Cluster; restarting the worker")));
-		proc_exit(1);
-	}
-	topo_close();
-	topo.target = target;
-	if (topo.nfences != nfences)
-	{
-		pfree(topo.applied);
-		pfree(topo.read);
-		topo.applied = palloc(sizeof(Fence) * nfences);
-		topo.read = palloc(sizeof(Fence) * nfences);
-		for (int s = 0; s < nfences; s++)
-		{
-			topo.applied[s].lsn = InvalidXLogRecPtr;
-			topo.applied[s].seq = FENCE_DONE;
-			topo.read[s] = topo.applied[s];
-		}
-		topo.nfences = nfences;
-	}
-	topo.cluster = target.cluster;
-	/* another server: nothing is known about its positions or its map */
-	topo.fence_known = false;
-	topo_forget_map();
-	MemoryContextSwitchTo(old);
-	topo.state = TOPO_DOWN;
-	topo.attempts = 0;
-	topo.next_attempt = 0;
-	pg2r_report_connected(false);
-	inflight_restart();
-}
-
-/* sender_disconnect closes the connections (worker exit). */
-void
-sender_disconnect(void)
-{
-	if (SenderCxt == NULL)
-		return;
-	topo_close();
-	topo.state = TOPO_DOWN;
-}
-
-/*
- * sender_service does one round of Redis work: connects when due, writes
- * what is pending, reads and handles replies, enforces deadlines.  It
- * waits up to timeout_ms for a socket or the latch first (0: does not
- * wait).  Interrupts are handled by the worker's hook.
- */
-void
-sender_service(long timeout_ms)
-{
-	TimestampTz	  now = GetCurrentTimestamp();
-	WaitEventSet *set;
-	WaitEvent	  occurred[CLUSTER_MAX_NODES + 4];
-	int			  events[CLUSTER_MAX_NODES + 2];
-	Link		 *all[CLUSTER_MAX_NODES + 2];
-	int			  nall = 0;
-	int			  nsockets = 0;
-	int			  nev;
-
-	worker_handle_interrupts();
-	if (stopped)
-	{
-		(void) WaitLatch(MyLatch,
-						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Max(timeout_ms, 1), PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		return;
-	}
-
-	if (topo.state == TOPO_DOWN && topo.next_attempt <= now)
-		topo_connect();
-
-	/* never sleep past a deadline or a reconnect attempt */
-	if (topo.state == TOPO_DOWN && topo.next_attempt != DT_NOEND)
-		timeout_ms =
-			Min(timeout_ms,
-				Max(TimestampDifferenceMilliseconds(now, topo.next_attempt),
-					0));
-	if (topo.state == TOPO_READY && topo.cluster &&
-		topo.maplink.state == LINK_DOWN &&
-		TimestampDifferenceExceeds(topo.map_read_at, now, MAP_REFRESH_MS))
-		map_check_start();
-	if (topo.state == TOPO_MAP)
-		all[nall++] = &topo.maplink;
-	else if (topo.state != TOPO_DOWN)
-		for (int li = 0; li < topo.nlinks; li++)
-			all[nall++] = &topo.links[li];
-	if (topo.state == TOPO_READY && topo.maplink.state != LINK_DOWN)
-		all[nall++] = &topo.maplink;
-	for (int i = 0; i < nall; i++)
-	{
-		if (all[i]->deadline != 0 && link_awaiting(all[i]))
-			timeout_ms =
-				Min(timeout_ms,
-					Max(TimestampDifferenceMilliseconds(now, all[i]->deadline),
-						0));
-		events[i] = 0;
-		if (link_events(all[i]) != 0)
-			nsockets++;
-	}
-
-	if (timeout_ms > 0 || nsockets > 0)
-	{
-		set = PG2R_CREATE_WAIT_EVENT_SET(nsockets + 2);
-		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL,
-						  NULL);
-		for (int i = 0; i < nall; i++)
-		{
-			int ev = link_events(all[i]);
-
-			if (ev != 0)
-				AddWaitEventToSet(set, ev, all[i]->conn.sock, NULL,
-								  (void *) (intptr_t) i);
-		}
-		nev = WaitEventSetWait(set, Max(timeout_ms, 0), occurred,
-							   lengthof(occurred), PG_WAIT_EXTENSION);
-		FreeWaitEventSet(set);
-		for (int e = 0; e < nev; e++)
-		{
-			if (occurred[e].events & WL_LATCH_SET)
-				ResetLatch(MyLatch);
-			else if (occurred[e].events &
-					 (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
-				events[(intptr_t) occurred[e].user_data] |= occurred[e].events;
-		}
-		worker_handle_interrupts();
-	}
-
-	/* a failure or a new map rebuilds the links: stop at the first */
-	for (int i = 0; i < nall; i++)
-		if (!link_step(all[i] == &topo.maplink ? -1 : i, all[i], events[i]))
-			break;
-}
-
 /*
   * wait_for_room waits until nothing is in flight, serving Redis; called
  * with a closed block that must go next, possibly inside a decoding
@@ -2417,7 +1309,8 @@ sender_reset_fence(void)
 	{
 		if (GetCurrentTimestamp() >= deadline)
 		{
-			topo_fail(NULL, "could not reset the stream position in Redis");
+			pg2r_topo_fail(NULL,
+						   "could not reset the stream position in Redis");
 			block_reset(inflight);
 			inflight = NULL;
 			return false;

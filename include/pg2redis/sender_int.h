@@ -1,0 +1,192 @@
+/*-------------------------------------------------------------------------
+ *
+ * sender_int.h
+ *	  What src/sender.c (blocks, groups, replies) and src/links.c (the
+ *	  connections to Redis and the cluster topology) share; not for other
+ *	  files.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG2REDIS_SENDER_INT_H
+#define PG2REDIS_SENDER_INT_H
+
+#include <hiredis/hiredis.h>
+
+#include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
+#include "utils/palloc.h"
+
+#include "pg2redis/cluster.h"
+#include "pg2redis/redis_io.h"
+#include "pg2redis/rules.h"
+
+#define FENCE_DONE PG_UINT64_MAX
+
+/* How far the stream got: see the header comment. */
+typedef struct Fence
+{
+	XLogRecPtr lsn;
+	uint64	   seq;
+} Fence;
+
+/* Where a command of a block came from, for dead letters. */
+typedef struct CmdInfo
+{
+	int64		  rule_id;
+	Oid			  relid;
+	Pg2rOp		  op;
+	TransactionId xid;
+	XLogRecPtr	  lsn;
+	uint32		  offset; /* of its RESP in the block */
+	uint32		  len;
+	int			  slot;	   /* hash slot (cluster), 0 (standalone) */
+	bool		  dropped; /* refused while queued: a dead letter now */
+} CmdInfo;
+
+typedef enum GroupState
+{
+	GROUP_PENDING, /* to be sent */
+	GROUP_SENT,	   /* sent, EXEC not answered yet */
+	GROUP_APPLIED, /* EXEC answered, WAIT not yet */
+	GROUP_DONE	   /* applied (and replicated as configured) */
+} GroupState;
+
+/* The commands of one slot in a block: one MULTI/EXEC. */
+typedef struct Group
+{
+	int		   slot; /* hash slot, or -1 on a standalone server */
+	int		   first;
+	int		   n; /* commands: order[first .. first + n - 1] */
+	int		   link;
+	GroupState state;
+	bool	   fence_only; /* applied: write the fence again, for WAIT */
+	bool	   any_queue_error;
+	int		   sent_first; /* its commands in its link's sent[] */
+	int		   sent_n;
+} Group;
+
+typedef struct Block
+{
+	StringInfoData resp; /* the commands' RESP, back to back */
+	int			   ncmds;
+	int			   cmdcap;
+	CmdInfo		  *cmds;
+	int			   txn_cmds; /* commands of the open transaction here */
+	Fence		   fence;
+	bool		   reset; /* sets every fence to 0/0 (a new slot) */
+	int			   ntxns; /* transactions completed in this block */
+	uint64		   nchanges;
+	TimestampTz	   commit_time; /* of the last completed transaction */
+	TimestampTz	   opened_at;
+	/* while in flight */
+	int	  *order; /* command indexes, grouped by slot */
+	Group *groups;
+	int	   ngroups;
+	char **queue_errors; /* per command: why Redis refused to queue it */
+} Block;
+
+typedef enum LinkState
+{
+	LINK_DOWN,
+	LINK_CONNECTING,
+	LINK_HANDSHAKE,
+	LINK_READY
+} LinkState;
+
+/* A connection to one Redis server (a primary, in a cluster). */
+typedef struct Link
+{
+	LinkState	   state;
+	RedisConn	   conn;
+	RedisTarget	   target; /* this server */
+	char		  *name;   /* host:port, for messages */
+	int			   replicas;
+	bool		   is_map; /* asks CLUSTER SLOTS, carries no data */
+	StringInfoData hs;	   /* handshake bytes to send */
+	size_t		   hs_written;
+	int			   hs_setup; /* AUTH/SELECT replies expected first */
+	int			   hs_extra; /* then CLIENT KILL (if hs_kill) and INFO */
+	bool		   hs_kill;
+	int			   hs_nslots; /* fence GETs that follow, for hs_slots */
+	int			  *hs_slots;
+	int			   hs_seen;
+	StringInfoData out; /* groups of the block in flight */
+	size_t		   written;
+	int			  *pend; /* groups in the order sent */
+	int			   npend;
+	int			  *sent; /* command indexes in the order sent */
+	int			   nsent;
+	int			   pos;	  /* pend[pos] is the group being answered */
+	int			   reply; /* replies of that group so far */
+	int			   wait_n;
+	bool		   wait_sent;
+	TimestampTz	   deadline; /* of the current connect or reply */
+} Link;
+
+typedef enum TopoState
+{
+	TOPO_INIT,	/* before the first settings were applied */
+	TOPO_DOWN,	/* waiting to (re)connect */
+	TOPO_MAP,	/* asking a cluster node for the slot map */
+	TOPO_LINKS, /* links connecting and reading fences */
+	TOPO_READY
+} TopoState;
+
+/* The links, the slot map and the positions read (src/links.c). */
+typedef struct Topology
+{
+	TopoState	state;
+	RedisTarget target; /* from the settings */
+	char	   *url;	/* settings signature the target is from */
+	bool		cluster;
+	int			nlinks;
+	Link		links[CLUSTER_MAX_NODES];
+	Link		maplink;
+	ClusterMap *map;		 /* cluster: the last slot map */
+	int			nfences;	 /* CLUSTER_SLOTS, or 1 */
+	Fence	   *applied;	 /* per slot: what Redis has, as last known */
+	Fence	   *read;		 /* per slot: fences read at the last connect */
+	Fence		read_max;	 /* the highest of them */
+	bool		fence_known; /* read at least once since start */
+	Fence		acked;		 /* the last block applied whole */
+	int			attempts;	 /* failed attempts since last success */
+	int			redirects;	 /* redirections followed, for the log */
+	int			redirect_streak; /* redirections since a block was applied */
+	TimestampTz map_read_at;	 /* when the slot map was last compared */
+	/* our last connection to each server, to end it before a new one */
+	struct
+	{
+		char *name; /* host:port */
+		char *id;	/* its CLIENT ID */
+		char *addr; /* its address as the server sees it */
+	} clients[2 * CLUSTER_MAX_NODES];
+	TimestampTz next_attempt;
+} Topology;
+
+extern MemoryContext SenderCxt;
+extern MemoryContext TopoCxt; /* links and the map: reset on refresh */
+extern MemoryContext MapCxt;  /* the map link: reset after each use */
+extern Block		*building;
+extern Block		*inflight;
+extern Topology		 topo;
+extern bool			 stopped; /* a rejected command stopped the stream */
+
+/* src/sender.c */
+extern char *pg2r_fence_format(Fence f, char *buf, size_t len);
+extern bool	 pg2r_fence_parse(const char *s, Fence *f);
+extern int	 pg2r_link_wait_replicas(const Link *l);
+extern void	 pg2r_inflight_restart(void);
+extern bool	 pg2r_error_code_in(const char *err, const char *const *codes,
+								size_t ncodes);
+extern const char *pg2r_cluster_note(const char *err);
+extern bool		   pg2r_handle_block_reply(int li, redisReply *r);
+extern void		   pg2r_topo_ready(void);
+
+/* src/links.c */
+extern void pg2r_link_reset(Link *l);
+extern void pg2r_topo_fail(Link *l, const char *fmt, ...)
+	pg_attribute_printf(2, 3);
+extern void pg2r_note_redirect(const char *err);
+
+#endif /* PG2REDIS_SENDER_INT_H */
