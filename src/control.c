@@ -519,11 +519,6 @@ pg2redis_snapshot(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(id);
 }
 
-/*
- * pg2redis_validate_snapshot_filter is the BEFORE ROW trigger of
- * pg2redis.snapshot_filters: the filter must be a WHERE condition that
- * plans against its relation.
- */
 /* filter_error_context names the table whose filter is being checked. */
 static void
 filter_error_context(void *arg)
@@ -531,6 +526,11 @@ filter_error_context(void *arg)
 	errcontext("snapshot filter of table \"%s\"", (const char *) arg);
 }
 
+/*
+ * pg2redis_validate_snapshot_filter is the BEFORE ROW trigger of
+ * pg2redis.snapshot_filters: the filter must be a WHERE condition that
+ * plans against its relation.
+ */
 Datum
 pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 {

@@ -129,6 +129,7 @@ static void dispatch_inflight(void);
  * ---------------------------------------------------------------------------
  */
 
+/* fence_cmp orders two fences: <0, 0 or >0 as a is before, at or after b. */
 static int
 fence_cmp(Fence a, Fence b)
 {
@@ -139,6 +140,7 @@ fence_cmp(Fence a, Fence b)
 	return 0;
 }
 
+/* pg2r_fence_format writes a fence as Redis keeps it into buf, returned. */
 char *
 pg2r_fence_format(Fence f, char *buf, size_t len)
 {
