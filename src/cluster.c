@@ -64,15 +64,19 @@ cluster_fence_tag(int slot)
 }
 
 /*
- * cluster_append_fence_key appends the fence key of a slot: with slot < 0
- * (a standalone server) the one key "pg2redis:<slot_name>:lsn".
+ * cluster_fence_key writes the fence key of a slot into buf (at least
+ * CLUSTER_FENCE_KEY_LEN bytes) and returns it: with slot < 0 (a standalone
+ * server) the one key "pg2redis:<slot_name>:lsn".
  */
-void
-cluster_append_fence_key(StringInfo buf, const char *slot_name, int slot)
+char *
+cluster_fence_key(char *buf, const char *slot_name, int slot)
 {
-	appendStringInfo(buf, "pg2redis:%s:lsn", slot_name);
 	if (slot >= 0)
-		appendStringInfo(buf, ":{%d}", cluster_fence_tag(slot));
+		snprintf(buf, CLUSTER_FENCE_KEY_LEN, "pg2redis:%s:lsn:{%d}", slot_name,
+				 cluster_fence_tag(slot));
+	else
+		snprintf(buf, CLUSTER_FENCE_KEY_LEN, "pg2redis:%s:lsn", slot_name);
+	return buf;
 }
 
 /* reply_int reads an integer element of a CLUSTER SLOTS entry. */

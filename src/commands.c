@@ -78,21 +78,6 @@ redis_command_lookup(const char *name)
 	return NULL;
 }
 
-/*
- * redis_command_lookup_len is redis_command_lookup for a name of len bytes
- * that need not be NUL-terminated (a rendered argument).
- */
-const RedisCommandDef *
-redis_command_lookup_len(const char *name, size_t len)
-{
-	char buf[32];
-
-	if (len >= sizeof(buf))
-		return NULL; /* longer than any command's name */
-	memcpy(buf, name, len);
-	buf[len] = '\0';
-	return redis_command_lookup(buf);
-}
 
 /*
  * redis_command_is_forbidden tells whether a command is a server-level or

@@ -97,18 +97,28 @@ redis_key_slot(const char *key, size_t len)
  * redis_command_slot returns the slot all keys of a rendered command hash
  * to, REDIS_SLOT_NONE when it has no key, REDIS_SLOT_CROSSSLOT when its keys
  * hash to different slots, or REDIS_SLOT_UNKNOWN for a command rules may not
- * use.
+ * use.  argv[0] must be NUL-terminated (it is looked up by name).
  */
 int
 redis_command_slot(int argc, const char *const *argv, const size_t *argvlen)
 {
-	const RedisCommandDef *def;
-	int					   last;
-	int					   slot = REDIS_SLOT_NONE;
-
 	if (argc < 1)
 		return REDIS_SLOT_UNKNOWN;
-	def = redis_command_lookup_len(argv[0], argvlen[0]);
+	return redis_command_def_slot(redis_command_lookup(argv[0]), argc, argv,
+								  argvlen);
+}
+
+/*
+ * redis_command_def_slot is redis_command_slot for a command whose
+ * definition is known (a rule's, looked up once when the rule was loaded).
+ */
+int
+redis_command_def_slot(const RedisCommandDef *def, int argc,
+					   const char *const *argv, const size_t *argvlen)
+{
+	int last;
+	int slot = REDIS_SLOT_NONE;
+
 	if (def == NULL)
 		return REDIS_SLOT_UNKNOWN;
 	if (def->first_key <= 0)

@@ -343,8 +343,9 @@ remember_client(Link *l, const redisReply *r)
 static bool
 link_start(Link *l, const char *host, int port)
 {
-	MemoryContext  old = MemoryContextSwitchTo(l->is_map ? MapCxt : TopoCxt);
-	StringInfoData key;
+	MemoryContext old = MemoryContextSwitchTo(l->is_map ? MapCxt : TopoCxt);
+	char		  key[CLUSTER_FENCE_KEY_LEN];
+
 
 	redis_conn_init(&l->conn);
 	l->target = topo.target;
@@ -361,8 +362,7 @@ link_start(Link *l, const char *host, int port)
 	l->hs_seen = 0;
 	l->hs_setup = redis_append_handshake(&l->hs, &l->target);
 	l->hs_extra = 0;
-	l->hs_kill = false;
-	initStringInfo(&key);
+
 	if (l->is_map)
 		redis_append_cstrings(&l->hs, 2, "CLUSTER", "SLOTS");
 	else
@@ -383,18 +383,17 @@ link_start(Link *l, const char *host, int port)
 			redis_append_cstrings(&l->hs, 6, "CLIENT", "KILL", "ID",
 								  topo.clients[c].id, "ADDR",
 								  topo.clients[c].addr);
-			l->hs_kill = true;
+
 			l->hs_extra++;
 		}
 		redis_append_cstrings(&l->hs, 2, "CLIENT", "INFO");
 		l->hs_extra++;
 		for (int i = 0; i < l->hs_nslots; i++)
-		{
-			resetStringInfo(&key);
-			cluster_append_fence_key(&key, pg2r_slot_name,
-									 topo.cluster ? l->hs_slots[i] : -1);
-			redis_append_cstrings(&l->hs, 2, "GET", key.data);
-		}
+			redis_append_cstrings(&l->hs, 2, "GET",
+								  cluster_fence_key(key, pg2r_slot_name,
+													topo.cluster
+														? l->hs_slots[i]
+														: -1));
 	}
 	MemoryContextSwitchTo(old);
 	if (!redis_connect_start(&l->conn, &l->target))
@@ -417,6 +416,9 @@ static void
 topo_connect(void)
 {
 	MemoryContext old;
+	int			  known;
+	int			  i;
+
 
 	topo_close();
 	MemoryContextReset(TopoCxt);
@@ -438,31 +440,18 @@ topo_connect(void)
 		(void) link_start(l, topo.target.host, topo.target.port);
 		return;
 	}
-	else
-	{
-		int known = topo.map ? topo.map->nnodes : 0;
-		int i = (topo.attempts + topo.redirect_streak) %
-				(known + topo.target.nseeds);
-		const char *host;
-		int			port;
 
-		if (i < known)
-		{
-			host = topo.map->nodes[i].host;
-			port = topo.map->nodes[i].port;
-		}
-		else
-		{
-			host = topo.target.seed_hosts[i - known];
-			port = topo.target.seed_ports[i - known];
-		}
-		/* the host may live in the map about to be replaced */
-		host = MemoryContextStrdup(SenderCxt, host);
-		topo.maplink.is_map = true;
-		topo.state = TOPO_MAP;
-		(void) link_start(&topo.maplink, host, port);
-		pfree((char *) host);
-	}
+	/* link_start copies the host: the map may be replaced later */
+	known = topo.map ? topo.map->nnodes : 0;
+	i = (topo.attempts + topo.redirect_streak) % (known + topo.target.nseeds);
+	topo.maplink.is_map = true;
+	topo.state = TOPO_MAP;
+	if (i < known)
+		(void) link_start(&topo.maplink, topo.map->nodes[i].host,
+						  topo.map->nodes[i].port);
+	else
+		(void) link_start(&topo.maplink, topo.target.seed_hosts[i - known],
+						  topo.target.seed_ports[i - known]);
 }
 
 /*
@@ -533,7 +522,6 @@ topo_use_map(ClusterMap *map)
 	{
 		Link *l = &topo.links[li];
 
-		l->replicas = map->nodes[li].replicas;
 		l->hs_slots = palloc(sizeof(int) * REDIS_CLUSTER_SLOTS);
 		for (int s = 0; s < REDIS_CLUSTER_SLOTS; s++)
 			if (map->slot_node[s] == li)
@@ -681,15 +669,13 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 		}
 		if (r->type == REDIS_REPLY_STRING && !pg2r_fence_parse(r->str, &f))
 		{
-			StringInfoData key;
+			char key[CLUSTER_FENCE_KEY_LEN];
 
-			initStringInfo(&key);
-			cluster_append_fence_key(&key, pg2r_slot_name,
-									 topo.cluster ? s : -1);
 			pg2r_topo_fail(l,
 						   "Redis key \"%s\" holds \"%s\", which is not a pg2redis stream position",
-						   key.data, r->str);
-			pfree(key.data);
+						   cluster_fence_key(key, pg2r_slot_name,
+											 topo.cluster ? s : -1),
+						   r->str);
 			return false;
 		}
 		topo.read[s] = f;
@@ -705,20 +691,14 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 			 * confirmed past them, and a failover would lose them.  One
 			 * write now, and WAIT for it, covers everything before it.
 			 */
-			char		   val[64], n[16], ms[16];
-			StringInfoData key;
-			MemoryContext  old = MemoryContextSwitchTo(TopoCxt);
+			char		  key[CLUSTER_FENCE_KEY_LEN];
+			MemoryContext old = MemoryContextSwitchTo(TopoCxt);
 
 			/* a key of its own, in a slot of this primary: fences untouched */
-			initStringInfo(&key);
-			appendStringInfo(&key, "pg2redis:%s:sync:{%d}", pg2r_slot_name,
-							 cluster_fence_tag(l->hs_slots[0]));
-			redis_append_cstrings(&l->hs, 3, "SET", key.data,
-								  pg2r_fence_format(topo.read[l->hs_slots[0]],
-													val, sizeof(val)));
-			snprintf(n, sizeof(n), "%d", pg2r_link_wait_replicas(l));
-			snprintf(ms, sizeof(ms), "%d", Max(pg2r_redis_timeout_ms / 2, 1));
-			redis_append_cstrings(&l->hs, 3, "WAIT", n, ms);
+			snprintf(key, sizeof(key), "pg2redis:%s:sync:{%d}", pg2r_slot_name,
+					 cluster_fence_tag(l->hs_slots[0]));
+			redis_append_cstrings(&l->hs, 3, "SET", key, "1");
+			pg2r_append_wait(&l->hs, pg2r_link_wait_replicas(l));
 			MemoryContextSwitchTo(old);
 			return true;
 		}

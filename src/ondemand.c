@@ -299,6 +299,8 @@ send_chunk(XLogRecPtr lsn)
 
 			memcpy(&rule.id, p, sizeof(int64));
 			p += sizeof(int64);
+			memcpy(&rule.def, p, sizeof(rule.def));
+			p += sizeof(rule.def);
 			memcpy(&argc, p, sizeof(int32));
 			p += sizeof(int32);
 			if (argc < 0)
@@ -371,8 +373,11 @@ row_sink_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 {
 	int32 n = argc;
 
+	/* the rule's id and command definition (static: valid in this process) */
 	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->id,
 						   sizeof(int64));
+	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->def,
+						   sizeof(rule->def));
 	appendBinaryStringInfo(&sink_row->cmds, (const char *) &n, sizeof(int32));
 	for (int i = 0; i < argc; i++)
 	{
@@ -391,6 +396,8 @@ row_sink_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
 
 	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->id,
 						   sizeof(int64));
+	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->def,
+						   sizeof(rule->def));
 	appendBinaryStringInfo(&sink_row->cmds, (const char *) &n, sizeof(int32));
 	appendBinaryStringInfo(&sink_row->cmds, err->message,
 						   strlen(err->message) + 1);

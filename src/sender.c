@@ -195,14 +195,12 @@ fence_slot(int slot)
 static void
 append_fence_set(StringInfo buf, int slot, Fence fence)
 {
-	StringInfoData key;
-	char		   val[64];
+	char key[CLUSTER_FENCE_KEY_LEN];
+	char val[64];
 
-	initStringInfo(&key);
-	cluster_append_fence_key(&key, pg2r_slot_name, slot);
-	redis_append_cstrings(buf, 3, "SET", key.data,
+	redis_append_cstrings(buf, 3, "SET",
+						  cluster_fence_key(key, pg2r_slot_name, slot),
 						  pg2r_fence_format(fence, val, sizeof(val)));
-	pfree(key.data);
 }
 
 /* ---------------------------------------------------------------------------
@@ -502,26 +500,23 @@ append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
 }
 
 /*
- * split_by_slot sends a multi-key command whose keys span slots (DEL,
- * UNLINK, MSET: each key with the arguments after it up to the next key) as
- * one command per slot, keys in their order; false if the command cannot be
- * split that way.
+  * split_by_slot sends a multi-key command whose keys span slots (those
+ * whose keys run to the end: DEL, UNLINK, MSET, each key with the arguments
+ * after it up to the next key) as one command per slot, keys in their
+ * order; false if the command cannot be split that way.
  */
 static bool
 split_by_slot(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int argc,
 			  const char *const *argv, const size_t *argvlen)
 {
-	const RedisCommandDef *def = redis_command_lookup_len(argv[0], argvlen[0]);
+	const RedisCommandDef *def = rule->def;
 	const char			 **sargv;
 	size_t				  *slen;
 	int					  *slots;
 	bool				  *done;
 	int					   nunits;
 
-	if (def == NULL ||
-		(pg_strcasecmp(def->name, "DEL") != 0 &&
-		 pg_strcasecmp(def->name, "UNLINK") != 0 &&
-		 pg_strcasecmp(def->name, "MSET") != 0) ||
+	if (def == NULL || def->last_key != -1 ||
 		(argc - def->first_key) % def->key_step != 0)
 		return false;
 	nunits = (argc - def->first_key) / def->key_step;
@@ -591,7 +586,10 @@ sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 
 	if (topo.cluster)
 	{
-		slot = redis_command_slot(argc, argv, argvlen);
+		/* every rule (and every snapshot row's rule) carries its command */
+		slot = redis_command_def_slot(rule->def, argc, argv, argvlen);
+		if (slot == REDIS_SLOT_UNKNOWN && argc > 1)
+			slot = redis_key_slot(argv[1], argvlen[1]); /* not expected */
 		if (slot == REDIS_SLOT_CROSSSLOT)
 		{
 			char **copy;
@@ -740,13 +738,32 @@ sender_take_dead_letters(void)
  * ---------------------------------------------------------------------------
  */
 
-/* pg2r_link_wait_replicas returns how many replicas WAIT asks for on l. */
+/*
+ * pg2r_link_wait_replicas returns how many replicas WAIT asks for on data
+ * link l: the setting, capped by the replicas the map lists for its primary.
+ */
 int
 pg2r_link_wait_replicas(const Link *l)
 {
 	if (!topo.cluster)
 		return 0;
-	return Min(pg2r_redis_cluster_wait_replicas, l->replicas);
+	return Min(pg2r_redis_cluster_wait_replicas,
+			   topo.map->nodes[l - topo.links].replicas);
+}
+
+/*
+ * pg2r_append_wait appends WAIT for n replicas, with half of
+ * pg2redis.redis_timeout as its timeout (the reply's own deadline is the
+ * whole of it).
+ */
+void
+pg2r_append_wait(StringInfo buf, int n)
+{
+	char nstr[16], ms[16];
+
+	snprintf(nstr, sizeof(nstr), "%d", n);
+	snprintf(ms, sizeof(ms), "%d", Max(pg2r_redis_timeout_ms / 2, 1));
+	redis_append_cstrings(buf, 3, "WAIT", nstr, ms);
 }
 
 /*
@@ -804,11 +821,7 @@ link_build_out(int li)
 	l->wait_n = pg2r_link_wait_replicas(l);
 	if (l->npend > 0 && l->wait_n > 0)
 	{
-		char n[16], ms[16];
-
-		snprintf(n, sizeof(n), "%d", l->wait_n);
-		snprintf(ms, sizeof(ms), "%d", Max(pg2r_redis_timeout_ms / 2, 1));
-		redis_append_cstrings(&l->out, 3, "WAIT", n, ms);
+		pg2r_append_wait(&l->out, l->wait_n);
 		l->wait_sent = true;
 	}
 	l->deadline = l->npend > 0
@@ -1230,15 +1243,12 @@ pg2r_topo_ready(void)
 	else if (!topo.cluster && topo.read[0].lsn == InvalidXLogRecPtr &&
 			 (topo.fence_known || worker_confirmed_lsn() != InvalidXLogRecPtr))
 	{
-		StringInfoData key;
+		char key[CLUSTER_FENCE_KEY_LEN];
 
-		initStringInfo(&key);
-		cluster_append_fence_key(&key, pg2r_slot_name, -1);
 		ereport(LOG,
 				(errmsg("pg2redis: Redis has no stream position (key \"%s\"); streaming resumes from the slot's position",
-						key.data),
+						cluster_fence_key(key, pg2r_slot_name, -1)),
 				 errhint("If Redis lost its data, run pg2redis_resync() to load every mapped table again, or pg2redis_snapshot() for one table.")));
-		pfree(key.data);
 	}
 	memcpy(topo.applied, topo.read, sizeof(Fence) * topo.nfences);
 	if (!topo.cluster)

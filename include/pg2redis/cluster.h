@@ -33,8 +33,10 @@ typedef struct ClusterMap
 
 extern bool cluster_parse_slots(const redisReply *reply, const char *seed_host,
 								ClusterMap *map, char *err, size_t errlen);
-extern void cluster_append_fence_key(StringInfo buf, const char *slot_name,
-									 int slot);
-extern int	cluster_fence_tag(int slot);
+/* room for a fence key: "pg2redis:" + a slot name + ":lsn:{nnnnnn}" */
+#define CLUSTER_FENCE_KEY_LEN (NAMEDATALEN + 32)
+
+extern char *cluster_fence_key(char *buf, const char *slot_name, int slot);
+extern int	 cluster_fence_tag(int slot);
 
 #endif /* PG2REDIS_CLUSTER_H */

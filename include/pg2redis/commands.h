@@ -22,8 +22,7 @@ typedef struct RedisCommandDef
 } RedisCommandDef;
 
 extern const RedisCommandDef *redis_command_lookup(const char *name);
-extern const RedisCommandDef *redis_command_lookup_len(const char *name,
-													   size_t	   len);
-extern bool					  redis_command_is_forbidden(const char *name);
+
+extern bool redis_command_is_forbidden(const char *name);
 
 #endif /* PG2REDIS_COMMANDS_H */

@@ -16,7 +16,12 @@
 #define REDIS_SLOT_UNKNOWN (-3)	  /* not a command rules may use */
 
 extern int redis_key_slot(const char *key, size_t len);
+struct RedisCommandDef;
+
 extern int redis_command_slot(int argc, const char *const *argv,
 							  const size_t *argvlen);
+extern int redis_command_def_slot(const struct RedisCommandDef *def, int argc,
+								  const char *const *argv,
+								  const size_t		*argvlen);
 
 #endif /* PG2REDIS_KEYSLOT_H */

@@ -97,17 +97,16 @@ typedef enum LinkState
 /* A connection to one Redis server (a primary, in a cluster). */
 typedef struct Link
 {
-	LinkState	   state;
-	RedisConn	   conn;
-	RedisTarget	   target; /* this server */
-	char		  *name;   /* host:port, for messages */
-	int			   replicas;
+	LinkState	state;
+	RedisConn	conn;
+	RedisTarget target; /* this server */
+	char	   *name;	/* host:port, for messages */
+
 	bool		   is_map; /* asks CLUSTER SLOTS, carries no data */
 	StringInfoData hs;	   /* handshake bytes to send */
 	size_t		   hs_written;
-	int			   hs_setup; /* AUTH/SELECT replies expected first */
-	int			   hs_extra; /* then CLIENT KILL (if hs_kill) and INFO */
-	bool		   hs_kill;
+	int			   hs_setup;  /* AUTH/SELECT replies expected first */
+	int			   hs_extra;  /* then CLIENT KILL (maybe) and CLIENT INFO */
 	int			   hs_nslots; /* fence GETs that follow, for hs_slots */
 	int			  *hs_slots;
 	int			   hs_seen;
@@ -180,6 +179,7 @@ extern void	 pg2r_inflight_restart(void);
 extern bool	 pg2r_error_code_in(const char *err, const char *const *codes,
 								size_t ncodes);
 extern const char *pg2r_cluster_note(const char *err);
+extern void		   pg2r_append_wait(StringInfo buf, int n);
 extern bool		   pg2r_handle_block_reply(int li, redisReply *r);
 extern void		   pg2r_topo_ready(void);
 
