@@ -1236,7 +1236,8 @@ pg2r_topo_ready(void)
 	}
 	if (lost > 0 && topo.cluster)
 		ereport(WARNING,
-				(errmsg("pg2redis: the Redis Cluster lost writes of %d hash slots that it had acknowledged",
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("pg2redis: the Redis Cluster lost writes of %d hash slots that it had acknowledged",
 						lost),
 				 errdetail("Their stream positions went back; the changes in between are not in Redis."),
 				 errhint("Set pg2redis.redis_cluster_wait_replicas to the number of replicas per primary, and run pg2redis_resync() to load every mapped table again.")));
