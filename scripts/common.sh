@@ -21,41 +21,78 @@ trap cleanup EXIT
 
 installed() { dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null | grep -q '^ii'; }
 
-# have_pg is true when some PostgreSQL major has both its server and its
-# server-dev files (pg_config under /usr/lib/postgresql/N/bin comes from -dev).
-have_pg() {
-	local d
-	for d in /usr/lib/postgresql/*/bin; do [[ -x $d/postgres && -x $d/pg_config ]] && return 0; done
-	return 1
+# Where Debian's PostgreSQL packages put things; the package-step test
+# (test/packages.sh) points these at a fake tree.
+PG_LIBROOT=${PG2REDIS_PG_LIBROOT:-/usr/lib/postgresql}
+PG_INCROOT=${PG2REDIS_PG_INCROOT:-/usr/include/postgresql}
+
+# pg_major prints the PostgreSQL major to build for: that of $PG_CONFIG when
+# set, else 15 when its server is installed, else the newest installed
+# server's; nothing when no server is installed.  Only the server package
+# (postgresql-N) ships bin/postgres; pg_config may come from the client.
+pg_major() {
+	local d m=""
+	if [[ -n ${PG_CONFIG:-} ]]; then
+		"$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/'; return
+	fi
+	[[ -x $PG_LIBROOT/15/bin/postgres ]] && { echo 15; return; }
+	# the glob sorts 10 before 9: pick the highest numerically
+	for d in "$PG_LIBROOT"/*/bin/postgres; do
+		[[ -x $d ]] || continue
+		d=$(basename "$(dirname "$(dirname "$d")")")
+		if [[ -z $m || $d -gt $m ]]; then m=$d; fi
+	done 2>/dev/null
+	echo "$m"
+}
+
+# have_headers N is true when the server headers of major N are installed
+# (postgresql-server-dev-N ships server/postgres.h); pg_config alone is no
+# proof: postgresql-client-N ships it too.
+have_headers() { [[ -f $PG_INCROOT/$1/server/postgres.h ]]; }
+
+# pg_packages prints the PostgreSQL packages to install: none when the major
+# in use has its server and its headers, else that major's server and
+# server-dev packages together (so a server older than the registry's minor
+# is upgraded with the headers, and both match), else, with no server at
+# all, PostgreSQL 15 or (e.g. Ubuntu) the distribution's own major.
+pg_packages() {
+	local m
+	m=$(pg_major)
+	if [[ -n $m ]]; then
+		if [[ -x $PG_LIBROOT/$m/bin/postgres ]] && have_headers "$m"; then return; fi
+		echo "postgresql-$m postgresql-server-dev-$m"
+	elif apt-cache show postgresql-15 >/dev/null 2>&1; then
+		echo "postgresql-15 postgresql-server-dev-15"
+	else
+		echo "postgresql postgresql-server-dev-all"
+	fi
 }
 
 # install_packages installs what is missing, and calls apt-get only then.
 install_packages() {
-	local missing=() p
+	local missing=() p pg
 	for p in "${PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
-	if [[ ${#missing[@]} -eq 0 ]] && have_pg; then echo "== packages: all present"; return; fi
+	pg=$(pg_packages)
+	if [[ ${#missing[@]} -eq 0 && -z $pg ]]; then echo "== packages: all present"; return; fi
 	command -v apt-get >/dev/null || die "packages are missing and there is no apt-get"
 	as_root apt-get update -qq
-	if ! have_pg; then
-		if apt-cache show postgresql-15 >/dev/null 2>&1; then
-			missing+=(postgresql-15 postgresql-server-dev-15)
-		else            # e.g. Ubuntu: the distribution's own major
-			missing+=(postgresql postgresql-server-dev-all)
-		fi
-	fi
+	# the registry is known only now: without a server, choose again
+	if [[ -z $(pg_major) ]]; then pg=$(pg_packages); fi
+	# shellcheck disable=SC2206  # two package names, split on purpose
+	missing+=($pg)
 	echo "== installing: ${missing[*]}"
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		-o Dpkg::Use-Pty=0 --no-install-recommends "${missing[@]}"
 }
 
-# find_pg_config prints the pg_config to use: $PG_CONFIG, else PostgreSQL 15's,
-# else the newest installed major's, else the one on PATH.
+# find_pg_config prints the pg_config to use: $PG_CONFIG, else that of the
+# major pg_major chose, else the one on PATH.
 find_pg_config() {
-	local c
+	local c m
 	if [[ -n ${PG_CONFIG:-} ]]; then command -v "$PG_CONFIG" || die "PG_CONFIG=$PG_CONFIG not found"; return; fi
-	for c in /usr/lib/postgresql/15/bin/pg_config \
-		"$(printf '%s\n' /usr/lib/postgresql/*/bin/pg_config | sort -V | tail -n 1)" pg_config; do
-		if [[ -n $c ]] && command -v "$c"; then return; fi
+	m=$(pg_major)
+	for c in ${m:+"$PG_LIBROOT/$m/bin/pg_config"} pg_config; do
+		if command -v "$c"; then return; fi
 	done
 	die "no pg_config found: install postgresql-server-dev-15"
 }

@@ -14,6 +14,8 @@
 #   COPT                          extra compiler flags, read by PGXS (CI: -Werror)
 #   PG_CONFIG                     pg_config to build against (default: detected)
 #   PG2REDIS_TEST_SKIP_INSTALL=1  skip the package step
+#   PG2REDIS_TESTS="a t/010_x.pl" run only these pg_regress suites (by name)
+#                                 and TAP files; no demo, no benchmark
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,10 +74,26 @@ count_tap() {
 cd "$ROOT"
 N_SQL=$(find sql -maxdepth 1 -name '*.sql' 2>/dev/null | wc -l)
 N_TAP=$(find t -maxdepth 1 -name '*.pl' 2>/dev/null | wc -l)
+SEL_SQL=() SEL_TAP=()
+for t in ${PG2REDIS_TESTS:-}; do
+	case $t in
+	t/*.pl) [[ -f $t ]] || die "no TAP file $t"; SEL_TAP+=("$t") ;;
+	*) [[ -f sql/$t.sql ]] || die "no pg_regress suite sql/$t.sql"; SEL_SQL+=("$t") ;;
+	esac
+done
+if [[ -n ${PG2REDIS_TESTS:-} ]]; then N_SQL=${#SEL_SQL[@]} N_TAP=${#SEL_TAP[@]}; fi
+# The package step's decisions, against fake package tools (no install).
+echo "== the package step (test/packages.sh)"
+if bash "$ROOT/test/packages.sh" >"/tmp/pg2redis-packages.$$.log" 2>&1; then
+	echo "ok - package step"; tally 1 0 0
+else
+	echo "not ok - package step"; cat "/tmp/pg2redis-packages.$$.log"; tally 0 1 1
+fi
+rm -f "/tmp/pg2redis-packages.$$.log"
 if [[ ${PG2REDIS_TEST_SKIP_INSTALL:-} != 1 ]]; then install_packages; fi
 PG_CONFIG=$(find_pg_config)
 echo "== building with $PG_CONFIG ($("$PG_CONFIG" --version))"
-if ! build; then echo "== build failed"; echo "0 passed, $((N_SQL + N_TAP)) failed"; exit 1; fi
+if ! build; then echo "== build failed"; echo "$PASSED passed, $((FAILED + N_SQL + N_TAP)) failed"; exit 1; fi
 
 WORK=$(mktemp -d /tmp/pg2redis-test.XXXXXX)
 if [[ $EUID -eq 0 ]]; then
@@ -95,7 +113,7 @@ fi
 # the TAP tests nor has its logs wiped by them (prove empties tmp_check/).
 rc_regress=0 rc_tap=0
 if [[ $N_SQL -gt 0 ]]; then
-	run_check "$WORK/regress.log" TAP_TESTS= || rc_regress=$?
+	run_check "$WORK/regress.log" TAP_TESTS= ${SEL_SQL:+"REGRESS=${SEL_SQL[*]}"} || rc_regress=$?
 	if [[ $rc_regress -ne 0 ]]; then
 		if [[ -f $TESTDIR/regression.diffs ]]; then
 			echo "==== regression.diffs"; head -n 400 "$TESTDIR/regression.diffs"
@@ -105,10 +123,15 @@ if [[ $N_SQL -gt 0 ]]; then
 	count_regress "$WORK/regress.log" "$rc_regress"
 fi
 if [[ $N_TAP -gt 0 ]]; then
-	run_check "$WORK/tap.log" REGRESS= || rc_tap=$?
+	run_check "$WORK/tap.log" REGRESS= ${SEL_TAP:+"PROVE_TESTS=${SEL_TAP[*]}"} || rc_tap=$?
 	count_tap "$WORK/tap.log" "$rc_tap"
 	for t in $TAP_BAD; do show_logs "$TESTDIR"/tmp_check/log/*"$(basename "$t" .pl)"*; done
 	if [[ $rc_tap -ne 0 && -z $TAP_BAD ]]; then show_logs "$TESTDIR"/tmp_check/log/*; fi
+fi
+
+if [[ -n ${PG2REDIS_TESTS:-} ]]; then
+	echo "$PASSED passed, $FAILED failed"
+	[[ $FAILED -eq 0 && $rc_regress -eq 0 && $rc_tap -eq 0 ]]; exit
 fi
 
 # The README's first command, the shop demo, must keep working: run it and
