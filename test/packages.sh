@@ -53,7 +53,7 @@ scenario() {
 	printf '%s\n' postgresql-15 postgresql-server-dev-15 >"$FAKE/registry"
 	(cd "$FAKE" && eval "$setup")
 	got_config=$(
-		PATH=$T/bin:$PATH PG2REDIS_PG_LIBROOT=$FAKE/lib PG2REDIS_PG_INCROOT=$FAKE/inc \
+		env -u PG_CONFIG PATH=$T/bin:$PATH PG2REDIS_PG_LIBROOT=$FAKE/lib PG2REDIS_PG_INCROOT=$FAKE/inc \
 			bash -c 'ROOT=$1; source "$ROOT/scripts/common.sh"; install_packages >/dev/null
 				find_pg_config 2>/dev/null' _ "$ROOT")
 	got_config=${got_config#"$FAKE/lib/"}
