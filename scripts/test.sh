@@ -15,7 +15,8 @@
 #   PG_CONFIG                     pg_config to build against (default: detected)
 #   PG2REDIS_TEST_SKIP_INSTALL=1  skip the package step
 #   PG2REDIS_TESTS="a t/010_x.pl" run only these pg_regress suites (by name)
-#                                 and TAP files; no demo, no benchmark
+#                                 and TAP files; no demo, no benchmark;
+#                                 pg_regress' results/ are kept in the tree
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -130,6 +131,11 @@ if [[ $N_TAP -gt 0 ]]; then
 fi
 
 if [[ -n ${PG2REDIS_TESTS:-} ]]; then
+	# a developer's subset: keep pg_regress' output (results/, regression.diffs)
+	if [[ $TESTDIR != "$ROOT" && -d $TESTDIR/results ]]; then
+		rm -rf "$ROOT/results"; cp -r "$TESTDIR/results" "$ROOT/results"
+		cp "$TESTDIR/regression.diffs" "$ROOT/" 2>/dev/null || true
+	fi
 	echo "$PASSED passed, $FAILED failed"
 	[[ $FAILED -eq 0 && $rc_regress -eq 0 && $rc_tap -eq 0 ]]; exit
 fi
