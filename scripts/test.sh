@@ -96,6 +96,15 @@ PG_CONFIG=$(find_pg_config)
 echo "== building with $PG_CONFIG ($("$PG_CONFIG" --version))"
 if ! build; then echo "== build failed"; echo "$PASSED passed, $((FAILED + N_SQL + N_TAP)) failed"; exit 1; fi
 
+# No symbol the library takes from hiredis, jansson or OpenSSL may also be
+# one the server exports (the server's would win at run time).
+echo "== symbol clashes with the server (test/symbols.sh)"
+if bash "$ROOT/test/symbols.sh" "$ROOT/pg2redis.so" "$("$PG_CONFIG" --bindir)/postgres"; then
+	echo "ok - symbols"; tally 1 0 0
+else
+	echo "not ok - symbols"; tally 0 1 1
+fi
+
 WORK=$(mktemp -d /tmp/pg2redis-test.XXXXXX)
 if [[ $EUID -eq 0 ]]; then
 	# PostgreSQL will not run as root: test a copy owned by an ordinary user.

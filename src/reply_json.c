@@ -4,8 +4,16 @@
  *	  Redis replies to JSON text, with jansson.
  *
  * Kept apart from PostgreSQL's headers on purpose: jansson's json_object()
- * and PostgreSQL's SQL-callable json_object() share a name.  Nothing here
- * raises an error; failures are a NULL result.
+ * and PostgreSQL's SQL-callable json_object() share a name.  Not only at
+ * compile time: the postgres executable exports an unversioned json_object,
+ * which the dynamic linker prefers to libjansson's versioned one for any
+ * call from this library, so calling json_object() here would run the SQL
+ * function with a garbage fcinfo and crash the backend.  Objects are
+ * therefore made with json_pack(), whose own call to json_object() stays
+ * inside libjansson (no PLT entry: checked by test/symbols.sh, which lists
+ * every symbol this library imports that the server also exports).
+ *
+ * Nothing here raises an error; failures are a NULL result.
  *
  *-------------------------------------------------------------------------
  */
@@ -36,15 +44,17 @@ to_json(const redisReply *r, int *not_utf8)
 		case REDIS_REPLY_INTEGER:
 			return json_integer(r->integer);
 		case REDIS_REPLY_ERROR:
-			v = json_object();
-			if (v &&
-				json_object_set_new(v, "error",
-									json_stringn_nocheck(r->str, r->len)) != 0)
 			{
-				json_decref(v);
-				return NULL;
+				json_t *msg = json_stringn(r->str, r->len);
+
+				if (msg == NULL)
+				{
+					*not_utf8 = 1;
+					return NULL;
+				}
+				/* "o" steals msg, also when json_pack fails */
+				return json_pack("{s:o}", "error", msg);
 			}
-			return v;
 		case REDIS_REPLY_ARRAY:
 			v = json_array();
 			for (size_t i = 0; v && i < r->elements; i++)
