@@ -44,17 +44,17 @@ to_json(const redisReply *r, int *not_utf8)
 		case REDIS_REPLY_INTEGER:
 			return json_integer(r->integer);
 		case REDIS_REPLY_ERROR:
-			{
-				json_t *msg = json_stringn(r->str, r->len);
+		{
+			json_t *msg = json_stringn(r->str, r->len);
 
-				if (msg == NULL)
-				{
-					*not_utf8 = 1;
-					return NULL;
-				}
-				/* "o" steals msg, also when json_pack fails */
-				return json_pack("{s:o}", "error", msg);
+			if (msg == NULL)
+			{
+				*not_utf8 = 1;
+				return NULL;
 			}
+			/* "o" steals msg, also when json_pack fails */
+			return json_pack("{s:o}", "error", msg);
+		}
 		case REDIS_REPLY_ARRAY:
 			v = json_array();
 			for (size_t i = 0; v && i < r->elements; i++)
