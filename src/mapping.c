@@ -26,6 +26,18 @@
  * An update that changes the primary key runs the delete rules on the old
  * row, then the insert rules on the new row, so no stale key is left behind.
  *
+ * Limits.  A value larger than pg2redis.max_argument_bytes (its raw size,
+ * before any output function runs) and an expanded argument larger than
+ * that are render errors: the stream records them as dead letters instead
+ * of building a command Redis would refuse (proto-max-bulk-len) or that
+ * passes PostgreSQL's 1 GB allocation limit.  Some growth happens inside
+ * output functions (bytea's hex form, JSON escapes), so a render can still
+ * raise an ERROR; a sink that asks for it (CommandSink.careful) then gets
+ * each rule run in a subtransaction of its own, and the ERROR as a render
+ * error of that rule.  The stream asks for it only when it decodes a
+ * transaction again after such an ERROR ended the worker (worker.c), so
+ * the common path pays nothing for it.
+ *
  * Memory: everything per change is allocated in the caller's current
  * context, which the caller resets after each change.
  *
@@ -34,7 +46,9 @@
 #include "postgres.h"
 
 #include "access/attmap.h"
+#include "access/detoast.h"
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
@@ -46,11 +60,13 @@
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/numeric.h"
 
 #include "pg2redis/commands.h"
 #include "pg2redis/compat.h"
 #include "pg2redis/mapping.h"
+#include "pg2redis/settings.h"
 
 static HTAB			*RelMaps = NULL;
 static MemoryContext MapsCxt = NULL;
@@ -333,6 +349,18 @@ resolve(ExpandState *st, AttrNumber rulecol, bool old, RowState **rowp,
 			is_unchanged_toast(&map->cols[i], alt->values[i]))
 			return COL_UNCHANGED_TOAST;
 		row = alt;
+	}
+	if (map->cols[i].typlen == -1 &&
+		toast_raw_datum_size(row->values[i]) > (Size) pg2r_max_argument_bytes)
+	{
+		char *name = get_attname(map->rulerelid, rulecol, true);
+
+		pg2r_fail(&st->err, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+				  "Raise pg2redis.max_argument_bytes (up to Redis's proto-max-bulk-len), or leave the column out of the rule.",
+				  "value of column \"%s\" is %zu bytes, more than pg2redis.max_argument_bytes (%d bytes)",
+				  name ? name : "?", toast_raw_datum_size(row->values[i]),
+				  pg2r_max_argument_bytes);
+		return COL_ERROR;
 	}
 	*rowp = row;
 	*idx = i;
@@ -685,64 +713,176 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 			argvec_push(v, start);
 		}
 	}
+	for (int a = 0; a < v->argc; a++)
+		if (v->len[a] > (size_t) pg2r_max_argument_bytes)
+			return pg2r_fail(&st->err, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+							 "Raise pg2redis.max_argument_bytes (up to Redis's proto-max-bulk-len), or render fewer columns into one argument.",
+							 "argument %d of the command is %zu bytes, more than pg2redis.max_argument_bytes (%d bytes)",
+							 a + 1, v->len[a], pg2r_max_argument_bytes);
 	return true;
+}
+
+/* Buffers of one run_rules call, reused from rule to rule. */
+typedef struct RuleBufs
+{
+	ArgVec		 v;
+	const char **argv;
+	int			 argv_cap;
+} RuleBufs;
+
+/*
+ * describe_key sets st->err.key to the change's primary key as
+ * "col=value, ..." (NULL when the table has none or no row), for the dead
+ * letters of the stream.  Only values already rendered or small are used,
+ * and st->err is kept.
+ */
+static void
+describe_key(ExpandState *st)
+{
+	Pg2rError	   saved = st->err;
+	StringInfoData buf;
+
+	if (st->cur == NULL || !st->cur->present || st->map->npk == 0)
+		return;
+	initStringInfo(&buf);
+	for (int k = 0; k < st->map->npk; k++)
+	{
+		const char *text = "";
+		int			len = 0;
+		char	 *name = get_attname(st->map->rulerelid, st->map->pk[k], true);
+		ColResult res =
+			mapping_column_text(st, st->map->pk[k], false, &text, &len);
+
+		appendStringInfo(&buf, "%s%s=", k > 0 ? ", " : "", name ? name : "?");
+		if (res == COL_VALUE)
+			appendBinaryStringInfo(&buf, text, Min(len, 200));
+		else if (res == COL_NULL)
+			appendStringInfoString(&buf, "NULL");
+		else
+			appendStringInfoString(&buf, "?");
+	}
+	st->err = saved;
+	st->err.key = buf.data;
+}
+
+/* rule_error hands the render error in st->err of rule to the sink. */
+static void
+rule_error(ExpandState *st, const Rule *rule, Pg2rOp op,
+		   const CommandSink *sink)
+{
+	describe_key(st);
+	sink->error(sink->arg, rule, op, &st->err);
+	st->err.key = NULL;
+}
+
+/* run_rule expands one rule for the change, if it applies. */
+static void
+run_rule(ExpandState *st, const Rule *rule, Pg2rOp op, const CommandSink *sink,
+		 RuleBufs *b)
+{
+	bool elided;
+
+	if (rule->broken)
+	{
+		sink->error(sink->arg, rule, op, rule->broken);
+		return;
+	}
+	if (rule->cond)
+	{
+		int r = condition_eval(rule->cond, st);
+
+		if (r < 0)
+		{
+			rule_error(st, rule, op, sink);
+			return;
+		}
+		if (r == 0)
+			return;
+	}
+	if (!expand_command(st, rule, &b->v, &elided))
+	{
+		rule_error(st, rule, op, sink);
+		return;
+	}
+	/* Nothing left to write once unsent values were left out. */
+	if (elided && rule->def && b->v.argc < rule->def->min_args)
+		return;
+
+	if (b->argv_cap < b->v.argc)
+	{
+		b->argv_cap = Max(b->v.argc, 16);
+		b->argv = b->argv ? repalloc(b->argv, sizeof(char *) * b->argv_cap)
+						  : palloc(sizeof(char *) * b->argv_cap);
+	}
+	for (int i = 0; i < b->v.argc; i++)
+		b->argv[i] = b->v.data.data + b->v.off[i];
+	sink->command(sink->arg, rule, op, b->v.argc, b->argv, b->v.len);
+}
+
+/*
+ * run_rule_guarded runs one rule in a subtransaction of its own, so that an
+ * ERROR raised while rendering it (an output function's, or PostgreSQL's
+ * 1 GB limit) becomes a render error of that rule, and the change's other
+ * rules still run.  The sink's command callback must leave nothing behind
+ * when it raises (sender.c appends a command whole or not at all).
+ */
+static void
+run_rule_guarded(ExpandState *st, const Rule *rule, Pg2rOp op,
+				 const CommandSink *sink, RuleBufs *b)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		run_rule(st, rule, op, sink, b);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		pg2r_fail(&st->err, edata->sqlerrcode, NULL, "rendering failed: %s",
+				  edata->message);
+		FreeErrorData(edata);
+		/* the buffers may hold a half-built command: start them afresh */
+		memset(&b->v, 0, sizeof(b->v));
+		initStringInfo(&b->v.data);
+		rule_error(st, rule, op, sink);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
 }
 
 /* run_rules expands every rule of st->op that applies to the change. */
 static void
 run_rules(ExpandState *st, Pg2rOp op, const CommandSink *sink)
 {
-	List		*rules = rules_for(st->map->rulerelid, op);
-	ListCell	*lc;
-	ArgVec		 v = {0};
-	const char **argv = NULL;
-	int			 argv_cap = 0;
+	List	 *rules = rules_for(st->map->rulerelid, op);
+	ListCell *lc;
+	RuleBufs  b = {0};
 
 	if (op == PG2R_OP_SNAPSHOT && rules == NIL)
 		rules = rules_for(st->map->rulerelid, PG2R_OP_INSERT);
 	st->op = op;
-	initStringInfo(&v.data);
+	initStringInfo(&b.v.data);
 
 	foreach(lc, rules)
 	{
 		Rule *rule = lfirst(lc);
-		bool  elided;
 
-		if (rule->broken)
-		{
-			sink->error(sink->arg, rule, op, rule->broken);
-			continue;
-		}
-		if (rule->cond)
-		{
-			int r = condition_eval(rule->cond, st);
-
-			if (r < 0)
-			{
-				sink->error(sink->arg, rule, op, &st->err);
-				continue;
-			}
-			if (r == 0)
-				continue;
-		}
-		if (!expand_command(st, rule, &v, &elided))
-		{
-			sink->error(sink->arg, rule, op, &st->err);
-			continue;
-		}
-		/* Nothing left to write once unsent values were left out. */
-		if (elided && rule->def && v.argc < rule->def->min_args)
-			continue;
-
-		if (argv_cap < v.argc)
-		{
-			argv_cap = Max(v.argc, 16);
-			argv = argv ? repalloc(argv, sizeof(char *) * argv_cap)
-						: palloc(sizeof(char *) * argv_cap);
-		}
-		for (int i = 0; i < v.argc; i++)
-			argv[i] = v.data.data + v.off[i];
-		sink->command(sink->arg, rule, op, v.argc, argv, v.len);
+		if (sink->careful)
+			run_rule_guarded(st, rule, op, sink, &b);
+		else
+			run_rule(st, rule, op, sink, &b);
 	}
 }
 

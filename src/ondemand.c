@@ -305,7 +305,8 @@ send_chunk(XLogRecPtr lsn)
 			p += sizeof(int32);
 			if (argc < 0)
 			{
-				Pg2rError err = {ERRCODE_DATA_EXCEPTION, (char *) p, NULL};
+				Pg2rError err = {ERRCODE_DATA_EXCEPTION, (char *) p, NULL,
+								 NULL};
 
 				sender_render_error(&relid, &rule, PG2R_OP_SNAPSHOT, &err);
 				p += strlen(p) + 1;
@@ -570,7 +571,7 @@ select_chunk(void *arg)
 	Oid			 *types = NULL;
 	int			  nargs = 0;
 	ChangeMeta	  meta = {0};
-	CommandSink	  sink = {row_sink_command, row_sink_error, NULL};
+	CommandSink	  sink = {row_sink_command, row_sink_error, NULL, false};
 	MemoryContext old;
 	HASHCTL		  ctl;
 

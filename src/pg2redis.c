@@ -43,6 +43,8 @@ int	  pg2r_retry_initial_ms = 100;
 int	  pg2r_retry_max_ms = 10000;
 int	  pg2r_on_command_error = PG2R_ON_ERROR_DEAD_LETTER;
 int	  pg2r_max_transaction_commands = 10000;
+int	  pg2r_batch_bytes = 16 * 1024 * 1024;
+int	  pg2r_max_argument_bytes = 64 * 1024 * 1024;
 int	  pg2r_decoding_work_mem_kb = 16384;
 int	  pg2r_snapshot_batch_size = 10000;
 
@@ -187,6 +189,18 @@ define_settings(void)
 							"A larger transaction is applied in several atomic parts.",
 							&pg2r_max_transaction_commands, 10000, 1, 10000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.batch_bytes",
+							"Most bytes of commands in one MULTI/EXEC.",
+							"Several transactions share a block up to this size; a larger transaction is applied in several atomic parts, as with pg2redis.max_transaction_commands.",
+							&pg2r_batch_bytes, 16 * 1024 * 1024, 64 * 1024,
+							512 * 1024 * 1024, PGC_SIGHUP, GUC_UNIT_BYTE, NULL,
+							NULL, NULL);
+	DefineCustomIntVariable("pg2redis.max_argument_bytes",
+							"Largest value or Redis argument pg2redis sends.",
+							"A change whose value or rendered argument is larger becomes a dead letter; keep it below Redis's proto-max-bulk-len (512MB by default).",
+							&pg2r_max_argument_bytes, 64 * 1024 * 1024, 1024,
+							1024 * 1024 * 1024, PGC_SIGHUP, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("pg2redis.decoding_work_mem",
 							"Memory the worker's decoder uses before spilling a large transaction to disk.",
 							"The worker's own logical_decoding_work_mem.",

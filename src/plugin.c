@@ -29,6 +29,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "replication/logical.h"
@@ -36,6 +37,7 @@
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/rel.h"
 
 #include "pg2redis/compat.h"
@@ -43,12 +45,15 @@
 #include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
+#include "pg2redis/state.h"
 #include "pg2redis/worker.h"
 
 typedef struct PluginState
 {
 	MemoryContext change_cxt; /* reset after every change */
 	int			  guc_level;  /* from render_push_settings */
+	bool		  careful;	  /* the worker decodes this transaction again
+							   * after an ERROR: rules in subtransactions */
 } PluginState;
 
 void _PG_output_plugin_init(OutputPluginCallbacks *cb);
@@ -107,13 +112,20 @@ plugin_shutdown(LogicalDecodingContext *ctx)
 		render_pop_settings(state->guc_level);
 }
 
-/* plugin_begin starts a transaction in the worker; SQL writes nothing. */
+/*
+ * plugin_begin starts a transaction in the worker (carefully when an ERROR
+ * ended a worker while it decoded this transaction); SQL writes nothing.
+ */
 static void
 plugin_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 {
-	if (pg2r_in_worker)
-		sender_begin_txn(txn->xid, txn->final_lsn, txn->end_lsn,
-						 txn->xact_time.commit_time);
+	PluginState *state = ctx->output_plugin_private;
+
+	if (!pg2r_in_worker)
+		return;
+	state->careful = txn->end_lsn <= pg2r_careful_until();
+	sender_begin_txn(txn->xid, txn->final_lsn, txn->end_lsn,
+					 txn->xact_time.commit_time);
 }
 
 /* plugin_commit ends a transaction in the worker; SQL writes nothing. */
@@ -170,13 +182,52 @@ txn_meta(ReorderBufferTXN *txn, ChangeMeta *meta)
 	meta->commit_time = txn->xact_time.commit_time;
 }
 
+/*
+ * careful_change maps one change in a subtransaction: each rule already
+ * runs in one of its own (sink->careful), and an ERROR outside any rule
+ * becomes a dead letter of the whole change instead of ending the worker.
+ */
+static void
+careful_change(RelMap *map, Relation relation, Pg2rOp op,
+			   ReorderBufferChange *change, const ChangeMeta *meta,
+			   const CommandSink *sink)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		mapping_change(map, relation, op, PG2R_CHANGE_OLDTUPLE(change),
+					   PG2R_CHANGE_NEWTUPLE(change), meta, sink);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		sender_change_error(RelationGetRelid(relation), op,
+							psprintf("mapping the change failed: %s",
+									 edata->message));
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+}
+
 /* plugin_change expands the rules of one row change. */
 static void
 plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			  Relation relation, ReorderBufferChange *change)
 {
 	PluginState	 *state = ctx->output_plugin_private;
-	CommandSink	  sink = {sql_command, sql_error, ctx};
+	CommandSink	  sink = {sql_command, sql_error, ctx, false};
 	RelMap		 *map;
 	ChangeMeta	  meta;
 	Pg2rOp		  op;
@@ -216,8 +267,14 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	txn_meta(txn, &meta);
 	old = MemoryContextSwitchTo(state->change_cxt);
-	mapping_change(map, relation, op, PG2R_CHANGE_OLDTUPLE(change),
-				   PG2R_CHANGE_NEWTUPLE(change), &meta, &sink);
+	if (state->careful)
+	{
+		sink.careful = true;
+		careful_change(map, relation, op, change, &meta, &sink);
+	}
+	else
+		mapping_change(map, relation, op, PG2R_CHANGE_OLDTUPLE(change),
+					   PG2R_CHANGE_NEWTUPLE(change), &meta, &sink);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->change_cxt);
 }
@@ -232,7 +289,7 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 				ReorderBufferChange *change)
 {
 	PluginState	 *state = ctx->output_plugin_private;
-	CommandSink	  sink = {sql_command, sql_error, ctx};
+	CommandSink	  sink = {sql_command, sql_error, ctx, false};
 	ChangeMeta	  meta;
 	MemoryContext old;
 	List		 *done = NIL;
@@ -263,6 +320,7 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			!truncates_all_partitions(map->rulerelid, relations, nrelations))
 			continue;
 		relid = map->rulerelid;
+		sink.careful = state->careful;
 		mapping_truncate(map, &meta, &sink);
 	}
 	MemoryContextSwitchTo(old);

@@ -481,6 +481,29 @@ append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
 						  : palloc(sizeof(CmdInfo) * b->cmdcap);
 		MemoryContextSwitchTo(old);
 	}
+	/*
+	 * Room first: the command is appended whole or, when memory runs out,
+	 * not at all, so that an ERROR here leaves the block as it was (a
+	 * careful render turns it into a dead letter, see mapping.c).
+	 */
+	{
+		Size need = 16;
+
+		for (int i = 0; i < argc; i++)
+			need += argvlen[i] + 32;
+		if (need >= MaxAllocSize - (Size) b->resp.len)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("command of %zu bytes does not fit in a block",
+							need),
+					 errhint("Lower pg2redis.max_argument_bytes or pg2redis.batch_bytes.")));
+		{
+			MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+
+			enlargeStringInfo(&b->resp, (int) need);
+			MemoryContextSwitchTo(old);
+		}
+	}
 	ci = &b->cmds[b->ncmds++];
 	ci->rule_id = rule->id;
 	ci->relid = relid;
@@ -575,7 +598,9 @@ sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 
 	if (cur.skip)
 		return;
-	if (building->txn_cmds >= pg2r_max_transaction_commands)
+	/* split by count, or by size once this transaction has a command here */
+	if (building->txn_cmds >= pg2r_max_transaction_commands ||
+		(building->txn_cmds > 0 && building->resp.len >= pg2r_batch_bytes))
 	{
 		Fence part = {cur.end_lsn, seq};
 
@@ -617,7 +642,8 @@ sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 
 /*
  * sender_render_error records a change a rule could not render; the
- * command stored in the dead letter is the rule's template.
+ * command stored in the dead letter is the rule's template, the error
+ * names the rule and the row's key.
  */
 void
 sender_render_error(void *arg, const Rule *rule, Pg2rOp op,
@@ -625,10 +651,28 @@ sender_render_error(void *arg, const Rule *rule, Pg2rOp op,
 {
 	Oid relid = *(Oid *) arg;
 
+	char *msg;
+
 	if (cur.seen)
 		return;
+	msg = psprintf("rule " INT64_FORMAT "%s%s: %s", rule->id,
+				   err->key ? ", key " : "", err->key ? err->key : "",
+				   err->message);
 	queue_dead_letter(cur.commit_lsn, cur.xid, relid, op, rule->ncommand,
-					  rule->command, err->message);
+					  rule->command, msg);
+	pfree(msg);
+}
+
+/*
+ * sender_change_error records a change of relid that could not be mapped
+ * at all (an ERROR outside any one rule, in a careful decode).
+ */
+void
+sender_change_error(Oid relid, Pg2rOp op, const char *message)
+{
+	if (cur.seen)
+		return;
+	queue_dead_letter(cur.commit_lsn, cur.xid, relid, op, 0, NULL, message);
 }
 
 /*
@@ -655,7 +699,7 @@ sender_commit_txn(void)
 		pg2r_report_applied(InvalidXLogRecPtr, cur.commit_time, 1, 0,
 							cur.changes);
 	b->txn_cmds = 0;
-	if (b->ncmds >= pg2r_batch_size)
+	if (b->ncmds >= pg2r_batch_size || b->resp.len >= pg2r_batch_bytes)
 		push_building(b->fence);
 }
 

@@ -145,7 +145,8 @@ snapshot_initial_load(XLogRecPtr start)
 		Relation	  rel = table_open(lfirst_oid(lc), AccessShareLock);
 		RelMap		 *map = mapping_get(rel);
 		Oid			  relid = RelationGetRelid(rel);
-		CommandSink	  sink = {sender_command, sender_render_error, &relid};
+		CommandSink	  sink = {sender_command, sender_render_error, &relid,
+							  false};
 		TableScanDesc scan;
 		HeapTuple	  tuple;
 		char		 *filter;

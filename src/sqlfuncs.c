@@ -277,7 +277,7 @@ pg2redis_preview(PG_FUNCTION_ARGS)
 	Pg2rOp		   op;
 	HeapTuple	   newtup, oldtup;
 	PreviewSink	   ps;
-	CommandSink	   sink = {preview_command, preview_error, &ps};
+	CommandSink	   sink = {preview_command, preview_error, &ps, false};
 	ChangeMeta	   meta;
 	RelMap		  *map;
 	int			   level;

@@ -214,3 +214,30 @@ pg2r_wal_record_start(XLogRecPtr lsn)
 		return lsn - SizeOfXLogShortPHD;
 	return lsn;
 }
+
+/*
+ * pg2r_set_careful_until records that decoding up to lsn raised an ERROR:
+ * the next worker decodes the transactions that end there carefully (each
+ * rule in a subtransaction, an ERROR a dead letter).  Kept in shared
+ * memory, so it outlives the worker that failed; never moves backwards.
+ */
+void
+pg2r_set_careful_until(XLogRecPtr lsn)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	if (lsn > pg2r_shared->careful_until)
+		pg2r_shared->careful_until = lsn;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/* pg2r_careful_until returns the position pg2r_set_careful_until set. */
+XLogRecPtr
+pg2r_careful_until(void)
+{
+	XLogRecPtr lsn;
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	lsn = pg2r_shared->careful_until;
+	SpinLockRelease(&pg2r_shared->mutex);
+	return lsn;
+}

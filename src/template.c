@@ -69,6 +69,7 @@ pg2r_fail(Pg2rError *err, int sqlerrcode, const char *hint, const char *fmt,
 	err->sqlerrcode = sqlerrcode;
 	err->message = buf.data;
 	err->hint = hint ? pstrdup(hint) : NULL;
+	err->key = NULL;
 	return false;
 }
 

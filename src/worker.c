@@ -36,6 +36,11 @@
  * Errors in this process are FATAL (no error recovery in a background
  * worker without its own sigsetjmp): the worker exits with code 1, its
  * slot is released, and the postmaster starts it again after 5 seconds.
+ * The error is kept in last_error first.  An ERROR while decoding a
+ * transaction would come back at the same change after every restart (a
+ * "poison pill"), so the position it happened at is kept in shared memory,
+ * and the next worker decodes transactions up to there carefully: each
+ * rule in a subtransaction, an ERROR a dead letter (plugin.c, mapping.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -625,7 +630,21 @@ decode_available(void)
 							errmsg("pg2redis could not read WAL: %s", errm)));
 		if (record == NULL)
 			return true;
-		LogicalDecodingProcessRecord(decoding, decoding->reader);
+		PG_TRY();
+		{
+			LogicalDecodingProcessRecord(decoding, decoding->reader);
+		}
+		PG_CATCH();
+		{
+			/*
+			 * The record ends a transaction whose decoding failed (a commit
+			 * record replays the whole transaction): the next worker decodes
+			 * it, and every one before it, carefully (see plugin.c).
+			 */
+			pg2r_set_careful_until(decoding->reader->EndRecPtr);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
 		MemoryContextSwitchTo(WorkerCxt);
 		worker_handle_interrupts();
 		if (!sender_ready() || !pg2r_enabled || resync_requested())
@@ -734,6 +753,27 @@ stream(void)
 }
 
 /*
+ * report_exit_error puts the ERROR that is about to end the worker into
+ * last_error, so that pg2redis_status() says why the stream stopped (and,
+ * for a decode that failed, that the next worker renders that transaction
+ * again rule by rule).
+ */
+static void
+report_exit_error(void)
+{
+	MemoryContext old = MemoryContextSwitchTo(WorkerCxt);
+	ErrorData	 *edata = CopyErrorData();
+
+	MemoryContextSwitchTo(old);
+	if (XLogRecPtrIsInvalid(pg2r_careful_until()))
+		pg2r_report_error("worker stopped: %s", edata->message);
+	else
+		pg2r_report_error("worker stopped: %s (transactions up to %X/%X are rendered again rule by rule, failures as dead letters)",
+						  edata->message,
+						  LSN_FORMAT_ARGS(pg2r_careful_until()));
+}
+
+/*
  * pg2redis_worker_main is the worker's entry point: it waits for the
  * extension and Redis, starts decoding, and streams until told to stop.
  */
@@ -772,11 +812,20 @@ pg2redis_worker_main(Datum arg)
 	}
 
 	set_process_settings();
-	sender_init();
-	ondemand_init();
-	wait_for_extension();
-	pg2r_report_state(PG2R_STATE_STARTING);
-	wait_for_redis();
-	start_decoding();
-	stream();
+	PG_TRY();
+	{
+		sender_init();
+		ondemand_init();
+		wait_for_extension();
+		pg2r_report_state(PG2R_STATE_STARTING);
+		wait_for_redis();
+		start_decoding();
+		stream();
+	}
+	PG_CATCH();
+	{
+		report_exit_error();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }

@@ -49,7 +49,12 @@ typedef struct ChangeMeta
 	TimestampTz	  commit_time;
 } ChangeMeta;
 
-/* Where expanded commands and render errors go. */
+/*
+ * Where expanded commands and render errors go.  With careful, each rule
+ * runs in a subtransaction and an ERROR raised while rendering it is
+ * handed to error (see mapping.c); command must then add a command whole
+ * or not at all.
+ */
 typedef struct CommandSink
 {
 	void (*command)(void *arg, const Rule *rule, Pg2rOp op, int argc,
@@ -57,6 +62,7 @@ typedef struct CommandSink
 	void (*error)(void *arg, const Rule *rule, Pg2rOp op,
 				  const Pg2rError *err);
 	void *arg;
+	bool  careful;
 } CommandSink;
 
 /* One row as the expansion sees it: deformed, with its text forms cached. */

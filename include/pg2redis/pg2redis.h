@@ -51,6 +51,7 @@ typedef struct Pg2rError
 	int	  sqlerrcode;
 	char *message;
 	char *hint; /* NULL if none */
+	char *key;	/* the row's key, "col=value, ...", set for sinks; or NULL */
 } Pg2rError;
 
 extern bool pg2r_fail(Pg2rError *err, int sqlerrcode, const char *hint,

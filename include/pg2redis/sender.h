@@ -34,6 +34,7 @@ extern void	 sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 							const char *const *argv, const size_t *argvlen);
 extern void	 sender_render_error(void *arg, const Rule *rule, Pg2rOp op,
 								 const Pg2rError *err);
+extern void	 sender_change_error(Oid relid, Pg2rOp op, const char *message);
 extern void	 sender_commit_txn(void);
 extern bool	 sender_ready(void);
 extern bool	 sender_idle(void);

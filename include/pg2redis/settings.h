@@ -31,6 +31,8 @@ extern int	 pg2r_retry_initial_ms;
 extern int	 pg2r_retry_max_ms;
 extern int	 pg2r_on_command_error;
 extern int	 pg2r_max_transaction_commands;
+extern int	 pg2r_batch_bytes;
+extern int	 pg2r_max_argument_bytes;
 extern int	 pg2r_decoding_work_mem_kb;
 extern int	 pg2r_snapshot_batch_size;
 

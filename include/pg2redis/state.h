@@ -45,6 +45,8 @@ typedef struct Pg2rShared
 	char		last_error[512];
 	TimestampTz last_error_time;
 	bool		resync_requested;
+	XLogRecPtr	careful_until; /* decode transactions ending up to here
+								* with each rule in a subtransaction */
 	pg_atomic_uint32  wakeup_pending;
 	pg_atomic_uint32  snapshot_requested; /* pg2redis_snapshot() was called */
 	ConditionVariable progress_cv; /* broadcast when applied_lsn moves */
@@ -69,5 +71,7 @@ extern void pg2r_report_applied(XLogRecPtr lsn, TimestampTz commit_time,
 extern void pg2r_report_confirmed(XLogRecPtr lsn);
 extern void pg2r_report_retry(void);
 extern void pg2r_report_dead_letters(uint64 n);
+extern void pg2r_set_careful_until(XLogRecPtr lsn);
+extern XLogRecPtr pg2r_careful_until(void);
 
 #endif /* PG2REDIS_STATE_H */
