@@ -96,6 +96,16 @@ PG_CONFIG=$(find_pg_config)
 echo "== building with $PG_CONFIG ($("$PG_CONFIG" --version))"
 if ! build; then echo "== build failed"; echo "$PASSED passed, $((FAILED + N_SQL + N_TAP)) failed"; exit 1; fi
 
+# The tree is formatted by .clang-format (a lint: only where clang-format is).
+if command -v clang-format >/dev/null; then
+	echo "== formatting (test/format.sh)"
+	if bash "$ROOT/test/format.sh"; then
+		echo "ok - format"; tally 1 0 0
+	else
+		echo "not ok - format"; tally 0 1 1
+	fi
+fi
+
 # No symbol the library takes from hiredis, jansson or OpenSSL may also be
 # one the server exports (the server's would win at run time).
 echo "== symbol clashes with the server (test/symbols.sh)"
