@@ -479,7 +479,16 @@ AS 'MODULE_PATHNAME', 'pg2redis_resync';
 COMMENT ON FUNCTION pg2redis_resync()
     IS 'drop the Redis position and the slot, recreate it and load every mapped table again';
 
+CREATE FUNCTION pg2redis_verify(relation regclass DEFAULT NULL, sample int DEFAULT NULL)
+RETURNS TABLE (relation regclass, key text, problem text, expected text, found text)
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_verify';
+
+COMMENT ON FUNCTION pg2redis_verify(regclass, int)
+    IS 'compare Redis with what the rules make of the rows: missing keys, differing values, orphan keys; a summary row per table';
+
 REVOKE ALL ON FUNCTION pg2redis_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_verify(regclass, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_wait(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_redis(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_resync() FROM PUBLIC;

@@ -107,11 +107,9 @@ pg2redis_status(PG_FUNCTION_ARGS)
 Datum
 pg2redis_wait(PG_FUNCTION_ARGS)
 {
-	Interval   *timeout = PG_GETARG_INTERVAL_P(0);
-	int64		timeout_ms;
-	TimestampTz deadline;
-	XLogRecPtr	target;
-	bool		done = false;
+	Interval *timeout = PG_GETARG_INTERVAL_P(0);
+	int64	  timeout_ms;
+	bool	  done;
 
 	timeout_ms =
 		(int64) timeout->time / 1000 +
@@ -121,36 +119,8 @@ pg2redis_wait(PG_FUNCTION_ARGS)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("timeout must not be negative")));
 
-	/* everything committed so far is in WAL before target; make it readable */
-	target = pg2r_wal_record_start(GetXLogInsertRecPtr());
-	XLogFlush(target);
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
-
-	pg2r_wake_worker();
-	ConditionVariablePrepareToSleep(&pg2r_shared->progress_cv);
-	for (;;)
-	{
-		XLogRecPtr applied;
-		long	   remaining;
-
-		SpinLockAcquire(&pg2r_shared->mutex);
-		applied = pg2r_shared->applied_lsn;
-		SpinLockRelease(&pg2r_shared->mutex);
-		if (applied >= target)
-		{
-			done = true;
-			break;
-		}
-		remaining =
-			TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-		if (remaining <= 0)
-			break;
-		(void) ConditionVariableTimedSleep(&pg2r_shared->progress_cv,
-										   Min(remaining, 100),
-										   PG_WAIT_EXTENSION);
-		pg2r_wake_worker();
-	}
-	ConditionVariableCancelSleep();
+	done = pg2r_wait_applied(pg2r_wal_record_start(GetXLogInsertRecPtr()),
+							 timeout_ms);
 	PG_RETURN_BOOL(done);
 }
 

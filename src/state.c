@@ -18,6 +18,7 @@
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -240,4 +241,46 @@ pg2r_careful_until(void)
 	lsn = pg2r_shared->careful_until;
 	SpinLockRelease(&pg2r_shared->mutex);
 	return lsn;
+}
+
+/*
+ * pg2r_wait_applied waits until the worker has applied every transaction
+ * that ends before target (or that the stream found nothing to do for);
+ * false when timeout_ms passes first.
+ */
+bool
+pg2r_wait_applied(XLogRecPtr target, int64 timeout_ms)
+{
+	TimestampTz deadline;
+	bool		done = false;
+
+	/* everything committed before target must be readable by the worker */
+	XLogFlush(target);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	pg2r_wake_worker();
+	ConditionVariablePrepareToSleep(&pg2r_shared->progress_cv);
+	for (;;)
+	{
+		XLogRecPtr applied;
+		long	   remaining;
+
+		SpinLockAcquire(&pg2r_shared->mutex);
+		applied = pg2r_shared->applied_lsn;
+		SpinLockRelease(&pg2r_shared->mutex);
+		if (applied >= target)
+		{
+			done = true;
+			break;
+		}
+		remaining =
+			TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			break;
+		(void) ConditionVariableTimedSleep(&pg2r_shared->progress_cv,
+										   Min(remaining, 100),
+										   PG_WAIT_EXTENSION);
+		pg2r_wake_worker();
+	}
+	ConditionVariableCancelSleep();
+	return done;
 }

@@ -60,6 +60,7 @@ extern void		   pg2r_wake_worker(void);
 extern void		   pg2r_xact_callback_register(void);
 extern const char *pg2r_state_name(Pg2rWorkerState state);
 extern XLogRecPtr  pg2r_wal_record_start(XLogRecPtr lsn);
+extern bool		   pg2r_wait_applied(XLogRecPtr target, int64 timeout_ms);
 
 /* What the worker reports (worker process only). */
 extern void pg2r_report_state(Pg2rWorkerState state);

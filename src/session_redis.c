@@ -1,0 +1,536 @@
+/*-------------------------------------------------------------------------
+ *
+ * session_redis.c
+ *	  A backend's own connections to Redis, for SQL functions that read it
+ *	  in bulk (pg2redis_verify()).
+ *
+ * The worker's connections (links.c) live in its event loop; a backend
+ * needs something simpler: run a batch of commands and get every reply
+ * back, in order, before the function goes on.  A session connects to the
+ * server of pg2redis.redis_url (on a Redis Cluster: reads the slot map
+ * from the first seed that answers, and keeps one connection per primary),
+ * and each batch is pipelined: every command for one node is written,
+ * then every reply read, one node after the other.  A MOVED or ASK reply
+ * (a slot moved meanwhile) re-reads the map and runs the command again on
+ * the node the map names, a few times at most; the session never follows a
+ * redirection to a node outside the slot map, so a compromised node cannot
+ * send it, and its password, elsewhere.
+ *
+ * Every wait is bounded by pg2redis.redis_timeout and interruptible (a
+ * query cancel or a terminate ends it), and a failure is an ERROR without
+ * any secret in it.  Connections are closed when the session is, and on an
+ * ERROR by the memory context reset callback, so none leaks.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "pg2redis/cluster.h"
+#include "pg2redis/keyslot.h"
+#include "pg2redis/redis_io.h"
+#include "pg2redis/session_redis.h"
+#include "pg2redis/settings.h"
+
+#define SESSION_REDIRECT_ROUNDS 3
+
+typedef struct SessionNode
+{
+	RedisTarget target; /* the session's, with this node's host and port */
+	RedisConn	conn;
+	bool		ready; /* connected and handshake done */
+} SessionNode;
+
+struct RedisSession
+{
+	MemoryContext		  cxt;
+	MemoryContextCallback cb;
+	RedisTarget			  target;
+	bool				  cluster;
+	ClusterMap			  map;
+	int					  nnodes;
+	SessionNode			 *nodes; /* [map.nnodes], or [1] standalone */
+};
+
+/* wait_socket waits for events on sock until deadline; false on timeout. */
+static bool
+wait_socket(pgsocket sock, int events, TimestampTz deadline)
+{
+	long remaining =
+		TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+	int rc;
+
+	if (remaining <= 0)
+		return false;
+	rc = WaitLatchOrSocket(MyLatch,
+						   events | WL_LATCH_SET | WL_TIMEOUT |
+							   WL_EXIT_ON_PM_DEATH,
+						   sock, remaining, PG_WAIT_EXTENSION);
+	if (rc & WL_LATCH_SET)
+		ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+	return (rc & events) != 0 || !(rc & WL_TIMEOUT);
+}
+
+/* session_close_all closes every connection of the session. */
+static void
+session_close_all(void *arg)
+{
+	RedisSession *s = arg;
+
+	for (int i = 0; i < s->nnodes; i++)
+	{
+		redis_close(&s->nodes[i].conn);
+		s->nodes[i].ready = false;
+	}
+}
+
+/* node_fail closes node n and raises the ERROR of a failed exchange. */
+static void
+node_fail(RedisSession *s, SessionNode *n, const char *what)
+{
+	char msg[sizeof(n->conn.error)];
+
+	strlcpy(msg, n->conn.error[0] ? n->conn.error : what, sizeof(msg));
+	session_close_all(s);
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not read from Redis at %s:%d",
+					n->target.host ? n->target.host : s->target.display,
+					n->target.port),
+			 errdetail("%s", msg),
+			 errhint("Check pg2redis.redis_url and that Redis is running.")));
+}
+
+/*
+ * exchange writes out (the handshake replies first: nhandshake of them) to
+ * node n and reads nreplies replies into replies[]; raises an ERROR on
+ * failure, after pg2redis.redis_timeout without progress, or when a
+ * handshake reply is an error.
+ */
+static void
+exchange(RedisSession *s, SessionNode *n, const StringInfo out, int nhandshake,
+		 int nreplies, redisReply **replies)
+{
+	size_t		sent = 0;
+	int			got = 0;
+	int			total = nhandshake + nreplies;
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   pg2r_redis_timeout_ms);
+
+	while (got < total)
+	{
+		bool		eof;
+		int			rc = 0;
+		redisReply *r;
+
+		if (sent < (size_t) out->len)
+		{
+			ssize_t w =
+				redis_send(&n->conn, out->data + sent, out->len - sent);
+
+			if (w < 0)
+				node_fail(s, n, "could not send");
+			sent += w;
+		}
+		if (!wait_socket(n->conn.sock,
+						 WL_SOCKET_READABLE |
+							 (sent < (size_t) out->len ? WL_SOCKET_WRITEABLE
+													   : 0),
+						 deadline))
+			node_fail(s, n, "timed out waiting for replies");
+		if (!redis_receive(&n->conn, &eof))
+			node_fail(s, n, "could not receive");
+		while (got < total && (rc = redis_next_reply(&n->conn, &r)) == 1)
+		{
+			if (got < nhandshake)
+			{
+				if (r->type == REDIS_REPLY_ERROR)
+				{
+					snprintf(n->conn.error, sizeof(n->conn.error), "%s",
+							 r->str);
+					freeReplyObject(r);
+					node_fail(s, n, "Redis refused the connection setup");
+				}
+				freeReplyObject(r);
+			}
+			else
+				replies[got - nhandshake] = r;
+			got++;
+			/* progress: the deadline is per reply, not per batch */
+			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												   pg2r_redis_timeout_ms);
+		}
+		if (rc < 0)
+			node_fail(s, n, "protocol error");
+		if (eof && got < total)
+			node_fail(s, n, "Redis closed the connection");
+	}
+}
+
+/*
+ * node_connect connects node n and returns the handshake to send first
+ * (AUTH, SELECT) in out, and how many replies it produces.
+ */
+static int
+node_connect(RedisSession *s, SessionNode *n, StringInfo out)
+{
+	TimestampTz deadline;
+
+	if (n->ready)
+		return 0;
+	redis_conn_init(&n->conn);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   pg2r_redis_timeout_ms);
+	if (!redis_connect_start(&n->conn, &n->target))
+		node_fail(s, n, "could not connect");
+	for (;;)
+	{
+		int done;
+
+		if (!wait_socket(n->conn.sock, n->conn.want, deadline))
+			node_fail(s, n, "timed out connecting");
+		done = redis_connect_finish(&n->conn, &n->target);
+		if (done < 0)
+			node_fail(s, n, "could not connect");
+		if (done > 0)
+			break;
+	}
+	n->ready = true;
+	return redis_append_handshake(out, &n->target);
+}
+
+/* set_nodes makes the session's nodes: the map's primaries, or one. */
+static void
+set_nodes(RedisSession *s, int nnodes)
+{
+	session_close_all(s);
+	s->nnodes = 0;
+	s->nodes = MemoryContextAllocZero(s->cxt, sizeof(SessionNode) * nnodes);
+	for (int i = 0; i < nnodes; i++)
+	{
+		SessionNode *n = &s->nodes[i];
+
+		n->target = s->target;
+		if (s->cluster)
+		{
+			n->target.host = MemoryContextStrdup(s->cxt, s->map.nodes[i].host);
+			n->target.port = s->map.nodes[i].port;
+		}
+		redis_conn_init(&n->conn);
+	}
+	s->nnodes = nnodes;
+}
+
+/*
+ * ask_slots asks node cand for CLUSTER SLOTS; false (with the reason in
+ * err) when it cannot be reached.  A cancel or termination is re-raised.
+ */
+static bool
+ask_slots(RedisSession *s, SessionNode *cand, redisReply **reply, char *err,
+		  size_t errlen)
+{
+	StringInfoData out;
+	volatile bool  ok = false;
+	MemoryContext  cxt = CurrentMemoryContext;
+
+	redis_conn_init(&cand->conn);
+	cand->ready = false;
+	initStringInfo(&out);
+	PG_TRY();
+	{
+		int nh = node_connect(s, cand, &out);
+
+		redis_append_cstrings(&out, 2, "CLUSTER", "SLOTS");
+		exchange(s, cand, &out, nh, 1, reply);
+		ok = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		/* only our own connection errors are swallowed: try the next seed */
+		if (edata->sqlerrcode != ERRCODE_CONNECTION_FAILURE)
+			PG_RE_THROW();
+		FlushErrorState();
+		snprintf(err, errlen, "%s",
+				 edata->detail ? edata->detail : edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	redis_close(&cand->conn);
+	return ok;
+}
+
+/*
+ * read_map reads CLUSTER SLOTS from the first seed (or known primary) that
+ * answers; raises an ERROR when none does.
+ */
+static void
+read_map(RedisSession *s)
+{
+	char errbuf[256] = "";
+	int	 ncand = s->target.nseeds + s->nnodes;
+
+	for (int i = 0; i < ncand; i++)
+	{
+		SessionNode	  cand;
+		redisReply	 *r = NULL;
+		ClusterMap	 *map = palloc(sizeof(ClusterMap));
+		MemoryContext old;
+		bool		  ok;
+
+		cand.target = s->target;
+		if (i < s->target.nseeds)
+		{
+			cand.target.host = s->target.seed_hosts[i];
+			cand.target.port = s->target.seed_ports[i];
+		}
+		else
+		{
+			cand.target.host = s->nodes[i - s->target.nseeds].target.host;
+			cand.target.port = s->nodes[i - s->target.nseeds].target.port;
+		}
+		if (!ask_slots(s, &cand, &r, errbuf, sizeof(errbuf)))
+			continue;
+		old = MemoryContextSwitchTo(s->cxt);
+		ok = r->type == REDIS_REPLY_ARRAY &&
+			 cluster_parse_slots(r, cand.target.host, map, errbuf,
+								 sizeof(errbuf));
+		MemoryContextSwitchTo(old);
+		freeReplyObject(r);
+		if (ok)
+		{
+			s->map = *map;
+			set_nodes(s, map->nnodes);
+			return;
+		}
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not read the slot map of the Redis Cluster at %s",
+					s->target.display),
+			 errdetail("%s", errbuf),
+			 errhint("Check pg2redis.redis_url and that the cluster is up.")));
+}
+
+/*
+ * redis_session_open connects to the Redis of pg2redis.redis_url (lazily:
+ * a node is connected when a batch first needs it); on a cluster, reads
+ * the slot map.  The session lives in the current memory context, whose
+ * reset or deletion closes it.
+ */
+RedisSession *
+redis_session_open(void)
+{
+	RedisSession *s = palloc0(sizeof(RedisSession));
+	char		  err[256];
+
+	s->cxt = CurrentMemoryContext;
+	if (!pg2r_redis_target(&s->target, err, sizeof(err)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", err),
+				 errhint("Fix the pg2redis.redis_* settings.")));
+	s->cluster = s->target.cluster;
+	s->cb.func = session_close_all;
+	s->cb.arg = s;
+	MemoryContextRegisterResetCallback(s->cxt, &s->cb);
+	if (s->cluster)
+		read_map(s);
+	else
+		set_nodes(s, 1);
+	return s;
+}
+
+/* redis_session_close closes every connection of s. */
+void
+redis_session_close(RedisSession *s)
+{
+	session_close_all(s);
+}
+
+/* redis_session_is_cluster tells whether s talks to a Redis Cluster. */
+bool
+redis_session_is_cluster(RedisSession *s)
+{
+	return s->cluster;
+}
+
+/* redis_session_nodes returns how many nodes (primaries) s has. */
+int
+redis_session_nodes(RedisSession *s)
+{
+	return s->nnodes;
+}
+
+/* redis_batch_init makes an empty batch in the current memory context. */
+void
+redis_batch_init(SessionBatch *b)
+{
+	initStringInfo(&b->buf);
+	b->cap = 256;
+	b->cmds = palloc(sizeof(SessionCmd) * b->cap);
+	b->ncmds = 0;
+}
+
+/* redis_batch_reset frees the replies of b and empties it. */
+void
+redis_batch_reset(SessionBatch *b)
+{
+	for (int i = 0; i < b->ncmds; i++)
+		if (b->cmds[i].reply)
+			freeReplyObject(b->cmds[i].reply);
+	resetStringInfo(&b->buf);
+	b->ncmds = 0;
+}
+
+/* batch_push appends a command to b; node < 0 routes it by its slot. */
+static int
+batch_push(SessionBatch *b, int node, int argc, const char *const *argv,
+		   const size_t *argvlen)
+{
+	SessionCmd *c;
+
+	if (b->ncmds == b->cap)
+	{
+		b->cap *= 2;
+		b->cmds = repalloc(b->cmds, sizeof(SessionCmd) * b->cap);
+	}
+	c = &b->cmds[b->ncmds];
+	c->off = b->buf.len;
+	redis_append_command(&b->buf, argc, argv, argvlen);
+	c->len = b->buf.len - c->off;
+	c->slot = node < 0 && argc > 1 ? redis_key_slot(argv[1], argvlen[1]) : -1;
+	c->node = node;
+	c->reply = NULL;
+	return b->ncmds++;
+}
+
+/*
+ * redis_batch_add appends a command whose key is its first argument; it
+ * goes to the node serving the key.  Returns its index in the batch.
+ */
+int
+redis_batch_add(SessionBatch *b, int argc, const char *const *argv,
+				const size_t *argvlen)
+{
+	return batch_push(b, -1, argc, argv, argvlen);
+}
+
+/*
+ * redis_batch_add_node appends a command for node number node (0 ..
+ * redis_session_nodes() - 1), such as a SCAN of that node's keys.
+ */
+int
+redis_batch_add_node(SessionBatch *b, int node, int argc,
+					 const char *const *argv, const size_t *argvlen)
+{
+	return batch_push(b, node, argc, argv, argvlen);
+}
+
+/* node_of returns the node command c goes to in session s. */
+static int
+node_of(RedisSession *s, const SessionCmd *c)
+{
+	if (!s->cluster)
+		return 0;
+	if (c->node >= 0)
+		return c->node < s->nnodes ? c->node : 0;
+	if (c->slot < 0)
+		return 0;
+	return s->map.slot_node[c->slot];
+}
+
+/* is_redirect tells whether reply r says the command's slot moved. */
+static bool
+is_redirect(const redisReply *r)
+{
+	return r && r->type == REDIS_REPLY_ERROR &&
+		   (strncmp(r->str, "MOVED ", 6) == 0 ||
+			strncmp(r->str, "ASK ", 4) == 0 ||
+			strncmp(r->str, "TRYAGAIN", 8) == 0);
+}
+
+/*
+ * run_round sends the commands of b whose reply is missing (todo[i]) to
+ * their nodes and reads the replies; returns how many came back as a
+ * redirection (and are to be run again).
+ */
+static int
+run_round(RedisSession *s, SessionBatch *b, bool *todo)
+{
+	int			 redirects = 0;
+	int			*idx = palloc(sizeof(int) * Max(b->ncmds, 1));
+	redisReply **replies = palloc(sizeof(redisReply *) * Max(b->ncmds, 1));
+
+	for (int ni = 0; ni < s->nnodes; ni++)
+	{
+		SessionNode	  *n = &s->nodes[ni];
+		StringInfoData out;
+		int			   count = 0, nh;
+
+		for (int i = 0; i < b->ncmds; i++)
+			if (todo[i] && node_of(s, &b->cmds[i]) == ni)
+				idx[count++] = i;
+		if (count == 0)
+			continue;
+		initStringInfo(&out);
+		nh = node_connect(s, n, &out);
+		for (int k = 0; k < count; k++)
+			appendBinaryStringInfo(&out, b->buf.data + b->cmds[idx[k]].off,
+								   b->cmds[idx[k]].len);
+		exchange(s, n, &out, nh, count, replies);
+		for (int k = 0; k < count; k++)
+		{
+			SessionCmd *c = &b->cmds[idx[k]];
+
+			if (s->cluster && c->node < 0 && is_redirect(replies[k]))
+			{
+				freeReplyObject(replies[k]);
+				redirects++;
+				continue;
+			}
+			c->reply = replies[k];
+			todo[idx[k]] = false;
+		}
+		pfree(out.data);
+	}
+	pfree(idx);
+	pfree(replies);
+	return redirects;
+}
+
+/*
+ * redis_session_run runs every command of b and sets its reply (errors
+ * included: a command Redis refuses is a reply of type error).  On a
+ * cluster, commands redirected because their slot moved run again, up to
+ * a few rounds, after the slot map is read again.
+ */
+void
+redis_session_run(RedisSession *s, SessionBatch *b)
+{
+	bool *todo = palloc(sizeof(bool) * Max(b->ncmds, 1));
+
+	for (int i = 0; i < b->ncmds; i++)
+		todo[i] = b->cmds[i].reply == NULL;
+	for (int round = 0;; round++)
+	{
+		if (run_round(s, b, todo) == 0)
+			break;
+		if (round == SESSION_REDIRECT_ROUNDS)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("Redis Cluster slots kept moving while pg2redis read them"),
+					 errhint("Try again once resharding is over.")));
+		read_map(s);
+		pg_usleep(100000L * (round + 1));
+	}
+	pfree(todo);
+}
