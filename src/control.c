@@ -356,12 +356,12 @@ redirection(const redisReply *reply, RedisTarget *target, bool *asking)
 Datum
 pg2redis_redis(PG_FUNCTION_ARGS)
 {
-	ArrayType  *args = PG_GETARG_ARRAYTYPE_P(0);
-	Datum	   *elems;
-	bool	   *elnulls;
-	int			n;
-	RedisTarget target;
-	char		err[256];
+	ArrayType	   *args = PG_GETARG_ARRAYTYPE_P(0);
+	Datum		   *elems;
+	bool		   *elnulls;
+	int				n;
+	RedisTarget		target;
+	RedisSetupError err;
 
 	StringInfoData			 cmd;
 	redisReply				*reply = NULL;
@@ -390,10 +390,12 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 					 errmsg("Redis command \"%s\" does not return a single reply",
 							TextDatumGetCString(elems[0]))));
 
-	if (!pg2r_redis_target(&target, err, sizeof(err)))
+	if (!pg2r_redis_target(&target, &err))
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", err),
-				 errhint("Fix the pg2redis.redis_* settings.")));
+				(errcode(err.sqlerrcode), errmsg("%s", err.message),
+				 errhint("%s", err.hint[0]
+								   ? err.hint
+								   : "Fix the pg2redis.redis_* settings.")));
 
 	initStringInfo(&cmd);
 	{
