@@ -195,20 +195,22 @@ sub try_redis
 is(try_redis('regress_reader', 'GET', 't:1'), '"one"', '(c) a reader may GET');
 is(try_redis('regress_reader', 'HGETALL', 'nothing'), '[]', '(c) a reader may HGETALL');
 is(try_redis('regress_reader', 'DBSIZE') =~ /^\d+$/ ? 1 : 0, 1, '(c) a reader may DBSIZE');
-like(try_redis('regress_reader', 'SET', 't:1', 'x'), qr/ERROR:.*permission denied/,
+like(try_redis('regress_reader', 'SET', 't:1', 'x'), qr/ERROR:.*permission denied to run Redis command/,
 	'(c) a reader may not SET');
 like(try_redis('regress_reader', 'CONFIG', 'GET', 'requirepass'),
-	qr/ERROR:.*permission denied/, '(c) a reader may not CONFIG GET');
+	qr/ERROR:.*permission denied to run Redis command/, '(c) a reader may not CONFIG GET');
 is($redis->call('GET', 't:1'), 'one', '(c) the refused SET changed nothing');
 is(try_redis('regress_admin', 'SET', 'fix:1', 'x'), '"OK"', '(c) an admin may SET');
 like(try_redis('regress_admin', 'CONFIG', 'GET', 'requirepass'),
-	qr/ERROR:.*permission denied/, '(c) an admin may not CONFIG GET');
-like(try_redis('regress_admin', 'EVAL', 'return 1', '0'), qr/ERROR:.*permission denied/,
+	qr/ERROR:.*permission denied to run Redis command/, '(c) an admin may not CONFIG GET');
+like(try_redis('regress_admin', 'EVAL', 'return 1', '0'),
+	qr/ERROR:.*permission denied to run Redis command/,
 	'(c) an admin may not EVAL');
 like(try_redis('regress_admin', 'SET', 'pg2redis:pg2redis:lsn', 'FFFFFFFF/FFFFFFFF'),
-	qr/ERROR:.*permission denied/, "(c) an admin may not write pg2redis's position key");
+	qr/ERROR:.*permission denied to write Redis key/,
+	"(c) an admin may not write pg2redis's position key");
 like(try_redis('regress_admin', 'MSET', 'fix:2', 'y', 'pg2redis:other:lsn', '0/0'),
-	qr/ERROR:.*permission denied/, '(c) not even as a later key of MSET');
+	qr/ERROR:.*permission denied to write Redis key/, '(c) not even as a later key of MSET');
 isnt($redis->call('GET', 'pg2redis:pg2redis:lsn'), 'FFFFFFFF/FFFFFFFF',
 	'(c) the position key is untouched');
 is($redis->call('EXISTS', 'fix:2'), '0', '(c) the refused MSET wrote nothing');
