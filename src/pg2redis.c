@@ -12,6 +12,8 @@
  */
 #include "postgres.h"
 
+#include <sys/stat.h>
+
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
@@ -352,13 +354,23 @@ pg2r_redis_target(RedisTarget *target, RedisSetupError *err)
 
 /*
  * pg2r_redis_settings_signature returns a string that changes whenever a
- * setting of the Redis connection does (so that a reload reconnects).
+ * setting of the Redis connection does (so that a reload reconnects),
+ * including the password file's modification time, size and mode (so that
+ * a reload after the password was changed in the file uses it).
  */
 char *
 pg2r_redis_settings_signature(void)
 {
-	return psprintf("%s\n%s\n%s\n%s\n%s\n%d", pg2r_redis_url,
-					pg2r_redis_password_file, pg2r_redis_tls_ca_file,
+	struct stat st;
+	char		file[128] = "";
+
+	if (pg2r_redis_password_file && pg2r_redis_password_file[0] &&
+		stat(pg2r_redis_password_file, &st) == 0)
+		snprintf(file, sizeof(file), "%lld.%ld %lld %o",
+				 (long long) st.st_mtim.tv_sec, (long) st.st_mtim.tv_nsec,
+				 (long long) st.st_size, (unsigned int) st.st_mode);
+	return psprintf("%s\n%s\n%s\n%s\n%s\n%s\n%d", pg2r_redis_url,
+					pg2r_redis_password_file, file, pg2r_redis_tls_ca_file,
 					pg2r_redis_tls_cert_file, pg2r_redis_tls_key_file,
 					pg2r_redis_tls_verify);
 }

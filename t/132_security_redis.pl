@@ -108,6 +108,15 @@ $node->reload;
 wait_for_status($node, 'state', 'streaming', 30,
 	'(b) a reload after chmod 0600 uses the password file');
 is(status_row($node)->{last_error}, undef, '(b) and clears last_error');
+# a reload after the file changed reads it again (a new password)
+$log_offset = -s $node->logfile;
+open(my $pw, '>', $pwfile) or die "$pwfile: $!";
+print $pw "$password\n# rotated\n";
+close $pw;
+$node->reload;
+ok(poll_until(30, sub { log_lines($node, qr/Redis settings changed, connecting to/, $log_offset) }),
+	'(b) a reload after the password file changed reconnects with it');
+wait_for_status($node, 'state', 'streaming', 30, '(b) streaming after it');
 
 # (b) the TLS client key
 make_test_certs($dir, san => 'DNS:localhost');
