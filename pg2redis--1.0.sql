@@ -506,3 +506,54 @@ REVOKE ALL ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb) FROM PUBLI
 REVOKE ALL ON FUNCTION pg2redis.validate_rule() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.rules_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.drop_rules_of_dropped_tables() FROM PUBLIC;
+
+/*
+ * Predefined roles.  Roles belong to the cluster, not to this database: they
+ * are created only when missing (CREATE EXTENSION in a second database, or
+ * again after DROP EXTENSION, finds them), they are not members of the
+ * extension, and DROP EXTENSION leaves them.  What they may do here is
+ * granted below, per database.
+ *
+ * pg2redis_monitor: watch the stream (status, wait, snapshot requests,
+ * pg2redis_verify(), which shows keys and values only of tables the caller
+ * may SELECT); no other row values (dead letters, pg2redis_redis()).
+ * pg2redis_admin: manage the mapping (rules, snapshots, resync,
+ * import/export, preview, dead letters) and run data commands with
+ * pg2redis_redis(); includes pg2redis_monitor.  Not snapshot filters: the
+ * worker runs them as SQL with superuser rights.
+ */
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pg2redis_monitor') THEN
+        CREATE ROLE pg2redis_monitor NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'pg2redis_admin') THEN
+        CREATE ROLE pg2redis_admin NOLOGIN;
+        GRANT pg2redis_monitor TO pg2redis_admin;
+    END IF;
+END
+$$;
+
+GRANT EXECUTE ON FUNCTION pg2redis_status() TO pg2redis_monitor;
+GRANT EXECUTE ON FUNCTION pg2redis_wait(interval) TO pg2redis_monitor;
+GRANT EXECUTE ON FUNCTION pg2redis_verify(regclass, int) TO pg2redis_monitor;
+GRANT SELECT ON pg2redis_snapshots TO pg2redis_monitor;
+
+GRANT USAGE ON SCHEMA pg2redis TO pg2redis_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON pg2redis.rules TO pg2redis_admin;
+GRANT USAGE, SELECT ON SEQUENCE pg2redis.rules_id_seq TO pg2redis_admin;
+GRANT SELECT, DELETE ON pg2redis.dead_letters TO pg2redis_admin;
+GRANT SELECT, INSERT, DELETE ON pg2redis.snapshots TO pg2redis_admin;
+GRANT USAGE, SELECT ON SEQUENCE pg2redis.snapshots_id_seq TO pg2redis_admin;
+GRANT SELECT ON pg2redis.snapshot_filters TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_add_rule(regclass, text, text[], jsonb) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_split_command(text) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_key_slot(text) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_command_slot(text[]) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_import(jsonb) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_export() TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_snapshot(regclass) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_resync() TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_redis(text[]) TO pg2redis_admin;

@@ -21,6 +21,7 @@
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "utils/array.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
@@ -29,6 +30,7 @@
 #include "utils/pg_lsn.h"
 #include "utils/timestamp.h"
 
+#include "pg2redis/cluster.h"
 #include "pg2redis/commands.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/redis_io.h"
@@ -285,14 +287,15 @@ redis_roundtrip(const RedisTarget *target, const StringInfo cmd, bool asking)
 
 /*
  * redirection reads "MOVED <slot> <host>:<port>" or "ASK ..." from a cluster
- * node's error into *target's host and port; false for any other reply.
+ * node's error into *host and *port (an empty host: the node that
+ * answered, current_host); false for any other reply.
  */
 static bool
-redirection(const redisReply *reply, RedisTarget *target, bool *asking)
+redirection(const redisReply *reply, const char *current_host, char **host,
+			int *port, bool *asking)
 {
 	const char *addr;
 	const char *colon;
-	int			port;
 
 	if (reply->type != REDIS_REPLY_ERROR)
 		return false;
@@ -305,33 +308,204 @@ redirection(const redisReply *reply, RedisTarget *target, bool *asking)
 	addr = strchr(strchr(reply->str, ' ') + 1, ' ');
 	if (addr == NULL || (colon = strrchr(addr + 1, ':')) == NULL)
 		return false;
-	port = atoi(colon + 1);
-	if (port <= 0 || port > 65535)
+	*port = atoi(colon + 1);
+	if (*port <= 0 || *port > 65535)
 		return false;
-	/* an endpoint announced empty is the node that answered */
-	if (colon > addr + 1)
-		target->host = pnstrdup(addr + 1, colon - addr - 1);
-	target->port = port;
+	*host = colon > addr + 1 ? pnstrdup(addr + 1, colon - addr - 1)
+							 : pstrdup(current_host);
 	return true;
+}
+
+/*
+ * read_slot_map asks the URL's first seed for the cluster's slot map
+ * (CLUSTER SLOTS); an ERROR when it cannot.  Redirections are followed only
+ * to the primaries this map lists, so that a node (or whoever can answer in
+ * its place) cannot send the command, and the AUTH before it, elsewhere.
+ */
+static ClusterMap *
+read_slot_map(const RedisTarget *target)
+{
+	RedisTarget	   seed = *target;
+	StringInfoData cmd;
+	redisReply	  *reply;
+	ClusterMap	  *map = palloc(sizeof(ClusterMap));
+	char		   err[256];
+	bool		   ok;
+
+	seed.host = target->seed_hosts[0];
+	seed.port = target->seed_ports[0];
+	initStringInfo(&cmd);
+	redis_append_cstrings(&cmd, 2, "CLUSTER", "SLOTS");
+	reply = redis_roundtrip(&seed, &cmd, false);
+	ok = cluster_parse_slots(reply, seed.host, map, err, sizeof(err));
+	freeReplyObject(reply);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not read the slot map of the Redis Cluster at %s",
+						target->display),
+				 errdetail("%s", err),
+				 errhint("Check that pg2redis.redis_url names nodes of a healthy Redis Cluster.")));
+	return map;
+}
+
+/* map_has_node tells whether host:port is a primary of map. */
+static bool
+map_has_node(const ClusterMap *map, const char *host, int port)
+{
+	for (int i = 0; i < map->nnodes; i++)
+		if (map->nodes[i].port == port &&
+			strcmp(map->nodes[i].host, host) == 0)
+			return true;
+	return false;
+}
+
+/* What a caller of pg2redis_redis() must be to run a command. */
+typedef enum RedisAccess
+{
+	REDIS_ACCESS_READ,		/* read-only: any role that may execute it */
+	REDIS_ACCESS_WRITE,		/* data: members of pg2redis_admin */
+	REDIS_ACCESS_SUPERUSER, /* server-level or unknown: superusers */
+} RedisAccess;
+
+/*
+ * Read-only commands: they change nothing and cannot store a result
+ * (ZRANGE has no STORE form; ZRANGESTORE, SORT and GEORADIUS are left out),
+ * and none is slow enough to stall the server by design (no KEYS).
+ */
+static const char *const read_commands[] = {
+	"BITCOUNT",	   "BITPOS",		 "DBSIZE",
+	"ECHO",		   "EXISTS",		 "GET",
+	"GETBIT",	   "GETRANGE",		 "HEXISTS",
+	"HGET",		   "HGETALL",		 "HKEYS",
+	"HLEN",		   "HMGET",			 "HSCAN",
+	"HSTRLEN",	   "HVALS",			 "JSON.ARRLEN",
+	"JSON.GET",	   "JSON.MGET",		 "JSON.OBJKEYS",
+	"JSON.OBJLEN", "JSON.STRLEN",	 "JSON.TYPE",
+	"LINDEX",	   "LLEN",			 "LPOS",
+	"LRANGE",	   "MGET",			 "PING",
+	"PTTL",		   "SCAN",			 "SCARD",
+	"SISMEMBER",   "SMEMBERS",		 "SMISMEMBER",
+	"SSCAN",	   "STRLEN",		 "TTL",
+	"TYPE",		   "XLEN",			 "XRANGE",
+	"XREVRANGE",   "ZCARD",			 "ZCOUNT",
+	"ZLEXCOUNT",   "ZMSCORE",		 "ZRANGE",
+	"ZRANGEBYLEX", "ZRANGEBYSCORE",	 "ZRANK",
+	"ZREVRANGE",   "ZREVRANGEBYLEX", "ZREVRANGEBYSCORE",
+	"ZREVRANK",	   "ZSCAN",			 "ZSCORE",
+};
+
+/*
+ * Data commands beyond those rules may send (src/commands.c), with their
+ * keys as in RedisCommandDef, so that every key written can be checked.
+ */
+static const RedisCommandDef write_commands[] = {
+	/* name, min args, first key, last key, key step */
+	{"GETDEL", 2, 1, 1, 1},			{"GETSET", 3, 1, 1, 1},
+	{"JSON.ARRAPPEND", 4, 1, 1, 1}, {"JSON.NUMINCRBY", 4, 1, 1, 1},
+	{"LINSERT", 5, 1, 1, 1},		{"LPOP", 2, 1, 1, 1},
+	{"LSET", 4, 1, 1, 1},			{"RENAME", 3, 1, 2, 1},
+	{"RENAMENX", 3, 1, 2, 1},		{"RPOP", 2, 1, 1, 1},
+	{"SMOVE", 4, 1, 2, 1},			{"SPOP", 2, 1, 1, 1},
+	{"ZPOPMAX", 2, 1, 1, 1},		{"ZPOPMIN", 2, 1, 1, 1},
+	{"ZREMRANGEBYLEX", 4, 1, 1, 1}, {"ZREMRANGEBYRANK", 4, 1, 1, 1},
+};
+
+/* The prefix of pg2redis's own keys: stream positions (fences), sync keys. */
+#define OWN_KEY_PREFIX "pg2redis:"
+
+/*
+ * redis_access returns what a caller must be to run the command named
+ * name, and for a data command its key positions in *def.
+ */
+static RedisAccess
+redis_access(const char *name, const RedisCommandDef **def)
+{
+	*def = NULL;
+	for (size_t i = 0; i < lengthof(read_commands); i++)
+		if (pg_strcasecmp(name, read_commands[i]) == 0)
+			return REDIS_ACCESS_READ;
+	*def = redis_command_lookup(name);
+	if (*def != NULL)
+		return REDIS_ACCESS_WRITE;
+	for (size_t i = 0; i < lengthof(write_commands); i++)
+		if (pg_strcasecmp(name, write_commands[i].name) == 0)
+		{
+			*def = &write_commands[i];
+			return REDIS_ACCESS_WRITE;
+		}
+	return REDIS_ACCESS_SUPERUSER;
+}
+
+/*
+ * check_redis_access raises an ERROR unless the current user may run the
+ * command argv[0..argc-1]: superusers may run any; members of
+ * pg2redis_admin data commands that write no key of pg2redis's own; other
+ * roles read-only commands.  Decided before any connection.
+ */
+static void
+check_redis_access(int argc, char **argv)
+{
+	const RedisCommandDef *def;
+	RedisAccess			   access;
+	Oid					   admin;
+	int					   last;
+
+	if (superuser())
+		return;
+	access = redis_access(argv[0], &def);
+	if (access == REDIS_ACCESS_READ)
+		return;
+	admin = get_role_oid("pg2redis_admin", true);
+	if (!OidIsValid(admin) || !has_privs_of_role(GetUserId(), admin))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to run Redis command \"%s\"",
+						argv[0]),
+				 errdetail("Roles that are not members of pg2redis_admin may run only read-only commands (GET, HGETALL, ZRANGE, SCAN, ...)."),
+				 errhint("A member of pg2redis_admin may run data commands, a superuser any command.")));
+	if (access == REDIS_ACCESS_SUPERUSER)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to run Redis command \"%s\"",
+						argv[0]),
+				 errdetail("Members of pg2redis_admin may run data commands; server-level commands (CONFIG, EVAL, FLUSHALL, ...) and commands pg2redis does not know need a superuser."),
+				 errhint("Ask a superuser to run it.")));
+	if (def->first_key <= 0)
+		return;
+	last = def->last_key < 0 ? argc + def->last_key : def->last_key;
+	for (int i = def->first_key; i <= last && i < argc; i += def->key_step)
+		if (strncmp(argv[i], OWN_KEY_PREFIX, strlen(OWN_KEY_PREFIX)) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied to write Redis key \"%s\"",
+							argv[i]),
+					 errdetail("Keys that start with \"%s\" hold pg2redis's stream positions.",
+							   OWN_KEY_PREFIX),
+					 errhint("Only a superuser may change them; pg2redis_resync() starts the stream over.")));
 }
 
 /*
  * pg2redis_redis(VARIADIC args) runs one Redis command on the configured
  * server and returns its reply as JSON: a string, integer, array, null, or
- * {"error": "..."}.  It opens its own connection, with the deadlines of
- * pg2redis.redis_timeout, and never blocks beyond them.  On a Redis Cluster
- * it goes to the first seed and follows MOVED and ASK (up to 5 times) to
- * the node serving the command's key.
+ * {"error": "..."}.  Who may run what is checked first (check_redis_access).
+ * It opens its own connection, with the deadlines of pg2redis.redis_timeout,
+ * and never blocks beyond them.  On a Redis Cluster it goes to the first
+ * seed and follows MOVED and ASK (up to 5 times) to the node serving the
+ * command's key, if that node is in the cluster's slot map.
  */
 Datum
 pg2redis_redis(PG_FUNCTION_ARGS)
 {
-	ArrayType  *args = PG_GETARG_ARRAYTYPE_P(0);
-	Datum	   *elems;
-	bool	   *elnulls;
-	int			n;
-	RedisTarget target;
-	char		err[256];
+	ArrayType	   *args = PG_GETARG_ARRAYTYPE_P(0);
+	Datum		   *elems;
+	bool		   *elnulls;
+	int				n;
+	char		  **cargv;
+	RedisTarget		target;
+	RedisSetupError err;
+	ClusterMap	   *map = NULL;
+	bool			map_fresh = false;
 
 	StringInfoData			 cmd;
 	redisReply				*reply = NULL;
@@ -348,22 +522,29 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 	if (n == 0)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("a Redis command is needed")));
+	cargv = palloc(sizeof(char *) * n);
 	for (int i = 0; i < n; i++)
+	{
 		if (elnulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("Redis command argument %d is null", i + 1)));
+		cargv[i] = TextDatumGetCString(elems[i]);
+	}
 	for (size_t i = 0; i < lengthof(streaming); i++)
-		if (pg_strcasecmp(TextDatumGetCString(elems[0]), streaming[i]) == 0)
+		if (pg_strcasecmp(cargv[0], streaming[i]) == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("Redis command \"%s\" does not return a single reply",
-							TextDatumGetCString(elems[0]))));
+							cargv[0])));
+	check_redis_access(n, cargv);
 
-	if (!pg2r_redis_target(&target, err, sizeof(err)))
+	if (!pg2r_redis_target(&target, &err))
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", err),
-				 errhint("Fix the pg2redis.redis_* settings.")));
+				(errcode(err.sqlerrcode), errmsg("%s", err.message),
+				 errhint("%s", err.hint[0]
+								   ? err.hint
+								   : "Fix the pg2redis.redis_* settings.")));
 
 	initStringInfo(&cmd);
 	{
@@ -379,11 +560,30 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 	}
 
 	reply = redis_roundtrip(&target, &cmd, false);
-	for (int hops = 0;
-		 target.cluster && hops < 5 && redirection(reply, &target, &asking);
-		 hops++)
+	for (int hops = 0; target.cluster && hops < 5; hops++)
 	{
+		char *host;
+		int	  port;
+
+		if (!redirection(reply, target.host, &host, &port, &asking))
+			break;
 		freeReplyObject(reply);
+		reply = NULL;
+		if (map == NULL || (!map_has_node(map, host, port) && !map_fresh))
+		{
+			map = read_slot_map(&target);
+			map_fresh = true;
+		}
+		if (!map_has_node(map, host, port))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("the Redis Cluster redirected the command to %s:%d, which is not a node of its slot map",
+							host, port),
+					 errdetail("pg2redis_redis() follows MOVED and ASK only to primaries that CLUSTER SLOTS lists."),
+					 errhint("Check the cluster's health and the nodes pg2redis.redis_url names.")));
+		map_fresh = false;
+		target.host = host;
+		target.port = port;
 		reply = redis_roundtrip(&target, &cmd, asking);
 	}
 

@@ -850,28 +850,39 @@ link_step(int li, Link *l, int events)
 
 /*
  * sender_reconfigure applies new pg2redis.redis_* settings: a changed
- * target drops the links and reconnects at once.
+ * target drops the links and reconnects at once.  Settings that cannot be
+ * used (a malformed URL, a secret file others may read) leave the stream
+ * down with a WARNING until a reload, which tries them again even when
+ * unchanged (a chmod fixes a file without changing a setting).
  */
 void
 sender_reconfigure(void)
 {
-	RedisTarget	  target;
-	char		  err[256];
-	char		 *signature = pg2r_redis_settings_signature();
-	MemoryContext old;
-	int			  nfences;
+	static bool		unusable = false;
+	RedisTarget		target;
+	RedisSetupError err;
+	char		   *signature = pg2r_redis_settings_signature();
+	MemoryContext	old;
+	int				nfences;
 
-	if (topo.url && strcmp(topo.url, signature) == 0)
+	if (topo.url && strcmp(topo.url, signature) == 0 && !unusable)
 		return;
+	/* an error about the old settings may quote them: forget it */
+	if (topo.url)
+		pg2r_clear_error();
 	old = MemoryContextSwitchTo(SenderCxt);
 	topo.url = pstrdup(signature);
-	if (!pg2r_redis_target(&target, err, sizeof(err)))
+	if (!pg2r_redis_target(&target, &err))
 	{
 		MemoryContextSwitchTo(old);
-		pg2r_report_error("%s", err);
+		unusable = true;
+		pg2r_report_error("%s", err.message);
 		ereport(WARNING,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", err),
-				 errhint("Fix the pg2redis.redis_* settings and reload the configuration.")));
+				(errcode(err.sqlerrcode), errmsg("%s", err.message),
+				 errhint("%s",
+						 err.hint[0]
+							 ? err.hint
+							 : "Fix the pg2redis.redis_* settings and reload the configuration.")));
 		/* no valid target: stay down until a reload (still "initial" if so) */
 		topo_close();
 		if (topo.state != TOPO_INIT)
@@ -879,6 +890,17 @@ sender_reconfigure(void)
 		topo.next_attempt = DT_NOEND;
 		return;
 	}
+	unusable = false;
+	if (target.tls && target.tls_verify != REDIS_TLS_VERIFY_FULL)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg(target.tls_verify == REDIS_TLS_VERIFY_NONE
+							? "pg2redis.redis_tls_verify = none: the Redis server's certificate is not checked"
+							: "pg2redis.redis_tls_verify = ca: the Redis server's certificate is not checked against the host name"),
+				 errdetail(target.tls_verify == REDIS_TLS_VERIFY_NONE
+							   ? "Anyone who can intercept the connection can impersonate the server and read the password and the data."
+							   : "Any server with a certificate from a trusted CA can impersonate the Redis server."),
+				 errhint("Use pg2redis.redis_tls_verify = full, with a certificate that names the host of pg2redis.redis_url.")));
 	if (topo.state != TOPO_DOWN && topo.state != TOPO_INIT)
 		ereport(LOG,
 				(errmsg("pg2redis: Redis settings changed, connecting to %s",

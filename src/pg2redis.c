@@ -12,11 +12,14 @@
  */
 #include "postgres.h"
 
+#include <sys/stat.h>
+
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 
 #include "pg2redis/pg2redis.h"
 #include "pg2redis/redis_io.h"
@@ -69,6 +72,7 @@ static const char *const op_names[PG2R_NUM_OPS] = {"insert", "update",
 												   "snapshot"};
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static emit_log_hook_type	   prev_emit_log_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 void			 _PG_init(void);
@@ -97,6 +101,53 @@ check_slot_name(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/*
+ * show_redis_url is the show hook of pg2redis.redis_url: SHOW,
+ * current_setting() and pg_settings.setting give the URL with its password
+ * masked, also to members of pg_read_all_settings.
+ */
+static const char *
+show_redis_url(void)
+{
+	static char *shown = NULL;
+	char		*masked = redis_mask_url(pg2r_redis_url);
+
+	if (shown)
+		pfree(shown);
+	shown = MemoryContextStrdup(TopMemoryContext, masked);
+	pfree(masked);
+	return shown;
+}
+
+/*
+ * mask_reload_message is an emit_log_hook: on a reload that changes
+ * pg2redis.redis_url, PostgreSQL itself logs 'parameter "..." changed to
+ * "<new value>"' (the postmaster, at LOG); the password in that message is
+ * masked before it is written.  The setting holds the new value by then.
+ */
+static void
+mask_reload_message(ErrorData *edata)
+{
+	const char *url = pg2r_redis_url;
+	char	   *hit;
+
+	if (edata->message_id != NULL && edata->message != NULL && url != NULL &&
+		url[0] != '\0' &&
+		strcmp(edata->message_id, "parameter \"%s\" changed to \"%s\"") == 0 &&
+		strstr(edata->message, "pg2redis.redis_url") != NULL &&
+		(hit = strstr(edata->message, url)) != NULL)
+	{
+		char *masked = redis_mask_url(url);
+
+		if (strcmp(masked, url) != 0)
+			edata->message =
+				psprintf("%.*s%s%s", (int) (hit - edata->message),
+						 edata->message, masked, hit + strlen(url));
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
 /* define_settings defines every pg2redis.* setting. */
 static void
 define_settings(void)
@@ -105,12 +156,19 @@ define_settings(void)
 							   "Database whose changes pg2redis streams.",
 							   NULL, &pg2r_database, "postgres",
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	/*
+	 * The URL may hold the password: SHOW shows it masked (show_redis_url),
+	 * and it is left out of pg_settings and SHOW ALL, whose reset_val column
+	 * would show the value of postgresql.conf unmasked to members of
+	 * pg_read_all_settings.
+	 */
 	DefineCustomStringVariable("pg2redis.redis_url",
 							   "Redis server pg2redis writes to.",
 							   "redis://[[user]:password@]host[:port][/db] or unix:///path/redis.sock[?db=N].",
 							   &pg2r_redis_url, "redis://127.0.0.1:6379/0",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL,
-							   NULL);
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL, NULL,
+							   NULL, show_redis_url);
 	DefineCustomStringVariable("pg2redis.redis_password_file",
 							   "File whose first line is the Redis password.",
 							   "Keeps the secret out of pg2redis.redis_url and postgresql.conf; the URL may then name just the ACL user.",
@@ -267,6 +325,8 @@ _PG_init(void)
 
 	define_settings();
 
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = mask_reload_message;
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
@@ -278,38 +338,53 @@ _PG_init(void)
 
 /*
  * pg2r_redis_target fills *target from the Redis settings: the URL, the
- * password file and the TLS settings.  Returns false with a message in err
- * (never containing a secret).
+ * password file and the TLS settings, refusing secret files that others
+ * could read and an encrypted client key.  Returns false with err set
+ * (never containing a secret) for the caller to report.
  */
 bool
-pg2r_redis_target(RedisTarget *target, char *err, size_t errlen)
+pg2r_redis_target(RedisTarget *target, RedisSetupError *err)
 {
 	char *msg;
 
 	if (!redis_parse_url(pg2r_redis_url, target, &msg))
 	{
-		snprintf(err, errlen, "invalid pg2redis.redis_url: %s", msg);
+		err->sqlerrcode = ERRCODE_INVALID_PARAMETER_VALUE;
+		snprintf(err->message, sizeof(err->message),
+				 "invalid pg2redis.redis_url: %s", msg);
+		strlcpy(err->hint,
+				"The form is redis://[[user]:password@]host[:port][/db]; percent-encode an @, : or / in the user or password.",
+				sizeof(err->hint));
 		return false;
 	}
-	if (!redis_apply_password_file(target, pg2r_redis_password_file, err,
-								   errlen))
+	if (!redis_apply_password_file(target, pg2r_redis_password_file, err))
 		return false;
 	target->tls_ca_file = pg2r_redis_tls_ca_file;
 	target->tls_cert_file = pg2r_redis_tls_cert_file;
 	target->tls_key_file = pg2r_redis_tls_key_file;
 	target->tls_verify = pg2r_redis_tls_verify;
-	return true;
+	return redis_check_tls_key(target, err);
 }
 
 /*
  * pg2r_redis_settings_signature returns a string that changes whenever a
- * setting of the Redis connection does (so that a reload reconnects).
+ * setting of the Redis connection does (so that a reload reconnects),
+ * including the password file's modification time, size and mode (so that
+ * a reload after the password was changed in the file uses it).
  */
 char *
 pg2r_redis_settings_signature(void)
 {
-	return psprintf("%s\n%s\n%s\n%s\n%s\n%d", pg2r_redis_url,
-					pg2r_redis_password_file, pg2r_redis_tls_ca_file,
+	struct stat st;
+	char		file[128] = "";
+
+	if (pg2r_redis_password_file && pg2r_redis_password_file[0] &&
+		stat(pg2r_redis_password_file, &st) == 0)
+		snprintf(file, sizeof(file), "%lld.%ld %lld %o",
+				 (long long) st.st_mtim.tv_sec, (long) st.st_mtim.tv_nsec,
+				 (long long) st.st_size, (unsigned int) st.st_mode);
+	return psprintf("%s\n%s\n%s\n%s\n%s\n%s\n%d", pg2r_redis_url,
+					pg2r_redis_password_file, file, pg2r_redis_tls_ca_file,
 					pg2r_redis_tls_cert_file, pg2r_redis_tls_key_file,
 					pg2r_redis_tls_verify);
 }

@@ -26,14 +26,17 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
 #include "common/string.h"
+#include "utils/elog.h"
 #include "storage/latch.h"
 
 #include "pg2redis/redis_io.h"
@@ -78,13 +81,31 @@ parse_int(const char *s, int min, int max, int *out)
 }
 
 /*
+ * host_chars_ok tells whether a host name has only the characters a DNS
+ * name or an IP address may have (so that a password whose '@' was
+ * mistyped is not taken for a host, and shown, e.g. in "could not resolve").
+ */
+static bool
+host_chars_ok(const char *host, bool bracketed)
+{
+	for (const char *p = host; *p; p++)
+		if (!(isalnum((unsigned char) *p) || *p == '.' || *p == '-' ||
+			  *p == '_' || (bracketed && (*p == ':' || *p == '%'))))
+			return false;
+	return true;
+}
+
+/*
  * parse_hostport parses "host[:port]" or "[ipv6][:port]" in place (port
- * keeps its value when not given).  Returns false with a message in *errmsg.
+ * keeps its value when not given).  Returns false with a message in *errmsg
+ * that quotes nothing of the URL: a malformed part may be a password.
  */
 static bool
 parse_hostport(char *hostport, char **host, int *port, char **errmsg)
 {
-	if (hostport[0] == '[')
+	bool bracketed = hostport[0] == '[';
+
+	if (bracketed)
 	{
 		char *close = strchr(hostport, ']');
 
@@ -98,8 +119,12 @@ parse_hostport(char *hostport, char **host, int *port, char **errmsg)
 		hostport = close + 1;
 		if (*hostport == ':' && !parse_int(hostport + 1, 1, 65535, port))
 		{
-			*errmsg =
-				psprintf("invalid port \"%s\" in Redis URL", hostport + 1);
+			*errmsg = pstrdup("invalid port in Redis URL");
+			return false;
+		}
+		if (*hostport != '\0' && *hostport != ':')
+		{
+			*errmsg = pstrdup("unexpected text after ] in Redis URL host");
 			return false;
 		}
 	}
@@ -112,8 +137,7 @@ parse_hostport(char *hostport, char **host, int *port, char **errmsg)
 			*colon = '\0';
 			if (!parse_int(colon + 1, 1, 65535, port))
 			{
-				*errmsg =
-					psprintf("invalid port \"%s\" in Redis URL", colon + 1);
+				*errmsg = pstrdup("invalid port in Redis URL");
 				return false;
 			}
 		}
@@ -124,19 +148,21 @@ parse_hostport(char *hostport, char **host, int *port, char **errmsg)
 		*errmsg = pstrdup("Redis URL has no host");
 		return false;
 	}
+	if (!host_chars_ok(*host, bracketed))
+	{
+		*errmsg =
+			pstrdup("invalid character in Redis URL host (a mistyped @ before the host?)");
+		return false;
+	}
 	return true;
 }
 
 /*
- * redis_parse_url parses redis://[[user]:password@]host[:port][/db],
- * rediss:// (TLS), redis-cluster://[[user]:password@]host[:port][,host...]
- * (the hosts are seeds of a Redis Cluster), rediss-cluster:// or
- * unix:///path[?db=N] into *target (palloc'd in the current context).
- * Returns false with a message in *errmsg for a malformed URL; the message
- * never contains the password.
+ * parse_url is redis_parse_url without target->display.  Its messages quote
+ * no part of the URL, since any malformed part may hold the password.
  */
-bool
-redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
+static bool
+parse_url(const char *url, RedisTarget *target, char **errmsg)
 {
 	static const struct
 	{
@@ -157,7 +183,6 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 
 	memset(target, 0, sizeof(*target));
 	target->port = 6379;
-	target->display = redis_mask_url(url);
 
 	if (strncmp(copy, "unix://", 7) == 0)
 	{
@@ -173,8 +198,7 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 				!parse_int(query + 3, 0, 1000000, &target->db))
 			{
 				*errmsg =
-					psprintf("invalid query \"%s\" in Redis URL; only db=N is supported",
-							 query);
+					pstrdup("invalid query in Redis URL; only db=N is supported");
 				return false;
 			}
 		}
@@ -243,8 +267,7 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 		*slash = '\0';
 		if (slash[1] != '\0' && !parse_int(slash + 1, 0, 1000000, &target->db))
 		{
-			*errmsg = psprintf("invalid database number \"%s\" in Redis URL",
-							   slash + 1);
+			*errmsg = pstrdup("invalid database number in Redis URL");
 			return false;
 		}
 	}
@@ -286,14 +309,152 @@ redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
 }
 
 /*
- * redis_apply_password_file sets target's password from the first line of
- * path (when path is set), so that the secret need not sit in the URL and
- * in postgresql.conf; "redis://name@host" then names the ACL user.
- * Returns false with a message in err (never containing the secret).
+ * redis_parse_url parses redis://[[user]:password@]host[:port][/db],
+ * rediss:// (TLS), redis-cluster://[[user]:password@]host[:port][,host...]
+ * (the hosts are seeds of a Redis Cluster), rediss-cluster:// or
+ * unix:///path[?db=N] into *target (palloc'd in the current context).
+ * Returns false with a message in *errmsg for a malformed URL; the message
+ * never contains any part of the URL.
  */
 bool
-redis_apply_password_file(RedisTarget *target, const char *path, char *err,
-						  size_t errlen)
+redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
+{
+	bool ok = parse_url(url, target, errmsg);
+
+	target->display = redis_mask_url(url);
+	return ok;
+}
+
+/* setup_error records why the Redis settings cannot be used. */
+static bool
+setup_error(RedisSetupError *err, int sqlerrcode, const char *hint,
+			const char *fmt, ...)
+{
+	va_list ap;
+
+	err->sqlerrcode = sqlerrcode;
+	va_start(ap, fmt);
+	vsnprintf(err->message, sizeof(err->message), fmt, ap);
+	va_end(ap);
+	strlcpy(err->hint, hint ? hint : "", sizeof(err->hint));
+	return false;
+}
+
+/*
+ * check_secret_file refuses a file holding a secret (what names it) that
+ * others could read, as PostgreSQL refuses such an ssl_key_file: it must be
+ * a regular file owned by the server's user with mode 0600 or less, or
+ * owned by root with mode 0640 or less.
+ */
+static bool
+check_secret_file(const char *path, const char *what, RedisSetupError *err)
+{
+	struct stat st;
+	char		hint[256];
+
+	if (stat(path, &st) != 0)
+		return setup_error(err,
+						   errno == ENOENT ? ERRCODE_UNDEFINED_FILE
+										   : ERRCODE_CONFIG_FILE_ERROR,
+						   "Check the path, and that the server's operating-system user may read it.",
+						   "could not access %s \"%s\": %s", what, path,
+						   strerror(errno));
+	if (!S_ISREG(st.st_mode))
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
+						   "%s \"%s\" is not a regular file", what, path);
+	if (st.st_uid != geteuid() && st.st_uid != 0)
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR,
+						   "Make the server's operating-system user (or root) own the file, with mode 0600.",
+						   "%s \"%s\" must be owned by the database user or root",
+						   what, path);
+	if ((st.st_uid == geteuid() && (st.st_mode & (S_IRWXG | S_IRWXO))) ||
+		(st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP | S_IRWXO))))
+	{
+		snprintf(hint, sizeof(hint),
+				 "Run chmod 0600 \"%s\"; a file owned by root may have mode 0640.",
+				 path);
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, hint,
+						   "%s \"%s\" has group or world access", what, path);
+	}
+	return true;
+}
+
+/*
+ * no_passphrase is OpenSSL's passphrase callback: it never prompts (OpenSSL's
+ * default would ask on the terminal and could hang the process), it notes in
+ * *userdata that a passphrase was wanted, and returns 0 so that loading an
+ * encrypted key fails.
+ */
+static int
+no_passphrase(char *buf, int size, int rwflag, void *userdata)
+{
+	if (userdata != NULL)
+		*(bool *) userdata = true;
+	return 0;
+}
+
+/*
+ * redis_check_tls_key checks the client key that target's TLS connections
+ * will present (pg2redis.redis_tls_key_file, else the certificate file):
+ * it must not be readable by others and must load without a passphrase.
+ * Returns false with err set.
+ */
+bool
+redis_check_tls_key(const RedisTarget *target, RedisSetupError *err)
+{
+	const char *path;
+	FILE	   *f;
+	EVP_PKEY   *key;
+	bool		wanted_passphrase = false;
+
+	if (!target->tls || target->tls_cert_file == NULL ||
+		target->tls_cert_file[0] == '\0')
+		return true;
+	path = target->tls_key_file && target->tls_key_file[0]
+			   ? target->tls_key_file
+			   : target->tls_cert_file;
+	if (!check_secret_file(path, "Redis TLS client key file", err))
+		return false;
+	f = fopen(path, "r");
+	if (f == NULL)
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
+						   "could not open Redis TLS client key file \"%s\": %s",
+						   path, strerror(errno));
+	ERR_clear_error();
+	key = PEM_read_PrivateKey(f, NULL, no_passphrase, &wanted_passphrase);
+	fclose(f);
+	if (key != NULL)
+	{
+		EVP_PKEY_free(key);
+		return true;
+	}
+	{
+		unsigned long e = ERR_get_error();
+
+		ERR_clear_error();
+		if (wanted_passphrase)
+			return setup_error(err, ERRCODE_CONFIG_FILE_ERROR,
+							   "pg2redis never asks for a passphrase: store the key unencrypted (openssl pkey -in encrypted.key -out plain.key), with mode 0600.",
+							   "Redis TLS client key file \"%s\" is encrypted with a passphrase",
+							   path);
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR,
+						   "Give pg2redis.redis_tls_key_file a private key in PEM form.",
+						   "could not load Redis TLS client key file \"%s\": %s",
+						   path,
+						   e ? ERR_reason_error_string(e) : "no key found");
+	}
+}
+
+/*
+ * redis_apply_password_file sets target's password from the first line of
+ * path (when path is set), so that the secret need not sit in the URL and
+ * in postgresql.conf; "redis://name@host" then names the ACL user.  The file
+ * must not be readable by others (check_secret_file).  Returns false with
+ * err set (never containing the secret).
+ */
+bool
+redis_apply_password_file(RedisTarget *target, const char *path,
+						  RedisSetupError *err)
 {
 	FILE  *f;
 	char   line[1024];
@@ -301,23 +462,22 @@ redis_apply_password_file(RedisTarget *target, const char *path, char *err,
 
 	if (path == NULL || path[0] == '\0')
 		return true;
+	if (!check_secret_file(path, "Redis password file", err))
+		return false;
 	f = fopen(path, "r");
 	if (f == NULL)
-	{
-		snprintf(err, errlen, "could not open Redis password file \"%s\": %s",
-				 path, strerror(errno));
-		return false;
-	}
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
+						   "could not open Redis password file \"%s\": %s",
+						   path, strerror(errno));
 	if (fgets(line, sizeof(line), f) == NULL)
 		line[0] = '\0';
 	fclose(f);
 	len = strcspn(line, "\r\n");
 	line[len] = '\0';
 	if (len == 0)
-	{
-		snprintf(err, errlen, "Redis password file \"%s\" is empty", path);
-		return false;
-	}
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR,
+						   "Write the password on the first line of the file.",
+						   "Redis password file \"%s\" is empty", path);
 	if (target->password && target->user == NULL &&
 		!target->password_from_colon)
 		target->user = target->password;
@@ -327,29 +487,48 @@ redis_apply_password_file(RedisTarget *target, const char *path, char *err,
 }
 
 /*
- * redis_mask_url returns url with any password replaced by "***", for
- * logs, status and messages.
+ * redis_mask_url returns url with its secret replaced by "***", for logs,
+ * status, settings and messages.  Everything between "://" and the last
+ * '@' is masked (user and password).  A URL without '@' is shown as it is
+ * when it parses (it then has no password); a malformed one is masked after
+ * the first ':' of the authority, or whole when what precedes that ':' is
+ * not a plain name (a password whose '@' was mistyped, say).
  */
 char *
 redis_mask_url(const char *url)
 {
-	const char *scheme = strstr(url, "://");
+	const char *scheme;
+	const char *start;
 	const char *at;
 	const char *colon;
-	const char *start;
+	RedisTarget target;
+	char	   *errmsg;
 
-	if (scheme == NULL)
-		return pstrdup(url);
-	start = scheme + 3;
+	if (url == NULL)
+		return pstrdup("");
+	scheme = strstr(url, "://");
+	start = scheme ? scheme + 3 : url;
 
-	/* as redis_parse_url: the userinfo ends at the last '@' */
+	/* as parse_url: the userinfo ends at the last '@' */
 	at = strrchr(start, '@');
-	if (at == NULL)
-		return pstrdup(url);
-	colon = memchr(start, ':', at - start);
-	if (colon == NULL)
+	if (at != NULL)
 		return psprintf("%.*s***%s", (int) (start - url), url, at);
-	return psprintf("%.*s***%s", (int) (colon + 1 - url), url, at);
+	if (parse_url(url, &target, &errmsg))
+		return pstrdup(url);
+
+	colon = strchr(start, ':');
+	if (colon != NULL)
+	{
+		const char *p;
+
+		for (p = start; p < colon; p++)
+			if (!(isalnum((unsigned char) *p) || *p == '.' || *p == '-' ||
+				  *p == '_'))
+				break;
+		if (p == colon)
+			return psprintf("%.*s***", (int) (colon + 1 - url), url);
+	}
+	return psprintf("%.*s***", (int) (start - url), url);
 }
 
 /* redis_conn_init makes *conn a closed connection. */
@@ -550,19 +729,28 @@ tls_start(RedisConn *conn, const RedisTarget *target)
 	}
 	else
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	/* an encrypted key fails to load: OpenSSL must never prompt for it */
+	SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
 	if (target->tls_cert_file && target->tls_cert_file[0])
 	{
 		const char *key = target->tls_key_file && target->tls_key_file[0]
 							  ? target->tls_key_file
 							  : target->tls_cert_file;
+		bool		wanted_passphrase = false;
+		int			loaded;
 
 		if (SSL_CTX_use_certificate_chain_file(ctx, target->tls_cert_file) !=
 			1)
 			return tls_error(conn,
 							 "could not load the client certificate of pg2redis.redis_tls_cert_file");
-		if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+		SSL_CTX_set_default_passwd_cb_userdata(ctx, &wanted_passphrase);
+		loaded = SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM);
+		SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+		if (loaded != 1)
 			return tls_error(conn,
-							 "could not load the client key of pg2redis.redis_tls_key_file");
+							 wanted_passphrase
+								 ? "the client key of pg2redis.redis_tls_key_file is encrypted with a passphrase, which pg2redis never asks for"
+								 : "could not load the client key of pg2redis.redis_tls_key_file");
 	}
 
 	ssl = SSL_new(ctx);

@@ -149,6 +149,19 @@ pg2r_report_error(const char *fmt, ...)
 }
 
 /*
+ * pg2r_clear_error forgets the last error (new Redis settings: an error
+ * about the old ones, which may quote them, must not linger).
+ */
+void
+pg2r_clear_error(void)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->last_error[0] = '\0';
+	pg2r_shared->last_error_time = 0;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/*
  * pg2r_report_applied adds applied work to the counters and, when lsn is
  * valid, moves the applied position (never backwards), waking waiters.
  */

@@ -36,6 +36,14 @@ typedef struct RedisTarget
 	int			tls_verify;	   /* RedisTlsVerify */
 } RedisTarget;
 
+/* Why the Redis settings cannot be used, for an ereport by the caller. */
+typedef struct RedisSetupError
+{
+	int	 sqlerrcode;
+	char message[512];
+	char hint[512]; /* "" for none */
+} RedisSetupError;
+
 /* How a TLS server is checked (pg2redis.redis_tls_verify). */
 typedef enum RedisTlsVerify
 {
@@ -68,7 +76,9 @@ extern bool	 redis_parse_url(const char *url, RedisTarget *target,
 							 char **errmsg);
 extern char *redis_mask_url(const char *url);
 extern bool	 redis_apply_password_file(RedisTarget *target, const char *path,
-									   char *err, size_t errlen);
+									   RedisSetupError *err);
+extern bool	 redis_check_tls_key(const RedisTarget *target,
+								 RedisSetupError   *err);
 
 extern void redis_conn_init(RedisConn *conn);
 extern bool redis_connect_start(RedisConn *conn, const RedisTarget *target);

@@ -37,9 +37,10 @@ extern int	 pg2r_decoding_work_mem_kb;
 extern int	 pg2r_snapshot_batch_size;
 
 struct RedisTarget;
+struct RedisSetupError;
 
-extern bool	 pg2r_redis_target(struct RedisTarget *target, char *err,
-							   size_t errlen);
+extern bool	 pg2r_redis_target(struct RedisTarget	  *target,
+							   struct RedisSetupError *err);
 extern char *pg2r_redis_settings_signature(void);
 
 #endif /* PG2REDIS_SETTINGS_H */

@@ -66,6 +66,7 @@ extern bool		   pg2r_wait_applied(XLogRecPtr target, int64 timeout_ms);
 extern void pg2r_report_state(Pg2rWorkerState state);
 extern void pg2r_report_connected(bool connected);
 extern void pg2r_report_error(const char *fmt, ...) pg_attribute_printf(1, 2);
+extern void pg2r_clear_error(void);
 extern void pg2r_report_applied(XLogRecPtr lsn, TimestampTz commit_time,
 								uint64 transactions, uint64 commands,
 								uint64 changes);
