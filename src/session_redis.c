@@ -330,14 +330,16 @@ read_map(RedisSession *s)
 RedisSession *
 redis_session_open(void)
 {
-	RedisSession *s = palloc0(sizeof(RedisSession));
-	char		  err[256];
+	RedisSession   *s = palloc0(sizeof(RedisSession));
+	RedisSetupError err;
 
 	s->cxt = CurrentMemoryContext;
-	if (!pg2r_redis_target(&s->target, err, sizeof(err)))
+	if (!pg2r_redis_target(&s->target, &err))
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", err),
-				 errhint("Fix the pg2redis.redis_* settings.")));
+				(errcode(err.sqlerrcode), errmsg("%s", err.message),
+				 errhint("%s", err.hint[0]
+								   ? err.hint
+								   : "Fix the pg2redis.redis_* settings.")));
 	s->cluster = s->target.cluster;
 	s->cb.func = session_close_all;
 	s->cb.arg = s;
