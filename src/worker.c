@@ -461,6 +461,25 @@ wait_for_extension(void)
 	}
 }
 
+/*
+ * wait_while_paused sleeps while pg2redis.enabled is off, before the worker
+ * touches Redis or the slot: paused means no write anywhere, also on the
+ * first start (no slot made, no initial load, no snapshot request served).
+ */
+static void
+wait_while_paused(void)
+{
+	while (!pg2r_enabled)
+	{
+		pg2r_report_state(PG2R_STATE_PAUSED);
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 IDLE_TIMEOUT_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		worker_handle_interrupts();
+	}
+}
+
 /* wait_for_redis serves the sender until Redis is ready. */
 static void
 wait_for_redis(void)
@@ -817,6 +836,7 @@ pg2redis_worker_main(Datum arg)
 		sender_init();
 		ondemand_init();
 		wait_for_extension();
+		wait_while_paused();
 		pg2r_report_state(PG2R_STATE_STARTING);
 		wait_for_redis();
 		start_decoding();
