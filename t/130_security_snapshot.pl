@@ -22,6 +22,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Pg2RedisTest;
 use Test::More;
+use JSON::PP;
 
 my $redis = start_redis(name => 'secsnap');
 my $node = new_node(
@@ -73,6 +74,8 @@ $node->safe_psql(
 	CREATE TABLE erin.paints (id erin.color PRIMARY KEY, v int);
 	CREATE FUNCTION erin.keep(v int) RETURNS boolean LANGUAGE sql
 		AS $$ SELECT erin.pwn('filter') AND v >= 0 $$;
+	-- a two-column text key whose values hold the unit separator U+001F
+	CREATE TABLE erin.pairs (a text, b text, v int, PRIMARY KEY (a, b));
 });
 
 # the superuser maps erin's tables (and one of its own, for the watermarks)
@@ -84,6 +87,8 @@ $node->safe_psql(
 	SELECT pg2redis_add_rule('erin.paints', op, ARRAY['HSET', 'paint:{id}', '{pairs:*}'])
 	  FROM unnest(ARRAY['insert', 'update']) op;
 	SELECT pg2redis_add_rule('erin.paints', 'delete', 'DEL paint:{id}');
+	SELECT pg2redis_add_rule('erin.pairs', op, 'HSET pairs {a}|{b} {v}')
+	  FROM unnest(ARRAY['insert', 'update']) op;
 
 	CREATE TABLE acct (id int PRIMARY KEY, balance int);
 	ALTER TABLE acct REPLICA IDENTITY FULL;
@@ -97,6 +102,8 @@ $node->safe_psql(
 	SET ROLE erin;
 	INSERT INTO erin.orders SELECT g, g FROM generate_series(1, 1000) g;
 	INSERT INTO erin.paints SELECT c, 1 FROM unnest(enum_range(NULL::erin.color)) c;
+	INSERT INTO erin.pairs SELECT 'k' || g % 50, 'b' || g, g FROM generate_series(1, 300) g;
+	INSERT INTO erin.pairs VALUES ('p' || chr(31) || 'q', 'r', 1), ('p', 'q' || chr(31) || 'r', 2);
 });
 $node->safe_psql('postgres', 'INSERT INTO acct VALUES (1, 120)');
 wait_for_redis($node, 60, 'the rows are streamed');
@@ -163,17 +170,21 @@ for my $i (1 .. 200)
 {
 	$w .= "UPDATE erin.orders SET v = v + 1 WHERE id % 50 = " . ($i % 50) . ";\n"
 	  . "UPDATE erin.paints SET v = v + 1 WHERE id = 'c" . sprintf('%03d', $i % 40 + 1) . "';\n"
+	  . "UPDATE erin.pairs SET v = v + 1 WHERE a = 'k" . ($i % 50) . "' OR a LIKE 'p%';\n"
 	  . "SELECT pg_sleep(0.01);\n";
 }
 my $bg = start_psql_script($node, "SET ROLE erin;\n$w");
 my $oid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('erin.orders')");
 my $pid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('erin.paints')");
+my $kid = $node->safe_psql('postgres', "SELECT pg2redis_snapshot('erin.pairs')");
 my ($rc, $out, $err) = finish_psql_script($bg);
 is($rc, 0, 'the concurrent workload ran') or diag($err);
 ok(snapshot_reaches($node, $oid, 'done', 120), 'the snapshot of the domain-keyed table is done')
   or diag($node->safe_psql('postgres', "SELECT error FROM pg2redis_snapshots WHERE id = $oid"));
 ok(snapshot_reaches($node, $pid, 'done', 120), 'the snapshot of the enum-keyed table is done')
   or diag($node->safe_psql('postgres', "SELECT error FROM pg2redis_snapshots WHERE id = $pid"));
+ok(snapshot_reaches($node, $kid, 'done', 120), 'the snapshot of the two-column text key is done')
+  or diag($node->safe_psql('postgres', "SELECT error FROM pg2redis_snapshots WHERE id = $kid"));
 wait_for_redis($node, 60, 'stream caught up after the snapshots');
 is(join("\n", superuser_ran($offset)), '',
 	'the domain CHECK and the cast from text never ran as the superuser');
@@ -182,6 +193,14 @@ check_table_in_redis($node, $redis, 'erin.orders', 'ord',
 	'after the snapshot, Redis equals PostgreSQL (domain key)');
 check_table_in_redis($node, $redis, 'erin.paints', 'paint',
 	'after the snapshot, Redis equals PostgreSQL (enum key)');
+my $json = JSON::PP->new->utf8->canonical;
+is( $json->encode({ @{ $redis->call('HGETALL', 'pairs') } }),
+	$json->encode($json->decode($node->safe_psql('postgres',
+		"SELECT json_object_agg(a || '|' || b, v::text) FROM erin.pairs"))),
+	'after the snapshot, Redis equals PostgreSQL (two-column key with U+001F)');
+diag('rows sent (more than a table holds when rows were read again): '
+	  . $node->safe_psql('postgres',
+		"SELECT string_agg(relation || ' ' || rows, ', ' ORDER BY id) FROM pg2redis_snapshots WHERE id IN ($oid, $pid, $kid)"));
 
 # --- snapshot filters -----------------------------------------------------
 
