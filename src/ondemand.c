@@ -1152,6 +1152,7 @@ ondemand_step(void)
 	{
 		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
 		ListCell	 *lc;
+		int			  nretry = 0;
 
 		req.rows += chunk.nsent;
 		if (chunk.is_retry)
@@ -1176,8 +1177,16 @@ ondemand_step(void)
 			ChunkRow *row = lfirst(lc);
 
 			if (row->removed)
+			{
 				req.retry = lappend(req.retry, copy_key(row->key));
+				nretry++;
+			}
 		}
+		if (nretry > 0)
+			ereport(DEBUG1,
+					(errmsg_internal("pg2redis: snapshot request " INT64_FORMAT
+									 " reads %d rows of \"%s\" again",
+									 req.id, nretry, req.leaf_name)));
 		if (req.retry != NIL && req.retry_round >= RETRY_ROUNDS)
 		{
 			ereport(WARNING,
