@@ -835,7 +835,10 @@ select_chunk(void *arg)
 	chunk.next_key = NULL;
 	chunk.next_key_text = NIL;
 
-	/* rendering needs no rights: the rows are taken as the owner too */
+	/*
+	 * The owner's identity covers the query and the rendering of its rows,
+	 * which needs no rights of its own.
+	 */
 	snapshot_become_owner(rel->rd_rel->relowner, &saved);
 	if (chunk.is_retry)
 	{

@@ -116,7 +116,8 @@ snapshot_restore_user(const SnapshotOwner *saved)
 
 /*
  * filter_position reports the position of an error in a filter (or in the
- * query around it) as a position in that text, not in the user's query.
+ * query around it) as a position in that text, not in the user's query, and
+ * gives a syntax error of the parser the hint on what a filter is.
  */
 static void
 filter_position(void *arg)
@@ -129,6 +130,8 @@ filter_position(void *arg)
 		internalerrposition(pos);
 		internalerrquery((const char *) arg);
 	}
+	if (geterrcode() == ERRCODE_SYNTAX_ERROR)
+		errhint(FILTER_HINT);
 }
 
 /*
