@@ -76,8 +76,11 @@ COMMENT ON TABLE pg2redis.snapshots IS 'pg2redis snapshot requests and their pro
 
 /*
  * Snapshot filters: rows of relation are snapshotted only WHERE filter
- * holds (the pgwalk tool's snapshot "type: query").  Superuser-only, like
- * every table here: the worker runs the filter with superuser rights.
+ * holds (the pgwalk tool's snapshot "type: query").  A filter is one boolean
+ * expression (the trigger refuses anything else); snapshots run it as the
+ * table's owner, in a security-restricted operation, with search_path
+ * pg_catalog, pg_temp.  Superuser-only, like every table here: whoever
+ * writes a filter chooses code the snapshots run.
  */
 CREATE TABLE pg2redis.snapshot_filters (
     relation regclass PRIMARY KEY,

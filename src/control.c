@@ -698,8 +698,10 @@ filter_error_context(void *arg)
 
 /*
  * pg2redis_validate_snapshot_filter is the BEFORE ROW trigger of
- * pg2redis.snapshot_filters: the filter must be a WHERE condition that
- * plans against its relation.
+ * pg2redis.snapshot_filters: the filter must be one boolean expression over
+ * its relation (snapshot_check_filter), and the query the snapshots run
+ * with it must plan, as the table's owner under the worker's search_path,
+ * as the snapshots run it.
  */
 Datum
 pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
@@ -712,8 +714,11 @@ pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 	Oid					 relid;
 	char				 kind;
 	char				*filter;
+	char				*relname;
 	char				*sql;
+	Relation			 rel;
 	SPIPlanPtr			 plan;
+	SnapshotOwner		 saved;
 	ErrorContextCallback errcb;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
@@ -736,28 +741,27 @@ pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 				 errmsg("relation with OID %u is not a table", relid),
 				 errhint("Snapshot filters apply to ordinary and partitioned tables.")));
 	filter = TextDatumGetCString(PointerGetDatum(filter));
-	sql =
-		psprintf("SELECT 1 FROM %s t WHERE (%s)",
-				 quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-											get_rel_name(relid)),
-				 filter);
+	rel = table_open(relid, AccessShareLock);
+	relname =
+		quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+								   RelationGetRelationName(rel));
 	errcb.callback = filter_error_context;
-	errcb.arg = get_rel_name(relid);
+	errcb.arg = pstrdup(RelationGetRelationName(rel));
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
+	snapshot_check_filter(relname, filter);
+	sql = psprintf("SELECT t FROM ONLY %s t WHERE %s", relname,
+				   snapshot_filter_clause(filter));
+	snapshot_become_owner(rel->rd_rel->relowner, &saved);
 	SPI_connect();
 	plan = SPI_prepare(sql, 0, NULL);
 	if (plan == NULL)
 		ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR),
 						errmsg("invalid snapshot filter: %s",
 							   SPI_result_code_string(SPI_result))));
-	/* the loads open a cursor on it: one SELECT, nothing after it */
-	if (!SPI_is_cursor_plan(plan))
-		ereport(ERROR,
-				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("invalid snapshot filter: it must be one boolean expression"),
-				 errhint("Write a WHERE condition without semicolons, e.g. \"status <> 'archived'\".")));
 	SPI_finish();
+	snapshot_restore_user(&saved);
 	error_context_stack = errcb.previous;
+	table_close(rel, AccessShareLock);
 	return PointerGetDatum(tuple);
 }

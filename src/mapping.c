@@ -257,17 +257,26 @@ mapping_get(Relation rel)
 /*
  * mapping_spi_row points *tuple at row i of the current SPI result, whose
  * first column is a whole-row value of relation relid ("SELECT t FROM rel
- * t"): a tuple in the relation's own format, dropped columns included.
+ * t"): a tuple in the relation's own format, dropped columns included.  A
+ * null in that column (which such a query never gives) is an ERROR.
  */
 void
 mapping_spi_row(uint64 i, Oid relid, HeapTupleData *tuple)
 {
-	bool			isnull;
-	HeapTupleHeader hdr =
-		DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[i],
-											  SPI_tuptable->tupdesc, 1,
-											  &isnull));
+	bool  isnull;
+	Datum row = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+							  &isnull);
+	HeapTupleHeader hdr;
 
+	if (isnull || SPI_tuptable->tupdesc->natts < 1 ||
+		TupleDescAttr(SPI_tuptable->tupdesc, 0)->atttypid !=
+			get_rel_type_id(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("a snapshot query of table \"%s\" returned a row that is not one of the table's",
+						get_rel_name(relid)),
+				 errhint("Check the table's snapshot filter in pg2redis.snapshot_filters.")));
+	hdr = DatumGetHeapTupleHeader(row);
 	tuple->t_len = HeapTupleHeaderGetDatumLength(hdr);
 	ItemPointerSetInvalid(&tuple->t_self);
 	tuple->t_tableOid = relid;

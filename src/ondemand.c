@@ -27,6 +27,23 @@
  * while the chunk is open, a change by a transaction the snapshot does not
  * see removes its row from the chunk even before L.
  *
+ * Keys never go through text while a request runs: the last key sent and
+ * the keys to read again are kept as Datums of the key columns' base types
+ * and passed to the chunk's query as typed parameters, compared with the
+ * operators of the key index's btree opfamily, named by schema (see
+ * build_query).  A cast from text to the key type would run a domain's
+ * CHECK or a user's cast as the superuser the worker is.  The chunk's query
+ * runs as the table's owner, in a security-restricted operation with a
+ * pinned search_path (snapshot_become_owner), like the filter it contains.
+ * Rows of the open chunk are found by their key columns' binary images
+ * (datum_image_hash/datum_image_eq), column by column: two different keys
+ * cannot alias, as keys joined into one string could.
+ *
+ * The watermarks carry a random nonce drawn at worker start, besides the
+ * request id and chunk number: anyone may write logical messages
+ * (pg_logical_emit_message()), and a forged high watermark decoded before
+ * the real one would send the chunk at the wrong stream position.
+ *
  * Progress (the leaf being read and the last key sent) is recorded in
  * pg2redis.snapshots after every chunk, so that a request interrupted by a
  * restart resumes after its last chunk.  A request that fails (a table
@@ -39,9 +56,12 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -50,11 +70,13 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "common/hashfn.h"
+#include "utils/datum.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "pg2redis/mapping.h"
@@ -68,11 +90,12 @@
 #define WATERMARK_PREFIX "pg2redis"
 #define RECENT_XIDS 8192
 #define SNAPSHOT_RETRIES 1000
+#define NONCE_BYTES 16
 
 /* One selected row: its key and its rendered commands. */
 typedef struct ChunkRow
 {
-	char		  *key;		/* hash key: primary key as text */
+	Datum		  *key;		/* hash key: the key columns' values */
 	bool		   removed; /* the stream changed it: not sent */
 	StringInfoData cmds;	/* serialized commands, see row_sink_* */
 } ChunkRow;
@@ -84,10 +107,11 @@ static struct
 	int64  id;
 	List  *leaves;				   /* OIDs still to read, in order */
 	Oid	   leaf;				   /* being read */
-	List  *last_key;			   /* text of the last key sent, or NIL */
+	Datum *last_key;			   /* the last key sent, or NULL */
+	List  *last_key_text;		   /* its text, as recorded, or NIL */
 	uint64 rows;				   /* sent so far */
 	bool   leaf_done;			   /* the leaf's last range chunk was sent */
-	List  *retry;				   /* keys to select again (char *) */
+	List  *retry;				   /* keys to select again (Datum *) */
 	int	   retry_round;			   /* how often they were selected again */
 	char   leaf_name[NAMEDATALEN]; /* for messages outside transactions */
 } req;
@@ -107,7 +131,7 @@ static struct
 	XLogRecPtr sent_at; /* the chunk's fence */
 	uint64	   rows;
 	Oid		   leaf;
-	List	  *last_key; /* in OndemandCxt */
+	List	  *last_key; /* text, in OndemandCxt */
 } pending;
 
 /* The chunk in flight between its watermarks. */
@@ -117,21 +141,29 @@ static struct
 	bool		   in_window; /* L decoded */
 	bool		   sent;	  /* H decoded, rows sent: record progress */
 	bool		   last;	  /* the leaf has no rows after this chunk */
-	char		   low[64];
-	char		   high[64];
+	char		   low[128];
+	char		   high[128];
 	TransactionId  xmin;
 	TransactionId  xmax;
 	TransactionId *xip;
 	int			   xcnt;
 	HTAB		  *rows;
-	List		  *order;	 /* ChunkRow *, in key order */
-	List		  *next_key; /* key of the chunk's last row */
+	List		  *order;		  /* ChunkRow *, in key order */
+	Datum		  *next_key;	  /* key of the chunk's last row, or NULL */
+	List		  *next_key_text; /* the same as text */
 	uint64		   nsent;
 	XLogRecPtr	   sent_at;	 /* stream position the rows were sent at */
 	bool		   is_retry; /* selects req.retry keys, not a range */
-	int			   nkeys;	 /* key columns of the leaf */
-	AttrNumber	  *keyatts;
-	FmgrInfo	  *keyout;
+	int			   nkeys;	 /* key columns of the leaf, and per column: */
+	AttrNumber	  *keyatts;	 /* attribute number */
+	Oid			  *keytypes; /* base type, of the query's parameters */
+	bool		  *keybyval;
+	int16		  *keylen;
+	FmgrInfo	  *keyout;	/* output function */
+	char		 **keycols; /* quoted name */
+	char		 **eqop;	/* OPERATOR(schema.=) of the index opfamily */
+	char		 **gtop;	/* ... > */
+	char		 **ltop;	/* ... < */
 	MemoryContext  cxt;
 } chunk;
 
@@ -143,6 +175,7 @@ static int			 recent_next = 0;
 static uint64		 chunk_seq = 0;
 static TimestampTz	 last_poll = 0;
 static TimestampTz	 requested_until = 0;
+static char			 nonce[NONCE_BYTES * 2 + 1]; /* in the watermarks */
 
 /* ---------------------------------------------------------------------------
  * Keys and visibility
@@ -150,15 +183,17 @@ static TimestampTz	 requested_until = 0;
  */
 
 /*
- * row_key returns the primary key of a tuple of the chunk's leaf as text
- * (columns joined by a unit separator), or NULL if a key column is null.
+ * row_key returns the primary key of a tuple of the chunk's leaf: one value
+ * per key column, copied into the current memory context if copy is set, or
+ * NULL if a key column is null.  *unreadable tells that a value is a TOAST
+ * pointer a decoded tuple cannot follow: the row is then unknown.
  */
-static char *
-row_key(TupleDesc desc, HeapTuple tuple)
+static Datum *
+row_key(TupleDesc desc, HeapTuple tuple, bool copy, bool *unreadable)
 {
-	StringInfoData buf;
+	Datum *key = palloc(sizeof(Datum) * chunk.nkeys);
 
-	initStringInfo(&buf);
+	*unreadable = false;
 	for (int k = 0; k < chunk.nkeys; k++)
 	{
 		bool  isnull;
@@ -166,26 +201,54 @@ row_key(TupleDesc desc, HeapTuple tuple)
 
 		if (isnull)
 			return NULL;
-		if (k > 0)
-			appendStringInfoChar(&buf, '\x1f');
-		appendStringInfoString(&buf, OutputFunctionCall(&chunk.keyout[k], v));
+		if (chunk.keylen[k] == -1 &&
+			VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(v)))
+		{
+			*unreadable = true;
+			return NULL;
+		}
+		key[k] = copy ? datumCopy(v, chunk.keybyval[k], chunk.keylen[k]) : v;
 	}
-	return buf.data;
+	return key;
 }
 
-/* key_hash and key_match hash chunk rows by their key string. */
+/* copy_key copies a key of the chunk's leaf into the current context. */
+static Datum *
+copy_key(const Datum *key)
+{
+	Datum *copy = palloc(sizeof(Datum) * chunk.nkeys);
+
+	for (int k = 0; k < chunk.nkeys; k++)
+		copy[k] = datumCopy(key[k], chunk.keybyval[k], chunk.keylen[k]);
+	return copy;
+}
+
+/*
+ * key_hash and key_match hash chunk rows by the binary images of their key
+ * columns, one by one (no separator that a value could contain).
+ */
 static uint32
 key_hash(const void *key, Size keysize)
 {
-	const char *s = *(const char *const *) key;
+	const Datum *k = *(const Datum *const *) key;
+	uint32		 h = 0;
 
-	return string_hash(s, strlen(s) + 1);
+	for (int i = 0; i < chunk.nkeys; i++)
+		h = hash_combine(h, datum_image_hash(k[i], chunk.keybyval[i],
+											 chunk.keylen[i]));
+	return h;
 }
 
 static int
 key_match(const void *a, const void *b, Size keysize)
 {
-	return strcmp(*(const char *const *) a, *(const char *const *) b);
+	const Datum *ka = *(const Datum *const *) a;
+	const Datum *kb = *(const Datum *const *) b;
+
+	for (int i = 0; i < chunk.nkeys; i++)
+		if (!datum_image_eq(ka[i], kb[i], chunk.keybyval[i], chunk.keylen[i]))
+			return 1;
+	return 0;
 }
 
 /* invisible tells whether the chunk's snapshot does not see xid. */
@@ -204,12 +267,29 @@ invisible(TransactionId xid)
 	return false;
 }
 
-/* drop_key removes a row from the open chunk. */
+/* drop_all removes every row from the open chunk. */
 static void
-drop_key(const char *key)
+drop_all(void)
 {
+	ListCell *lc;
+
+	foreach(lc, chunk.order)
+		((ChunkRow *) lfirst(lc))->removed = true;
+}
+
+/*
+ * drop_tuple removes the row of a decoded tuple from the open chunk; every
+ * row, if the tuple's key cannot be read.
+ */
+static void
+drop_tuple(TupleDesc desc, HeapTuple tuple)
+{
+	bool	  unreadable;
+	Datum	 *key = row_key(desc, tuple, false, &unreadable);
 	ChunkRow *row;
 
+	if (unreadable)
+		drop_all();
 	if (key == NULL)
 		return;
 	row = hash_search(chunk.rows, &key, HASH_FIND, NULL);
@@ -246,9 +326,9 @@ ondemand_note_change(Relation rel, TransactionId xid, HeapTuple oldtuple,
 		return;
 	old = MemoryContextSwitchTo(chunk.cxt);
 	if (oldtuple)
-		drop_key(row_key(RelationGetDescr(rel), oldtuple));
+		drop_tuple(RelationGetDescr(rel), oldtuple);
 	if (newtuple)
-		drop_key(row_key(RelationGetDescr(rel), newtuple));
+		drop_tuple(RelationGetDescr(rel), newtuple);
 	MemoryContextSwitchTo(old);
 }
 
@@ -256,14 +336,11 @@ ondemand_note_change(Relation rel, TransactionId xid, HeapTuple oldtuple,
 void
 ondemand_note_truncate(Oid relid, TransactionId xid)
 {
-	ListCell *lc;
-
 	if (!chunk.open || relid != req.leaf)
 		return;
 	if (!chunk.in_window && !invisible(xid))
 		return;
-	foreach(lc, chunk.order)
-		((ChunkRow *) lfirst(lc))->removed = true;
+	drop_all();
 }
 
 /*
@@ -341,7 +418,9 @@ send_chunk(XLogRecPtr lsn)
 
 /*
  * ondemand_on_message handles a decoded watermark: the low one opens the
- * chunk's window, the high one sends what is left of the chunk.
+ * chunk's window, the high one sends what is left of the chunk.  Only the
+ * open chunk's own payloads count, nonce included; any other message with
+ * our prefix (which anyone can write) is ignored.
  */
 void
 ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
@@ -420,16 +499,18 @@ write_watermark(const char *payload)
 }
 
 /*
- * filter_for returns the snapshot filter of relation relid, or NULL (in a
- * transaction, SPI connected).
+ * ondemand_filter_for returns the snapshot filter of relation relid, or NULL
+ * (in a transaction, SPI connected).  Its operator is named by schema, like
+ * every name in the worker's SQL.
  */
 char *
 ondemand_filter_for(Oid relid)
 {
-	Oid	  types[1] = {REGCLASSOID};
+	Oid	  types[1] = {OIDOID};
 	Datum values[1] = {ObjectIdGetDatum(relid)};
 
-	if (SPI_execute_with_args("SELECT filter FROM pg2redis.snapshot_filters WHERE relation = $1",
+	if (SPI_execute_with_args("SELECT filter FROM pg2redis.snapshot_filters "
+							  "WHERE relation::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
 							  1, types, values, NULL, true,
 							  1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg2redis.snapshot_filters");
@@ -438,127 +519,263 @@ ondemand_filter_for(Oid relid)
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
 
-/* Arguments of select_chunk, run under worker_run_sql. */
-typedef struct SelectArgs
+/*
+ * key_operator returns the operator of btree opfamily for strategy on
+ * opcintype, written for SQL by its schema and name: OPERATOR(s.op).
+ */
+static char *
+key_operator(Oid opfamily, Oid opcintype, int16 strategy)
 {
-	int	  attempts;
-	char *error;
-} SelectArgs;
+	Oid opno = get_opfamily_member(opfamily, opcintype, opcintype, strategy);
+	HeapTuple		 tup;
+	Form_pg_operator op;
+	char			*result;
+
+	if (!OidIsValid(opno))
+		elog(ERROR, "missing operator %d(%u,%u) in opfamily %u", strategy,
+			 opcintype, opcintype, opfamily);
+	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", opno);
+	op = (Form_pg_operator) GETSTRUCT(tup);
+	result = psprintf("OPERATOR(%s.%s)",
+					  quote_identifier(get_namespace_name(op->oprnamespace)),
+					  NameStr(op->oprname));
+	ReleaseSysCache(tup);
+	return result;
+}
 
 /*
  * setup_key sets the chunk's key columns from the leaf's primary key (or
- * replica identity index); false if it has neither.
+ * replica identity index): their types, and the operators of the index's
+ * opfamilies; false if it has neither.
  */
 static bool
 setup_key(Relation rel)
 {
-	Oid		 idxoid = RelationGetPrimaryKeyIndex(rel);
-	Relation idx;
+	Oid			  idxoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	  idx;
+	int			  n;
+	MemoryContext old;
 
 	if (!OidIsValid(idxoid))
 		idxoid = RelationGetReplicaIndex(rel);
 	if (!OidIsValid(idxoid))
 		return false;
 	idx = index_open(idxoid, AccessShareLock);
-	chunk.nkeys = idx->rd_index->indnkeyatts;
-	chunk.keyatts =
-		MemoryContextAlloc(chunk.cxt, sizeof(AttrNumber) * chunk.nkeys);
-	chunk.keyout =
-		MemoryContextAlloc(chunk.cxt, sizeof(FmgrInfo) * chunk.nkeys);
-	for (int k = 0; k < chunk.nkeys; k++)
+	if (idx->rd_rel->relam != BTREE_AM_OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("the key index of table \"%s\" is not a btree index",
+						RelationGetRelationName(rel)),
+				 errhint("Snapshots on demand read tables by a primary key or a btree replica identity index.")));
+	old = MemoryContextSwitchTo(chunk.cxt);
+	n = chunk.nkeys = idx->rd_index->indnkeyatts;
+	chunk.keyatts = palloc(sizeof(AttrNumber) * n);
+	chunk.keytypes = palloc(sizeof(Oid) * n);
+	chunk.keybyval = palloc(sizeof(bool) * n);
+	chunk.keylen = palloc(sizeof(int16) * n);
+	chunk.keyout = palloc(sizeof(FmgrInfo) * n);
+	chunk.keycols = palloc(sizeof(char *) * n);
+	chunk.eqop = palloc(sizeof(char *) * n);
+	chunk.gtop = palloc(sizeof(char *) * n);
+	chunk.ltop = palloc(sizeof(char *) * n);
+	for (int k = 0; k < n; k++)
 	{
-		Oid typid = TupleDescAttr(RelationGetDescr(rel),
-								  idx->rd_index->indkey.values[k] - 1)
-						->atttypid;
-		Oid	 outfunc;
-		bool varlena;
+		AttrNumber		  attnum = idx->rd_index->indkey.values[k];
+		Form_pg_attribute att;
+		Oid				  outfunc;
+		bool			  varlena;
 
-		chunk.keyatts[k] = idx->rd_index->indkey.values[k];
-		getTypeOutputInfo(typid, &outfunc, &varlena);
+		if (attnum <= 0)
+			elog(ERROR, "key index of \"%s\" has an expression",
+				 RelationGetRelationName(rel));
+		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+		chunk.keyatts[k] = attnum;
+		/* a domain's values are its base type's: no CHECK runs on them */
+		chunk.keytypes[k] = getBaseType(att->atttypid);
+		chunk.keybyval[k] = att->attbyval;
+		chunk.keylen[k] = att->attlen;
+		getTypeOutputInfo(chunk.keytypes[k], &outfunc, &varlena);
 		fmgr_info_cxt(outfunc, &chunk.keyout[k], chunk.cxt);
+		chunk.keycols[k] = pstrdup(quote_identifier(NameStr(att->attname)));
+		chunk.eqop[k] = key_operator(idx->rd_opfamily[k], idx->rd_opcintype[k],
+									 BTEqualStrategyNumber);
+		chunk.gtop[k] = key_operator(idx->rd_opfamily[k], idx->rd_opcintype[k],
+									 BTGreaterStrategyNumber);
+		chunk.ltop[k] = key_operator(idx->rd_opfamily[k], idx->rd_opcintype[k],
+									 BTLessStrategyNumber);
 	}
+	MemoryContextSwitchTo(old);
 	index_close(idx, AccessShareLock);
 	return true;
 }
 
-/* build_query returns the SQL selecting the next chunk of the leaf. */
+/*
+ * build_query returns the SQL that selects the chunk's rows as whole-row
+ * values: the next range of keys after $1..$n in key order, or, for a chunk
+ * of keys read again, the one row whose key is $1..$n.
+ *
+ * The parameters are Datums of the key columns' base types: no key is cast
+ * from text (a domain's CHECK or a user's cast from text would run), and no
+ * domain coercion happens.  They are compared with the operators of the key
+ * index's btree opfamilies, written OPERATOR(schema.name), so the order is
+ * the index's and the search_path plays no part.  Resolving such a name for
+ * the column's type (a domain, an enum, a binary-coercible type) considers
+ * the operators of that one schema, normally pg_catalog, where only
+ * superusers create anything; and the query runs as the table's owner, so
+ * even an operator added there could only run with the owner's rights.  An
+ * index scan with ScanKeys would need no SQL, but the filter is SQL, and the
+ * query gives visibility, ordering and the row format for free.
+ */
 static char *
-build_query(Relation rel, const char *filter)
+build_query(Relation rel, const char *relname, const char *filter)
 {
 	StringInfoData sql;
-	StringInfoData cols;
-	TupleDesc	   desc = RelationGetDescr(rel);
 
-	initStringInfo(&cols);
-	for (int k = 0; k < chunk.nkeys; k++)
-		appendStringInfo(&cols, "%st.%s", k ? ", " : "",
-						 quote_identifier(NameStr(TupleDescAttr(desc,
-																chunk.keyatts
-																		[k] -
-																	1)
-													  ->attname)));
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT t FROM ONLY %s t WHERE true",
-					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-												RelationGetRelationName(rel)));
+	appendStringInfo(&sql, "SELECT t FROM ONLY %s t WHERE true", relname);
 	if (chunk.is_retry)
 	{
-		ListCell *lc;
-		int		  n = 0;
-
-		/* rows the stream touched while their chunk was open: by key */
-		appendStringInfo(&sql, " AND ROW(%s) IN (", cols.data);
-		foreach(lc, req.retry)
+		for (int k = 0; k < chunk.nkeys; k++)
+			appendStringInfo(&sql, " AND t.%s %s $%d", chunk.keycols[k],
+							 chunk.eqop[k], k + 1);
+	}
+	else if (req.last_key != NULL)
+	{
+		if (chunk.nkeys == 1)
+			appendStringInfo(&sql, " AND t.%s %s $1", chunk.keycols[0],
+							 chunk.gtop[0]);
+		else
 		{
-			char *key = pstrdup(lfirst(lc));
-			char *part = key;
-
-			if (n++ >= pg2r_snapshot_batch_size)
-				break;
-			appendStringInfoString(&sql, n > 1 ? ", ROW(" : "ROW(");
+			/* a row comparison takes one operator name for every column */
+			for (int k = 1; k < chunk.nkeys; k++)
+				if (strcmp(chunk.gtop[k], chunk.gtop[0]) != 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+							 errmsg("the key columns of table \"%s\" are ordered by operators of different names",
+									RelationGetRelationName(rel)),
+							 errhint("Give the table a primary key, whose columns use their types' default operator classes.")));
+			appendStringInfoString(&sql, " AND ROW(");
 			for (int k = 0; k < chunk.nkeys; k++)
-			{
-				char *sep = strchr(part, '\x1f');
-
-				if (sep)
-					*sep = '\0';
-				appendStringInfo(&sql, "%s%s::%s", k ? ", " : "",
-								 quote_literal_cstr(part),
-								 format_type_be_qualified(TupleDescAttr(desc,
-																		chunk.keyatts
-																				[k] -
-																			1)
-															  ->atttypid));
-				part = sep ? sep + 1 : part + strlen(part);
-			}
+				appendStringInfo(&sql, "%st.%s", k ? ", " : "",
+								 chunk.keycols[k]);
+			appendStringInfo(&sql, ") %s ROW(", chunk.gtop[0]);
+			for (int k = 0; k < chunk.nkeys; k++)
+				appendStringInfo(&sql, "%s$%d", k ? ", " : "", k + 1);
 			appendStringInfoChar(&sql, ')');
 		}
-		appendStringInfoChar(&sql, ')');
-	}
-	else if (req.last_key != NIL)
-	{
-		appendStringInfo(&sql, " AND ROW(%s) > ROW(", cols.data);
-		for (int k = 0; k < chunk.nkeys; k++)
-			appendStringInfo(&sql, "%s$%d::text::%s", k ? ", " : "", k + 1,
-							 format_type_be_qualified(TupleDescAttr(desc,
-																	chunk.keyatts
-																			[k] -
-																		1)
-														  ->atttypid));
-		appendStringInfoChar(&sql, ')');
 	}
 	if (filter)
-		appendStringInfo(&sql, " AND (%s)", filter);
-	appendStringInfo(&sql, " ORDER BY %s LIMIT %d", cols.data,
-					 pg2r_snapshot_batch_size);
+		appendStringInfo(&sql, " AND %s", snapshot_filter_clause(filter));
+	if (!chunk.is_retry)
+	{
+		appendStringInfoString(&sql, " ORDER BY ");
+		for (int k = 0; k < chunk.nkeys; k++)
+			appendStringInfo(&sql, "%st.%s USING %s", k ? ", " : "",
+							 chunk.keycols[k], chunk.ltop[k]);
+		appendStringInfo(&sql, " LIMIT %d", pg2r_snapshot_batch_size);
+	}
 	return sql.data;
+}
+
+/*
+ * read_last_key turns the recorded text of the last key sent (a request
+ * resumed after a restart) into values of the key columns' base types with
+ * their input functions.  The caller runs it as the table's owner: this is
+ * the one place a key goes through text, once per resumed request, and an
+ * input function may run the owner's code (e.g. an array of a domain).
+ */
+static void
+read_last_key(void)
+{
+	MemoryContext old;
+	Datum		 *key;
+	ListCell	 *lc;
+
+	if (list_length(req.last_key_text) != chunk.nkeys)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the key of table \"%s\" changed while a snapshot read it",
+						req.leaf_name),
+				 errhint("Request the snapshot again.")));
+	old = MemoryContextSwitchTo(OndemandCxt);
+	key = palloc(sizeof(Datum) * chunk.nkeys);
+	foreach(lc, req.last_key_text)
+	{
+		int k = foreach_current_index(lc);
+		Oid infunc;
+		Oid ioparam;
+
+		getTypeInputInfo(chunk.keytypes[k], &infunc, &ioparam);
+		key[k] = OidInputFunctionCall(infunc, lfirst(lc), ioparam, -1);
+	}
+	MemoryContextSwitchTo(old);
+	req.last_key = key;
+}
+
+/*
+ * take_rows adds the rows of the current SPI result to the chunk, with
+ * their rendered commands, and remembers the last one's key.
+ */
+static void
+take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
+		  const CommandSink *sink)
+{
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTupleData tuple;
+		Datum		 *key;
+		ChunkRow	 *row;
+		bool		  found;
+		bool		  unreadable;
+		MemoryContext old;
+
+		mapping_spi_row(i, req.leaf, &tuple);
+
+		old = MemoryContextSwitchTo(chunk.cxt);
+		key = row_key(RelationGetDescr(rel), &tuple, true, &unreadable);
+		if (key == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("a key column of table \"%s\" is null",
+							RelationGetRelationName(rel)),
+					 errhint("Snapshots on demand need a primary key, or a replica identity index on columns that are not null.")));
+		row = hash_search(chunk.rows, &key, HASH_ENTER, &found);
+		if (found)
+		{
+			/* a key read again twice in one chunk */
+			MemoryContextSwitchTo(old);
+			continue;
+		}
+		row->key = key;
+		row->removed = false;
+		initStringInfo(&row->cmds);
+		chunk.order = lappend(chunk.order, row);
+		if (i == SPI_processed - 1)
+		{
+			chunk.next_key = key;
+			chunk.next_key_text = NIL;
+			for (int k = 0; k < chunk.nkeys; k++)
+				chunk.next_key_text =
+					lappend(chunk.next_key_text,
+							OutputFunctionCall(&chunk.keyout[k], key[k]));
+		}
+
+		sink_row = row;
+		mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, meta, sink);
+		sink_row = NULL;
+		MemoryContextSwitchTo(old);
+	}
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /*
  * select_chunk reads the next chunk of the leaf under the transaction's
  * snapshot and renders its rows.  Returns false (without rows) when the
  * snapshot misses a transaction the worker already decoded: the caller
- * selects again.
+ * selects again.  The query runs as the table's owner
+ * (snapshot_become_owner).
  */
 static bool
 select_chunk(void *arg)
@@ -566,14 +783,14 @@ select_chunk(void *arg)
 	Snapshot	  snap = GetActiveSnapshot();
 	Relation	  rel;
 	RelMap		 *map;
+	char		 *relname;
+	char		 *filter = NULL;
 	char		 *sql;
-	Datum		 *values = NULL;
-	Oid			 *types = NULL;
-	int			  nargs = 0;
 	ChangeMeta	  meta = {0};
 	CommandSink	  sink = {row_sink_command, row_sink_error, NULL, false};
 	MemoryContext old;
 	HASHCTL		  ctl;
+	SnapshotOwner saved;
 
 	/* the guard: the snapshot must see what the stream already applied */
 	for (int i = 0; i < RECENT_XIDS; i++)
@@ -587,7 +804,7 @@ select_chunk(void *arg)
 	chunk.xcnt = snap->xcnt;
 	chunk.xip = palloc(sizeof(TransactionId) * Max(snap->xcnt, 1));
 	memcpy(chunk.xip, snap->xip, sizeof(TransactionId) * snap->xcnt);
-	ctl.keysize = sizeof(char *);
+	ctl.keysize = sizeof(Datum *);
 	ctl.entrysize = sizeof(ChunkRow);
 	ctl.hash = key_hash;
 	ctl.match = key_match;
@@ -599,6 +816,9 @@ select_chunk(void *arg)
 
 	rel = table_open(req.leaf, AccessShareLock);
 	strlcpy(req.leaf_name, RelationGetRelationName(rel), NAMEDATALEN);
+	relname =
+		quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+								   RelationGetRelationName(rel));
 	map = mapping_get(rel);
 	if (!setup_key(rel))
 		ereport(ERROR,
@@ -606,70 +826,59 @@ select_chunk(void *arg)
 				 errmsg("table \"%s\" has no primary key or replica identity index",
 						RelationGetRelationName(rel)),
 				 errhint("Snapshots on demand read tables by key; add a primary key.")));
-	sql = build_query(rel, mapping_has_rules(map)
-							   ? ondemand_filter_for(map->rulerelid)
-							   : NULL);
-	if (req.last_key != NIL && !chunk.is_retry)
-	{
-		ListCell *lc;
-
-		nargs = list_length(req.last_key);
-		values = palloc(sizeof(Datum) * nargs);
-		types = palloc(sizeof(Oid) * nargs);
-		foreach(lc, req.last_key)
-		{
-			values[foreach_current_index(lc)] =
-				CStringGetTextDatum(lfirst(lc));
-			types[foreach_current_index(lc)] = TEXTOID;
-		}
-	}
-	if (SPI_execute_with_args(sql, nargs, types, values, NULL, true, 0) !=
-		SPI_OK_SELECT)
-		elog(ERROR, "could not select a snapshot chunk");
+	if (mapping_has_rules(map))
+		filter = ondemand_filter_for(map->rulerelid);
+	if (filter)
+		snapshot_check_filter(relname, filter);
 
 	meta.lsn = InvalidXLogRecPtr;
 	meta.commit_time = GetCurrentTimestamp();
-	chunk.last =
-		!chunk.is_retry && SPI_processed < (uint64) pg2r_snapshot_batch_size;
-	for (uint64 i = 0; i < SPI_processed; i++)
+	chunk.next_key = NULL;
+	chunk.next_key_text = NIL;
+
+	/*
+	 * The owner's identity covers the query and the rendering of its rows,
+	 * which needs no rights of its own.
+	 */
+	snapshot_become_owner(rel->rd_rel->relowner, &saved);
+	if (chunk.is_retry)
 	{
-		HeapTupleData tuple;
-		char		 *key;
-		ChunkRow	 *row;
-		bool		  found;
+		SPIPlanPtr plan;
+		ListCell  *lc;
+		int		   n = 0;
 
-		mapping_spi_row(i, req.leaf, &tuple);
-
-		old = MemoryContextSwitchTo(chunk.cxt);
-		key = row_key(RelationGetDescr(rel), &tuple);
-		row = hash_search(chunk.rows, &key, HASH_ENTER, &found);
-		row->key = key;
-		row->removed = false;
-		initStringInfo(&row->cmds);
-		chunk.order = lappend(chunk.order, row);
-		if (i == SPI_processed - 1)
+		sql = build_query(rel, relname, filter);
+		plan = SPI_prepare(sql, chunk.nkeys, chunk.keytypes);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare a snapshot chunk: %s",
+				 SPI_result_code_string(SPI_result));
+		foreach(lc, req.retry)
 		{
-			list_free_deep(chunk.next_key);
-			chunk.next_key = NIL;
-			for (int k = 0; k < chunk.nkeys; k++)
-			{
-				bool  knull;
-				Datum v = heap_getattr(&tuple, chunk.keyatts[k],
-									   RelationGetDescr(rel), &knull);
-
-				chunk.next_key =
-					lappend(chunk.next_key,
-							OutputFunctionCall(&chunk.keyout[k], v));
-			}
+			if (n++ >= pg2r_snapshot_batch_size)
+				break;
+			if (SPI_execute_plan(plan, (Datum *) lfirst(lc), NULL, true, 0) !=
+				SPI_OK_SELECT)
+				elog(ERROR, "could not select a snapshot chunk");
+			take_rows(rel, map, &meta, &sink);
 		}
-		MemoryContextSwitchTo(old);
-
-		sink_row = row;
-		old = MemoryContextSwitchTo(chunk.cxt);
-		mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, &meta, &sink);
-		MemoryContextSwitchTo(old);
-		sink_row = NULL;
+		chunk.last = false;
 	}
+	else
+	{
+		int nrows;
+
+		if (req.last_key == NULL && req.last_key_text != NIL)
+			read_last_key();
+		sql = build_query(rel, relname, filter);
+		if (SPI_execute_with_args(sql, req.last_key ? chunk.nkeys : 0,
+								  chunk.keytypes, req.last_key, NULL, true,
+								  0) != SPI_OK_SELECT)
+			elog(ERROR, "could not select a snapshot chunk");
+		nrows = SPI_processed;
+		take_rows(rel, map, &meta, &sink);
+		chunk.last = nrows < pg2r_snapshot_batch_size;
+	}
+	snapshot_restore_user(&saved);
 	table_close(rel, AccessShareLock);
 	return true;
 }
@@ -698,7 +907,7 @@ record_progress(void *arg)
 	char		  nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	uint64		  rows = pa->acked ? pending.rows : req.rows;
 	Oid			  leaf = pa->acked ? pending.leaf : req.leaf;
-	List		 *last_key = pa->acked ? pending.last_key : req.last_key;
+	List		 *last_key = pa->acked ? pending.last_key : req.last_key_text;
 
 	values[0] = Int64GetDatum(req.id);
 	values[1] = Int64GetDatum(rows);
@@ -723,9 +932,10 @@ record_progress(void *arg)
 	nulls[5] = pa->error ? ' ' : 'n';
 	if (SPI_execute_with_args("UPDATE pg2redis.snapshots SET rows = $2, current_relation = $3, "
 							  "last_key = $4, state = coalesce($5, state), error = $6, "
-							  "started_at = coalesce(started_at, now()), "
-							  "finished_at = CASE WHEN $5 IN ('done', 'failed') THEN now() END "
-							  "WHERE id = $1",
+							  "started_at = coalesce(started_at, pg_catalog.now()), "
+							  "finished_at = CASE WHEN $5 OPERATOR(pg_catalog.=) ANY (ARRAY['done', 'failed']) "
+							  "THEN pg_catalog.now() END "
+							  "WHERE id OPERATOR(pg_catalog.=) $1",
 							  6, types, values, nulls, false,
 							  0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update pg2redis.snapshots");
@@ -754,7 +964,8 @@ finish_request(const char *state, const char *error)
 	pending.last_key = NIL;
 	MemoryContextReset(OndemandCxt);
 	req.leaves = NIL;
-	req.last_key = NIL;
+	req.last_key = NULL;
+	req.last_key_text = NIL;
 	req.retry = NIL;
 	req.retry_round = 0;
 	req.leaf_done = false;
@@ -777,7 +988,8 @@ load_request(void *arg)
 	MemoryContext old;
 
 	if (SPI_execute("SELECT id, relation, current_relation, last_key, rows "
-					"FROM pg2redis.snapshots WHERE state IN ('pending', 'running') "
+					"FROM pg2redis.snapshots "
+					"WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'running']) "
 					"ORDER BY id LIMIT 1",
 					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg2redis.snapshots");
@@ -795,7 +1007,8 @@ load_request(void *arg)
 
 	old = MemoryContextSwitchTo(OndemandCxt);
 	req.leaves = NIL;
-	req.last_key = NIL;
+	req.last_key = NULL;
+	req.last_key_text = NIL;
 	req.retry = NIL;
 	req.retry_round = 0;
 	req.leaf_done = false;
@@ -817,9 +1030,10 @@ load_request(void *arg)
 
 		deconstruct_array(DatumGetArrayTypeP(lastkey), TEXTOID, -1, false,
 						  TYPALIGN_INT, &elems, &nulls, &n);
+		/* made values of the key's types by the first chunk, as the owner */
 		for (int i = 0; i < n; i++)
-			req.last_key =
-				lappend(req.last_key, TextDatumGetCString(elems[i]));
+			req.last_key_text =
+				lappend(req.last_key_text, TextDatumGetCString(elems[i]));
 	}
 	rows = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5,
 						 &isnull);
@@ -830,10 +1044,21 @@ load_request(void *arg)
 	return true;
 }
 
-/* ondemand_init sets up memory (worker start). */
+/*
+ * ondemand_init sets up memory and draws the watermarks' nonce (worker
+ * start).
+ */
 void
 ondemand_init(void)
 {
+	uint8 bytes[NONCE_BYTES];
+
+	if (!pg_strong_random(bytes, sizeof(bytes)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random snapshot watermark nonce")));
+	nonce[hex_encode((const char *) bytes, sizeof(bytes), nonce)] = '\0';
+
 	OndemandCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis snapshots",
 										ALLOCSET_DEFAULT_SIZES);
 	chunk.cxt =
@@ -872,7 +1097,9 @@ chunk_reset(void)
 	chunk.open = chunk.in_window = chunk.sent = chunk.last = false;
 	chunk.rows = NULL;
 	chunk.order = NIL;
-	chunk.next_key = NIL;
+	chunk.next_key = NULL;
+	chunk.next_key_text = NIL;
+	chunk.nkeys = 0;
 	chunk.xip = NULL;
 	chunk.nsent = 0;
 	chunk.sent_at = InvalidXLogRecPtr;
@@ -929,6 +1156,7 @@ ondemand_step(void)
 	{
 		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
 		ListCell	 *lc;
+		int			  nretry = 0;
 
 		req.rows += chunk.nsent;
 		if (chunk.is_retry)
@@ -941,9 +1169,11 @@ ondemand_step(void)
 		}
 		else
 		{
-			req.last_key = NIL;
-			foreach(lc, chunk.next_key)
-				req.last_key = lappend(req.last_key, pstrdup(lfirst(lc)));
+			req.last_key = chunk.next_key ? copy_key(chunk.next_key) : NULL;
+			req.last_key_text = NIL;
+			foreach(lc, chunk.next_key_text)
+				req.last_key_text =
+					lappend(req.last_key_text, pstrdup(lfirst(lc)));
 			req.leaf_done = chunk.last;
 		}
 		foreach(lc, chunk.order)
@@ -951,8 +1181,16 @@ ondemand_step(void)
 			ChunkRow *row = lfirst(lc);
 
 			if (row->removed)
-				req.retry = lappend(req.retry, pstrdup(row->key));
+			{
+				req.retry = lappend(req.retry, copy_key(row->key));
+				nretry++;
+			}
 		}
+		if (nretry > 0)
+			ereport(DEBUG1,
+					(errmsg_internal("pg2redis: snapshot request " INT64_FORMAT
+									 " reads %d rows of \"%s\" again",
+									 req.id, nretry, req.leaf_name)));
 		if (req.retry != NIL && req.retry_round >= RETRY_ROUNDS)
 		{
 			ereport(WARNING,
@@ -969,7 +1207,8 @@ ondemand_step(void)
 			req.leaves = list_delete_first(req.leaves);
 			req.leaf =
 				req.leaves != NIL ? linitial_oid(req.leaves) : InvalidOid;
-			req.last_key = NIL;
+			req.last_key = NULL;
+			req.last_key_text = NIL;
 			req.leaf_done = false;
 		}
 		if (chunk.sent_at != InvalidXLogRecPtr)
@@ -977,7 +1216,7 @@ ondemand_step(void)
 			/* recorded as progress when Redis has applied the chunk */
 			list_free_deep(pending.last_key);
 			pending.last_key = NIL;
-			foreach(lc, req.last_key)
+			foreach(lc, req.last_key_text)
 				pending.last_key =
 					lappend(pending.last_key, pstrdup(lfirst(lc)));
 			pending.rows = req.rows;
@@ -1038,10 +1277,12 @@ ondemand_step(void)
 	chunk_reset();
 	chunk.is_retry = req.retry != NIL;
 	chunk_seq++;
-	snprintf(chunk.low, sizeof(chunk.low), "L:" INT64_FORMAT ":" UINT64_FORMAT,
-			 req.id, chunk_seq);
+	snprintf(chunk.low, sizeof(chunk.low),
+			 "L:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
+			 nonce);
 	snprintf(chunk.high, sizeof(chunk.high),
-			 "H:" INT64_FORMAT ":" UINT64_FORMAT, req.id, chunk_seq);
+			 "H:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
+			 nonce);
 	for (int attempt = 0;; attempt++)
 	{
 		bool selected = false;

@@ -14,6 +14,15 @@
  * into atomic parts like any large transaction and fenced by the start
  * point when done.
  *
+ * A table's snapshot filter is one boolean expression over the table
+ * (snapshot_check_filter), run by SQL.  The query runs as the table's owner,
+ * in a security-restricted operation with search_path pinned to pg_catalog,
+ * pg_temp (snapshot_become_owner), as PostgreSQL's own maintenance commands
+ * run index expressions: the worker is a superuser, and a filter, a domain
+ * check or a cast on the table is the owner's code, which must not run with
+ * more than the owner's rights.  The rows themselves are read with a plain
+ * heap scan when there is no filter: no user code runs there.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -23,11 +32,17 @@
 #include "access/tableam.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
+#include "common/keywords.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "parser/parser.h"
+#include "parser/scanner.h"
 #include "pgstat.h"
-#include "utils/lsyscache.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -69,30 +84,185 @@ snapshot_mapped_leaves(Oid relid)
 }
 
 /*
+ * snapshot_become_owner makes owner the current user, in a security-
+ * restricted operation with search_path pinned, as VACUUM, CLUSTER and
+ * REFRESH MATERIALIZED VIEW do (CVE-2022-1552), and saves the identity in
+ * *saved.  snapshot_restore_user restores it; an ERROR in between is undone
+ * by the abort of the (sub)transaction.
+ */
+void
+snapshot_become_owner(Oid owner, SnapshotOwner *saved)
+{
+	GetUserIdAndSecContext(&saved->save_userid, &saved->save_sec_context);
+	SetUserIdAndSecContext(owner, saved->save_sec_context |
+									  SECURITY_RESTRICTED_OPERATION);
+	saved->save_nestlevel = NewGUCNestLevel();
+	/* in the worker the setting is already pinned (worker.c): this is a no-op */
+	(void) set_config_option("search_path", PG2R_SAFE_SEARCH_PATH, PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+}
+
+/* snapshot_restore_user undoes snapshot_become_owner. */
+void
+snapshot_restore_user(const SnapshotOwner *saved)
+{
+	AtEOXact_GUC(false, saved->save_nestlevel);
+	SetUserIdAndSecContext(saved->save_userid, saved->save_sec_context);
+}
+
+#define FILTER_HINT                                                           \
+	"Write one condition on the table's columns, such as \"status <> "        \
+	"'archived'\", and schema-qualify your own functions and operators."
+
+/*
+ * filter_position reports the position of an error in a filter (or in the
+ * query around it) as a position in that text, not in the user's query, and
+ * gives a syntax error of the parser the hint on what a filter is.
+ */
+static void
+filter_position(void *arg)
+{
+	int pos = geterrposition();
+
+	if (pos > 0)
+	{
+		errposition(0);
+		internalerrposition(pos);
+		internalerrquery((const char *) arg);
+	}
+	if (geterrcode() == ERRCODE_SYNTAX_ERROR)
+		errhint(FILTER_HINT);
+}
+
+/*
+ * snapshot_check_filter refuses a snapshot filter of table relname (quoted,
+ * qualified) that is not one boolean expression.  The filter is pasted into
+ * SQL as "WHERE (<newline> filter <newline>)" (snapshot_filter_clause), so
+ * it is refused if its tokens close more parentheses than they open, leave
+ * one open, or hold a semicolon: nothing can then end the condition early
+ * (a comment ends at the newline).  The query is then parsed, and must be
+ * one plain SELECT whose only clauses are ours.  Whether the expression is
+ * boolean and names what exists is for the planner (the trigger prepares
+ * it).
+ */
+void
+snapshot_check_filter(const char *relname, const char *filter)
+{
+	core_yyscan_t		 scanner;
+	core_yy_extra_type	 yyextra;
+	core_YYSTYPE		 yylval;
+	YYLTYPE				 yylloc;
+	int					 depth = 0;
+	int					 ntokens = 0;
+	char				*sql;
+	List				*stmts;
+	Node				*stmt;
+	SelectStmt			*select;
+	ErrorContextCallback errcb;
+
+	errcb.callback = filter_position;
+	errcb.arg = (void *) filter;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	scanner = scanner_init(filter, &yyextra, &ScanKeywords, ScanKeywordTokens);
+	for (;;)
+	{
+		int tok = core_yylex(&yylval, &yylloc, scanner);
+
+		if (tok == 0)
+			break;
+		ntokens++;
+		if (tok == '(')
+			depth++;
+		else if ((tok == ')' && --depth < 0) || tok == ';')
+			ereport(ERROR,
+					(errcode(ERRCODE_SYNTAX_ERROR),
+					 errmsg("invalid snapshot filter: it must be one boolean expression"),
+					 errdetail(tok == ';'
+								   ? "A semicolon ends the condition."
+								   : "A closing parenthesis ends the condition early."),
+					 errhint(FILTER_HINT),
+					 errposition(pg_mbstrlen_with_len(filter, yylloc) + 1)));
+	}
+	scanner_finish(scanner);
+	if (ntokens == 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("invalid snapshot filter: it is empty"),
+						errhint(FILTER_HINT)));
+	if (depth > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("invalid snapshot filter: it must be one boolean expression"),
+				 errdetail("It leaves a parenthesis open."),
+				 errhint(FILTER_HINT)));
+
+	sql = psprintf("SELECT t FROM ONLY %s t WHERE %s", relname,
+				   snapshot_filter_clause(filter));
+	errcb.arg = sql;
+	stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
+	stmt =
+		list_length(stmts) == 1 ? linitial_node(RawStmt, stmts)->stmt : NULL;
+	select = stmt && IsA(stmt, SelectStmt) ? (SelectStmt *) stmt : NULL;
+	if (select == NULL || select->op != SETOP_NONE || select->withClause ||
+		select->intoClause || select->sortClause || select->limitCount ||
+		select->limitOffset || select->lockingClause || select->groupClause ||
+		select->havingClause || select->windowClause ||
+		select->distinctClause || select->valuesLists ||
+		list_length(select->targetList) != 1 ||
+		list_length(select->fromClause) != 1 || select->whereClause == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid snapshot filter: it must be one boolean expression"),
+				 errdetail("It adds to the query it is part of."),
+				 errhint(FILTER_HINT)));
+	error_context_stack = errcb.previous;
+}
+
+/*
+ * snapshot_filter_clause returns a checked filter as an SQL condition: in
+ * parentheses, on lines of its own so that a trailing comment ends there.
+ */
+char *
+snapshot_filter_clause(const char *filter)
+{
+	return psprintf("(\n%s\n)", filter);
+}
+
+/*
  * load_filtered sends the rows of rel that its snapshot filter keeps,
- * reading them with SQL under the active snapshot.
+ * reading them with SQL under the active snapshot, as the table's owner
+ * (snapshot_become_owner); the rows are rendered and sent as the worker.
  */
 static uint64
 load_filtered(Relation rel, RelMap *map, const char *filter,
 			  const ChangeMeta *meta, const CommandSink *sink,
 			  MemoryContext rowcxt)
 {
-	char *sql =
-		psprintf("SELECT t FROM ONLY %s t WHERE (%s)",
-				 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-											RelationGetRelationName(rel)),
-				 filter);
-	Portal	   portal;
-	uint64	   rows = 0;
-	SPIPlanPtr plan = SPI_prepare(sql, 0, NULL);
+	char *relname =
+		quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+								   RelationGetRelationName(rel));
+	char		 *sql;
+	Portal		  portal;
+	uint64		  rows = 0;
+	SPIPlanPtr	  plan;
+	SnapshotOwner saved;
 
+	snapshot_check_filter(relname, filter);
+	sql = psprintf("SELECT t FROM ONLY %s t WHERE %s", relname,
+				   snapshot_filter_clause(filter));
+	snapshot_become_owner(rel->rd_rel->relowner, &saved);
+	plan = SPI_prepare(sql, 0, NULL);
 	if (plan == NULL)
 		elog(ERROR, "could not prepare the snapshot filter of \"%s\"",
 			 RelationGetRelationName(rel));
 	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	snapshot_restore_user(&saved);
 	for (;;)
 	{
+		snapshot_become_owner(rel->rd_rel->relowner, &saved);
 		SPI_cursor_fetch(portal, true, 10000);
+		snapshot_restore_user(&saved);
 		if (SPI_processed == 0)
 			break;
 		for (uint64 i = 0; i < SPI_processed; i++)

@@ -198,7 +198,11 @@ worker_exit(int code, Datum arg)
  * set_process_settings fixes, for this process, the settings that shape
  * rendering, the decoder's memory, and lets it load its own plugin on
  * servers that restrict output plugins (Debian 15.19+), without widening
- * the server-wide list.
+ * the server-wide list.  search_path is pinned to pg_catalog, pg_temp: the
+ * worker is a superuser, and ALTER DATABASE/ROLE ... SET search_path (which
+ * apply to background workers) must not put anyone's functions or
+ * operators in front of the built-in ones its SQL means.  PGC_S_OVERRIDE
+ * wins over those settings, over postgresql.conf on reload, and over SET.
  */
 static void
 set_process_settings(void)
@@ -206,7 +210,7 @@ set_process_settings(void)
 	static const char *const settings[][2] = {
 		{"DateStyle", "ISO, YMD"},	   {"TimeZone", "UTC"},
 		{"IntervalStyle", "postgres"}, {"extra_float_digits", "1"},
-		{"bytea_output", "hex"},
+		{"bytea_output", "hex"},	   {"search_path", PG2R_SAFE_SEARCH_PATH},
 	};
 	const char *plugins;
 	char		mem[32];
