@@ -523,7 +523,8 @@ REVOKE ALL ON FUNCTION pg2redis.drop_rules_of_dropped_tables() FROM PUBLIC;
  * pg2redis_admin: manage the mapping (rules, snapshots, resync,
  * import/export, preview, dead letters) and run data commands with
  * pg2redis_redis(); includes pg2redis_monitor.  Not snapshot filters: the
- * worker runs them as SQL with superuser rights.
+ * worker runs a filter as the table's owner, so a filter on someone else's
+ * table would run its functions with that owner's rights.
  */
 DO $$
 BEGIN
