@@ -28,6 +28,7 @@
 #include "postgres.h"
 
 #include "access/heapam.h"
+#include "access/heaptoast.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/pg_class.h"
@@ -339,6 +340,13 @@ snapshot_initial_load(XLogRecPtr start)
 		{
 			MemoryContext old = MemoryContextSwitchTo(rowcxt);
 
+			/*
+			 * A value stored out of line is an on-disk TOAST pointer here,
+			 * which the mapping takes for an unchanged value of an update
+			 * (never sent): fetch such values first.
+			 */
+			if (HeapTupleHasExternal(tuple))
+				tuple = toast_flatten_tuple(tuple, RelationGetDescr(rel));
 			sender_count_change();
 			mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, tuple, &meta,
 						   &sink);
