@@ -53,27 +53,29 @@
 /* the next pg2r_topo_fail is a redirection */
 static bool redirect_next = false;
 
-static void	 link_close(Link *l);
-static void	 topo_close(void);
-static void	 map_check_done(void);
-static bool	 map_equal(const ClusterMap *a, const ClusterMap *b);
-static void	 map_check_start(void);
-static int	 client_slot(const char *name, bool add);
-static char *info_field(const char *info, const char *key);
-static void	 remember_client(Link *l, const redisReply *r);
-static bool	 link_start(Link *l, const char *host, int port);
-static void	 topo_connect(void);
-static void	 forget_other_clients(const ClusterMap *map);
-static void	 topo_forget_map(void);
-static void	 topo_use_map(ClusterMap *map);
-static void	 link_ready(Link *l);
-static bool	 handle_sync_reply(int li, Link *l, redisReply *r, int which);
-static bool	 handle_handshake_reply(int li, Link *l, redisReply *r);
-static bool	 link_write(Link *l);
-static bool	 link_read(int li, Link *l);
-static bool	 link_awaiting(const Link *l);
-static int	 link_events(const Link *l);
-static bool	 link_step(int li, Link *l, int events);
+static void		   link_close(Link *l);
+static void		   topo_close(void);
+static void		   map_check_done(void);
+static bool		   map_equal(const ClusterMap *a, const ClusterMap *b);
+static void		   map_check_start(void);
+static int		   client_slot(const char *name, bool add);
+static char		  *info_field(const char *info, const char *key);
+static void		   remember_client(Link *l, const redisReply *r);
+static const char *client_name(void);
+static void		   link_named_kills(Link *l, const redisReply *r);
+static bool		   link_start(Link *l, const char *host, int port);
+static void		   topo_connect(void);
+static void		   forget_other_clients(const ClusterMap *map);
+static void		   topo_forget_map(void);
+static void		   topo_use_map(ClusterMap *map);
+static void		   link_ready(Link *l);
+static bool handle_sync_reply(int li, Link *l, redisReply *r, int which);
+static bool handle_handshake_reply(int li, Link *l, redisReply *r);
+static bool link_write(Link *l);
+static bool link_read(int li, Link *l);
+static bool link_awaiting(const Link *l);
+static int	link_events(const Link *l);
+static bool link_step(int li, Link *l, int events);
 
 /*
  * pg2r_link_reset makes *l an unused, closed link (its socket is not 0, which a
@@ -300,6 +302,78 @@ info_field(const char *info, const char *key)
 	return NULL;
 }
 
+/*
+ * client_name returns the name every data connection of this worker takes
+ * (CLIENT SETNAME): one per slot name, so that the next worker finds them.
+ */
+static const char *
+client_name(void)
+{
+	static char name[NAMEDATALEN + 16];
+
+	snprintf(name, sizeof(name), "pg2redis:%s", pg2r_slot_name);
+	return name;
+}
+
+/*
+ * link_named_kills reads CLIENT LIST (reply r) and queues a CLIENT KILL for
+ * every other connection named as this worker's, then the fence GETs of
+ * the link: the server runs one command at a time, so a block still queued
+ * on such a connection has either run before the GETs, or never will.
+ */
+static void
+link_named_kills(Link *l, const redisReply *r)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopoCxt);
+	char		  key[CLUSTER_FENCE_KEY_LEN];
+	const char	 *name = client_name();
+	size_t		  nlen = strlen(name);
+	static bool	  warned = false;
+
+	if (r->type != REDIS_REPLY_STRING || l->my_id == NULL)
+	{
+		if (!warned)
+			ereport(LOG,
+					(errmsg("pg2redis cannot end the connections an earlier worker left on Redis at %s",
+							l->name),
+					 errdetail("%s", r->type == REDIS_REPLY_ERROR
+										 ? r->str
+										 : "CLIENT INFO gave no id"),
+					 errhint("Grant the Redis user +client|setname, +client|info, +client|list and +client|kill, or a block of a killed worker may run twice.")));
+		warned = true;
+	}
+	else
+	{
+		const char *line = r->str;
+
+		while (line && *line)
+		{
+			const char *end = strchr(line, '\n');
+			char	   *id = info_field(line, "id");
+			const char *n = strstr(line, " name=");
+
+			if (id && n && (end == NULL || n < end) &&
+				strncmp(n + 6, name, nlen) == 0 &&
+				(n[6 + nlen] == ' ' || n[6 + nlen] == '\r' ||
+				 n[6 + nlen] == '\n') &&
+				strcmp(id, l->my_id) != 0)
+			{
+				redis_append_cstrings(&l->hs, 4, "CLIENT", "KILL", "ID", id);
+				l->hs_extra++;
+			}
+			if (id)
+				pfree(id);
+			line = end ? end + 1 : NULL;
+		}
+	}
+	for (int i = 0; i < l->hs_nslots; i++)
+		redis_append_cstrings(&l->hs, 2, "GET",
+							  cluster_fence_key(key, pg2r_slot_name,
+												topo.cluster ? l->hs_slots[i]
+															 : -1));
+	MemoryContextSwitchTo(old);
+}
+
 /* remember_client records which connection l is, from CLIENT INFO. */
 static void
 remember_client(Link *l, const redisReply *r)
@@ -310,6 +384,7 @@ remember_client(Link *l, const redisReply *r)
 	if (r->type != REDIS_REPLY_STRING)
 		return; /* older than Redis 6.2, or not granted: nothing to end */
 	id = info_field(r->str, "id");
+	l->my_id = id ? MemoryContextStrdup(TopoCxt, id) : NULL;
 	addr = info_field(r->str, "addr");
 	if (id == NULL || addr == NULL)
 	{
@@ -344,7 +419,6 @@ static bool
 link_start(Link *l, const char *host, int port)
 {
 	MemoryContext old = MemoryContextSwitchTo(l->is_map ? MapCxt : TopoCxt);
-	char		  key[CLUSTER_FENCE_KEY_LEN];
 
 
 	redis_conn_init(&l->conn);
@@ -386,14 +460,21 @@ link_start(Link *l, const char *host, int port)
 
 			l->hs_extra++;
 		}
+
+		/*
+		 * A worker that died (killed, or PostgreSQL stopped) left
+		 * connections this process does not know, and one of them may
+		 * hold a block too.  Every data connection is named after the
+		 * slot; the ones of that name that are not this one are ended
+		 * before the fences are read (link_named_kills).
+		 */
+		redis_append_cstrings(&l->hs, 3, "CLIENT", "SETNAME", client_name());
 		redis_append_cstrings(&l->hs, 2, "CLIENT", "INFO");
-		l->hs_extra++;
-		for (int i = 0; i < l->hs_nslots; i++)
-			redis_append_cstrings(&l->hs, 2, "GET",
-								  cluster_fence_key(key, pg2r_slot_name,
-													topo.cluster
-														? l->hs_slots[i]
-														: -1));
+		l->hs_info = l->hs_setup + l->hs_extra + 1;
+		redis_append_cstrings(&l->hs, 4, "CLIENT", "LIST", "TYPE", "normal");
+		l->hs_list = l->hs_info + 1;
+		l->hs_extra += 3;
+		l->my_id = NULL;
 	}
 	MemoryContextSwitchTo(old);
 	if (!redis_connect_start(&l->conn, &l->target))
@@ -643,9 +724,11 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 
 	if (idx < l->hs_setup + l->hs_extra)
 	{
-		/* CLIENT KILL (its result does not matter), then CLIENT INFO */
-		if (idx == l->hs_setup + l->hs_extra - 1)
+		/* CLIENT KILL and SETNAME: their results do not matter */
+		if (idx == l->hs_info)
 			remember_client(l, r);
+		else if (idx == l->hs_list)
+			link_named_kills(l, r);
 		return true;
 	}
 	if (idx >= l->hs_setup + l->hs_extra + l->hs_nslots)

@@ -106,7 +106,11 @@ typedef struct Link
 	StringInfoData hs;	   /* handshake bytes to send */
 	size_t		   hs_written;
 	int			   hs_setup;  /* AUTH/SELECT replies expected first */
-	int			   hs_extra;  /* then CLIENT KILL (maybe) and CLIENT INFO */
+	int			   hs_extra;  /* then CLIENT KILL (maybe), SETNAME, INFO,
+								 * LIST and the KILLs LIST asks for */
+	int			   hs_info;	  /* index of the CLIENT INFO reply */
+	int			   hs_list;	  /* index of the CLIENT LIST reply */
+	char		  *my_id;	  /* this connection's id, from CLIENT INFO */
 	int			   hs_nslots; /* fence GETs that follow, for hs_slots */
 	int			  *hs_slots;
 	int			   hs_seen;
