@@ -14,16 +14,20 @@ REVOKE ALL ON SCHEMA pg2redis FROM PUBLIC;
  * One row per command template.  user_catalog_table makes the table readable
  * under the historic snapshots of logical decoding: the output plugin reads
  * the rules as of each decoded transaction, so rule changes take effect in
- * stream order.  The rule trigger below validates every row written.
+ * stream order.  The rule trigger below validates every row written, and
+ * sets created_by to the role writing it: the worker reads the table with
+ * superuser rights on that role's behalf, and checks again, whenever it
+ * loads the rules, that the role may still read the table.
  */
 CREATE TABLE pg2redis.rules (
-    id        bigserial PRIMARY KEY,
-    relation  regclass NOT NULL,
-    op        text NOT NULL,
-    command   text[] NOT NULL,
-    condition jsonb,
-    position  integer NOT NULL DEFAULT 0,
-    enabled   boolean NOT NULL DEFAULT true
+    id         bigserial PRIMARY KEY,
+    relation   regclass NOT NULL,
+    op         text NOT NULL,
+    command    text[] NOT NULL,
+    condition  jsonb,
+    position   integer NOT NULL DEFAULT 0,
+    enabled    boolean NOT NULL DEFAULT true,
+    created_by regrole NOT NULL
 ) WITH (user_catalog_table = true);
 
 /*

@@ -45,9 +45,91 @@ SELECT pg2redis_snapshot('sec_items') > 0 AS queued;
 SELECT pg2redis_snapshot();
 RESET ROLE;
 
+-- F4: the writing role is recorded on the rule
+SET ROLE regress_writer;
+SELECT pg2redis_add_rule('sec_items', 'insert', 'SET item:{id} {secret}') AS writer_rule \gset
+RESET ROLE;
+SELECT id, id = :writer_rule AS writer_rule, created_by = 'regress_writer'::regrole AS by_writer,
+       created_by = current_user::regrole AS by_superuser
+  FROM pg2redis.rules ORDER BY id;
+-- a value given for created_by is replaced by the role writing the rule
+SET ROLE regress_writer;
+INSERT INTO pg2redis.rules (relation, op, command, created_by)
+     VALUES ('sec_items', 'insert', ARRAY['SET', 'a:{id}', '1'], 10)
+  RETURNING created_by;
+RESET ROLE;
+DELETE FROM pg2redis.rules WHERE command[2] = 'a:{id}';
+
+-- F4: a table whose row-level security applies to the writer is refused
+SET ROLE regress_writer;
+SELECT pg2redis_add_rule('sec_rls', 'insert', 'HSET leak:{id} {pairs:*}');
+RESET ROLE;
+-- row_security = off does not change that
+SET row_security = off;
+SET ROLE regress_writer;
+SELECT pg2redis_add_rule('sec_rls', 'insert', 'HSET leak:{id} {pairs:*}');
+RESET ROLE;
+RESET row_security;
+-- a role that bypasses row-level security, the table's owner (unless the
+-- table forces it) and superusers may map it
+ALTER ROLE regress_writer BYPASSRLS;
+SET ROLE regress_writer;
+SELECT pg2redis_add_rule('sec_rls', 'insert', 'HSET leak:{id} {pairs:*}') > 0 AS bypassrls_ok;
+RESET ROLE;
+ALTER ROLE regress_writer NOBYPASSRLS;
+ALTER TABLE sec_rls OWNER TO regress_gone;
+SET ROLE regress_gone;
+SELECT pg2redis_add_rule('sec_rls', 'insert', 'SET owner:{id} 1') > 0 AS owner_ok;
+ALTER TABLE sec_rls FORCE ROW LEVEL SECURITY;
+SELECT pg2redis_add_rule('sec_rls', 'insert', 'SET forced:{id} 1');
+ALTER TABLE sec_rls NO FORCE ROW LEVEL SECURITY;
+RESET ROLE;
+ALTER TABLE sec_rls OWNER TO CURRENT_USER;
+
+-- F4: privileges are checked again when the rules are loaded.  The rule
+-- written with BYPASSRLS, which the writer has lost, and the owner's rule
+-- (no longer the owner, and row-level security applies) stop applying:
+-- a WARNING when the rules are loaded, and an error for each change (in the
+-- stream: a dead letter per change).
+SELECT * FROM pg2redis_preview('sec_rls', 'insert', '{"id": 1, "owner": "x", "salary": 5}');
+DELETE FROM pg2redis.rules WHERE relation = 'sec_rls'::regclass AND created_by <> current_user::regrole;
+SELECT * FROM pg2redis_preview('sec_rls', 'insert', '{"id": 1, "owner": "x", "salary": 5}');
+-- a writer that loses SELECT
+SELECT * FROM pg2redis_preview('sec_items', 'insert', '{"id": 1, "secret": "s"}');
+REVOKE SELECT ON sec_items FROM regress_writer;
+SELECT * FROM pg2redis_preview('sec_items', 'insert', '{"id": 1, "secret": "s"}');
+-- in the output plugin: an error row for that rule, the superuser's rule
+-- still applies
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_settings WHERE name = 'output_plugin_libraries') THEN
+        PERFORM set_config('output_plugin_libraries',
+                           current_setting('output_plugin_libraries') || ', pg2redis', false);
+    END IF;
+END
+$$;
+SELECT 'init' FROM pg_create_logical_replication_slot('sec', 'pg2redis');
+INSERT INTO sec_items VALUES (7, 'x', 'hunter2');
+SELECT regexp_replace(data, '"rule":\d+', '"rule":N') AS data
+  FROM pg_logical_slot_get_changes('sec', NULL, NULL);
+-- SELECT given back: the rule applies again
+GRANT SELECT ON sec_items TO regress_writer;
+SELECT * FROM pg2redis_preview('sec_items', 'insert', '{"id": 1, "secret": "s"}');
+-- a writer that is dropped
+SET ROLE regress_gone;
+SELECT pg2redis_add_rule('sec_items', 'insert', 'SET gone:{id} 1') > 0 AS added;
+RESET ROLE;
+DROP OWNED BY regress_gone;
+DROP ROLE regress_gone;
+-- (its WARNING gives the role's OID, which varies: shown in the TAP test)
+SET client_min_messages = error;
+SELECT * FROM pg2redis_preview('sec_items', 'insert', '{"id": 1, "secret": "s"}');
+RESET client_min_messages;
+DELETE FROM pg2redis.rules WHERE command[2] = 'gone:{id}';
+
+SELECT pg_drop_replication_slot('sec');
 DROP TABLE sec_items, sec_rls;
 DROP OWNED BY regress_writer;
 DROP OWNED BY regress_reader;
-DROP OWNED BY regress_gone;
-DROP ROLE regress_writer, regress_reader, regress_gone;
+DROP ROLE regress_writer, regress_reader;
 DROP EXTENSION pg2redis;

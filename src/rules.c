@@ -13,6 +13,16 @@
  * log.  An AFTER STATEMENT trigger (pg2redis_rules_changed) sends a relcache
  * invalidation for the rules table, which every backend's cache listens to.
  *
+ * Authorization.  The worker reads mapped tables with superuser rights, so a
+ * rule lets its writer copy every row of the table into Redis.  The trigger
+ * therefore requires SELECT on the table and refuses a table whose
+ * row-level security applies to the writer, and records the writer in
+ * created_by.  Because privileges change after a rule is written, the same
+ * check runs again for the recorded writer whenever the rule cache is built
+ * (rule_writer_check): a rule whose writer may no longer read its table, or
+ * was dropped, is kept as "broken" (see below) and logged with a WARNING.
+ * Superusers' rules are exempt.
+ *
  * Reading.  rules_for() serves the enabled rules of one relation and op,
  * sorted by (position, id), from a hash built in one scan of the table and
  * kept in a dedicated memory context until an invalidation arrives.  The
@@ -52,7 +62,9 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "pg2redis/commands.h"
 #include "pg2redis/rules.h"
@@ -65,7 +77,8 @@
 #define Anum_rules_condition 5
 #define Anum_rules_position 6
 #define Anum_rules_enabled 7
-#define Natts_rules 7
+#define Anum_rules_created_by 8
+#define Natts_rules 8
 
 /* The rules of one relation, per op. */
 typedef struct RuleRel
@@ -105,6 +118,17 @@ rules_invalidate(Datum arg, Oid relid)
 		rules_valid = false;
 }
 
+/*
+ * rules_role_changed is the syscache callback for roles and role
+ * memberships: a writer's privileges may have changed, so the rules are
+ * checked again on next use.
+ */
+static void
+rules_role_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	rules_valid = false;
+}
+
 /* rule_cmp orders rules by (position, id). */
 static int
 rule_cmp(const ListCell *a, const ListCell *b)
@@ -129,6 +153,97 @@ rules_lookup_table(void)
 	if (!OidIsValid(nsp))
 		return InvalidOid;
 	return get_relname_relid(PG2R_RULES, nsp);
+}
+
+/* What the role that wrote a rule may still do with its relation. */
+typedef enum WriterAccess
+{
+	WRITER_MAY_READ,  /* a superuser, or SELECT and no row security */
+	WRITER_DROPPED,	  /* the role no longer exists */
+	WRITER_NO_SELECT, /* no SELECT on the relation */
+	WRITER_RLS		  /* row-level security of the relation applies */
+} WriterAccess;
+
+/*
+ * writer_access tells whether every row of relation relid may be read on
+ * behalf of role roleid: the role exists and is a superuser, or it may
+ * SELECT from the relation and its row-level security does not apply to the
+ * role (BYPASSRLS, or the owner of a table that does not force it).
+ */
+static WriterAccess
+writer_access(Oid relid, Oid roleid)
+{
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(roleid)))
+		return WRITER_DROPPED;
+	if (superuser_arg(roleid))
+		return WRITER_MAY_READ;
+	if (pg_class_aclcheck(relid, roleid, ACL_SELECT) != ACLCHECK_OK)
+		return WRITER_NO_SELECT;
+	if (check_enable_rls(relid, roleid, true) == RLS_ENABLED)
+		return WRITER_RLS;
+	return WRITER_MAY_READ;
+}
+
+/*
+ * rule_writer_check marks rule broken, and says so in a WARNING naming the
+ * rule, its table and its writer, when role writer may no longer read the
+ * rule's relation; every change the rule would handle then becomes a render
+ * error (a dead letter in the stream) instead of a command.
+ *
+ * The check reads privileges through the catalog snapshot in effect when
+ * the cache is built.  Inside decoding that is the historic snapshot of the
+ * transaction being decoded, under which the rules themselves are read (the
+ * rules table is a user_catalog_table): a REVOKE, like a rule change, takes
+ * effect in stream order, at the commit that carries its invalidation.
+ * Role changes (pg_authid, pg_auth_members) are shared catalogs whose
+ * invalidations may come from other databases; they are acted upon when
+ * they arrive, against the catalogs the cache build sees then.  Either is
+ * what PostgreSQL's own privilege checks would see at that point.
+ */
+static void
+rule_writer_check(Rule *rule, Oid writer)
+{
+	WriterAccess access = writer_access(rule->relid, writer);
+	char		*relname;
+	char		*rolname;
+	char		*reason;
+
+	if (access == WRITER_MAY_READ)
+		return;
+	relname = get_rel_name(rule->relid);
+	rolname = GetUserNameFromId(writer, true);
+	switch (access)
+	{
+		case WRITER_DROPPED:
+			reason = pstrdup("the role that wrote it no longer exists");
+			break;
+		case WRITER_NO_SELECT:
+			reason =
+				psprintf("role \"%s\" that wrote it may no longer SELECT from the table",
+						 rolname);
+			break;
+		default:
+			reason =
+				psprintf("row-level security of the table applies to role \"%s\" that wrote it",
+						 rolname);
+			break;
+	}
+	rule->broken = palloc(sizeof(Pg2rError));
+	pg2r_fail(rule->broken, ERRCODE_INSUFFICIENT_PRIVILEGE,
+			  access == WRITER_DROPPED
+				  ? "Have a role that may read the table write the rule again, or delete the rule."
+				  : "Give the role that wrote the rule SELECT on the table (and a way past its row-level security) again, or have a role that may read the table write the rule again.",
+			  "pg2redis rule " INT64_FORMAT
+			  " on table \"%s\" no longer applies: %s",
+			  rule->id, relname ? relname : "?", reason);
+	ereport(WARNING,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg_internal("%s", rule->broken->message),
+			 access == WRITER_DROPPED
+				 ? errdetail("The role had OID %u. Each change the rule would handle is recorded in pg2redis.dead_letters instead.",
+							 writer)
+				 : errdetail("Each change the rule would handle is recorded in pg2redis.dead_letters instead."),
+			 errhint("%s", rule->broken->hint)));
 }
 
 /*
@@ -193,6 +308,9 @@ rules_load(void)
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(rules_invalidate, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHOID, rules_role_changed, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, rules_role_changed,
+									  (Datum) 0);
 		callback_registered = true;
 	}
 	if (RulesCxt == NULL)
@@ -254,6 +372,10 @@ rules_load(void)
 					 isnull[Anum_rules_condition - 1]
 						 ? NULL
 						 : DatumGetJsonbP(values[Anum_rules_condition - 1]));
+		if (rule->broken == NULL)
+			rule_writer_check(rule,
+							  DatumGetObjectId(values[Anum_rules_created_by -
+													  1]));
 
 		entry = hash_search(RuleRels, &rule->relid, HASH_ENTER, &found);
 		if (!found)
@@ -426,7 +548,8 @@ check_identity(Relation leaf, TupleDesc ruledesc, Bitmapset *needed,
 
 /*
  * check_relation refuses a relation rules may not map: anything but an
- * ordinary or partitioned, permanent user table the current role may read.
+ * ordinary or partitioned, permanent user table the current role may read,
+ * all of it (no row-level security applies to the role).
  */
 static void
 check_relation(Relation rel)
@@ -462,12 +585,27 @@ check_relation(Relation rel)
 				 errdetail("Changes of temporary and unlogged tables are not written to the WAL."),
 				 errhint("Use ALTER TABLE %s SET LOGGED, or map another table.",
 						 name)));
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for table %s", name),
-				 errdetail("The worker reads mapped tables with superuser rights, so writing a rule requires SELECT on its table."),
-				 errhint("Have the table's owner grant SELECT on it to the role that writes the rule.")));
+	switch (writer_access(relid, GetUserId()))
+	{
+		case WRITER_NO_SELECT:
+		case WRITER_DROPPED:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for table %s", name),
+					 errdetail("The worker reads mapped tables with superuser rights, so writing a rule requires SELECT on its table."),
+					 errhint("Have the table's owner grant SELECT on it to the role that writes the rule.")));
+			break;
+		case WRITER_RLS:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("cannot map table \"%s\": its row-level security applies to role \"%s\"",
+							name, GetUserNameFromId(GetUserId(), false)),
+					 errdetail("The worker reads mapped tables with superuser rights, so the rule would copy rows the role may not see into Redis."),
+					 errhint("Have a role that bypasses the table's row-level security (its owner, a role with BYPASSRLS, or a superuser) write the rule.")));
+			break;
+		case WRITER_MAY_READ:
+			break;
+	}
 }
 
 /*
@@ -744,6 +882,16 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 
 	relation_close(rel, AccessShareLock);
 	error_context_stack = errcb.previous;
+
+	/* the rule is written by, and read on behalf of, the current role */
+	{
+		int	  att = Anum_rules_created_by;
+		Datum writer = ObjectIdGetDatum(GetUserId());
+		bool  writernull = false;
+
+		tuple = heap_modify_tuple_by_cols(tuple, desc, 1, &att, &writer,
+										  &writernull);
+	}
 	return PointerGetDatum(tuple);
 }
 
