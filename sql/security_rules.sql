@@ -127,8 +127,33 @@ SELECT * FROM pg2redis_preview('sec_items', 'insert', '{"id": 1, "secret": "s"}'
 RESET client_min_messages;
 DELETE FROM pg2redis.rules WHERE command[2] = 'gone:{id}';
 
+-- F10: {%pk%} joins with an unescaped ':', as the pgwalk tool does, so
+-- two rows can render the same key; {%pk_escaped%} and {esc:col}
+-- percent-encode '%', ':', '{' and '}' in each value
+CREATE TABLE sec_users (tenant text, name text, note text, PRIMARY KEY (tenant, name));
+SELECT pg2redis_add_rule('sec_users', 'insert', 'SET user:{%pk%} 1') > 0 AS ok;
+SELECT pg2redis_add_rule('sec_users', 'insert', 'SET user:{%pk_escaped%} 1') > 0 AS ok;
+SELECT pg2redis_add_rule('sec_users', 'insert', 'SET u:{esc:tenant}:{esc:name} {esc:note}') > 0 AS ok;
+SELECT pg2redis_add_rule('sec_users', 'insert', 'SADD escaped-match {name}',
+    '{"column": "name", "op": "=", "value": "{esc:tenant}"}') > 0 AS ok;
+SELECT pg2redis_add_rule('sec_users', 'delete', 'DEL user:{%pk_escaped%} u:{esc:tenant}:{esc:name}') > 0 AS ok;
+SELECT * FROM pg2redis_preview('sec_users', 'insert', '{"tenant": "a:b", "name": "c"}');
+SELECT * FROM pg2redis_preview('sec_users', 'insert', '{"tenant": "a", "name": "b:c"}');
+SELECT * FROM pg2redis_preview('sec_users', 'insert', '{"tenant": "100%", "name": "{x}", "note": "a%3Ab"}');
+SELECT * FROM pg2redis_preview('sec_users', 'insert', '{"tenant": "x:y", "name": "x%3Ay"}');
+SELECT * FROM pg2redis_preview('sec_users', 'delete', NULL, '{"tenant": "é:", "name": ""}');
+SELECT * FROM pg2redis_preview('sec_users', 'insert', '{"tenant": "t", "name": null}');
+-- validated like the other placeholders
+SELECT pg2redis_add_rule('sec_users', 'insert', 'SET k:{esc:nope} 1');
+SELECT pg2redis_add_rule('sec_users', 'insert', 'SET k:{esc:tenant,name} 1');
+SELECT pg2redis_add_rule('sec_users', 'insert', 'SET k:{esc:*} 1');
+SELECT pg2redis_add_rule('sec_users', 'truncate', 'DEL k:{%pk_escaped%}');
+SELECT pg2redis_add_rule('sec_users', 'delete', 'DEL k:{esc:note}');
+CREATE TABLE sec_nokey (a int, b text);
+SELECT pg2redis_add_rule('sec_nokey', 'insert', 'SET k:{%pk_escaped%} 1');
+
 SELECT pg_drop_replication_slot('sec');
-DROP TABLE sec_items, sec_rls;
+DROP TABLE sec_items, sec_rls, sec_users, sec_nokey;
 DROP OWNED BY regress_writer;
 DROP OWNED BY regress_reader;
 DROP ROLE regress_writer, regress_reader;

@@ -492,9 +492,53 @@ append_json(ExpandState *st, const TplPart *part, StringInfo out)
 	return true;
 }
 
-/* append_pk appends {%pk%}: the key columns' values joined with ':'. */
+/*
+ * append_escaped appends len bytes of text with '%', ':', '{' and '}'
+ * percent-encoded (%25, %3A, %7B, %7D), and nothing else changed: values so
+ * encoded contain no ':' and no hash tag, so keys joined from them with ':'
+ * are distinct for distinct values ({esc:col}, {%pk_escaped%}).
+ */
+static void
+append_escaped(StringInfo out, const char *text, int len)
+{
+	int start = 0;
+
+	for (int i = 0; i < len; i++)
+	{
+		const char *code;
+
+		switch (text[i])
+		{
+			case '%':
+				code = "%25";
+				break;
+			case ':':
+				code = "%3A";
+				break;
+			case '{':
+				code = "%7B";
+				break;
+			case '}':
+				code = "%7D";
+				break;
+			default:
+				continue;
+		}
+		appendBinaryStringInfo(out, text + start, i - start);
+		appendStringInfoString(out, code);
+		start = i + 1;
+	}
+	appendBinaryStringInfo(out, text + start, len - start);
+}
+
+/*
+ * append_pk appends {%pk%}: the key columns' values joined with ':', as the
+ * pgwalk tool renders it (so that two keys may collide: ("a:b", "c") and
+ * ("a", "b:c") both give "a:b:c"), or, with escape ({%pk_escaped%}), each
+ * value percent-encoded by append_escaped first, which cannot collide.
+ */
 static bool
-append_pk(ExpandState *st, const TplPart *part, StringInfo out)
+append_pk(ExpandState *st, const TplPart *part, bool escape, StringInfo out)
 {
 	RelMap *map = st->map;
 
@@ -520,7 +564,9 @@ append_pk(ExpandState *st, const TplPart *part, StringInfo out)
 							 map->table);
 		if (k > 0)
 			appendStringInfoChar(out, ':');
-		if (res == COL_VALUE)
+		if (res == COL_VALUE && escape)
+			append_escaped(out, text, len);
+		else if (res == COL_VALUE)
 			appendBinaryStringInfo(out, text, len);
 	}
 	return true;
@@ -549,6 +595,12 @@ mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
 								   &len))
 					return false;
 				appendBinaryStringInfo(out, text, len);
+				break;
+			case TPL_ESC:
+				if (!required_text(st, part, part->cols[0], false, "", &text,
+								   &len))
+					return false;
+				append_escaped(out, text, len);
 				break;
 			case TPL_OLD:
 			{
@@ -582,7 +634,8 @@ mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
 				appendStringInfoString(out, pg2r_op_name(st->op));
 				break;
 			case TPL_PK:
-				if (!append_pk(st, part, out))
+			case TPL_PK_ESCAPED:
+				if (!append_pk(st, part, part->kind == TPL_PK_ESCAPED, out))
 					return false;
 				break;
 			case TPL_XID:

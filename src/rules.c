@@ -701,7 +701,7 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 		if (!OidIsValid(pk))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("{%%pk%%} needs a primary key, and table \"%s\" has none",
+					 errmsg("{%%pk%%} and {%%pk_escaped%%} need a primary key, and table \"%s\" has none",
 							RelationGetRelationName(rel)),
 					 errhint("Add a primary key, or name the key columns in placeholders.")));
 	}
