@@ -127,6 +127,26 @@ SELECT * FROM pg2redis_preview('sec_items', 'insert', '{"id": 1, "secret": "s"}'
 RESET client_min_messages;
 DELETE FROM pg2redis.rules WHERE command[2] = 'gone:{id}';
 
+-- F10: keys under pg2redis: belong to pg2redis (its stream positions)
+SELECT pg2redis_add_rule('sec_items', 'insert', 'SET pg2redis:other:lsn FFFFFFFF/FFFFFFFF');
+SELECT pg2redis_add_rule('sec_items', 'insert', 'HSET pg2redis:{id} f 1');
+SELECT pg2redis_add_rule('sec_items', 'insert', ARRAY['DEL', 'k', 'pg2redis:x:{id}']);
+SELECT pg2redis_add_rule('sec_items', 'insert', ARRAY['MSET', 'a', '1', 'pg2redis:x', '2']);
+CREATE TABLE sec_cols (id int PRIMARY KEY, "pg2redis:x:lsn" text);
+SELECT pg2redis_add_rule('sec_cols', 'insert', 'MSET k v {pairs:*}');
+SELECT pg2redis_add_rule('sec_cols', 'insert', 'HSET k {pairs:*}') > 0 AS field_names_ok;
+-- values, channels and other prefixes are fine
+SELECT pg2redis_add_rule('sec_items', 'insert', ARRAY['MSET', 'a', 'pg2redis:x']) > 0 AS value_ok;
+SELECT pg2redis_add_rule('sec_items', 'insert', 'PUBLISH pg2redis:events {id}') > 0 AS channel_ok;
+SELECT pg2redis_add_rule('sec_items', 'insert', 'SET app:pg2redis:{id} 1') > 0 AS other_prefix_ok;
+SELECT pg2redis_add_rule('sec_items', 'insert', 'SET PG2REDIS:{id} 1') > 0 AS case_matters;
+-- a key that row values put under pg2redis: is a render error (in the
+-- stream: a dead letter), never sent
+CREATE TABLE sec_keys (k text PRIMARY KEY);
+SELECT pg2redis_add_rule('sec_keys', 'insert', 'SET {k} 1') > 0 AS ok;
+SELECT * FROM pg2redis_preview('sec_keys', 'insert', '{"k": "app:1"}');
+SELECT * FROM pg2redis_preview('sec_keys', 'insert', '{"k": "pg2redis:other:lsn"}');
+
 -- F10: {%pk%} joins with an unescaped ':', as the pgwalk tool does, so
 -- two rows can render the same key; {%pk_escaped%} and {esc:col}
 -- percent-encode '%', ':', '{' and '}' in each value
@@ -153,7 +173,7 @@ CREATE TABLE sec_nokey (a int, b text);
 SELECT pg2redis_add_rule('sec_nokey', 'insert', 'SET k:{%pk_escaped%} 1');
 
 SELECT pg_drop_replication_slot('sec');
-DROP TABLE sec_items, sec_rls, sec_users, sec_nokey;
+DROP TABLE sec_items, sec_rls, sec_cols, sec_keys, sec_users, sec_nokey;
 DROP OWNED BY regress_writer;
 DROP OWNED BY regress_reader;
 DROP ROLE regress_writer, regress_reader;

@@ -39,6 +39,7 @@
 #include "catalog/pg_type.h"
 #include "common/int.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/hsearch.h"
@@ -741,6 +742,36 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 	return true;
 }
 
+/*
+ * reserved_key tells, with st->err set, whether a key of the expanded
+ * command v of rule is under PG2R_KEY_PREFIX: a key that row values made
+ * (validation refuses literal ones), which must not reach Redis.
+ */
+static bool
+reserved_key(ExpandState *st, const Rule *rule, const ArgVec *v)
+{
+	const RedisCommandDef *def = rule->def;
+	size_t				   plen = strlen(PG2R_KEY_PREFIX);
+	int					   last;
+
+	if (def == NULL || def->first_key <= 0)
+		return false;
+	last = def->last_key < 0 ? v->argc + def->last_key : def->last_key;
+	for (int i = def->first_key; i <= last && i < v->argc; i += def->key_step)
+		if (v->len[i] >= plen &&
+			memcmp(v->data.data + v->off[i], PG2R_KEY_PREFIX, plen) == 0)
+		{
+			pg2r_fail(&st->err, ERRCODE_RESERVED_NAME,
+					  "Keep rows from rendering keys that start with \"" PG2R_KEY_PREFIX
+					  "\", e.g. with a literal prefix before the placeholder.",
+					  "key \"%.*s\" of Redis command \"%s\" starts with \"%s\", which pg2redis keeps for itself",
+					  pg_mbcliplen(v->data.data + v->off[i], v->len[i], 200),
+					  v->data.data + v->off[i], def->name, PG2R_KEY_PREFIX);
+			return true;
+		}
+	return false;
+}
+
 /* run_rules expands every rule of st->op that applies to the change. */
 static void
 run_rules(ExpandState *st, Pg2rOp op, const CommandSink *sink)
@@ -778,7 +809,8 @@ run_rules(ExpandState *st, Pg2rOp op, const CommandSink *sink)
 			if (r == 0)
 				continue;
 		}
-		if (!expand_command(st, rule, &v, &elided))
+		if (!expand_command(st, rule, &v, &elided) ||
+			reserved_key(st, rule, &v))
 		{
 			sink->error(sink->arg, rule, op, &st->err);
 			continue;

@@ -609,8 +609,44 @@ check_relation(Relation rel)
 }
 
 /*
+ * is_key_position tells whether argument pos (0 being the command name) of
+ * command def is a key, by the key positions commands.c gives it.
+ */
+static bool
+is_key_position(const RedisCommandDef *def, int pos)
+{
+	if (def->first_key <= 0 || pos < def->first_key)
+		return false;
+	if (def->last_key > 0 && pos > def->last_key)
+		return false;
+	return (pos - def->first_key) % def->key_step == 0;
+}
+
+/*
+ * check_key_prefix refuses a key whose literal beginning (the text before
+ * any placeholder: literal, of length len) starts with PG2R_KEY_PREFIX;
+ * source is the template element, for the message.
+ */
+static void
+check_key_prefix(const RedisCommandDef *def, const char *literal, int len,
+				 const char *source)
+{
+	if (len < (int) strlen(PG2R_KEY_PREFIX) ||
+		strncmp(literal, PG2R_KEY_PREFIX, strlen(PG2R_KEY_PREFIX)) != 0)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_RESERVED_NAME),
+			 errmsg("key \"%s\" of Redis command \"%s\" starts with \"%s\", which pg2redis keeps for itself",
+					source, def->name, PG2R_KEY_PREFIX),
+			 errdetail("pg2redis keeps its stream positions and other keys of its own under that prefix; a rule writing there could make a pg2redis instance skip or repeat transactions."),
+			 errhint("Choose another prefix for the rule's keys.")));
+}
+
+/*
  * check_command refuses an empty, unknown or server-level command, a
- * command name with placeholders, and a command with too few arguments.
+ * command name with placeholders, a command with too few arguments, and
+ * keys under pg2redis's own prefix (a literal key, or a column name that
+ * {pairs:…} puts where a key goes).
  */
 static void
 check_command(const Template *tpl, Datum *elems, int n)
@@ -650,6 +686,11 @@ check_command(const Template *tpl, Datum *elems, int n)
 
 		if (arg->parts[0].kind != TPL_PAIRS)
 		{
+			/* argc is the position this element renders at */
+			if (i > 0 && is_key_position(def, argc) &&
+				arg->parts[0].kind == TPL_LITERAL)
+				check_key_prefix(def, arg->parts[0].text, arg->parts[0].len,
+								 arg->source);
 			argc++;
 			continue;
 		}
@@ -661,6 +702,11 @@ check_command(const Template *tpl, Datum *elems, int n)
 					 errmsg("{pairs:…} cannot stand where Redis command \"%s\" expects a key",
 							def->name),
 					 errhint("Build keys from single columns, e.g. \"item:{id}\".")));
+		for (int c = 0; c < arg->parts[0].ncols; c++)
+			if (is_key_position(def, argc + 2 * c))
+				check_key_prefix(def, arg->parts[0].colnames[c],
+								 strlen(arg->parts[0].colnames[c]),
+								 arg->parts[0].colnames[c]);
 		argc += 2 * arg->parts[0].ncols;
 	}
 	if (argc < def->min_args)
