@@ -177,6 +177,24 @@ AS 'MODULE_PATHNAME', 'pg2redis_add_rule_text';
 COMMENT ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb)
     IS 'add a validated pg2redis rule written as in redis-cli; returns its id';
 
+/*
+ * pg2redis_validate_rules: every rule checked again, as its writer, with
+ * nothing skipped; one row per rule that fails.  Run it after a restore,
+ * which skips the checks that need primary keys and replica identities.
+ */
+CREATE FUNCTION pg2redis_validate_rules(
+    OUT id bigint,
+    OUT relation regclass,
+    OUT op text,
+    OUT created_by regrole,
+    OUT problem text)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_validate_rules';
+
+COMMENT ON FUNCTION pg2redis_validate_rules()
+    IS 'check every pg2redis rule again, as its writer; one row per rule that fails';
+
 CREATE FUNCTION pg2redis_split_command(command text)
 RETURNS text[]
 LANGUAGE C STRICT IMMUTABLE
@@ -494,6 +512,7 @@ REVOKE ALL ON FUNCTION pg2redis.validate_snapshot_filter() FROM PUBLIC;
 REVOKE ALL ON pg2redis_snapshots FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text[], jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_validate_rules() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_split_command(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_key_slot(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_command_slot(text[]) FROM PUBLIC;

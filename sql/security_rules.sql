@@ -172,8 +172,48 @@ SELECT pg2redis_add_rule('sec_users', 'delete', 'DEL k:{esc:note}');
 CREATE TABLE sec_nokey (a int, b text);
 SELECT pg2redis_add_rule('sec_nokey', 'insert', 'SET k:{%pk_escaped%} 1');
 
+-- F12: while restoring (check_function_bodies = off, as pg_dump scripts
+-- and pg_restore set it), rules that need a primary key or replica
+-- identity, which are restored later, are kept
+CREATE TABLE sec_later (id int NOT NULL, v text);
+INSERT INTO pg2redis.rules (relation, op, command) VALUES ('sec_later', 'insert', ARRAY['SET', 'l:{%pk%}', '{v}']);
+SET check_function_bodies = off;
+INSERT INTO pg2redis.rules (relation, op, command) VALUES
+    ('sec_later', 'insert', ARRAY['SET', 'l:{%pk%}', '{v}']),
+    ('sec_later', 'delete', ARRAY['DEL', 'l:{id}', '{v}']);
+-- every other check still applies
+INSERT INTO pg2redis.rules (relation, op, command) VALUES ('sec_later', 'insert', '{FLUSHALL}');
+INSERT INTO pg2redis.rules (relation, op, command) VALUES ('sec_later', 'insert', ARRAY['SET', '{nope}', '1']);
+-- a restore keeps the recorded writer when the restoring role has its
+-- privileges (a superuser has every role's); otherwise the writer is the
+-- restoring role
+INSERT INTO pg2redis.rules (relation, op, command, created_by)
+     VALUES ('sec_items', 'insert', ARRAY['SET', 'restored:{id}', '1'], 'regress_writer')
+  RETURNING created_by;
+SET ROLE regress_writer;
+INSERT INTO pg2redis.rules (relation, op, command, created_by)
+     VALUES ('sec_items', 'insert', ARRAY['SET', 'forged:{id}', '1'], 10)
+  RETURNING created_by;
+RESET ROLE;
+RESET check_function_bodies;
+-- pg2redis_validate_rules() checks every rule as its writer, with nothing
+-- skipped, and returns the problems; none once the table has its key
+REVOKE SELECT ON sec_items FROM regress_writer;
+SELECT r.op, r.command,
+       CASE WHEN v.created_by = current_user::regrole THEN '(superuser)'
+            ELSE v.created_by::text END AS created_by,
+       v.problem
+  FROM pg2redis_validate_rules() v JOIN pg2redis.rules r USING (id)
+ ORDER BY v.id;
+GRANT SELECT ON sec_items TO regress_writer;
+ALTER TABLE sec_later ADD PRIMARY KEY (id);
+ALTER TABLE sec_later REPLICA IDENTITY FULL;
+SELECT * FROM pg2redis_validate_rules();
+-- it is revoked from PUBLIC, and reads the rules with the caller's rights
+SELECT has_function_privilege('public', 'pg2redis_validate_rules()', 'EXECUTE') AS public_can_execute;
+
 SELECT pg_drop_replication_slot('sec');
-DROP TABLE sec_items, sec_rls, sec_cols, sec_keys, sec_users, sec_nokey;
+DROP TABLE sec_items, sec_rls, sec_cols, sec_keys, sec_users, sec_nokey, sec_later;
 DROP OWNED BY regress_writer;
 DROP OWNED BY regress_reader;
 DROP ROLE regress_writer, regress_reader;

@@ -46,15 +46,19 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
@@ -62,6 +66,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "utils/resowner.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -100,6 +105,7 @@ PG_FUNCTION_INFO_V1(pg2redis_validate_rule);
 #define RULE_MAX_BYTES 7000
 
 PG_FUNCTION_INFO_V1(pg2redis_rules_changed);
+PG_FUNCTION_INFO_V1(pg2redis_validate_rules);
 
 /*
  * rules_invalidate is the relcache callback: the rule cache goes stale when
@@ -548,11 +554,11 @@ check_identity(Relation leaf, TupleDesc ruledesc, Bitmapset *needed,
 
 /*
  * check_relation refuses a relation rules may not map: anything but an
- * ordinary or partitioned, permanent user table the current role may read,
- * all of it (no row-level security applies to the role).
+ * ordinary or partitioned, permanent user table role writer may read, all
+ * of it (no row-level security applies to the role).
  */
 static void
-check_relation(Relation rel)
+check_relation(Relation rel, Oid writer)
 {
 	Oid			relid = RelationGetRelid(rel);
 	Oid			nsp = RelationGetNamespace(rel);
@@ -585,10 +591,16 @@ check_relation(Relation rel)
 				 errdetail("Changes of temporary and unlogged tables are not written to the WAL."),
 				 errhint("Use ALTER TABLE %s SET LOGGED, or map another table.",
 						 name)));
-	switch (writer_access(relid, GetUserId()))
+	switch (writer_access(relid, writer))
 	{
-		case WRITER_NO_SELECT:
 		case WRITER_DROPPED:
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("the role that wrote the rule no longer exists"),
+					 errdetail("It had OID %u.", writer),
+					 errhint("Have a role that may read the table write the rule again, or delete the rule.")));
+			break;
+		case WRITER_NO_SELECT:
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("permission denied for table %s", name),
@@ -599,7 +611,7 @@ check_relation(Relation rel)
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("cannot map table \"%s\": its row-level security applies to role \"%s\"",
-							name, GetUserNameFromId(GetUserId(), false)),
+							name, GetUserNameFromId(writer, false)),
 					 errdetail("The worker reads mapped tables with superuser rights, so the rule would copy rows the role may not see into Redis."),
 					 errhint("Have a role that bypasses the table's row-level security (its owner, a role with BYPASSRLS, or a superuser) write the rule.")));
 			break;
@@ -720,10 +732,12 @@ check_command(const Template *tpl, Datum *elems, int n)
  * check_needs refuses a rule that reads what its op cannot supply: any
  * column for truncate, an old row for insert and snapshot, and old values
  * outside the replica identity for update and delete (checked on every
- * partition of a partitioned table).
+ * partition of a partitioned table).  While restoring, what depends on
+ * indexes (the primary key, the replica identity) is not checked: those are
+ * restored after the rules.
  */
 static void
-check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
+check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs, bool restoring)
 {
 	Bitmapset *fromold = NULL;
 	List	  *leaves;
@@ -738,7 +752,7 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 					 errhint("A TRUNCATE has no rows: use literal keys and {%%schema%%}, {%%table%%}, {%%op%%}, {%%xid%%}, {%%lsn%%} or {%%commit_time%%}.")));
 		return;
 	}
-	if (needs->needs_pk)
+	if (needs->needs_pk && !restoring)
 	{
 		Oid pk = RelationGetPrimaryKeyIndex(rel);
 
@@ -767,6 +781,8 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 		return;
 	}
 
+	if (restoring)
+		return;
 	fromold = bms_union(needs->old, needs->diff);
 	if (op == PG2R_OP_DELETE)
 		fromold = bms_add_members(fromold, needs->cur);
@@ -806,18 +822,14 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 }
 
 /*
- * pg2redis_validate_rule is the BEFORE INSERT OR UPDATE trigger on
- * pg2redis.rules: it returns the new row unchanged if the rule is valid and
- * raises an ERROR saying which rule and why otherwise.
+ * validate_rule_row raises an ERROR, with a context line naming the rule,
+ * unless the rule in values/isnull (a row of pg2redis.rules) is valid for
+ * role writer.  While restoring, the checks that depend on indexes are
+ * skipped (see check_needs).
  */
-Datum
-pg2redis_validate_rule(PG_FUNCTION_ARGS)
+static void
+validate_rule_row(Datum *values, bool *isnull, Oid writer, bool restoring)
 {
-	TriggerData			*trigdata = (TriggerData *) fcinfo->context;
-	HeapTuple			 tuple;
-	TupleDesc			 desc;
-	Datum				 values[Natts_rules];
-	bool				 isnull[Natts_rules];
 	ValidateContext		 vc = {0};
 	ErrorContextCallback errcb;
 	Pg2rOp				 op;
@@ -830,20 +842,6 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 	Condition			*cond = NULL;
 	TplNeeds			 needs = {0};
 	Pg2rError			 err;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
-		elog(ERROR, "pg2redis_validate_rule must be a BEFORE ROW trigger");
-
-	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
-				? trigdata->tg_newtuple
-				: trigdata->tg_trigtuple;
-	desc = RelationGetDescr(trigdata->tg_relation);
-	if (desc->natts != Natts_rules)
-		elog(ERROR, "pg2redis.rules has %d columns, expected %d", desc->natts,
-			 Natts_rules);
-	heap_deform_tuple(tuple, desc, values, isnull);
 
 	vc.id = isnull[Anum_rules_id - 1]
 				? 0
@@ -891,7 +889,7 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation with OID %u does not exist", vc.relid)));
-	check_relation(rel);
+	check_relation(rel, writer);
 
 	command = DatumGetArrayTypeP(values[Anum_rules_command - 1]);
 	if (ARR_NDIM(command) > 1)
@@ -924,21 +922,154 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 			raise_soft(&err);
 		condition_needs(cond, &needs);
 	}
-	check_needs(rel, op, &needs);
+	check_needs(rel, op, &needs, restoring);
 
 	relation_close(rel, AccessShareLock);
 	error_context_stack = errcb.previous;
+}
 
-	/* the rule is written by, and read on behalf of, the current role */
+/*
+ * pg2redis_validate_rule is the BEFORE INSERT OR UPDATE trigger on
+ * pg2redis.rules: it raises an ERROR saying which rule and why if the rule
+ * is invalid, and otherwise returns the row with created_by set to the role
+ * writing it.
+ *
+ * A restore (a pg_dump script, pg_restore) copies the rules before the
+ * primary keys and replica identity indexes, which are restored post-data;
+ * it is recognized, as PL validators recognize it, by check_function_bodies
+ * being off, and the checks that need those indexes are then skipped
+ * (pg2redis_validate_rules() runs them afterwards; the stream turns a rule
+ * that still fails them into dead letters).  A restore also keeps the
+ * recorded writer, when the restoring role has that role's privileges (a
+ * superuser has all): check_function_bodies is a user setting, so anyone
+ * else writing a rule, restoring or not, is recorded as its writer.
+ */
+Datum
+pg2redis_validate_rule(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	 tuple;
+	TupleDesc	 desc;
+	Datum		 values[Natts_rules];
+	bool		 isnull[Natts_rules];
+	bool		 restoring = !check_function_bodies;
+	Datum		 writer = ObjectIdGetDatum(GetUserId());
+	bool		 writernull = false;
+	int			 writeratt = Anum_rules_created_by;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "pg2redis_validate_rule must be a BEFORE ROW trigger");
+
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
+				? trigdata->tg_newtuple
+				: trigdata->tg_trigtuple;
+	desc = RelationGetDescr(trigdata->tg_relation);
+	if (desc->natts != Natts_rules)
+		elog(ERROR, "pg2redis.rules has %d columns, expected %d", desc->natts,
+			 Natts_rules);
+	heap_deform_tuple(tuple, desc, values, isnull);
+
+	validate_rule_row(values, isnull, GetUserId(), restoring);
+
+	if (restoring && !isnull[Anum_rules_created_by - 1] &&
+		has_privs_of_role(GetUserId(),
+						  DatumGetObjectId(values[Anum_rules_created_by - 1])))
+		writer = values[Anum_rules_created_by - 1];
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1,
+													 &writeratt, &writer,
+													 &writernull));
+}
+
+/*
+ * pg2redis_validate_rules() checks every rule of pg2redis.rules (as the
+ * caller may read it) again, as its recorded writer and with nothing
+ * skipped, and returns one row (id, relation, op, created_by, problem) per
+ * rule that fails, with the first problem found; no row means every rule
+ * passes.  It is what to run after a restore, which skips the checks that
+ * need indexes, and after privilege changes.
+ */
+Datum
+pg2redis_validate_rules(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext  caller = CurrentMemoryContext;
+	ResourceOwner  owner = CurrentResourceOwner;
+	TupleDesc	   desc;
+	HeapTuple	  *rows;
+	uint64		   nrows;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	/* Read through SPI, so that the caller's privileges on the table apply. */
+	SPI_connect();
+	if (SPI_execute("SELECT * FROM " PG2R_SCHEMA "." PG2R_RULES " ORDER BY id",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg2redis.rules");
+	nrows = SPI_processed;
+	MemoryContextSwitchTo(caller);
+	desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+	rows = palloc(sizeof(HeapTuple) * Max(nrows, 1));
+	for (uint64 i = 0; i < nrows; i++)
+		rows[i] = heap_copytuple(SPI_tuptable->vals[i]);
+	SPI_finish();
+	if (desc->natts != Natts_rules)
+		elog(ERROR, "pg2redis.rules has %d columns, expected %d", desc->natts,
+			 Natts_rules);
+
+	for (uint64 i = 0; i < nrows; i++)
 	{
-		int	  att = Anum_rules_created_by;
-		Datum writer = ObjectIdGetDatum(GetUserId());
-		bool  writernull = false;
+		Datum	   values[Natts_rules];
+		bool	   isnull[Natts_rules];
+		ErrorData *problem = NULL;
 
-		tuple = heap_modify_tuple_by_cols(tuple, desc, 1, &att, &writer,
-										  &writernull);
+		heap_deform_tuple(rows[i], desc, values, isnull);
+
+		/* each rule in a subtransaction: a failed check is its problem */
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(caller);
+		PG_TRY();
+		{
+			validate_rule_row(values, isnull,
+							  isnull[Anum_rules_created_by - 1]
+								  ? InvalidOid
+								  : DatumGetObjectId(values
+														 [Anum_rules_created_by -
+														  1]),
+							  false);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(caller);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(caller);
+			problem = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(caller);
+			CurrentResourceOwner = owner;
+		}
+		PG_END_TRY();
+
+		if (problem != NULL)
+		{
+			Datum out[5];
+			bool  outnull[5] = {false, false, false, false, false};
+
+			out[0] = values[Anum_rules_id - 1];
+			out[1] = values[Anum_rules_relation - 1];
+			out[2] = values[Anum_rules_op - 1];
+			out[3] = values[Anum_rules_created_by - 1];
+			outnull[3] = isnull[Anum_rules_created_by - 1];
+			out[4] = CStringGetTextDatum(problem->message);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out,
+								 outnull);
+			FreeErrorData(problem);
+		}
 	}
-	return PointerGetDatum(tuple);
+	return (Datum) 0;
 }
 
 /*

@@ -5,6 +5,9 @@
 # loses SELECT, becomes subject to row-level security or is dropped stops
 # applying (a WARNING in the log, a dead letter per change), and applies
 # again once the writer may read the table again; superusers' rules go on.
+# Then a database with rules that need primary keys and replica identities
+# survives pg_dump and restore (plain SQL and custom format) with every rule
+# and its writer, and pg2redis_validate_rules() finds nothing wrong after.
 
 use strict;
 use warnings;
@@ -131,6 +134,72 @@ is_deeply([ redis_smembers($redis, 'items') ], [ 1 .. 7 ],
 	'the superuser\'s rule applied to every change');
 is($node->safe_psql('postgres', 'SELECT state FROM pg2redis_status()'),
 	'streaming', 'the stream went on throughout');
+
+# Dump and restore.  Primary keys and replica identity indexes are restored
+# after the rules (post-data), so rules that need them must be kept.
+$node->safe_psql(
+	'postgres', q{
+	CREATE TABLE orders (tenant text, id int, total int, PRIMARY KEY (tenant, id));
+	CREATE TABLE ledger (id int NOT NULL, amount int);
+	CREATE UNIQUE INDEX ledger_id ON ledger (id);
+	ALTER TABLE ledger REPLICA IDENTITY USING INDEX ledger_id;
+	CREATE ROLE bob;
+	GRANT USAGE ON SCHEMA pg2redis TO bob;
+	GRANT SELECT, INSERT ON pg2redis.rules TO bob;
+	GRANT USAGE ON SEQUENCE pg2redis.rules_id_seq TO bob;
+	GRANT EXECUTE ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb) TO bob;
+	GRANT SELECT ON orders, ledger TO bob;
+	SET ROLE bob;
+	SELECT pg2redis_add_rule('orders', 'insert', 'SET order:{%pk%} {total}');
+	SELECT pg2redis_add_rule('orders', 'delete', 'DEL order:{%pk_escaped%}');
+	SELECT pg2redis_add_rule('ledger', 'insert', 'SET ledger:{%pk%} {amount}',
+	                         '{"column": "amount", "op": ">", "value": 0}');
+	RESET ROLE;
+	SELECT pg2redis_add_rule('ledger', 'delete', 'DEL ledger:{id}');
+	SELECT pg2redis_add_rule('ledger', 'update', 'SET ledger:{id}:was {old:id}');
+	UPDATE pg2redis.rules SET position = 5, enabled = false
+	 WHERE command[2] = 'ledger:{id}:was';
+});
+my $rules_sql = q{
+	SELECT id, relation, op, command, condition, position, enabled, created_by
+	  FROM pg2redis.rules ORDER BY id};
+my $rules = $node->safe_psql('postgres', $rules_sql);
+like($rules, qr/\|bob$/m, 'rules written by bob record him');
+like($rules, qr/\{%pk%\}/, 'a {%pk%} rule is among those dumped');
+
+my $dir = PostgreSQL::Test::Utils::tempdir('dumps');
+$node->command_ok([ 'pg_dump', '-d', 'postgres', '-f', "$dir/plain.sql" ],
+	'pg_dump, plain SQL');
+$node->command_ok([ 'pg_dump', '-d', 'postgres', '-Fc', '-f', "$dir/dump.custom" ],
+	'pg_dump, custom format');
+
+$node->safe_psql('postgres', 'CREATE DATABASE restored_plain');
+$node->command_ok(
+	[
+		'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', 'restored_plain',
+		'-f', "$dir/plain.sql"
+	],
+	'the plain SQL dump restores without an error');
+$node->safe_psql('postgres', 'CREATE DATABASE restored_custom');
+$node->command_ok(
+	[
+		'pg_restore', '--exit-on-error', '-d', 'restored_custom',
+		"$dir/dump.custom"
+	],
+	'pg_restore of the custom-format dump runs without an error');
+
+# alice's rule keeps its writer's OID (she was dropped): the one problem
+my $expected_problems = "$alice_rule|items|insert|$alice_oid|the role that wrote the rule no longer exists";
+foreach my $db ('restored_plain', 'restored_custom')
+{
+	is($node->safe_psql($db, $rules_sql), $rules,
+		"$db has every rule, with its writer, position and state");
+	is($node->safe_psql($db, 'SELECT * FROM pg2redis_validate_rules()'),
+		$expected_problems,
+		"$db: pg2redis_validate_rules() finds only the rule of the dropped writer");
+}
+is($node->safe_psql('postgres', 'SELECT * FROM pg2redis_validate_rules()'),
+	$expected_problems, 'the same as in the dumped database');
 
 $node->stop;
 done_testing();
