@@ -2,12 +2,13 @@
 #
 # What a rule grants its writer, live in the worker: a table whose
 # row-level security applies to the writer is refused; a rule whose writer
-# loses SELECT, becomes subject to row-level security or is dropped stops
-# applying (a WARNING in the log, a dead letter per change), and applies
-# again once the writer may read the table again; superusers' rules go on.
-# Then a database with rules that need primary keys and replica identities
-# survives pg_dump and restore (plain SQL and custom format) with every rule
-# and its writer, and pg2redis_validate_rules() finds nothing wrong after.
+# loses SELECT (directly or through a group role), becomes subject to
+# row-level security or is dropped stops applying (a WARNING in the log, a
+# dead letter per change), and applies again once the writer may read the
+# table again; superusers' rules go on.  Then a database with rules that
+# need primary keys and replica identities survives pg_dump and restore
+# (plain SQL and custom format) with every rule and its writer, and
+# pg2redis_validate_rules() finds only the rule of the dropped writer.
 
 use strict;
 use warnings;
@@ -108,6 +109,35 @@ $node->safe_psql('postgres', "INSERT INTO items VALUES (6, 'six')");
 wait_for_redis($node);
 is($redis->call('GET', 'item:6'), 'six', 'BYPASSRLS given to the writer: the rule applies again');
 
+# SELECT through a group role: revoking the membership stops the rule (a
+# role membership change: pg_auth_members).
+$node->safe_psql(
+	'postgres', q{
+	ALTER TABLE items DISABLE ROW LEVEL SECURITY;
+	CREATE ROLE readers;
+	CREATE ROLE carol IN ROLE readers;
+	GRANT SELECT ON items TO readers;
+	GRANT USAGE ON SCHEMA pg2redis TO carol;
+	GRANT SELECT, INSERT ON pg2redis.rules TO carol;
+	GRANT USAGE ON SEQUENCE pg2redis.rules_id_seq TO carol;
+	GRANT EXECUTE ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb) TO carol;
+});
+my $carol_rule = $node->safe_psql('postgres',
+	"SET ROLE carol; SELECT pg2redis_add_rule('items', 'insert', 'SET carol:{id} {secret}')");
+$node->safe_psql('postgres', "INSERT INTO items VALUES (100, 'hundred')");
+wait_for_redis($node);
+is($redis->call('GET', 'carol:100'), 'hundred', 'a writer reading through a group role maps the table');
+$node->safe_psql('postgres', 'REVOKE readers FROM carol');
+$node->safe_psql('postgres', "INSERT INTO items VALUES (101, 'hundred and one')");
+wait_for_redis($node);
+is($redis->call('EXISTS', 'carol:101'), '0', 'once out of the group, the writer\'s rule stops');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM pg2redis.dead_letters WHERE error LIKE '%rule $carol_rule on table \"items\" no longer applies: role \"carol\"%'"
+	),
+	'... and the change is a dead letter');
+$node->safe_psql('postgres', "DELETE FROM pg2redis.rules WHERE id = $carol_rule");
+
 # The writer is dropped: the rule stops for good.
 $log_offset = -s $node->logfile;
 my $alice_oid = $node->safe_psql('postgres', "SELECT 'alice'::regrole::oid");
@@ -130,7 +160,7 @@ ok( poll_until(
 			log_lines($node, qr/DETAIL:  The role had OID $alice_oid\./, $log_offset);
 		}),
 	'the WARNING gives the dropped role\'s OID');
-is_deeply([ redis_smembers($redis, 'items') ], [ 1 .. 7 ],
+is_deeply([ redis_smembers($redis, 'items') ], [ 1 .. 7, 100, 101 ],
 	'the superuser\'s rule applied to every change');
 is($node->safe_psql('postgres', 'SELECT state FROM pg2redis_status()'),
 	'streaming', 'the stream went on throughout');
