@@ -474,6 +474,7 @@ Datum
 pg2redis_snapshot(PG_FUNCTION_ARGS)
 {
 	Oid		  relid = PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0);
+	List	 *requested;
 	List	 *leaves;
 	ListCell *lc;
 	Oid		  types[1] = {REGCLASSOID};
@@ -491,14 +492,15 @@ pg2redis_snapshot(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 					 errmsg("\"%s\" is not a table", get_rel_name(relid))));
 	}
+
 	/*
 	 * A snapshot sends the table's rows to Redis: require SELECT on the table
 	 * requested, or on every mapped table for a snapshot of all (in OID order,
 	 * so that the error names the same table every time).
 	 */
-	leaves = OidIsValid(relid) ? list_make1_oid(relid) : rules_relations();
-	list_sort(leaves, list_oid_cmp);
-	foreach(lc, leaves)
+	requested = OidIsValid(relid) ? list_make1_oid(relid) : rules_relations();
+	list_sort(requested, list_oid_cmp);
+	foreach(lc, requested)
 	{
 		Oid checked = lfirst_oid(lc);
 
