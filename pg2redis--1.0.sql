@@ -14,16 +14,20 @@ REVOKE ALL ON SCHEMA pg2redis FROM PUBLIC;
  * One row per command template.  user_catalog_table makes the table readable
  * under the historic snapshots of logical decoding: the output plugin reads
  * the rules as of each decoded transaction, so rule changes take effect in
- * stream order.  The rule trigger below validates every row written.
+ * stream order.  The rule trigger below validates every row written, and
+ * sets created_by to the role writing it: the worker reads the table with
+ * superuser rights on that role's behalf, and checks again, whenever it
+ * loads the rules, that the role may still read the table.
  */
 CREATE TABLE pg2redis.rules (
-    id        bigserial PRIMARY KEY,
-    relation  regclass NOT NULL,
-    op        text NOT NULL,
-    command   text[] NOT NULL,
-    condition jsonb,
-    position  integer NOT NULL DEFAULT 0,
-    enabled   boolean NOT NULL DEFAULT true
+    id         bigserial PRIMARY KEY,
+    relation   regclass NOT NULL,
+    op         text NOT NULL,
+    command    text[] NOT NULL,
+    condition  jsonb,
+    position   integer NOT NULL DEFAULT 0,
+    enabled    boolean NOT NULL DEFAULT true,
+    created_by regrole NOT NULL
 ) WITH (user_catalog_table = true);
 
 /*
@@ -175,6 +179,24 @@ AS 'MODULE_PATHNAME', 'pg2redis_add_rule_text';
 
 COMMENT ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb)
     IS 'add a validated pg2redis rule written as in redis-cli; returns its id';
+
+/*
+ * pg2redis_validate_rules: every rule checked again, as its writer, with
+ * nothing skipped; one row per rule that fails.  Run it after a restore,
+ * which skips the checks that need primary keys and replica identities.
+ */
+CREATE FUNCTION pg2redis_validate_rules(
+    OUT id bigint,
+    OUT relation regclass,
+    OUT op text,
+    OUT created_by regrole,
+    OUT problem text)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_validate_rules';
+
+COMMENT ON FUNCTION pg2redis_validate_rules()
+    IS 'check every pg2redis rule again, as its writer; one row per rule that fails';
 
 CREATE FUNCTION pg2redis_split_command(command text)
 RETURNS text[]
@@ -502,6 +524,7 @@ REVOKE ALL ON FUNCTION pg2redis.validate_snapshot_filter() FROM PUBLIC;
 REVOKE ALL ON pg2redis_snapshots FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text[], jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_add_rule(regclass, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_validate_rules() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_split_command(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_key_slot(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_command_slot(text[]) FROM PUBLIC;
@@ -561,3 +584,4 @@ GRANT EXECUTE ON FUNCTION pg2redis_export() TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_snapshot(regclass) TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_resync() TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_redis(text[]) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_validate_rules() TO pg2redis_admin;

@@ -20,6 +20,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -643,6 +644,7 @@ Datum
 pg2redis_snapshot(PG_FUNCTION_ARGS)
 {
 	Oid		  relid = PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0);
+	List	 *requested;
 	List	 *leaves;
 	ListCell *lc;
 	Oid		  types[1] = {REGCLASSOID};
@@ -659,6 +661,26 @@ pg2redis_snapshot(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 					 errmsg("\"%s\" is not a table", get_rel_name(relid))));
+	}
+
+	/*
+	 * A snapshot sends the table's rows to Redis: require SELECT on the table
+	 * requested, or on every mapped table for a snapshot of all (in OID order,
+	 * so that the error names the same table every time).
+	 */
+	requested = OidIsValid(relid) ? list_make1_oid(relid) : rules_relations();
+	list_sort(requested, list_oid_cmp);
+	foreach(lc, requested)
+	{
+		Oid checked = lfirst_oid(lc);
+
+		if (pg_class_aclcheck(checked, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for table %s",
+							get_rel_name(checked)),
+					 errdetail("Requesting a snapshot of a table requires SELECT on it."),
+					 errhint("Have the table's owner grant SELECT on it to your role, or request a snapshot of a table you may read.")));
 	}
 	leaves = snapshot_mapped_leaves(relid);
 	if (leaves == NIL)

@@ -53,6 +53,7 @@
 #include "catalog/pg_type.h"
 #include "common/int.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/hsearch.h"
@@ -529,9 +530,53 @@ append_json(ExpandState *st, const TplPart *part, StringInfo out)
 	return true;
 }
 
-/* append_pk appends {%pk%}: the key columns' values joined with ':'. */
+/*
+ * append_escaped appends len bytes of text with '%', ':', '{' and '}'
+ * percent-encoded (%25, %3A, %7B, %7D), and nothing else changed: values so
+ * encoded contain no ':' and no hash tag, so keys joined from them with ':'
+ * are distinct for distinct values ({esc:col}, {%pk_escaped%}).
+ */
+static void
+append_escaped(StringInfo out, const char *text, int len)
+{
+	int start = 0;
+
+	for (int i = 0; i < len; i++)
+	{
+		const char *code;
+
+		switch (text[i])
+		{
+			case '%':
+				code = "%25";
+				break;
+			case ':':
+				code = "%3A";
+				break;
+			case '{':
+				code = "%7B";
+				break;
+			case '}':
+				code = "%7D";
+				break;
+			default:
+				continue;
+		}
+		appendBinaryStringInfo(out, text + start, i - start);
+		appendStringInfoString(out, code);
+		start = i + 1;
+	}
+	appendBinaryStringInfo(out, text + start, len - start);
+}
+
+/*
+ * append_pk appends {%pk%}: the key columns' values joined with ':', as the
+ * pgwalk tool renders it (so that two keys may collide: ("a:b", "c") and
+ * ("a", "b:c") both give "a:b:c"), or, with escape ({%pk_escaped%}), each
+ * value percent-encoded by append_escaped first, which cannot collide.
+ */
 static bool
-append_pk(ExpandState *st, const TplPart *part, StringInfo out)
+append_pk(ExpandState *st, const TplPart *part, bool escape, StringInfo out)
 {
 	RelMap *map = st->map;
 
@@ -557,7 +602,9 @@ append_pk(ExpandState *st, const TplPart *part, StringInfo out)
 							 map->table);
 		if (k > 0)
 			appendStringInfoChar(out, ':');
-		if (res == COL_VALUE)
+		if (res == COL_VALUE && escape)
+			append_escaped(out, text, len);
+		else if (res == COL_VALUE)
 			appendBinaryStringInfo(out, text, len);
 	}
 	return true;
@@ -586,6 +633,12 @@ mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
 								   &len))
 					return false;
 				appendBinaryStringInfo(out, text, len);
+				break;
+			case TPL_ESC:
+				if (!required_text(st, part, part->cols[0], false, "", &text,
+								   &len))
+					return false;
+				append_escaped(out, text, len);
 				break;
 			case TPL_OLD:
 			{
@@ -619,7 +672,8 @@ mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
 				appendStringInfoString(out, pg2r_op_name(st->op));
 				break;
 			case TPL_PK:
-				if (!append_pk(st, part, out))
+			case TPL_PK_ESCAPED:
+				if (!append_pk(st, part, part->kind == TPL_PK_ESCAPED, out))
 					return false;
 				break;
 			case TPL_XID:
@@ -731,6 +785,36 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 	return true;
 }
 
+/*
+ * reserved_key tells, with st->err set, whether a key of the expanded
+ * command v of rule is under PG2R_KEY_PREFIX: a key that row values made
+ * (validation refuses literal ones), which must not reach Redis.
+ */
+static bool
+reserved_key(ExpandState *st, const Rule *rule, const ArgVec *v)
+{
+	const RedisCommandDef *def = rule->def;
+	size_t				   plen = strlen(PG2R_KEY_PREFIX);
+	int					   last;
+
+	if (def == NULL || def->first_key <= 0)
+		return false;
+	last = def->last_key < 0 ? v->argc + def->last_key : def->last_key;
+	for (int i = def->first_key; i <= last && i < v->argc; i += def->key_step)
+		if (v->len[i] >= plen &&
+			memcmp(v->data.data + v->off[i], PG2R_KEY_PREFIX, plen) == 0)
+		{
+			pg2r_fail(&st->err, ERRCODE_RESERVED_NAME,
+					  "Keep rows from rendering keys that start with \"" PG2R_KEY_PREFIX
+					  "\", e.g. with a literal prefix before the placeholder.",
+					  "key \"%.*s\" of Redis command \"%s\" starts with \"%s\", which pg2redis keeps for itself",
+					  pg_mbcliplen(v->data.data + v->off[i], v->len[i], 200),
+					  v->data.data + v->off[i], def->name, PG2R_KEY_PREFIX);
+			return true;
+		}
+	return false;
+}
+
 /* Buffers of one run_rules call, reused from rule to rule. */
 typedef struct RuleBufs
 {
@@ -808,7 +892,8 @@ run_rule(ExpandState *st, const Rule *rule, Pg2rOp op, const CommandSink *sink,
 		if (r == 0)
 			return;
 	}
-	if (!expand_command(st, rule, &b->v, &elided))
+	if (!expand_command(st, rule, &b->v, &elided) ||
+		reserved_key(st, rule, &b->v))
 	{
 		rule_error(st, rule, op, sink);
 		return;

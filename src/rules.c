@@ -13,6 +13,16 @@
  * log.  An AFTER STATEMENT trigger (pg2redis_rules_changed) sends a relcache
  * invalidation for the rules table, which every backend's cache listens to.
  *
+ * Authorization.  The worker reads mapped tables with superuser rights, so a
+ * rule lets its writer copy every row of the table into Redis.  The trigger
+ * therefore requires SELECT on the table and refuses a table whose
+ * row-level security applies to the writer, and records the writer in
+ * created_by.  Because privileges change after a rule is written, the same
+ * check runs again for the recorded writer whenever the rule cache is built
+ * (rule_writer_check): a rule whose writer may no longer read its table, or
+ * was dropped, is kept as "broken" (see below) and logged with a WARNING.
+ * Superusers' rules are exempt.
+ *
  * Reading.  rules_for() serves the enabled rules of one relation and op,
  * sorted by (position, id), from a hash built in one scan of the table and
  * kept in a dedicated memory context until an invalidation arrives.  The
@@ -36,15 +46,19 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
@@ -52,7 +66,10 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "utils/resowner.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "pg2redis/commands.h"
 #include "pg2redis/rules.h"
@@ -65,7 +82,8 @@
 #define Anum_rules_condition 5
 #define Anum_rules_position 6
 #define Anum_rules_enabled 7
-#define Natts_rules 7
+#define Anum_rules_created_by 8
+#define Natts_rules 8
 
 /* The rules of one relation, per op. */
 typedef struct RuleRel
@@ -87,6 +105,7 @@ PG_FUNCTION_INFO_V1(pg2redis_validate_rule);
 #define RULE_MAX_BYTES 7000
 
 PG_FUNCTION_INFO_V1(pg2redis_rules_changed);
+PG_FUNCTION_INFO_V1(pg2redis_validate_rules);
 
 /*
  * rules_invalidate is the relcache callback: the rule cache goes stale when
@@ -103,6 +122,17 @@ rules_invalidate(Datum arg, Oid relid)
 		!OidIsValid(rules_table) ||
 		(RuleRels && hash_search(RuleRels, &relid, HASH_FIND, NULL)))
 		rules_valid = false;
+}
+
+/*
+ * rules_role_changed is the syscache callback for roles and role
+ * memberships: a writer's privileges may have changed, so the rules are
+ * checked again on next use.
+ */
+static void
+rules_role_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	rules_valid = false;
 }
 
 /* rule_cmp orders rules by (position, id). */
@@ -129,6 +159,97 @@ rules_lookup_table(void)
 	if (!OidIsValid(nsp))
 		return InvalidOid;
 	return get_relname_relid(PG2R_RULES, nsp);
+}
+
+/* What the role that wrote a rule may still do with its relation. */
+typedef enum WriterAccess
+{
+	WRITER_MAY_READ,  /* a superuser, or SELECT and no row security */
+	WRITER_DROPPED,	  /* the role no longer exists */
+	WRITER_NO_SELECT, /* no SELECT on the relation */
+	WRITER_RLS		  /* row-level security of the relation applies */
+} WriterAccess;
+
+/*
+ * writer_access tells whether every row of relation relid may be read on
+ * behalf of role roleid: the role exists and is a superuser, or it may
+ * SELECT from the relation and its row-level security does not apply to the
+ * role (BYPASSRLS, or the owner of a table that does not force it).
+ */
+static WriterAccess
+writer_access(Oid relid, Oid roleid)
+{
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(roleid)))
+		return WRITER_DROPPED;
+	if (superuser_arg(roleid))
+		return WRITER_MAY_READ;
+	if (pg_class_aclcheck(relid, roleid, ACL_SELECT) != ACLCHECK_OK)
+		return WRITER_NO_SELECT;
+	if (check_enable_rls(relid, roleid, true) == RLS_ENABLED)
+		return WRITER_RLS;
+	return WRITER_MAY_READ;
+}
+
+/*
+ * rule_writer_check marks rule broken, and says so in a WARNING naming the
+ * rule, its table and its writer, when role writer may no longer read the
+ * rule's relation; every change the rule would handle then becomes a render
+ * error (a dead letter in the stream) instead of a command.
+ *
+ * The check reads privileges through the catalog snapshot in effect when
+ * the cache is built.  Inside decoding that is the historic snapshot of the
+ * transaction being decoded, under which the rules themselves are read (the
+ * rules table is a user_catalog_table): a REVOKE, like a rule change, takes
+ * effect in stream order, at the commit that carries its invalidation.
+ * Role changes (pg_authid, pg_auth_members) are shared catalogs whose
+ * invalidations may come from other databases; they are acted upon when
+ * they arrive, against the catalogs the cache build sees then.  Either is
+ * what PostgreSQL's own privilege checks would see at that point.
+ */
+static void
+rule_writer_check(Rule *rule, Oid writer)
+{
+	WriterAccess access = writer_access(rule->relid, writer);
+	char		*relname;
+	char		*rolname;
+	char		*reason;
+
+	if (access == WRITER_MAY_READ)
+		return;
+	relname = get_rel_name(rule->relid);
+	rolname = GetUserNameFromId(writer, true);
+	switch (access)
+	{
+		case WRITER_DROPPED:
+			reason = pstrdup("the role that wrote it no longer exists");
+			break;
+		case WRITER_NO_SELECT:
+			reason =
+				psprintf("role \"%s\" that wrote it may no longer SELECT from the table",
+						 rolname);
+			break;
+		default:
+			reason =
+				psprintf("row-level security of the table applies to role \"%s\" that wrote it",
+						 rolname);
+			break;
+	}
+	rule->broken = palloc(sizeof(Pg2rError));
+	pg2r_fail(rule->broken, ERRCODE_INSUFFICIENT_PRIVILEGE,
+			  access == WRITER_DROPPED
+				  ? "Have a role that may read the table write the rule again, or delete the rule."
+				  : "Give the role that wrote the rule SELECT on the table (and a way past its row-level security) again, or have a role that may read the table write the rule again.",
+			  "pg2redis rule " INT64_FORMAT
+			  " on table \"%s\" no longer applies: %s",
+			  rule->id, relname ? relname : "?", reason);
+	ereport(WARNING,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg_internal("%s", rule->broken->message),
+			 access == WRITER_DROPPED
+				 ? errdetail("The role had OID %u. Each change the rule would handle is recorded in pg2redis.dead_letters instead.",
+							 writer)
+				 : errdetail("Each change the rule would handle is recorded in pg2redis.dead_letters instead."),
+			 errhint("%s", rule->broken->hint)));
 }
 
 /*
@@ -193,6 +314,9 @@ rules_load(void)
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(rules_invalidate, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHOID, rules_role_changed, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, rules_role_changed,
+									  (Datum) 0);
 		callback_registered = true;
 	}
 	if (RulesCxt == NULL)
@@ -254,6 +378,10 @@ rules_load(void)
 					 isnull[Anum_rules_condition - 1]
 						 ? NULL
 						 : DatumGetJsonbP(values[Anum_rules_condition - 1]));
+		if (rule->broken == NULL)
+			rule_writer_check(rule,
+							  DatumGetObjectId(values[Anum_rules_created_by -
+													  1]));
 
 		entry = hash_search(RuleRels, &rule->relid, HASH_ENTER, &found);
 		if (!found)
@@ -426,10 +554,11 @@ check_identity(Relation leaf, TupleDesc ruledesc, Bitmapset *needed,
 
 /*
  * check_relation refuses a relation rules may not map: anything but an
- * ordinary or partitioned, permanent user table the current role may read.
+ * ordinary or partitioned, permanent user table role writer may read, all
+ * of it (no row-level security applies to the role).
  */
 static void
-check_relation(Relation rel)
+check_relation(Relation rel, Oid writer)
 {
 	Oid			relid = RelationGetRelid(rel);
 	Oid			nsp = RelationGetNamespace(rel);
@@ -462,17 +591,74 @@ check_relation(Relation rel)
 				 errdetail("Changes of temporary and unlogged tables are not written to the WAL."),
 				 errhint("Use ALTER TABLE %s SET LOGGED, or map another table.",
 						 name)));
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for table %s", name),
-				 errdetail("The worker reads mapped tables with superuser rights, so writing a rule requires SELECT on its table."),
-				 errhint("Have the table's owner grant SELECT on it to the role that writes the rule.")));
+	switch (writer_access(relid, writer))
+	{
+		case WRITER_DROPPED:
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("the role that wrote the rule no longer exists"),
+					 errdetail("It had OID %u.", writer),
+					 errhint("Have a role that may read the table write the rule again, or delete the rule.")));
+			break;
+		case WRITER_NO_SELECT:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for table %s", name),
+					 errdetail("The worker reads mapped tables with superuser rights, so writing a rule requires SELECT on its table."),
+					 errhint("Have the table's owner grant SELECT on it to the role that writes the rule.")));
+			break;
+		case WRITER_RLS:
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("cannot map table \"%s\": its row-level security applies to role \"%s\"",
+							name, GetUserNameFromId(writer, false)),
+					 errdetail("The worker reads mapped tables with superuser rights, so the rule would copy rows the role may not see into Redis."),
+					 errhint("Have a role that bypasses the table's row-level security (its owner, a role with BYPASSRLS, or a superuser) write the rule.")));
+			break;
+		case WRITER_MAY_READ:
+			break;
+	}
+}
+
+/*
+ * is_key_position tells whether argument pos (0 being the command name) of
+ * command def is a key, by the key positions commands.c gives it.
+ */
+static bool
+is_key_position(const RedisCommandDef *def, int pos)
+{
+	if (def->first_key <= 0 || pos < def->first_key)
+		return false;
+	if (def->last_key > 0 && pos > def->last_key)
+		return false;
+	return (pos - def->first_key) % def->key_step == 0;
+}
+
+/*
+ * check_key_prefix refuses a key whose literal beginning (the text before
+ * any placeholder: literal, of length len) starts with PG2R_KEY_PREFIX;
+ * source is the template element, for the message.
+ */
+static void
+check_key_prefix(const RedisCommandDef *def, const char *literal, int len,
+				 const char *source)
+{
+	if (len < (int) strlen(PG2R_KEY_PREFIX) ||
+		strncmp(literal, PG2R_KEY_PREFIX, strlen(PG2R_KEY_PREFIX)) != 0)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_RESERVED_NAME),
+			 errmsg("key \"%s\" of Redis command \"%s\" starts with \"%s\", which pg2redis keeps for itself",
+					source, def->name, PG2R_KEY_PREFIX),
+			 errdetail("pg2redis keeps its stream positions and other keys of its own under that prefix; a rule writing there could make a pg2redis instance skip or repeat transactions."),
+			 errhint("Choose another prefix for the rule's keys.")));
 }
 
 /*
  * check_command refuses an empty, unknown or server-level command, a
- * command name with placeholders, and a command with too few arguments.
+ * command name with placeholders, a command with too few arguments, and
+ * keys under pg2redis's own prefix (a literal key, or a column name that
+ * {pairs:…} puts where a key goes).
  */
 static void
 check_command(const Template *tpl, Datum *elems, int n)
@@ -512,6 +698,11 @@ check_command(const Template *tpl, Datum *elems, int n)
 
 		if (arg->parts[0].kind != TPL_PAIRS)
 		{
+			/* argc is the position this element renders at */
+			if (i > 0 && is_key_position(def, argc) &&
+				arg->parts[0].kind == TPL_LITERAL)
+				check_key_prefix(def, arg->parts[0].text, arg->parts[0].len,
+								 arg->source);
 			argc++;
 			continue;
 		}
@@ -523,6 +714,11 @@ check_command(const Template *tpl, Datum *elems, int n)
 					 errmsg("{pairs:…} cannot stand where Redis command \"%s\" expects a key",
 							def->name),
 					 errhint("Build keys from single columns, e.g. \"item:{id}\".")));
+		for (int c = 0; c < arg->parts[0].ncols; c++)
+			if (is_key_position(def, argc + 2 * c))
+				check_key_prefix(def, arg->parts[0].colnames[c],
+								 strlen(arg->parts[0].colnames[c]),
+								 arg->parts[0].colnames[c]);
 		argc += 2 * arg->parts[0].ncols;
 	}
 	if (argc < def->min_args)
@@ -536,10 +732,12 @@ check_command(const Template *tpl, Datum *elems, int n)
  * check_needs refuses a rule that reads what its op cannot supply: any
  * column for truncate, an old row for insert and snapshot, and old values
  * outside the replica identity for update and delete (checked on every
- * partition of a partitioned table).
+ * partition of a partitioned table).  While restoring, what depends on
+ * indexes (the primary key, the replica identity) is not checked: those are
+ * restored after the rules.
  */
 static void
-check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
+check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs, bool restoring)
 {
 	Bitmapset *fromold = NULL;
 	List	  *leaves;
@@ -554,7 +752,7 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 					 errhint("A TRUNCATE has no rows: use literal keys and {%%schema%%}, {%%table%%}, {%%op%%}, {%%xid%%}, {%%lsn%%} or {%%commit_time%%}.")));
 		return;
 	}
-	if (needs->needs_pk)
+	if (needs->needs_pk && !restoring)
 	{
 		Oid pk = RelationGetPrimaryKeyIndex(rel);
 
@@ -563,7 +761,7 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 		if (!OidIsValid(pk))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("{%%pk%%} needs a primary key, and table \"%s\" has none",
+					 errmsg("{%%pk%%} and {%%pk_escaped%%} need a primary key, and table \"%s\" has none",
 							RelationGetRelationName(rel)),
 					 errhint("Add a primary key, or name the key columns in placeholders.")));
 	}
@@ -583,6 +781,8 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 		return;
 	}
 
+	if (restoring)
+		return;
 	fromold = bms_union(needs->old, needs->diff);
 	if (op == PG2R_OP_DELETE)
 		fromold = bms_add_members(fromold, needs->cur);
@@ -622,18 +822,14 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs)
 }
 
 /*
- * pg2redis_validate_rule is the BEFORE INSERT OR UPDATE trigger on
- * pg2redis.rules: it returns the new row unchanged if the rule is valid and
- * raises an ERROR saying which rule and why otherwise.
+ * validate_rule_row raises an ERROR, with a context line naming the rule,
+ * unless the rule in values/isnull (a row of pg2redis.rules) is valid for
+ * role writer.  While restoring, the checks that depend on indexes are
+ * skipped (see check_needs).
  */
-Datum
-pg2redis_validate_rule(PG_FUNCTION_ARGS)
+static void
+validate_rule_row(Datum *values, bool *isnull, Oid writer, bool restoring)
 {
-	TriggerData			*trigdata = (TriggerData *) fcinfo->context;
-	HeapTuple			 tuple;
-	TupleDesc			 desc;
-	Datum				 values[Natts_rules];
-	bool				 isnull[Natts_rules];
 	ValidateContext		 vc = {0};
 	ErrorContextCallback errcb;
 	Pg2rOp				 op;
@@ -646,20 +842,6 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 	Condition			*cond = NULL;
 	TplNeeds			 needs = {0};
 	Pg2rError			 err;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
-		elog(ERROR, "pg2redis_validate_rule must be a BEFORE ROW trigger");
-
-	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
-				? trigdata->tg_newtuple
-				: trigdata->tg_trigtuple;
-	desc = RelationGetDescr(trigdata->tg_relation);
-	if (desc->natts != Natts_rules)
-		elog(ERROR, "pg2redis.rules has %d columns, expected %d", desc->natts,
-			 Natts_rules);
-	heap_deform_tuple(tuple, desc, values, isnull);
 
 	vc.id = isnull[Anum_rules_id - 1]
 				? 0
@@ -707,7 +889,7 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation with OID %u does not exist", vc.relid)));
-	check_relation(rel);
+	check_relation(rel, writer);
 
 	command = DatumGetArrayTypeP(values[Anum_rules_command - 1]);
 	if (ARR_NDIM(command) > 1)
@@ -740,11 +922,154 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 			raise_soft(&err);
 		condition_needs(cond, &needs);
 	}
-	check_needs(rel, op, &needs);
+	check_needs(rel, op, &needs, restoring);
 
 	relation_close(rel, AccessShareLock);
 	error_context_stack = errcb.previous;
-	return PointerGetDatum(tuple);
+}
+
+/*
+ * pg2redis_validate_rule is the BEFORE INSERT OR UPDATE trigger on
+ * pg2redis.rules: it raises an ERROR saying which rule and why if the rule
+ * is invalid, and otherwise returns the row with created_by set to the role
+ * writing it.
+ *
+ * A restore (a pg_dump script, pg_restore) copies the rules before the
+ * primary keys and replica identity indexes, which are restored post-data;
+ * it is recognized, as PL validators recognize it, by check_function_bodies
+ * being off, and the checks that need those indexes are then skipped
+ * (pg2redis_validate_rules() runs them afterwards; the stream turns a rule
+ * that still fails them into dead letters).  A restore also keeps the
+ * recorded writer, when the restoring role has that role's privileges (a
+ * superuser has all): check_function_bodies is a user setting, so anyone
+ * else writing a rule, restoring or not, is recorded as its writer.
+ */
+Datum
+pg2redis_validate_rule(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	 tuple;
+	TupleDesc	 desc;
+	Datum		 values[Natts_rules];
+	bool		 isnull[Natts_rules];
+	bool		 restoring = !check_function_bodies;
+	Datum		 writer = ObjectIdGetDatum(GetUserId());
+	bool		 writernull = false;
+	int			 writeratt = Anum_rules_created_by;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "pg2redis_validate_rule must be a BEFORE ROW trigger");
+
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
+				? trigdata->tg_newtuple
+				: trigdata->tg_trigtuple;
+	desc = RelationGetDescr(trigdata->tg_relation);
+	if (desc->natts != Natts_rules)
+		elog(ERROR, "pg2redis.rules has %d columns, expected %d", desc->natts,
+			 Natts_rules);
+	heap_deform_tuple(tuple, desc, values, isnull);
+
+	validate_rule_row(values, isnull, GetUserId(), restoring);
+
+	if (restoring && !isnull[Anum_rules_created_by - 1] &&
+		has_privs_of_role(GetUserId(),
+						  DatumGetObjectId(values[Anum_rules_created_by - 1])))
+		writer = values[Anum_rules_created_by - 1];
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1,
+													 &writeratt, &writer,
+													 &writernull));
+}
+
+/*
+ * pg2redis_validate_rules() checks every rule of pg2redis.rules (as the
+ * caller may read it) again, as its recorded writer and with nothing
+ * skipped, and returns one row (id, relation, op, created_by, problem) per
+ * rule that fails, with the first problem found; no row means every rule
+ * passes.  It is what to run after a restore, which skips the checks that
+ * need indexes, and after privilege changes.
+ */
+Datum
+pg2redis_validate_rules(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext  caller = CurrentMemoryContext;
+	ResourceOwner  owner = CurrentResourceOwner;
+	TupleDesc	   desc;
+	HeapTuple	  *rows;
+	uint64		   nrows;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	/* Read through SPI, so that the caller's privileges on the table apply. */
+	SPI_connect();
+	if (SPI_execute("SELECT * FROM " PG2R_SCHEMA "." PG2R_RULES " ORDER BY id",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg2redis.rules");
+	nrows = SPI_processed;
+	MemoryContextSwitchTo(caller);
+	desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+	rows = palloc(sizeof(HeapTuple) * Max(nrows, 1));
+	for (uint64 i = 0; i < nrows; i++)
+		rows[i] = heap_copytuple(SPI_tuptable->vals[i]);
+	SPI_finish();
+	if (desc->natts != Natts_rules)
+		elog(ERROR, "pg2redis.rules has %d columns, expected %d", desc->natts,
+			 Natts_rules);
+
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		Datum	   values[Natts_rules];
+		bool	   isnull[Natts_rules];
+		ErrorData *problem = NULL;
+
+		heap_deform_tuple(rows[i], desc, values, isnull);
+
+		/* each rule in a subtransaction: a failed check is its problem */
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(caller);
+		PG_TRY();
+		{
+			validate_rule_row(values, isnull,
+							  isnull[Anum_rules_created_by - 1]
+								  ? InvalidOid
+								  : DatumGetObjectId(values
+														 [Anum_rules_created_by -
+														  1]),
+							  false);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(caller);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(caller);
+			problem = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(caller);
+			CurrentResourceOwner = owner;
+		}
+		PG_END_TRY();
+
+		if (problem != NULL)
+		{
+			Datum out[5];
+			bool  outnull[5] = {false, false, false, false, false};
+
+			out[0] = values[Anum_rules_id - 1];
+			out[1] = values[Anum_rules_relation - 1];
+			out[2] = values[Anum_rules_op - 1];
+			out[3] = values[Anum_rules_created_by - 1];
+			outnull[3] = isnull[Anum_rules_created_by - 1];
+			out[4] = CStringGetTextDatum(problem->message);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out,
+								 outnull);
+			FreeErrorData(problem);
+		}
+	}
+	return (Datum) 0;
 }
 
 /*

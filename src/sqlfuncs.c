@@ -14,6 +14,8 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -290,6 +292,15 @@ pg2redis_preview(PG_FUNCTION_ARGS)
 	ps.store = rsinfo->setResult;
 	ps.desc = rsinfo->setDesc;
 
+	/* the rules of a table, literals included, are as secret as its rows */
+	if (pg_class_aclcheck(PG_GETARG_OID(0), GetUserId(), ACL_SELECT) !=
+		ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s",
+						get_rel_name(PG_GETARG_OID(0))),
+				 errdetail("Previewing the rules of a table requires SELECT on it."),
+				 errhint("Have the table's owner grant SELECT on it to your role.")));
 	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
 	if (rel->rd_rel->relkind != RELKIND_RELATION &&
 		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)

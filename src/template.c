@@ -38,6 +38,7 @@ static const struct
 	{"table", TPL_TABLE},
 	{"op", TPL_OP},
 	{"pk", TPL_PK},
+	{"pk_escaped", TPL_PK_ESCAPED},
 	{"xid", TPL_XID},
 	{"lsn", TPL_LSN},
 	{"commit_time", TPL_COMMIT_TIME},
@@ -196,7 +197,7 @@ parse_placeholder(char *body, TupleDesc desc, TplPart *part, Pg2rError *err)
 			}
 		}
 		return pg2r_fail(err, ERRCODE_SYNTAX_ERROR,
-						 "Known are {%schema%}, {%table%}, {%op%}, {%pk%}, {%xid%}, {%lsn%} and {%commit_time%}.",
+						 "Known are {%schema%}, {%table%}, {%op%}, {%pk%}, {%pk_escaped%}, {%xid%}, {%lsn%} and {%commit_time%}.",
 						 "unknown placeholder \"{%s%%}\"", body);
 	}
 
@@ -213,19 +214,22 @@ parse_placeholder(char *body, TupleDesc desc, TplPart *part, Pg2rError *err)
 			part->kind = prefix[0] == 'p' ? TPL_PAIRS : TPL_JSON;
 			return resolve_columns(rest, desc, part, err);
 		}
-		if (strcmp(prefix, "old") == 0 || strcmp(prefix, "diff") == 0)
+		if (strcmp(prefix, "old") == 0 || strcmp(prefix, "diff") == 0 ||
+			strcmp(prefix, "esc") == 0)
 		{
-			part->kind = prefix[0] == 'o' ? TPL_OLD : TPL_DIFF;
+			part->kind = prefix[0] == 'o'	? TPL_OLD
+						 : prefix[0] == 'd' ? TPL_DIFF
+											: TPL_ESC;
 			rest = trim_name(rest);
 			if (strchr(rest, ',') || strcmp(rest, "*") == 0)
 				return pg2r_fail(err, ERRCODE_SYNTAX_ERROR,
-								 "{old:…} and {diff:…} take exactly one column.",
+								 "{old:…}, {diff:…} and {esc:…} take exactly one column.",
 								 "placeholder \"{%s:%s}\" names more than one column",
 								 prefix, rest);
 			return resolve_columns(rest, desc, part, err);
 		}
 		return pg2r_fail(err, ERRCODE_SYNTAX_ERROR,
-						 "Known prefixes are old:, diff:, pairs: and json:; write {{ and }} for literal braces.",
+						 "Known prefixes are old:, diff:, esc:, pairs: and json:; write {{ and }} for literal braces.",
 						 "unknown placeholder prefix \"%s:\"", prefix);
 	}
 
@@ -376,6 +380,7 @@ template_arg_needs(const TplArg *arg, TplNeeds *needs)
 		switch (part->kind)
 		{
 			case TPL_COL:
+			case TPL_ESC:
 			case TPL_PAIRS:
 			case TPL_JSON:
 				set = &needs->cur;
@@ -387,6 +392,7 @@ template_arg_needs(const TplArg *arg, TplNeeds *needs)
 				set = &needs->diff;
 				break;
 			case TPL_PK:
+			case TPL_PK_ESCAPED:
 				needs->needs_pk = true;
 				continue;
 			default:

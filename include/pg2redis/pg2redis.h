@@ -24,6 +24,15 @@ extern int pg2r_numeric_mode;
 #define PG2R_RULES "rules"
 
 /*
+ * The prefix of pg2redis's own keys in Redis (stream positions
+ * "pg2redis:<slot name>:lsn", cluster fences and sync keys).  Rules may not
+ * write keys under it, or one instance's rule could move another's
+ * position: refused in a rule's literal keys, a render error in keys that
+ * values make.
+ */
+#define PG2R_KEY_PREFIX "pg2redis:"
+
+/*
  * Operations a rule can be written for.  The order is that of the values
  * stored in pg2redis.rules.op; see pg2r_op_name().
  */

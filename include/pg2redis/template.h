@@ -18,12 +18,14 @@ typedef enum TplKind
 	TPL_COL,		/* {col} */
 	TPL_OLD,		/* {old:col} */
 	TPL_DIFF,		/* {diff:col} */
+	TPL_ESC,		/* {esc:col}: the value with ':' etc. percent-encoded */
 	TPL_PAIRS,		/* {pairs:*} or {pairs:a,b}: several arguments */
 	TPL_JSON,		/* {json:*} or {json:a,b} */
 	TPL_SCHEMA,		/* {%schema%} */
 	TPL_TABLE,		/* {%table%} */
 	TPL_OP,			/* {%op%} */
 	TPL_PK,			/* {%pk%} */
+	TPL_PK_ESCAPED, /* {%pk_escaped%}: {%pk%} of percent-encoded values */
 	TPL_XID,		/* {%xid%} */
 	TPL_LSN,		/* {%lsn%} */
 	TPL_COMMIT_TIME /* {%commit_time%} */
