@@ -35,6 +35,7 @@
 #include "pg2redis/commands.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/redis_io.h"
+#include "pg2redis/session_redis.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
 #include "pg2redis/state.h"
@@ -150,26 +151,6 @@ pg2redis_resync(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* wait_socket waits for events on sock until deadline; false on timeout. */
-static bool
-wait_socket(pgsocket sock, int events, TimestampTz deadline)
-{
-	long remaining =
-		TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-	int rc;
-
-	if (remaining <= 0)
-		return false;
-	rc = WaitLatchOrSocket(MyLatch,
-						   events | WL_LATCH_SET | WL_TIMEOUT |
-							   WL_EXIT_ON_PM_DEATH,
-						   sock, remaining, PG_WAIT_EXTENSION);
-	if (rc & WL_LATCH_SET)
-		ResetLatch(MyLatch);
-	CHECK_FOR_INTERRUPTS();
-	return (rc & events) != 0 || !(rc & WL_TIMEOUT);
-}
-
 /* redis_fail raises the ERROR of a failed pg2redis_redis() call. */
 static void
 redis_fail(RedisConn *conn, const RedisTarget *target, const char *what)
@@ -223,7 +204,7 @@ redis_roundtrip(const RedisTarget *target, const StringInfo cmd, bool asking)
 		{
 			int done;
 
-			if (!wait_socket(conn.sock, conn.want, deadline))
+			if (!redis_session_wait_socket(conn.sock, conn.want, deadline))
 				redis_fail(&conn, target, "timed out connecting");
 			done = redis_connect_finish(&conn, target);
 			if (done < 0)
@@ -245,11 +226,12 @@ redis_roundtrip(const RedisTarget *target, const StringInfo cmd, bool asking)
 					redis_fail(&conn, target, "could not send");
 				sent += w;
 			}
-			if (!wait_socket(conn.sock,
-							 WL_SOCKET_READABLE |
-								 (sent < (size_t) out.len ? WL_SOCKET_WRITEABLE
-														  : 0),
-							 deadline))
+			if (!redis_session_wait_socket(conn.sock,
+										   WL_SOCKET_READABLE |
+											   (sent < (size_t) out.len
+													? WL_SOCKET_WRITEABLE
+													: 0),
+										   deadline))
 				redis_fail(&conn, target, "timed out waiting for the reply");
 			if (!redis_receive(&conn, &eof))
 				redis_fail(&conn, target, "could not receive");
@@ -412,8 +394,6 @@ static const RedisCommandDef write_commands[] = {
 	{"ZREMRANGEBYLEX", 4, 1, 1, 1}, {"ZREMRANGEBYRANK", 4, 1, 1, 1},
 };
 
-/* The prefix of pg2redis's own keys: stream positions (fences), sync keys. */
-#define OWN_KEY_PREFIX "pg2redis:"
 
 /*
  * redis_access returns what a caller must be to run the command named
@@ -476,13 +456,13 @@ check_redis_access(int argc, char **argv)
 		return;
 	last = def->last_key < 0 ? argc + def->last_key : def->last_key;
 	for (int i = def->first_key; i <= last && i < argc; i += def->key_step)
-		if (strncmp(argv[i], OWN_KEY_PREFIX, strlen(OWN_KEY_PREFIX)) == 0)
+		if (strncmp(argv[i], PG2R_KEY_PREFIX, strlen(PG2R_KEY_PREFIX)) == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("permission denied to write Redis key \"%s\"",
 							argv[i]),
 					 errdetail("Keys that start with \"%s\" hold pg2redis's stream positions.",
-							   OWN_KEY_PREFIX),
+							   PG2R_KEY_PREFIX),
 					 errhint("Only a superuser may change them; pg2redis_resync() starts the stream over.")));
 }
 

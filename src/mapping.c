@@ -913,6 +913,25 @@ run_rule(ExpandState *st, const Rule *rule, Pg2rOp op, const CommandSink *sink,
 	sink->command(sink->arg, rule, op, b->v.argc, b->argv, b->v.len);
 }
 
+/* Arguments of run_rule, for pg2r_run_guarded. */
+typedef struct RuleCall
+{
+	ExpandState		  *st;
+	const Rule		  *rule;
+	Pg2rOp			   op;
+	const CommandSink *sink;
+	RuleBufs		  *b;
+} RuleCall;
+
+/* run_rule_call runs run_rule with the arguments in arg (a RuleCall). */
+static void
+run_rule_call(void *arg)
+{
+	RuleCall *c = arg;
+
+	run_rule(c->st, c->rule, c->op, c->sink, c->b);
+}
+
 /*
  * run_rule_guarded runs one rule in a subtransaction of its own, so that an
  * ERROR raised while rendering it (an output function's, or PostgreSQL's
@@ -924,36 +943,18 @@ static void
 run_rule_guarded(ExpandState *st, const Rule *rule, Pg2rOp op,
 				 const CommandSink *sink, RuleBufs *b)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	RuleCall   call = {st, rule, op, sink, b};
+	ErrorData *edata = pg2r_run_guarded(run_rule_call, &call);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		run_rule(st, rule, op, sink, b);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		pg2r_fail(&st->err, edata->sqlerrcode, NULL, "rendering failed: %s",
-				  edata->message);
-		FreeErrorData(edata);
-		/* the buffers may hold a half-built command: start them afresh */
-		memset(&b->v, 0, sizeof(b->v));
-		initStringInfo(&b->v.data);
-		rule_error(st, rule, op, sink);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
+	if (edata == NULL)
+		return;
+	pg2r_fail(&st->err, edata->sqlerrcode, NULL, "rendering failed: %s",
+			  edata->message);
+	FreeErrorData(edata);
+	/* the buffers may hold a half-built command: start them afresh */
+	memset(&b->v, 0, sizeof(b->v));
+	initStringInfo(&b->v.data);
+	rule_error(st, rule, op, sink);
 }
 
 /* run_rules expands every rule of st->op that applies to the change. */

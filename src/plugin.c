@@ -182,6 +182,27 @@ txn_meta(ReorderBufferTXN *txn, ChangeMeta *meta)
 	meta->commit_time = txn->xact_time.commit_time;
 }
 
+/* Arguments of mapping_change, for pg2r_run_guarded. */
+typedef struct ChangeCall
+{
+	RelMap				*map;
+	Relation			 relation;
+	Pg2rOp				 op;
+	ReorderBufferChange *change;
+	const ChangeMeta	*meta;
+	const CommandSink	*sink;
+} ChangeCall;
+
+/* change_call runs mapping_change with the arguments in arg (a ChangeCall). */
+static void
+change_call(void *arg)
+{
+	ChangeCall *c = arg;
+
+	mapping_change(c->map, c->relation, c->op, PG2R_CHANGE_OLDTUPLE(c->change),
+				   PG2R_CHANGE_NEWTUPLE(c->change), c->meta, c->sink);
+}
+
 /*
  * careful_change maps one change in a subtransaction: each rule already
  * runs in one of its own (sink->careful), and an ERROR outside any rule
@@ -192,33 +213,13 @@ careful_change(RelMap *map, Relation relation, Pg2rOp op,
 			   ReorderBufferChange *change, const ChangeMeta *meta,
 			   const CommandSink *sink)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	ChangeCall call = {map, relation, op, change, meta, sink};
+	ErrorData *edata = pg2r_run_guarded(change_call, &call);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		mapping_change(map, relation, op, PG2R_CHANGE_OLDTUPLE(change),
-					   PG2R_CHANGE_NEWTUPLE(change), meta, sink);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
+	if (edata)
 		sender_change_error(RelationGetRelid(relation), op,
 							psprintf("mapping the change failed: %s",
 									 edata->message));
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
 }
 
 /* plugin_change expands the rules of one row change. */

@@ -57,9 +57,12 @@ struct RedisSession
 	SessionNode			 *nodes; /* [map.nnodes], or [1] standalone */
 };
 
-/* wait_socket waits for events on sock until deadline; false on timeout. */
-static bool
-wait_socket(pgsocket sock, int events, TimestampTz deadline)
+/*
+ * redis_session_wait_socket waits, interruptibly, for events on sock until
+ * deadline; false on timeout.  For every backend's Redis connection.
+ */
+bool
+redis_session_wait_socket(pgsocket sock, int events, TimestampTz deadline)
 {
 	long remaining =
 		TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
@@ -138,11 +141,12 @@ exchange(RedisSession *s, SessionNode *n, const StringInfo out, int nhandshake,
 				node_fail(s, n, "could not send");
 			sent += w;
 		}
-		if (!wait_socket(n->conn.sock,
-						 WL_SOCKET_READABLE |
-							 (sent < (size_t) out->len ? WL_SOCKET_WRITEABLE
-													   : 0),
-						 deadline))
+		if (!redis_session_wait_socket(n->conn.sock,
+									   WL_SOCKET_READABLE |
+										   (sent < (size_t) out->len
+												? WL_SOCKET_WRITEABLE
+												: 0),
+									   deadline))
 			node_fail(s, n, "timed out waiting for replies");
 		if (!redis_receive(&n->conn, &eof))
 			node_fail(s, n, "could not receive");
@@ -193,7 +197,7 @@ node_connect(RedisSession *s, SessionNode *n, StringInfo out)
 	{
 		int done;
 
-		if (!wait_socket(n->conn.sock, n->conn.want, deadline))
+		if (!redis_session_wait_socket(n->conn.sock, n->conn.want, deadline))
 			node_fail(s, n, "timed out connecting");
 		done = redis_connect_finish(&n->conn, &n->target);
 		if (done < 0)

@@ -295,45 +295,40 @@ end_sql(void)
  * ERROR in it is returned in *err instead of ending the worker.  *result
  * (if given) gets fn's result.
  */
+/* A call of a worker_run_sql function, for pg2r_run_guarded. */
+typedef struct SqlCall
+{
+	bool (*fn)(void *arg);
+	void *arg;
+	bool  result;
+} SqlCall;
+
+/* sql_call runs the function of arg (a SqlCall) and keeps its result. */
+static void
+sql_call(void *arg)
+{
+	SqlCall *c = arg;
+
+	c->result = c->fn(c->arg);
+}
+
 bool
 worker_run_sql(bool (*fn)(void *arg), void *arg, bool *result, char **err)
 {
-	MemoryContext cxt;
-	ResourceOwner owner;
-	volatile bool ok = true;
-	volatile bool r = false;
+	SqlCall	   call = {fn, arg, false};
+	ErrorData *edata;
 
 	begin_sql();
-	cxt = CurrentMemoryContext;
-	owner = CurrentResourceOwner;
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
+	edata = pg2r_run_guarded(sql_call, &call);
+	if (edata)
 	{
-		r = fn(arg);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
 		*err = MemoryContextStrdup(WorkerCxt, edata->message);
 		FreeErrorData(edata);
-		ok = false;
 	}
-	PG_END_TRY();
 	end_sql();
 	if (result)
-		*result = r;
-	return ok;
+		*result = call.result;
+	return edata == NULL;
 }
 
 /* ---------------------------------------------------------------------------

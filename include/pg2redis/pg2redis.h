@@ -66,4 +66,6 @@ typedef struct Pg2rError
 extern bool pg2r_fail(Pg2rError *err, int sqlerrcode, const char *hint,
 					  const char *fmt, ...) pg_attribute_printf(4, 5);
 
+extern ErrorData *pg2r_run_guarded(void (*fn)(void *arg), void *arg);
+
 #endif /* PG2REDIS_PG2REDIS_H */

@@ -11,7 +11,9 @@
 
 #include <hiredis/hiredis.h>
 
+#include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
+#include "port.h"
 
 typedef struct RedisSession RedisSession;
 
@@ -34,6 +36,8 @@ typedef struct SessionBatch
 	int			   cap;
 } SessionBatch;
 
+extern bool			 redis_session_wait_socket(pgsocket sock, int events,
+											   TimestampTz deadline);
 extern RedisSession *redis_session_open(void);
 extern void			 redis_session_close(RedisSession *s);
 extern bool			 redis_session_is_cluster(RedisSession *s);
