@@ -1285,6 +1285,20 @@ pg2r_topo_ready(void)
 						lost),
 				 errdetail("Their stream positions went back; the changes in between are not in Redis."),
 				 errhint("Set pg2redis.redis_cluster_wait_replicas to the number of replicas per primary, and run pg2redis_resync() to load every mapped table again.")));
+	else if (lost > 0 && topo.read[0].lsn != InvalidXLogRecPtr)
+	{
+		char from[64], to[64];
+
+		pg2r_fence_format(topo.read[0], from, sizeof(from));
+		pg2r_fence_format(topo.applied[0], to, sizeof(to));
+		ereport(WARNING,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("pg2redis: Redis lost writes it had acknowledged: its stream position went back from %s to %s",
+						to, from),
+				 errdetail("Changes of transactions ending after %s up to %s may be missing from Redis (a failover to a replica that lacked them, or a restart without persistence); the stream goes on from %s.",
+						   from, to, to),
+				 errhint("Run pg2redis_verify() to see what differs, then pg2redis_snapshot() for the tables concerned or pg2redis_resync() for all.")));
+	}
 	else if (!topo.cluster && topo.read[0].lsn == InvalidXLogRecPtr &&
 			 (topo.fence_known || worker_confirmed_lsn() != InvalidXLogRecPtr))
 	{
