@@ -44,6 +44,12 @@ typedef struct SessionNode
 	RedisTarget target; /* the session's, with this node's host and port */
 	RedisConn	conn;
 	bool		ready; /* connected and handshake done */
+	/* a round sent and not yet finished (round_send, round_finish) */
+	StringInfoData out;
+	size_t		   sent;
+	int			   nh;	  /* handshake replies first */
+	int			   count; /* then the replies of idx[] */
+	int			  *idx;
 } SessionNode;
 
 struct RedisSession
@@ -111,16 +117,15 @@ node_fail(RedisSession *s, SessionNode *n, const char *what)
 }
 
 /*
- * exchange writes out (the handshake replies first: nhandshake of them) to
- * node n and reads nreplies replies into replies[]; raises an ERROR on
- * failure, after pg2redis.redis_timeout without progress, or when a
- * handshake reply is an error.
+ * exchange writes the rest of out (past sent bytes; the handshake replies
+ * come first: nhandshake of them) to node n and reads nreplies replies into
+ * replies[]; raises an ERROR on failure, after pg2redis.redis_timeout
+ * without progress, or when a handshake reply is an error.
  */
 static void
-exchange(RedisSession *s, SessionNode *n, const StringInfo out, int nhandshake,
-		 int nreplies, redisReply **replies)
+exchange(RedisSession *s, SessionNode *n, const StringInfo out, size_t sent,
+		 int nhandshake, int nreplies, redisReply **replies)
 {
-	size_t		sent = 0;
 	int			got = 0;
 	int			total = nhandshake + nreplies;
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -251,7 +256,7 @@ ask_slots(RedisSession *s, SessionNode *cand, redisReply **reply, char *err,
 		int nh = node_connect(s, cand, &out);
 
 		redis_append_cstrings(&out, 2, "CLUSTER", "SLOTS");
-		exchange(s, cand, &out, nh, 1, reply);
+		exchange(s, cand, &out, 0, nh, 1, reply);
 		ok = true;
 	}
 	PG_CATCH();
@@ -384,6 +389,7 @@ redis_batch_init(SessionBatch *b)
 	b->cap = 256;
 	b->cmds = palloc(sizeof(SessionCmd) * b->cap);
 	b->ncmds = 0;
+	b->todo = NULL;
 }
 
 /* redis_batch_reset frees the replies of b and empties it. */
@@ -465,37 +471,66 @@ is_redirect(const redisReply *r)
 }
 
 /*
- * run_round sends the commands of b whose reply is missing (todo[i]) to
- * their nodes and reads the replies; returns how many came back as a
- * redirection (and are to be run again).
+ * round_send writes the commands of b whose reply is missing (todo[i]) to
+ * their nodes, as far as the sockets take them without waiting, so that
+ * Redis works on them while the caller goes on.
+ */
+static void
+round_send(RedisSession *s, SessionBatch *b, const bool *todo)
+{
+	for (int ni = 0; ni < s->nnodes; ni++)
+	{
+		SessionNode *n = &s->nodes[ni];
+
+		n->count = 0;
+		n->idx = palloc(sizeof(int) * Max(b->ncmds, 1));
+		for (int i = 0; i < b->ncmds; i++)
+			if (todo[i] && node_of(s, &b->cmds[i]) == ni)
+				n->idx[n->count++] = i;
+		if (n->count == 0)
+			continue;
+		initStringInfo(&n->out);
+		n->nh = node_connect(s, n, &n->out);
+		for (int k = 0; k < n->count; k++)
+			appendBinaryStringInfo(&n->out,
+								   b->buf.data + b->cmds[n->idx[k]].off,
+								   b->cmds[n->idx[k]].len);
+		n->sent = 0;
+		for (;;)
+		{
+			ssize_t w = redis_send(&n->conn, n->out.data + n->sent,
+								   n->out.len - n->sent);
+
+			if (w < 0)
+				node_fail(s, n, "could not send");
+			if (w == 0)
+				break;
+			n->sent += w;
+		}
+	}
+}
+
+/*
+ * round_finish completes what round_send began: the rest of each node's
+ * commands out, every reply in; returns how many replies were redirections
+ * (those commands keep todo[i] set, to be run again).
  */
 static int
-run_round(RedisSession *s, SessionBatch *b, bool *todo)
+round_finish(RedisSession *s, SessionBatch *b, bool *todo)
 {
 	int			 redirects = 0;
-	int			*idx = palloc(sizeof(int) * Max(b->ncmds, 1));
 	redisReply **replies = palloc(sizeof(redisReply *) * Max(b->ncmds, 1));
 
 	for (int ni = 0; ni < s->nnodes; ni++)
 	{
-		SessionNode	  *n = &s->nodes[ni];
-		StringInfoData out;
-		int			   count = 0, nh;
+		SessionNode *n = &s->nodes[ni];
 
-		for (int i = 0; i < b->ncmds; i++)
-			if (todo[i] && node_of(s, &b->cmds[i]) == ni)
-				idx[count++] = i;
-		if (count == 0)
+		if (n->count == 0)
 			continue;
-		initStringInfo(&out);
-		nh = node_connect(s, n, &out);
-		for (int k = 0; k < count; k++)
-			appendBinaryStringInfo(&out, b->buf.data + b->cmds[idx[k]].off,
-								   b->cmds[idx[k]].len);
-		exchange(s, n, &out, nh, count, replies);
-		for (int k = 0; k < count; k++)
+		exchange(s, n, &n->out, n->sent, n->nh, n->count, replies);
+		for (int k = 0; k < n->count; k++)
 		{
-			SessionCmd *c = &b->cmds[idx[k]];
+			SessionCmd *c = &b->cmds[n->idx[k]];
 
 			if (s->cluster && c->node < 0 && is_redirect(replies[k]))
 			{
@@ -504,31 +539,44 @@ run_round(RedisSession *s, SessionBatch *b, bool *todo)
 				continue;
 			}
 			c->reply = replies[k];
-			todo[idx[k]] = false;
+			todo[n->idx[k]] = false;
 		}
-		pfree(out.data);
+		pfree(n->out.data);
+		pfree(n->idx);
+		n->count = 0;
 	}
-	pfree(idx);
 	pfree(replies);
 	return redirects;
 }
 
 /*
- * redis_session_run runs every command of b and sets its reply (errors
- * included: a command Redis refuses is a reply of type error).  On a
- * cluster, commands redirected because their slot moved run again, up to
- * a few rounds, after the slot map is read again.
+ * redis_session_send starts batch b: its commands are written as far as
+ * the sockets take them, and Redis runs them while the caller prepares the
+ * next batch.  redis_session_finish(s, b) must follow before another batch
+ * is sent on s.
  */
 void
-redis_session_run(RedisSession *s, SessionBatch *b)
+redis_session_send(RedisSession *s, SessionBatch *b)
 {
-	bool *todo = palloc(sizeof(bool) * Max(b->ncmds, 1));
-
+	b->todo = palloc(sizeof(bool) * Max(b->ncmds, 1));
 	for (int i = 0; i < b->ncmds; i++)
-		todo[i] = b->cmds[i].reply == NULL;
+		b->todo[i] = b->cmds[i].reply == NULL;
+	round_send(s, b, b->todo);
+}
+
+/*
+ * redis_session_finish reads every reply of b, which redis_session_send
+ * started, and sets each command's reply (errors included: a command Redis
+ * refuses is a reply of type error).  On a cluster, commands redirected
+ * because their slot moved run again, up to a few rounds, after the slot
+ * map is read again.
+ */
+void
+redis_session_finish(RedisSession *s, SessionBatch *b)
+{
 	for (int round = 0;; round++)
 	{
-		if (run_round(s, b, todo) == 0)
+		if (round_finish(s, b, b->todo) == 0)
 			break;
 		if (round == SESSION_REDIRECT_ROUNDS)
 			ereport(ERROR,
@@ -537,6 +585,19 @@ redis_session_run(RedisSession *s, SessionBatch *b)
 					 errhint("Try again once resharding is over.")));
 		read_map(s);
 		pg_usleep(100000L * (round + 1));
+		round_send(s, b, b->todo);
 	}
-	pfree(todo);
+	pfree(b->todo);
+	b->todo = NULL;
+}
+
+/*
+ * redis_session_run runs every command of b and sets its reply, as
+ * redis_session_send followed by redis_session_finish.
+ */
+void
+redis_session_run(RedisSession *s, SessionBatch *b)
+{
+	redis_session_send(s, b);
+	redis_session_finish(s, b);
 }

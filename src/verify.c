@@ -141,8 +141,13 @@ typedef struct KeyPattern
 
 typedef struct VerifyState
 {
-	MemoryContext	 cxt;	   /* lives for the call */
-	MemoryContext	 batchcxt; /* reset after every batch */
+	MemoryContext cxt;		/* lives for the call */
+	MemoryContext batchcxt; /* reset after every batch */
+	/* the batch Redis works on while the next one is built */
+	SessionBatch	 flight;
+	List			*flight_checks;
+	MemoryContext	 flightcxt;
+	bool			 in_flight;
 	RedisSession	*session;
 	SessionBatch	 batch;
 	List			*checks; /* of the current batch */
@@ -634,33 +639,66 @@ compare(VerifyState *vs, Check *c, const redisReply *r,
 	return true;
 }
 
-/* run_batch reads the batch's replies and keeps the problems found. */
+/* finish_flight reads the replies of the batch in flight and compares. */
 static void
-run_batch(VerifyState *vs)
+finish_flight(VerifyState *vs)
 {
 	ListCell *lc;
 
-	if (vs->batch.ncmds > 0)
+	if (!vs->in_flight)
+		return;
+	redis_session_finish(vs->session, &vs->flight);
+	foreach(lc, vs->flight_checks)
 	{
-		redis_session_run(vs->session, &vs->batch);
-		foreach(lc, vs->checks)
-		{
-			Check *c = lfirst(lc);
+		Check *c = lfirst(lc);
 
-			if (!compare(vs, c, vs->batch.cmds[c->cmd].reply, note_problem))
-			{
-				/* no RedisJSON on this server: JSON.SET is not checked */
-				vs->json_ok = false;
-				vs->cur->checked--;
-				note_skipped(vs->cur, "JSON.SET (the server has no JSON.GET)");
-			}
+		if (!compare(vs, c, vs->flight.cmds[c->cmd].reply, note_problem))
+		{
+			/* no RedisJSON on this server: JSON.SET is not checked */
+			vs->json_ok = false;
+			vs->cur->checked--;
+			note_skipped(vs->cur, "JSON.SET (the server has no JSON.GET)");
 		}
 	}
-	redis_batch_reset(&vs->batch);
+	redis_batch_reset(&vs->flight);
+	vs->flight_checks = NIL;
+	MemoryContextReset(vs->flightcxt);
+	vs->in_flight = false;
+}
+
+/*
+ * run_batch sends the batch being built, after the one in flight is
+ * finished, and starts a new one: Redis reads back one batch while the next
+ * is rendered.
+ */
+static void
+run_batch(VerifyState *vs)
+{
+	SessionBatch  sent;
+	MemoryContext cxt;
+
+	finish_flight(vs);
+	if (vs->batch.ncmds == 0)
+		return;
+	redis_session_send(vs->session, &vs->batch);
+	sent = vs->batch;
+	cxt = vs->batchcxt;
+	vs->batch = vs->flight;
+	vs->flight = sent;
+	vs->flight_checks = vs->checks;
 	vs->checks = NIL;
+	vs->batchcxt = vs->flightcxt;
+	vs->flightcxt = cxt;
+	vs->in_flight = true;
 	vs->batch_rows = 0;
-	MemoryContextReset(vs->batchcxt);
-	redis_batch_init(&vs->batch);
+}
+
+/* flush_batches runs what is built and in flight, and waits for it. */
+static void
+flush_batches(VerifyState *vs)
+{
+	run_batch(vs);
+	finish_flight(vs);
 }
 
 /* ---------------------------------------------------------------------------
@@ -759,7 +797,7 @@ check_relation(VerifyState *vs, Oid relid, int sample)
 		check_row(vs, rel, mapping_get(rel), kept[i].tuple);
 		table_close(rel, NoLock);
 	}
-	run_batch(vs);
+	flush_batches(vs);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1183,6 +1221,9 @@ pg2redis_verify(PG_FUNCTION_ARGS)
 	vs.batchcxt =
 		AllocSetContextCreate(CurrentMemoryContext, "pg2redis verify batch",
 							  ALLOCSET_DEFAULT_SIZES);
+	vs.flightcxt =
+		AllocSetContextCreate(CurrentMemoryContext, "pg2redis verify batch",
+							  ALLOCSET_DEFAULT_SIZES);
 
 	if (PG_ARGISNULL(0))
 		relids = rules_relations();
@@ -1210,6 +1251,7 @@ pg2redis_verify(PG_FUNCTION_ARGS)
 
 	vs.session = redis_session_open();
 	redis_batch_init(&vs.batch);
+	redis_batch_init(&vs.flight);
 	level = render_push_settings();
 	memset(&hctl, 0, sizeof(hctl));
 	hctl.keysize = sizeof(uint64);

@@ -34,6 +34,7 @@ typedef struct SessionBatch
 	SessionCmd	  *cmds;
 	int			   ncmds;
 	int			   cap;
+	bool		  *todo; /* between send and finish: replies missing */
 } SessionBatch;
 
 extern bool			 redis_session_wait_socket(pgsocket sock, int events,
@@ -51,5 +52,7 @@ extern int	redis_batch_add_node(SessionBatch *b, int node, int argc,
 								 const char *const *argv,
 								 const size_t	   *argvlen);
 extern void redis_session_run(RedisSession *s, SessionBatch *b);
+extern void redis_session_send(RedisSession *s, SessionBatch *b);
+extern void redis_session_finish(RedisSession *s, SessionBatch *b);
 
 #endif /* PG2REDIS_SESSION_REDIS_H */
