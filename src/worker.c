@@ -583,6 +583,14 @@ start_decoding(void)
 										 .segment_open = wal_segment_open,
 										 .segment_close = wal_segment_close),
 							  no_write, no_write, NULL);
+	/*
+	 * The initial load (create_slot) built relcache entries, relation maps
+	 * and the rule cache from the current catalogs; decoding must rebuild
+	 * them under its historic snapshots, as pg_logical_slot_get_changes()
+	 * does, or WAL written before a DDL that committed during the load
+	 * would be read with the new row shape.
+	 */
+	InvalidateSystemCaches();
 	XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
 	last_restart_lsn = MyReplicationSlot->data.restart_lsn;
 	MemoryContextSwitchTo(WorkerCxt);
