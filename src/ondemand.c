@@ -139,8 +139,10 @@ static struct
 {
 	bool		   open;	  /* selected, H not decoded yet */
 	bool		   in_window; /* L decoded */
-	bool		   sent;	  /* H decoded, rows sent: record progress */
-	bool		   last;	  /* the leaf has no rows after this chunk */
+	XLogRecPtr	   low_end;	  /* where L's and H's WAL records end */
+	XLogRecPtr	   high_end;
+	bool		   sent; /* H decoded, rows sent: record progress */
+	bool		   last; /* the leaf has no rows after this chunk */
 	char		   low[128];
 	char		   high[128];
 	TransactionId  xmin;
@@ -428,9 +430,17 @@ ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
 {
 	if (!chunk.open || strcmp(prefix, WATERMARK_PREFIX) != 0)
 		return;
-	if (size == strlen(chunk.low) && memcmp(message, chunk.low, size) == 0)
+
+	/*
+	 * A watermark is the record this worker wrote, at the position it was
+	 * written: its payload, nonce included, can be read from WAL by anyone
+	 * who may decode it, and copied into a message of their own.
+	 */
+	if (lsn == chunk.low_end && size == strlen(chunk.low) &&
+		memcmp(message, chunk.low, size) == 0)
 		chunk.in_window = true;
-	else if (size == strlen(chunk.high) &&
+	else if (chunk.in_window && lsn == chunk.high_end &&
+			 size == strlen(chunk.high) &&
 			 memcmp(message, chunk.high, size) == 0)
 	{
 		send_chunk(lsn);
@@ -488,14 +498,18 @@ row_sink_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
  * ---------------------------------------------------------------------------
  */
 
-/* write_watermark writes and flushes a watermark message. */
-static void
+/*
+ * write_watermark writes and flushes a watermark message; returns the end
+ * of its WAL record, which is how the decoder recognizes it.
+ */
+static XLogRecPtr
 write_watermark(const char *payload)
 {
 	XLogRecPtr lsn =
 		LogLogicalMessage(WATERMARK_PREFIX, payload, strlen(payload), false);
 
 	XLogFlush(lsn);
+	return lsn;
 }
 
 /*
@@ -1287,7 +1301,7 @@ ondemand_step(void)
 	{
 		bool selected = false;
 
-		write_watermark(chunk.low);
+		chunk.low_end = write_watermark(chunk.low);
 		if (!worker_run_sql(select_chunk, NULL, &selected, &err))
 		{
 			chunk_reset();
@@ -1305,6 +1319,6 @@ ondemand_step(void)
 		}
 		pg_usleep(1000L);
 	}
-	write_watermark(chunk.high);
+	chunk.high_end = write_watermark(chunk.high);
 	chunk.open = true;
 }
