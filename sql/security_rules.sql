@@ -195,6 +195,16 @@ INSERT INTO pg2redis.rules (relation, op, command, created_by)
      VALUES ('sec_items', 'insert', ARRAY['SET', 'forged:{id}', '1'], 10)
   RETURNING created_by;
 RESET ROLE;
+-- nor a group role the writer belongs to: the rule would outlive losing it
+CREATE ROLE regress_group NOLOGIN;
+GRANT regress_group TO regress_writer;
+SET ROLE regress_writer;
+INSERT INTO pg2redis.rules (relation, op, command, created_by)
+     VALUES ('sec_items', 'insert', ARRAY['SET', 'grouped:{id}', '1'], 'regress_group')
+  RETURNING created_by;
+RESET ROLE;
+DELETE FROM pg2redis.rules WHERE command[2] = 'grouped:{id}';
+DROP ROLE regress_group;
 RESET check_function_bodies;
 -- pg2redis_validate_rules() checks every rule as its writer, with nothing
 -- skipped, and returns the problems; none once the table has its key

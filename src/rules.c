@@ -939,10 +939,9 @@ validate_rule_row(Datum *values, bool *isnull, Oid writer, bool restoring)
  * it is recognized, as PL validators recognize it, by check_function_bodies
  * being off, and the checks that need those indexes are then skipped
  * (pg2redis_validate_rules() runs them afterwards; the stream turns a rule
- * that still fails them into dead letters).  A restore also keeps the
- * recorded writer, when the restoring role has that role's privileges (a
- * superuser has all): check_function_bodies is a user setting, so anyone
- * else writing a rule, restoring or not, is recorded as its writer.
+ * that still fails them into dead letters).  A restore by a superuser also
+ * keeps the recorded writer: check_function_bodies is a user setting, so
+ * anyone else writing a rule, restoring or not, is recorded as its writer.
  */
 Datum
 pg2redis_validate_rule(PG_FUNCTION_ARGS)
@@ -973,9 +972,12 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 
 	validate_rule_row(values, isnull, GetUserId(), restoring);
 
-	if (restoring && !isnull[Anum_rules_created_by - 1] &&
-		has_privs_of_role(GetUserId(),
-						  DatumGetObjectId(values[Anum_rules_created_by - 1])))
+	/*
+	 * Only a superuser's restore keeps the recorded writer: anyone may turn
+	 * check_function_bodies off, and a writer naming a group role it
+	 * belongs to would keep the rule alive after losing that membership.
+	 */
+	if (restoring && !isnull[Anum_rules_created_by - 1] && superuser())
 		writer = values[Anum_rules_created_by - 1];
 	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1,
 													 &writeratt, &writer,

@@ -33,7 +33,8 @@
  * which a second run settles).
  *
  * Nothing is written, in PostgreSQL or Redis.  A caller without SELECT on
- * a table gets that table's counts only, without keys or values.  Redis is
+ * a table, or to whom its row-level security applies, gets that table's
+ * counts only, without keys or values.  Redis is
  * read through a session of its own (session_redis.c), in pipelined batches.
  *
  *-------------------------------------------------------------------------
@@ -54,6 +55,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/rls.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
@@ -1185,7 +1187,7 @@ emit_summary(VerifyState *vs, RelStats *st)
 						 : psprintf(INT64_FORMAT " orphans", st->orphans));
 	if (!st->readable)
 		appendStringInfoString(&found,
-							   " (no SELECT privilege: keys not shown)");
+							   " (no SELECT privilege, or row-level security applies: keys not shown)");
 	emit(vs, st->relid, NULL, "summary", exp.data, found.data);
 }
 
@@ -1264,8 +1266,10 @@ pg2redis_verify(PG_FUNCTION_ARGS)
 
 		st->relid = relid;
 		st->cxt = vs.cxt;
+		/* rows row-level security hides from the caller must not show */
 		st->readable =
-			pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK;
+			pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK &&
+			check_enable_rls(relid, InvalidOid, true) != RLS_ENABLED;
 		st->expected_keys = hash_create("pg2redis verify keys", 1024, &hctl,
 										HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 		stats = lappend(stats, st);

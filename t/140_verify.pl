@@ -108,6 +108,30 @@ my $mon = $node->safe_psql('postgres',
 	"SELECT problem, coalesce(key, '-') FROM pg2redis_verify()", extra_params => [ '-U', 'mon' ]);
 is($mon, "summary|-", 'without SELECT: the summary row only, no key or value');
 
+# Row-level security that applies to the caller: counts only as well.
+$node->safe_psql('postgres', q{
+	CREATE TABLE secrets (id int PRIMARY KEY, owner name, v text);
+	ALTER TABLE secrets ENABLE ROW LEVEL SECURITY;
+	CREATE POLICY mine ON secrets USING (owner = current_user);
+	GRANT SELECT ON secrets TO mon;
+	SELECT pg2redis_add_rule('secrets', 'insert', 'SET secret:{id} {v}');
+	INSERT INTO secrets VALUES (1, 'mon', 'visible'), (2, 'ceo', 'hidden');
+});
+wait_for_redis($node);
+$redis->call('SET', 'secret:2', 'tampered');
+is($node->safe_psql('postgres',
+		"SELECT string_agg(problem || ':' || coalesce(key, '-'), ',') FROM pg2redis_verify('secrets')",
+		extra_params => [ '-U', 'mon' ]),
+	'summary:-', 'with row-level security applying: the summary only, no hidden row shows');
+like($node->safe_psql('postgres',
+		"SELECT found FROM pg2redis_verify('secrets') WHERE problem = 'summary'",
+		extra_params => [ '-U', 'mon' ]),
+	qr/0 missing, 1 differing.*keys not shown/, 'but its counts are there');
+$node->safe_psql('postgres', q{
+	DELETE FROM pg2redis.rules WHERE relation = 'secrets'::regclass;
+});
+$redis->call('DEL', 'secret:1', 'secret:2');
+
 # Fix Redis, then speed on 50,000 rows (and no problem).
 $node->safe_psql('postgres', q{
 	INSERT INTO products SELECT g, 'p' || g, g, true, 'b' FROM generate_series(100, 50099) g;
