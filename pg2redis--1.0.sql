@@ -79,6 +79,48 @@ CREATE TABLE pg2redis.snapshots (
 COMMENT ON TABLE pg2redis.snapshots IS 'pg2redis snapshot requests and their progress';
 
 /*
+ * A request written directly (pg2redis_admin may INSERT) gets the same
+ * check as pg2redis_snapshot(): SELECT on the table, or on every mapped
+ * table for a request of all; and starts from nothing, whatever progress it
+ * claims.  The worker's own writes are UPDATEs.
+ */
+CREATE FUNCTION pg2redis.check_snapshot_request()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    missing regclass;
+BEGIN
+    IF NEW.relation IS NOT NULL THEN
+        IF NOT has_table_privilege(NEW.relation, 'SELECT') THEN
+            missing := NEW.relation;
+        END IF;
+    ELSE
+        SELECT r.relation INTO missing FROM pg2redis.rules r
+         WHERE NOT has_table_privilege(r.relation, 'SELECT') LIMIT 1;
+    END IF;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'permission denied to snapshot table %', missing
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A snapshot request needs SELECT on the table (on every mapped table for a request of all).';
+    END IF;
+    NEW.state := 'pending';
+    NEW.rows := 0;
+    NEW.requested_at := now();
+    NEW.started_at := NULL;
+    NEW.finished_at := NULL;
+    NEW.error := NULL;
+    NEW.current_relation := NULL;
+    NEW.last_key := NULL;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER check_request BEFORE INSERT ON pg2redis.snapshots
+    FOR EACH ROW EXECUTE FUNCTION pg2redis.check_snapshot_request();
+
+/*
  * Snapshot filters: rows of relation are snapshotted only WHERE filter
  * holds (the pgwalk tool's snapshot "type: query").  A filter is one boolean
  * expression (the trigger refuses anything else); snapshots run it as the
@@ -531,6 +573,7 @@ REVOKE ALL ON FUNCTION pg2redis_command_slot(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.validate_rule() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.rules_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis.check_snapshot_request() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.drop_rules_of_dropped_tables() FROM PUBLIC;
 
 /*

@@ -44,6 +44,18 @@ SELECT pg2redis_snapshot('sec_items') > 0 AS queued;
 -- every mapped table, for a snapshot of all
 SELECT pg2redis_snapshot();
 RESET ROLE;
+-- a request written directly (pg2redis_admin may INSERT) is checked the
+-- same way, and starts from nothing whatever progress it claims
+GRANT INSERT ON pg2redis.snapshots TO regress_reader;
+GRANT USAGE ON SEQUENCE pg2redis.snapshots_id_seq TO regress_reader;
+SET ROLE regress_reader;
+INSERT INTO pg2redis.snapshots (relation) VALUES ('sec_rls');
+INSERT INTO pg2redis.snapshots (relation, state, rows, current_relation, last_key)
+     VALUES ('sec_items', 'running', 99, 'sec_items', '{42}')
+  RETURNING state, rows, current_relation, last_key;
+RESET ROLE;
+REVOKE INSERT ON pg2redis.snapshots FROM regress_reader;
+REVOKE USAGE ON SEQUENCE pg2redis.snapshots_id_seq FROM regress_reader;
 
 -- F4: the writing role is recorded on the rule
 SET ROLE regress_writer;
