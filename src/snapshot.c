@@ -53,6 +53,7 @@
 #include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/snapshot.h"
+#include "pg2redis/state.h"
 
 /*
  * snapshot_mapped_leaves returns the OIDs, in order, of the tables whose
@@ -286,6 +287,51 @@ load_filtered(Relation rel, RelMap *map, const char *filter,
 	return rows;
 }
 
+/* Arguments of load_filtered, for pg2r_run_guarded. */
+typedef struct LoadCall
+{
+	Relation		   rel;
+	RelMap			  *map;
+	const char		  *filter;
+	const ChangeMeta  *meta;
+	const CommandSink *sink;
+	MemoryContext	   rowcxt;
+	uint64			   rows;
+} LoadCall;
+
+/* load_filtered_call runs load_filtered with the arguments in arg. */
+static void
+load_filtered_call(void *arg)
+{
+	LoadCall *c = arg;
+
+	c->rows =
+		load_filtered(c->rel, c->map, c->filter, c->meta, c->sink, c->rowcxt);
+}
+
+/*
+ * load_filtered_careful runs load_filtered in a subtransaction: a filter
+ * that fails (its owner's code, privileges or policies) leaves the rest of
+ * that table to a dead letter and a WARNING, and the load goes on.
+ */
+static uint64
+load_filtered_careful(LoadCall *call)
+{
+	ErrorData *edata = pg2r_run_guarded(load_filtered_call, call);
+	char	  *msg;
+
+	if (edata == NULL)
+		return call->rows;
+	msg =
+		psprintf("the snapshot filter of table \"%s\" failed: %s; the initial load skipped the rest of the table",
+				 RelationGetRelationName(call->rel), edata->message);
+	ereport(WARNING,
+			(errcode(edata->sqlerrcode), errmsg("pg2redis: %s", msg),
+			 errhint("Fix or delete the filter in pg2redis.snapshot_filters, then run pg2redis_snapshot() for the table.")));
+	sender_change_error(RelationGetRelid(call->rel), PG2R_OP_SNAPSHOT, msg);
+	return 0;
+}
+
 /*
  * snapshot_initial_load sends every row of every mapped table, as the
  * current transaction snapshot sees it, to Redis, fenced at start.
@@ -301,6 +347,8 @@ snapshot_initial_load(XLogRecPtr start)
 	List	  *leaves;
 	ListCell  *lc;
 	uint64	   rows = 0;
+	/* an ERROR ended the last load: each rule in a subtransaction now */
+	bool careful = pg2r_careful_load();
 
 	PushActiveSnapshot(GetTransactionSnapshot());
 	snap = GetActiveSnapshot();
@@ -317,7 +365,7 @@ snapshot_initial_load(XLogRecPtr start)
 		RelMap		 *map = mapping_get(rel);
 		Oid			  relid = RelationGetRelid(rel);
 		CommandSink	  sink = {sender_command, sender_render_error, &relid,
-							  false};
+							  careful};
 		TableScanDesc scan;
 		HeapTuple	  tuple;
 		char		 *filter;
@@ -329,6 +377,14 @@ snapshot_initial_load(XLogRecPtr start)
 		}
 		pgstat_report_activity(STATE_RUNNING, "pg2redis: initial load");
 		filter = ondemand_filter_for(map->rulerelid);
+		if (filter && careful)
+		{
+			LoadCall call = {rel, map, filter, &meta, &sink, rowcxt, 0};
+
+			rows += load_filtered_careful(&call);
+			table_close(rel, AccessShareLock);
+			continue;
+		}
 		if (filter)
 		{
 			rows += load_filtered(rel, map, filter, &meta, &sink, rowcxt);
@@ -365,6 +421,7 @@ snapshot_initial_load(XLogRecPtr start)
 	SPI_finish();
 	PopActiveSnapshot();
 	MemoryContextDelete(rowcxt);
+	pg2r_set_careful_load(false);
 	ereport(LOG, (errmsg("pg2redis: initial load sent " UINT64_FORMAT
 						 " rows of %d tables",
 						 rows, list_length(leaves))));

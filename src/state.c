@@ -297,3 +297,28 @@ pg2r_wait_applied(XLogRecPtr target, int64 timeout_ms)
 	ConditionVariableCancelSleep();
 	return done;
 }
+
+/*
+ * pg2r_set_careful_load records whether the next initial load must render
+ * carefully (each rule in a subtransaction, a failing snapshot filter a
+ * dead letter): set when an ERROR ended a load, cleared when one completes.
+ */
+void
+pg2r_set_careful_load(bool on)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->careful_load = on;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/* pg2r_careful_load returns what pg2r_set_careful_load set. */
+bool
+pg2r_careful_load(void)
+{
+	bool on;
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	on = pg2r_shared->careful_load;
+	SpinLockRelease(&pg2r_shared->mutex);
+	return on;
+}

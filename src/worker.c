@@ -791,7 +791,13 @@ report_exit_error(void)
 	ErrorData	 *edata = CopyErrorData();
 
 	MemoryContextSwitchTo(old);
-	if (XLogRecPtrIsInvalid(pg2r_careful_until()))
+	if (pg2r_shared->state == PG2R_STATE_SNAPSHOTTING)
+	{
+		pg2r_set_careful_load(true);
+		pg2r_report_error("worker stopped during the initial load: %s (the next load renders each rule in a subtransaction and skips a table whose snapshot filter fails, failures as dead letters)",
+						  edata->message);
+	}
+	else if (XLogRecPtrIsInvalid(pg2r_careful_until()))
 		pg2r_report_error("worker stopped: %s", edata->message);
 	else
 		pg2r_report_error("worker stopped: %s (transactions up to %X/%X are rendered again rule by rule, failures as dead letters)",

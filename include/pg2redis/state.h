@@ -47,6 +47,7 @@ typedef struct Pg2rShared
 	bool		resync_requested;
 	XLogRecPtr	careful_until; /* decode transactions ending up to here
 								* with each rule in a subtransaction */
+	bool		careful_load;  /* an ERROR ended the last initial load */
 	pg_atomic_uint32  wakeup_pending;
 	pg_atomic_uint32  snapshot_requested; /* pg2redis_snapshot() was called */
 	ConditionVariable progress_cv; /* broadcast when applied_lsn moves */
@@ -75,5 +76,7 @@ extern void pg2r_report_retry(void);
 extern void pg2r_report_dead_letters(uint64 n);
 extern void pg2r_set_careful_until(XLogRecPtr lsn);
 extern XLogRecPtr pg2r_careful_until(void);
+extern void		  pg2r_set_careful_load(bool on);
+extern bool		  pg2r_careful_load(void);
 
 #endif /* PG2REDIS_STATE_H */
