@@ -50,6 +50,7 @@ int	  pg2r_batch_bytes = 16 * 1024 * 1024;
 int	  pg2r_max_argument_bytes = 64 * 1024 * 1024;
 int	  pg2r_decoding_work_mem_kb = 16384;
 int	  pg2r_snapshot_batch_size = 10000;
+int	  pg2r_snapshot_statement_timeout_ms = 60000;
 
 static const struct config_enum_entry numeric_mode_options[] =
 	{{"number", PG2R_NUMERIC_NUMBER, false},
@@ -266,6 +267,12 @@ define_settings(void)
 							MAX_KILOBYTES, PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL,
 							NULL);
 
+	DefineCustomIntVariable("pg2redis.snapshot_statement_timeout",
+							"Longest a snapshot query run as a table's owner may take.",
+							"Bounds a table owner's code (snapshot filter, row-level security policy, domain check) in the worker; a query that takes longer fails its snapshot request, or its table in the initial load. 0 means no limit.",
+							&pg2r_snapshot_statement_timeout_ms, 60000, 0,
+							INT_MAX, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL,
+							NULL);
 	DefineCustomIntVariable("pg2redis.snapshot_batch_size",
 							"Rows per chunk of a snapshot on demand.",
 							"Each chunk is selected by primary key between two watermarks; larger chunks are faster, smaller ones hold up the stream less.",

@@ -46,14 +46,17 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/timeout.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
+#include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
 #include "pg2redis/state.h"
+#include "pg2redis/worker.h"
 
 /*
  * snapshot_mapped_leaves returns the OIDs, in order, of the tables whose
@@ -102,12 +105,23 @@ snapshot_become_owner(Oid owner, SnapshotOwner *saved)
 	/* in the worker the setting is already pinned (worker.c): this is a no-op */
 	(void) set_config_option("search_path", PG2R_SAFE_SEARCH_PATH, PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+
+	/*
+	 * The owner's code (a filter, a policy, a domain check) must not hold up
+	 * the one worker that streams for everyone: it gets
+	 * pg2redis.snapshot_statement_timeout, as a statement would.
+	 */
+	if (pg2r_in_worker && pg2r_snapshot_statement_timeout_ms > 0)
+		enable_timeout_after(STATEMENT_TIMEOUT,
+							 pg2r_snapshot_statement_timeout_ms);
 }
 
 /* snapshot_restore_user undoes snapshot_become_owner. */
 void
 snapshot_restore_user(const SnapshotOwner *saved)
 {
+	if (pg2r_in_worker && get_timeout_active(STATEMENT_TIMEOUT))
+		disable_timeout(STATEMENT_TIMEOUT, false);
 	AtEOXact_GUC(false, saved->save_nestlevel);
 	SetUserIdAndSecContext(saved->save_userid, saved->save_sec_context);
 }

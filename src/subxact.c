@@ -20,6 +20,7 @@
 #include "access/xact.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/timeout.h"
 
 #include "pg2redis/pg2redis.h"
 
@@ -49,6 +50,9 @@ pg2r_run_guarded(void (*fn)(void *arg), void *arg)
 		edata = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
+		/* a timeout the failed work armed (snapshot.c) must not fire later */
+		if (get_timeout_active(STATEMENT_TIMEOUT))
+			disable_timeout(STATEMENT_TIMEOUT, false);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);

@@ -69,5 +69,31 @@ is($redis->call('GET', 'other:11'), '1', 'the stream goes on');
 is($redis->call('GET', 't:1'), 'live', 'the table is loaded by its snapshot, filter applied');
 is($redis->call('EXISTS', 't:2'), '0', 'and the filtered-out row is not');
 
+# The owner's code cannot hold the worker up for long: a filter that sleeps
+# fails its request after pg2redis.snapshot_statement_timeout, and the
+# stream goes on meanwhile.
+$node->append_conf('postgresql.conf', "pg2redis.snapshot_statement_timeout = '1s'\n");
+$node->reload;
+$node->safe_psql('postgres', q{
+	SET ROLE erin;
+	CREATE FUNCTION erin.slow(v text) RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+		PERFORM pg_catalog.pg_sleep(30);
+		RETURN true;
+	END
+	$$;
+	RESET ROLE;
+	UPDATE pg2redis.snapshot_filters SET filter = 'erin.slow(v)' WHERE relation = 'erin.t'::regclass;
+});
+my $t0  = time();
+my $slow = $node->safe_psql('postgres', q{SELECT pg2redis_snapshot('erin.t')});
+ok(snapshot_reaches($node, $slow, 'failed', 30), 'a snapshot whose filter sleeps fails');
+cmp_ok(time() - $t0, '<', 20, 'after the timeout, not after the sleep');
+like($node->safe_psql('postgres', "SELECT error FROM pg2redis_snapshots WHERE id = $slow"),
+	qr/statement timeout/, 'saying why');
+$node->safe_psql('postgres', 'INSERT INTO other VALUES (12)');
+wait_for_redis($node);
+is($redis->call('GET', 'other:12'), '1', 'and the stream goes on');
+
 $node->stop;
 done_testing();
