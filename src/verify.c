@@ -53,6 +53,7 @@
 #include "common/hashfn.h"
 #include "common/pg_prng.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/rls.h"
@@ -452,12 +453,27 @@ emit(VerifyState *vs, Oid relid, const char *key, const char *problem,
 	tuplestore_putvalues(vs->store, vs->desc, values, nulls);
 }
 
-/* reply_text returns a string reply's text, or NULL for nil and others. */
+/*
+ * reply_text returns a string reply's text, or NULL for nil and others.
+ * Bytes that are not valid text in the database's encoding (or hold a NUL)
+ * come back as \x and their hex digits, so that no invalid text is returned.
+ */
 static char *
 reply_text(const redisReply *r)
 {
 	if (r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS))
-		return pnstrdup(r->str, r->len);
+	{
+		char *hex;
+
+		if (memchr(r->str, '\0', r->len) == NULL &&
+			pg_verifymbstr(r->str, r->len, true))
+			return pnstrdup(r->str, r->len);
+		hex = palloc(r->len * 2 + 3);
+		hex[0] = '\\';
+		hex[1] = 'x';
+		hex[2 + hex_encode(r->str, r->len, hex + 2)] = '\0';
+		return hex;
+	}
 	if (r && r->type == REDIS_REPLY_INTEGER)
 		return psprintf("%lld", r->integer);
 	return NULL;

@@ -150,6 +150,12 @@ is_deeply($problems, ['products|products:all|missing|member 3|'],
 	'after the update rules ran again, only the set member no rule restores is missing')
   or diag(explain $problems);
 
+# Bytes that are not text come back as hex, never as invalid text.
+$redis->call('SET', 'product:100:name', "\xff\xfe\x80");
+is($node->safe_psql('postgres',
+		q{SELECT found || ' ' || length(found) FROM pg2redis_verify('products') WHERE key = 'product:100:name'}),
+	'\xfffe80 8', 'a value that is not valid text is shown as hex');
+
 $node->stop;
 done_testing();
 
