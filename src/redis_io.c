@@ -506,6 +506,10 @@ redis_mask_url(const char *url)
 
 	if (url == NULL)
 		return pstrdup("");
+	/* a unix:// URL has no secret when it parses; otherwise hide it all */
+	if (strncmp(url, "unix://", 7) == 0)
+		return parse_url(url, &target, &errmsg) ? pstrdup(url)
+												: pstrdup("unix://***");
 	scheme = strstr(url, "://");
 	start = scheme ? scheme + 3 : url;
 
