@@ -131,7 +131,8 @@ $$;
 CREATE TABLE regress_cmds (args text[]);
 INSERT INTO regress_cmds VALUES
     ('{GET,k}'), ('{get,k}'), ('{MGET,a,b}'), ('{HGETALL,h}'), ('{ZRANGE,z,0,-1}'),
-    ('{SCAN,0,MATCH,*}'), ('{JSON.GET,j}'), ('{DBSIZE}'), ('{PING}'),
+    ('{SCAN,0,MATCH,*}'), ('{SCAN,0,COUNT,10000}'), ('{HSCAN,h,0,count,100000000}'),
+    ('{JSON.GET,j}'), ('{DBSIZE}'), ('{PING}'),
     ('{GET,pg2redis:pg2redis:lsn}'),
     ('{SET,k,v}'), ('{DEL,a,b}'), ('{HSET,h,f,v}'), ('{MSET,a,1,b,2}'),
     ('{SET,pg2redis:pg2redis:lsn,FFFFFFFF/FFFFFFFF}'),

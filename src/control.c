@@ -436,7 +436,24 @@ check_redis_access(int argc, char **argv)
 		return;
 	access = redis_access(argv[0], &def);
 	if (access == REDIS_ACCESS_READ)
+	{
+		/* a SCAN over the whole keyspace at once blocks Redis like KEYS */
+		bool scan = pg_strcasecmp(argv[0], "SCAN") == 0 ||
+					pg_strcasecmp(argv[0], "HSCAN") == 0 ||
+					pg_strcasecmp(argv[0], "SSCAN") == 0 ||
+					pg_strcasecmp(argv[0], "ZSCAN") == 0;
+
+		for (int i = 1; scan && i + 1 < argc; i++)
+			if (pg_strcasecmp(argv[i], "COUNT") == 0 &&
+				(strspn(argv[i + 1], "0123456789") != strlen(argv[i + 1]) ||
+				 strlen(argv[i + 1]) > 5 || atoi(argv[i + 1]) > 10000))
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("permission denied to scan more than 10000 keys at a time"),
+						 errdetail("A large COUNT makes one SCAN block Redis as KEYS does."),
+						 errhint("Use COUNT 10000 or less and follow the cursor; a superuser may run any command.")));
 		return;
+	}
 	admin = get_role_oid("pg2redis_admin", true);
 	if (!OidIsValid(admin) || !has_privs_of_role(GetUserId(), admin))
 		ereport(ERROR,
