@@ -73,6 +73,7 @@
 
 #include "pg2redis/commands.h"
 #include "pg2redis/rules.h"
+#include "pg2redis/worker.h"
 
 /* Columns of pg2redis.rules. */
 #define Anum_rules_id 1
@@ -242,7 +243,14 @@ rule_writer_check(Rule *rule, Oid writer)
 			  "pg2redis rule " INT64_FORMAT
 			  " on table \"%s\" no longer applies: %s",
 			  rule->id, relname ? relname : "?", reason);
-	ereport(WARNING,
+
+	/*
+	 * The worker warns in the server log; a backend that merely loads the
+	 * rules (a monitoring role's pg2redis_verify(), a preview) must not show
+	 * other roles' rules and writers to its client: there it goes to the
+	 * server log only (preview raises the error itself).
+	 */
+	ereport(pg2r_in_worker ? WARNING : LOG_SERVER_ONLY,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg_internal("%s", rule->broken->message),
 			 access == WRITER_DROPPED
