@@ -88,6 +88,46 @@ snapshot_mapped_leaves(Oid relid)
 	return result;
 }
 
+/* the subtransaction the owner's statement timeout was armed in, if any */
+static SubTransactionId armed_in = InvalidSubTransactionId;
+static bool				timeout_callbacks = false;
+
+/*
+ * disarm_timeout stops the owner's statement timeout and forgets a cancel
+ * it already requested: the worker has no other use for a query cancel.
+ */
+static void
+disarm_timeout(void)
+{
+	if (get_timeout_active(STATEMENT_TIMEOUT))
+		disable_timeout(STATEMENT_TIMEOUT, false);
+	if (get_timeout_indicator(STATEMENT_TIMEOUT, true))
+		QueryCancelPending = false;
+	armed_in = InvalidSubTransactionId;
+}
+
+/*
+ * timeout_at_subxact_abort disarms the timer when the subtransaction it
+ * was armed in (or one around it) aborts; an inner subtransaction's abort
+ * (a rule's render error) leaves it armed.
+ */
+static void
+timeout_at_subxact_abort(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB &&
+		armed_in != InvalidSubTransactionId && armed_in >= mySubid)
+		disarm_timeout();
+}
+
+/* timeout_at_xact_abort disarms the timer when the transaction aborts. */
+static void
+timeout_at_xact_abort(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT && armed_in != InvalidSubTransactionId)
+		disarm_timeout();
+}
+
 /*
  * snapshot_become_owner makes owner the current user, in a security-
  * restricted operation with search_path pinned, as VACUUM, CLUSTER and
@@ -109,19 +149,39 @@ snapshot_become_owner(Oid owner, SnapshotOwner *saved)
 	/*
 	 * The owner's code (a filter, a policy, a domain check) must not hold up
 	 * the one worker that streams for everyone: it gets
-	 * pg2redis.snapshot_statement_timeout, as a statement would.
+	 * pg2redis.snapshot_statement_timeout, as a statement would.  The timer
+	 * is disarmed by snapshot_restore_user, or, when an ERROR skips that, by
+	 * the abort of the (sub)transaction it was armed in (timeout_at_abort).
 	 */
 	if (pg2r_in_worker && pg2r_snapshot_statement_timeout_ms > 0)
+	{
+		if (!timeout_callbacks)
+		{
+			RegisterXactCallback(timeout_at_xact_abort, NULL);
+			RegisterSubXactCallback(timeout_at_subxact_abort, NULL);
+			timeout_callbacks = true;
+		}
+		armed_in = GetCurrentSubTransactionId();
 		enable_timeout_after(STATEMENT_TIMEOUT,
 							 pg2r_snapshot_statement_timeout_ms);
+	}
 }
 
 /* snapshot_restore_user undoes snapshot_become_owner. */
 void
 snapshot_restore_user(const SnapshotOwner *saved)
 {
-	if (pg2r_in_worker && get_timeout_active(STATEMENT_TIMEOUT))
-		disable_timeout(STATEMENT_TIMEOUT, false);
+	if (armed_in != InvalidSubTransactionId)
+	{
+		/*
+		 * A timeout that fired while the worker was busy with no interrupt
+		 * check (rendering the rows) is raised here, inside the caller's
+		 * guard, not later in the decoding loop, where it would end the
+		 * worker.
+		 */
+		CHECK_FOR_INTERRUPTS();
+		disarm_timeout();
+	}
 	AtEOXact_GUC(false, saved->save_nestlevel);
 	SetUserIdAndSecContext(saved->save_userid, saved->save_sec_context);
 }
@@ -346,6 +406,35 @@ load_filtered_careful(LoadCall *call)
 	return 0;
 }
 
+/* One row of the initial load's heap scan, for load_row_call. */
+typedef struct LoadRow
+{
+	Relation		   rel;
+	RelMap			  *map;
+	HeapTuple		   tuple;
+	const ChangeMeta  *meta;
+	const CommandSink *sink;
+} LoadRow;
+
+/*
+ * load_row_call maps one row of the initial load.  A value stored out of
+ * line is an on-disk TOAST pointer in a heap tuple, which the mapping takes
+ * for an unchanged value of an update (never sent): such values are
+ * fetched first.
+ */
+static void
+load_row_call(void *arg)
+{
+	LoadRow	 *lr = arg;
+	HeapTuple tuple = lr->tuple;
+
+	if (HeapTupleHasExternal(tuple))
+		tuple = toast_flatten_tuple(tuple, RelationGetDescr(lr->rel));
+	sender_count_change();
+	mapping_change(lr->map, lr->rel, PG2R_OP_SNAPSHOT, NULL, tuple, lr->meta,
+				   lr->sink);
+}
+
 /*
  * snapshot_initial_load sends every row of every mapped table, as the
  * current transaction snapshot sees it, to Redis, fenced at start.
@@ -410,16 +499,25 @@ snapshot_initial_load(XLogRecPtr start)
 		{
 			MemoryContext old = MemoryContextSwitchTo(rowcxt);
 
-			/*
-			 * A value stored out of line is an on-disk TOAST pointer here,
-			 * which the mapping takes for an unchanged value of an update
-			 * (never sent): fetch such values first.
-			 */
-			if (HeapTupleHasExternal(tuple))
-				tuple = toast_flatten_tuple(tuple, RelationGetDescr(rel));
-			sender_count_change();
-			mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, tuple, &meta,
-						   &sink);
+			LoadRow lr = {rel, map, tuple, &meta, &sink};
+
+			if (careful)
+			{
+				/* anything a row can raise (a tuple past 1 GB) is its own */
+				ErrorData *edata = pg2r_run_guarded(load_row_call, &lr);
+
+				if (edata)
+					sender_change_error(relid, PG2R_OP_SNAPSHOT,
+										psprintf("row %s of table \"%s\" could not be loaded: %s",
+												 DatumGetCString(DirectFunctionCall1(
+													 tidout,
+													 PointerGetDatum(&tuple
+																		  ->t_self))),
+												 RelationGetRelationName(rel),
+												 edata->message));
+			}
+			else
+				load_row_call(&lr);
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(rowcxt);
 			rows++;

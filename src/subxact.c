@@ -20,7 +20,6 @@
 #include "access/xact.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
-#include "utils/timeout.h"
 
 #include "pg2redis/pg2redis.h"
 
@@ -50,9 +49,6 @@ pg2r_run_guarded(void (*fn)(void *arg), void *arg)
 		edata = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
-		/* a timeout the failed work armed (snapshot.c) must not fire later */
-		if (get_timeout_active(STATEMENT_TIMEOUT))
-			disable_timeout(STATEMENT_TIMEOUT, false);
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);

@@ -95,5 +95,36 @@ $node->safe_psql('postgres', 'INSERT INTO other VALUES (12)');
 wait_for_redis($node);
 is($redis->call('GET', 'other:12'), '1', 'and the stream goes on');
 
+# A timeout that fires after the owner's query returned, while the worker
+# renders the rows (no interrupt check there), fails the request; it does
+# not end the worker later in its loop, which made every new worker serve
+# the request again (re-attack of the timeout).
+$node->safe_psql('postgres', q{
+	CREATE TABLE erin.w (id int PRIMARY KEY, v text);
+	ALTER TABLE erin.w OWNER TO erin;
+	ALTER TABLE erin.w ALTER v SET STORAGE EXTERNAL;
+	INSERT INTO erin.w SELECT g, repeat(md5(g::text), 3000) FROM generate_series(1, 1000) g;
+	SELECT pg2redis_add_rule('erin.w', 'snapshot', ARRAY['HSET', 'ew:{id}', 'v', '{v}', 'v2', '{v}', 'v3', '{v}']);
+	SET ROLE erin;
+	CREATE FUNCTION erin.probe(i int) RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+		IF i = 1 THEN PERFORM pg_catalog.pg_sleep(0.95); END IF;
+		RETURN true;
+	END
+	$$;
+	RESET ROLE;
+	INSERT INTO pg2redis.snapshot_filters VALUES ('erin.w', 'erin.probe(id)');
+});
+my $before = worker_pid($node);
+my $wreq = $node->safe_psql('postgres', q{SELECT pg2redis_snapshot('erin.w')});
+ok( poll_until(60, sub {
+		$node->safe_psql('postgres', "SELECT state FROM pg2redis_snapshots WHERE id = $wreq")
+		  =~ /^(done|failed)$/ }),
+	'the request ends');
+is(worker_pid($node), $before, 'the worker was never restarted');
+$node->safe_psql('postgres', 'INSERT INTO other VALUES (13)');
+wait_for_redis($node);
+is($redis->call('GET', 'other:13'), '1', 'the stream goes on');
+
 $node->stop;
 done_testing();
