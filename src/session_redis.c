@@ -389,7 +389,7 @@ redis_batch_init(SessionBatch *b)
 	b->cap = 256;
 	b->cmds = palloc(sizeof(SessionCmd) * b->cap);
 	b->ncmds = 0;
-	b->todo = NULL;
+	b->unanswered = NULL;
 }
 
 /* redis_batch_reset frees the replies of b and empties it. */
@@ -471,12 +471,12 @@ is_redirect(const redisReply *r)
 }
 
 /*
- * round_send writes the commands of b whose reply is missing (todo[i]) to
+ * round_send writes the commands of b whose reply is missing (unanswered[i]) to
  * their nodes, as far as the sockets take them without waiting, so that
  * Redis works on them while the caller goes on.
  */
 static void
-round_send(RedisSession *s, SessionBatch *b, const bool *todo)
+round_send(RedisSession *s, SessionBatch *b, const bool *unanswered)
 {
 	for (int ni = 0; ni < s->nnodes; ni++)
 	{
@@ -485,7 +485,7 @@ round_send(RedisSession *s, SessionBatch *b, const bool *todo)
 		n->count = 0;
 		n->idx = palloc(sizeof(int) * Max(b->ncmds, 1));
 		for (int i = 0; i < b->ncmds; i++)
-			if (todo[i] && node_of(s, &b->cmds[i]) == ni)
+			if (unanswered[i] && node_of(s, &b->cmds[i]) == ni)
 				n->idx[n->count++] = i;
 		if (n->count == 0)
 			continue;
@@ -513,10 +513,10 @@ round_send(RedisSession *s, SessionBatch *b, const bool *todo)
 /*
  * round_finish completes what round_send began: the rest of each node's
  * commands out, every reply in; returns how many replies were redirections
- * (those commands keep todo[i] set, to be run again).
+ * (those commands keep unanswered[i] set, to be run again).
  */
 static int
-round_finish(RedisSession *s, SessionBatch *b, bool *todo)
+round_finish(RedisSession *s, SessionBatch *b, bool *unanswered)
 {
 	int			 redirects = 0;
 	redisReply **replies = palloc(sizeof(redisReply *) * Max(b->ncmds, 1));
@@ -539,7 +539,7 @@ round_finish(RedisSession *s, SessionBatch *b, bool *todo)
 				continue;
 			}
 			c->reply = replies[k];
-			todo[n->idx[k]] = false;
+			unanswered[n->idx[k]] = false;
 		}
 		pfree(n->out.data);
 		pfree(n->idx);
@@ -558,10 +558,10 @@ round_finish(RedisSession *s, SessionBatch *b, bool *todo)
 void
 redis_session_send(RedisSession *s, SessionBatch *b)
 {
-	b->todo = palloc(sizeof(bool) * Max(b->ncmds, 1));
+	b->unanswered = palloc(sizeof(bool) * Max(b->ncmds, 1));
 	for (int i = 0; i < b->ncmds; i++)
-		b->todo[i] = b->cmds[i].reply == NULL;
-	round_send(s, b, b->todo);
+		b->unanswered[i] = b->cmds[i].reply == NULL;
+	round_send(s, b, b->unanswered);
 }
 
 /*
@@ -576,7 +576,7 @@ redis_session_finish(RedisSession *s, SessionBatch *b)
 {
 	for (int round = 0;; round++)
 	{
-		if (round_finish(s, b, b->todo) == 0)
+		if (round_finish(s, b, b->unanswered) == 0)
 			break;
 		if (round == SESSION_REDIRECT_ROUNDS)
 			ereport(ERROR,
@@ -585,10 +585,10 @@ redis_session_finish(RedisSession *s, SessionBatch *b)
 					 errhint("Try again once resharding is over.")));
 		read_map(s);
 		pg_usleep(100000L * (round + 1));
-		round_send(s, b, b->todo);
+		round_send(s, b, b->unanswered);
 	}
-	pfree(b->todo);
-	b->todo = NULL;
+	pfree(b->unanswered);
+	b->unanswered = NULL;
 }
 
 /*

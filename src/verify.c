@@ -220,11 +220,34 @@ uses_txn_facts(const Rule *rule)
 	return false;
 }
 
-/* add_read queues one read command in the batch, returns its index. */
+/*
+ * queue_read queues in b the command that reads back what check c expects
+ * (the read of each CheckKind) and returns its index in the batch.
+ */
 static int
-add_read(VerifyState *vs, int argc, const char **argv, size_t *argvlen)
+queue_read(SessionBatch *b, const Check *c)
 {
-	return redis_batch_add(&vs->batch, argc, argv, argvlen);
+	static const char *const reads[] =
+		{[CK_STRING] = "GET",	  [CK_HASH] = "HMGET",
+		 [CK_SET] = "SMISMEMBER", [CK_ZSET] = "ZMSCORE",
+		 [CK_JSON] = "JSON.GET",  [CK_EXISTS] = "GET"};
+	const char **argv = palloc(sizeof(char *) * (c->nitems + 2));
+	size_t		*argvlen = palloc(sizeof(size_t) * (c->nitems + 2));
+	int			 argc = 0;
+	int			 i;
+
+	/* HSETNX's check reads its one field */
+	argv[argc++] =
+		c->kind == CK_EXISTS && c->nitems > 0 ? "HGET" : reads[c->kind];
+	argv[argc++] = c->key;
+	for (int k = 0; k < c->nitems; k++)
+		argv[argc++] = c->items[k];
+	for (int k = 0; k < argc; k++)
+		argvlen[k] = strlen(argv[k]);
+	i = redis_batch_add(b, argc, argv, argvlen);
+	pfree(argv);
+	pfree(argvlen);
+	return i;
 }
 
 /*
@@ -238,10 +261,7 @@ make_check(VerifyState *vs, CheckKind kind, const char *key, size_t keylen,
 		   const char *const *vals, const size_t *vallen, const char *value,
 		   size_t valuelen)
 {
-	Check		*c = palloc0(sizeof(Check));
-	const char **argv = palloc(sizeof(char *) * (nitems + 3));
-	size_t		*argvlen = palloc(sizeof(size_t) * (nitems + 3));
-	int			 argc = 0;
+	Check *c = palloc0(sizeof(Check));
 
 	c->kind = kind;
 	c->relid = vs->cur->relid;
@@ -256,33 +276,7 @@ make_check(VerifyState *vs, CheckKind kind, const char *key, size_t keylen,
 		if (vals)
 			c->vals[i] = pnstrdup(vals[i], vallen[i]);
 	}
-	switch (kind)
-	{
-		case CK_STRING:
-			argv[argc] = "GET", argvlen[argc++] = 3;
-			break;
-		case CK_HASH:
-			argv[argc] = "HMGET", argvlen[argc++] = 5;
-			break;
-		case CK_SET:
-			argv[argc] = "SMISMEMBER", argvlen[argc++] = 10;
-			break;
-		case CK_ZSET:
-			argv[argc] = "ZMSCORE", argvlen[argc++] = 7;
-			break;
-		case CK_JSON:
-			argv[argc] = "JSON.GET", argvlen[argc++] = 8;
-			break;
-		case CK_EXISTS:
-			argv[argc] = nitems > 0 ? "HGET" : "GET";
-			argvlen[argc] = strlen(argv[argc]);
-			argc++;
-			break;
-	}
-	argv[argc] = key, argvlen[argc++] = keylen;
-	for (int i = 0; i < nitems; i++)
-		argv[argc] = items[i], argvlen[argc++] = itemlen[i];
-	c->cmd = add_read(vs, argc, argv, argvlen);
+	c->cmd = queue_read(&vs->batch, c);
 	vs->checks = lappend(vs->checks, c);
 	vs->cur->checked++;
 }
@@ -1097,39 +1091,7 @@ recheck(VerifyState *vs, List *stats)
 		else
 		{
 			/* the same read as the first time */
-			Check		*c = p->check;
-			const char	*cmd;
-			const char **argv = palloc(sizeof(char *) * (c->nitems + 2));
-			size_t		*argvlen = palloc(sizeof(size_t) * (c->nitems + 2));
-			int			 argc = 0;
-
-			switch (c->kind)
-			{
-				case CK_STRING:
-					cmd = "GET";
-					break;
-				case CK_HASH:
-					cmd = "HMGET";
-					break;
-				case CK_SET:
-					cmd = "SMISMEMBER";
-					break;
-				case CK_ZSET:
-					cmd = "ZMSCORE";
-					break;
-				case CK_JSON:
-					cmd = "JSON.GET";
-					break;
-				default:
-					cmd = c->nitems > 0 ? "HGET" : "GET";
-					break;
-			}
-			argv[argc] = cmd, argvlen[argc++] = strlen(cmd);
-			argv[argc] = c->key, argvlen[argc++] = strlen(c->key);
-			for (int i = 0; i < c->nitems; i++)
-				argv[argc] = c->items[i],
-				argvlen[argc++] = strlen(c->items[i]);
-			c->cmd = redis_batch_add(&vs->batch, argc, argv, argvlen);
+			p->check->cmd = queue_read(&vs->batch, p->check);
 		}
 	}
 	redis_session_run(vs->session, &vs->batch);

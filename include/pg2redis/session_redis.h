@@ -34,7 +34,7 @@ typedef struct SessionBatch
 	SessionCmd	  *cmds;
 	int			   ncmds;
 	int			   cap;
-	bool		  *todo; /* between send and finish: replies missing */
+	bool		  *unanswered; /* between send and finish: replies missing */
 } SessionBatch;
 
 extern bool			 redis_session_wait_socket(pgsocket sock, int events,
