@@ -204,6 +204,67 @@ $$;
 CREATE EVENT TRIGGER pg2redis_drop_rules ON sql_drop
     EXECUTE FUNCTION pg2redis.drop_rules_of_dropped_tables();
 
+/*
+ * Schema changes are checked when they happen: after ALTER TABLE, DROP INDEX
+ * or REVOKE, the enabled rules of the tables concerned (every rule, for a
+ * DROP INDEX or a REVOKE) are checked again as their writers, and a rule
+ * that fails is disabled with a WARNING naming it, or the change refused,
+ * by pg2redis.ddl_check.  A restore (check_function_bodies off) is not
+ * checked: it creates the indexes rules need after the rules.
+ */
+CREATE FUNCTION pg2redis.check_ddl()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    mode text := coalesce(current_setting('pg2redis.ddl_check', true), 'disable');
+    everything boolean := tg_tag <> 'ALTER TABLE';
+    bad record;
+BEGIN
+    IF mode = 'off' OR NOT current_setting('check_function_bodies')::boolean THEN
+        RETURN;
+    END IF;
+    FOR bad IN
+        SELECT v.id, v.relation, v.op, v.problem,
+               pg_catalog.array_to_string(r.command, ' ') AS command
+          FROM @extschema@.pg2redis_validate_rules() v
+          JOIN pg2redis.rules r ON r.id = v.id
+         WHERE r.enabled
+           AND (everything OR v.relation::oid IN (
+                -- the tables changed, and the partitioned tables above them
+                SELECT c.objid
+                  FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                 WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                UNION
+                SELECT a.relid
+                  FROM pg_catalog.pg_event_trigger_ddl_commands() c,
+                       LATERAL pg_catalog.pg_partition_ancestors(c.objid) a
+                 WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass))
+         ORDER BY v.id
+    LOOP
+        IF mode = 'error' THEN
+            RAISE EXCEPTION 'this change breaks pg2redis rule % (% on %)',
+                  bad.id, bad.op, bad.relation
+                  USING ERRCODE = 'dependent_objects_still_exist',
+                        DETAIL = pg_catalog.format('The rule %s: %s.', bad.command, bad.problem),
+                        HINT = 'Change or delete the rule first, or disable it: UPDATE pg2redis.rules SET enabled = false WHERE id = ' || bad.id || '.';
+        END IF;
+        UPDATE pg2redis.rules SET enabled = false WHERE id = bad.id;
+        RAISE WARNING 'pg2redis rule % (% on %) disabled: %',
+              bad.id, bad.op, bad.relation, bad.problem
+              USING ERRCODE = 'dependent_objects_still_exist',
+                    DETAIL = pg_catalog.format('The rule was: %s. Its changes are no longer sent to Redis.', bad.command),
+                    HINT = 'Fix the rule and enable it again, then run pg2redis_snapshot() on the table to bring Redis up to date.';
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER pg2redis_check_ddl ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'DROP INDEX', 'REVOKE')
+    EXECUTE FUNCTION pg2redis.check_ddl();
+
 CREATE FUNCTION pg2redis_add_rule(relation regclass, op text, command text[],
                                   condition jsonb DEFAULT NULL)
 RETURNS bigint
@@ -574,6 +635,7 @@ REVOKE ALL ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb) FROM PUBLI
 REVOKE ALL ON FUNCTION pg2redis.validate_rule() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.rules_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.check_snapshot_request() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis.check_ddl() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.drop_rules_of_dropped_tables() FROM PUBLIC;
 
 /*
