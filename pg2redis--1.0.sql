@@ -338,7 +338,11 @@ COMMENT ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb)
  * pg2redis_import: the pgwalk pg2redis YAML config, converted to JSON, as
  * rules.  All or nothing: any error rolls the whole import back, and says
  * which table, op and command it is about.  Keys pg2redis cannot honour
- * are named in a NOTICE.
+ * are named in a NOTICE.  The config is the whole mapping of the tables it
+ * names: their rules are replaced, so importing the same config again
+ * leaves the same rules.  A table given no command at all gets the tool's
+ * default mapping; redis.commitTimeColumn adds the commit time to every
+ * {pairs:…} (as a field of that name).
  */
 CREATE FUNCTION pg2redis_import(config jsonb)
 RETURNS integer
@@ -362,6 +366,14 @@ DECLARE
     hint      text;
     entry     jsonb;
     filter    text;
+    group_    jsonb;
+    enabled   boolean;
+    replaced  integer;
+    seen      oid[] := '{}';
+    ctcol     text;
+    newargv   text[];
+    a         text;
+    rule_id   bigint;
 BEGIN
     IF config IS NULL OR jsonb_typeof(config) <> 'object' THEN
         RAISE EXCEPTION 'pg2redis_import needs a JSON object'
@@ -369,11 +381,21 @@ BEGIN
                   HINT = 'Convert the YAML config to JSON, e.g. with yq -o json config.yaml.';
     END IF;
     FOR k IN SELECT jsonb_object_keys(config) LOOP
-        IF k NOT IN ('tables', 'snapshot') THEN
+        IF k NOT IN ('tables', 'snapshot', 'redis') THEN
             RAISE NOTICE 'pg2redis_import ignores top-level key "%"', k
                 USING HINT = 'Connection settings go to pg2redis.redis_url and pg2redis.database.';
         END IF;
     END LOOP;
+    IF jsonb_typeof(config->'redis') = 'object' THEN
+        FOR k IN SELECT jsonb_object_keys(config->'redis') LOOP
+            IF k = 'commitTimeColumn' THEN
+                ctcol := config->'redis'->>k;
+            ELSE
+                RAISE NOTICE 'pg2redis_import ignores key "%" of "redis"', k
+                    USING HINT = 'Connection settings go to pg2redis.redis_url and pg2redis.database.';
+            END IF;
+        END LOOP;
+    END IF;
     IF config ? 'tables' AND jsonb_typeof(config->'tables') <> 'array' THEN
         RAISE EXCEPTION '"tables" must be a list'
             USING ERRCODE = 'invalid_parameter_value';
@@ -391,9 +413,31 @@ BEGIN
                 USING ERRCODE = 'undefined_table',
                       HINT = 'Create the table before importing its mapping.';
         END IF;
+        IF jsonb_typeof(tbody) = 'null' THEN
+            tbody := '{}';
+        END IF;
         IF jsonb_typeof(tbody) <> 'object' THEN
             RAISE EXCEPTION 'the mapping of table "%" must be an object', tname
                 USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- the config replaces the table's mapping (once per import)
+        IF NOT rel::oid = ANY (seen) THEN
+            seen := seen || rel::oid;
+            DELETE FROM pg2redis.rules r WHERE r.relation = rel;
+            GET DIAGNOSTICS replaced = ROW_COUNT;
+            IF replaced > 0 THEN
+                RAISE NOTICE 'pg2redis_import replaces the % rules of table "%"', replaced, tname;
+            END IF;
+        END IF;
+        -- no command at all: the tool's default mapping, a hash per row
+        IF NOT (tbody ?| ARRAY['commands', 'insert', 'update', 'delete', 'truncate', 'snapshot']) THEN
+            tbody := tbody || jsonb_build_object(
+                'insert', jsonb_build_object('commands', jsonb_build_array(
+                    jsonb_build_array('HSET', '{%schema%}.{%table%}:{%pk%}', '{pairs:*}'))),
+                'update', jsonb_build_object('commands', jsonb_build_array(
+                    jsonb_build_array('HSET', '{%schema%}.{%table%}:{%pk%}', '{pairs:*}'))),
+                'delete', jsonb_build_object('commands', jsonb_build_array(
+                    jsonb_build_array('DEL', '{%schema%}.{%table%}:{%pk%}'))));
         END IF;
         FOR k IN SELECT jsonb_object_keys(tbody) LOOP
             IF k NOT IN ('commands', 'insert', 'update', 'delete', 'truncate', 'snapshot') THEN
@@ -429,34 +473,65 @@ BEGIN
             END IF;
 
             idx := 0;
-            FOR cmd IN SELECT value FROM jsonb_array_elements(cmds) LOOP
+            FOR group_ IN SELECT value FROM jsonb_array_elements(cmds) LOOP
                 idx := idx + 1;
                 cond := NULL;
-                IF jsonb_typeof(cmd) = 'object' THEN
-                    FOR k IN SELECT jsonb_object_keys(cmd) LOOP
-                        IF k NOT IN ('command', 'condition') THEN
+                enabled := true;
+                cmd := group_;
+                IF jsonb_typeof(group_) = 'object' THEN
+                    FOR k IN SELECT jsonb_object_keys(group_) LOOP
+                        IF k NOT IN ('command', 'condition', 'enabled') THEN
                             RAISE NOTICE 'pg2redis_import ignores key "%" of %.% command %', k, tname, op, idx;
                         END IF;
                     END LOOP;
-                    cond := cmd->'condition';
-                    cmd := cmd->'command';
+                    cond := group_->'condition';
+                    cmd := group_->'command';
+                    IF jsonb_typeof(group_->'enabled') = 'boolean' THEN
+                        enabled := (group_->>'enabled')::boolean;
+                    END IF;
                 END IF;
-                IF cmd IS NULL OR jsonb_typeof(cmd) <> 'array'
-                   OR EXISTS (SELECT FROM jsonb_array_elements(cmd) e
-                               WHERE jsonb_typeof(e) IN ('object', 'array', 'null')) THEN
-                    RAISE EXCEPTION 'table "%", % command %: a command is a list of arguments, or {"command": [...], "condition": {...}}', tname, op, idx
-                        USING ERRCODE = 'invalid_parameter_value';
+                -- several commands under one condition: [[...], [...]]
+                IF jsonb_typeof(cmd) = 'array' AND jsonb_array_length(cmd) > 0
+                   AND jsonb_typeof(cmd->0) = 'array' THEN
+                    cmds := cmd;
+                ELSE
+                    cmds := jsonb_build_array(cmd);
                 END IF;
-                argv := ARRAY(SELECT jsonb_array_elements_text(cmd));
-                BEGIN
-                    PERFORM @extschema@.pg2redis_add_rule(rel, op, argv, cond);
-                EXCEPTION WHEN OTHERS THEN
-                    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE,
-                                            hint = PG_EXCEPTION_HINT;
-                    RAISE EXCEPTION 'table "%", % command % (%): %', tname, op, idx, cmd, msg
-                        USING ERRCODE = state, HINT = coalesce(hint, '');
-                END;
-                created := created + 1;
+                FOR cmd IN SELECT value FROM jsonb_array_elements(cmds) LOOP
+                    IF cmd IS NULL OR jsonb_typeof(cmd) <> 'array'
+                       OR EXISTS (SELECT FROM jsonb_array_elements(cmd) e
+                                   WHERE jsonb_typeof(e) IN ('object', 'array', 'null')) THEN
+                        RAISE EXCEPTION 'table "%", % command %: a command is a list of arguments, or {"command": [...] or [[...], ...], "condition": {...}}', tname, op, idx
+                            USING ERRCODE = 'invalid_parameter_value';
+                    END IF;
+                    argv := ARRAY(SELECT jsonb_array_elements_text(cmd));
+                    IF ctcol IS NOT NULL THEN
+                        -- commitTimeColumn: the commit time after each {pairs:…}
+                        newargv := '{}';
+                        FOREACH a IN ARRAY argv LOOP
+                            newargv := newargv || a;
+                            IF a ~ '^\{pairs:[^}]*\}$' THEN
+                                newargv := newargv || ARRAY[ctcol, '{%commit_time%}'];
+                            ELSIF a ~ '\{json:' THEN
+                                RAISE NOTICE 'table "%", % command %: commitTimeColumn is not added inside {json:…}', tname, op, idx
+                                    USING HINT = 'Put {%commit_time%} in an argument or field of its own.';
+                            END IF;
+                        END LOOP;
+                        argv := newargv;
+                    END IF;
+                    BEGIN
+                        rule_id := @extschema@.pg2redis_add_rule(rel, op, argv, cond);
+                        IF NOT enabled THEN
+                            UPDATE pg2redis.rules SET enabled = false WHERE id = rule_id;
+                        END IF;
+                    EXCEPTION WHEN OTHERS THEN
+                        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE,
+                                                hint = PG_EXCEPTION_HINT;
+                        RAISE EXCEPTION 'table "%", % command % (%): %', tname, op, idx, cmd, msg
+                            USING ERRCODE = state, HINT = coalesce(hint, '');
+                    END;
+                    created := created + 1;
+                END LOOP;
             END LOOP;
         END LOOP;
     END LOOP;
@@ -487,8 +562,13 @@ BEGIN
             END IF;
             filter := entry->>'where';
             IF filter IS NULL AND entry ? 'query' THEN
-                -- keep the WHERE clause of the query
-                filter := substring(entry->>'query' FROM '(?i)\mwhere\M(.*)$');
+                IF entry->>'query' ~* '^\s*(select|with)\M' THEN
+                    -- a whole query: keep its WHERE clause
+                    filter := substring(entry->>'query' FROM '(?i)\mwhere\M(.*)$');
+                ELSE
+                    -- the tool's documented form: the WHERE clause alone
+                    filter := entry->>'query';
+                END IF;
                 filter := rtrim(btrim(filter), ';');
             END IF;
             IF filter IS NULL OR filter = '' THEN
@@ -508,8 +588,8 @@ COMMENT ON FUNCTION pg2redis_import(jsonb)
     IS 'import a pgwalk pg2redis config (its YAML as JSON) as rules; all or nothing';
 
 /*
- * pg2redis_export: the enabled rules and snapshot filters, in the shape
- * pg2redis_import takes.
+ * pg2redis_export: the rules (disabled ones marked "enabled": false) and
+ * snapshot filters, in the shape pg2redis_import takes.
  */
 CREATE FUNCTION pg2redis_export()
 RETURNS jsonb
@@ -520,13 +600,17 @@ AS $$
         SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS tname,
                min(r.id) OVER (PARTITION BY r.relation) AS first_id,
                r.op, r.position, r.id,
-               CASE WHEN r.condition IS NULL THEN to_jsonb(r.command)
-                    ELSE jsonb_build_object('command', r.command, 'condition', r.condition)
+               CASE WHEN r.condition IS NULL AND r.enabled THEN to_jsonb(r.command)
+                    ELSE jsonb_build_object('command', r.command)
+                         || CASE WHEN r.condition IS NOT NULL
+                                 THEN jsonb_build_object('condition', r.condition)
+                                 ELSE '{}' END
+                         || CASE WHEN NOT r.enabled THEN '{"enabled": false}'::jsonb
+                                 ELSE '{}' END
                END AS cmd
           FROM pg2redis.rules r
           JOIN pg_class c ON c.oid = r.relation
           JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE r.enabled
     ), ops AS (
         SELECT tname, first_id, op,
                jsonb_build_object('commands', jsonb_agg(cmd ORDER BY position, id)) AS body
@@ -548,7 +632,7 @@ AS $$
 $$;
 
 COMMENT ON FUNCTION pg2redis_export()
-    IS 'the enabled rules and snapshot filters, in the JSON shape pg2redis_import takes';
+    IS 'the rules and snapshot filters, in the JSON shape pg2redis_import takes';
 
 CREATE FUNCTION pg2redis_status(
     OUT worker_pid integer,

@@ -704,6 +704,8 @@ check_command(const Template *tpl, Datum *elems, int n)
 	for (int i = 0; i < tpl->nargs; i++)
 	{
 		const TplArg *arg = &tpl->args[i];
+		/* {pairs:…} renders two arguments per column, {columns:…} one */
+		int step = arg->parts[0].names_only ? 1 : 2;
 
 		if (arg->parts[0].kind != TPL_PAIRS)
 		{
@@ -720,15 +722,16 @@ check_command(const Template *tpl, Datum *elems, int n)
 			 (def->last_key < 0 && def->key_step == 1 && i > def->first_key)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("{pairs:…} cannot stand where Redis command \"%s\" expects a key",
+					 errmsg("{%s:…} cannot stand where Redis command \"%s\" expects a key",
+							arg->parts[0].names_only ? "columns" : "pairs",
 							def->name),
 					 errhint("Build keys from single columns, e.g. \"item:{id}\".")));
 		for (int c = 0; c < arg->parts[0].ncols; c++)
-			if (is_key_position(def, argc + 2 * c))
+			if (is_key_position(def, argc + step * c))
 				check_key_prefix(def, arg->parts[0].colnames[c],
 								 strlen(arg->parts[0].colnames[c]),
 								 arg->parts[0].colnames[c]);
-		argc += 2 * arg->parts[0].ncols;
+		argc += step * arg->parts[0].ncols;
 	}
 	if (argc < def->min_args)
 		ereport(ERROR,
