@@ -651,7 +651,8 @@ CREATE FUNCTION pg2redis_status(
     OUT retries bigint,
     OUT last_error text,
     OUT last_error_time timestamptz,
-    OUT applied_lsn pg_lsn)
+    OUT applied_lsn pg_lsn,
+    OUT lag_time interval)
 RETURNS record
 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'pg2redis_status';

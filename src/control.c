@@ -47,8 +47,23 @@ PG_FUNCTION_INFO_V1(pg2redis_redis);
 PG_FUNCTION_INFO_V1(pg2redis_snapshot);
 PG_FUNCTION_INFO_V1(pg2redis_validate_snapshot_filter);
 
-#define STATUS_COLUMNS 17
+#define STATUS_COLUMNS 18
 
+
+/*
+ * lag_interval returns the time from since to now as an interval (zero for
+ * 0, or for a time in the future: clocks of one server agree).
+ */
+static Interval *
+lag_interval(TimestampTz since)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (since != 0 && now > since)
+		iv->time = now - since;
+	return iv;
+}
 
 /*
  * pg2redis_status() returns one row describing the worker, its slot and
@@ -99,6 +114,22 @@ pg2redis_status(PG_FUNCTION_ARGS)
 	nulls[15] = s.last_error_time == 0;
 	values[16] = LSNGetDatum(s.applied_lsn);
 	nulls[16] = s.applied_lsn == InvalidXLogRecPtr;
+
+	/*
+	 * lag_time: since the commit of the oldest transaction decoded and not
+	 * yet applied; 0 when none waits, unless WAL waits undecoded while the
+	 * stream does not run (paused, no worker): then no time is known.
+	 */
+	if (s.pending_since != 0)
+		values[17] = IntervalPGetDatum(lag_interval(s.pending_since));
+	else
+	{
+		values[17] = IntervalPGetDatum(lag_interval(0));
+		nulls[17] = (s.state != PG2R_STATE_STREAMING &&
+					 s.state != PG2R_STATE_REDIS_UNAVAILABLE) &&
+					s.confirmed_lsn != InvalidXLogRecPtr &&
+					server_lsn > s.confirmed_lsn;
+	}
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc),
 													  values, nulls)));

@@ -124,6 +124,23 @@ static uint64 dead_letters_dropped = 0;
 static void wait_for_room(void);
 static void dispatch_inflight(void);
 
+/*
+ * report_pending publishes the commit time of the oldest transaction decoded
+ * and not yet applied (the first one in the block in flight, else in the
+ * block being built), or 0 when none waits: pg2redis_status().lag_time.
+ */
+static void
+report_pending(void)
+{
+	TimestampTz oldest = 0;
+
+	if (inflight != NULL && inflight->ncmds > 0)
+		oldest = inflight->first_commit_time;
+	else if (building != NULL && building->ncmds > 0)
+		oldest = building->first_commit_time;
+	pg2r_report_pending(oldest);
+}
+
 /* ---------------------------------------------------------------------------
  * Fences
  * ---------------------------------------------------------------------------
@@ -243,6 +260,7 @@ block_reset(Block *b)
 	b->ntxns = 0;
 	b->nchanges = 0;
 	b->commit_time = 0;
+	b->first_commit_time = 0;
 	b->opened_at = 0;
 	if (b->resp.maxlen > 64 * 1024 * 1024)
 	{
@@ -504,6 +522,8 @@ append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
 			MemoryContextSwitchTo(old);
 		}
 	}
+	if (b->ncmds == 0)
+		b->first_commit_time = cur.commit_time;
 	ci = &b->cmds[b->ncmds++];
 	ci->rule_id = rule->id;
 	ci->relid = relid;
@@ -701,6 +721,7 @@ sender_commit_txn(void)
 	b->txn_cmds = 0;
 	if (b->ncmds >= pg2r_batch_size || b->resp.len >= pg2r_batch_bytes)
 		push_building(b->fence);
+	report_pending();
 }
 
 /* sender_flush sends the block being built, at a transaction boundary. */
@@ -919,6 +940,7 @@ inflight_acked(void)
 	topo.redirect_streak = 0;
 	block_reset(b);
 	inflight = NULL;
+	report_pending();
 	for (int li = 0; li < topo.nlinks; li++)
 		topo.links[li].deadline = 0;
 }

@@ -187,6 +187,18 @@ pg2r_report_applied(XLogRecPtr lsn, TimestampTz commit_time,
 		ConditionVariableBroadcast(&pg2r_shared->progress_cv);
 }
 
+/*
+ * pg2r_report_pending publishes the commit time of the oldest transaction
+ * decoded and not yet applied (0: none).
+ */
+void
+pg2r_report_pending(TimestampTz oldest)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->pending_since = oldest;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
 /* pg2r_report_confirmed publishes the slot's confirmed position. */
 void
 pg2r_report_confirmed(XLogRecPtr lsn)

@@ -77,7 +77,8 @@ typedef struct Block
 	bool		   reset; /* sets every fence to 0/0 (a new slot) */
 	int			   ntxns; /* transactions completed in this block */
 	uint64		   nchanges;
-	TimestampTz	   commit_time; /* of the last completed transaction */
+	TimestampTz	   commit_time;		  /* of the last completed transaction */
+	TimestampTz	   first_commit_time; /* of the first transaction in it */
 	TimestampTz	   opened_at;
 	/* while in flight */
 	int	  *order; /* command indexes, grouped by slot */

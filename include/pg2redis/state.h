@@ -37,6 +37,8 @@ typedef struct Pg2rShared
 	XLogRecPtr		confirmed_lsn; /* slot position confirmed */
 	XLogRecPtr	applied_lsn; /* all WAL before it is in Redis or irrelevant */
 	TimestampTz last_commit_time; /* of the last transaction applied */
+	TimestampTz pending_since;	  /* commit time of the oldest transaction
+								   * decoded and not applied; 0: none */
 	uint64		transactions;
 	uint64		changes;
 	uint64		commands;
@@ -72,6 +74,7 @@ extern void pg2r_report_applied(XLogRecPtr lsn, TimestampTz commit_time,
 								uint64 transactions, uint64 commands,
 								uint64 changes);
 extern void pg2r_report_confirmed(XLogRecPtr lsn);
+extern void pg2r_report_pending(TimestampTz oldest);
 extern void pg2r_report_retry(void);
 extern void pg2r_report_dead_letters(uint64 n);
 extern void pg2r_set_careful_until(XLogRecPtr lsn);
