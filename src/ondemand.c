@@ -20,12 +20,16 @@
  * one already written.
  *
  * PostgreSQL adds a hole DBLog does not have: a commit can be in the WAL
- * (and decoded, and applied) before it leaves the proc array, so the chunk's
- * snapshot may not see a transaction the stream applied before L.  Two
- * guards close it: after taking the snapshot, the chunk is selected again if
- * the snapshot misses any transaction the worker has recently decoded; and
- * while the chunk is open, a change by a transaction the snapshot does not
- * see removes its row from the chunk even before L.
+ * (and decoded, and applied) before it leaves the proc array (a
+ * synchronous replication wait, COMMIT PREPARED), so the chunk's snapshot
+ * may not see a transaction the stream applied before L.  Two guards close
+ * it.  Guard 1: the worker keeps every decoded transaction that may still
+ * be in the proc array (pruned with TransactionIdIsInProgress(), which
+ * stays false once a transaction has left it), and selects a chunk only
+ * under a snapshot that sees all of them; it waits for them meanwhile,
+ * while the stream goes on.  Guard 2: while the chunk is open, a change by
+ * a transaction the snapshot does not see removes its row from the chunk
+ * even before L.
  *
  * Keys never go through text while a request runs: the last key sent and
  * the keys to read again are kept as Datums of the key columns' base types
@@ -67,6 +71,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "replication/message.h"
+#include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "common/hashfn.h"
@@ -88,9 +93,18 @@
 #include "pg2redis/worker.h"
 
 #define WATERMARK_PREFIX "pg2redis"
-#define RECENT_XIDS 8192
-#define SNAPSHOT_RETRIES 1000
 #define NONCE_BYTES 16
+
+/*
+ * Guard 1 waits for decoded transactions still in the proc array: for at
+ * most SELECT_STEP_MS per ondemand_step() (the stream goes on between
+ * steps, which come every SELECT_POLL_MS), and SELECT_WAIT_MS in all, after
+ * which the request fails.
+ */
+#define SELECT_STEP_MS 100
+#define SELECT_POLL_MS 10
+#define SELECT_WAIT_MS 60000
+#define DECODED_PRUNE_MIN 64
 
 /* One selected row: its key and its rendered commands. */
 typedef struct ChunkRow
@@ -171,13 +185,27 @@ static struct
 
 static MemoryContext OndemandCxt = NULL;
 
-static void			 chunk_reset(void);
-static TransactionId recent[RECENT_XIDS];
-static int			 recent_next = 0;
-static uint64		 chunk_seq = 0;
-static TimestampTz	 last_poll = 0;
-static TimestampTz	 requested_until = 0;
-static char			 nonce[NONCE_BYTES * 2 + 1]; /* in the watermarks */
+static void chunk_reset(void);
+static void open_chunk(void);
+
+/*
+ * Guard 1: the decoded transactions that may still be in the proc array
+ * (TopMemoryContext).  A transaction leaves it for good, so the set holds
+ * only those whose commit was decoded but which had not left it yet when
+ * last looked at: a handful, however many transactions are decoded, and
+ * never an entry old enough for its xid to wrap around.
+ */
+static TransactionId *decoded = NULL;
+static int			  ndecoded = 0;
+static int			  maxdecoded = 0;
+static int			  prune_at = DECODED_PRUNE_MIN;
+static TimestampTz	  waiting_since = 0; /* a selection waits for guard 1 */
+static TransactionId  waiting_for = InvalidTransactionId;
+
+static uint64	   chunk_seq = 0;
+static TimestampTz last_poll = 0;
+static TimestampTz requested_until = 0;
+static char		   nonce[NONCE_BYTES * 2 + 1]; /* in the watermarks */
 
 /* ---------------------------------------------------------------------------
  * Keys and visibility
@@ -304,12 +332,43 @@ drop_tuple(TupleDesc desc, HeapTuple tuple)
  * ---------------------------------------------------------------------------
  */
 
-/* ondemand_note_commit remembers a decoded transaction, for the guard. */
+/*
+ * prune_decoded forgets the decoded transactions that are no longer in
+ * progress: every snapshot taken from now on sees them.
+ */
+static void
+prune_decoded(void)
+{
+	int kept = 0;
+
+	for (int i = 0; i < ndecoded; i++)
+		if (TransactionIdIsInProgress(decoded[i]))
+			decoded[kept++] = decoded[i];
+	ndecoded = kept;
+	prune_at = Max(DECODED_PRUNE_MIN, 2 * ndecoded);
+}
+
+/*
+ * ondemand_note_commit remembers a decoded transaction for guard 1 until it
+ * has left the proc array.  Pruning whenever the set doubled keeps the cost
+ * per commit constant.
+ */
 void
 ondemand_note_commit(TransactionId xid)
 {
-	recent[recent_next] = xid;
-	recent_next = (recent_next + 1) % RECENT_XIDS;
+	if (!TransactionIdIsNormal(xid))
+		return;
+	if (ndecoded == maxdecoded)
+	{
+		maxdecoded = Max(2 * maxdecoded, DECODED_PRUNE_MIN);
+		decoded = decoded == NULL
+					  ? MemoryContextAlloc(TopMemoryContext,
+										   sizeof(TransactionId) * maxdecoded)
+					  : repalloc(decoded, sizeof(TransactionId) * maxdecoded);
+	}
+	decoded[ndecoded++] = xid;
+	if (ndecoded >= prune_at)
+		prune_decoded();
 }
 
 /*
@@ -806,11 +865,23 @@ select_chunk(void *arg)
 	HASHCTL		  ctl;
 	SnapshotOwner saved;
 
-	/* the guard: the snapshot must see what the stream already applied */
-	for (int i = 0; i < RECENT_XIDS; i++)
-		if (TransactionIdIsNormal(recent[i]) &&
-			XidInMVCCSnapshot(recent[i], snap))
+	/*
+	 * Guard 1: the snapshot must see what the stream already applied.  What
+	 * it sees as ended, every later snapshot sees too: forget it.
+	 */
+	{
+		int kept = 0;
+
+		for (int i = 0; i < ndecoded; i++)
+			if (XidInMVCCSnapshot(decoded[i], snap))
+				decoded[kept++] = decoded[i];
+		ndecoded = kept;
+		if (ndecoded > 0)
+		{
+			waiting_for = decoded[0];
 			return false;
+		}
+	}
 
 	old = MemoryContextSwitchTo(chunk.cxt);
 	chunk.xmin = snap->xmin;
@@ -983,6 +1054,7 @@ finish_request(const char *state, const char *error)
 	req.retry = NIL;
 	req.retry_round = 0;
 	req.leaf_done = false;
+	waiting_since = 0;
 }
 
 /*
@@ -1079,7 +1151,7 @@ ondemand_init(void)
 		AllocSetContextCreate(TopMemoryContext, "pg2redis snapshot chunk",
 							  ALLOCSET_DEFAULT_SIZES);
 	memset(&req, 0, sizeof(req));
-	memset(recent, 0, sizeof(recent));
+	ndecoded = 0;
 }
 
 /* ondemand_busy: a chunk waits for its high watermark. */
@@ -1091,13 +1163,16 @@ ondemand_busy(void)
 
 /*
  * ondemand_poll_timeout returns how long the worker may sleep before it
- * should look for a just-requested snapshot again (ms), or -1.
+ * should look for a just-requested snapshot again, or try again to open a
+ * chunk that waits for guard 1 (ms), or -1.
  */
 long
 ondemand_poll_timeout(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
+	if (req.active && waiting_since != 0 && !chunk.open)
+		return SELECT_POLL_MS; /* a chunk waits for guard 1 */
 	if (req.active || now >= requested_until)
 		return -1;
 	return Max(50 - TimestampDifferenceMilliseconds(last_poll, now), 0);
@@ -1287,9 +1362,22 @@ ondemand_step(void)
 		}
 	}
 
-	/* open the next chunk: L, select, H */
-	chunk_reset();
-	chunk.is_retry = req.retry != NIL;
+	open_chunk();
+}
+
+/*
+ * open_chunk opens the next chunk: L, select, H.  Guard 1 may have to wait
+ * for decoded transactions to leave the proc array; it waits in this call
+ * for SELECT_STEP_MS at most, then returns with no chunk open, so that the
+ * stream goes on (ondemand_poll_timeout brings the worker back soon), and
+ * fails the request after SELECT_WAIT_MS.
+ */
+static void
+open_chunk(void)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	char	   *err = NULL;
+
 	chunk_seq++;
 	snprintf(chunk.low, sizeof(chunk.low),
 			 "L:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
@@ -1297,28 +1385,54 @@ ondemand_step(void)
 	snprintf(chunk.high, sizeof(chunk.high),
 			 "H:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
 			 nonce);
-	for (int attempt = 0;; attempt++)
+	for (;;)
 	{
-		bool selected = false;
+		bool		selected = false;
+		TimestampTz now;
 
-		chunk.low_end = write_watermark(chunk.low);
-		if (!worker_run_sql(select_chunk, NULL, &selected, &err))
+		chunk_reset();
+		chunk.is_retry = req.retry != NIL;
+
+		/* no watermark and no query while guard 1 would fail anyway */
+		prune_decoded();
+		if (ndecoded == 0)
+		{
+			chunk.low_end = write_watermark(chunk.low);
+			if (!worker_run_sql(select_chunk, NULL, &selected, &err))
+			{
+				chunk_reset();
+				finish_request("failed", err);
+				return;
+			}
+			if (selected)
+				break;
+		}
+		else
+			waiting_for = decoded[0];
+
+		now = GetCurrentTimestamp();
+		if (waiting_since == 0)
+			waiting_since = now;
+		if (TimestampDifferenceExceeds(waiting_since, now, SELECT_WAIT_MS))
+		{
+			char msg[256];
+
+			snprintf(msg, sizeof(msg),
+					 "could not take a snapshot that sees every transaction already streamed: transaction %u stayed in progress for %d s after its commit was streamed (a synchronous replication wait?)",
+					 waiting_for, SELECT_WAIT_MS / 1000);
+			chunk_reset();
+			finish_request("failed", msg);
+			return;
+		}
+		if (TimestampDifferenceExceeds(start, now, SELECT_STEP_MS))
 		{
 			chunk_reset();
-			finish_request("failed", err);
 			return;
 		}
-		if (selected)
-			break;
-		chunk_reset();
-		if (attempt >= SNAPSHOT_RETRIES)
-		{
-			finish_request("failed",
-						   "could not take a snapshot that sees every decoded transaction");
-			return;
-		}
+		CHECK_FOR_INTERRUPTS();
 		pg_usleep(1000L);
 	}
+	waiting_since = 0;
 	chunk.high_end = write_watermark(chunk.high);
 	chunk.open = true;
 }
