@@ -3,13 +3,13 @@
  * ondemand.c
  *	  Snapshots on demand while streaming goes on (pg2redis_snapshot()).
  *
- * A snapshot request is served chunk by chunk, by primary key, with the
+ * A snapshot request is served chunk by chunk, in key order, with the
  * watermark method of DBLog (Netflix, 2019), all inside the worker:
  *
  *	1. write a low watermark L (a non-transactional logical message, flushed);
- *	2. select the next chunk of rows by primary key under a fresh snapshot,
- *	   and render each row's commands (the table's snapshot rules, else its
- *	   insert rules) right away, keyed by the row's primary key;
+ *	2. select the next chunk of rows by key under a fresh snapshot, and
+ *	   render each row's commands (the table's snapshot rules, else its
+ *	   insert rules) right away, keyed by the row's key;
  *	3. write a high watermark H.
  *
  * Decoding goes on meanwhile.  Every change the stream applies between L
@@ -18,6 +18,20 @@
  * that point of the stream, as one more transaction; a row changed after H
  * is applied after it.  So a snapshot never writes a row state older than
  * one already written.
+ *
+ * The key is the one whose old values PostgreSQL logs: the replica identity
+ * index (the primary key under REPLICA IDENTITY DEFAULT, the chosen index
+ * under USING INDEX), else the primary key (FULL logs every column; NOTHING
+ * none).  A decoded delete carries only the identity's columns, so a chunk
+ * keyed by the primary key of a table whose identity is another index
+ * would never see its rows deleted, and would write them back.  A change
+ * whose old key is not known (REPLICA IDENTITY NOTHING, an identity changed
+ * while the request runs, a null or unreadable key column) removes every
+ * row of the open chunk: they are all read again later (see below).  Such
+ * tables are served, not refused: the rule costs rereads only while a
+ * chunk is open, and tables with only insert rules (a log) need nothing
+ * more.  A request whose leaf's key index changes between chunks reads the
+ * leaf again from its start.
  *
  * PostgreSQL adds a hole DBLog does not have: a commit can be in the WAL
  * (and decoded, and applied) before it leaves the proc array (a
@@ -127,6 +141,7 @@ static struct
 	bool   leaf_done;			   /* the leaf's last range chunk was sent */
 	List  *retry;				   /* keys to select again (Datum *) */
 	int	   retry_round;			   /* how often they were selected again */
+	Oid	   keyindex;			   /* the leaf's key index, once known */
 	char   leaf_name[NAMEDATALEN]; /* for messages outside transactions */
 } req;
 
@@ -170,6 +185,7 @@ static struct
 	uint64		   nsent;
 	XLogRecPtr	   sent_at;	 /* stream position the rows were sent at */
 	bool		   is_retry; /* selects req.retry keys, not a range */
+	Oid			   keyindex; /* the index giving the key */
 	int			   nkeys;	 /* key columns of the leaf, and per column: */
 	AttrNumber	  *keyatts;	 /* attribute number */
 	Oid			  *keytypes; /* base type, of the query's parameters */
@@ -213,10 +229,10 @@ static char		   nonce[NONCE_BYTES * 2 + 1]; /* in the watermarks */
  */
 
 /*
- * row_key returns the primary key of a tuple of the chunk's leaf: one value
- * per key column, copied into the current memory context if copy is set, or
- * NULL if a key column is null.  *unreadable tells that a value is a TOAST
- * pointer a decoded tuple cannot follow: the row is then unknown.
+ * row_key returns the key of a tuple of the chunk's leaf: one value per key
+ * column, copied into the current memory context if copy is set, or NULL if
+ * a key column is null.  *unreadable tells that a value is a TOAST pointer a
+ * decoded tuple cannot follow: the row is then unknown.
  */
 static Datum *
 row_key(TupleDesc desc, HeapTuple tuple, bool copy, bool *unreadable)
@@ -309,7 +325,8 @@ drop_all(void)
 
 /*
  * drop_tuple removes the row of a decoded tuple from the open chunk; every
- * row, if the tuple's key cannot be read.
+ * row, if the tuple's key is null or cannot be read (the key of a decoded
+ * old tuple is null where the replica identity did not log it).
  */
 static void
 drop_tuple(TupleDesc desc, HeapTuple tuple)
@@ -318,13 +335,29 @@ drop_tuple(TupleDesc desc, HeapTuple tuple)
 	Datum	 *key = row_key(desc, tuple, false, &unreadable);
 	ChunkRow *row;
 
-	if (unreadable)
-		drop_all();
 	if (key == NULL)
+	{
+		drop_all();
 		return;
+	}
 	row = hash_search(chunk.rows, &key, HASH_FIND, NULL);
 	if (row)
 		row->removed = true;
+	pfree(key);
+}
+
+/*
+ * old_key_logged tells whether PostgreSQL logs the old key of the chunk's
+ * leaf whenever an update changes it: with REPLICA IDENTITY FULL, or when
+ * the chunk's key index is the replica identity index.  rel is the leaf as
+ * decoding sees it, when the change was made.
+ */
+static bool
+old_key_logged(Relation rel)
+{
+	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL)
+		return true;
+	return RelationGetReplicaIndex(rel) == chunk.keyindex;
 }
 
 /* ---------------------------------------------------------------------------
@@ -373,11 +406,12 @@ ondemand_note_commit(TransactionId xid)
 
 /*
  * ondemand_note_change removes from the open chunk the rows a decoded
- * change touches, when the stream's version is newer than the chunk's.
+ * change (of kind op) touches, when the stream's version is newer than the
+ * chunk's; every row, when the change's old key is not known.
  */
 void
-ondemand_note_change(Relation rel, TransactionId xid, HeapTuple oldtuple,
-					 HeapTuple newtuple)
+ondemand_note_change(Relation rel, TransactionId xid, Pg2rOp op,
+					 HeapTuple oldtuple, HeapTuple newtuple)
 {
 	MemoryContext old;
 
@@ -388,6 +422,16 @@ ondemand_note_change(Relation rel, TransactionId xid, HeapTuple oldtuple,
 	old = MemoryContextSwitchTo(chunk.cxt);
 	if (oldtuple)
 		drop_tuple(RelationGetDescr(rel), oldtuple);
+	else if (op == PG2R_OP_DELETE ||
+			 (op == PG2R_OP_UPDATE && !old_key_logged(rel)))
+	{
+		/*
+		 * A delete without an old row (REPLICA IDENTITY NOTHING), or an
+		 * update that may have changed the key without saying from what.
+		 * An update without an old row otherwise kept its key.
+		 */
+		drop_all();
+	}
 	if (newtuple)
 		drop_tuple(RelationGetDescr(rel), newtuple);
 	MemoryContextSwitchTo(old);
@@ -619,22 +663,25 @@ key_operator(Oid opfamily, Oid opcintype, int16 strategy)
 }
 
 /*
- * setup_key sets the chunk's key columns from the leaf's primary key (or
- * replica identity index): their types, and the operators of the index's
- * opfamilies; false if it has neither.
+ * setup_key sets the chunk's key columns from the leaf's replica identity
+ * index (the primary key under REPLICA IDENTITY DEFAULT), else its primary
+ * key: their types, and the operators of the index's opfamilies; false if
+ * it has neither.  The identity index comes first because a decoded delete
+ * carries only its columns (see the top of the file).
  */
 static bool
 setup_key(Relation rel)
 {
-	Oid			  idxoid = RelationGetPrimaryKeyIndex(rel);
+	Oid			  idxoid = RelationGetReplicaIndex(rel);
 	Relation	  idx;
 	int			  n;
 	MemoryContext old;
 
 	if (!OidIsValid(idxoid))
-		idxoid = RelationGetReplicaIndex(rel);
+		idxoid = RelationGetPrimaryKeyIndex(rel);
 	if (!OidIsValid(idxoid))
 		return false;
+	chunk.keyindex = idxoid;
 	idx = index_open(idxoid, AccessShareLock);
 	if (idx->rd_rel->relam != BTREE_AM_OID)
 		ereport(ERROR,
@@ -788,6 +835,31 @@ read_last_key(void)
 }
 
 /*
+ * use_key makes the chunk's key index the one the request reads its leaf
+ * by.  When it changed since the request's last chunk of that leaf (a new
+ * replica identity or primary key), the keys the request holds mean nothing
+ * any more: the leaf is read again from its start.
+ */
+static void
+use_key(void)
+{
+	if (OidIsValid(req.keyindex) && req.keyindex != chunk.keyindex)
+	{
+		ereport(LOG,
+				(errmsg("pg2redis: snapshot request " INT64_FORMAT
+						" reads table \"%s\" again from its start: its key changed",
+						req.id, req.leaf_name)));
+		req.last_key = NULL;
+		req.last_key_text = NIL;
+		req.retry = NIL;
+		req.retry_round = 0;
+		req.leaf_done = false;
+		chunk.is_retry = false;
+	}
+	req.keyindex = chunk.keyindex;
+}
+
+/*
  * take_rows adds the rows of the current SPI result to the chunk, with
  * their rendered commands, and remembers the last one's key.
  */
@@ -911,6 +983,7 @@ select_chunk(void *arg)
 				 errmsg("table \"%s\" has no primary key or replica identity index",
 						RelationGetRelationName(rel)),
 				 errhint("Snapshots on demand read tables by key; add a primary key.")));
+	use_key();
 	if (mapping_has_rules(map))
 		filter = ondemand_filter_for(map->rulerelid);
 	if (filter)
@@ -1053,6 +1126,7 @@ finish_request(const char *state, const char *error)
 	req.last_key_text = NIL;
 	req.retry = NIL;
 	req.retry_round = 0;
+	req.keyindex = InvalidOid;
 	req.leaf_done = false;
 	waiting_since = 0;
 }
@@ -1097,6 +1171,7 @@ load_request(void *arg)
 	req.last_key_text = NIL;
 	req.retry = NIL;
 	req.retry_round = 0;
+	req.keyindex = InvalidOid;
 	req.leaf_done = false;
 	foreach(lc, leaves)
 	{
@@ -1193,6 +1268,7 @@ chunk_reset(void)
 	chunk.nsent = 0;
 	chunk.sent_at = InvalidXLogRecPtr;
 	chunk.is_retry = false;
+	chunk.keyindex = InvalidOid;
 }
 
 /*
@@ -1299,6 +1375,7 @@ ondemand_step(void)
 			req.last_key = NULL;
 			req.last_key_text = NIL;
 			req.leaf_done = false;
+			req.keyindex = InvalidOid;
 		}
 		if (chunk.sent_at != InvalidXLogRecPtr)
 		{
