@@ -62,11 +62,12 @@
  * (pg_logical_emit_message()), and a forged high watermark decoded before
  * the real one would send the chunk at the wrong stream position.
  *
- * Progress (the leaf being read and the last key sent) is recorded in
- * pg2redis.snapshots after every chunk, so that a request interrupted by a
- * restart resumes after its last chunk.  A request that fails (a table
- * without a primary key, a bad filter) is marked failed with the reason,
- * and the stream goes on.
+ * Progress (the leaf being read, the last key sent, and the keys still to
+ * read again) is recorded in pg2redis.snapshots after every chunk, so that
+ * a request interrupted by a restart resumes after its last chunk and still
+ * reads again the rows the stream changed while their chunk was open.  A
+ * request that fails (a table without a primary key, a bad filter) is
+ * marked failed with the reason, and the stream goes on.
  *
  *-------------------------------------------------------------------------
  */
@@ -133,15 +134,18 @@ static struct
 {
 	bool   active;
 	int64  id;
-	List  *leaves;				   /* OIDs still to read, in order */
-	Oid	   leaf;				   /* being read */
-	Datum *last_key;			   /* the last key sent, or NULL */
-	List  *last_key_text;		   /* its text, as recorded, or NIL */
-	uint64 rows;				   /* sent so far */
-	bool   leaf_done;			   /* the leaf's last range chunk was sent */
-	List  *retry;				   /* keys to select again (Datum *) */
-	int	   retry_round;			   /* how often they were selected again */
-	Oid	   keyindex;			   /* the leaf's key index, once known */
+	List  *leaves;		  /* OIDs still to read, in order */
+	Oid	   leaf;		  /* being read */
+	Datum *last_key;	  /* the last key sent, or NULL */
+	List  *last_key_text; /* its text, as recorded, or NIL */
+	uint64 rows;		  /* sent so far */
+	bool   leaf_done;	  /* the leaf's last range chunk was sent */
+	List  *retry;		  /* keys to select again (Datum *) */
+	List  *retry_text;	  /* the same, as recorded: not read yet */
+	int	   retry_round;	  /* how often they were selected again */
+	Oid	   keyindex;	  /* the leaf's key index, once known */
+	int	   nkeys;		  /* and its key columns' base types */
+	Oid	  *keytypes;
 	char   leaf_name[NAMEDATALEN]; /* for messages outside transactions */
 } req;
 
@@ -161,6 +165,10 @@ static struct
 	uint64	   rows;
 	Oid		   leaf;
 	List	  *last_key; /* text, in OndemandCxt */
+	List	  *retry;	 /* keys to read again (Datum *), of types: */
+	Oid		   keyindex;
+	int		   nkeys;
+	Oid		  *keytypes;
 } pending;
 
 /* The chunk in flight between its watermarks. */
@@ -183,12 +191,13 @@ static struct
 	Datum		  *next_key;	  /* key of the chunk's last row, or NULL */
 	List		  *next_key_text; /* the same as text */
 	uint64		   nsent;
-	XLogRecPtr	   sent_at;	 /* stream position the rows were sent at */
-	bool		   is_retry; /* selects req.retry keys, not a range */
-	Oid			   keyindex; /* the index giving the key */
-	int			   nkeys;	 /* key columns of the leaf, and per column: */
-	AttrNumber	  *keyatts;	 /* attribute number */
-	Oid			  *keytypes; /* base type, of the query's parameters */
+	XLogRecPtr	   sent_at;		/* stream position the rows were sent at */
+	bool		   is_retry;	/* selects req.retry keys, not a range */
+	int			   retry_taken; /* how many of them */
+	Oid			   keyindex;	/* the index giving the key */
+	int			   nkeys;		/* key columns of the leaf, and per column: */
+	AttrNumber	  *keyatts;		/* attribute number */
+	Oid			  *keytypes;	/* base type, of the query's parameters */
 	bool		  *keybyval;
 	int16		  *keylen;
 	FmgrInfo	  *keyout;	/* output function */
@@ -800,20 +809,20 @@ build_query(Relation rel, const char *relname, const char *filter)
 }
 
 /*
- * read_last_key turns the recorded text of the last key sent (a request
- * resumed after a restart) into values of the key columns' base types with
- * their input functions.  The caller runs it as the table's owner: this is
- * the one place a key goes through text, once per resumed request, and an
- * input function may run the owner's code (e.g. an array of a domain).
+ * read_key turns the recorded text of a key (of a request resumed after a
+ * restart) into values of the key columns' base types with their input
+ * functions.  The caller runs it as the table's owner: this is the one place
+ * a key goes through text, once per recorded key of a resumed request, and
+ * an input function may run the owner's code (e.g. an array of a domain).
  */
-static void
-read_last_key(void)
+static Datum *
+read_key(List *text)
 {
 	MemoryContext old;
 	Datum		 *key;
 	ListCell	 *lc;
 
-	if (list_length(req.last_key_text) != chunk.nkeys)
+	if (list_length(text) != chunk.nkeys)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the key of table \"%s\" changed while a snapshot read it",
@@ -821,7 +830,7 @@ read_last_key(void)
 				 errhint("Request the snapshot again.")));
 	old = MemoryContextSwitchTo(OndemandCxt);
 	key = palloc(sizeof(Datum) * chunk.nkeys);
-	foreach(lc, req.last_key_text)
+	foreach(lc, text)
 	{
 		int k = foreach_current_index(lc);
 		Oid infunc;
@@ -831,7 +840,29 @@ read_last_key(void)
 		key[k] = OidInputFunctionCall(infunc, lfirst(lc), ioparam, -1);
 	}
 	MemoryContextSwitchTo(old);
-	req.last_key = key;
+	return key;
+}
+
+/*
+ * read_recorded_keys turns the keys a resumed request recorded (the last
+ * key sent, the keys to read again) into values, with read_key.
+ */
+static void
+read_recorded_keys(void)
+{
+	ListCell *lc;
+
+	if (req.last_key == NULL && req.last_key_text != NIL)
+		req.last_key = read_key(req.last_key_text);
+	foreach(lc, req.retry_text)
+	{
+		Datum		 *key = read_key(lfirst(lc));
+		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
+
+		req.retry = lappend(req.retry, key);
+		MemoryContextSwitchTo(old);
+	}
+	req.retry_text = NIL;
 }
 
 /*
@@ -852,11 +883,21 @@ use_key(void)
 		req.last_key = NULL;
 		req.last_key_text = NIL;
 		req.retry = NIL;
+		req.retry_text = NIL;
 		req.retry_round = 0;
 		req.leaf_done = false;
 		chunk.is_retry = false;
 	}
-	req.keyindex = chunk.keyindex;
+	if (req.keyindex != chunk.keyindex || req.keytypes == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
+
+		req.keyindex = chunk.keyindex;
+		req.nkeys = chunk.nkeys;
+		req.keytypes = palloc(sizeof(Oid) * chunk.nkeys);
+		memcpy(req.keytypes, chunk.keytypes, sizeof(Oid) * chunk.nkeys);
+		MemoryContextSwitchTo(old);
+	}
 }
 
 /*
@@ -999,6 +1040,7 @@ select_chunk(void *arg)
 	 * which needs no rights of its own.
 	 */
 	snapshot_become_owner(rel->rd_rel->relowner, &saved);
+	read_recorded_keys();
 	if (chunk.is_retry)
 	{
 		SPIPlanPtr plan;
@@ -1012,21 +1054,21 @@ select_chunk(void *arg)
 				 SPI_result_code_string(SPI_result));
 		foreach(lc, req.retry)
 		{
-			if (n++ >= pg2r_snapshot_batch_size)
+			if (n >= pg2r_snapshot_batch_size)
 				break;
+			n++;
 			if (SPI_execute_plan(plan, (Datum *) lfirst(lc), NULL, true, 0) !=
 				SPI_OK_SELECT)
 				elog(ERROR, "could not select a snapshot chunk");
 			take_rows(rel, map, &meta, &sink);
 		}
+		chunk.retry_taken = n;
 		chunk.last = false;
 	}
 	else
 	{
 		int nrows;
 
-		if (req.last_key == NULL && req.last_key_text != NIL)
-			read_last_key();
 		sql = build_query(rel, relname, filter);
 		if (SPI_execute_with_args(sql, req.last_key ? chunk.nkeys : 0,
 								  chunk.keytypes, req.last_key, NULL, true,
@@ -1054,18 +1096,79 @@ typedef struct ProgressArgs
 	bool		acked; /* record pending's values, not req's */
 } ProgressArgs;
 
-/* record_progress writes the request's progress (and state). */
+/*
+ * retry_array returns the keys to read again as a two-dimensional text
+ * array, one row per key: keys (values of the key types types) or, not read
+ * yet, keys_text (Lists of strings); NULL when there are none.  The key
+ * types' output functions are built in (C), so no one's code runs.
+ */
+static Datum
+retry_array(List *keys, List *keys_text, int nkeys, const Oid *types,
+			bool *isnull)
+{
+	int		  n = list_length(keys) + list_length(keys_text);
+	Datum	 *elems;
+	FmgrInfo *out = NULL;
+	int		  dims[2];
+	int		  lbs[2] = {1, 1};
+	int		  i = 0;
+	ListCell *lc;
+
+	*isnull = n == 0;
+	if (n == 0)
+		return (Datum) 0;
+	if (keys != NIL)
+	{
+		out = palloc(sizeof(FmgrInfo) * nkeys);
+		for (int k = 0; k < nkeys; k++)
+		{
+			Oid	 outfunc;
+			bool varlena;
+
+			getTypeOutputInfo(types[k], &outfunc, &varlena);
+			fmgr_info(outfunc, &out[k]);
+		}
+	}
+	else
+		nkeys = list_length(linitial(keys_text));
+	elems = palloc(sizeof(Datum) * n * nkeys);
+	foreach(lc, keys)
+		for (int k = 0; k < nkeys; k++)
+			elems[i++] =
+				CStringGetTextDatum(OutputFunctionCall(&out[k],
+													   ((Datum *)
+															lfirst(lc))[k]));
+	foreach(lc, keys_text)
+	{
+		ListCell *lk;
+
+		foreach(lk, (List *) lfirst(lc))
+			elems[i++] = CStringGetTextDatum(lfirst(lk));
+	}
+	dims[0] = n;
+	dims[1] = nkeys;
+	return PointerGetDatum(construct_md_array(elems, NULL, 2, dims, lbs,
+											  TEXTOID, -1, false,
+											  TYPALIGN_INT));
+}
+
+/*
+ * record_progress writes the request's progress (and state): that of the
+ * chunk Redis acknowledged (pending), or the request's own.
+ */
 static bool
 record_progress(void *arg)
 {
 	ProgressArgs *pa = arg;
-	Oid			  types[6] = {INT8OID,		INT8OID, REGCLASSOID,
-							  TEXTARRAYOID, TEXTOID, TEXTOID};
-	Datum		  values[6];
-	char		  nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			  types[8] = {INT8OID, INT8OID, REGCLASSOID,  TEXTARRAYOID,
+							  TEXTOID, TEXTOID, TEXTARRAYOID, OIDOID};
+	Datum		  values[8];
+	char		  nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	uint64		  rows = pa->acked ? pending.rows : req.rows;
 	Oid			  leaf = pa->acked ? pending.leaf : req.leaf;
 	List		 *last_key = pa->acked ? pending.last_key : req.last_key_text;
+	Oid			  keyindex = pa->acked ? pending.keyindex : req.keyindex;
+	bool		  isnull;
 
 	values[0] = Int64GetDatum(req.id);
 	values[1] = Int64GetDatum(rows);
@@ -1088,13 +1191,23 @@ record_progress(void *arg)
 	nulls[4] = pa->state ? ' ' : 'n';
 	values[5] = pa->error ? CStringGetTextDatum(pa->error) : (Datum) 0;
 	nulls[5] = pa->error ? ' ' : 'n';
+	if (pa->acked)
+		values[6] = retry_array(pending.retry, NIL, pending.nkeys,
+								pending.keytypes, &isnull);
+	else
+		values[6] = retry_array(req.retry, req.retry_text, req.nkeys,
+								req.keytypes, &isnull);
+	nulls[6] = isnull ? 'n' : ' ';
+	values[7] = ObjectIdGetDatum(keyindex);
+	nulls[7] = OidIsValid(keyindex) ? ' ' : 'n';
 	if (SPI_execute_with_args("UPDATE pg2redis.snapshots SET rows = $2, current_relation = $3, "
 							  "last_key = $4, state = coalesce($5, state), error = $6, "
+							  "retry_keys = $7, key_index = $8, "
 							  "started_at = coalesce(started_at, pg_catalog.now()), "
 							  "finished_at = CASE WHEN $5 OPERATOR(pg_catalog.=) ANY (ARRAY['done', 'failed']) "
 							  "THEN pg_catalog.now() END "
 							  "WHERE id OPERATOR(pg_catalog.=) $1",
-							  6, types, values, nulls, false,
+							  8, types, values, nulls, false,
 							  0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update pg2redis.snapshots");
 	return true;
@@ -1120,20 +1233,55 @@ finish_request(const char *state, const char *error)
 	chunk_reset();
 	pending.active = false;
 	pending.last_key = NIL;
+	pending.retry = NIL;
 	MemoryContextReset(OndemandCxt);
 	req.leaves = NIL;
 	req.last_key = NULL;
 	req.last_key_text = NIL;
 	req.retry = NIL;
+	req.retry_text = NIL;
 	req.retry_round = 0;
 	req.keyindex = InvalidOid;
+	req.keytypes = NULL;
 	req.leaf_done = false;
 	waiting_since = 0;
 }
 
 /*
- * load_request picks the oldest pending or running request and the leaves
- * it still has to read.
+ * text_keys returns the rows of a two-dimensional text array (recorded by
+ * retry_array) as Lists of strings, in the current memory context.
+ */
+static List *
+text_keys(ArrayType *array)
+{
+	Datum *elems;
+	bool  *nulls;
+	int	   n;
+	int	   width;
+	List  *keys = NIL;
+
+	if (ARR_NDIM(array) != 2 || ARR_DIMS(array)[1] < 1)
+		return NIL;
+	width = ARR_DIMS(array)[1];
+	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls,
+					  &n);
+	for (int i = 0; i + width <= n; i += width)
+	{
+		List *key = NIL;
+
+		for (int k = 0; k < width; k++)
+			key =
+				lappend(key, nulls[i + k] ? pstrdup("")
+										  : TextDatumGetCString(elems[i + k]));
+		keys = lappend(keys, key);
+	}
+	return keys;
+}
+
+/*
+ * load_request picks the oldest pending or running request, the leaves it
+ * still has to read, and the progress recorded in the first of them (the
+ * last key sent, the keys to read again, the key index they belong to).
  */
 static bool
 load_request(void *arg)
@@ -1143,11 +1291,13 @@ load_request(void *arg)
 	Datum		  current;
 	Datum		  lastkey;
 	Datum		  rows;
+	bool		  current_null;
 	List		 *leaves;
 	ListCell	 *lc;
 	MemoryContext old;
 
-	if (SPI_execute("SELECT id, relation, current_relation, last_key, rows "
+	if (SPI_execute("SELECT id, relation, current_relation, last_key, rows, "
+					"retry_keys, key_index "
 					"FROM pg2redis.snapshots "
 					"WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'running']) "
 					"ORDER BY id LIMIT 1",
@@ -1164,14 +1314,17 @@ load_request(void *arg)
 					: snapshot_mapped_leaves(DatumGetObjectId(relation));
 	current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
 							&isnull);
+	current_null = isnull;
 
 	old = MemoryContextSwitchTo(OndemandCxt);
 	req.leaves = NIL;
 	req.last_key = NULL;
 	req.last_key_text = NIL;
 	req.retry = NIL;
+	req.retry_text = NIL;
 	req.retry_round = 0;
 	req.keyindex = InvalidOid;
+	req.keytypes = NULL;
 	req.leaf_done = false;
 	foreach(lc, leaves)
 	{
@@ -1195,6 +1348,20 @@ load_request(void *arg)
 		for (int i = 0; i < n; i++)
 			req.last_key_text =
 				lappend(req.last_key_text, TextDatumGetCString(elems[i]));
+	}
+	if (req.leaves != NIL && !current_null &&
+		linitial_oid(req.leaves) == DatumGetObjectId(current))
+	{
+		Datum keyindex = SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 7, &isnull);
+		Datum retry;
+
+		req.keyindex = isnull ? InvalidOid : DatumGetObjectId(keyindex);
+		retry = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6,
+							  &isnull);
+		/* made values of the key's types by the first chunk, as the owner */
+		if (!isnull)
+			req.retry_text = text_keys(DatumGetArrayTypeP(retry));
 	}
 	rows = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5,
 						 &isnull);
@@ -1268,6 +1435,7 @@ chunk_reset(void)
 	chunk.nsent = 0;
 	chunk.sent_at = InvalidXLogRecPtr;
 	chunk.is_retry = false;
+	chunk.retry_taken = 0;
 	chunk.keyindex = InvalidOid;
 }
 
@@ -1327,9 +1495,7 @@ ondemand_step(void)
 		if (chunk.is_retry)
 		{
 			/* the keys selected again leave the list; new conflicts join it */
-			int done = Min(list_length(req.retry), pg2r_snapshot_batch_size);
-
-			req.retry = list_delete_first_n(req.retry, done);
+			req.retry = list_delete_first_n(req.retry, chunk.retry_taken);
 			req.retry_round++;
 		}
 		else
@@ -1376,15 +1542,26 @@ ondemand_step(void)
 			req.last_key_text = NIL;
 			req.leaf_done = false;
 			req.keyindex = InvalidOid;
+			req.nkeys = 0;
+			req.keytypes = NULL;
 		}
 		if (chunk.sent_at != InvalidXLogRecPtr)
 		{
-			/* recorded as progress when Redis has applied the chunk */
+			/*
+			 * Recorded as progress when Redis has applied the chunk, with the
+			 * keys to read again: the last key moved past them, and only they
+			 * still lack their snapshot rules.
+			 */
 			list_free_deep(pending.last_key);
 			pending.last_key = NIL;
 			foreach(lc, req.last_key_text)
 				pending.last_key =
 					lappend(pending.last_key, pstrdup(lfirst(lc)));
+			list_free(pending.retry);
+			pending.retry = list_copy(req.retry);
+			pending.keyindex = req.keyindex;
+			pending.nkeys = req.nkeys;
+			pending.keytypes = req.keytypes;
 			pending.rows = req.rows;
 			pending.leaf = req.leaf;
 			pending.sent_at = chunk.sent_at;
@@ -1468,7 +1645,7 @@ open_chunk(void)
 		TimestampTz now;
 
 		chunk_reset();
-		chunk.is_retry = req.retry != NIL;
+		chunk.is_retry = req.retry != NIL || req.retry_text != NIL;
 
 		/* no watermark and no query while guard 1 would fail anyway */
 		prune_decoded();
