@@ -111,12 +111,10 @@
 #define NONCE_BYTES 16
 
 /*
- * Guard 1 waits for decoded transactions still in the proc array: for at
- * most SELECT_STEP_MS per ondemand_step() (the stream goes on between
- * steps, which come every SELECT_POLL_MS), and SELECT_WAIT_MS in all, after
- * which the request fails.
+ * Guard 1 waits for decoded transactions still in the proc array without
+ * holding the stream up: it looks again every SELECT_POLL_MS (or after each
+ * decoding batch), and fails the request after SELECT_WAIT_MS.
  */
-#define SELECT_STEP_MS 100
 #define SELECT_POLL_MS 10
 #define SELECT_WAIT_MS 60000
 #define DECODED_PRUNE_MIN 64
@@ -1621,72 +1619,65 @@ ondemand_step(void)
 
 /*
  * open_chunk opens the next chunk: L, select, H.  Guard 1 may have to wait
- * for decoded transactions to leave the proc array; it waits in this call
- * for SELECT_STEP_MS at most, then returns with no chunk open, so that the
- * stream goes on (ondemand_poll_timeout brings the worker back soon), and
- * fails the request after SELECT_WAIT_MS.
+ * for decoded transactions to leave the proc array: then it returns with no
+ * chunk open, so that the stream goes on, and the next ondemand_step() tries
+ * again (ondemand_poll_timeout brings the worker back within
+ * SELECT_POLL_MS; the worker's loop serves interrupts meanwhile).  The
+ * request fails once it waited SELECT_WAIT_MS.
  */
 static void
 open_chunk(void)
 {
-	TimestampTz start = GetCurrentTimestamp();
+	bool		selected = false;
 	char	   *err = NULL;
+	TimestampTz now;
 
-	chunk_seq++;
-	snprintf(chunk.low, sizeof(chunk.low),
-			 "L:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
-			 nonce);
-	snprintf(chunk.high, sizeof(chunk.high),
-			 "H:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
-			 nonce);
-	for (;;)
+	chunk_reset();
+	chunk.is_retry = req.retry != NIL || req.retry_text != NIL;
+
+	/*
+	 * Guard 1, before any watermark or query: what is no longer in progress
+	 * now, the chunk's snapshot sees, so select_chunk's own check passes.
+	 */
+	prune_decoded();
+	if (ndecoded == 0)
 	{
-		bool		selected = false;
-		TimestampTz now;
-
-		chunk_reset();
-		chunk.is_retry = req.retry != NIL || req.retry_text != NIL;
-
-		/* no watermark and no query while guard 1 would fail anyway */
-		prune_decoded();
-		if (ndecoded == 0)
-		{
-			chunk.low_end = write_watermark(chunk.low);
-			if (!worker_run_sql(select_chunk, NULL, &selected, &err))
-			{
-				chunk_reset();
-				finish_request("failed", err);
-				return;
-			}
-			if (selected)
-				break;
-		}
-		else
-			waiting_for = decoded[0];
-
-		now = GetCurrentTimestamp();
-		if (waiting_since == 0)
-			waiting_since = now;
-		if (TimestampDifferenceExceeds(waiting_since, now, SELECT_WAIT_MS))
-		{
-			char msg[256];
-
-			snprintf(msg, sizeof(msg),
-					 "could not take a snapshot that sees every transaction already streamed: transaction %u stayed in progress for %d s after its commit was streamed (a synchronous replication wait?)",
-					 waiting_for, SELECT_WAIT_MS / 1000);
-			chunk_reset();
-			finish_request("failed", msg);
-			return;
-		}
-		if (TimestampDifferenceExceeds(start, now, SELECT_STEP_MS))
+		chunk_seq++;
+		snprintf(chunk.low, sizeof(chunk.low),
+				 "L:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
+				 nonce);
+		snprintf(chunk.high, sizeof(chunk.high),
+				 "H:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
+				 nonce);
+		chunk.low_end = write_watermark(chunk.low);
+		if (!worker_run_sql(select_chunk, NULL, &selected, &err))
 		{
 			chunk_reset();
+			finish_request("failed", err);
 			return;
 		}
-		CHECK_FOR_INTERRUPTS();
-		pg_usleep(1000L);
 	}
-	waiting_since = 0;
-	chunk.high_end = write_watermark(chunk.high);
-	chunk.open = true;
+	else
+		waiting_for = decoded[0];
+	if (selected)
+	{
+		waiting_since = 0;
+		chunk.high_end = write_watermark(chunk.high);
+		chunk.open = true;
+		return;
+	}
+
+	chunk_reset();
+	now = GetCurrentTimestamp();
+	if (waiting_since == 0)
+		waiting_since = now;
+	else if (TimestampDifferenceExceeds(waiting_since, now, SELECT_WAIT_MS))
+	{
+		char msg[256];
+
+		snprintf(msg, sizeof(msg),
+				 "could not take a snapshot that sees every transaction already streamed: transaction %u stayed in progress for %d s after its commit was streamed (a synchronous replication wait?)",
+				 waiting_for, SELECT_WAIT_MS / 1000);
+		finish_request("failed", msg);
+	}
 }
