@@ -58,9 +58,11 @@ COMMENT ON TABLE pg2redis.dead_letters IS 'pg2redis commands that could not be r
 
 /*
  * Snapshot requests (pg2redis_snapshot()), processed by the worker one at a
- * time, in id order, while streaming goes on.  current_relation and
- * last_key record progress, so that a request interrupted by a restart
- * resumes after the last chunk it sent.
+ * time, in id order, while streaming goes on.  current_relation, last_key,
+ * retry_keys (rows the stream changed while their chunk was open, to read
+ * again: one row of key values each) and key_index (the index those keys
+ * belong to) record progress, so that a request interrupted by a restart
+ * resumes after the last chunk it sent and loses no row to read again.
  */
 CREATE TABLE pg2redis.snapshots (
     id               bigserial PRIMARY KEY,
@@ -73,7 +75,9 @@ CREATE TABLE pg2redis.snapshots (
     finished_at      timestamptz,
     error            text,
     current_relation regclass,
-    last_key         text[]
+    last_key         text[],
+    retry_keys       text[],
+    key_index        oid
 );
 
 COMMENT ON TABLE pg2redis.snapshots IS 'pg2redis snapshot requests and their progress';
@@ -113,6 +117,8 @@ BEGIN
     NEW.error := NULL;
     NEW.current_relation := NULL;
     NEW.last_key := NULL;
+    NEW.retry_keys := NULL;
+    NEW.key_index := NULL;
     RETURN NEW;
 END
 $$;
