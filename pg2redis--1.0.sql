@@ -663,6 +663,25 @@ RETURNS record
 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'pg2redis_status';
 
+CREATE FUNCTION pg2redis_relation_stats(
+    OUT relation regclass,
+    OUT changes bigint,
+    OUT commands bigint,
+    OUT dead_letters bigint,
+    OUT last_applied timestamptz)
+RETURNS SETOF record
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_relation_stats';
+
+COMMENT ON FUNCTION pg2redis_relation_stats()
+    IS 'per table since the server started: changes decoded, commands applied, dead letters, last applied';
+
+CREATE VIEW pg2redis_relation_stats AS
+    SELECT * FROM pg2redis_relation_stats();
+
+COMMENT ON VIEW pg2redis_relation_stats
+    IS 'per table since the server started: changes decoded, commands applied, dead letters, last applied';
+
 COMMENT ON FUNCTION pg2redis_status()
     IS 'state of the pg2redis worker, its slot and its Redis connection';
 
@@ -707,6 +726,8 @@ COMMENT ON FUNCTION pg2redis_verify(regclass, int)
     IS 'compare Redis with what the rules make of the rows: missing keys, differing values, orphan keys; a summary row per table';
 
 REVOKE ALL ON FUNCTION pg2redis_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_relation_stats() FROM PUBLIC;
+REVOKE ALL ON pg2redis_relation_stats FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_verify(regclass, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_wait(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_redis(text[]) FROM PUBLIC;
@@ -758,6 +779,8 @@ END
 $$;
 
 GRANT EXECUTE ON FUNCTION pg2redis_status() TO pg2redis_monitor;
+GRANT EXECUTE ON FUNCTION pg2redis_relation_stats() TO pg2redis_monitor;
+GRANT SELECT ON pg2redis_relation_stats TO pg2redis_monitor;
 GRANT EXECUTE ON FUNCTION pg2redis_wait(interval) TO pg2redis_monitor;
 GRANT EXECUTE ON FUNCTION pg2redis_verify(regclass, int) TO pg2redis_monitor;
 GRANT SELECT ON pg2redis_snapshots TO pg2redis_monitor;

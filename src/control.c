@@ -41,6 +41,7 @@
 #include "pg2redis/state.h"
 
 PG_FUNCTION_INFO_V1(pg2redis_status);
+PG_FUNCTION_INFO_V1(pg2redis_relation_stats);
 PG_FUNCTION_INFO_V1(pg2redis_wait);
 PG_FUNCTION_INFO_V1(pg2redis_resync);
 PG_FUNCTION_INFO_V1(pg2redis_redis);
@@ -133,6 +134,38 @@ pg2redis_status(PG_FUNCTION_ARGS)
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc),
 													  values, nulls)));
+}
+
+/*
+ * pg2redis_relation_stats() returns one row per table the worker handled
+ * since the server started: changes decoded, commands applied, dead
+ * letters, and when its commands were last applied (relation NULL: tables
+ * past the first PG2R_RELSTATS_MAX).
+ */
+Datum
+pg2redis_relation_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ListCell	  *lc;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	foreach(lc, pg2r_relstats_read())
+	{
+		Pg2rRelStats *e = lfirst(lc);
+		Datum		  values[5];
+		bool		  nulls[5] = {0};
+
+		values[0] = ObjectIdGetDatum(e->relid);
+		nulls[0] = e->relid == InvalidOid;
+		values[1] = Int64GetDatum((int64) e->changes);
+		values[2] = Int64GetDatum((int64) e->commands);
+		values[3] = Int64GetDatum((int64) e->dead_letters);
+		values[4] = TimestampTzGetDatum(e->last_applied);
+		nulls[4] = e->last_applied == 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values,
+							 nulls);
+	}
+	return (Datum) 0;
 }
 
 /*

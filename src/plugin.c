@@ -260,6 +260,7 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	if (pg2r_in_worker)
 	{
 		sender_count_change();
+		pg2r_relstats_count(relid, 1, 0, 0);
 		if (sender_txn_skipped())
 			return;
 		sink.command = sender_command;

@@ -473,6 +473,7 @@ queue_dead_letter(XLogRecPtr lsn, TransactionId xid, Oid relid, Pg2rOp op,
 	dead_letters = lappend(dead_letters, dl);
 	MemoryContextSwitchTo(old);
 	pg2r_report_dead_letters(1);
+	pg2r_relstats_count(relid, 0, 0, 1);
 }
 
 /*
@@ -532,6 +533,7 @@ append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
 	ci->lsn = cur.commit_lsn;
 	ci->slot = slot;
 	ci->dropped = false;
+	ci->refused = false;
 	ci->offset = b->resp.len;
 	{
 		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
@@ -930,6 +932,10 @@ inflight_acked(void)
 	}
 	else
 	{
+		for (int i = 0; i < b->ncmds; i++)
+			if (!b->cmds[i].dropped && !b->cmds[i].refused)
+				pg2r_relstats_count(b->cmds[i].relid, 0, 1, 0);
+		pg2r_relstats_publish(GetCurrentTimestamp());
 		pg2r_report_applied(b->fence.seq == FENCE_DONE ? b->fence.lsn
 													   : InvalidXLogRecPtr,
 							b->commit_time, b->ntxns, b->ncmds, b->nchanges);
@@ -1017,6 +1023,8 @@ dead_letter_cmd(Block *b, int i, const char *error)
 	char   **argv = resp_to_argv(b->resp.data + ci->offset, &argc);
 
 	queue_dead_letter(ci->lsn, ci->xid, ci->relid, ci->op, argc, argv, error);
+	/* not applied: the relation's statistics count it when the block is */
+	ci->refused = true;
 	for (int a = 0; a < argc; a++)
 		pfree(argv[a]);
 	pfree(argv);

@@ -42,6 +42,7 @@ typedef struct CmdInfo
 	uint32		  len;
 	int			  slot;	   /* hash slot (cluster), 0 (standalone) */
 	bool		  dropped; /* refused while queued: a dead letter now */
+	bool		  refused; /* a dead letter (refused queued or at EXEC) */
 } CmdInfo;
 
 typedef enum GroupState

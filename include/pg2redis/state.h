@@ -82,4 +82,24 @@ extern XLogRecPtr pg2r_careful_until(void);
 extern void		  pg2r_set_careful_load(bool on);
 extern bool		  pg2r_careful_load(void);
 
+/*
+ * Per-relation statistics (pg2redis_relation_stats): counted by the worker
+ * in local memory, published at each acknowledged block.
+ */
+#define PG2R_RELSTATS_MAX 1024
+
+typedef struct Pg2rRelStats
+{
+	Oid			relid; /* InvalidOid: tables past PG2R_RELSTATS_MAX */
+	uint64		changes;
+	uint64		commands;
+	uint64		dead_letters;
+	TimestampTz last_applied;
+} Pg2rRelStats;
+
+extern void	 pg2r_relstats_count(Oid relid, uint64 changes, uint64 commands,
+								 uint64 dead_letters);
+extern void	 pg2r_relstats_publish(TimestampTz applied_at);
+extern List *pg2r_relstats_read(void);
+
 #endif /* PG2REDIS_STATE_H */
