@@ -8,7 +8,8 @@ OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
 DATA         = $(wildcard pg2redis--*.sql)
 
 LIBS_PC      = hiredis jansson openssl
-PG_CPPFLAGS  = -I$(srcdir)/include $(shell pkg-config --cflags $(LIBS_PC))
+PG_CPPFLAGS  = -I$(srcdir)/include $(shell pkg-config --cflags $(LIBS_PC)) \
+               -DPG2R_EXTVERSION='"$(EXTVERSION)"'
 PG_CFLAGS    = -Wextra -Wno-unused-parameter
 SHLIB_LINK   = $(shell pkg-config --libs $(LIBS_PC))
 
@@ -32,3 +33,5 @@ dist:
 
 # Compiled objects depend on every project header.
 $(OBJS): $(wildcard include/pg2redis/*.h)
+# The worker checks the installed extension against the control file's version.
+src/worker.o: pg2redis.control

@@ -46,9 +46,13 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlogutils.h"
+#include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -66,6 +70,7 @@
 #include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
@@ -435,23 +440,74 @@ no_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid,
 	elog(ERROR, "pg2redis worker does not write plugin output");
 }
 
-/* wait_for_extension sleeps until CREATE EXTENSION pg2redis is done. */
+/*
+ * extension_version returns the installed version of the pg2redis extension
+ * (palloc'd in the current memory context), or NULL when it is not there.
+ * Call inside a transaction.
+ */
+static char *
+extension_version(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("pg2redis"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool  isnull;
+		Datum d = heap_getattr(tup, Anum_pg_extension_extversion,
+							   RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/*
+ * wait_for_extension sleeps until CREATE EXTENSION pg2redis is done, at the
+ * version this library is built for: after the library was upgraded, the
+ * tables and functions of an older version are not what the worker reads,
+ * so it waits (state waiting_for_extension, a LOG once) for ALTER EXTENSION
+ * pg2redis UPDATE.
+ */
 static void
 wait_for_extension(void)
 {
+	bool logged = false;
+
 	for (;;)
 	{
-		bool exists;
+		char *version;
 
 		/* clear before looking, so that the next commit wakes us again */
 		pg_atomic_write_u32(&pg2r_shared->wakeup_pending, 0);
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
-		exists = OidIsValid(get_extension_oid("pg2redis", true));
+		version = extension_version();
+		if (version != NULL)
+			version = MemoryContextStrdup(WorkerCxt, version);
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(WorkerCxt);
-		if (exists)
+		if (version != NULL && strcmp(version, PG2R_EXTVERSION) == 0)
 			return;
+		if (version != NULL && !logged)
+		{
+			ereport(LOG,
+					(errmsg("pg2redis waits for ALTER EXTENSION pg2redis UPDATE: the library is version %s, the extension in database \"%s\" version %s",
+							PG2R_EXTVERSION, pg2r_database, version),
+					 errhint("Run ALTER EXTENSION pg2redis UPDATE in that database.")));
+			logged = true;
+		}
 		pg2r_report_state(PG2R_STATE_WAITING_FOR_EXTENSION);
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
