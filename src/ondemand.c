@@ -91,13 +91,15 @@
 #define RECENT_XIDS 8192
 #define SNAPSHOT_RETRIES 1000
 #define NONCE_BYTES 16
+#define CHUNK_FETCH_ROWS 64 /* rows a chunk's cursor hands over at a time */
 
 /* One selected row: its key and its rendered commands. */
 typedef struct ChunkRow
 {
-	Datum		  *key;		/* hash key: the key columns' values */
-	bool		   removed; /* the stream changed it: not sent */
-	StringInfoData cmds;	/* serialized commands, see row_sink_* */
+	Datum *key;		 /* hash key: the key columns' values */
+	bool   removed;	 /* the stream changed it: not sent */
+	Size   cmds_off; /* its serialized commands in chunk_cmds */
+	Size   cmds_len;
 } ChunkRow;
 
 /* The request being served. */
@@ -154,11 +156,12 @@ static struct
 	Datum		  *next_key;	  /* key of the chunk's last row, or NULL */
 	List		  *next_key_text; /* the same as text */
 	uint64		   nsent;
-	XLogRecPtr	   sent_at;	 /* stream position the rows were sent at */
-	bool		   is_retry; /* selects req.retry keys, not a range */
-	int			   nkeys;	 /* key columns of the leaf, and per column: */
-	AttrNumber	  *keyatts;	 /* attribute number */
-	Oid			  *keytypes; /* base type, of the query's parameters */
+	XLogRecPtr	   sent_at;		/* stream position the rows were sent at */
+	bool		   is_retry;	/* selects req.retry keys, not a range */
+	int			   retry_taken; /* how many of them */
+	int			   nkeys;		/* key columns of the leaf, and per column: */
+	AttrNumber	  *keyatts;		/* attribute number */
+	Oid			  *keytypes;	/* base type, of the query's parameters */
 	bool		  *keybyval;
 	int16		  *keylen;
 	FmgrInfo	  *keyout;	/* output function */
@@ -169,7 +172,10 @@ static struct
 	MemoryContext  cxt;
 } chunk;
 
-static MemoryContext OndemandCxt = NULL;
+static MemoryContext  OndemandCxt = NULL;
+static MemoryContext  ScratchCxt = NULL; /* per decoded change or chunk row */
+static StringInfoData chunk_cmds;		 /* the open chunk's rows' commands */
+static Size			  chunk_bytes;		 /* all its rows take */
 
 static void			 chunk_reset(void);
 static TransactionId recent[RECENT_XIDS];
@@ -326,12 +332,14 @@ ondemand_note_change(Relation rel, TransactionId xid, HeapTuple oldtuple,
 		return;
 	if (!chunk.in_window && !invisible(xid))
 		return;
-	old = MemoryContextSwitchTo(chunk.cxt);
+	/* not in chunk.cxt: a big transaction in the window would grow it */
+	old = MemoryContextSwitchTo(ScratchCxt);
 	if (oldtuple)
 		drop_tuple(RelationGetDescr(rel), oldtuple);
 	if (newtuple)
 		drop_tuple(RelationGetDescr(rel), newtuple);
 	MemoryContextSwitchTo(old);
+	MemoryContextReset(ScratchCxt);
 }
 
 /* ondemand_note_truncate empties the open chunk when its leaf is truncated. */
@@ -369,8 +377,8 @@ send_chunk(XLogRecPtr lsn)
 			chunk.nsent++;
 			sender_count_change();
 		}
-		p = row->cmds.data;
-		end = p + row->cmds.len;
+		p = chunk_cmds.data + row->cmds_off;
+		end = p + row->cmds_len;
 		while (p < end)
 		{
 			Rule  rule = {0};
@@ -454,9 +462,11 @@ ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
  * ---------------------------------------------------------------------------
  */
 
-/* The row whose commands the sink collects. */
-static ChunkRow *sink_row = NULL;
-
+/*
+ * row_sink_command serializes a rendered command of a chunk row into
+ * chunk_cmds: the rule's id and command definition, argc, then each
+ * argument's length and bytes (read back by send_chunk).
+ */
 static void
 row_sink_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 				 const char *const *argv, const size_t *argvlen)
@@ -464,32 +474,36 @@ row_sink_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 	int32 n = argc;
 
 	/* the rule's id and command definition (static: valid in this process) */
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->id,
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->id,
 						   sizeof(int64));
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->def,
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->def,
 						   sizeof(rule->def));
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &n, sizeof(int32));
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &n, sizeof(int32));
 	for (int i = 0; i < argc; i++)
 	{
 		int32 len = argvlen[i];
 
-		appendBinaryStringInfo(&sink_row->cmds, (const char *) &len,
+		appendBinaryStringInfo(&chunk_cmds, (const char *) &len,
 							   sizeof(int32));
-		appendBinaryStringInfo(&sink_row->cmds, argv[i], len);
+		appendBinaryStringInfo(&chunk_cmds, argv[i], len);
 	}
 }
 
+/*
+ * row_sink_error serializes a render error of a chunk row into chunk_cmds
+ * (argc -1, then the message), a dead letter once the chunk is sent.
+ */
 static void
 row_sink_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
 {
 	int32 n = -1;
 
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->id,
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->id,
 						   sizeof(int64));
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->def,
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->def,
 						   sizeof(rule->def));
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &n, sizeof(int32));
-	appendBinaryStringInfo(&sink_row->cmds, err->message,
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &n, sizeof(int32));
+	appendBinaryStringInfo(&chunk_cmds, err->message,
 						   strlen(err->message) + 1);
 }
 
@@ -730,13 +744,19 @@ read_last_key(void)
 
 /*
  * take_rows adds the rows of the current SPI result to the chunk, with
- * their rendered commands, and remembers the last one's key.
+ * their rendered commands, until the chunk's commands reach
+ * pg2redis.batch_bytes; returns false once they have (the rows after the
+ * last one taken are left to the next chunk).  chunk.next_key is the key of
+ * the last row taken.  Each row is rendered in a scratch context: only its
+ * key and commands stay in the chunk's.
  */
-static void
+static bool
 take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		  const CommandSink *sink)
 {
-	for (uint64 i = 0; i < SPI_processed; i++)
+	bool room = true;
+
+	for (uint64 i = 0; i < SPI_processed && room; i++)
 	{
 		HeapTupleData tuple;
 		Datum		 *key;
@@ -764,24 +784,21 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		}
 		row->key = key;
 		row->removed = false;
-		initStringInfo(&row->cmds);
+		row->cmds_off = chunk_cmds.len;
 		chunk.order = lappend(chunk.order, row);
-		if (i == SPI_processed - 1)
-		{
-			chunk.next_key = key;
-			chunk.next_key_text = NIL;
-			for (int k = 0; k < chunk.nkeys; k++)
-				chunk.next_key_text =
-					lappend(chunk.next_key_text,
-							OutputFunctionCall(&chunk.keyout[k], key[k]));
-		}
+		chunk.next_key = key;
 
-		sink_row = row;
+		MemoryContextSwitchTo(ScratchCxt);
 		mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, meta, sink);
-		sink_row = NULL;
 		MemoryContextSwitchTo(old);
+		MemoryContextReset(ScratchCxt);
+		row->cmds_len = chunk_cmds.len - row->cmds_off;
+		chunk_bytes += row->cmds_len + sizeof(ChunkRow) +
+					   sizeof(Datum) * chunk.nkeys + 64; /* hash, list */
+		room = chunk_bytes < (Size) pg2r_batch_bytes;
 	}
 	SPI_freetuptable(SPI_tuptable);
+	return room;
 }
 
 /*
@@ -855,11 +872,16 @@ select_chunk(void *arg)
 	 * which needs no rights of its own.
 	 */
 	snapshot_become_owner(rel->rd_rel->relowner, &saved);
+	old = MemoryContextSwitchTo(chunk.cxt);
+	initStringInfo(&chunk_cmds);
+	MemoryContextSwitchTo(old);
+	chunk_bytes = 0;
 	if (chunk.is_retry)
 	{
 		SPIPlanPtr plan;
 		ListCell  *lc;
 		int		   n = 0;
+		bool	   room = true;
 
 		sql = build_query(rel, relname, filter);
 		plan = SPI_prepare(sql, chunk.nkeys, chunk.keytypes);
@@ -868,29 +890,60 @@ select_chunk(void *arg)
 				 SPI_result_code_string(SPI_result));
 		foreach(lc, req.retry)
 		{
-			if (n++ >= pg2r_snapshot_batch_size)
+			if (n >= pg2r_snapshot_batch_size || !room)
 				break;
+			n++;
 			if (SPI_execute_plan(plan, (Datum *) lfirst(lc), NULL, true, 0) !=
 				SPI_OK_SELECT)
 				elog(ERROR, "could not select a snapshot chunk");
-			take_rows(rel, map, &meta, &sink);
+			room = take_rows(rel, map, &meta, &sink);
 		}
+		chunk.retry_taken = n;
 		chunk.last = false;
 	}
 	else
 	{
-		int nrows;
+		Portal portal;
+		uint64 nrows = 0;
+		bool   room = true;
 
 		if (req.last_key == NULL && req.last_key_text != NIL)
 			read_last_key();
 		sql = build_query(rel, relname, filter);
-		if (SPI_execute_with_args(sql, req.last_key ? chunk.nkeys : 0,
-								  chunk.keytypes, req.last_key, NULL, true,
-								  0) != SPI_OK_SELECT)
-			elog(ERROR, "could not select a snapshot chunk");
-		nrows = SPI_processed;
-		take_rows(rel, map, &meta, &sink);
-		chunk.last = nrows < pg2r_snapshot_batch_size;
+
+		/*
+		 * A cursor, so that rows are held a few at a time (a whole-row value
+		 * is detoasted): the chunk ends at pg2redis.snapshot_batch_size rows
+		 * (the query's LIMIT) or pg2redis.batch_bytes of commands.
+		 */
+		portal = SPI_cursor_open_with_args(NULL, sql,
+										   req.last_key ? chunk.nkeys : 0,
+										   chunk.keytypes, req.last_key, NULL,
+										   true, 0);
+		while (room)
+		{
+			SPI_cursor_fetch(portal, true, CHUNK_FETCH_ROWS);
+			if (SPI_processed == 0)
+			{
+				SPI_freetuptable(SPI_tuptable);
+				break;
+			}
+			nrows += SPI_processed;
+			room = take_rows(rel, map, &meta, &sink);
+		}
+		SPI_cursor_close(portal);
+		chunk.last = room && nrows < (uint64) pg2r_snapshot_batch_size;
+		if (chunk.next_key != NULL)
+		{
+			MemoryContext old2 = MemoryContextSwitchTo(chunk.cxt);
+
+			for (int k = 0; k < chunk.nkeys; k++)
+				chunk.next_key_text =
+					lappend(chunk.next_key_text,
+							OutputFunctionCall(&chunk.keyout[k],
+											   chunk.next_key[k]));
+			MemoryContextSwitchTo(old2);
+		}
 	}
 	snapshot_restore_user(&saved);
 	table_close(rel, AccessShareLock);
@@ -1078,6 +1131,9 @@ ondemand_init(void)
 	chunk.cxt =
 		AllocSetContextCreate(TopMemoryContext, "pg2redis snapshot chunk",
 							  ALLOCSET_DEFAULT_SIZES);
+	ScratchCxt =
+		AllocSetContextCreate(TopMemoryContext, "pg2redis snapshot scratch",
+							  ALLOCSET_DEFAULT_SIZES);
 	memset(&req, 0, sizeof(req));
 	memset(recent, 0, sizeof(recent));
 }
@@ -1118,6 +1174,7 @@ chunk_reset(void)
 	chunk.nsent = 0;
 	chunk.sent_at = InvalidXLogRecPtr;
 	chunk.is_retry = false;
+	chunk.retry_taken = 0;
 }
 
 /*
@@ -1176,9 +1233,7 @@ ondemand_step(void)
 		if (chunk.is_retry)
 		{
 			/* the keys selected again leave the list; new conflicts join it */
-			int done = Min(list_length(req.retry), pg2r_snapshot_batch_size);
-
-			req.retry = list_delete_first_n(req.retry, done);
+			req.retry = list_delete_first_n(req.retry, chunk.retry_taken);
 			req.retry_round++;
 		}
 		else
