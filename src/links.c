@@ -432,6 +432,8 @@ link_start(Link *l, const char *host, int port)
 									  : psprintf("%s:%d", host, port);
 	initStringInfo(&l->hs);
 	initStringInfo(&l->out);
+	l->segs = NULL;
+	l->nsegs = l->seg = 0;
 	l->hs_written = 0;
 	l->hs_seen = 0;
 	l->hs_setup = redis_append_handshake(&l->hs, &l->target);
@@ -790,6 +792,39 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 	return true;
 }
 
+/*
+ * link_write_segs sends what it can of a ready link's output, piece by piece
+ * (OutSeg); false when the links failed.
+ */
+static bool
+link_write_segs(Link *l)
+{
+	while (l->seg < l->nsegs)
+	{
+		const OutSeg *sg = &l->segs[l->seg];
+		const char	 *base = sg->in_block ? inflight->resp.data : l->out.data;
+		ssize_t		  n = redis_send(&l->conn, base + sg->off + l->seg_sent,
+									 sg->len - l->seg_sent);
+
+		if (n < 0)
+		{
+			pg2r_topo_fail(l, "%s", l->conn.error);
+			return false;
+		}
+		if (n == 0)
+			break;
+		l->seg_sent += n;
+		if (l->seg_sent == sg->len)
+		{
+			l->seg++;
+			l->seg_sent = 0;
+		}
+		l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  pg2r_redis_timeout_ms);
+	}
+	return true;
+}
+
 /* link_write sends what is pending on a link; false when the links failed. */
 static bool
 link_write(Link *l)
@@ -805,12 +840,8 @@ link_write(Link *l)
 		len = l->hs.len;
 		written = &l->hs_written;
 	}
-	else if (l->state == LINK_READY && l->written < (size_t) l->out.len)
-	{
-		data = l->out.data;
-		len = l->out.len;
-		written = &l->written;
-	}
+	else if (l->state == LINK_READY && l->seg < l->nsegs)
+		return link_write_segs(l);
 	else
 		return true;
 
@@ -887,7 +918,7 @@ link_events(const Link *l)
 	if (l->state == LINK_CONNECTING)
 		return l->conn.want;
 	if ((l->state == LINK_HANDSHAKE && l->hs_written < (size_t) l->hs.len) ||
-		(l->state == LINK_READY && l->written < (size_t) l->out.len))
+		(l->state == LINK_READY && l->seg < l->nsegs))
 		return WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE;
 	return WL_SOCKET_READABLE;
 }
