@@ -962,17 +962,19 @@ link_step(int li, Link *l, int events)
 	return true;
 }
 
+/* the settings could not be used at the last sender_reconfigure */
+static bool unusable = false;
+
 /*
  * sender_reconfigure applies new pg2redis.redis_* settings: a changed
  * target drops the links and reconnects at once.  Settings that cannot be
  * used (a malformed URL, a secret file others may read) leave the stream
- * down with a WARNING until a reload, which tries them again even when
- * unchanged (a chmod fixes a file without changing a setting).
+ * down with a WARNING; a reload tries them again even when unchanged, and
+ * settings_check() as soon as the password file changes.
  */
 void
 sender_reconfigure(void)
 {
-	static bool		unusable = false;
 	RedisTarget		target;
 	RedisSetupError err;
 	char		   *signature = pg2r_redis_settings_signature();
@@ -980,12 +982,19 @@ sender_reconfigure(void)
 	int				nfences;
 
 	if (topo.url && strcmp(topo.url, signature) == 0 && !unusable)
+	{
+		pfree(signature);
 		return;
+	}
 	/* an error about the old settings may quote them: forget it */
 	if (topo.url)
+	{
 		pg2r_clear_error();
+		pfree(topo.url);
+	}
 	old = MemoryContextSwitchTo(SenderCxt);
 	topo.url = pstrdup(signature);
+	pfree(signature);
 	if (!pg2r_redis_target(&target, &err))
 	{
 		MemoryContextSwitchTo(old);
@@ -997,11 +1006,15 @@ sender_reconfigure(void)
 						 err.hint[0]
 							 ? err.hint
 							 : "Fix the pg2redis.redis_* settings and reload the configuration.")));
-		/* no valid target: stay down until a reload (still "initial" if so) */
+		/*
+		 * No valid target: stay down (still "initial" if so) until a reload,
+		 * or until settings_check() sees the password file change.
+		 */
 		topo_close();
 		if (topo.state != TOPO_INIT)
 			topo.state = TOPO_DOWN;
-		topo.next_attempt = DT_NOEND;
+		topo.next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														pg2r_retry_max_ms);
 		return;
 	}
 	unusable = false;
@@ -1059,6 +1072,27 @@ sender_reconfigure(void)
 	pg2r_inflight_restart();
 }
 
+/*
+ * settings_check runs before each connection attempt, and every
+ * pg2redis.retry_max_backoff while the settings cannot be used: the
+ * password file is read again (its signature), and settings it changed are
+ * applied without a reload, so that a rotated password, or a file created
+ * or fixed after a failure, is used at the next attempt.
+ */
+static void
+settings_check(void)
+{
+	char *signature = pg2r_redis_settings_signature();
+	bool  same = topo.url != NULL && strcmp(topo.url, signature) == 0;
+
+	pfree(signature);
+	if (!same)
+		sender_reconfigure();
+	else if (unusable)
+		topo.next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														pg2r_retry_max_ms);
+}
+
 /* sender_disconnect closes the connections (worker exit). */
 void
 sender_disconnect(void)
@@ -1097,11 +1131,17 @@ sender_service(long timeout_ms)
 		return;
 	}
 
-	if (topo.state == TOPO_DOWN && topo.next_attempt <= now)
-		topo_connect();
+	if ((topo.state == TOPO_DOWN || topo.state == TOPO_INIT) &&
+		topo.next_attempt <= now)
+	{
+		settings_check();
+		if (topo.state == TOPO_DOWN && !unusable && topo.next_attempt <= now)
+			topo_connect();
+	}
 
 	/* never sleep past a deadline or a reconnect attempt */
-	if (topo.state == TOPO_DOWN && topo.next_attempt != DT_NOEND)
+	if ((topo.state == TOPO_DOWN || topo.state == TOPO_INIT) &&
+		topo.next_attempt != DT_NOEND)
 		timeout_ms =
 			Min(timeout_ms,
 				Max(TimestampDifferenceMilliseconds(now, topo.next_attempt),
