@@ -928,9 +928,11 @@ static bool
 link_step(int li, Link *l, int events)
 {
 	if (l->state == LINK_CONNECTING &&
-		(events & (WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE)))
+		((events & (WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE)) ||
+		 redis_conn_poll_ms(&l->conn) >= 0))
 	{
-		int done = redis_connect_finish(&l->conn, &l->target);
+		struct addrinfo *addr = l->conn.addr;
+		int				 done = redis_connect_finish(&l->conn, &l->target);
 
 		if (done < 0)
 		{
@@ -940,6 +942,12 @@ link_step(int li, Link *l, int events)
 		if (done > 0)
 		{
 			l->state = LINK_HANDSHAKE;
+			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													  pg2r_redis_timeout_ms);
+		}
+		else if (l->conn.addr != addr)
+		{
+			/* resolved, or the next address: its own time to answer */
 			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													  pg2r_redis_timeout_ms);
 		}
@@ -954,9 +962,21 @@ link_step(int li, Link *l, int events)
 	if (l->state != LINK_DOWN && l->deadline != 0 && link_awaiting(l) &&
 		GetCurrentTimestamp() >= l->deadline)
 	{
-		pg2r_topo_fail(l, l->state == LINK_CONNECTING
-							  ? "timed out connecting to Redis"
-							  : "timed out waiting for Redis to reply");
+		if (l->state == LINK_CONNECTING &&
+			redis_connect_next(&l->conn, "timed out connecting to Redis"))
+		{
+			/* the host name's next address */
+			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													  pg2r_redis_timeout_ms);
+			return true;
+		}
+		if (l->state == LINK_CONNECTING && redis_conn_poll_ms(&l->conn) >= 0)
+			pg2r_topo_fail(l, "timed out resolving Redis host \"%s\"",
+						   l->target.host);
+		else
+			pg2r_topo_fail(l, l->state == LINK_CONNECTING
+								  ? "timed out connecting to Redis"
+								  : "timed out waiting for Redis to reply");
 		return false;
 	}
 	return true;
@@ -1159,11 +1179,16 @@ sender_service(long timeout_ms)
 		all[nall++] = &topo.maplink;
 	for (int i = 0; i < nall; i++)
 	{
+		long poll = redis_conn_poll_ms(&all[i]->conn);
+
 		if (all[i]->deadline != 0 && link_awaiting(all[i]))
 			timeout_ms =
 				Min(timeout_ms,
 					Max(TimestampDifferenceMilliseconds(now, all[i]->deadline),
 						0));
+		/* a host name being resolved is looked at again shortly */
+		if (poll >= 0)
+			timeout_ms = Min(timeout_ms, poll);
 		events[i] = 0;
 		if (link_events(all[i]) != 0)
 			nsockets++;
