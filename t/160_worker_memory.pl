@@ -6,14 +6,15 @@
 #
 #  (c) an on-demand snapshot of a 1,000,000-row table (chunks of up to
 #      100,000 rows, pg2redis.snapshot_batch_size) while an UPDATE of every
-#      row commits inside a chunk's window.  Before, each change decoded
-#      while a chunk was open left its key in the chunk's memory (48 bytes
-#      a change here), and each chunk row was rendered in the chunk's
-#      memory and kept there, about 4 kB a row whatever its size: 166 MiB
-#      at 10,000-row chunks after (b) below, over 400 MiB at 100,000.  Now
-#      a change's key is looked up in scratch memory, a row is rendered in
-#      scratch memory and only its commands are kept, and a chunk ends at
-#      pg2redis.batch_bytes of them (its rows fetched 64 at a time);
+#      row commits inside a chunk's window.  Before, each chunk row was
+#      rendered in the chunk's memory and kept there, about 4 kB a row
+#      whatever its size (464 MiB here), and each change decoded while a
+#      chunk was open left its key in the chunk's memory (about 25 MiB per
+#      million changes here: with that alone, 110 MiB, and 205 MiB with
+#      PG2REDIS_SOAK=1).  Now a change's key is looked up in scratch
+#      memory, a row is rendered in scratch memory and only its commands
+#      are kept, and a chunk ends at pg2redis.batch_bytes of them (its rows
+#      fetched 64 at a time): 85 MiB, at either size;
 #  (d) one row with a 190 MB value whose {json:*} form would pass 1 GB
 #      (control characters, six bytes each once escaped): a dead letter,
 #      by its raw size, before any output function runs.  PostgreSQL's
