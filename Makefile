@@ -5,7 +5,7 @@ EXTENSION    = pg2redis
 EXTVERSION   = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" pg2redis.control)
 MODULE_big   = pg2redis
 OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
-DATA         = pg2redis--$(EXTVERSION).sql
+DATA         = $(wildcard pg2redis--*.sql)
 
 LIBS_PC      = hiredis jansson openssl
 PG_CPPFLAGS  = -I$(srcdir)/include $(shell pkg-config --cflags $(LIBS_PC))

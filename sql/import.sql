@@ -53,6 +53,63 @@ SELECT relation, op, command, condition FROM pg2redis.rules ORDER BY id;
 SELECT relation, filter FROM pg2redis.snapshot_filters ORDER BY relation;
 SELECT jsonb_pretty(pg2redis_export()->'snapshot');
 
+-- importing the same config again leaves the same rules: the config is the
+-- whole mapping of the tables it names
+\set config `cat example/shop/config.json`
+DELETE FROM pg2redis.rules;
+SELECT pg2redis_import(:'config') AS first_import;
+CREATE TEMP TABLE once AS SELECT relation, op, command, condition, position FROM pg2redis.rules;
+SELECT pg2redis_import(:'config') AS second_import;
+SELECT count(*) AS rules, (SELECT count(*) FROM once) AS rules_after_first
+  FROM pg2redis.rules;
+SELECT count(*) AS differences FROM (
+    (SELECT relation, op, command, condition, position FROM pg2redis.rules
+     EXCEPT SELECT * FROM once)
+    UNION ALL
+    (SELECT * FROM once
+     EXCEPT SELECT relation, op, command, condition, position FROM pg2redis.rules)) d;
+
+-- the tool's documented forms: {columns:*} (names only, so a delete needs no
+-- old values), several commands under one condition, a table with no
+-- command gets the default mapping, a snapshot "query" that is the WHERE
+-- clause alone, redis.commitTimeColumn in {pairs:…}
+DELETE FROM pg2redis.rules;
+DELETE FROM pg2redis.snapshot_filters;
+SELECT pg2redis_import($${
+  "redis": {"commitTimeColumn": "committed_at", "addr": "localhost:6379"},
+  "tables": [
+    {"public.products": {
+        "insert": {"commands": [["HSET", "product:{id}", "{pairs:id,sku}"]]},
+        "delete": {"commands": [["HDEL", "product:{id}", "{columns:*}"]]},
+        "update": {"commands": [
+            {"command": [["SREM", "active", "{id}"], ["SADD", "inactive", "{id}"]],
+             "condition": {"column": "active", "op": "=", "value": false}}]}}},
+    {"public.customers": {}},
+    {"public.orders": null},
+    {"public.order_items": {"insert": {"commands": [["SET", "oi:{id}", "{json:*}"]]}}}
+  ],
+  "snapshot": {"config": [
+    {"name": "public.orders", "type": "query", "query": "status <> 'cancelled'"}]}
+}$$) AS rules_created;
+SELECT relation, op, command, condition FROM pg2redis.rules ORDER BY id;
+SELECT relation, filter FROM pg2redis.snapshot_filters ORDER BY relation;
+SELECT c FROM pg2redis_preview('products', 'delete', '{"id": 3}') c;
+-- (the commit time itself, the last argument, changes from run to run)
+SELECT c[1:array_length(c, 1) - 1] AS c
+  FROM pg2redis_preview('customers', 'insert', '{"id": 7, "email": "a@example.com"}') c;
+SELECT c[1:7] AS c FROM pg2redis_preview('products', 'insert', '{"id": 3, "sku": "X"}') c;
+-- {columns:…} follows {pairs:…}'s rules: a whole argument, never a key
+SELECT pg2redis_add_rule('products', 'delete', 'HDEL k x{columns:*}');
+SELECT pg2redis_add_rule('products', 'delete', 'DEL {columns:id}');
+
+-- export keeps disabled rules, marked, and they import disabled
+UPDATE pg2redis.rules SET enabled = false
+ WHERE id = (SELECT min(id) FROM pg2redis.rules WHERE relation = 'products'::regclass AND op = 'update');
+SELECT pg2redis_export()->'tables'->0 AS products;
+SELECT pg2redis_export() AS exported \gset
+SELECT pg2redis_import(:'exported') AS reimported;
+SELECT relation, op, command, enabled FROM pg2redis.rules ORDER BY id;
+
 -- invalid input stores nothing, and says which table, op and command
 SELECT count(*) AS rules_before FROM pg2redis.rules \gset
 SELECT pg2redis_import('[]');

@@ -43,6 +43,36 @@ SELECT c[3] AS json_text FROM pg2redis_preview('t', 'insert',
     '{"id": 2, "n": 12345678901234567890.123456789, "f8": 1e300, "j": {"k" : [1,  2]}}') c
  WHERE c[1] = 'SET';
 
+-- {json:*} agrees with PostgreSQL's own to_jsonb(), key by key: dates and
+-- times in ISO 8601 with T and a +00:00 offset (in UTC), composites as
+-- objects, ranges as strings; numbers compare as numbers
+CREATE TABLE tr (id int PRIMARY KEY, ts timestamp, tz timestamptz, d date,
+    tm time, ttz timetz, cp pair, cpa pair[], r int4range, dr tstzrange,
+    inf timestamptz, iv interval, nested jsonb);
+CREATE TYPE outer_pair AS (p pair, t timestamptz, arr int[]);
+ALTER TABLE tr ADD COLUMN op outer_pair;
+SELECT pg2redis_add_rule('tr', 'insert', ARRAY['SET', 'tr:{id}', '{json:*}']);
+INSERT INTO tr VALUES (1, '2024-02-29 13:14:15.123456', '2024-02-29 13:14:15+05:30',
+    '2024-02-29', '23:59:59.5', '01:02:03+04', ROW(1, 'x "y"'),
+    ARRAY[ROW(2, NULL)::pair, NULL], '[1,5)', '[2024-01-01 00:00+00,)',
+    'infinity', '1 day', '{"a": [1]}',
+    ROW(ROW(3, 'z'), '2000-01-01 00:00:00.5+00', ARRAY[1, NULL]));
+-- (to_jsonb follows the session's settings, the rules the fixed ones)
+SET DateStyle = 'ISO, YMD';
+SET IntervalStyle = 'postgres';
+SET TimeZone = 'UTC';
+SELECT k, c[3]::jsonb -> k AS rendered, to_jsonb(tr) -> k AS to_jsonb
+  FROM tr, pg2redis_preview('tr', 'insert', to_jsonb(tr)) c,
+       jsonb_object_keys(to_jsonb(tr)) k
+ WHERE c[3]::jsonb -> k IS DISTINCT FROM to_jsonb(tr) -> k
+ ORDER BY k;
+SELECT c[3] AS json_text FROM tr, pg2redis_preview('tr', 'insert', to_jsonb(tr)) c;
+SET DateStyle = 'SQL, DMY';
+SET IntervalStyle = 'sql_standard';
+SET TimeZone = 'America/New_York';
+DROP TABLE tr;
+DROP TYPE outer_pair;
+
 -- every column NULL: '' in pairs, null in JSON
 SELECT c FROM pg2redis_preview('t', 'insert', '{"id": 3}') c;
 

@@ -41,14 +41,30 @@
 #include "pg2redis/state.h"
 
 PG_FUNCTION_INFO_V1(pg2redis_status);
+PG_FUNCTION_INFO_V1(pg2redis_relation_stats);
 PG_FUNCTION_INFO_V1(pg2redis_wait);
 PG_FUNCTION_INFO_V1(pg2redis_resync);
 PG_FUNCTION_INFO_V1(pg2redis_redis);
 PG_FUNCTION_INFO_V1(pg2redis_snapshot);
 PG_FUNCTION_INFO_V1(pg2redis_validate_snapshot_filter);
 
-#define STATUS_COLUMNS 17
+#define STATUS_COLUMNS 18
 
+
+/*
+ * lag_interval returns the time from since to now as an interval (zero for
+ * 0, or for a time in the future: clocks of one server agree).
+ */
+static Interval *
+lag_interval(TimestampTz since)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (since != 0 && now > since)
+		iv->time = now - since;
+	return iv;
+}
 
 /*
  * pg2redis_status() returns one row describing the worker, its slot and
@@ -100,8 +116,56 @@ pg2redis_status(PG_FUNCTION_ARGS)
 	values[16] = LSNGetDatum(s.applied_lsn);
 	nulls[16] = s.applied_lsn == InvalidXLogRecPtr;
 
+	/*
+	 * lag_time: since the commit of the oldest transaction decoded and not
+	 * yet applied; 0 when none waits, unless WAL waits undecoded while the
+	 * stream does not run (paused, no worker): then no time is known.
+	 */
+	if (s.pending_since != 0)
+		values[17] = IntervalPGetDatum(lag_interval(s.pending_since));
+	else
+	{
+		values[17] = IntervalPGetDatum(lag_interval(0));
+		nulls[17] = (s.state != PG2R_STATE_STREAMING &&
+					 s.state != PG2R_STATE_REDIS_UNAVAILABLE) &&
+					s.confirmed_lsn != InvalidXLogRecPtr &&
+					server_lsn > s.confirmed_lsn;
+	}
+
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc),
 													  values, nulls)));
+}
+
+/*
+ * pg2redis_relation_stats() returns one row per table the worker handled
+ * since the server started: changes decoded, commands applied, dead
+ * letters, and when its commands were last applied (relation NULL: tables
+ * past the first PG2R_RELSTATS_MAX).
+ */
+Datum
+pg2redis_relation_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ListCell	  *lc;
+
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	foreach(lc, pg2r_relstats_read())
+	{
+		Pg2rRelStats *e = lfirst(lc);
+		Datum		  values[5];
+		bool		  nulls[5] = {0};
+
+		values[0] = ObjectIdGetDatum(e->relid);
+		nulls[0] = e->relid == InvalidOid;
+		values[1] = Int64GetDatum((int64) e->changes);
+		values[2] = Int64GetDatum((int64) e->commands);
+		values[3] = Int64GetDatum((int64) e->dead_letters);
+		values[4] = TimestampTzGetDatum(e->last_applied);
+		nulls[4] = e->last_applied == 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values,
+							 nulls);
+	}
+	return (Datum) 0;
 }
 
 /*

@@ -748,7 +748,17 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 			{
 				const char *text = "";
 				int			len = 0;
-				ColResult	res =
+				ColResult	res;
+
+				if (part->names_only)
+				{
+					/* {columns:…}: the names, whatever the row sent */
+					start = v->data.len;
+					appendStringInfoString(&v->data, part->colnames[c]);
+					argvec_push(v, start);
+					continue;
+				}
+				res =
 					mapping_column_text(st, part->cols[c], false, &text, &len);
 
 				if (res == COL_ERROR)

@@ -3,13 +3,13 @@
  * ondemand.c
  *	  Snapshots on demand while streaming goes on (pg2redis_snapshot()).
  *
- * A snapshot request is served chunk by chunk, by primary key, with the
+ * A snapshot request is served chunk by chunk, in key order, with the
  * watermark method of DBLog (Netflix, 2019), all inside the worker:
  *
  *	1. write a low watermark L (a non-transactional logical message, flushed);
- *	2. select the next chunk of rows by primary key under a fresh snapshot,
- *	   and render each row's commands (the table's snapshot rules, else its
- *	   insert rules) right away, keyed by the row's primary key;
+ *	2. select the next chunk of rows by key under a fresh snapshot, and
+ *	   render each row's commands (the table's snapshot rules, else its
+ *	   insert rules) right away, keyed by the row's key;
  *	3. write a high watermark H.
  *
  * Decoding goes on meanwhile.  Every change the stream applies between L
@@ -19,13 +19,31 @@
  * is applied after it.  So a snapshot never writes a row state older than
  * one already written.
  *
+ * The key is the one whose old values PostgreSQL logs: the replica identity
+ * index (the primary key under REPLICA IDENTITY DEFAULT, the chosen index
+ * under USING INDEX), else the primary key (FULL logs every column; NOTHING
+ * none).  A decoded delete carries only the identity's columns, so a chunk
+ * keyed by the primary key of a table whose identity is another index
+ * would never see its rows deleted, and would write them back.  A change
+ * whose old key is not known (REPLICA IDENTITY NOTHING, an identity changed
+ * while the request runs, a null or unreadable key column) removes every
+ * row of the open chunk: they are all read again later (see below).  Such
+ * tables are served, not refused: the rule costs rereads only while a
+ * chunk is open, and tables with only insert rules (a log) need nothing
+ * more.  A request whose leaf's key index changes between chunks reads the
+ * leaf again from its start.
+ *
  * PostgreSQL adds a hole DBLog does not have: a commit can be in the WAL
- * (and decoded, and applied) before it leaves the proc array, so the chunk's
- * snapshot may not see a transaction the stream applied before L.  Two
- * guards close it: after taking the snapshot, the chunk is selected again if
- * the snapshot misses any transaction the worker has recently decoded; and
- * while the chunk is open, a change by a transaction the snapshot does not
- * see removes its row from the chunk even before L.
+ * (and decoded, and applied) before it leaves the proc array (a
+ * synchronous replication wait, COMMIT PREPARED), so the chunk's snapshot
+ * may not see a transaction the stream applied before L.  Two guards close
+ * it.  Guard 1: the worker keeps every decoded transaction that may still
+ * be in the proc array (pruned with TransactionIdIsInProgress(), which
+ * stays false once a transaction has left it), and selects a chunk only
+ * under a snapshot that sees all of them; it waits for them meanwhile,
+ * while the stream goes on.  Guard 2: while the chunk is open, a change by
+ * a transaction the snapshot does not see removes its row from the chunk
+ * even before L.
  *
  * Keys never go through text while a request runs: the last key sent and
  * the keys to read again are kept as Datums of the key columns' base types
@@ -44,11 +62,12 @@
  * (pg_logical_emit_message()), and a forged high watermark decoded before
  * the real one would send the chunk at the wrong stream position.
  *
- * Progress (the leaf being read and the last key sent) is recorded in
- * pg2redis.snapshots after every chunk, so that a request interrupted by a
- * restart resumes after its last chunk.  A request that fails (a table
- * without a primary key, a bad filter) is marked failed with the reason,
- * and the stream goes on.
+ * Progress (the leaf being read, the last key sent, and the keys still to
+ * read again) is recorded in pg2redis.snapshots after every chunk, so that
+ * a request interrupted by a restart resumes after its last chunk and still
+ * reads again the rows the stream changed while their chunk was open.  A
+ * request that fails (a table without a primary key, a bad filter) is
+ * marked failed with the reason, and the stream goes on.
  *
  *-------------------------------------------------------------------------
  */
@@ -67,6 +86,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "replication/message.h"
+#include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "common/hashfn.h"
@@ -88,10 +108,17 @@
 #include "pg2redis/worker.h"
 
 #define WATERMARK_PREFIX "pg2redis"
-#define RECENT_XIDS 8192
-#define SNAPSHOT_RETRIES 1000
 #define NONCE_BYTES 16
 #define CHUNK_FETCH_ROWS 64 /* rows a chunk's cursor hands over at a time */
+
+/*
+ * Guard 1 waits for decoded transactions still in the proc array without
+ * holding the stream up: it looks again every SELECT_POLL_MS (or after each
+ * decoding batch), and fails the request after SELECT_WAIT_MS.
+ */
+#define SELECT_POLL_MS 10
+#define SELECT_WAIT_MS 60000
+#define DECODED_PRUNE_MIN 64
 
 /* One selected row: its key and its rendered commands. */
 typedef struct ChunkRow
@@ -107,14 +134,18 @@ static struct
 {
 	bool   active;
 	int64  id;
-	List  *leaves;				   /* OIDs still to read, in order */
-	Oid	   leaf;				   /* being read */
-	Datum *last_key;			   /* the last key sent, or NULL */
-	List  *last_key_text;		   /* its text, as recorded, or NIL */
-	uint64 rows;				   /* sent so far */
-	bool   leaf_done;			   /* the leaf's last range chunk was sent */
-	List  *retry;				   /* keys to select again (Datum *) */
-	int	   retry_round;			   /* how often they were selected again */
+	List  *leaves;		  /* OIDs still to read, in order */
+	Oid	   leaf;		  /* being read */
+	Datum *last_key;	  /* the last key sent, or NULL */
+	List  *last_key_text; /* its text, as recorded, or NIL */
+	uint64 rows;		  /* sent so far */
+	bool   leaf_done;	  /* the leaf's last range chunk was sent */
+	List  *retry;		  /* keys to select again (Datum *) */
+	List  *retry_text;	  /* the same, as recorded: not read yet */
+	int	   retry_round;	  /* how often they were selected again */
+	Oid	   keyindex;	  /* the leaf's key index, once known */
+	int	   nkeys;		  /* and its key columns' base types */
+	Oid	  *keytypes;
 	char   leaf_name[NAMEDATALEN]; /* for messages outside transactions */
 } req;
 
@@ -134,6 +165,10 @@ static struct
 	uint64	   rows;
 	Oid		   leaf;
 	List	  *last_key; /* text, in OndemandCxt */
+	List	  *retry;	 /* keys to read again (Datum *), of types: */
+	Oid		   keyindex;
+	int		   nkeys;
+	Oid		  *keytypes;
 } pending;
 
 /* The chunk in flight between its watermarks. */
@@ -159,6 +194,7 @@ static struct
 	XLogRecPtr	   sent_at;		/* stream position the rows were sent at */
 	bool		   is_retry;	/* selects req.retry keys, not a range */
 	int			   retry_taken; /* how many of them */
+	Oid			   keyindex;	/* the index giving the key */
 	int			   nkeys;		/* key columns of the leaf, and per column: */
 	AttrNumber	  *keyatts;		/* attribute number */
 	Oid			  *keytypes;	/* base type, of the query's parameters */
@@ -177,13 +213,27 @@ static MemoryContext  ScratchCxt = NULL; /* per decoded change or chunk row */
 static StringInfoData chunk_cmds;		 /* the open chunk's rows' commands */
 static Size			  chunk_bytes;		 /* all its rows take */
 
-static void			 chunk_reset(void);
-static TransactionId recent[RECENT_XIDS];
-static int			 recent_next = 0;
-static uint64		 chunk_seq = 0;
-static TimestampTz	 last_poll = 0;
-static TimestampTz	 requested_until = 0;
-static char			 nonce[NONCE_BYTES * 2 + 1]; /* in the watermarks */
+static void chunk_reset(void);
+static void open_chunk(void);
+
+/*
+ * Guard 1: the decoded transactions that may still be in the proc array
+ * (TopMemoryContext).  A transaction leaves it for good, so the set holds
+ * only those whose commit was decoded but which had not left it yet when
+ * last looked at: a handful, however many transactions are decoded, and
+ * never an entry old enough for its xid to wrap around.
+ */
+static TransactionId *decoded = NULL;
+static int			  ndecoded = 0;
+static int			  maxdecoded = 0;
+static int			  prune_at = DECODED_PRUNE_MIN;
+static TimestampTz	  waiting_since = 0; /* a selection waits for guard 1 */
+static TransactionId  waiting_for = InvalidTransactionId;
+
+static uint64	   chunk_seq = 0;
+static TimestampTz last_poll = 0;
+static TimestampTz requested_until = 0;
+static char		   nonce[NONCE_BYTES * 2 + 1]; /* in the watermarks */
 
 /* ---------------------------------------------------------------------------
  * Keys and visibility
@@ -191,10 +241,10 @@ static char			 nonce[NONCE_BYTES * 2 + 1]; /* in the watermarks */
  */
 
 /*
- * row_key returns the primary key of a tuple of the chunk's leaf: one value
- * per key column, copied into the current memory context if copy is set, or
- * NULL if a key column is null.  *unreadable tells that a value is a TOAST
- * pointer a decoded tuple cannot follow: the row is then unknown.
+ * row_key returns the key of a tuple of the chunk's leaf: one value per key
+ * column, copied into the current memory context if copy is set, or NULL if
+ * a key column is null.  *unreadable tells that a value is a TOAST pointer a
+ * decoded tuple cannot follow: the row is then unknown.
  */
 static Datum *
 row_key(TupleDesc desc, HeapTuple tuple, bool copy, bool *unreadable)
@@ -287,7 +337,8 @@ drop_all(void)
 
 /*
  * drop_tuple removes the row of a decoded tuple from the open chunk; every
- * row, if the tuple's key cannot be read.
+ * row, if the tuple's key is null or cannot be read (the key of a decoded
+ * old tuple is null where the replica identity did not log it).
  */
 static void
 drop_tuple(TupleDesc desc, HeapTuple tuple)
@@ -296,13 +347,29 @@ drop_tuple(TupleDesc desc, HeapTuple tuple)
 	Datum	 *key = row_key(desc, tuple, false, &unreadable);
 	ChunkRow *row;
 
-	if (unreadable)
-		drop_all();
 	if (key == NULL)
+	{
+		drop_all();
 		return;
+	}
 	row = hash_search(chunk.rows, &key, HASH_FIND, NULL);
 	if (row)
 		row->removed = true;
+	pfree(key);
+}
+
+/*
+ * old_key_logged tells whether PostgreSQL logs the old key of the chunk's
+ * leaf whenever an update changes it: with REPLICA IDENTITY FULL, or when
+ * the chunk's key index is the replica identity index.  rel is the leaf as
+ * decoding sees it, when the change was made.
+ */
+static bool
+old_key_logged(Relation rel)
+{
+	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL)
+		return true;
+	return RelationGetReplicaIndex(rel) == chunk.keyindex;
 }
 
 /* ---------------------------------------------------------------------------
@@ -310,21 +377,53 @@ drop_tuple(TupleDesc desc, HeapTuple tuple)
  * ---------------------------------------------------------------------------
  */
 
-/* ondemand_note_commit remembers a decoded transaction, for the guard. */
+/*
+ * prune_decoded forgets the decoded transactions that are no longer in
+ * progress: every snapshot taken from now on sees them.
+ */
+static void
+prune_decoded(void)
+{
+	int kept = 0;
+
+	for (int i = 0; i < ndecoded; i++)
+		if (TransactionIdIsInProgress(decoded[i]))
+			decoded[kept++] = decoded[i];
+	ndecoded = kept;
+	prune_at = Max(DECODED_PRUNE_MIN, 2 * ndecoded);
+}
+
+/*
+ * ondemand_note_commit remembers a decoded transaction for guard 1 until it
+ * has left the proc array.  Pruning whenever the set doubled keeps the cost
+ * per commit constant.
+ */
 void
 ondemand_note_commit(TransactionId xid)
 {
-	recent[recent_next] = xid;
-	recent_next = (recent_next + 1) % RECENT_XIDS;
+	if (!TransactionIdIsNormal(xid))
+		return;
+	if (ndecoded == maxdecoded)
+	{
+		maxdecoded = Max(2 * maxdecoded, DECODED_PRUNE_MIN);
+		decoded = decoded == NULL
+					  ? MemoryContextAlloc(TopMemoryContext,
+										   sizeof(TransactionId) * maxdecoded)
+					  : repalloc(decoded, sizeof(TransactionId) * maxdecoded);
+	}
+	decoded[ndecoded++] = xid;
+	if (ndecoded >= prune_at)
+		prune_decoded();
 }
 
 /*
  * ondemand_note_change removes from the open chunk the rows a decoded
- * change touches, when the stream's version is newer than the chunk's.
+ * change (of kind op) touches, when the stream's version is newer than the
+ * chunk's; every row, when the change's old key is not known.
  */
 void
-ondemand_note_change(Relation rel, TransactionId xid, HeapTuple oldtuple,
-					 HeapTuple newtuple)
+ondemand_note_change(Relation rel, TransactionId xid, Pg2rOp op,
+					 HeapTuple oldtuple, HeapTuple newtuple)
 {
 	MemoryContext old;
 
@@ -336,6 +435,16 @@ ondemand_note_change(Relation rel, TransactionId xid, HeapTuple oldtuple,
 	old = MemoryContextSwitchTo(ScratchCxt);
 	if (oldtuple)
 		drop_tuple(RelationGetDescr(rel), oldtuple);
+	else if (op == PG2R_OP_DELETE ||
+			 (op == PG2R_OP_UPDATE && !old_key_logged(rel)))
+	{
+		/*
+		 * A delete without an old row (REPLICA IDENTITY NOTHING), or an
+		 * update that may have changed the key without saying from what.
+		 * An update without an old row otherwise kept its key.
+		 */
+		drop_all();
+	}
 	if (newtuple)
 		drop_tuple(RelationGetDescr(rel), newtuple);
 	MemoryContextSwitchTo(old);
@@ -574,22 +683,25 @@ key_operator(Oid opfamily, Oid opcintype, int16 strategy)
 }
 
 /*
- * setup_key sets the chunk's key columns from the leaf's primary key (or
- * replica identity index): their types, and the operators of the index's
- * opfamilies; false if it has neither.
+ * setup_key sets the chunk's key columns from the leaf's replica identity
+ * index (the primary key under REPLICA IDENTITY DEFAULT), else its primary
+ * key: their types, and the operators of the index's opfamilies; false if
+ * it has neither.  The identity index comes first because a decoded delete
+ * carries only its columns (see the top of the file).
  */
 static bool
 setup_key(Relation rel)
 {
-	Oid			  idxoid = RelationGetPrimaryKeyIndex(rel);
+	Oid			  idxoid = RelationGetReplicaIndex(rel);
 	Relation	  idx;
 	int			  n;
 	MemoryContext old;
 
 	if (!OidIsValid(idxoid))
-		idxoid = RelationGetReplicaIndex(rel);
+		idxoid = RelationGetPrimaryKeyIndex(rel);
 	if (!OidIsValid(idxoid))
 		return false;
+	chunk.keyindex = idxoid;
 	idx = index_open(idxoid, AccessShareLock);
 	if (idx->rd_rel->relam != BTREE_AM_OID)
 		ereport(ERROR,
@@ -708,20 +820,20 @@ build_query(Relation rel, const char *relname, const char *filter)
 }
 
 /*
- * read_last_key turns the recorded text of the last key sent (a request
- * resumed after a restart) into values of the key columns' base types with
- * their input functions.  The caller runs it as the table's owner: this is
- * the one place a key goes through text, once per resumed request, and an
- * input function may run the owner's code (e.g. an array of a domain).
+ * read_key turns the recorded text of a key (of a request resumed after a
+ * restart) into values of the key columns' base types with their input
+ * functions.  The caller runs it as the table's owner: this is the one place
+ * a key goes through text, once per recorded key of a resumed request, and
+ * an input function may run the owner's code (e.g. an array of a domain).
  */
-static void
-read_last_key(void)
+static Datum *
+read_key(List *text)
 {
 	MemoryContext old;
 	Datum		 *key;
 	ListCell	 *lc;
 
-	if (list_length(req.last_key_text) != chunk.nkeys)
+	if (list_length(text) != chunk.nkeys)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the key of table \"%s\" changed while a snapshot read it",
@@ -729,7 +841,7 @@ read_last_key(void)
 				 errhint("Request the snapshot again.")));
 	old = MemoryContextSwitchTo(OndemandCxt);
 	key = palloc(sizeof(Datum) * chunk.nkeys);
-	foreach(lc, req.last_key_text)
+	foreach(lc, text)
 	{
 		int k = foreach_current_index(lc);
 		Oid infunc;
@@ -739,7 +851,64 @@ read_last_key(void)
 		key[k] = OidInputFunctionCall(infunc, lfirst(lc), ioparam, -1);
 	}
 	MemoryContextSwitchTo(old);
-	req.last_key = key;
+	return key;
+}
+
+/*
+ * read_recorded_keys turns the keys a resumed request recorded (the last
+ * key sent, the keys to read again) into values, with read_key.
+ */
+static void
+read_recorded_keys(void)
+{
+	ListCell *lc;
+
+	if (req.last_key == NULL && req.last_key_text != NIL)
+		req.last_key = read_key(req.last_key_text);
+	foreach(lc, req.retry_text)
+	{
+		Datum		 *key = read_key(lfirst(lc));
+		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
+
+		req.retry = lappend(req.retry, key);
+		MemoryContextSwitchTo(old);
+	}
+	req.retry_text = NIL;
+}
+
+/*
+ * use_key makes the chunk's key index the one the request reads its leaf
+ * by.  When it changed since the request's last chunk of that leaf (a new
+ * replica identity or primary key), the keys the request holds mean nothing
+ * any more: the leaf is read again from its start.
+ */
+static void
+use_key(void)
+{
+	if (OidIsValid(req.keyindex) && req.keyindex != chunk.keyindex)
+	{
+		ereport(LOG,
+				(errmsg("pg2redis: snapshot request " INT64_FORMAT
+						" reads table \"%s\" again from its start: its key changed",
+						req.id, req.leaf_name)));
+		req.last_key = NULL;
+		req.last_key_text = NIL;
+		req.retry = NIL;
+		req.retry_text = NIL;
+		req.retry_round = 0;
+		req.leaf_done = false;
+		chunk.is_retry = false;
+	}
+	if (req.keyindex != chunk.keyindex || req.keytypes == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
+
+		req.keyindex = chunk.keyindex;
+		req.nkeys = chunk.nkeys;
+		req.keytypes = palloc(sizeof(Oid) * chunk.nkeys);
+		memcpy(req.keytypes, chunk.keytypes, sizeof(Oid) * chunk.nkeys);
+		MemoryContextSwitchTo(old);
+	}
 }
 
 /*
@@ -823,11 +992,23 @@ select_chunk(void *arg)
 	HASHCTL		  ctl;
 	SnapshotOwner saved;
 
-	/* the guard: the snapshot must see what the stream already applied */
-	for (int i = 0; i < RECENT_XIDS; i++)
-		if (TransactionIdIsNormal(recent[i]) &&
-			XidInMVCCSnapshot(recent[i], snap))
+	/*
+	 * Guard 1: the snapshot must see what the stream already applied.  What
+	 * it sees as ended, every later snapshot sees too: forget it.
+	 */
+	{
+		int kept = 0;
+
+		for (int i = 0; i < ndecoded; i++)
+			if (XidInMVCCSnapshot(decoded[i], snap))
+				decoded[kept++] = decoded[i];
+		ndecoded = kept;
+		if (ndecoded > 0)
+		{
+			waiting_for = decoded[0];
 			return false;
+		}
+	}
 
 	old = MemoryContextSwitchTo(chunk.cxt);
 	chunk.xmin = snap->xmin;
@@ -857,6 +1038,7 @@ select_chunk(void *arg)
 				 errmsg("table \"%s\" has no primary key or replica identity index",
 						RelationGetRelationName(rel)),
 				 errhint("Snapshots on demand read tables by key; add a primary key.")));
+	use_key();
 	if (mapping_has_rules(map))
 		filter = ondemand_filter_for(map->rulerelid);
 	if (filter)
@@ -872,6 +1054,7 @@ select_chunk(void *arg)
 	 * which needs no rights of its own.
 	 */
 	snapshot_become_owner(rel->rd_rel->relowner, &saved);
+	read_recorded_keys();
 	old = MemoryContextSwitchTo(chunk.cxt);
 	initStringInfo(&chunk_cmds);
 	MemoryContextSwitchTo(old);
@@ -907,8 +1090,6 @@ select_chunk(void *arg)
 		uint64 nrows = 0;
 		bool   room = true;
 
-		if (req.last_key == NULL && req.last_key_text != NIL)
-			read_last_key();
 		sql = build_query(rel, relname, filter);
 
 		/*
@@ -963,18 +1144,79 @@ typedef struct ProgressArgs
 	bool		acked; /* record pending's values, not req's */
 } ProgressArgs;
 
-/* record_progress writes the request's progress (and state). */
+/*
+ * retry_array returns the keys to read again as a two-dimensional text
+ * array, one row per key: keys (values of the key types types) or, not read
+ * yet, keys_text (Lists of strings); NULL when there are none.  The key
+ * types' output functions are built in (C), so no one's code runs.
+ */
+static Datum
+retry_array(List *keys, List *keys_text, int nkeys, const Oid *types,
+			bool *isnull)
+{
+	int		  n = list_length(keys) + list_length(keys_text);
+	Datum	 *elems;
+	FmgrInfo *out = NULL;
+	int		  dims[2];
+	int		  lbs[2] = {1, 1};
+	int		  i = 0;
+	ListCell *lc;
+
+	*isnull = n == 0;
+	if (n == 0)
+		return (Datum) 0;
+	if (keys != NIL)
+	{
+		out = palloc(sizeof(FmgrInfo) * nkeys);
+		for (int k = 0; k < nkeys; k++)
+		{
+			Oid	 outfunc;
+			bool varlena;
+
+			getTypeOutputInfo(types[k], &outfunc, &varlena);
+			fmgr_info(outfunc, &out[k]);
+		}
+	}
+	else
+		nkeys = list_length(linitial(keys_text));
+	elems = palloc(sizeof(Datum) * n * nkeys);
+	foreach(lc, keys)
+		for (int k = 0; k < nkeys; k++)
+			elems[i++] =
+				CStringGetTextDatum(OutputFunctionCall(&out[k],
+													   ((Datum *)
+															lfirst(lc))[k]));
+	foreach(lc, keys_text)
+	{
+		ListCell *lk;
+
+		foreach(lk, (List *) lfirst(lc))
+			elems[i++] = CStringGetTextDatum(lfirst(lk));
+	}
+	dims[0] = n;
+	dims[1] = nkeys;
+	return PointerGetDatum(construct_md_array(elems, NULL, 2, dims, lbs,
+											  TEXTOID, -1, false,
+											  TYPALIGN_INT));
+}
+
+/*
+ * record_progress writes the request's progress (and state): that of the
+ * chunk Redis acknowledged (pending), or the request's own.
+ */
 static bool
 record_progress(void *arg)
 {
 	ProgressArgs *pa = arg;
-	Oid			  types[6] = {INT8OID,		INT8OID, REGCLASSOID,
-							  TEXTARRAYOID, TEXTOID, TEXTOID};
-	Datum		  values[6];
-	char		  nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			  types[8] = {INT8OID, INT8OID, REGCLASSOID,  TEXTARRAYOID,
+							  TEXTOID, TEXTOID, TEXTARRAYOID, OIDOID};
+	Datum		  values[8];
+	char		  nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	uint64		  rows = pa->acked ? pending.rows : req.rows;
 	Oid			  leaf = pa->acked ? pending.leaf : req.leaf;
 	List		 *last_key = pa->acked ? pending.last_key : req.last_key_text;
+	Oid			  keyindex = pa->acked ? pending.keyindex : req.keyindex;
+	bool		  isnull;
 
 	values[0] = Int64GetDatum(req.id);
 	values[1] = Int64GetDatum(rows);
@@ -997,13 +1239,23 @@ record_progress(void *arg)
 	nulls[4] = pa->state ? ' ' : 'n';
 	values[5] = pa->error ? CStringGetTextDatum(pa->error) : (Datum) 0;
 	nulls[5] = pa->error ? ' ' : 'n';
+	if (pa->acked)
+		values[6] = retry_array(pending.retry, NIL, pending.nkeys,
+								pending.keytypes, &isnull);
+	else
+		values[6] = retry_array(req.retry, req.retry_text, req.nkeys,
+								req.keytypes, &isnull);
+	nulls[6] = isnull ? 'n' : ' ';
+	values[7] = ObjectIdGetDatum(keyindex);
+	nulls[7] = OidIsValid(keyindex) ? ' ' : 'n';
 	if (SPI_execute_with_args("UPDATE pg2redis.snapshots SET rows = $2, current_relation = $3, "
 							  "last_key = $4, state = coalesce($5, state), error = $6, "
+							  "retry_keys = $7, key_index = $8, "
 							  "started_at = coalesce(started_at, pg_catalog.now()), "
 							  "finished_at = CASE WHEN $5 OPERATOR(pg_catalog.=) ANY (ARRAY['done', 'failed']) "
 							  "THEN pg_catalog.now() END "
 							  "WHERE id OPERATOR(pg_catalog.=) $1",
-							  6, types, values, nulls, false,
+							  8, types, values, nulls, false,
 							  0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update pg2redis.snapshots");
 	return true;
@@ -1029,18 +1281,55 @@ finish_request(const char *state, const char *error)
 	chunk_reset();
 	pending.active = false;
 	pending.last_key = NIL;
+	pending.retry = NIL;
 	MemoryContextReset(OndemandCxt);
 	req.leaves = NIL;
 	req.last_key = NULL;
 	req.last_key_text = NIL;
 	req.retry = NIL;
+	req.retry_text = NIL;
 	req.retry_round = 0;
+	req.keyindex = InvalidOid;
+	req.keytypes = NULL;
 	req.leaf_done = false;
+	waiting_since = 0;
 }
 
 /*
- * load_request picks the oldest pending or running request and the leaves
- * it still has to read.
+ * text_keys returns the rows of a two-dimensional text array (recorded by
+ * retry_array) as Lists of strings, in the current memory context.
+ */
+static List *
+text_keys(ArrayType *array)
+{
+	Datum *elems;
+	bool  *nulls;
+	int	   n;
+	int	   width;
+	List  *keys = NIL;
+
+	if (ARR_NDIM(array) != 2 || ARR_DIMS(array)[1] < 1)
+		return NIL;
+	width = ARR_DIMS(array)[1];
+	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls,
+					  &n);
+	for (int i = 0; i + width <= n; i += width)
+	{
+		List *key = NIL;
+
+		for (int k = 0; k < width; k++)
+			key =
+				lappend(key, nulls[i + k] ? pstrdup("")
+										  : TextDatumGetCString(elems[i + k]));
+		keys = lappend(keys, key);
+	}
+	return keys;
+}
+
+/*
+ * load_request picks the oldest pending or running request, the leaves it
+ * still has to read, and the progress recorded in the first of them (the
+ * last key sent, the keys to read again, the key index they belong to).
  */
 static bool
 load_request(void *arg)
@@ -1050,11 +1339,13 @@ load_request(void *arg)
 	Datum		  current;
 	Datum		  lastkey;
 	Datum		  rows;
+	bool		  current_null;
 	List		 *leaves;
 	ListCell	 *lc;
 	MemoryContext old;
 
-	if (SPI_execute("SELECT id, relation, current_relation, last_key, rows "
+	if (SPI_execute("SELECT id, relation, current_relation, last_key, rows, "
+					"retry_keys, key_index "
 					"FROM pg2redis.snapshots "
 					"WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'running']) "
 					"ORDER BY id LIMIT 1",
@@ -1071,13 +1362,17 @@ load_request(void *arg)
 					: snapshot_mapped_leaves(DatumGetObjectId(relation));
 	current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
 							&isnull);
+	current_null = isnull;
 
 	old = MemoryContextSwitchTo(OndemandCxt);
 	req.leaves = NIL;
 	req.last_key = NULL;
 	req.last_key_text = NIL;
 	req.retry = NIL;
+	req.retry_text = NIL;
 	req.retry_round = 0;
+	req.keyindex = InvalidOid;
+	req.keytypes = NULL;
 	req.leaf_done = false;
 	foreach(lc, leaves)
 	{
@@ -1101,6 +1396,20 @@ load_request(void *arg)
 		for (int i = 0; i < n; i++)
 			req.last_key_text =
 				lappend(req.last_key_text, TextDatumGetCString(elems[i]));
+	}
+	if (req.leaves != NIL && !current_null &&
+		linitial_oid(req.leaves) == DatumGetObjectId(current))
+	{
+		Datum keyindex = SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 7, &isnull);
+		Datum retry;
+
+		req.keyindex = isnull ? InvalidOid : DatumGetObjectId(keyindex);
+		retry = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6,
+							  &isnull);
+		/* made values of the key's types by the first chunk, as the owner */
+		if (!isnull)
+			req.retry_text = text_keys(DatumGetArrayTypeP(retry));
 	}
 	rows = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5,
 						 &isnull);
@@ -1135,7 +1444,7 @@ ondemand_init(void)
 		AllocSetContextCreate(TopMemoryContext, "pg2redis snapshot scratch",
 							  ALLOCSET_DEFAULT_SIZES);
 	memset(&req, 0, sizeof(req));
-	memset(recent, 0, sizeof(recent));
+	ndecoded = 0;
 }
 
 /* ondemand_busy: a chunk waits for its high watermark. */
@@ -1147,13 +1456,16 @@ ondemand_busy(void)
 
 /*
  * ondemand_poll_timeout returns how long the worker may sleep before it
- * should look for a just-requested snapshot again (ms), or -1.
+ * should look for a just-requested snapshot again, or try again to open a
+ * chunk that waits for guard 1 (ms), or -1.
  */
 long
 ondemand_poll_timeout(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
+	if (req.active && waiting_since != 0 && !chunk.open)
+		return SELECT_POLL_MS; /* a chunk waits for guard 1 */
 	if (req.active || now >= requested_until)
 		return -1;
 	return Max(50 - TimestampDifferenceMilliseconds(last_poll, now), 0);
@@ -1175,6 +1487,7 @@ chunk_reset(void)
 	chunk.sent_at = InvalidXLogRecPtr;
 	chunk.is_retry = false;
 	chunk.retry_taken = 0;
+	chunk.keyindex = InvalidOid;
 }
 
 /*
@@ -1279,15 +1592,27 @@ ondemand_step(void)
 			req.last_key = NULL;
 			req.last_key_text = NIL;
 			req.leaf_done = false;
+			req.keyindex = InvalidOid;
+			req.nkeys = 0;
+			req.keytypes = NULL;
 		}
 		if (chunk.sent_at != InvalidXLogRecPtr)
 		{
-			/* recorded as progress when Redis has applied the chunk */
+			/*
+			 * Recorded as progress when Redis has applied the chunk, with the
+			 * keys to read again: the last key moved past them, and only they
+			 * still lack their snapshot rules.
+			 */
 			list_free_deep(pending.last_key);
 			pending.last_key = NIL;
 			foreach(lc, req.last_key_text)
 				pending.last_key =
 					lappend(pending.last_key, pstrdup(lfirst(lc)));
+			list_free(pending.retry);
+			pending.retry = list_copy(req.retry);
+			pending.keyindex = req.keyindex;
+			pending.nkeys = req.nkeys;
+			pending.keytypes = req.keytypes;
 			pending.rows = req.rows;
 			pending.leaf = req.leaf;
 			pending.sent_at = chunk.sent_at;
@@ -1342,20 +1667,41 @@ ondemand_step(void)
 		}
 	}
 
-	/* open the next chunk: L, select, H */
-	chunk_reset();
-	chunk.is_retry = req.retry != NIL;
-	chunk_seq++;
-	snprintf(chunk.low, sizeof(chunk.low),
-			 "L:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
-			 nonce);
-	snprintf(chunk.high, sizeof(chunk.high),
-			 "H:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
-			 nonce);
-	for (int attempt = 0;; attempt++)
-	{
-		bool selected = false;
+	open_chunk();
+}
 
+/*
+ * open_chunk opens the next chunk: L, select, H.  Guard 1 may have to wait
+ * for decoded transactions to leave the proc array: then it returns with no
+ * chunk open, so that the stream goes on, and the next ondemand_step() tries
+ * again (ondemand_poll_timeout brings the worker back within
+ * SELECT_POLL_MS; the worker's loop serves interrupts meanwhile).  The
+ * request fails once it waited SELECT_WAIT_MS.
+ */
+static void
+open_chunk(void)
+{
+	bool		selected = false;
+	char	   *err = NULL;
+	TimestampTz now;
+
+	chunk_reset();
+	chunk.is_retry = req.retry != NIL || req.retry_text != NIL;
+
+	/*
+	 * Guard 1, before any watermark or query: what is no longer in progress
+	 * now, the chunk's snapshot sees, so select_chunk's own check passes.
+	 */
+	prune_decoded();
+	if (ndecoded == 0)
+	{
+		chunk_seq++;
+		snprintf(chunk.low, sizeof(chunk.low),
+				 "L:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
+				 nonce);
+		snprintf(chunk.high, sizeof(chunk.high),
+				 "H:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
+				 nonce);
 		chunk.low_end = write_watermark(chunk.low);
 		if (!worker_run_sql(select_chunk, NULL, &selected, &err))
 		{
@@ -1363,17 +1709,28 @@ ondemand_step(void)
 			finish_request("failed", err);
 			return;
 		}
-		if (selected)
-			break;
-		chunk_reset();
-		if (attempt >= SNAPSHOT_RETRIES)
-		{
-			finish_request("failed",
-						   "could not take a snapshot that sees every decoded transaction");
-			return;
-		}
-		pg_usleep(1000L);
 	}
-	chunk.high_end = write_watermark(chunk.high);
-	chunk.open = true;
+	else
+		waiting_for = decoded[0];
+	if (selected)
+	{
+		waiting_since = 0;
+		chunk.high_end = write_watermark(chunk.high);
+		chunk.open = true;
+		return;
+	}
+
+	chunk_reset();
+	now = GetCurrentTimestamp();
+	if (waiting_since == 0)
+		waiting_since = now;
+	else if (TimestampDifferenceExceeds(waiting_since, now, SELECT_WAIT_MS))
+	{
+		char msg[256];
+
+		snprintf(msg, sizeof(msg),
+				 "could not take a snapshot that sees every transaction already streamed: transaction %u stayed in progress for %d s after its commit was streamed (a synchronous replication wait?)",
+				 waiting_for, SELECT_WAIT_MS / 1000);
+		finish_request("failed", msg);
+	}
 }

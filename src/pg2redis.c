@@ -69,6 +69,19 @@ static const struct config_enum_entry on_command_error_options[] =
 	 {"stop", PG2R_ON_ERROR_STOP, false},
 	 {NULL, 0, false}};
 
+/*
+ * pg2redis.ddl_check is read by the event trigger pg2redis.check_ddl()
+ * (pg2redis--*.sql) through current_setting(); no C code needs its value.
+ */
+static int ddl_check = 0;
+
+static const struct config_enum_entry ddl_check_options[] = {{"disable", 0,
+															  false},
+															 {"error", 1,
+															  false},
+															 {"off", 2, false},
+															 {NULL, 0, false}};
+
 static const char *const op_names[PG2R_NUM_OPS] = {"insert", "update",
 												   "delete", "truncate",
 												   "snapshot"};
@@ -279,6 +292,11 @@ define_settings(void)
 							"Each chunk is selected by primary key between two watermarks; larger chunks are faster, smaller ones hold up the stream less.",
 							&pg2r_snapshot_batch_size, 10000, 1, 1000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("pg2redis.ddl_check",
+							 "What a schema change that breaks a rule does.",
+							 "After ALTER TABLE, DROP INDEX or REVOKE, the rules of the tables concerned are checked again: \"disable\" disables a rule that fails with a WARNING naming it, \"error\" refuses the change, \"off\" checks nothing (the stream turns the rule's changes into dead letters).",
+							 &ddl_check, 0, ddl_check_options, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("pg2redis");
 }

@@ -235,22 +235,6 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	MemoryContext old;
 	Oid			  relid = RelationGetRelid(relation);
 
-	if (pg2r_in_worker)
-		ondemand_note_change(relation, txn->xid, PG2R_CHANGE_OLDTUPLE(change),
-							 PG2R_CHANGE_NEWTUPLE(change));
-	map = mapping_get(relation);
-	if (!mapping_has_rules(map))
-		return;
-	if (pg2r_in_worker)
-	{
-		sender_count_change();
-		if (sender_txn_skipped())
-			return;
-		sink.command = sender_command;
-		sink.error = sender_render_error;
-		sink.arg = &relid;
-	}
-
 	switch (change->action)
 	{
 		case REORDER_BUFFER_CHANGE_INSERT:
@@ -264,6 +248,24 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			break;
 		default:
 			return;
+	}
+
+	if (pg2r_in_worker)
+		ondemand_note_change(relation, txn->xid, op,
+							 PG2R_CHANGE_OLDTUPLE(change),
+							 PG2R_CHANGE_NEWTUPLE(change));
+	map = mapping_get(relation);
+	if (!mapping_has_rules(map))
+		return;
+	if (pg2r_in_worker)
+	{
+		sender_count_change();
+		pg2r_relstats_count(relid, 1, 0, 0);
+		if (sender_txn_skipped())
+			return;
+		sink.command = sender_command;
+		sink.error = sender_render_error;
+		sink.arg = &relid;
 	}
 
 	txn_meta(txn, &meta);

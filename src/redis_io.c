@@ -51,6 +51,7 @@
 #include <openssl/x509v3.h>
 
 #include "common/string.h"
+#include "utils/builtins.h"
 #include "utils/elog.h"
 #include "storage/latch.h"
 
@@ -1239,16 +1240,39 @@ redis_next_reply(RedisConn *conn, redisReply **reply)
 	return r != NULL;
 }
 
+/*
+ * append_header appends a RESP header: the type character, n in decimal, and
+ * CRLF.  It formats by hand: snprintf was a tenth of the cost of a pipelined
+ * read-back.
+ */
+static inline void
+append_header(StringInfo buf, char type, uint64 n)
+{
+	char *p;
+	int	  digits;
+
+	enlargeStringInfo(buf, 24);
+	p = buf->data + buf->len;
+	*p++ = type;
+	digits = pg_ulltoa_n(n, p);
+	p += digits;
+	*p++ = '\r';
+	*p++ = '\n';
+	*p = '\0';
+	buf->len = p - buf->data;
+}
+
 /* append_bulk appends one RESP bulk string. */
 static inline void
 append_bulk(StringInfo buf, const char *s, size_t len)
 {
-	char hdr[32];
-	int	 n = snprintf(hdr, sizeof(hdr), "$%zu\r\n", len);
-
-	appendBinaryStringInfo(buf, hdr, n);
-	appendBinaryStringInfo(buf, s, len);
-	appendBinaryStringInfo(buf, "\r\n", 2);
+	append_header(buf, '$', len);
+	enlargeStringInfo(buf, len + 2);
+	memcpy(buf->data + buf->len, s, len);
+	buf->len += len;
+	buf->data[buf->len++] = '\r';
+	buf->data[buf->len++] = '\n';
+	buf->data[buf->len] = '\0';
 }
 
 /* redis_append_command appends one command in RESP to buf. */
@@ -1256,10 +1280,7 @@ void
 redis_append_command(StringInfo buf, int argc, const char *const *argv,
 					 const size_t *argvlen)
 {
-	char hdr[32];
-	int	 n = snprintf(hdr, sizeof(hdr), "*%d\r\n", argc);
-
-	appendBinaryStringInfo(buf, hdr, n);
+	append_header(buf, '*', argc);
 	for (int i = 0; i < argc; i++)
 		append_bulk(buf, argv[i], argvlen[i]);
 }
@@ -1269,10 +1290,8 @@ void
 redis_append_cstrings(StringInfo buf, int argc, ...)
 {
 	va_list ap;
-	char	hdr[32];
-	int		n = snprintf(hdr, sizeof(hdr), "*%d\r\n", argc);
 
-	appendBinaryStringInfo(buf, hdr, n);
+	append_header(buf, '*', argc);
 	va_start(ap, argc);
 	for (int i = 0; i < argc; i++)
 	{

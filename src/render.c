@@ -11,8 +11,11 @@
  * JSON form: integers are numbers; numeric and float are numbers or strings
  * by pg2redis.numeric_mode (NaN and infinities always strings, since JSON
  * has no such numbers); json and jsonb are embedded; arrays become JSON
- * arrays of their elements, nested by dimension; everything else is a JSON
- * string of its text form.  JSON is written directly into a StringInfo:
+ * arrays of their elements, nested by dimension; dates and timestamps are
+ * ISO 8601 strings with a T and a +00:00 offset, and composites objects of
+ * their attributes, both exactly as to_jsonb() writes them (it writes time
+ * and timetz in their text form); everything else is a
+ * JSON string of its text form.  JSON is written directly into a StringInfo:
  * numbers are copied as PostgreSQL prints them, so no precision is lost to
  * a double on the way.
  *
@@ -22,14 +25,42 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "utils/array.h"
+#include "utils/datetime.h"
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/typcache.h"
 
 #include "pg2redis/pg2redis.h"
 #include "pg2redis/render.h"
+
+/*
+ * coltype_init_fields makes *ct a composite of row type typid, with the type
+ * of each attribute it has now (render_composite copes with later ones).
+ */
+static void
+coltype_init_fields(ColType *ct, Oid typid, MemoryContext cxt)
+{
+	TupleDesc desc = lookup_rowtype_tupdesc_copy(typid, -1);
+
+	ct->kind = VK_COMPOSITE;
+	ct->nfields = desc->natts;
+	ct->fields = MemoryContextAllocZero(cxt, sizeof(ColType) * desc->natts);
+	ct->fieldtypes = MemoryContextAllocZero(cxt, sizeof(Oid) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		ct->fieldtypes[i] = att->atttypid;
+		render_coltype_init(&ct->fields[i], att->atttypid, cxt);
+	}
+	FreeTupleDesc(desc);
+}
 
 /*
  * render_coltype_init fills *ct for values of type typid, allocating what
@@ -45,6 +76,7 @@ render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt)
 
 	memset(ct, 0, sizeof(*ct));
 	ct->typid = typid;
+	ct->base = base;
 	get_typlenbyvalalign(typid, &ct->typlen, &ct->typbyval, &ct->typalign);
 	getTypeOutputInfo(typid, &outfunc, &isvarlena);
 	fmgr_info_cxt(outfunc, &ct->outfunc, cxt);
@@ -69,7 +101,17 @@ render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt)
 		case JSONBOID:
 			ct->kind = VK_JSON;
 			break;
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			ct->kind = VK_DATETIME;
+			break;
 		default:
+			if (base != RECORDOID && type_is_rowtype(base))
+			{
+				coltype_init_fields(ct, base, cxt);
+				break;
+			}
 			elemtype = get_element_type(base);
 			if (OidIsValid(elemtype) && type_is_array(base))
 			{
@@ -240,6 +282,52 @@ render_array_dim(const ColType *elem, int ndim, const int *dims, int dim,
 }
 
 /*
+ * render_composite appends a composite value as a JSON object of its
+ * attributes, named as the type names them, as to_jsonb() does.  The type
+ * is read from the value itself: an attribute added or retyped since the
+ * column's type was cached gets its lookups here, once per value.
+ */
+static void
+render_composite(const ColType *ct, Datum value, StringInfo out)
+{
+	HeapTupleHeader td = DatumGetHeapTupleHeader(value);
+	TupleDesc desc = lookup_rowtype_tupdesc_copy(HeapTupleHeaderGetTypeId(td),
+												 HeapTupleHeaderGetTypMod(td));
+	HeapTupleData tuple;
+	Datum		 *values = palloc(sizeof(Datum) * desc->natts);
+	bool		 *nulls = palloc(sizeof(bool) * desc->natts);
+	bool		  first = true;
+
+	tuple.t_len = HeapTupleHeaderGetDatumLength(td);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = td;
+	heap_deform_tuple(&tuple, desc, values, nulls);
+
+	appendStringInfoChar(out, '{');
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		ColType			  fresh;
+		const ColType	 *field = &fresh;
+
+		if (att->attisdropped)
+			continue;
+		if (!first)
+			appendStringInfoChar(out, ',');
+		first = false;
+		escape_json(out, NameStr(att->attname));
+		appendStringInfoChar(out, ':');
+		if (i < ct->nfields && ct->fieldtypes[i] == att->atttypid)
+			field = &ct->fields[i];
+		else
+			render_coltype_init(&fresh, att->atttypid, CurrentMemoryContext);
+		render_json(field, values[i], nulls[i], out);
+	}
+	appendStringInfoChar(out, '}');
+}
+
+/*
  * render_json appends the JSON form of a value (null included) to out.
  */
 void
@@ -277,6 +365,20 @@ render_json(const ColType *ct, Datum value, bool isnull, StringInfo out)
 								 values, nulls, &next, out);
 			return;
 		}
+		case VK_DATETIME:
+		{
+			char buf[MAXDATELEN + 1];
+
+			/* the session's TimeZone is UTC (render_push_settings) */
+			JsonEncodeDateTime(buf, value, ct->base, NULL);
+			appendStringInfoChar(out, '"');
+			appendStringInfoString(out, buf);
+			appendStringInfoChar(out, '"');
+			return;
+		}
+		case VK_COMPOSITE:
+			render_composite(ct, value, out);
+			return;
 		default:
 			break;
 	}

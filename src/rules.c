@@ -58,6 +58,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/hsearch.h"
@@ -703,6 +704,8 @@ check_command(const Template *tpl, Datum *elems, int n)
 	for (int i = 0; i < tpl->nargs; i++)
 	{
 		const TplArg *arg = &tpl->args[i];
+		/* {pairs:…} renders two arguments per column, {columns:…} one */
+		int step = arg->parts[0].names_only ? 1 : 2;
 
 		if (arg->parts[0].kind != TPL_PAIRS)
 		{
@@ -719,15 +722,16 @@ check_command(const Template *tpl, Datum *elems, int n)
 			 (def->last_key < 0 && def->key_step == 1 && i > def->first_key)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("{pairs:…} cannot stand where Redis command \"%s\" expects a key",
+					 errmsg("{%s:…} cannot stand where Redis command \"%s\" expects a key",
+							arg->parts[0].names_only ? "columns" : "pairs",
 							def->name),
 					 errhint("Build keys from single columns, e.g. \"item:{id}\".")));
 		for (int c = 0; c < arg->parts[0].ncols; c++)
-			if (is_key_position(def, argc + 2 * c))
+			if (is_key_position(def, argc + step * c))
 				check_key_prefix(def, arg->parts[0].colnames[c],
 								 strlen(arg->parts[0].colnames[c]),
 								 arg->parts[0].colnames[c]);
-		argc += 2 * arg->parts[0].ncols;
+		argc += step * arg->parts[0].ncols;
 	}
 	if (argc < def->min_args)
 		ereport(ERROR,
@@ -937,6 +941,39 @@ validate_rule_row(Datum *values, bool *isnull, Oid writer, bool restoring)
 }
 
 /*
+ * only_disabled tells whether an update of a rule from oldtup to newtup
+ * only disables it: enabled turns false and no other column changes.  Such
+ * an update needs no check (a disabled rule is never used, and enabling it
+ * again is checked), so that a rule a schema change broke can be disabled.
+ */
+static bool
+only_disabled(HeapTuple oldtup, HeapTuple newtup, TupleDesc desc)
+{
+	bool enabled_isnull;
+	bool enabled = DatumGetBool(heap_getattr(newtup, Anum_rules_enabled, desc,
+											 &enabled_isnull));
+
+	if (enabled_isnull || enabled)
+		return false;
+	for (int att = 1; att <= desc->natts; att++)
+	{
+		Form_pg_attribute attr = TupleDescAttr(desc, att - 1);
+		bool			  oldnull;
+		bool			  newnull;
+		Datum			  oldval = heap_getattr(oldtup, att, desc, &oldnull);
+		Datum			  newval = heap_getattr(newtup, att, desc, &newnull);
+
+		if (att == Anum_rules_enabled)
+			continue;
+		if (oldnull != newnull ||
+			(!oldnull &&
+			 !datumIsEqual(oldval, newval, attr->attbyval, attr->attlen)))
+			return false;
+	}
+	return true;
+}
+
+/*
  * pg2redis_validate_rule is the BEFORE INSERT OR UPDATE trigger on
  * pg2redis.rules: it raises an ERROR saying which rule and why if the rule
  * is invalid, and otherwise returns the row with created_by set to the role
@@ -977,6 +1014,11 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 		elog(ERROR, "pg2redis.rules has %d columns, expected %d", desc->natts,
 			 Natts_rules);
 	heap_deform_tuple(tuple, desc, values, isnull);
+
+	/* a rule a schema change broke can still be disabled */
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) &&
+		only_disabled(trigdata->tg_trigtuple, tuple, desc))
+		return PointerGetDatum(tuple);
 
 	validate_rule_row(values, isnull, GetUserId(), restoring);
 

@@ -124,6 +124,23 @@ static uint64 dead_letters_dropped = 0;
 static void wait_for_room(void);
 static void dispatch_inflight(void);
 
+/*
+ * report_pending publishes the commit time of the oldest transaction decoded
+ * and not yet applied (the first one in the block in flight, else in the
+ * block being built), or 0 when none waits: pg2redis_status().lag_time.
+ */
+static void
+report_pending(void)
+{
+	TimestampTz oldest = 0;
+
+	if (inflight != NULL && inflight->ncmds > 0)
+		oldest = inflight->first_commit_time;
+	else if (building != NULL && building->ncmds > 0)
+		oldest = building->first_commit_time;
+	pg2r_report_pending(oldest);
+}
+
 /* ---------------------------------------------------------------------------
  * Fences
  * ---------------------------------------------------------------------------
@@ -243,6 +260,7 @@ block_reset(Block *b)
 	b->ntxns = 0;
 	b->nchanges = 0;
 	b->commit_time = 0;
+	b->first_commit_time = 0;
 	b->opened_at = 0;
 	if (b->resp.maxlen > 64 * 1024 * 1024)
 	{
@@ -455,6 +473,7 @@ queue_dead_letter(XLogRecPtr lsn, TransactionId xid, Oid relid, Pg2rOp op,
 	dead_letters = lappend(dead_letters, dl);
 	MemoryContextSwitchTo(old);
 	pg2r_report_dead_letters(1);
+	pg2r_relstats_count(relid, 0, 0, 1);
 }
 
 /*
@@ -504,6 +523,8 @@ append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
 			MemoryContextSwitchTo(old);
 		}
 	}
+	if (b->ncmds == 0)
+		b->first_commit_time = cur.commit_time;
 	ci = &b->cmds[b->ncmds++];
 	ci->rule_id = rule->id;
 	ci->relid = relid;
@@ -512,6 +533,7 @@ append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
 	ci->lsn = cur.commit_lsn;
 	ci->slot = slot;
 	ci->dropped = false;
+	ci->refused = false;
 	ci->offset = b->resp.len;
 	{
 		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
@@ -701,6 +723,7 @@ sender_commit_txn(void)
 	b->txn_cmds = 0;
 	if (b->ncmds >= pg2r_batch_size || b->resp.len >= pg2r_batch_bytes)
 		push_building(b->fence);
+	report_pending();
 }
 
 /* sender_flush sends the block being built, at a transaction boundary. */
@@ -987,6 +1010,10 @@ inflight_acked(void)
 	}
 	else
 	{
+		for (int i = 0; i < b->ncmds; i++)
+			if (!b->cmds[i].dropped && !b->cmds[i].refused)
+				pg2r_relstats_count(b->cmds[i].relid, 0, 1, 0);
+		pg2r_relstats_publish(GetCurrentTimestamp());
 		pg2r_report_applied(b->fence.seq == FENCE_DONE ? b->fence.lsn
 													   : InvalidXLogRecPtr,
 							b->commit_time, b->ntxns, b->ncmds, b->nchanges);
@@ -997,6 +1024,7 @@ inflight_acked(void)
 	topo.redirect_streak = 0;
 	block_reset(b);
 	inflight = NULL;
+	report_pending();
 	for (int li = 0; li < topo.nlinks; li++)
 		topo.links[li].deadline = 0;
 }
@@ -1073,6 +1101,8 @@ dead_letter_cmd(Block *b, int i, const char *error)
 	char   **argv = resp_to_argv(b->resp.data + ci->offset, &argc);
 
 	queue_dead_letter(ci->lsn, ci->xid, ci->relid, ci->op, argc, argv, error);
+	/* not applied: the relation's statistics count it when the block is */
+	ci->refused = true;
 	for (int a = 0; a < argc; a++)
 		pfree(argv[a]);
 	pfree(argv);

@@ -22,11 +22,26 @@
 #include "storage/ipc.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "storage/lwlock.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "pg2redis/state.h"
 
 Pg2rShared *pg2r_shared = NULL;
+
+/* Per-relation statistics: PG2R_RELSTATS_MAX entries, open addressing. */
+typedef struct RelStatsShared
+{
+	LWLock		*lock;
+	int			 used;
+	Pg2rRelStats others; /* tables that found no free entry */
+	Pg2rRelStats entries[PG2R_RELSTATS_MAX];
+} RelStatsShared;
+
+static RelStatsShared *relstats = NULL;
+static HTAB			  *relstats_local = NULL; /* worker: not yet published */
 
 static const char *const state_names[] = {
 	[PG2R_STATE_STOPPED] = "stopped",
@@ -50,6 +65,8 @@ void
 pg2r_state_request_shmem(void)
 {
 	RequestAddinShmemSpace(MAXALIGN(sizeof(Pg2rShared)));
+	RequestAddinShmemSpace(MAXALIGN(sizeof(RelStatsShared)));
+	RequestNamedLWLockTranche("pg2redis", 1);
 }
 
 /* pg2r_state_init_shmem creates (postmaster) or attaches the state. */
@@ -69,6 +86,13 @@ pg2r_state_init_shmem(void)
 		pg_atomic_init_u32(&pg2r_shared->wakeup_pending, 0);
 		pg_atomic_init_u32(&pg2r_shared->snapshot_requested, 0);
 		ConditionVariableInit(&pg2r_shared->progress_cv);
+	}
+	relstats = ShmemInitStruct("pg2redis relation stats",
+							   sizeof(RelStatsShared), &found);
+	if (!found)
+	{
+		memset(relstats, 0, sizeof(RelStatsShared));
+		relstats->lock = &(GetNamedLWLockTranche("pg2redis"))->lock;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -185,6 +209,18 @@ pg2r_report_applied(XLogRecPtr lsn, TimestampTz commit_time,
 	SpinLockRelease(&pg2r_shared->mutex);
 	if (moved)
 		ConditionVariableBroadcast(&pg2r_shared->progress_cv);
+}
+
+/*
+ * pg2r_report_pending publishes the commit time of the oldest transaction
+ * decoded and not yet applied (0: none).
+ */
+void
+pg2r_report_pending(TimestampTz oldest)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->pending_since = oldest;
+	SpinLockRelease(&pg2r_shared->mutex);
 }
 
 /* pg2r_report_confirmed publishes the slot's confirmed position. */
@@ -321,4 +357,122 @@ pg2r_careful_load(void)
 	on = pg2r_shared->careful_load;
 	SpinLockRelease(&pg2r_shared->mutex);
 	return on;
+}
+
+/* ---------------------------------------------------------------------------
+ * Per-relation statistics
+ * ---------------------------------------------------------------------------
+ */
+
+/*
+ * pg2r_relstats_count adds to relation relid's counters in the worker's
+ * local memory; pg2r_relstats_publish makes them visible.
+ */
+void
+pg2r_relstats_count(Oid relid, uint64 changes, uint64 commands,
+					uint64 dead_letters)
+{
+	Pg2rRelStats *e;
+	bool		  found;
+
+	if (relstats_local == NULL)
+	{
+		HASHCTL ctl = {0};
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(Pg2rRelStats);
+		ctl.hcxt = TopMemoryContext;
+		relstats_local = hash_create("pg2redis relation stats", 64, &ctl,
+									 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	e = hash_search(relstats_local, &relid, HASH_ENTER, &found);
+	if (!found)
+	{
+		e->changes = e->commands = e->dead_letters = 0;
+		e->last_applied = 0;
+	}
+	e->changes += changes;
+	e->commands += commands;
+	e->dead_letters += dead_letters;
+}
+
+/* relstats_slot returns relid's shared entry, claiming one (lock held). */
+static Pg2rRelStats *
+relstats_slot(Oid relid)
+{
+	uint32 h = (uint32) relid % PG2R_RELSTATS_MAX;
+
+	for (int probe = 0; probe < PG2R_RELSTATS_MAX; probe++)
+	{
+		Pg2rRelStats *e = &relstats->entries[(h + probe) % PG2R_RELSTATS_MAX];
+
+		if (e->relid == relid)
+			return e;
+		if (e->relid == InvalidOid)
+		{
+			e->relid = relid;
+			relstats->used++;
+			return e;
+		}
+	}
+	return &relstats->others;
+}
+
+/*
+ * pg2r_relstats_publish adds the worker's local counters to shared memory;
+ * relations with commands among them were applied at applied_at.
+ */
+void
+pg2r_relstats_publish(TimestampTz applied_at)
+{
+	HASH_SEQ_STATUS seq;
+	Pg2rRelStats   *l;
+
+	if (relstats_local == NULL || hash_get_num_entries(relstats_local) == 0)
+		return;
+	LWLockAcquire(relstats->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, relstats_local);
+	while ((l = hash_seq_search(&seq)) != NULL)
+	{
+		Pg2rRelStats *e = relstats_slot(l->relid);
+
+		e->changes += l->changes;
+		e->commands += l->commands;
+		e->dead_letters += l->dead_letters;
+		if (l->commands > 0)
+			e->last_applied = applied_at;
+		(void) hash_search(relstats_local, &l->relid, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(relstats->lock);
+}
+
+/*
+ * pg2r_relstats_read returns a palloc'd copy of every used entry (a List of
+ * Pg2rRelStats *), the overflow entry last when it counted anything.
+ */
+List *
+pg2r_relstats_read(void)
+{
+	List *out = NIL;
+
+	LWLockAcquire(relstats->lock, LW_SHARED);
+	for (int i = 0; i < PG2R_RELSTATS_MAX; i++)
+		if (relstats->entries[i].relid != InvalidOid)
+		{
+			Pg2rRelStats *c = palloc(sizeof(Pg2rRelStats));
+
+			*c = relstats->entries[i];
+			out = lappend(out, c);
+		}
+	if (relstats->others.changes + relstats->others.commands +
+			relstats->others.dead_letters >
+		0)
+	{
+		Pg2rRelStats *c = palloc(sizeof(Pg2rRelStats));
+
+		*c = relstats->others;
+		out = lappend(out, c);
+	}
+	LWLockRelease(relstats->lock);
+	return out;
 }

@@ -209,9 +209,11 @@ parse_placeholder(char *body, TupleDesc desc, TplPart *part, Pg2rError *err)
 
 		*colon = '\0';
 		prefix = trim_name(prefix);
-		if (strcmp(prefix, "pairs") == 0 || strcmp(prefix, "json") == 0)
+		if (strcmp(prefix, "pairs") == 0 || strcmp(prefix, "json") == 0 ||
+			strcmp(prefix, "columns") == 0)
 		{
-			part->kind = prefix[0] == 'p' ? TPL_PAIRS : TPL_JSON;
+			part->kind = prefix[0] == 'j' ? TPL_JSON : TPL_PAIRS;
+			part->names_only = prefix[0] == 'c';
 			return resolve_columns(rest, desc, part, err);
 		}
 		if (strcmp(prefix, "old") == 0 || strcmp(prefix, "diff") == 0 ||
@@ -229,7 +231,7 @@ parse_placeholder(char *body, TupleDesc desc, TplPart *part, Pg2rError *err)
 			return resolve_columns(rest, desc, part, err);
 		}
 		return pg2r_fail(err, ERRCODE_SYNTAX_ERROR,
-						 "Known prefixes are old:, diff:, esc:, pairs: and json:; write {{ and }} for literal braces.",
+						 "Known prefixes are old:, diff:, esc:, pairs:, columns: and json:; write {{ and }} for literal braces.",
 						 "unknown placeholder prefix \"%s:\"", prefix);
 	}
 
@@ -326,10 +328,10 @@ template_parse_arg(const char *source, TupleDesc desc, bool allow_multi,
 		if (part->kind == TPL_PAIRS && (!allow_multi || arg->nparts != 1))
 			return pg2r_fail(err, ERRCODE_SYNTAX_ERROR,
 							 allow_multi
-								 ? "Write {pairs:…} as an argument of its own."
+								 ? "Write {pairs:…} and {columns:…} as an argument of their own."
 								 : "Use {json:…} to put several columns into one value.",
-							 "{pairs:…} must be a whole command argument, in \"%s\"",
-							 source);
+							 "{%s:…} must be a whole command argument, in \"%s\"",
+							 part->names_only ? "columns" : "pairs", source);
 		arg->parts[i++] = *part;
 	}
 	return true;
@@ -379,9 +381,14 @@ template_arg_needs(const TplArg *arg, TplNeeds *needs)
 
 		switch (part->kind)
 		{
+			case TPL_PAIRS:
+				/* {columns:…} renders names only: no value is read */
+				if (part->names_only)
+					continue;
+				set = &needs->cur;
+				break;
 			case TPL_COL:
 			case TPL_ESC:
-			case TPL_PAIRS:
 			case TPL_JSON:
 				set = &needs->cur;
 				break;

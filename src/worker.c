@@ -189,6 +189,7 @@ worker_exit(int code, Datum arg)
 	pg2r_shared->worker_pid = 0;
 	pg2r_shared->worker_procno = -1;
 	pg2r_shared->state = PG2R_STATE_STOPPED;
+	pg2r_shared->pending_since = 0;
 	pg2r_shared->redis_connected = false;
 	SpinLockRelease(&pg2r_shared->mutex);
 	ConditionVariableBroadcast(&pg2r_shared->progress_cv);
@@ -830,6 +831,7 @@ pg2redis_worker_main(Datum arg)
 	pg2r_shared->worker_procno = MyProc->pgprocno;
 	pg2r_shared->dboid = MyDatabaseId;
 	pg2r_shared->state = PG2R_STATE_STARTING;
+	pg2r_shared->pending_since = 0;
 	SpinLockRelease(&pg2r_shared->mutex);
 
 	if (wal_level < WAL_LEVEL_LOGICAL)

@@ -22,7 +22,11 @@ use Pg2RedisTest;
 use Test::More;
 
 my $redis = start_redis(name => 'sec');
-my $node  = new_node('sec', redis => $redis, flush_interval => '5ms');
+# The checks when rules are loaded are what this file tests: with
+# pg2redis.ddl_check (sql/ddl_rules) the REVOKE and ALTER TABLE below would
+# disable the rules at once.
+my $node = new_node('sec', redis => $redis, flush_interval => '5ms',
+	conf => ["pg2redis.ddl_check = off"]);
 
 $node->safe_psql(
 	'postgres', q{

@@ -14,12 +14,14 @@
 /* How a type's values are written in JSON. */
 typedef enum ValKind
 {
-	VK_STRING,	/* JSON string of the output function's text */
-	VK_BOOL,	/* true/false */
-	VK_INTEGER, /* JSON number, always */
-	VK_FLOAT,	/* numeric/float: number or string by mode */
-	VK_JSON,	/* json/jsonb: embedded */
-	VK_ARRAY	/* JSON array of the elements */
+	VK_STRING,	 /* JSON string of the output function's text */
+	VK_BOOL,	 /* true/false */
+	VK_INTEGER,	 /* JSON number, always */
+	VK_FLOAT,	 /* numeric/float: number or string by mode */
+	VK_JSON,	 /* json/jsonb: embedded */
+	VK_ARRAY,	 /* JSON array of the elements */
+	VK_DATETIME, /* date, timestamp(tz): ISO 8601 as to_jsonb */
+	VK_COMPOSITE /* JSON object of the attributes, as to_jsonb */
 } ValKind;
 
 /* Everything needed to render values of one type; built once per column. */
@@ -31,7 +33,11 @@ typedef struct ColType
 	bool			typbyval;
 	char			typalign;
 	FmgrInfo		outfunc;
-	struct ColType *elem; /* VK_ARRAY: the element type */
+	Oid				base;	/* the type under any domain */
+	struct ColType *elem;	/* VK_ARRAY: the element type */
+	int nfields;			/* VK_COMPOSITE: attributes at init, dropped too */
+	struct ColType *fields; /* VK_COMPOSITE: their types */
+	Oid			   *fieldtypes; /* and type OIDs (InvalidOid: dropped) */
 } ColType;
 
 extern void render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt);

@@ -42,6 +42,7 @@ typedef struct CmdInfo
 	uint32		  len;
 	int			  slot;	   /* hash slot (cluster), 0 (standalone) */
 	bool		  dropped; /* refused while queued: a dead letter now */
+	bool		  refused; /* a dead letter (refused queued or at EXEC) */
 } CmdInfo;
 
 typedef enum GroupState
@@ -77,7 +78,8 @@ typedef struct Block
 	bool		   reset; /* sets every fence to 0/0 (a new slot) */
 	int			   ntxns; /* transactions completed in this block */
 	uint64		   nchanges;
-	TimestampTz	   commit_time; /* of the last completed transaction */
+	TimestampTz	   commit_time;		  /* of the last completed transaction */
+	TimestampTz	   first_commit_time; /* of the first transaction in it */
 	TimestampTz	   opened_at;
 	/* while in flight */
 	int	  *order; /* command indexes, grouped by slot */

@@ -37,6 +37,8 @@ typedef struct Pg2rShared
 	XLogRecPtr		confirmed_lsn; /* slot position confirmed */
 	XLogRecPtr	applied_lsn; /* all WAL before it is in Redis or irrelevant */
 	TimestampTz last_commit_time; /* of the last transaction applied */
+	TimestampTz pending_since;	  /* commit time of the oldest transaction
+								   * decoded and not applied; 0: none */
 	uint64		transactions;
 	uint64		changes;
 	uint64		commands;
@@ -72,11 +74,32 @@ extern void pg2r_report_applied(XLogRecPtr lsn, TimestampTz commit_time,
 								uint64 transactions, uint64 commands,
 								uint64 changes);
 extern void pg2r_report_confirmed(XLogRecPtr lsn);
+extern void pg2r_report_pending(TimestampTz oldest);
 extern void pg2r_report_retry(void);
 extern void pg2r_report_dead_letters(uint64 n);
 extern void pg2r_set_careful_until(XLogRecPtr lsn);
 extern XLogRecPtr pg2r_careful_until(void);
 extern void		  pg2r_set_careful_load(bool on);
 extern bool		  pg2r_careful_load(void);
+
+/*
+ * Per-relation statistics (pg2redis_relation_stats): counted by the worker
+ * in local memory, published at each acknowledged block.
+ */
+#define PG2R_RELSTATS_MAX 1024
+
+typedef struct Pg2rRelStats
+{
+	Oid			relid; /* InvalidOid: tables past PG2R_RELSTATS_MAX */
+	uint64		changes;
+	uint64		commands;
+	uint64		dead_letters;
+	TimestampTz last_applied;
+} Pg2rRelStats;
+
+extern void	 pg2r_relstats_count(Oid relid, uint64 changes, uint64 commands,
+								 uint64 dead_letters);
+extern void	 pg2r_relstats_publish(TimestampTz applied_at);
+extern List *pg2r_relstats_read(void);
 
 #endif /* PG2REDIS_STATE_H */

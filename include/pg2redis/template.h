@@ -14,17 +14,17 @@
 
 typedef enum TplKind
 {
-	TPL_LITERAL,	/* literal text */
-	TPL_COL,		/* {col} */
-	TPL_OLD,		/* {old:col} */
-	TPL_DIFF,		/* {diff:col} */
-	TPL_ESC,		/* {esc:col}: the value with ':' etc. percent-encoded */
-	TPL_PAIRS,		/* {pairs:*} or {pairs:a,b}: several arguments */
-	TPL_JSON,		/* {json:*} or {json:a,b} */
-	TPL_SCHEMA,		/* {%schema%} */
-	TPL_TABLE,		/* {%table%} */
-	TPL_OP,			/* {%op%} */
-	TPL_PK,			/* {%pk%} */
+	TPL_LITERAL, /* literal text */
+	TPL_COL,	 /* {col} */
+	TPL_OLD,	 /* {old:col} */
+	TPL_DIFF,	 /* {diff:col} */
+	TPL_ESC,	 /* {esc:col}: the value with ':' etc. percent-encoded */
+	TPL_PAIRS,	 /* {pairs:*}, {pairs:a,b}, {columns:…}: several arguments */
+	TPL_JSON,	 /* {json:*} or {json:a,b} */
+	TPL_SCHEMA,	 /* {%schema%} */
+	TPL_TABLE,	 /* {%table%} */
+	TPL_OP,		 /* {%op%} */
+	TPL_PK,		 /* {%pk%} */
 	TPL_PK_ESCAPED, /* {%pk_escaped%}: {%pk%} of percent-encoded values */
 	TPL_XID,		/* {%xid%} */
 	TPL_LSN,		/* {%lsn%} */
@@ -35,11 +35,12 @@ typedef enum TplKind
 typedef struct TplPart
 {
 	TplKind		kind;
-	char	   *text;	  /* TPL_LITERAL: the text (braces unescaped) */
-	int			len;	  /* TPL_LITERAL: its length */
-	int			ncols;	  /* column placeholders: number of columns */
-	AttrNumber *cols;	  /* their attnums in the rule's relation */
-	char	  **colnames; /* and their names (JSON keys, pairs fields) */
+	char	   *text;		/* TPL_LITERAL: the text (braces unescaped) */
+	int			len;		/* TPL_LITERAL: its length */
+	int			ncols;		/* column placeholders: number of columns */
+	AttrNumber *cols;		/* their attnums in the rule's relation */
+	char	  **colnames;	/* and their names (JSON keys, pairs fields) */
+	bool		names_only; /* TPL_PAIRS of {columns:…}: names, no values */
 } TplPart;
 
 /* One template element: becomes one Redis argument, or several for pairs. */
