@@ -11,7 +11,7 @@ LIBS_PC      = hiredis jansson openssl
 PG_CPPFLAGS  = -I$(srcdir)/include $(shell pkg-config --cflags $(LIBS_PC)) \
                -DPG2R_EXTVERSION='"$(EXTVERSION)"'
 PG_CFLAGS    = -Wextra -Wno-unused-parameter
-SHLIB_LINK   = $(shell pkg-config --libs $(LIBS_PC))
+SHLIB_LINK   = $(shell pkg-config --libs $(LIBS_PC)) -lanl  # getaddrinfo_a (in libc since glibc 2.34)
 
 REGRESS      = $(sort $(notdir $(basename $(wildcard sql/*.sql))))
 REGRESS_OPTS = --temp-config=$(srcdir)/test/pg2redis.conf \

@@ -262,20 +262,12 @@ redis_roundtrip(const RedisTarget *target, const StringInfo cmd, bool asking)
 	/* a cancel or timeout must not leak the socket or the reader */
 	PG_TRY();
 	{
-		if (!redis_connect_start(&conn, target))
+		if (!redis_connect_start(&conn, target) ||
+			redis_session_connect(&conn, target) <= 0)
 			redis_fail(&conn, target, "could not connect");
-		for (;;)
-		{
-			int done;
-
-			if (!redis_session_wait_socket(conn.sock, conn.want, deadline))
-				redis_fail(&conn, target, "timed out connecting");
-			done = redis_connect_finish(&conn, target);
-			if (done < 0)
-				redis_fail(&conn, target, "could not connect");
-			if (done > 0)
-				break;
-		}
+		/* the reply's own time */
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   pg2r_redis_timeout_ms);
 
 		while (expected > 0)
 		{

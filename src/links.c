@@ -432,6 +432,8 @@ link_start(Link *l, const char *host, int port)
 									  : psprintf("%s:%d", host, port);
 	initStringInfo(&l->hs);
 	initStringInfo(&l->out);
+	l->segs = NULL;
+	l->nsegs = l->seg = 0;
 	l->hs_written = 0;
 	l->hs_seen = 0;
 	l->hs_setup = redis_append_handshake(&l->hs, &l->target);
@@ -790,6 +792,39 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 	return true;
 }
 
+/*
+ * link_write_segs sends what it can of a ready link's output, piece by piece
+ * (OutSeg); false when the links failed.
+ */
+static bool
+link_write_segs(Link *l)
+{
+	while (l->seg < l->nsegs)
+	{
+		const OutSeg *sg = &l->segs[l->seg];
+		const char	 *base = sg->in_block ? inflight->resp.data : l->out.data;
+		ssize_t		  n = redis_send(&l->conn, base + sg->off + l->seg_sent,
+									 sg->len - l->seg_sent);
+
+		if (n < 0)
+		{
+			pg2r_topo_fail(l, "%s", l->conn.error);
+			return false;
+		}
+		if (n == 0)
+			break;
+		l->seg_sent += n;
+		if (l->seg_sent == sg->len)
+		{
+			l->seg++;
+			l->seg_sent = 0;
+		}
+		l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												  pg2r_redis_timeout_ms);
+	}
+	return true;
+}
+
 /* link_write sends what is pending on a link; false when the links failed. */
 static bool
 link_write(Link *l)
@@ -805,12 +840,8 @@ link_write(Link *l)
 		len = l->hs.len;
 		written = &l->hs_written;
 	}
-	else if (l->state == LINK_READY && l->written < (size_t) l->out.len)
-	{
-		data = l->out.data;
-		len = l->out.len;
-		written = &l->written;
-	}
+	else if (l->state == LINK_READY && l->seg < l->nsegs)
+		return link_write_segs(l);
 	else
 		return true;
 
@@ -887,7 +918,7 @@ link_events(const Link *l)
 	if (l->state == LINK_CONNECTING)
 		return l->conn.want;
 	if ((l->state == LINK_HANDSHAKE && l->hs_written < (size_t) l->hs.len) ||
-		(l->state == LINK_READY && l->written < (size_t) l->out.len))
+		(l->state == LINK_READY && l->seg < l->nsegs))
 		return WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE;
 	return WL_SOCKET_READABLE;
 }
@@ -897,9 +928,11 @@ static bool
 link_step(int li, Link *l, int events)
 {
 	if (l->state == LINK_CONNECTING &&
-		(events & (WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE)))
+		((events & (WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE)) ||
+		 redis_conn_poll_ms(&l->conn) >= 0))
 	{
-		int done = redis_connect_finish(&l->conn, &l->target);
+		struct addrinfo *addr = l->conn.addr;
+		int				 done = redis_connect_finish(&l->conn, &l->target);
 
 		if (done < 0)
 		{
@@ -909,6 +942,12 @@ link_step(int li, Link *l, int events)
 		if (done > 0)
 		{
 			l->state = LINK_HANDSHAKE;
+			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													  pg2r_redis_timeout_ms);
+		}
+		else if (l->conn.addr != addr)
+		{
+			/* resolved, or the next address: its own time to answer */
 			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													  pg2r_redis_timeout_ms);
 		}
@@ -923,25 +962,39 @@ link_step(int li, Link *l, int events)
 	if (l->state != LINK_DOWN && l->deadline != 0 && link_awaiting(l) &&
 		GetCurrentTimestamp() >= l->deadline)
 	{
-		pg2r_topo_fail(l, l->state == LINK_CONNECTING
-							  ? "timed out connecting to Redis"
-							  : "timed out waiting for Redis to reply");
+		if (l->state == LINK_CONNECTING &&
+			redis_connect_next(&l->conn, "timed out connecting to Redis"))
+		{
+			/* the host name's next address */
+			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													  pg2r_redis_timeout_ms);
+			return true;
+		}
+		if (l->state == LINK_CONNECTING && redis_conn_poll_ms(&l->conn) >= 0)
+			pg2r_topo_fail(l, "timed out resolving Redis host \"%s\"",
+						   l->target.host);
+		else
+			pg2r_topo_fail(l, l->state == LINK_CONNECTING
+								  ? "timed out connecting to Redis"
+								  : "timed out waiting for Redis to reply");
 		return false;
 	}
 	return true;
 }
 
+/* the settings could not be used at the last sender_reconfigure */
+static bool unusable = false;
+
 /*
  * sender_reconfigure applies new pg2redis.redis_* settings: a changed
  * target drops the links and reconnects at once.  Settings that cannot be
  * used (a malformed URL, a secret file others may read) leave the stream
- * down with a WARNING until a reload, which tries them again even when
- * unchanged (a chmod fixes a file without changing a setting).
+ * down with a WARNING; a reload tries them again even when unchanged, and
+ * settings_check() as soon as the password file changes.
  */
 void
 sender_reconfigure(void)
 {
-	static bool		unusable = false;
 	RedisTarget		target;
 	RedisSetupError err;
 	char		   *signature = pg2r_redis_settings_signature();
@@ -949,12 +1002,19 @@ sender_reconfigure(void)
 	int				nfences;
 
 	if (topo.url && strcmp(topo.url, signature) == 0 && !unusable)
+	{
+		pfree(signature);
 		return;
+	}
 	/* an error about the old settings may quote them: forget it */
 	if (topo.url)
+	{
 		pg2r_clear_error();
+		pfree(topo.url);
+	}
 	old = MemoryContextSwitchTo(SenderCxt);
 	topo.url = pstrdup(signature);
+	pfree(signature);
 	if (!pg2r_redis_target(&target, &err))
 	{
 		MemoryContextSwitchTo(old);
@@ -966,11 +1026,15 @@ sender_reconfigure(void)
 						 err.hint[0]
 							 ? err.hint
 							 : "Fix the pg2redis.redis_* settings and reload the configuration.")));
-		/* no valid target: stay down until a reload (still "initial" if so) */
+		/*
+		 * No valid target: stay down (still "initial" if so) until a reload,
+		 * or until settings_check() sees the password file change.
+		 */
 		topo_close();
 		if (topo.state != TOPO_INIT)
 			topo.state = TOPO_DOWN;
-		topo.next_attempt = DT_NOEND;
+		topo.next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														pg2r_retry_max_ms);
 		return;
 	}
 	unusable = false;
@@ -1028,6 +1092,27 @@ sender_reconfigure(void)
 	pg2r_inflight_restart();
 }
 
+/*
+ * settings_check runs before each connection attempt, and every
+ * pg2redis.retry_max_backoff while the settings cannot be used: the
+ * password file is read again (its signature), and settings it changed are
+ * applied without a reload, so that a rotated password, or a file created
+ * or fixed after a failure, is used at the next attempt.
+ */
+static void
+settings_check(void)
+{
+	char *signature = pg2r_redis_settings_signature();
+	bool  same = topo.url != NULL && strcmp(topo.url, signature) == 0;
+
+	pfree(signature);
+	if (!same)
+		sender_reconfigure();
+	else if (unusable)
+		topo.next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														pg2r_retry_max_ms);
+}
+
 /* sender_disconnect closes the connections (worker exit). */
 void
 sender_disconnect(void)
@@ -1066,11 +1151,17 @@ sender_service(long timeout_ms)
 		return;
 	}
 
-	if (topo.state == TOPO_DOWN && topo.next_attempt <= now)
-		topo_connect();
+	if ((topo.state == TOPO_DOWN || topo.state == TOPO_INIT) &&
+		topo.next_attempt <= now)
+	{
+		settings_check();
+		if (topo.state == TOPO_DOWN && !unusable && topo.next_attempt <= now)
+			topo_connect();
+	}
 
 	/* never sleep past a deadline or a reconnect attempt */
-	if (topo.state == TOPO_DOWN && topo.next_attempt != DT_NOEND)
+	if ((topo.state == TOPO_DOWN || topo.state == TOPO_INIT) &&
+		topo.next_attempt != DT_NOEND)
 		timeout_ms =
 			Min(timeout_ms,
 				Max(TimestampDifferenceMilliseconds(now, topo.next_attempt),
@@ -1088,11 +1179,16 @@ sender_service(long timeout_ms)
 		all[nall++] = &topo.maplink;
 	for (int i = 0; i < nall; i++)
 	{
+		long poll = redis_conn_poll_ms(&all[i]->conn);
+
 		if (all[i]->deadline != 0 && link_awaiting(all[i]))
 			timeout_ms =
 				Min(timeout_ms,
 					Max(TimestampDifferenceMilliseconds(now, all[i]->deadline),
 						0));
+		/* a host name being resolved is looked at again shortly */
+		if (poll >= 0)
+			timeout_ms = Min(timeout_ms, poll);
 		events[i] = 0;
 		if (link_events(all[i]) != 0)
 			nsockets++;

@@ -109,6 +109,7 @@
 
 #define WATERMARK_PREFIX "pg2redis"
 #define NONCE_BYTES 16
+#define CHUNK_FETCH_ROWS 64 /* rows a chunk's cursor hands over at a time */
 
 /*
  * Guard 1 waits for decoded transactions still in the proc array without
@@ -122,9 +123,10 @@
 /* One selected row: its key and its rendered commands. */
 typedef struct ChunkRow
 {
-	Datum		  *key;		/* hash key: the key columns' values */
-	bool		   removed; /* the stream changed it: not sent */
-	StringInfoData cmds;	/* serialized commands, see row_sink_* */
+	Datum *key;		 /* hash key: the key columns' values */
+	bool   removed;	 /* the stream changed it: not sent */
+	Size   cmds_off; /* its serialized commands in chunk_cmds */
+	Size   cmds_len;
 } ChunkRow;
 
 /* The request being served. */
@@ -206,7 +208,10 @@ static struct
 	MemoryContext  cxt;
 } chunk;
 
-static MemoryContext OndemandCxt = NULL;
+static MemoryContext  OndemandCxt = NULL;
+static MemoryContext  ScratchCxt = NULL; /* per decoded change or chunk row */
+static StringInfoData chunk_cmds;		 /* the open chunk's rows' commands */
+static Size			  chunk_bytes;		 /* all its rows take */
 
 static void chunk_reset(void);
 static void open_chunk(void);
@@ -426,7 +431,8 @@ ondemand_note_change(Relation rel, TransactionId xid, Pg2rOp op,
 		return;
 	if (!chunk.in_window && !invisible(xid))
 		return;
-	old = MemoryContextSwitchTo(chunk.cxt);
+	/* not in chunk.cxt: a big transaction in the window would grow it */
+	old = MemoryContextSwitchTo(ScratchCxt);
 	if (oldtuple)
 		drop_tuple(RelationGetDescr(rel), oldtuple);
 	else if (op == PG2R_OP_DELETE ||
@@ -442,6 +448,7 @@ ondemand_note_change(Relation rel, TransactionId xid, Pg2rOp op,
 	if (newtuple)
 		drop_tuple(RelationGetDescr(rel), newtuple);
 	MemoryContextSwitchTo(old);
+	MemoryContextReset(ScratchCxt);
 }
 
 /* ondemand_note_truncate empties the open chunk when its leaf is truncated. */
@@ -479,8 +486,8 @@ send_chunk(XLogRecPtr lsn)
 			chunk.nsent++;
 			sender_count_change();
 		}
-		p = row->cmds.data;
-		end = p + row->cmds.len;
+		p = chunk_cmds.data + row->cmds_off;
+		end = p + row->cmds_len;
 		while (p < end)
 		{
 			Rule  rule = {0};
@@ -564,9 +571,11 @@ ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
  * ---------------------------------------------------------------------------
  */
 
-/* The row whose commands the sink collects. */
-static ChunkRow *sink_row = NULL;
-
+/*
+ * row_sink_command serializes a rendered command of a chunk row into
+ * chunk_cmds: the rule's id and command definition, argc, then each
+ * argument's length and bytes (read back by send_chunk).
+ */
 static void
 row_sink_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 				 const char *const *argv, const size_t *argvlen)
@@ -574,32 +583,36 @@ row_sink_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 	int32 n = argc;
 
 	/* the rule's id and command definition (static: valid in this process) */
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->id,
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->id,
 						   sizeof(int64));
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->def,
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->def,
 						   sizeof(rule->def));
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &n, sizeof(int32));
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &n, sizeof(int32));
 	for (int i = 0; i < argc; i++)
 	{
 		int32 len = argvlen[i];
 
-		appendBinaryStringInfo(&sink_row->cmds, (const char *) &len,
+		appendBinaryStringInfo(&chunk_cmds, (const char *) &len,
 							   sizeof(int32));
-		appendBinaryStringInfo(&sink_row->cmds, argv[i], len);
+		appendBinaryStringInfo(&chunk_cmds, argv[i], len);
 	}
 }
 
+/*
+ * row_sink_error serializes a render error of a chunk row into chunk_cmds
+ * (argc -1, then the message), a dead letter once the chunk is sent.
+ */
 static void
 row_sink_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
 {
 	int32 n = -1;
 
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->id,
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->id,
 						   sizeof(int64));
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &rule->def,
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->def,
 						   sizeof(rule->def));
-	appendBinaryStringInfo(&sink_row->cmds, (const char *) &n, sizeof(int32));
-	appendBinaryStringInfo(&sink_row->cmds, err->message,
+	appendBinaryStringInfo(&chunk_cmds, (const char *) &n, sizeof(int32));
+	appendBinaryStringInfo(&chunk_cmds, err->message,
 						   strlen(err->message) + 1);
 }
 
@@ -900,13 +913,19 @@ use_key(void)
 
 /*
  * take_rows adds the rows of the current SPI result to the chunk, with
- * their rendered commands, and remembers the last one's key.
+ * their rendered commands, until the chunk's commands reach
+ * pg2redis.batch_bytes; returns false once they have (the rows after the
+ * last one taken are left to the next chunk).  chunk.next_key is the key of
+ * the last row taken.  Each row is rendered in a scratch context: only its
+ * key and commands stay in the chunk's.
  */
-static void
+static bool
 take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		  const CommandSink *sink)
 {
-	for (uint64 i = 0; i < SPI_processed; i++)
+	bool room = true;
+
+	for (uint64 i = 0; i < SPI_processed && room; i++)
 	{
 		HeapTupleData tuple;
 		Datum		 *key;
@@ -934,24 +953,21 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		}
 		row->key = key;
 		row->removed = false;
-		initStringInfo(&row->cmds);
+		row->cmds_off = chunk_cmds.len;
 		chunk.order = lappend(chunk.order, row);
-		if (i == SPI_processed - 1)
-		{
-			chunk.next_key = key;
-			chunk.next_key_text = NIL;
-			for (int k = 0; k < chunk.nkeys; k++)
-				chunk.next_key_text =
-					lappend(chunk.next_key_text,
-							OutputFunctionCall(&chunk.keyout[k], key[k]));
-		}
+		chunk.next_key = key;
 
-		sink_row = row;
+		MemoryContextSwitchTo(ScratchCxt);
 		mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, meta, sink);
-		sink_row = NULL;
 		MemoryContextSwitchTo(old);
+		MemoryContextReset(ScratchCxt);
+		row->cmds_len = chunk_cmds.len - row->cmds_off;
+		chunk_bytes += row->cmds_len + sizeof(ChunkRow) +
+					   sizeof(Datum) * chunk.nkeys + 64; /* hash, list */
+		room = chunk_bytes < (Size) pg2r_batch_bytes;
 	}
 	SPI_freetuptable(SPI_tuptable);
+	return room;
 }
 
 /*
@@ -1039,11 +1055,16 @@ select_chunk(void *arg)
 	 */
 	snapshot_become_owner(rel->rd_rel->relowner, &saved);
 	read_recorded_keys();
+	old = MemoryContextSwitchTo(chunk.cxt);
+	initStringInfo(&chunk_cmds);
+	MemoryContextSwitchTo(old);
+	chunk_bytes = 0;
 	if (chunk.is_retry)
 	{
 		SPIPlanPtr plan;
 		ListCell  *lc;
 		int		   n = 0;
+		bool	   room = true;
 
 		sql = build_query(rel, relname, filter);
 		plan = SPI_prepare(sql, chunk.nkeys, chunk.keytypes);
@@ -1052,29 +1073,58 @@ select_chunk(void *arg)
 				 SPI_result_code_string(SPI_result));
 		foreach(lc, req.retry)
 		{
-			if (n >= pg2r_snapshot_batch_size)
+			if (n >= pg2r_snapshot_batch_size || !room)
 				break;
 			n++;
 			if (SPI_execute_plan(plan, (Datum *) lfirst(lc), NULL, true, 0) !=
 				SPI_OK_SELECT)
 				elog(ERROR, "could not select a snapshot chunk");
-			take_rows(rel, map, &meta, &sink);
+			room = take_rows(rel, map, &meta, &sink);
 		}
 		chunk.retry_taken = n;
 		chunk.last = false;
 	}
 	else
 	{
-		int nrows;
+		Portal portal;
+		uint64 nrows = 0;
+		bool   room = true;
 
 		sql = build_query(rel, relname, filter);
-		if (SPI_execute_with_args(sql, req.last_key ? chunk.nkeys : 0,
-								  chunk.keytypes, req.last_key, NULL, true,
-								  0) != SPI_OK_SELECT)
-			elog(ERROR, "could not select a snapshot chunk");
-		nrows = SPI_processed;
-		take_rows(rel, map, &meta, &sink);
-		chunk.last = nrows < pg2r_snapshot_batch_size;
+
+		/*
+		 * A cursor, so that rows are held a few at a time (a whole-row value
+		 * is detoasted): the chunk ends at pg2redis.snapshot_batch_size rows
+		 * (the query's LIMIT) or pg2redis.batch_bytes of commands.
+		 */
+		portal = SPI_cursor_open_with_args(NULL, sql,
+										   req.last_key ? chunk.nkeys : 0,
+										   chunk.keytypes, req.last_key, NULL,
+										   true, 0);
+		while (room)
+		{
+			SPI_cursor_fetch(portal, true, CHUNK_FETCH_ROWS);
+			if (SPI_processed == 0)
+			{
+				SPI_freetuptable(SPI_tuptable);
+				break;
+			}
+			nrows += SPI_processed;
+			room = take_rows(rel, map, &meta, &sink);
+		}
+		SPI_cursor_close(portal);
+		chunk.last = room && nrows < (uint64) pg2r_snapshot_batch_size;
+		if (chunk.next_key != NULL)
+		{
+			MemoryContext old2 = MemoryContextSwitchTo(chunk.cxt);
+
+			for (int k = 0; k < chunk.nkeys; k++)
+				chunk.next_key_text =
+					lappend(chunk.next_key_text,
+							OutputFunctionCall(&chunk.keyout[k],
+											   chunk.next_key[k]));
+			MemoryContextSwitchTo(old2);
+		}
 	}
 	snapshot_restore_user(&saved);
 	table_close(rel, AccessShareLock);
@@ -1389,6 +1439,9 @@ ondemand_init(void)
 										ALLOCSET_DEFAULT_SIZES);
 	chunk.cxt =
 		AllocSetContextCreate(TopMemoryContext, "pg2redis snapshot chunk",
+							  ALLOCSET_DEFAULT_SIZES);
+	ScratchCxt =
+		AllocSetContextCreate(TopMemoryContext, "pg2redis snapshot scratch",
 							  ALLOCSET_DEFAULT_SIZES);
 	memset(&req, 0, sizeof(req));
 	ndecoded = 0;

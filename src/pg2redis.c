@@ -14,6 +14,7 @@
 
 #include <sys/stat.h>
 
+#include "common/hashfn.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
@@ -394,8 +395,10 @@ pg2r_redis_target(RedisTarget *target, RedisSetupError *err)
 /*
  * pg2r_redis_settings_signature returns a string that changes whenever a
  * setting of the Redis connection does (so that a reload reconnects),
- * including the password file's modification time, size and mode (so that
- * a reload after the password was changed in the file uses it).
+ * including the password file's modification time, size, mode and a hash
+ * of its first line (so that a password changed in the file, or a file
+ * created or fixed, is used: the worker compares the signature at every
+ * connection attempt).  The string holds no secret.
  */
 char *
 pg2r_redis_settings_signature(void)
@@ -405,9 +408,23 @@ pg2r_redis_settings_signature(void)
 
 	if (pg2r_redis_password_file && pg2r_redis_password_file[0] &&
 		stat(pg2r_redis_password_file, &st) == 0)
-		snprintf(file, sizeof(file), "%lld.%ld %lld %o",
+	{
+		FILE  *f = fopen(pg2r_redis_password_file, "r");
+		char   line[1024] = "";
+		uint32 hash = 0;
+
+		if (f != NULL)
+		{
+			if (fgets(line, sizeof(line), f) != NULL)
+				hash = hash_bytes((const unsigned char *) line, strlen(line));
+			fclose(f);
+			explicit_bzero(line, sizeof(line));
+		}
+		snprintf(file, sizeof(file), "%lld.%ld %lld %o %s%08x",
 				 (long long) st.st_mtim.tv_sec, (long) st.st_mtim.tv_nsec,
-				 (long long) st.st_size, (unsigned int) st.st_mode);
+				 (long long) st.st_size, (unsigned int) st.st_mode,
+				 f ? "" : "unreadable ", hash);
+	}
 	return psprintf("%s\n%s\n%s\n%s\n%s\n%s\n%d", pg2r_redis_url,
 					pg2r_redis_password_file, file, pg2r_redis_tls_ca_file,
 					pg2r_redis_tls_cert_file, pg2r_redis_tls_key_file,

@@ -16,6 +16,21 @@
  * per command); replies are parsed by a hiredis reader fed with what the
  * socket returned.
  *
+ * Host names.  getaddrinfo() blocks for as long as the resolver waits for
+ * its name servers (tens of seconds when one does not answer), and nothing
+ * interrupts it.  A host that is not a numeric address is resolved by
+ * glibc's getaddrinfo_a() on the resolver's own thread (which blocks every
+ * signal, so the process's signals still reach PostgreSQL's handlers):
+ * the connection is RCONN_RESOLVING meanwhile, and the caller polls it
+ * with redis_connect_finish() every RESOLVE_POLL_MS from its usual latch
+ * wait, so that SIGTERM, a reload or its own deadline end the wait.  A
+ * lookup given up on cannot be cancelled once running: it is kept (in
+ * malloc'd memory, which the resolver's thread writes) until it ends, and
+ * freed then.  Every address a name resolves to is tried, in the order
+ * getaddrinfo() gives (IPv6 first, usually): one that refuses the
+ * connection, or that the caller gives up on (redis_connect_next), hands
+ * over to the next.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -536,6 +551,70 @@ redis_mask_url(const char *url)
 	return psprintf("%.*s***", (int) (start - url), url);
 }
 
+/*
+ * A host name lookup running on the resolver's thread (getaddrinfo_a).
+ * Malloc'd: that thread writes into cb until the lookup ends, also after
+ * the connection gave up on it.
+ */
+typedef struct RedisLookup
+{
+	struct gaicb	cb;
+	struct addrinfo hints;
+	char			port[16];
+	char			host[FLEXIBLE_ARRAY_MEMBER];
+} RedisLookup;
+
+/*
+ * Lookups given up on while running, freed once they end.  More than this
+ * many at once means the resolver does not answer at all: no new lookup
+ * is started then (each holds a thread of the resolver's).
+ */
+#define MAX_ABANDONED_LOOKUPS 16
+static RedisLookup *abandoned[MAX_ABANDONED_LOOKUPS];
+static int			nabandoned = 0;
+
+/* lookup_free frees an ended lookup and the addresses it found. */
+static void
+lookup_free(RedisLookup *lk)
+{
+	if (lk->cb.ar_result)
+		freeaddrinfo(lk->cb.ar_result);
+	free(lk);
+}
+
+/* reap_lookups frees the abandoned lookups that have ended. */
+static void
+reap_lookups(void)
+{
+	int kept = 0;
+
+	for (int i = 0; i < nabandoned; i++)
+	{
+		if (gai_error(&abandoned[i]->cb) == EAI_INPROGRESS)
+			abandoned[kept++] = abandoned[i];
+		else
+			lookup_free(abandoned[i]);
+	}
+	nabandoned = kept;
+}
+
+/*
+ * abandon_lookup gives up on a lookup: cancelled or ended, it is freed;
+ * still running, it is kept until it ends (reap_lookups).
+ */
+static void
+abandon_lookup(RedisLookup *lk)
+{
+	int rc = gai_cancel(&lk->cb);
+
+	if (rc == EAI_CANCELED || rc == EAI_ALLDONE ||
+		gai_error(&lk->cb) != EAI_INPROGRESS)
+		lookup_free(lk);
+	else if (nabandoned < MAX_ABANDONED_LOOKUPS)
+		abandoned[nabandoned++] = lk;
+	/* else: never more than that, as lookup_start checks; keep it anyway */
+}
+
 /* redis_conn_init makes *conn a closed connection. */
 void
 redis_conn_init(RedisConn *conn)
@@ -554,58 +633,60 @@ set_error(RedisConn *conn, const char *what, int err)
 }
 
 /*
- * redis_connect_start opens a non-blocking socket to target and starts
- * connecting.  Returns false with conn->error set if that failed at once;
- * otherwise the connection is RCONN_CONNECTING (wait until the socket is
- * writable, then call redis_connect_finish) or already RCONN_OPEN.
- *
- * Host names are resolved here, synchronously: numeric addresses and
- * names in /etc/hosts (localhost) resolve without the network.
+ * close_socket closes conn's socket, TLS state and reader, keeping the
+ * addresses still to try.
  */
-bool
-redis_connect_start(RedisConn *conn, const RedisTarget *target)
+static void
+close_socket(RedisConn *conn)
 {
-	struct sockaddr_storage addr;
-	socklen_t				addrlen;
-	int						family;
-	int						rc;
+	if (conn->ssl)
+		SSL_free(conn->ssl);
+	conn->ssl = NULL;
+	if (conn->ssl_ctx)
+		SSL_CTX_free(conn->ssl_ctx);
+	conn->ssl_ctx = NULL;
+	if (conn->sock != PGINVALID_SOCKET)
+		close(conn->sock);
+	conn->sock = PGINVALID_SOCKET;
+	if (conn->reader)
+		redisReaderFree(conn->reader);
+	conn->reader = NULL;
+	conn->state = RCONN_CLOSED;
+}
 
-	redis_close(conn);
+/* format_addr writes addr as "host:port" (or the socket path) into buf. */
+static const char *
+format_addr(const struct sockaddr *addr, socklen_t len, char *buf,
+			size_t buflen)
+{
+	char host[NI_MAXHOST];
+	char serv[NI_MAXSERV];
 
-	if (target->unix_socket)
-	{
-		struct sockaddr_un *un = (struct sockaddr_un *) &addr;
-
-		memset(un, 0, sizeof(*un));
-		un->sun_family = AF_UNIX;
-		strlcpy(un->sun_path, target->path, sizeof(un->sun_path));
-		addrlen = sizeof(*un);
-		family = AF_UNIX;
-	}
+	if (addr->sa_family == AF_UNIX)
+		snprintf(buf, buflen, "%s",
+				 ((const struct sockaddr_un *) addr)->sun_path);
+	else if (getnameinfo(addr, len, host, sizeof(host), serv, sizeof(serv),
+						 NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+		snprintf(buf, buflen, "?");
+	else if (addr->sa_family == AF_INET6)
+		snprintf(buf, buflen, "[%s]:%s", host, serv);
 	else
-	{
-		struct addrinfo	 hints = {0};
-		struct addrinfo *res;
-		char			 port[16];
+		snprintf(buf, buflen, "%s:%s", host, serv);
+	return buf;
+}
 
-		hints.ai_socktype = SOCK_STREAM;
-		hints.ai_family = AF_UNSPEC;
-		snprintf(port, sizeof(port), "%d", target->port);
-		rc = getaddrinfo(target->host, port, &hints, &res);
-		if (rc != 0)
-		{
-			snprintf(conn->error, sizeof(conn->error),
-					 "could not resolve Redis host \"%s\": %s", target->host,
-					 gai_strerror(rc));
-			return false;
-		}
-		memcpy(&addr, res->ai_addr, res->ai_addrlen);
-		addrlen = res->ai_addrlen;
-		family = res->ai_family;
-		freeaddrinfo(res);
-	}
+/*
+ * connect_addr opens a non-blocking socket and starts connecting it to
+ * addr.  Returns false with conn->error set (naming the address) if that
+ * failed at once; otherwise conn is RCONN_CONNECTING.
+ */
+static bool
+connect_addr(RedisConn *conn, const struct sockaddr *addr, socklen_t addrlen)
+{
+	char where[NI_MAXHOST + NI_MAXSERV + 8];
+	int	 rc;
 
-	conn->sock = socket(family, SOCK_STREAM, 0);
+	conn->sock = socket(addr->sa_family, SOCK_STREAM, 0);
 	if (conn->sock == PGINVALID_SOCKET)
 		return set_error(conn, "could not create socket", errno);
 	if (fcntl(conn->sock, F_SETFL, O_NONBLOCK) < 0 ||
@@ -613,10 +694,10 @@ redis_connect_start(RedisConn *conn, const RedisTarget *target)
 	{
 		int err = errno;
 
-		redis_close(conn);
+		close_socket(conn);
 		return set_error(conn, "could not set socket options", err);
 	}
-	if (family != AF_UNIX)
+	if (addr->sa_family != AF_UNIX)
 	{
 		int on = 1;
 
@@ -629,12 +710,12 @@ redis_connect_start(RedisConn *conn, const RedisTarget *target)
 	conn->reader = redisReaderCreate();
 	if (conn->reader == NULL)
 	{
-		redis_close(conn);
+		close_socket(conn);
 		snprintf(conn->error, sizeof(conn->error), "out of memory");
 		return false;
 	}
 
-	rc = connect(conn->sock, (struct sockaddr *) &addr, addrlen);
+	rc = connect(conn->sock, addr, addrlen);
 	if (rc == 0 || errno == EINPROGRESS || errno == EAGAIN)
 	{
 		/* redis_connect_finish completes it (and does TLS) when writable */
@@ -645,9 +726,197 @@ redis_connect_start(RedisConn *conn, const RedisTarget *target)
 	{
 		int err = errno;
 
-		redis_close(conn);
-		return set_error(conn, "could not connect to Redis", err);
+		close_socket(conn);
+		snprintf(conn->error, sizeof(conn->error),
+				 "could not connect to Redis at %s: %s",
+				 format_addr(addr, addrlen, where, sizeof(where)),
+				 strerror(err));
+		return false;
 	}
+}
+
+/*
+ * connect_next starts connecting to the next address of conn->addrs that
+ * accepts a connection attempt; false (conn->error set by the last one)
+ * when none is left.
+ */
+static bool
+connect_next(RedisConn *conn)
+{
+	while (conn->next_addr != NULL)
+	{
+		struct addrinfo *ai = conn->next_addr;
+
+		conn->next_addr = ai->ai_next;
+		if (connect_addr(conn, ai->ai_addr, ai->ai_addrlen))
+		{
+			conn->addr = ai;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * lookup_start starts resolving target's host on the resolver's thread;
+ * false with conn->error set if it could not.
+ */
+static bool
+lookup_start(RedisConn *conn, const RedisTarget *target)
+{
+	size_t		  hostlen = strlen(target->host);
+	RedisLookup	 *lk;
+	struct gaicb *list[1];
+	int			  rc;
+
+	reap_lookups();
+	if (nabandoned >= MAX_ABANDONED_LOOKUPS)
+	{
+		snprintf(conn->error, sizeof(conn->error),
+				 "could not resolve Redis host \"%s\": %d earlier lookups are still waiting for the name servers",
+				 target->host, nabandoned);
+		return false;
+	}
+	lk = calloc(1, offsetof(RedisLookup, host) + hostlen + 1);
+	if (lk == NULL)
+	{
+		snprintf(conn->error, sizeof(conn->error), "out of memory");
+		return false;
+	}
+	memcpy(lk->host, target->host, hostlen + 1);
+	snprintf(lk->port, sizeof(lk->port), "%d", target->port);
+	lk->hints.ai_socktype = SOCK_STREAM;
+	lk->hints.ai_family = AF_UNSPEC;
+	lk->hints.ai_flags = AI_NUMERICSERV;
+	lk->cb.ar_name = lk->host;
+	lk->cb.ar_service = lk->port;
+	lk->cb.ar_request = &lk->hints;
+	list[0] = &lk->cb;
+	rc = getaddrinfo_a(GAI_NOWAIT, list, 1, NULL);
+	if (rc != 0)
+	{
+		free(lk);
+		snprintf(conn->error, sizeof(conn->error),
+				 "could not resolve Redis host \"%s\": %s", target->host,
+				 gai_strerror(rc));
+		return false;
+	}
+	conn->lookup = lk;
+	conn->state = RCONN_RESOLVING;
+	conn->want = 0;
+	return true;
+}
+
+/*
+ * lookup_done takes the result of conn's lookup once it has ended: 0 while
+ * it runs, 1 with conn->addrs set, -1 with conn->error set.
+ */
+static int
+lookup_done(RedisConn *conn)
+{
+	RedisLookup *lk = conn->lookup;
+	int			 rc = gai_error(&lk->cb);
+
+	if (rc == EAI_INPROGRESS)
+		return 0;
+	conn->lookup = NULL;
+	conn->state = RCONN_CLOSED;
+	if (rc != 0 || lk->cb.ar_result == NULL)
+	{
+		snprintf(conn->error, sizeof(conn->error),
+				 "could not resolve Redis host \"%s\": %s", lk->host,
+				 rc != 0 ? gai_strerror(rc) : "no address");
+		lookup_free(lk);
+		return -1;
+	}
+	conn->addrs = conn->next_addr = lk->cb.ar_result;
+	lk->cb.ar_result = NULL;
+	lookup_free(lk);
+	return 1;
+}
+
+/*
+ * redis_connect_start starts connecting to target.  Returns false with
+ * conn->error set if that failed at once; otherwise the connection is
+ * RCONN_RESOLVING (call redis_connect_finish within
+ * redis_conn_poll_ms()), RCONN_CONNECTING (wait until the socket is
+ * writable, then call redis_connect_finish) or already RCONN_OPEN.
+ *
+ * Numeric addresses are used as they are; a host name is resolved on the
+ * resolver's thread (see the top of the file).
+ */
+bool
+redis_connect_start(RedisConn *conn, const RedisTarget *target)
+{
+	redis_close(conn);
+	conn->error[0] = '\0';
+
+	if (target->unix_socket)
+	{
+		struct sockaddr_un un;
+
+		memset(&un, 0, sizeof(un));
+		un.sun_family = AF_UNIX;
+		strlcpy(un.sun_path, target->path, sizeof(un.sun_path));
+		return connect_addr(conn, (struct sockaddr *) &un, sizeof(un));
+	}
+	else
+	{
+		struct addrinfo	 hints = {0};
+		struct addrinfo *res;
+		char			 port[16];
+		int				 rc;
+
+		hints.ai_socktype = SOCK_STREAM;
+		hints.ai_family = AF_UNSPEC;
+		hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+		snprintf(port, sizeof(port), "%d", target->port);
+		/* a numeric address: no name server is asked, nothing blocks */
+		rc = getaddrinfo(target->host, port, &hints, &res);
+		if (rc == EAI_NONAME)
+			return lookup_start(conn, target);
+		if (rc != 0)
+		{
+			snprintf(conn->error, sizeof(conn->error),
+					 "could not resolve Redis host \"%s\": %s", target->host,
+					 gai_strerror(rc));
+			return false;
+		}
+		conn->addrs = conn->next_addr = res;
+		return connect_next(conn);
+	}
+}
+
+/*
+ * redis_conn_poll_ms returns how long the caller may wait, without a
+ * socket to wait on, before it calls redis_connect_finish again: while a
+ * host name is being resolved; -1 otherwise (wait for conn->want).
+ */
+long
+redis_conn_poll_ms(const RedisConn *conn)
+{
+	return conn->state == RCONN_RESOLVING ? RESOLVE_POLL_MS : -1;
+}
+
+/*
+ * redis_connect_next gives up on the address conn is connecting to (it did
+ * not answer within the caller's deadline) and starts connecting to the
+ * next one the host name resolved to.  Returns false, with conn->error
+ * set, when there is none: the caller fails the connection.
+ */
+bool
+redis_connect_next(RedisConn *conn, const char *why)
+{
+	char where[NI_MAXHOST + NI_MAXSERV + 8] = "?";
+
+	if (conn->state != RCONN_CONNECTING || conn->next_addr == NULL)
+		return false;
+	if (conn->addr)
+		format_addr(conn->addr->ai_addr, conn->addr->ai_addrlen, where,
+					sizeof(where));
+	close_socket(conn);
+	snprintf(conn->error, sizeof(conn->error), "%s (%s)", why, where);
+	return connect_next(conn);
 }
 
 /*
@@ -794,13 +1063,28 @@ redis_connect_finish(RedisConn *conn, const RedisTarget *target)
 		return 1;
 	if (conn->state == RCONN_TLS)
 		return tls_step(conn);
+	if (conn->state == RCONN_RESOLVING)
+	{
+		int done = lookup_done(conn);
+
+		if (done <= 0)
+			return done;
+		return connect_next(conn) ? 0 : -1;
+	}
 	if (getsockopt(conn->sock, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
 		err = errno;
 	if (err != 0)
 	{
-		redis_close(conn);
-		set_error(conn, "could not connect to Redis", err);
-		return -1;
+		char where[NI_MAXHOST + NI_MAXSERV + 8] = "?";
+
+		if (conn->addr)
+			format_addr(conn->addr->ai_addr, conn->addr->ai_addrlen, where,
+						sizeof(where));
+		close_socket(conn);
+		snprintf(conn->error, sizeof(conn->error),
+				 "could not connect to Redis at %s: %s", where, strerror(err));
+		/* the name's next address, if any */
+		return connect_next(conn) ? 0 : -1;
 	}
 	if (target->tls)
 		return tls_start(conn, target);
@@ -809,23 +1093,20 @@ redis_connect_finish(RedisConn *conn, const RedisTarget *target)
 	return 1;
 }
 
-/* redis_close closes the socket and frees the reader; error is kept. */
+/*
+ * redis_close closes the socket and frees the reader, the addresses and any
+ * lookup still running (which is left to end on its own); error is kept.
+ */
 void
 redis_close(RedisConn *conn)
 {
-	if (conn->ssl)
-		SSL_free(conn->ssl);
-	conn->ssl = NULL;
-	if (conn->ssl_ctx)
-		SSL_CTX_free(conn->ssl_ctx);
-	conn->ssl_ctx = NULL;
-	if (conn->sock != PGINVALID_SOCKET)
-		close(conn->sock);
-	conn->sock = PGINVALID_SOCKET;
-	if (conn->reader)
-		redisReaderFree(conn->reader);
-	conn->reader = NULL;
-	conn->state = RCONN_CLOSED;
+	close_socket(conn);
+	if (conn->lookup)
+		abandon_lookup(conn->lookup);
+	conn->lookup = NULL;
+	if (conn->addrs)
+		freeaddrinfo(conn->addrs);
+	conn->addrs = conn->next_addr = conn->addr = NULL;
 }
 
 /*

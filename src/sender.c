@@ -834,9 +834,72 @@ pg2r_append_wait(StringInfo buf, int n)
 }
 
 /*
- * link_build_out writes the pending groups of the block in flight that
- * belong on link li into its output, followed by WAIT when replicas must
- * acknowledge them.
+ * Runs of the block's RESP shorter than this are copied into the link's
+ * own buffer (fewer sends); longer ones are sent from the block itself, so
+ * that the block is not held twice.  A standalone server's group is one
+ * run, however many commands it has.
+ */
+#define OUT_COPY_MAX 4096
+/* a link's own buffer larger than this is not kept for the next block */
+#define OUT_KEEP_MAX (1024 * 1024)
+
+/* out_seg appends a piece to link l's output (OutSeg). */
+static void
+out_seg(Link *l, bool in_block, size_t off, size_t len)
+{
+	OutSeg *sg = &l->segs[l->nsegs++];
+
+	sg->in_block = in_block;
+	sg->off = off;
+	sg->len = len;
+}
+
+/* out_own_done makes the bytes appended to l->out so far a piece. */
+static void
+out_own_done(Link *l)
+{
+	if ((size_t) l->out.len > l->own_from)
+		out_seg(l, false, l->own_from, l->out.len - l->own_from);
+	l->own_from = l->out.len;
+}
+
+/*
+ * out_run_done places the run of block bytes collected: copied into l->out
+ * when short, else a piece of its own.  Call it before appending to l->out.
+ */
+static void
+out_run_done(Link *l, const Block *b)
+{
+	if (l->run_len == 0)
+		return;
+	if (l->run_len < OUT_COPY_MAX)
+		appendBinaryStringInfo(&l->out, b->resp.data + l->run_off, l->run_len);
+	else
+	{
+		out_own_done(l);
+		out_seg(l, true, l->run_off, l->run_len);
+	}
+	l->run_len = 0;
+}
+
+/* out_block_bytes adds len bytes of block b's RESP at off to l's output. */
+static void
+out_block_bytes(Link *l, const Block *b, size_t off, size_t len)
+{
+	if (l->run_len > 0 && l->run_off + l->run_len == off)
+	{
+		l->run_len += len;
+		return;
+	}
+	out_run_done(l, b);
+	l->run_off = off;
+	l->run_len = len;
+}
+
+/*
+ * link_build_out sets the output of link li: the pending groups of the
+ * block in flight that belong on it, followed by WAIT when replicas must
+ * acknowledge them.  Commands are sent from the block itself (OutSeg).
  */
 static void
 link_build_out(int li)
@@ -845,8 +908,16 @@ link_build_out(int li)
 	Block		 *b = inflight;
 	MemoryContext old = MemoryContextSwitchTo(TopoCxt);
 
+	if (l->out.maxlen > OUT_KEEP_MAX)
+	{
+		pfree(l->out.data);
+		initStringInfo(&l->out);
+	}
 	resetStringInfo(&l->out);
-	l->written = 0;
+	l->nsegs = l->seg = 0;
+	l->seg_sent = 0;
+	l->own_from = 0;
+	l->run_len = 0;
 	l->npend = 0;
 	l->nsent = 0;
 	l->pos = 0;
@@ -856,14 +927,19 @@ link_build_out(int li)
 		pfree(l->pend);
 	if (l->sent)
 		pfree(l->sent);
+	if (l->segs)
+		pfree(l->segs);
 	l->pend = palloc(sizeof(int) * Max(b->ngroups, 1));
 	l->sent = palloc(sizeof(int) * Max(b->ncmds, 1));
+	/* a piece per command at most, and one of own bytes around each */
+	l->segs = palloc(sizeof(OutSeg) * (2 * (b->ncmds + b->ngroups) + 2));
 	for (int gi = 0; gi < b->ngroups; gi++)
 	{
 		Group *g = &b->groups[gi];
 
 		if (g->link != li || g->state != GROUP_PENDING)
 			continue;
+		out_run_done(l, b);
 		redis_append_cstrings(&l->out, 1, "MULTI");
 		g->sent_first = l->nsent;
 		if (!g->fence_only)
@@ -874,11 +950,11 @@ link_build_out(int li)
 
 				if (ci->dropped)
 					continue;
-				appendBinaryStringInfo(&l->out, b->resp.data + ci->offset,
-									   ci->len);
+				out_block_bytes(l, b, ci->offset, ci->len);
 				l->sent[l->nsent++] = c;
 			}
 		g->sent_n = l->nsent - g->sent_first;
+		out_run_done(l, b);
 		append_fence_set(&l->out, g->slot, b->fence);
 		redis_append_cstrings(&l->out, 1, "EXEC");
 		g->state = GROUP_SENT;
@@ -891,6 +967,8 @@ link_build_out(int li)
 		pg2r_append_wait(&l->out, l->wait_n);
 		l->wait_sent = true;
 	}
+	out_run_done(l, b);
+	out_own_done(l);
 	l->deadline = l->npend > 0
 					  ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													pg2r_redis_timeout_ms)

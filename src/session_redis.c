@@ -86,6 +86,73 @@ redis_session_wait_socket(pgsocket sock, int events, TimestampTz deadline)
 	return (rc & events) != 0 || !(rc & WL_TIMEOUT);
 }
 
+/*
+ * redis_session_connect finishes connecting conn, for which
+ * redis_connect_start succeeded: waits interruptibly while the host name
+ * is resolved and the socket connects, giving each address the name
+ * resolved to pg2redis.redis_timeout (the lookup counts with the first).
+ * Returns 1 when connected, 0 on timeout, -1 on failure (conn->error says
+ * why in both cases).
+ */
+int
+redis_session_connect(RedisConn *conn, const RedisTarget *target)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   pg2r_redis_timeout_ms);
+	struct addrinfo *addr = conn->addr;
+
+	for (;;)
+	{
+		long poll = redis_conn_poll_ms(conn);
+		int	 done;
+
+		if (poll >= 0)
+		{
+			/* resolving: no socket yet; look again shortly */
+			long remaining =
+				TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+												deadline);
+			int rc;
+
+			if (remaining <= 0)
+			{
+				snprintf(conn->error, sizeof(conn->error),
+						 "timed out resolving Redis host \"%s\"",
+						 target->host);
+				redis_close(conn);
+				return 0;
+			}
+			rc = WaitLatch(MyLatch,
+						   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						   Min(poll, remaining), PG_WAIT_EXTENSION);
+			if (rc & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		else if (!redis_session_wait_socket(conn->sock, conn->want, deadline))
+		{
+			if (!redis_connect_next(conn, "timed out connecting"))
+			{
+				if (conn->state == RCONN_CONNECTING)
+					snprintf(conn->error, sizeof(conn->error),
+							 "timed out connecting to Redis");
+				redis_close(conn);
+				return 0;
+			}
+		}
+		done = redis_connect_finish(conn, target);
+		if (done != 0)
+			return done;
+		if (conn->addr != addr)
+		{
+			/* a new address: its own time to answer */
+			addr = conn->addr;
+			deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												   pg2r_redis_timeout_ms);
+		}
+	}
+}
+
 /* session_close_all closes every connection of the session. */
 static void
 session_close_all(void *arg)
@@ -189,27 +256,12 @@ exchange(RedisSession *s, SessionNode *n, const StringInfo out, size_t sent,
 static int
 node_connect(RedisSession *s, SessionNode *n, StringInfo out)
 {
-	TimestampTz deadline;
-
 	if (n->ready)
 		return 0;
 	redis_conn_init(&n->conn);
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										   pg2r_redis_timeout_ms);
-	if (!redis_connect_start(&n->conn, &n->target))
+	if (!redis_connect_start(&n->conn, &n->target) ||
+		redis_session_connect(&n->conn, &n->target) <= 0)
 		node_fail(s, n, "could not connect");
-	for (;;)
-	{
-		int done;
-
-		if (!redis_session_wait_socket(n->conn.sock, n->conn.want, deadline))
-			node_fail(s, n, "timed out connecting");
-		done = redis_connect_finish(&n->conn, &n->target);
-		if (done < 0)
-			node_fail(s, n, "could not connect");
-		if (done > 0)
-			break;
-	}
 	n->ready = true;
 	return redis_append_handshake(out, &n->target);
 }

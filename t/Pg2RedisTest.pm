@@ -66,6 +66,8 @@ our @EXPORT = qw(
   status_row
   status_text
   worker_pid
+  process_memory
+  reset_peak_memory
   redis_hash
   redis_smembers
   redis_keys
@@ -552,6 +554,47 @@ sub worker_pid
 	my $pid = $node->safe_psql('postgres',
 		'SELECT worker_pid FROM pg2redis_status()');
 	return $pid eq '' ? undef : $pid;
+}
+
+=pod
+
+=over
+
+=item process_memory($pid)
+
+The C<VmHWM> (peak resident size), C<VmRSS>, C<RssAnon> and C<RssShmem>
+lines of C</proc/$pid/status>, in kB, as a hash (empty when the process is
+gone).
+
+=item reset_peak_memory($pid)
+
+Resets the process's C<VmHWM> to its current resident size (writes 5 to
+C</proc/$pid/clear_refs>, which needs to own the process); returns whether
+the kernel allowed it.
+
+=back
+
+=cut
+
+sub process_memory
+{
+	my ($pid) = @_;
+	my %m;
+	open(my $fh, '<', "/proc/$pid/status") or return %m;
+	while (<$fh>)
+	{
+		$m{$1} = $2 if /^(VmRSS|VmHWM|RssAnon|RssShmem):\s+(\d+) kB/;
+	}
+	close $fh;
+	return %m;
+}
+
+sub reset_peak_memory
+{
+	my ($pid) = @_;
+	open(my $fh, '>', "/proc/$pid/clear_refs") or return 0;
+	my $ok = print $fh "5\n";
+	return (close($fh) && $ok) ? 1 : 0;
 }
 
 =pod

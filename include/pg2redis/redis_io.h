@@ -52,9 +52,13 @@ typedef enum RedisTlsVerify
 	REDIS_TLS_VERIFY_NONE  /* nothing: encryption without authentication */
 } RedisTlsVerify;
 
+/* How often a connection resolving a host name is polled (ms). */
+#define RESOLVE_POLL_MS 10
+
 typedef enum RedisConnState
 {
 	RCONN_CLOSED,
+	RCONN_RESOLVING,  /* the host name is being resolved, on another thread */
 	RCONN_CONNECTING, /* non-blocking connect() in progress */
 	RCONN_TLS,		  /* TLS handshake in progress */
 	RCONN_OPEN		  /* connected: bytes may flow */
@@ -63,13 +67,17 @@ typedef enum RedisConnState
 /* One connection: a socket and a hiredis reply reader. */
 typedef struct RedisConn
 {
-	RedisConnState state;
-	pgsocket	   sock;
-	redisReader	  *reader;
-	void		  *ssl;		   /* SSL *, when TLS */
-	void		  *ssl_ctx;	   /* SSL_CTX * */
-	int			   want;	   /* WL_SOCKET_* events the next step needs */
-	char		   error[256]; /* why the last call failed */
+	RedisConnState	 state;
+	pgsocket		 sock;
+	redisReader		*reader;
+	void			*ssl;		 /* SSL *, when TLS */
+	void			*ssl_ctx;	 /* SSL_CTX * */
+	int				 want;		 /* WL_SOCKET_* events the next step needs */
+	void			*lookup;	 /* the host name lookup running, or NULL */
+	struct addrinfo *addrs;		 /* the addresses the name resolved to */
+	struct addrinfo *next_addr;	 /* the next one to try */
+	struct addrinfo *addr;		 /* the one being tried */
+	char			 error[256]; /* why the last call failed */
 } RedisConn;
 
 extern bool	 redis_parse_url(const char *url, RedisTarget *target,
@@ -83,6 +91,8 @@ extern bool	 redis_check_tls_key(const RedisTarget *target,
 extern void redis_conn_init(RedisConn *conn);
 extern bool redis_connect_start(RedisConn *conn, const RedisTarget *target);
 extern int	redis_connect_finish(RedisConn *conn, const RedisTarget *target);
+extern long redis_conn_poll_ms(const RedisConn *conn);
+extern bool redis_connect_next(RedisConn *conn, const char *why);
 extern void redis_close(RedisConn *conn);
 extern ssize_t redis_send(RedisConn *conn, const char *data, size_t len);
 extern bool	   redis_receive(RedisConn *conn, bool *eof);

@@ -88,6 +88,18 @@ typedef struct Block
 	char **queue_errors; /* per command: why Redis refused to queue it */
 } Block;
 
+/*
+ * A piece of a link's output: bytes of its own buffer (MULTI, fences, EXEC,
+ * WAIT, small commands copied), or a run of the block in flight's RESP, sent
+ * from there without a copy.
+ */
+typedef struct OutSeg
+{
+	bool   in_block;
+	size_t off;
+	size_t len;
+} OutSeg;
+
 typedef enum LinkState
 {
 	LINK_DOWN,
@@ -116,8 +128,14 @@ typedef struct Link
 	int			   hs_nslots; /* fence GETs that follow, for hs_slots */
 	int			  *hs_slots;
 	int			   hs_seen;
-	StringInfoData out; /* groups of the block in flight */
-	size_t		   written;
+	StringInfoData out;	 /* the groups' own bytes, see OutSeg */
+	OutSeg		  *segs; /* what the groups of the block in flight send */
+	int			   nsegs;
+	int			   seg;		 /* segs[seg] is being sent, */
+	size_t		   seg_sent; /* this much of it already */
+	size_t		   own_from; /* while building: out bytes not in segs yet */
+	size_t		   run_off;	 /* while building: block bytes not placed yet */
+	size_t		   run_len;
 	int			  *pend; /* groups in the order sent */
 	int			   npend;
 	int			  *sent; /* command indexes in the order sent */

@@ -15,6 +15,8 @@
 #include "lib/stringinfo.h"
 #include "port.h"
 
+#include "pg2redis/redis_io.h"
+
 typedef struct RedisSession RedisSession;
 
 /* One command of a batch: its RESP text and the hash slot of its key. */
@@ -37,8 +39,9 @@ typedef struct SessionBatch
 	bool		  *unanswered; /* between send and finish: replies missing */
 } SessionBatch;
 
-extern bool			 redis_session_wait_socket(pgsocket sock, int events,
-											   TimestampTz deadline);
+extern bool redis_session_wait_socket(pgsocket sock, int events,
+									  TimestampTz deadline);
+extern int	redis_session_connect(RedisConn *conn, const RedisTarget *target);
 extern RedisSession *redis_session_open(void);
 extern void			 redis_session_close(RedisSession *s);
 extern bool			 redis_session_is_cluster(RedisSession *s);
