@@ -8,8 +8,9 @@
 # their rules (HSET {pairs}, SET {json} and a column, SADD, ZADD with a
 # numeric score under conditions, an INCRBY/DECRBY row counter, an INCRBY
 # {diff:q} sum) and random transactions (key changes, deletes, rollbacks,
-# savepoints, transactions of thousands of rows; two sessions at once), and
-# pushes them through:
+# savepoints, 70 subtransactions, prepared transactions committed later,
+# transactions of thousands of rows; two sessions at once; tables now and
+# then hash-partitioned), and pushes them through:
 #
 #   1. the initial load: rows committed before the slot exists (the first
 #      start paused, or Redis down), with transactions racing the load;
@@ -17,8 +18,8 @@
 #   3. an on-demand snapshot of every table after Redis was emptied, while
 #      transactions go on;
 #   4. pg2redis_resync() into an emptied Redis, transactions racing it;
-#   5. a pause (pg2redis.enabled = off): nothing written, a snapshot request
-#      waits; then resumed;
+#   5. a pause (pg2redis.enabled = off) while transactions go on: nothing
+#      written once paused, a snapshot request waits; then resumed;
 #   6. a Redis Cluster (redis-cluster://): a resync into it, the stream, and
 #      an on-demand snapshot into the flushed cluster.
 #
@@ -40,12 +41,13 @@ use Pg2RedisTest;
 use RandomWorkload;
 use Test::More;
 use Time::HiRes qw(usleep);
+use JSON::PP;
 
 my $seed = $ENV{PG2REDIS_SEED} // int(Time::HiRes::time() * 1000) % 1_000_000_000;
 my $soak = $ENV{PG2REDIS_SOAK} ? 1 : 0;
 diag("random workload seed $seed (PG2REDIS_SEED=$seed replays it)"
 	  . ($soak ? ', soak run' : ''));
-my $rw = RandomWorkload->new(seed => $seed, scale => $soak ? 4 : 1);
+my $rw = RandomWorkload->new(seed => $seed, scale => $soak ? 4 : 1, two_phase => 1);
 my $node;
 my $x = $soak ? 8 : 1;    # transactions per phase, multiplied
 my $rounds = $soak ? 3 : 1;
@@ -100,6 +102,7 @@ $node = new_node(
 	conf           => [
 		(map { "pg2redis.$_ = $set{$_}" } sort keys %set),
 		"pg2redis.retry_max_backoff = '500ms'",
+		"max_prepared_transactions = 20",
 		($first_start eq 'paused' ? ('pg2redis.enabled = off') : ())
 	]);
 my $redis;
@@ -188,12 +191,14 @@ resync_racing($redis, 'resync');
 
 phase('pause');
 $node->safe_psql('postgres', $rw->snapshot_rules_sql);
+# paused mid-stream: what is in flight lands, then nothing is written
+@h = start_sessions(60 * $x, pause => 0.01, large => 0.02);
+usleep(300_000);
 $node->append_conf('postgresql.conf', "pg2redis.enabled = off\n");
 $node->reload;
-wait_for_status($node, 'state', 'paused', 30, 'paused');
+wait_for_status($node, 'state', 'paused', 30, 'paused while transactions go on');
 my $writes = write_calls($redis);
-($rc, $out, $err) = run_psql_script($node, $rw->batch_sql(80 * $x, large => 0.02));
-is($rc, 0, 'transactions while paused') or diag($err);
+finish_sessions('transactions while pausing and paused', @h);
 my $sid = $node->safe_psql('postgres', 'SELECT pg2redis_snapshot()');
 sleep(1);
 is(write_calls($redis), $writes, 'nothing is written to Redis while paused');
@@ -241,6 +246,32 @@ foreach my $round (1 .. $rounds)
 	$rw->check($node, $client, "cluster snapshot round $round");
 	$node->safe_psql('postgres', $rw->drop_snapshot_rules_sql);
 }
+
+# The oracle can fail on a cluster too: drift planted on the cluster's
+# nodes behind the stream's back is what pg2redis_verify() reports, no more.
+phase('planted drift');
+wait_for_redis($node, 60, 'cluster: quiet before the drift');
+my ($t1) = $rw->tables;
+my @hashes = grep { !/:u$/ && $_ ne $t1->{cnt} } $client->keys_matching("$t1->{name}:h:*");
+# one key per node first, so that both are on different nodes if they can
+my %on_node;
+$on_node{ $client->node_of($_)->port } //= $_ foreach @hashes;
+my @spread = ((map { $on_node{$_} } sort keys %on_node), @hashes);
+my $differ = $spread[0];
+my ($gone) = grep { $_ ne $differ } @spread;
+my $orphan = "$t1->{name}:h:planted orphan";
+my $field = ($client->call('HKEYS', $differ))->[0];
+$client->call('HSET', $differ, $field, 'planted drift');
+$client->call('DEL', $gone);
+$client->call('SET', $orphan, 'x');
+my ($vrc, $vout, $verr) = $node->psql('postgres',
+	qq{SELECT coalesce(json_agg(json_build_object('key', key, 'problem', problem)), '[]')
+	     FROM pg2redis_verify('$t1->{name}') WHERE problem <> 'summary'});
+is_deeply(
+	[ sort map { "$_->{key} $_->{problem}" } @{ JSON::PP->new->decode($vrc == 0 ? $vout : '[]') } ],
+	[ sort("$differ differing", "$gone missing", "$orphan orphan") ],
+	'planted drift on the cluster: the differing field, the missing key and the orphan, no more')
+  or diag($verr);
 
 phase('done');
 diag(sprintf('seed %d: %.0f s', $seed, Time::HiRes::time() - $t0));

@@ -62,11 +62,16 @@ and, on demand (C<snapshot_rules_sql>), C<snapshot> rules: the readable
 ones of the insert rules, without the counters, so that an on-demand
 snapshot may write a row twice.
 
+Tables are hash-partitioned now and then (key changes then move rows
+between partitions).
+
 Transactions: 1 to 6 statements on random tables (inserts, updates of random
 columns, TOASTed ones changed or not, key changes, deletes), savepoints
-rolled back or released, one transaction in six rolled back; and, now and
-then, a large one (thousands of rows inserted, updated, re-keyed or
-deleted in one statement). Inserted keys are never reused, so that a
+rolled back or released, one transaction in six rolled back, some held
+open a moment; and, now and then, a large one (thousands of rows inserted,
+updated, re-keyed or deleted in one statement), one of 70 subtransactions
+(more than a snapshot records), or a prepared one (two-phase) committed or
+rolled back a few transactions later. Inserted keys are never reused, so that a
 statement never fails whatever the model believes. A key change on a table
 with C<REPLICA IDENTITY DEFAULT> also sets the columns that may be TOASTed:
 PostgreSQL logs an unchanged TOASTed value of such a change nowhere, and
@@ -151,10 +156,12 @@ sub pick
 
 =over
 
-=item RandomWorkload->new(seed => N, scale => 1, tables => undef)
+=item RandomWorkload->new(seed => N, scale => 1, tables => undef, two_phase => 0)
 
 C<scale> multiplies the sizes of large transactions (the soak run uses
-more); C<tables> fixes the number of tables.
+more); C<tables> fixes the number of tables; C<two_phase> lets transactions
+be prepared and committed later (the server needs
+C<max_prepared_transactions>).
 
 =back
 
@@ -165,8 +172,9 @@ sub new
 	my ($class, %opts) = @_;
 	my $seed = $opts{seed} // time();
 	my $self = bless {
-		seed   => $seed,
-		scale  => $opts{scale} // 1,
+		seed      => $seed,
+		scale     => $opts{scale} // 1,
+		two_phase => $opts{two_phase},
 		state  => (($seed * 2654435761 + 12345) & 0xFFFFFFFF) || 1,
 		tables => [],
 		salt   => 0,
@@ -236,6 +244,9 @@ sub _make_table
 	# keys under a checked rule's pattern that other rules write: the
 	# counter, and a key only updates write
 	$t->{cnt} = $self->chance(0.5) ? "$name:h:count" : "$name:cnt";
+	# hash-partitioned by the unique key column: key changes move rows
+	# between partitions
+	$t->{parts} = $self->chance(0.3) ? 2 + $self->rnd(3) : 0;
 	$t->{touched} = $self->chance(0.3);
 	push @{ $self->{tables} }, $t;
 	return;
@@ -259,9 +270,10 @@ sub describe
 	return join(
 		"\n",
 		map {
-			sprintf('%s: key %s (%s), replica identity %s, columns %s, '
+			sprintf('%s%s: key %s (%s), replica identity %s, columns %s, '
 				  . 'HSET {pairs:%s}%s%s%s%s%s',
-				$_->{name}, $_->{key}, $_->{ktpl}, $_->{full} ? 'FULL' : 'DEFAULT',
+				$_->{name}, $_->{parts} ? " ($_->{parts} hash partitions)" : '',
+				$_->{key}, $_->{ktpl}, $_->{full} ? 'FULL' : 'DEFAULT',
 				join(' ', @{ $_->{cols} }),
 				$_->{pairs}, defined $_->{json} ? ", SET {json:$_->{json}}" : '',
 				$_->{has}{s} ? ', SET {s}' : '', $_->{set} ? ', SADD' : '',
@@ -307,10 +319,21 @@ sub schema_sql
 		{
 			push @defs, "$c " . ($c eq 'n' ? $t->{numeric_type} : $column_type{$c});
 		}
-		$sql .= "CREATE TABLE $t->{name} (" . join(', ', @defs) . ");\n";
-		$sql .= "ALTER TABLE $t->{name} REPLICA IDENTITY FULL;\n" if $t->{full};
-		$sql .= "ALTER TABLE $t->{name} ALTER COLUMN e SET STORAGE EXTERNAL;\n"
-		  if $t->{has}{e};
+		$sql .= "CREATE TABLE $t->{name} (" . join(', ', @defs) . ")"
+		  . ($t->{parts} ? " PARTITION BY HASH ($t->{kcol})" : '') . ";\n";
+		my @rels = ($t->{name});
+		foreach my $p (0 .. $t->{parts} - 1)
+		{
+			$sql .= "CREATE TABLE $t->{name}_p$p PARTITION OF $t->{name} "
+			  . "FOR VALUES WITH (MODULUS $t->{parts}, REMAINDER $p);\n";
+			push @rels, "$t->{name}_p$p";
+		}
+		foreach my $r (@rels)
+		{
+			$sql .= "ALTER TABLE $r REPLICA IDENTITY FULL;\n" if $t->{full};
+			$sql .= "ALTER TABLE $r ALTER COLUMN e SET STORAGE EXTERNAL;\n"
+			  if $t->{has}{e};
+		}
 	}
 	return $sql;
 }
@@ -773,12 +796,19 @@ One transaction inserting C<$n> rows into each table.
 sub transaction
 {
 	my ($self, %opts) = @_;
-	return $self->large_transaction if $self->chance($opts{large} // 0.03);
+	my $sql = $self->_finish_prepared(0.3);
+	return $sql . $self->large_transaction if $self->chance($opts{large} // 0.03);
+	return $sql . $self->_prepared_transaction
+	  if $self->{two_phase} && $self->chance(0.05);
+	return $sql . $self->_many_savepoints if $self->chance(0.01);
 	my $tx = { added => {}, removed => {} };
-	my $sql = "BEGIN;\n";
+	$sql .= "BEGIN;\n";
 	my $sp = 0;
 	for (1 .. 1 + $self->rnd(6))
 	{
+		# held open a moment, while the other session commits and
+		# snapshots read their chunks
+		$sql .= "SELECT pg_sleep(0.02);\n" if $self->chance(0.05);
 		if ($self->chance(0.15))
 		{
 			# a savepoint with 1..3 statements, rolled back or released
@@ -805,6 +835,73 @@ sub transaction
 	}
 	$self->_commit_tx($tx);
 	return $sql . "COMMIT;\n";
+}
+
+# _many_savepoints: a transaction of 70 subtransactions, more than a
+# snapshot records (its subxip overflows), some rolled back
+sub _many_savepoints
+{
+	my ($self) = @_;
+	my $tx = { added => {}, removed => {} };
+	my $sql = "BEGIN;\n";
+	foreach my $i (1 .. 70)
+	{
+		my $saved = _copy_tx($tx);
+		$sql .= "SAVEPOINT m$i;\n" . $self->_statement($tx);
+		if ($self->chance(0.2))
+		{
+			$sql .= "ROLLBACK TO SAVEPOINT m$i;\n";
+			$tx = $saved;
+		}
+		else
+		{
+			$sql .= "RELEASE SAVEPOINT m$i;\n";
+		}
+	}
+	$self->_commit_tx($tx);
+	return $sql . "COMMIT;\n";
+}
+
+# _prepared_transaction: inserts of fresh rows, prepared (two-phase); a
+# later transaction of the same session commits or rolls it back
+# (_finish_prepared), so that it stays open across others' commits
+sub _prepared_transaction
+{
+	my ($self) = @_;
+	my $tx = { added => {}, removed => {} };
+	my $gid = sprintf('rw_%s_%d', $self->{seed}, ++$self->{gids});
+	my $sql = "BEGIN;\n";
+	$sql .= $self->_insert($tx, $self->pick($self->tables)) for 1 .. 1 + $self->rnd(3);
+	push @{ $self->{prepared}[ $self->_lane ] }, [ $gid, $tx ];
+	return $sql . "PREPARE TRANSACTION '$gid';\n";
+}
+
+# _finish_prepared(p): with chance p each, the session's prepared
+# transactions are committed (or, one in four, rolled back)
+sub _finish_prepared
+{
+	my ($self, $p) = @_;
+	my $pending = $self->{prepared}[ $self->_lane ] // [];
+	my @left;
+	my $sql = '';
+	foreach my $x (@$pending)
+	{
+		my ($gid, $tx) = @$x;
+		if (!$self->chance($p))
+		{
+			push @left, $x;
+			next;
+		}
+		if ($self->chance(0.25))
+		{
+			$sql .= "ROLLBACK PREPARED '$gid';\n";
+			next;
+		}
+		$sql .= "COMMIT PREPARED '$gid';\n";
+		$self->_commit_tx($tx);
+	}
+	$self->{prepared}[ $self->_lane ] = \@left;
+	return $sql;
 }
 
 sub _bulk_insert_sql
@@ -887,7 +984,7 @@ sub batch_sql
 		$sql .= $self->transaction(%opts);
 		$sql .= "SELECT pg_sleep($opts{pause});\n" if $opts{pause};
 	}
-	return $sql;
+	return $sql . $self->_finish_prepared(1);
 }
 
 # batch_sqls($n, sessions => 2, %opts): a script per session, $n
@@ -906,6 +1003,11 @@ sub batch_sqls
 			$sql[$lane] .= $self->transaction(%opts);
 			$sql[$lane] .= "SELECT pg_sleep($opts{pause});\n" if $opts{pause};
 		}
+	}
+	foreach my $lane (0 .. $k - 1)
+	{
+		$self->{lane} = $lane;
+		$sql[$lane] .= $self->_finish_prepared(1);
 	}
 	delete $self->{lanes};
 	delete $self->{lane};
