@@ -259,7 +259,7 @@ $on_node{ $client->node_of($_)->port } //= $_ foreach @hashes;
 my @spread = ((map { $on_node{$_} } sort keys %on_node), @hashes);
 my $differ = $spread[0];
 my ($gone) = grep { $_ ne $differ } @spread;
-my $orphan = "$t1->{name}:h:planted orphan";
+my $orphan = "$differ planted";    # under the same pattern, whatever the key's shape
 my $field = ($client->call('HKEYS', $differ))->[0];
 $client->call('HSET', $differ, $field, 'planted drift');
 $client->call('DEL', $gone);
