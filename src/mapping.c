@@ -25,6 +25,9 @@
  *
  * An update that changes the primary key runs the delete rules on the old
  * row, then the insert rules on the new row, so no stale key is left behind.
+ * Its new row's unchanged TOASTed values come from the old row (REPLICA
+ * IDENTITY FULL); without one they are render errors even in {pairs} and
+ * {json}, since the old key, which held them, is deleted.
  *
  * Limits.  A value larger than pg2redis.max_argument_bytes (its raw size,
  * before any output function runs) and an expanded argument larger than
@@ -357,7 +360,24 @@ resolve(ExpandState *st, AttrNumber rulecol, bool old, RowState **rowp,
 
 		if (alt == NULL || !alt->present || alt->keyonly || alt->isnull[i] ||
 			is_unchanged_toast(&map->cols[i], alt->values[i]))
-			return COL_UNCHANGED_TOAST;
+		{
+			char *name;
+
+			if (!st->key_changed || row != st->cur)
+				return COL_UNCHANGED_TOAST;
+
+			/*
+			 * The insert rules of a key change write a new key and the
+			 * delete rules removed the old one, which held the value:
+			 * leaving it out would lose it without a trace.
+			 */
+			name = get_attname(map->rulerelid, rulecol, true);
+			pg2r_fail(&st->err, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+					  "Set REPLICA IDENTITY FULL on the table: a key change is applied as a delete of the old key and an insert of the new one, which needs every value.",
+					  "column \"%s\" is an unchanged TOASTed value that PostgreSQL did not send, and the row's key changed",
+					  name ? name : "?");
+			return COL_ERROR;
+		}
 		row = alt;
 	}
 	if (map->cols[i].typlen == -1 &&
@@ -1066,6 +1086,7 @@ mapping_change(RelMap *map, Relation rel, Pg2rOp op, HeapTuple oldtuple,
 				run_rules(&st, PG2R_OP_DELETE, sink);
 				st.cur = &newrow;
 				st.old = NULL;
+				st.key_changed = true;
 				run_rules(&st, PG2R_OP_INSERT, sink);
 			}
 			else

@@ -19,9 +19,12 @@
  * PUBLISH, LPUSH, EXPIRE, DEL ...) and rules that render transaction facts
  * ({%xid%}, {%lsn%}, {%commit_time%}) are skipped and counted.  Then each
  * key pattern of those rules (product:{id} -> product:*) is scanned: a key
- * that matches it but that no row renders is an orphan (a key the most
- * specific matching pattern attributes to a table outside the check is left
- * alone).  A sample does not look for orphans.
+ * that matches it but that no row renders is an orphan.  A key the most
+ * specific matching pattern attributes elsewhere is left alone: to a table
+ * outside the check, or to a rule that is not checked (a key of any rule,
+ * of any op, claims what its pattern matches: an INCRBY counter, the key of
+ * an update-only rule); so are pg2redis's own keys.  A sample does not look
+ * for orphans.
  *
  * Consistency: the rows are read under one snapshot (the transaction's),
  * and Redis is read once the stream has applied everything committed before
@@ -856,13 +859,14 @@ verifiable(const char *name)
 }
 
 /*
- * make_pattern makes the key pattern of a rule's key argument: literal
- * text kept (glob characters escaped for SCAN), each placeholder a star.
+ * make_pattern makes the key pattern of argument a of a rule (a key):
+ * literal text kept (glob characters escaped for SCAN), each placeholder a
+ * star.
  */
 static KeyPattern *
-make_pattern(const Rule *rule)
+make_pattern(const Rule *rule, int a)
 {
-	const TplArg  *arg = &rule->tpl->args[rule->def->first_key];
+	const TplArg  *arg = &rule->tpl->args[a];
 	KeyPattern	  *kp = palloc0(sizeof(KeyPattern));
 	StringInfoData glob, lit;
 
@@ -950,14 +954,57 @@ pattern_match(const KeyPattern *kp, const char *key, size_t len)
 	return kp->trail_star || pos == len || n == 0;
 }
 
-/* collect_patterns makes the key pattern of every checkable rule. */
+/*
+ * claim_patterns appends to patterns the pattern of every key argument of
+ * every rule of relation relid, of every op, with no stats: a key such a
+ * pattern matches more specifically than a checked rule's is that rule's
+ * (an INCRBY counter, the key of an update-only rule), not an orphan.
+ */
+static List *
+claim_patterns(List *patterns, Oid relid)
+{
+	for (int op = 0; op < PG2R_NUM_OPS; op++)
+	{
+		ListCell *r;
+
+		foreach(r, rules_for(relid, (Pg2rOp) op))
+		{
+			Rule *rule = lfirst(r);
+			int	  nargs, last;
+
+			if (rule->broken || rule->tpl == NULL || rule->def == NULL ||
+				rule->def->first_key <= 0)
+				continue;
+			nargs = rule->tpl->nargs;
+			last = rule->def->last_key < 0 ? nargs + rule->def->last_key
+										   : rule->def->last_key;
+			for (int a = rule->def->first_key; a <= last && a < nargs;
+				 a += Max(rule->def->key_step, 1))
+			{
+				/* {pairs} shifts the keys after it: they are not known */
+				if (rule->tpl->args[a].nparts > 0 &&
+					rule->tpl->args[a].parts[0].kind == TPL_PAIRS)
+					break;
+				patterns = lappend(patterns, make_pattern(rule, a));
+			}
+		}
+	}
+	return patterns;
+}
+
+/*
+ * collect_patterns makes the key pattern of every checkable rule, then
+ * those that only claim keys (claim_patterns).  Checkable ones come first:
+ * of equally specific patterns, find_orphans attributes a key to the first.
+ */
 static List *
 collect_patterns(VerifyState *vs, List *stats)
 {
 	List	 *patterns = NIL;
+	List	 *relids = rules_relations();
 	ListCell *lc;
 
-	foreach(lc, rules_relations())
+	foreach(lc, relids)
 	{
 		Oid		  relid = lfirst_oid(lc);
 		RelStats *st = NULL;
@@ -979,11 +1026,13 @@ collect_patterns(VerifyState *vs, List *stats)
 				rule->def->first_key >= rule->tpl->nargs ||
 				!verifiable(rule->def->name) || uses_txn_facts(rule))
 				continue;
-			kp = make_pattern(rule);
+			kp = make_pattern(rule, rule->def->first_key);
 			kp->stats = st;
 			patterns = lappend(patterns, kp);
 		}
 	}
+	foreach(lc, relids)
+		patterns = claim_patterns(patterns, lfirst_oid(lc));
 	return patterns;
 }
 
@@ -1044,7 +1093,14 @@ find_orphans(VerifyState *vs, List *patterns)
 							pattern_match(cand, key, len))
 							best = cand;
 					}
-					/* a key another pattern claims is checked in its scan */
+					/*
+					 * pg2redis's own keys (stream positions) no rule writes;
+					 * a key another pattern claims is checked in its scan
+					 */
+					if (len >= strlen(PG2R_KEY_PREFIX) &&
+						memcmp(key, PG2R_KEY_PREFIX,
+							   strlen(PG2R_KEY_PREFIX)) == 0)
+						continue;
 					if (best == NULL || best->stats == NULL ||
 						strcmp(best->glob, kp->glob) != 0)
 						continue;

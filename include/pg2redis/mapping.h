@@ -85,6 +85,7 @@ typedef struct ExpandState
 	RowState *old;			/* row before the change, or NULL */
 	bool	  old_from_cur; /* update without old row: key unchanged */
 	RowState *toast_from;	/* where an unchanged TOASTed value of cur is */
+	bool	  key_changed;	/* cur is the new row of a key change */
 	const ChangeMeta *meta;
 	StringInfoData	  scratch;
 	Pg2rError		  err;
