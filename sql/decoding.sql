@@ -76,7 +76,9 @@ INSERT INTO m VALUES (7);
 SELECT CASE WHEN data LIKE '["XADD%' THEN '["XADD","m",...]' ELSE data END AS data
   FROM pg_logical_slot_get_changes('p2r', NULL, NULL);
 
--- unchanged TOASTed values: never rendered as garbage
+-- unchanged TOASTed values: never rendered as garbage; left out of {pairs}
+-- (HSET keeps the field), a render error in {json} (written whole, the
+-- value would be lost) and in {col}; taken from the old row under FULL
 CREATE TABLE doc (id int PRIMARY KEY, title text, body text);
 CREATE TABLE docf (id int PRIMARY KEY, title text, body text);
 ALTER TABLE docf REPLICA IDENTITY FULL;

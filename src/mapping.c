@@ -19,9 +19,11 @@
  * rendered at most once, however many rules use it.  Values PostgreSQL did
  * not send are never rendered: an unchanged TOASTed column (an on-disk
  * pointer) and the non-identity columns of an old row.  Such a value is left
- * out of {pairs}/{json}, is '' for {old:col}, is taken from the old row when
- * the old row has it (REPLICA IDENTITY FULL), and is a render error where a
- * single value is required ({col}, {diff:col}, {%pk%}).
+ * out of {pairs} (HSET keeps the field), is '' for {old:col}, is taken from
+ * the old row when the old row has it (REPLICA IDENTITY FULL), and is a
+ * render error where a single value is required ({col}, {diff:col}, {%pk%})
+ * and in {json} (a JSON value is written whole: a column left out would be
+ * lost).  An old row's non-identity columns are left out of {json} too.
  *
  * An update that changes the primary key runs the delete rules on the old
  * row, then the insert rules on the new row, so no stale key is left behind.
@@ -519,7 +521,11 @@ append_diff(ExpandState *st, const TplPart *part, StringInfo out)
 	return true;
 }
 
-/* append_json appends {json:…}: an object of the columns that were sent. */
+/*
+ * append_json appends {json:…}: an object of the columns, those an old row
+ * does not have left out; false with st->err set for an unchanged TOASTed
+ * value PostgreSQL did not send.
+ */
 static bool
 append_json(ExpandState *st, const TplPart *part, StringInfo out)
 {
@@ -534,7 +540,18 @@ append_json(ExpandState *st, const TplPart *part, StringInfo out)
 
 		if (res == COL_ERROR)
 			return false;
-		if (res == COL_UNAVAILABLE || res == COL_UNCHANGED_TOAST)
+
+		/*
+		 * A JSON value is written whole (SET, JSON.SET, a hash field, an
+		 * event): one left out of it is lost from Redis, not kept.
+		 */
+		if (res == COL_UNCHANGED_TOAST)
+			return pg2r_fail(&st->err,
+							 ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+							 "Set REPLICA IDENTITY FULL on the table, or write the column with HSET {pairs:…}, which keeps a field an update did not send.",
+							 "column \"%s\" of {json:…} is an unchanged TOASTed value that PostgreSQL did not send",
+							 part->colnames[c]);
+		if (res == COL_UNAVAILABLE)
 			continue;
 		if (!first)
 			appendStringInfoChar(out, ',');
