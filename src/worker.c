@@ -201,8 +201,12 @@ worker_exit(int code, Datum arg)
  * the server-wide list.  search_path is pinned to pg_catalog, pg_temp: the
  * worker is a superuser, and ALTER DATABASE/ROLE ... SET search_path (which
  * apply to background workers) must not put anyone's functions or
- * operators in front of the built-in ones its SQL means.  PGC_S_OVERRIDE
- * wins over those settings, over postgresql.conf on reload, and over SET.
+ * operators in front of the built-in ones its SQL means.  The worker's own
+ * commits (dead letters, snapshot progress and requests) are bookkeeping:
+ * synchronous_commit is local, so that a synchronous standby that is down
+ * or slow never stops the stream (they are durable locally, and the slot
+ * they describe is not replicated anyway).  PGC_S_OVERRIDE wins over those
+ * settings, over postgresql.conf on reload, and over SET.
  */
 static void
 set_process_settings(void)
@@ -218,6 +222,8 @@ set_process_settings(void)
 	for (size_t i = 0; i < lengthof(settings); i++)
 		SetConfigOption(settings[i][0], settings[i][1], PGC_USERSET,
 						PGC_S_OVERRIDE);
+	SetConfigOption("synchronous_commit", "local", PGC_USERSET,
+					PGC_S_OVERRIDE);
 	snprintf(mem, sizeof(mem), "%d", pg2r_decoding_work_mem_kb);
 	SetConfigOption("logical_decoding_work_mem", mem, PGC_USERSET,
 					PGC_S_OVERRIDE);
