@@ -51,6 +51,7 @@ int	  pg2r_max_argument_bytes = 64 * 1024 * 1024;
 int	  pg2r_decoding_work_mem_kb = 16384;
 int	  pg2r_snapshot_batch_size = 10000;
 int	  pg2r_snapshot_statement_timeout_ms = 60000;
+int	  pg2r_load_stall_timeout_ms = 60000;
 
 static const struct config_enum_entry numeric_mode_options[] =
 	{{"number", PG2R_NUMERIC_NUMBER, false},
@@ -278,6 +279,11 @@ define_settings(void)
 							"Each chunk is selected by primary key between two watermarks; larger chunks are faster, smaller ones hold up the stream less.",
 							&pg2r_snapshot_batch_size, 10000, 1, 1000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.load_stall_timeout",
+							"Longest the initial load waits for Redis to acknowledge a block.",
+							"The load holds no table lock while it waits, but holds its snapshot and its new slot: past this, it gives up, leaves the tables Redis does not have yet to snapshots on demand (or, for a table without a primary key, starts over later). 0 means wait forever.",
+							&pg2r_load_stall_timeout_ms, 60000, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("pg2redis");
 }

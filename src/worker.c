@@ -12,7 +12,12 @@
  * initial snapshot, copy every mapped table with it to Redis (snapshot.c),
  * then persist the slot.  The copy is exact at the slot's start point, and
  * a crash before the slot is persisted drops it, so the next start copies
- * again from a new start point.
+ * again from a new start point.  The copy holds no table lock while it
+ * waits for Redis; if Redis acknowledges nothing for
+ * pg2redis.load_stall_timeout, the slot is persisted with snapshots on
+ * demand queued for what Redis lacks, and a new worker streams from the
+ * start point (or, when such a table has no key, the slot is dropped and
+ * the next start copies everything again).
  *
  * Every start: acquire the slot, check it was not invalidated, create a
  * decoding context with the extension's own output plugin, and read WAL
@@ -495,7 +500,8 @@ wait_for_redis(void)
 
 /*
  * create_slot creates the slot and loads every mapped table into Redis
- * with the slot's initial snapshot, then persists the slot.
+ * with the slot's initial snapshot, then persists the slot; a load that
+ * Redis stalled ends the worker (see the file's header).
  */
 static void
 create_slot(void)
@@ -503,6 +509,7 @@ create_slot(void)
 	LogicalDecodingContext *ctx;
 	Snapshot				snap;
 	XLogRecPtr				start;
+	LoadOutcome				outcome;
 
 	ereport(LOG, (errmsg("pg2redis: creating replication slot \"%s\"",
 						 pg2r_slot_name)));
@@ -537,7 +544,9 @@ create_slot(void)
 	FreeDecodingContext(ctx);
 
 	pg2r_report_state(PG2R_STATE_SNAPSHOTTING);
-	snapshot_initial_load(start);
+	outcome = snapshot_initial_load(start);
+	if (outcome == LOAD_START_OVER)
+		proc_exit(1); /* the ephemeral slot goes with us; load again later */
 
 	ReplicationSlotPersist();
 	ReplicationSlotRelease();
@@ -545,6 +554,17 @@ create_slot(void)
 	MemoryContextSwitchTo(WorkerCxt);
 	ereport(LOG, (errmsg("pg2redis: replication slot \"%s\" created at %X/%X",
 						 pg2r_slot_name, LSN_FORMAT_ARGS(start))));
+	if (outcome == LOAD_GAVE_UP)
+	{
+		/*
+		 * Redis stalled: the snapshots on demand that load the rest are
+		 * committed with the slot.  A new worker streams from the slot's
+		 * start point with a sender of its own, not one holding blocks of
+		 * the load that Redis may never acknowledge.
+		 */
+		write_dead_letters();
+		proc_exit(1);
+	}
 }
 
 /*
