@@ -184,6 +184,46 @@ CREATE TRIGGER invalidate
     FOR EACH STATEMENT EXECUTE FUNCTION pg2redis.rules_changed();
 
 /*
+ * No TRUNCATE of the rules: the decoder reads them as of each decoded
+ * transaction, and TRUNCATE gives the table new, empty storage, so changes
+ * committed before it but decoded after it (the worker paused, behind, or
+ * waiting for Redis) would find no rule and never be sent.  DELETE keeps
+ * the row versions those transactions still read.
+ */
+CREATE FUNCTION pg2redis.refuse_truncate()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'cannot truncate table pg2redis.rules'
+        USING ERRCODE = 'feature_not_supported',
+              DETAIL = 'The worker reads the rules as of each transaction it decodes; TRUNCATE would remove them for changes committed before it that are not in Redis yet.',
+              HINT = 'Use DELETE FROM pg2redis.rules.';
+END
+$$;
+
+CREATE TRIGGER refuse_truncate
+    BEFORE TRUNCATE ON pg2redis.rules
+    FOR EACH STATEMENT EXECUTE FUNCTION pg2redis.refuse_truncate();
+
+/*
+ * DROP EXTENSION pg2redis waits (up to pg2redis.redis_timeout) for the
+ * stream to apply every change committed before it, and is refused if it
+ * did not: transactions decoded after the rules table is gone could not be
+ * mapped.  ALTER EVENT TRIGGER pg2redis_check_drop DISABLE lets a DROP
+ * through anyway; the worker then skips those changes with a WARNING.
+ */
+CREATE FUNCTION pg2redis.check_drop()
+RETURNS event_trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'pg2redis_check_drop';
+
+CREATE EVENT TRIGGER pg2redis_check_drop ON ddl_command_start
+    WHEN TAG IN ('DROP EXTENSION')
+    EXECUTE FUNCTION pg2redis.check_drop();
+
+/*
  * Rules of a dropped table go with it, so that no rule names an OID that
  * may later be reused by another table.
  */
@@ -749,6 +789,8 @@ REVOKE ALL ON FUNCTION pg2redis.rules_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.check_snapshot_request() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.check_ddl() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.drop_rules_of_dropped_tables() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis.refuse_truncate() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis.check_drop() FROM PUBLIC;
 
 /*
  * Predefined roles.  Roles belong to the cluster, not to this database: they

@@ -14,11 +14,14 @@
 #include "access/table.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/event_trigger.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "replication/slot.h"
 #include "storage/latch.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -44,6 +47,7 @@ PG_FUNCTION_INFO_V1(pg2redis_status);
 PG_FUNCTION_INFO_V1(pg2redis_relation_stats);
 PG_FUNCTION_INFO_V1(pg2redis_wait);
 PG_FUNCTION_INFO_V1(pg2redis_resync);
+PG_FUNCTION_INFO_V1(pg2redis_check_drop);
 PG_FUNCTION_INFO_V1(pg2redis_redis);
 PG_FUNCTION_INFO_V1(pg2redis_snapshot);
 PG_FUNCTION_INFO_V1(pg2redis_validate_snapshot_filter);
@@ -212,6 +216,91 @@ pg2redis_resync(PG_FUNCTION_ARGS)
 				 errmsg("pg2redis worker is not running"),
 				 errhint("Check pg2redis_status() and the server log; the worker needs shared_preload_libraries = 'pg2redis' and wal_level = logical.")));
 	pg2r_wake_worker();
+	PG_RETURN_VOID();
+}
+
+/*
+ * drops_pg2redis tells whether a DROP statement drops extension pg2redis.
+ */
+static bool
+drops_pg2redis(Node *parsetree)
+{
+	DropStmt *stmt;
+	ListCell *lc;
+
+	if (parsetree == NULL || !IsA(parsetree, DropStmt))
+		return false;
+	stmt = (DropStmt *) parsetree;
+	if (stmt->removeType != OBJECT_EXTENSION)
+		return false;
+	foreach(lc, stmt->objects)
+		if (IsA(lfirst(lc), String) &&
+			strcmp(strVal(lfirst(lc)), "pg2redis") == 0)
+			return true;
+	return false;
+}
+
+/*
+ * pg2redis_check_drop is the ddl_command_start event trigger of DROP
+ * EXTENSION: dropping pg2redis from the database the worker streams, while
+ * its slot holds changes committed before the DROP that Redis lacks, waits
+ * up to pg2redis.redis_timeout for the stream to apply them, and is refused
+ * if it did not.  The decoder reads the rules table as of each decoded
+ * transaction; once the table is gone, those changes cannot be mapped.
+ * Changes committed while the DROP itself runs are not covered: the worker
+ * skips them with a WARNING (rules.c), as it does after a DROP let through
+ * with this trigger disabled.
+ */
+Datum
+pg2redis_check_drop(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trigdata;
+	ReplicationSlot	 *slot;
+	Oid				  slotdb = InvalidOid;
+	XLogRecPtr		  confirmed = InvalidXLogRecPtr;
+	XLogRecPtr		  target;
+	char			 *dbname;
+	Pg2rShared		  s;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		elog(ERROR, "pg2redis_check_drop must be called as an event trigger");
+	trigdata = (EventTriggerData *) fcinfo->context;
+	if (!drops_pg2redis(trigdata->parsetree))
+		PG_RETURN_VOID();
+
+	/* only the streamed database has a slot whose changes need the rules */
+	dbname = get_database_name(MyDatabaseId);
+	if (dbname == NULL || strcmp(dbname, pg2r_database) != 0)
+		PG_RETURN_VOID();
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	slot = SearchNamedReplicationSlot(pg2r_slot_name, false);
+	if (slot != NULL)
+	{
+		SpinLockAcquire(&slot->mutex);
+		slotdb = slot->data.database;
+		confirmed = slot->data.confirmed_flush;
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	if (slot == NULL || slotdb != MyDatabaseId)
+		PG_RETURN_VOID();
+
+	target = pg2r_wal_record_start(GetXLogInsertRecPtr());
+	if (confirmed >= target ||
+		pg2r_wait_applied(target, pg2r_redis_timeout_ms))
+		PG_RETURN_VOID();
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	memcpy(&s, pg2r_shared, sizeof(s));
+	SpinLockRelease(&pg2r_shared->mutex);
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("cannot drop extension pg2redis while Redis lacks changes committed before it"),
+			 errdetail("The stream has applied changes up to %X/%X, not up to %X/%X, within %d ms; the worker is %s.",
+					   LSN_FORMAT_ARGS(Max(s.applied_lsn, confirmed)),
+					   LSN_FORMAT_ARGS(target), pg2r_redis_timeout_ms,
+					   pg2r_state_name(s.state)),
+			 errhint("Let the stream catch up (SELECT pg2redis_wait()) and drop the extension again. To drop it without sending those changes, run ALTER EVENT TRIGGER pg2redis_check_drop DISABLE first.")));
 	PG_RETURN_VOID();
 }
 

@@ -52,6 +52,7 @@ int	  pg2r_max_argument_bytes = 64 * 1024 * 1024;
 int	  pg2r_decoding_work_mem_kb = 16384;
 int	  pg2r_snapshot_batch_size = 10000;
 int	  pg2r_snapshot_statement_timeout_ms = 60000;
+int	  pg2r_load_stall_timeout_ms = 60000;
 
 static const struct config_enum_entry numeric_mode_options[] =
 	{{"number", PG2R_NUMERIC_NUMBER, false},
@@ -297,6 +298,11 @@ define_settings(void)
 							 "After ALTER TABLE, DROP INDEX or REVOKE, the rules of the tables concerned are checked again: \"disable\" disables a rule that fails with a WARNING naming it, \"error\" refuses the change, \"off\" checks nothing (the stream turns the rule's changes into dead letters).",
 							 &ddl_check, 0, ddl_check_options, PGC_SUSET, 0,
 							 NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.load_stall_timeout",
+							"Longest the initial load waits for Redis to acknowledge a block.",
+							"The load holds no table lock while it waits, but holds its snapshot and its new slot: past this, it gives up, leaves the tables Redis does not have yet to snapshots on demand (or, for a table without a primary key, starts over later). 0 means wait forever.",
+							&pg2r_load_stall_timeout_ms, 60000, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("pg2redis");
 }

@@ -45,6 +45,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/catalog.h"
@@ -59,6 +60,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/hsearch.h"
@@ -307,6 +309,35 @@ compile_rule(Rule *rule, ArrayType *command, Jsonb *condition)
 }
 
 /*
+ * rules_table_dropped tells, inside decoding, whether the rules table the
+ * historic catalogs show (relid) has been dropped since, by a DROP
+ * EXTENSION committed after the transaction being decoded.  The relcache
+ * finds the storage of a table read during decoding by its current
+ * pg_class row, so opening it would fail with "could not find pg_class
+ * entry" on every restart: the current catalogs are asked first.
+ */
+static bool
+rules_table_dropped(Oid relid)
+{
+	Relation	pgclass;
+	ScanKeyData key;
+	SysScanDesc scan;
+	bool		exists;
+
+	pgclass = table_open(RelationRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_class_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	scan =
+		systable_beginscan(pgclass, ClassOidIndexId, true,
+						   GetNonHistoricCatalogSnapshot(RelationRelationId),
+						   1, &key);
+	exists = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(pgclass, AccessShareLock);
+	return !exists;
+}
+
+/*
  * rules_load reads every enabled rule into a fresh cache.  The cache is
  * marked valid before the scan, so that an invalidation arriving during the
  * scan makes the next caller load again.
@@ -348,6 +379,17 @@ rules_load(void)
 	rules_table = rules_lookup_table();
 	if (!OidIsValid(rules_table))
 	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	if (HistoricSnapshotActive() && rules_table_dropped(rules_table))
+	{
+		/* TRUNCATE is refused and DROP EXTENSION waits: this one got through */
+		ereport(WARNING,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("pg2redis: table pg2redis.rules was dropped before the stream applied changes committed before that"),
+				 errdetail("Those changes are not sent to Redis."),
+				 errhint("Check Redis with pg2redis_verify(), or run pg2redis_resync() to load every mapped table again.")));
 		MemoryContextSwitchTo(old);
 		return;
 	}

@@ -735,6 +735,48 @@ sender_flush(void)
 	push_building(building->fence);
 }
 
+/*
+ * sender_command_would_wait tells whether sender_command() would now wait
+ * for the block in flight: the current transaction's next command splits
+ * the block being built while another is still unacknowledged.  The
+ * initial load waits for that itself, holding no lock (snapshot.c).
+ */
+bool
+sender_command_would_wait(void)
+{
+	return inflight != NULL && !stopped && !cur.skip &&
+		   (building->txn_cmds >= pg2r_max_transaction_commands ||
+			(building->txn_cmds > 0 &&
+			 building->resp.len >= pg2r_batch_bytes));
+}
+
+/* sender_inflight: a block is sent and not acknowledged yet. */
+bool
+sender_inflight(void)
+{
+	return inflight != NULL && !stopped;
+}
+
+/* sender_txn_seq returns how many commands the current transaction has. */
+uint64
+sender_txn_seq(void)
+{
+	return cur.seq;
+}
+
+/*
+ * sender_applied_part tells whether Redis has acknowledged the first ncmds
+ * commands of the transaction ending at end_lsn (as this process knows).
+ */
+bool
+sender_applied_part(XLogRecPtr end_lsn, uint64 ncmds)
+{
+	if (ncmds == 0 || topo.acked.lsn > end_lsn)
+		return true;
+	return topo.acked.lsn == end_lsn &&
+		   (topo.acked.seq == FENCE_DONE || topo.acked.seq >= ncmds);
+}
+
 /* sender_batch_open_longer_than: the block being built is older than ms. */
 bool
 sender_batch_open_longer_than(int ms)

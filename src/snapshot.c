@@ -14,6 +14,20 @@
  * into atomic parts like any large transaction and fenced by the start
  * point when done.
  *
+ * Locks.  Redis slow or gone must not hold up PostgreSQL users, so no lock
+ * is held while the load waits for Redis.  A leaf is read in chunks, by TID
+ * (rows visible to the snapshot stay where they are while it holds back
+ * vacuum); each chunk locks the leaf in a subtransaction, renders its rows
+ * into a buffer, and rolls the subtransaction back, which releases every
+ * lock the chunk took; only then are its commands handed to the sender,
+ * which may wait for Redis.  A leaf whose storage changed since the
+ * snapshot (VACUUM FULL, CLUSTER, TRUNCATE, a rewriting ALTER TABLE) can no
+ * longer be read as of it: it is left to a snapshot on demand.  Other DDL
+ * (ADD COLUMN, say) applies to the rows not read yet, as it would to rows
+ * the stream decodes after it.  The load still holds its snapshot and its
+ * new slot while it waits, for pg2redis.load_stall_timeout without an
+ * acknowledgement at most; then it gives up (snapshot_initial_load).
+ *
  * A table's snapshot filter is one boolean expression over the table
  * (snapshot_check_filter), run by SQL.  The query runs as the table's owner,
  * in a security-restricted operation with search_path pinned to pg_catalog,
@@ -27,25 +41,33 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/heaptoast.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/stratnum.h"
+#include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "common/keywords.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "parser/parser.h"
 #include "parser/scanner.h"
 #include "pgstat.h"
+#include "storage/bufmgr.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/resowner.h"
 #include "utils/timeout.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -75,8 +97,8 @@ snapshot_mapped_leaves(Oid relid)
 	{
 		ListCell *lc2;
 
-		foreach(lc2,
-				find_all_inheritors(lfirst_oid(lc), AccessShareLock, NULL))
+		/* no lock: the initial load locks each leaf only while reading it */
+		foreach(lc2, find_all_inheritors(lfirst_oid(lc), NoLock, NULL))
 		{
 			Oid child = lfirst_oid(lc2);
 
@@ -305,108 +327,224 @@ snapshot_filter_clause(const char *filter)
 	return psprintf("(\n%s\n)", filter);
 }
 
-/*
- * load_filtered sends the rows of rel that its snapshot filter keeps,
- * reading them with SQL under the active snapshot, as the table's owner
- * (snapshot_become_owner); the rows are rendered and sent as the worker.
+/* ---------------------------------------------------------------------------
+ * The initial load
+ * ---------------------------------------------------------------------------
  */
-static uint64
-load_filtered(Relation rel, RelMap *map, const char *filter,
-			  const ChangeMeta *meta, const CommandSink *sink,
-			  MemoryContext rowcxt)
+
+/* A leaf the load sent whole: Redis has it once ncmds commands are acked. */
+typedef struct LoadedLeaf
 {
-	char *relname =
-		quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-								   RelationGetRelationName(rel));
-	char		 *sql;
-	Portal		  portal;
-	uint64		  rows = 0;
-	SPIPlanPtr	  plan;
-	SnapshotOwner saved;
+	Oid	   relid;
+	uint64 ncmds;
+} LoadedLeaf;
 
-	snapshot_check_filter(relname, filter);
-	sql = psprintf("SELECT t FROM ONLY %s t WHERE %s", relname,
-				   snapshot_filter_clause(filter));
-	snapshot_become_owner(rel->rd_rel->relowner, &saved);
-	plan = SPI_prepare(sql, 0, NULL);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare the snapshot filter of \"%s\"",
-			 RelationGetRelationName(rel));
-	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
-	snapshot_restore_user(&saved);
-	for (;;)
-	{
-		snapshot_become_owner(rel->rd_rel->relowner, &saved);
-		SPI_cursor_fetch(portal, true, 10000);
-		snapshot_restore_user(&saved);
-		if (SPI_processed == 0)
-			break;
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTupleData tuple;
-			MemoryContext old = MemoryContextSwitchTo(rowcxt);
-
-			mapping_spi_row(i, RelationGetRelid(rel), &tuple);
-			sender_count_change();
-			mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, meta,
-						   sink);
-			MemoryContextSwitchTo(old);
-			MemoryContextReset(rowcxt);
-			rows++;
-			CHECK_FOR_INTERRUPTS();
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
-	return rows;
-}
-
-/* Arguments of load_filtered, for pg2r_run_guarded. */
-typedef struct LoadCall
+/* The initial load. */
+typedef struct Load
 {
-	Relation		   rel;
-	RelMap			  *map;
-	const char		  *filter;
-	const ChangeMeta  *meta;
-	const CommandSink *sink;
-	MemoryContext	   rowcxt;
-	uint64			   rows;
-} LoadCall;
+	XLogRecPtr	   start;
+	Snapshot	   snap;
+	ChangeMeta	   meta;
+	bool		   careful; /* an ERROR ended the last load */
+	MemoryContext  cxt;		/* outlives the chunks' subtransactions */
+	MemoryContext  chunkcxt;
+	MemoryContext  rowcxt;
+	StringInfoData buf;	 /* the chunk's commands, see buf_command */
+	const char	 **argv; /* one command of buf, for the sender */
+	size_t		  *lens;
+	int			   maxargs;
+	uint64		   rows;
+	List		  *loaded;	 /* LoadedLeaf *, in load order */
+	List		  *deferred; /* leaves left to snapshots on demand */
+	bool		   stalled;	 /* Redis acknowledged nothing for too long */
+} Load;
 
-/* load_filtered_call runs load_filtered with the arguments in arg. */
+/* Where the next chunk of a leaf starts. */
+typedef struct LeafPos
+{
+	Oid				relid;
+	Oid				filenode; /* its storage as of the load's snapshot */
+	BlockNumber		nblocks;  /* its size when first read; 0 = unknown */
+	ItemPointerData next;	  /* heap scan: the first row not read yet */
+	BlockNumber		block;	  /* filtered: the first block not read yet */
+	BlockNumber		step;	  /* filtered: blocks per chunk */
+} LeafPos;
+
+/* How a chunk of a leaf ended. */
+typedef enum ChunkEnd
+{
+	CHUNK_MORE,		/* the leaf has more rows */
+	CHUNK_LAST,		/* the leaf is done */
+	CHUNK_GONE,		/* the leaf was dropped since the load began */
+	CHUNK_REWRITTEN /* its storage changed since the load's snapshot */
+} ChunkEnd;
+
+/*
+ * The arg of the load's CommandSink: the leaf's OID first, which is what
+ * sender_render_error reads, then the buffer commands go to.
+ */
+typedef struct LoadSinkArg
+{
+	Oid		   relid;
+	StringInfo buf;
+} LoadSinkArg;
+
+#define LOAD_FIRST_STEP 16		/* blocks of a filtered leaf's first chunk */
+#define LOAD_MAX_STEP (1 << 20) /* and most of any */
+#define LOAD_KEEP_BUFFER (64 * 1024 * 1024)
+/* commands a chunk renders before they are sent: small enough to stay in cache */
+#define LOAD_CHUNK_BYTES (256 * 1024)
+
+/*
+ * buf_command is the load's CommandSink: a chunk's commands are kept, in
+ * the format of ondemand.c's chunks (rule id, command definition, argc,
+ * then each argument's length and bytes), and handed to the sender once
+ * the chunk has released its locks (load_send).  A command is appended
+ * whole or, when memory runs out, not at all; one that could not fit in a
+ * block is refused here, where a careful load turns it into a dead letter,
+ * rather than in the sender later.
+ */
 static void
-load_filtered_call(void *arg)
+buf_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
+			const char *const *argv, const size_t *argvlen)
 {
-	LoadCall *c = arg;
+	StringInfo buf = ((LoadSinkArg *) arg)->buf;
+	char	  *p;
+	int32	   n = argc;
+	Size	   need = sizeof(int64) + sizeof(rule->def) + sizeof(int32);
+	Size	   inblock = 16;
 
-	c->rows =
-		load_filtered(c->rel, c->map, c->filter, c->meta, c->sink, c->rowcxt);
+	for (int i = 0; i < argc; i++)
+	{
+		need += sizeof(int32) + argvlen[i];
+		inblock += argvlen[i] + 32;
+	}
+	if (inblock >= MaxAllocSize - (Size) pg2r_batch_bytes ||
+		need >= MaxAllocSize - (Size) buf->len)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("command of %zu bytes does not fit in a block",
+						inblock),
+				 errhint("Lower pg2redis.max_argument_bytes or pg2redis.batch_bytes.")));
+	enlargeStringInfo(buf, (int) need);
+	p = buf->data + buf->len;
+	memcpy(p, &rule->id, sizeof(int64));
+	p += sizeof(int64);
+	memcpy(p, &rule->def, sizeof(rule->def));
+	p += sizeof(rule->def);
+	memcpy(p, &n, sizeof(int32));
+	p += sizeof(int32);
+	for (int i = 0; i < argc; i++)
+	{
+		int32 len = (int32) argvlen[i];
+
+		memcpy(p, &len, sizeof(int32));
+		p += sizeof(int32);
+		memcpy(p, argv[i], len);
+		p += len;
+	}
+	buf->len += (int) need;
+	buf->data[buf->len] = '\0';
+}
+
+/* buf_error records a row a rule could not render (no Redis wait). */
+static void
+buf_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
+{
+	sender_render_error(arg, rule, op, err);
 }
 
 /*
- * load_filtered_careful runs load_filtered in a subtransaction: a filter
- * that fails (its owner's code, privileges or policies) leaves the rest of
- * that table to a dead letter and a WARNING, and the load goes on.
+ * load_wait serves Redis while busy() says the load must wait for the
+ * block in flight; false when Redis acknowledged nothing for
+ * pg2redis.load_stall_timeout.  No lock is held here: only the snapshot.
  */
-static uint64
-load_filtered_careful(LoadCall *call)
+static bool
+load_wait(bool (*busy)(void))
 {
-	ErrorData *edata = pg2r_run_guarded(load_filtered_call, call);
-	char	  *msg;
+	TimestampTz since = GetCurrentTimestamp();
 
-	if (edata == NULL)
-		return call->rows;
-	msg =
-		psprintf("the snapshot filter of table \"%s\" failed: %s; the initial load skipped the rest of the table",
-				 RelationGetRelationName(call->rel), edata->message);
-	ereport(WARNING,
-			(errcode(edata->sqlerrcode), errmsg("pg2redis: %s", msg),
-			 errhint("Fix or delete the filter in pg2redis.snapshot_filters, then run pg2redis_snapshot() for the table.")));
-	sender_change_error(RelationGetRelid(call->rel), PG2R_OP_SNAPSHOT, msg);
-	return 0;
+	while (busy())
+	{
+		long wait = 1000;
+
+		if (pg2r_load_stall_timeout_ms > 0)
+		{
+			long waited =
+				TimestampDifferenceMilliseconds(since, GetCurrentTimestamp());
+
+			if (waited >= pg2r_load_stall_timeout_ms)
+				return false;
+			wait = Min(wait, pg2r_load_stall_timeout_ms - waited);
+		}
+		sender_service(wait);
+	}
+	return true;
 }
 
-/* One row of the initial load's heap scan, for load_row_call. */
+/*
+ * load_send hands the chunk's commands to the sender, waiting (with no lock
+ * held) before each one that would otherwise wait inside the sender for the
+ * block in flight; false when Redis stalled (load_wait).
+ */
+static bool
+load_send(Load *ld, Oid relid)
+{
+	const char *p = ld->buf.data;
+	const char *end = p + ld->buf.len;
+	bool		ok = true;
+
+	while (p < end)
+	{
+		Rule  rule = {0};
+		int32 argc;
+
+		memcpy(&rule.id, p, sizeof(int64));
+		p += sizeof(int64);
+		memcpy(&rule.def, p, sizeof(rule.def));
+		p += sizeof(rule.def);
+		memcpy(&argc, p, sizeof(int32));
+		p += sizeof(int32);
+		if (argc > ld->maxargs)
+		{
+			ld->maxargs = Max(argc, 2 * ld->maxargs);
+			ld->argv =
+				MemoryContextAlloc(ld->cxt, sizeof(char *) * ld->maxargs);
+			ld->lens =
+				MemoryContextAlloc(ld->cxt, sizeof(size_t) * ld->maxargs);
+		}
+		for (int i = 0; i < argc; i++)
+		{
+			int32 len;
+
+			memcpy(&len, p, sizeof(int32));
+			p += sizeof(int32);
+			ld->argv[i] = p;
+			ld->lens[i] = len;
+			p += len;
+		}
+		if (sender_command_would_wait() &&
+			!load_wait(sender_command_would_wait))
+		{
+			ok = false;
+			break;
+		}
+		sender_command(&relid, &rule, PG2R_OP_SNAPSHOT, argc, ld->argv,
+					   ld->lens);
+	}
+	if (ld->buf.maxlen > LOAD_KEEP_BUFFER)
+	{
+		MemoryContext old = MemoryContextSwitchTo(ld->cxt);
+
+		pfree(ld->buf.data);
+		initStringInfo(&ld->buf);
+		MemoryContextSwitchTo(old);
+	}
+	resetStringInfo(&ld->buf);
+	return ok;
+}
+
+/* One row of a heap chunk, for load_row_call. */
 typedef struct LoadRow
 {
 	Relation		   rel;
@@ -436,105 +574,563 @@ load_row_call(void *arg)
 }
 
 /*
- * snapshot_initial_load sends every row of every mapped table, as the
- * current transaction snapshot sees it, to Redis, fenced at start.
+ * load_row maps one row read by the heap scan; in a careful load, anything
+ * the row raises (a tuple past 1 GB) is a dead letter of its own.
  */
-void
-snapshot_initial_load(XLogRecPtr start)
+static void
+load_row(Load *ld, Relation rel, RelMap *map, HeapTuple tuple,
+		 const CommandSink *sink)
 {
-	MemoryContext rowcxt =
-		AllocSetContextCreate(CurrentMemoryContext, "pg2redis snapshot row",
-							  ALLOCSET_DEFAULT_SIZES);
-	ChangeMeta meta;
-	Snapshot   snap;
-	List	  *leaves;
-	ListCell  *lc;
-	uint64	   rows = 0;
-	/* an ERROR ended the last load: each rule in a subtransaction now */
-	bool careful = pg2r_careful_load();
+	MemoryContext old = MemoryContextSwitchTo(ld->rowcxt);
+	LoadRow		  lr = {rel, map, tuple, &ld->meta, sink};
 
-	PushActiveSnapshot(GetTransactionSnapshot());
-	snap = GetActiveSnapshot();
-	SPI_connect();
-	meta.xid = InvalidTransactionId;
-	meta.lsn = start;
-	meta.commit_time = GetCurrentTimestamp();
-
-	leaves = snapshot_mapped_leaves(InvalidOid);
-	sender_begin_txn(InvalidTransactionId, start, start, meta.commit_time);
-	foreach(lc, leaves)
+	if (ld->careful)
 	{
-		Relation	  rel = table_open(lfirst_oid(lc), AccessShareLock);
-		RelMap		 *map = mapping_get(rel);
-		Oid			  relid = RelationGetRelid(rel);
-		CommandSink	  sink = {sender_command, sender_render_error, &relid,
-							  careful};
-		TableScanDesc scan;
-		HeapTuple	  tuple;
-		char		 *filter;
+		ErrorData *edata = pg2r_run_guarded(load_row_call, &lr);
 
-		if (!mapping_has_rules(map))
-		{
-			table_close(rel, AccessShareLock);
-			continue;
-		}
-		pgstat_report_activity(STATE_RUNNING, "pg2redis: initial load");
-		filter = ondemand_filter_for(map->rulerelid);
-		if (filter && careful)
-		{
-			LoadCall call = {rel, map, filter, &meta, &sink, rowcxt, 0};
-
-			rows += load_filtered_careful(&call);
-			table_close(rel, AccessShareLock);
-			continue;
-		}
-		if (filter)
-		{
-			rows += load_filtered(rel, map, filter, &meta, &sink, rowcxt);
-			table_close(rel, AccessShareLock);
-			continue;
-		}
-		scan = table_beginscan(rel, snap, 0, NULL);
-		while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
-		{
-			MemoryContext old = MemoryContextSwitchTo(rowcxt);
-
-			LoadRow lr = {rel, map, tuple, &meta, &sink};
-
-			if (careful)
-			{
-				/* anything a row can raise (a tuple past 1 GB) is its own */
-				ErrorData *edata = pg2r_run_guarded(load_row_call, &lr);
-
-				if (edata)
-					sender_change_error(relid, PG2R_OP_SNAPSHOT,
-										psprintf("row %s of table \"%s\" could not be loaded: %s",
-												 DatumGetCString(DirectFunctionCall1(
-													 tidout,
-													 PointerGetDatum(&tuple
-																		  ->t_self))),
-												 RelationGetRelationName(rel),
-												 edata->message));
-			}
-			else
-				load_row_call(&lr);
-			MemoryContextSwitchTo(old);
-			MemoryContextReset(rowcxt);
-			rows++;
-			CHECK_FOR_INTERRUPTS();
-		}
-		table_endscan(scan);
-		table_close(rel, AccessShareLock);
+		if (edata)
+			sender_change_error(RelationGetRelid(rel), PG2R_OP_SNAPSHOT,
+								psprintf("row %s of table \"%s\" could not be loaded: %s",
+										 DatumGetCString(DirectFunctionCall1(
+											 tidout,
+											 PointerGetDatum(&tuple->t_self))),
+										 RelationGetRelationName(rel),
+										 edata->message));
 	}
+	else
+		load_row_call(&lr);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(ld->rowcxt);
+	ld->rows++;
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * load_heap_chunk reads rows of rel visible to the load's snapshot with a
+ * TID range scan from pos->next, up to pg2redis.snapshot_batch_size rows or
+ * pg2redis.batch_bytes of commands, and moves pos->next past the last.  No
+ * user code runs here.  A row visible to the snapshot never moves while the
+ * snapshot holds back vacuum (an update writes a new version elsewhere and
+ * leaves this one), and only VACUUM FULL, CLUSTER, TRUNCATE and rewriting
+ * ALTER TABLEs give a table new storage, which the caller checks: so
+ * resuming at a TID after the locks were released misses and repeats
+ * nothing.
+ */
+static ChunkEnd
+load_heap_chunk(Load *ld, Relation rel, RelMap *map, LeafPos *pos,
+				const CommandSink *sink)
+{
+	TupleTableSlot *slot;
+	TableScanDesc	scan;
+	ItemPointerData last;
+	uint64			n = 0;
+	ChunkEnd		result = CHUNK_LAST;
+
+	if (pos->nblocks == 0)
+		return CHUNK_LAST;
+	/* blocks added since hold only rows the snapshot does not see */
+	ItemPointerSet(&last, pos->nblocks - 1, MaxOffsetNumber);
+	slot = table_slot_create(rel, NULL);
+	scan = table_beginscan_tidrange(rel, ld->snap, &pos->next, &last);
+	while (table_scan_getnextslot_tidrange(scan, ForwardScanDirection, slot))
+	{
+		bool	  should_free;
+		HeapTuple tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
+
+		load_row(ld, rel, map, tuple, sink);
+		if (should_free)
+			heap_freetuple(tuple);
+		if (++n >= (uint64) pg2r_snapshot_batch_size ||
+			ld->buf.len >= LOAD_CHUNK_BYTES)
+		{
+			BlockNumber	 blk = ItemPointerGetBlockNumber(&slot->tts_tid);
+			OffsetNumber off = ItemPointerGetOffsetNumber(&slot->tts_tid);
+
+			if (off >= MaxOffsetNumber)
+				ItemPointerSet(&pos->next, blk + 1, FirstOffsetNumber);
+			else
+				ItemPointerSet(&pos->next, blk, off + 1);
+			result = CHUNK_MORE;
+			break;
+		}
+	}
+	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	return result;
+}
+
+/*
+ * load_filtered_chunk renders the rows of blocks pos->block up to
+ * pos->block + pos->step of rel that its snapshot filter keeps, read with
+ * SQL under the load's snapshot, as the table's owner
+ * (snapshot_become_owner); the rows are rendered as the worker.  The query
+ * is bounded by TIDs, and plans as a TID range scan (other scans are
+ * disabled for it): each chunk reads its own blocks only, however
+ * selective the filter.  The step adapts so that a chunk has about
+ * pg2redis.snapshot_batch_size rows.
+ */
+static ChunkEnd
+load_filtered_chunk(Load *ld, Relation rel, RelMap *map, const char *filter,
+					LeafPos *pos, const CommandSink *sink)
+{
+	/*
+	 * The other scans are disabled, not removed: their cost gets a penalty
+	 * that would make every query the filter's functions run look costly
+	 * enough to JIT-compile, at each call, so JIT is off too.
+	 */
+	static const char *const settings[] = {"enable_seqscan",
+										   "enable_indexscan",
+										   "enable_indexonlyscan",
+										   "enable_bitmapscan", "jit"};
+	char					*relname =
+		quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+								   RelationGetRelationName(rel));
+	BlockNumber		end;
+	ItemPointerData from;
+	ItemPointerData to;
+	Oid				types[2] = {TIDOID, TIDOID};
+	Datum			values[2];
+	char		   *sql;
+	SnapshotOwner	saved;
+	uint64			n;
+
+	if (pos->block >= pos->nblocks)
+		return CHUNK_LAST;
+	end = pos->block + Min(pos->step, pos->nblocks - pos->block);
+	ItemPointerSet(&from, pos->block, InvalidOffsetNumber);
+	ItemPointerSet(&to, end, InvalidOffsetNumber);
+	values[0] = PointerGetDatum(&from);
+	values[1] = PointerGetDatum(&to);
+
+	snapshot_check_filter(relname, filter);
+	sql = psprintf("SELECT t FROM ONLY %s t "
+				   "WHERE t.ctid OPERATOR(pg_catalog.>=) $1 "
+				   "AND t.ctid OPERATOR(pg_catalog.<) $2 AND %s",
+				   relname, snapshot_filter_clause(filter));
+	snapshot_become_owner(rel->rd_rel->relowner, &saved);
+	for (size_t i = 0; i < lengthof(settings); i++)
+		(void) set_config_option(settings[i], "off", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
+								 false);
+	if (SPI_execute_with_args(sql, 2, types, values, NULL, true, 0) !=
+		SPI_OK_SELECT)
+		elog(ERROR, "could not read the rows of \"%s\" for the initial load",
+			 RelationGetRelationName(rel));
+	snapshot_restore_user(&saved);
+	MemoryContextSwitchTo(ld->chunkcxt); /* SPI leaves its own context */
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTupleData tuple;
+		MemoryContext old = MemoryContextSwitchTo(ld->rowcxt);
+
+		mapping_spi_row(i, RelationGetRelid(rel), &tuple);
+		sender_count_change();
+		mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, &ld->meta,
+					   sink);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(ld->rowcxt);
+		ld->rows++;
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	if (n < (uint64) pg2r_snapshot_batch_size / 2 && pos->step < LOAD_MAX_STEP)
+		pos->step *= 2;
+	else if (n > (uint64) pg2r_snapshot_batch_size * 2 && pos->step > 1)
+		pos->step /= 2;
+	pos->block = end;
+	return end >= pos->nblocks ? CHUNK_LAST : CHUNK_MORE;
+}
+
+/* Arguments of load_filtered_chunk, for pg2r_run_guarded. */
+typedef struct FilteredCall
+{
+	Load			  *ld;
+	Relation		   rel;
+	RelMap			  *map;
+	const char		  *filter;
+	LeafPos			  *pos;
+	const CommandSink *sink;
+	ChunkEnd		   end;
+} FilteredCall;
+
+/* filtered_call runs load_filtered_chunk with the arguments in arg. */
+static void
+filtered_call(void *arg)
+{
+	FilteredCall *c = arg;
+
+	c->end =
+		load_filtered_chunk(c->ld, c->rel, c->map, c->filter, c->pos, c->sink);
+}
+
+/*
+ * load_chunk_locked reads the next chunk of a leaf into ld->buf: it locks
+ * the leaf, checks that it still has the storage the load's snapshot
+ * reads, and renders the chunk's rows.  In a careful load, a filter that
+ * fails (its owner's code, privileges or policies) leaves the rest of that
+ * table to a dead letter and a WARNING, and the load goes on.
+ */
+static ChunkEnd
+load_chunk_locked(Load *ld, LeafPos *pos)
+{
+	LoadSinkArg arg = {pos->relid, &ld->buf};
+	CommandSink sink = {buf_command, buf_error, &arg, ld->careful};
+	Relation	rel = try_table_open(pos->relid, AccessShareLock);
+	RelMap	   *map;
+	char	   *filter;
+	ChunkEnd	result;
+
+	if (rel == NULL)
+		return CHUNK_GONE;
+	if (rel->rd_rel->relfilenode != pos->filenode)
+	{
+		table_close(rel, AccessShareLock);
+		return CHUNK_REWRITTEN;
+	}
+	if (pos->nblocks == 0)
+		pos->nblocks = RelationGetNumberOfBlocks(rel);
+	map = mapping_get(rel);
+	if (!mapping_has_rules(map))
+	{
+		table_close(rel, AccessShareLock);
+		return CHUNK_LAST;
+	}
+	filter = ondemand_filter_for(map->rulerelid);
+	MemoryContextSwitchTo(ld->chunkcxt); /* SPI leaves its own context */
+	if (filter == NULL)
+		result = load_heap_chunk(ld, rel, map, pos, &sink);
+	else if (!ld->careful)
+		result = load_filtered_chunk(ld, rel, map, filter, pos, &sink);
+	else
+	{
+		FilteredCall call = {ld, rel, map, filter, pos, &sink, CHUNK_LAST};
+		ErrorData	*edata = pg2r_run_guarded(filtered_call, &call);
+		char		*msg;
+
+		result = call.end;
+		if (edata)
+		{
+			msg =
+				psprintf("the snapshot filter of table \"%s\" failed: %s; the initial load skipped the rest of the table",
+						 RelationGetRelationName(rel), edata->message);
+			ereport(WARNING,
+					(errcode(edata->sqlerrcode), errmsg("pg2redis: %s", msg),
+					 errhint("Fix or delete the filter in pg2redis.snapshot_filters, then run pg2redis_snapshot() for the table.")));
+			sender_change_error(pos->relid, PG2R_OP_SNAPSHOT, msg);
+			result = CHUNK_LAST;
+		}
+	}
+	table_close(rel, AccessShareLock);
+	return result;
+}
+
+/*
+ * load_chunk runs load_chunk_locked in a subtransaction that is then rolled
+ * back: it writes nothing, and its rollback releases every lock the chunk
+ * took (the leaf's, those its filter's query and the owner's code took),
+ * which committing it would hand to the load's transaction.  So no lock is
+ * held while the load waits for Redis (load_send), and DDL on a mapped table
+ * waits for one chunk at most, not for Redis.
+ */
+static ChunkEnd
+load_chunk(Load *ld, LeafPos *pos)
+{
+	MemoryContext old = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ChunkEnd	  result;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(ld->chunkcxt);
+	result = load_chunk_locked(ld, pos);
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(old);
+	CurrentResourceOwner = owner;
+	MemoryContextReset(ld->chunkcxt);
+	return result;
+}
+
+/*
+ * snapshot_relfilenode returns the storage (relfilenode) relation relid
+ * had as of snapshot snap, or InvalidOid when it did not exist then.  The
+ * snapshot's xmin keeps that pg_class row from being vacuumed away.
+ */
+static Oid
+snapshot_relfilenode(Oid relid, Snapshot snap)
+{
+	Relation	pgclass = table_open(RelationRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			result = InvalidOid;
+
+	ScanKeyInit(&key, Anum_pg_class_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	scan = systable_beginscan(pgclass, ClassOidIndexId, true, snap, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		result = ((Form_pg_class) GETSTRUCT(tuple))->relfilenode;
+	systable_endscan(scan);
+	table_close(pgclass, AccessShareLock);
+	return result;
+}
+
+/*
+ * load_leaf sends the rows of one leaf, chunk by chunk; false when Redis
+ * stalled.  A leaf whose storage changed since the load's snapshot cannot
+ * be read as of that snapshot any more: it is left to a snapshot on demand.
+ */
+static bool
+load_leaf(Load *ld, Oid relid)
+{
+	LeafPos		pos = {0};
+	LoadedLeaf *done;
+
+	pos.relid = relid;
+	pos.filenode = snapshot_relfilenode(relid, ld->snap);
+	ItemPointerSet(&pos.next, 0, FirstOffsetNumber);
+	pos.step = LOAD_FIRST_STEP;
+	/* a table made after the start point: the stream has all its rows */
+	while (OidIsValid(pos.filenode))
+	{
+		ChunkEnd end = load_chunk(ld, &pos);
+
+		if (end == CHUNK_REWRITTEN)
+		{
+			char *name = get_rel_name(relid);
+
+			ereport(LOG,
+					(errmsg("pg2redis: table \"%s\" was rewritten or truncated during the initial load; a snapshot on demand loads it",
+							name ? name : "?")));
+			ld->deferred = lappend_oid(ld->deferred, relid);
+			return true;
+		}
+		if (!load_send(ld, relid))
+			return false;
+		if (end != CHUNK_MORE)
+			break;
+	}
+	done = MemoryContextAlloc(ld->cxt, sizeof(LoadedLeaf));
+	done->relid = relid;
+	done->ncmds = sender_txn_seq();
+	ld->loaded = lappend(ld->loaded, done);
+	return true;
+}
+
+/*
+ * load_finish ends the load's transaction in the sender and waits until
+ * Redis acknowledged all of it; false when Redis stalled.
+ */
+static bool
+load_finish(void)
+{
+	if (!load_wait(sender_inflight))
+		return false;
 	sender_commit_txn();
+	if (!load_wait(sender_inflight))
+		return false;
 	sender_flush();
+	if (!load_wait(sender_inflight))
+		return false;
+	/* a stream stopped by a rejected command waits here, as it always did */
 	while (!sender_idle())
 		sender_service(1000);
+	return true;
+}
+
+/*
+ * leaf_unfinished tells whether Redis may lack rows of leaf relid: it was
+ * deferred, or (after a stall) not sent whole and acknowledged.
+ */
+static bool
+leaf_unfinished(Load *ld, Oid relid)
+{
+	ListCell *lc;
+
+	if (list_member_oid(ld->deferred, relid))
+		return true;
+	foreach(lc, ld->loaded)
+	{
+		LoadedLeaf *leaf = lfirst(lc);
+
+		if (leaf->relid == relid)
+			return ld->stalled && !sender_applied_part(ld->start, leaf->ncmds);
+	}
+	return ld->stalled;
+}
+
+/*
+ * load_requests returns the mapped tables (as rules name them) with a leaf
+ * Redis may lack; *keyless is set when one of their leaves has neither a
+ * primary key nor a replica identity index, which a snapshot on demand
+ * needs.
+ */
+static List *
+load_requests(Load *ld, bool *keyless)
+{
+	List	 *result = NIL;
+	ListCell *lc;
+
+	*keyless = false;
+	foreach(lc, rules_relations())
+	{
+		Oid		  root = lfirst_oid(lc);
+		bool	  unfinished = false;
+		ListCell *lc2;
+		List	 *leaves = snapshot_mapped_leaves(root);
+
+		foreach(lc2, leaves)
+			if (leaf_unfinished(ld, lfirst_oid(lc2)))
+				unfinished = true;
+		if (!unfinished)
+			continue;
+		result = lappend_oid(result, root);
+		foreach(lc2, leaves)
+		{
+			Relation rel = try_table_open(lfirst_oid(lc2), AccessShareLock);
+
+			if (rel == NULL)
+				continue;
+			if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)) &&
+				!OidIsValid(RelationGetReplicaIndex(rel)))
+				*keyless = true;
+			table_close(rel, AccessShareLock);
+		}
+	}
+	return result;
+}
+
+/*
+ * request_snapshots queues a snapshot on demand of each relation in
+ * relids, in the load's transaction: they are served once it commits and
+ * streaming starts, from the slot's start point, which is what makes them
+ * consistent with the rows the load did send (DBLog, see ondemand.c).
+ */
+static void
+request_snapshots(List *relids)
+{
+	ListCell	  *lc;
+	StringInfoData names;
+
+	initStringInfo(&names);
+	foreach(lc, relids)
+	{
+		Oid	  types[1] = {REGCLASSOID};
+		Datum values[1] = {ObjectIdGetDatum(lfirst_oid(lc))};
+		char *name = get_rel_name(lfirst_oid(lc));
+
+		if (SPI_execute_with_args("INSERT INTO pg2redis.snapshots (relation) VALUES ($1)",
+								  1, types, values, NULL, false,
+								  0) != SPI_OK_INSERT)
+			elog(ERROR, "could not request a snapshot");
+		appendStringInfo(&names, "%s\"%s\"", names.len ? ", " : "",
+						 name ? name : "?");
+	}
+	ereport(LOG,
+			(errmsg("pg2redis: the initial load left %d tables to snapshots on demand: %s",
+					list_length(relids), names.data)));
+}
+
+/*
+ * snapshot_initial_load sends every row of every mapped table, as the
+ * current transaction snapshot (the slot's initial snapshot) sees it, to
+ * Redis, as one transaction fenced at start.
+ *
+ * Redis slow or gone must not block PostgreSQL users: the leaves are read
+ * chunk by chunk, each chunk in a subtransaction that releases its locks
+ * before the chunk's commands go to the sender, and the load waits for
+ * Redis only between chunks (load_chunk, load_send).  So DDL on a mapped
+ * table waits for one chunk, never for Redis.  The snapshot and the new
+ * slot are held while waiting, and only for pg2redis.load_stall_timeout
+ * without an acknowledgement: then the load gives up.  The tables Redis
+ * does not have whole yet are queued as snapshots on demand, and the
+ * caller persists the slot and restarts the worker, whose stream starts at
+ * the slot's start point and serves them, which is consistent with the
+ * rows already sent; if one of those tables has no key to read it by, the
+ * caller drops the slot and the next start loads everything again.  A
+ * table rewritten during the load is queued the same way.
+ */
+LoadOutcome
+snapshot_initial_load(XLogRecPtr start)
+{
+	Load		ld = {0};
+	List	   *leaves;
+	ListCell   *lc;
+	List	   *requests;
+	bool		keyless;
+	LoadOutcome outcome;
+
+	ld.start = start;
+	ld.careful = pg2r_careful_load();
+	ld.cxt =
+		AllocSetContextCreate(CurrentMemoryContext, "pg2redis initial load",
+							  ALLOCSET_DEFAULT_SIZES);
+	ld.chunkcxt = AllocSetContextCreate(ld.cxt, "pg2redis load chunk",
+										ALLOCSET_DEFAULT_SIZES);
+	ld.rowcxt = AllocSetContextCreate(ld.cxt, "pg2redis snapshot row",
+									  ALLOCSET_DEFAULT_SIZES);
+	{
+		MemoryContext old = MemoryContextSwitchTo(ld.cxt);
+
+		initStringInfo(&ld.buf);
+		MemoryContextSwitchTo(old);
+	}
+	PushActiveSnapshot(GetTransactionSnapshot());
+	ld.snap = GetActiveSnapshot();
+	SPI_connect();
+	ld.meta.xid = InvalidTransactionId;
+	ld.meta.lsn = start;
+	ld.meta.commit_time = GetCurrentTimestamp();
+
+	leaves = snapshot_mapped_leaves(InvalidOid);
+	sender_begin_txn(InvalidTransactionId, start, start, ld.meta.commit_time);
+	pgstat_report_activity(STATE_RUNNING, "pg2redis: initial load");
+	foreach(lc, leaves)
+		if (!load_leaf(&ld, lfirst_oid(lc)))
+		{
+			ld.stalled = true;
+			break;
+		}
+	if (!ld.stalled && !load_finish())
+		ld.stalled = true;
+
+	requests = load_requests(&ld, &keyless);
+	if (ld.stalled)
+	{
+		pg2r_report_error("the initial load gave up: Redis acknowledged nothing for %d ms (pg2redis.load_stall_timeout)%s",
+						  pg2r_load_stall_timeout_ms,
+						  keyless ? "; the next load starts over"
+								  : "; snapshots on demand load the rest");
+		ereport(WARNING,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("pg2redis: Redis acknowledged nothing for %d ms during the initial load",
+						pg2r_load_stall_timeout_ms),
+				 errdetail(keyless
+							   ? "The load gives up, releasing its snapshot, and the next start loads every table again (a table to load has neither a primary key nor a replica identity index)."
+							   : "The load gives up, releasing its snapshot; the stream starts from the slot's start point once Redis is back, and snapshots on demand load the tables Redis does not have whole."),
+				 errhint("Check Redis; pg2redis.load_stall_timeout sets how long the load waits.")));
+	}
+	if (requests != NIL && keyless)
+	{
+		if (!ld.stalled)
+			ereport(LOG,
+					(errmsg("pg2redis: a table without a primary key or replica identity index was rewritten during the initial load; the load starts over")));
+		outcome = LOAD_START_OVER;
+	}
+	else
+	{
+		if (requests != NIL)
+			request_snapshots(requests);
+		outcome = ld.stalled ? LOAD_GAVE_UP : LOAD_DONE;
+		pg2r_set_careful_load(false);
+	}
+	if (outcome == LOAD_DONE)
+		ereport(LOG, (errmsg("pg2redis: initial load sent " UINT64_FORMAT
+							 " rows of %d tables",
+							 ld.rows, list_length(leaves))));
 	SPI_finish();
 	PopActiveSnapshot();
-	MemoryContextDelete(rowcxt);
-	pg2r_set_careful_load(false);
-	ereport(LOG, (errmsg("pg2redis: initial load sent " UINT64_FORMAT
-						 " rows of %d tables",
-						 rows, list_length(leaves))));
+	MemoryContextDelete(ld.cxt);
+	return outcome;
 }

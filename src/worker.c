@@ -12,7 +12,12 @@
  * initial snapshot, copy every mapped table with it to Redis (snapshot.c),
  * then persist the slot.  The copy is exact at the slot's start point, and
  * a crash before the slot is persisted drops it, so the next start copies
- * again from a new start point.
+ * again from a new start point.  The copy holds no table lock while it
+ * waits for Redis; if Redis acknowledges nothing for
+ * pg2redis.load_stall_timeout, the slot is persisted with snapshots on
+ * demand queued for what Redis lacks, and a new worker streams from the
+ * start point (or, when such a table has no key, the slot is dropped and
+ * the next start copies everything again).
  *
  * Every start: acquire the slot, check it was not invalidated, create a
  * decoding context with the extension's own output plugin, and read WAL
@@ -207,8 +212,12 @@ worker_exit(int code, Datum arg)
  * the server-wide list.  search_path is pinned to pg_catalog, pg_temp: the
  * worker is a superuser, and ALTER DATABASE/ROLE ... SET search_path (which
  * apply to background workers) must not put anyone's functions or
- * operators in front of the built-in ones its SQL means.  PGC_S_OVERRIDE
- * wins over those settings, over postgresql.conf on reload, and over SET.
+ * operators in front of the built-in ones its SQL means.  The worker's own
+ * commits (dead letters, snapshot progress and requests) are bookkeeping:
+ * synchronous_commit is local, so that a synchronous standby that is down
+ * or slow never stops the stream (they are durable locally, and the slot
+ * they describe is not replicated anyway).  PGC_S_OVERRIDE wins over those
+ * settings, over postgresql.conf on reload, and over SET.
  */
 static void
 set_process_settings(void)
@@ -224,6 +233,8 @@ set_process_settings(void)
 	for (size_t i = 0; i < lengthof(settings); i++)
 		SetConfigOption(settings[i][0], settings[i][1], PGC_USERSET,
 						PGC_S_OVERRIDE);
+	SetConfigOption("synchronous_commit", "local", PGC_USERSET,
+					PGC_S_OVERRIDE);
 	snprintf(mem, sizeof(mem), "%d", pg2r_decoding_work_mem_kb);
 	SetConfigOption("logical_decoding_work_mem", mem, PGC_USERSET,
 					PGC_S_OVERRIDE);
@@ -546,7 +557,8 @@ wait_for_redis(void)
 
 /*
  * create_slot creates the slot and loads every mapped table into Redis
- * with the slot's initial snapshot, then persists the slot.
+ * with the slot's initial snapshot, then persists the slot; a load that
+ * Redis stalled ends the worker (see the file's header).
  */
 static void
 create_slot(void)
@@ -554,6 +566,7 @@ create_slot(void)
 	LogicalDecodingContext *ctx;
 	Snapshot				snap;
 	XLogRecPtr				start;
+	LoadOutcome				outcome;
 
 	ereport(LOG, (errmsg("pg2redis: creating replication slot \"%s\"",
 						 pg2r_slot_name)));
@@ -588,7 +601,9 @@ create_slot(void)
 	FreeDecodingContext(ctx);
 
 	pg2r_report_state(PG2R_STATE_SNAPSHOTTING);
-	snapshot_initial_load(start);
+	outcome = snapshot_initial_load(start);
+	if (outcome == LOAD_START_OVER)
+		proc_exit(1); /* the ephemeral slot goes with us; load again later */
 
 	ReplicationSlotPersist();
 	ReplicationSlotRelease();
@@ -596,6 +611,17 @@ create_slot(void)
 	MemoryContextSwitchTo(WorkerCxt);
 	ereport(LOG, (errmsg("pg2redis: replication slot \"%s\" created at %X/%X",
 						 pg2r_slot_name, LSN_FORMAT_ARGS(start))));
+	if (outcome == LOAD_GAVE_UP)
+	{
+		/*
+		 * Redis stalled: the snapshots on demand that load the rest are
+		 * committed with the slot.  A new worker streams from the slot's
+		 * start point with a sender of its own, not one holding blocks of
+		 * the load that Redis may never acknowledge.
+		 */
+		write_dead_letters();
+		proc_exit(1);
+	}
 }
 
 /*

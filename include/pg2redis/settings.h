@@ -36,6 +36,7 @@ extern int	 pg2r_max_argument_bytes;
 extern int	 pg2r_decoding_work_mem_kb;
 extern int	 pg2r_snapshot_batch_size;
 extern int	 pg2r_snapshot_statement_timeout_ms;
+extern int	 pg2r_load_stall_timeout_ms;
 
 struct RedisTarget;
 struct RedisSetupError;

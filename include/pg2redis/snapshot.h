@@ -25,11 +25,20 @@ typedef struct SnapshotOwner
 	int save_nestlevel;
 } SnapshotOwner;
 
-extern void	 snapshot_initial_load(XLogRecPtr start);
 extern List *snapshot_mapped_leaves(Oid relid);
 extern void	 snapshot_become_owner(Oid owner, SnapshotOwner *saved);
 extern void	 snapshot_restore_user(const SnapshotOwner *saved);
 extern void	 snapshot_check_filter(const char *relname, const char *filter);
 extern char *snapshot_filter_clause(const char *filter);
+
+/* How the initial load ended, for the worker to act on. */
+typedef enum LoadOutcome
+{
+	LOAD_DONE,		/* Redis has every row (snapshots may be queued) */
+	LOAD_GAVE_UP,	/* Redis stalled; snapshots on demand load the rest */
+	LOAD_START_OVER /* nothing can be kept: drop the slot, load again */
+} LoadOutcome;
+
+extern LoadOutcome snapshot_initial_load(XLogRecPtr start);
 
 #endif /* PG2REDIS_SNAPSHOT_H */
