@@ -51,6 +51,7 @@ int	  pg2r_batch_bytes = 16 * 1024 * 1024;
 int	  pg2r_max_argument_bytes = 64 * 1024 * 1024;
 int	  pg2r_decoding_work_mem_kb = 16384;
 int	  pg2r_snapshot_batch_size = 10000;
+int	  pg2r_dead_letter_retention_s = 0;
 int	  pg2r_snapshot_statement_timeout_ms = 60000;
 int	  pg2r_load_stall_timeout_ms = 60000;
 
@@ -293,6 +294,11 @@ define_settings(void)
 							"Each chunk is selected by primary key between two watermarks; larger chunks are faster, smaller ones hold up the stream less.",
 							&pg2r_snapshot_batch_size, 10000, 1, 1000000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.dead_letter_retention",
+							"How long dead letters are kept.",
+							"The worker deletes older ones from pg2redis.dead_letters once a minute. 0 keeps them all.",
+							&pg2r_dead_letter_retention_s, 0, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomEnumVariable("pg2redis.ddl_check",
 							 "What a schema change that breaks a rule does.",
 							 "After ALTER TABLE, DROP INDEX or REVOKE, the rules of the tables concerned are checked again: \"disable\" disables a rule that fails with a WARNING naming it, \"error\" refuses the change, \"off\" checks nothing (the stream turns the rule's changes into dead letters).",

@@ -388,7 +388,64 @@ insert_dead_letters(void *arg)
 								  0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record a pg2redis dead letter");
 	}
+
+	/* listeners learn at commit how many were recorded */
+	{
+		Oid	  ntype = TEXTOID;
+		Datum count =
+			CStringGetTextDatum(psprintf("%d", list_length(letters)));
+
+		if (SPI_execute_with_args("SELECT pg_catalog.pg_notify('pg2redis_dead_letter', $1)",
+								  1, &ntype, &count, NULL, false,
+								  0) != SPI_OK_SELECT)
+			elog(ERROR, "could not notify of pg2redis dead letters");
+	}
 	return true;
+}
+
+/*
+ * prune_dead_letters deletes the dead letters older than
+ * pg2redis.dead_letter_retention.
+ */
+static bool
+prune_dead_letters(void *arg)
+{
+	Oid	  type = INT4OID;
+	Datum secs = Int32GetDatum(pg2r_dead_letter_retention_s);
+
+	pgstat_report_activity(STATE_RUNNING, "pg2redis: pruning dead letters");
+	if (SPI_execute_with_args("DELETE FROM pg2redis.dead_letters "
+							  "WHERE created_at < now() - pg_catalog.make_interval(secs => $1)",
+							  1, &type, &secs, NULL, false,
+							  0) != SPI_OK_DELETE)
+		elog(ERROR, "could not prune pg2redis dead letters");
+	return true;
+}
+
+/*
+ * maybe_prune_dead_letters prunes old dead letters once a minute, and at
+ * once when pg2redis.dead_letter_retention changed; 0 keeps them all.  A
+ * failure (the table locked) is a WARNING: the next minute tries again.
+ */
+static void
+maybe_prune_dead_letters(void)
+{
+	static TimestampTz last = 0;
+	static int		   last_retention = 0;
+	TimestampTz		   now = GetCurrentTimestamp();
+	char			  *err = NULL;
+
+	if (pg2r_dead_letter_retention_s <= 0)
+		return;
+	if (last_retention == pg2r_dead_letter_retention_s &&
+		!TimestampDifferenceExceeds(last, now, 60 * 1000))
+		return;
+	last = now;
+	last_retention = pg2r_dead_letter_retention_s;
+	if (!worker_run_sql(prune_dead_letters, NULL, NULL, &err))
+		ereport(WARNING,
+				(errmsg("pg2redis could not prune old dead letters: %s",
+						err)));
 }
 
 /*
@@ -828,6 +885,7 @@ stream(void)
 									   GetCurrentTimestamp(),
 									   DEAD_LETTER_INTERVAL_MS))
 			write_dead_letters();
+		maybe_prune_dead_letters();
 		maybe_save_slot(false);
 		ondemand_step();
 

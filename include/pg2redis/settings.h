@@ -30,6 +30,7 @@ extern int	 pg2r_redis_cluster_wait_replicas;
 extern int	 pg2r_retry_initial_ms;
 extern int	 pg2r_retry_max_ms;
 extern int	 pg2r_on_command_error;
+extern int	 pg2r_dead_letter_retention_s;
 extern int	 pg2r_max_transaction_commands;
 extern int	 pg2r_batch_bytes;
 extern int	 pg2r_max_argument_bytes;
