@@ -75,5 +75,34 @@ TODO:
 }
 diag('count:big = ' . ($redis->call('GET', 'count:big') // 'nil') . " for $rows rows");
 
+# 2. A resync whose load gives up (Redis stopped past
+# pg2redis.load_stall_timeout): the table Redis acknowledged in part is
+# left whole to a snapshot on demand, which counts the acknowledged rows
+# again; the block Redis had received but not acknowledged when it was
+# stopped is applied when it resumes, and counted again too.
+$node->safe_psql('postgres', "ALTER SYSTEM SET pg2redis.load_stall_timeout = '3s'");
+$node->reload;
+$redis->call('FLUSHALL');
+my $offset = -s $node->logfile;
+$node->safe_psql('postgres', 'SELECT pg2redis_resync()');
+ok(poll_until(120, sub { _state() eq 'snapshotting' }, 0.02), 'resync: the load starts');
+$redis->pause;
+ok(poll_until(60, sub { log_lines($node, qr/Redis acknowledged nothing for 3000 ms during the initial load/, $offset) }),
+	'resync: the load gives up after pg2redis.load_stall_timeout');
+$redis->resume;
+wait_for_status($node, 'state', 'streaming', 120, 'resync: streaming once Redis is back');
+ok(poll_until(120, sub {
+		$node->safe_psql('postgres',
+			q{SELECT count(*) FROM pg2redis_snapshots WHERE state NOT IN ('done')}) eq '0' }),
+	'resync: the snapshots on demand are done');
+wait_for_redis($node);
+check_table_in_redis($node, $redis, '(SELECT id, v FROM big)', 'big', 'resync: the rows are in Redis');
+TODO:
+{
+	local $TODO = 'a load that gives up leaves a table Redis has in part whole to a snapshot on demand: its INCRBY rules run twice for the part';
+	is($redis->call('GET', 'count:big'), $rows, 'resync: the INCRBY counter counts each row once');
+}
+diag('after the resync that gave up, count:big = ' . ($redis->call('GET', 'count:big') // 'nil') . " for $rows rows");
+
 $node->stop;
 done_testing();
