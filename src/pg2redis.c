@@ -12,7 +12,9 @@
  */
 #include "postgres.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/hashfn.h"
 #include "fmgr.h"
@@ -417,26 +419,49 @@ pg2r_redis_settings_signature(void)
 {
 	struct stat st;
 	char		file[128] = "";
+	int			fd = -1;
+	bool		found = false;
 
-	if (pg2r_redis_password_file && pg2r_redis_password_file[0] &&
-		stat(pg2r_redis_password_file, &st) == 0)
+	/*
+	 * Opened without blocking and checked on the open file: a FIFO (or a
+	 * path replaced by one) would otherwise hold the worker in open() until
+	 * something writes to it, deaf to SIGTERM and shutdown.  Only a regular
+	 * file is read, and only its first line (at most 1 kB of it).
+	 */
+	if (pg2r_redis_password_file && pg2r_redis_password_file[0])
 	{
-		FILE  *f = fopen(pg2r_redis_password_file, "r");
-		char   line[1024] = "";
-		uint32 hash = 0;
+		fd = open(pg2r_redis_password_file, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		if (fd >= 0)
+			found = fstat(fd, &st) == 0;
+		else
+			found = stat(pg2r_redis_password_file, &st) == 0;
+	}
+	if (found)
+	{
+		char	line[1024] = "";
+		ssize_t n = 0;
+		uint32	hash = 0;
 
-		if (f != NULL)
+		if (fd >= 0 && S_ISREG(st.st_mode))
 		{
-			if (fgets(line, sizeof(line), f) != NULL)
-				hash = hash_bytes((const unsigned char *) line, strlen(line));
-			fclose(f);
+			n = read(fd, line, sizeof(line) - 1);
+			if (n > 0)
+			{
+				char *nl = memchr(line, '\n', n);
+
+				if (nl)
+					n = nl - line + 1;
+				hash = hash_bytes((const unsigned char *) line, (int) n);
+			}
 			explicit_bzero(line, sizeof(line));
 		}
 		snprintf(file, sizeof(file), "%lld.%ld %lld %o %s%08x",
 				 (long long) st.st_mtim.tv_sec, (long) st.st_mtim.tv_nsec,
 				 (long long) st.st_size, (unsigned int) st.st_mode,
-				 f ? "" : "unreadable ", hash);
+				 fd >= 0 ? "" : "unreadable ", hash);
 	}
+	if (fd >= 0)
+		close(fd);
 	return psprintf("%s\n%s\n%s\n%s\n%s\n%s\n%d", pg2r_redis_url,
 					pg2r_redis_password_file, file, pg2r_redis_tls_ca_file,
 					pg2r_redis_tls_cert_file, pg2r_redis_tls_key_file,

@@ -472,19 +472,42 @@ bool
 redis_apply_password_file(RedisTarget *target, const char *path,
 						  RedisSetupError *err)
 {
-	FILE  *f;
-	char   line[1024];
-	size_t len;
+	FILE	   *f;
+	char		line[1024];
+	size_t		len;
+	int			fd;
+	struct stat st;
 
 	if (path == NULL || path[0] == '\0')
 		return true;
 	if (!check_secret_file(path, "Redis password file", err))
 		return false;
-	f = fopen(path, "r");
-	if (f == NULL)
+	/*
+	 * Not blocking, and checked again on the open file: a path replaced by
+	 * a FIFO since check_secret_file would hold the process in open().
+	 */
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
 		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
 						   "could not open Redis password file \"%s\": %s",
 						   path, strerror(errno));
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+	{
+		close(fd);
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
+						   "Redis password file \"%s\" is not a regular file",
+						   path);
+	}
+	f = fdopen(fd, "r");
+	if (f == NULL)
+	{
+		int save = errno;
+
+		close(fd);
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
+						   "could not open Redis password file \"%s\": %s",
+						   path, strerror(save));
+	}
 	if (fgets(line, sizeof(line), f) == NULL)
 		line[0] = '\0';
 	fclose(f);

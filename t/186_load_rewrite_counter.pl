@@ -1,0 +1,108 @@
+# Copyright (c) pg2redis developers
+#
+# Attack on the chunked initial load (commit 3498a8a): a table rewritten
+# during the load (VACUUM FULL while Redis is stopped) is "left to a
+# snapshot on demand", but the chunks of it already sent stay in Redis and
+# the snapshot on demand reads every row again.  A load rule that is not
+# idempotent (an INCRBY counter, as README's own examples use) is then
+# applied twice for the rows sent before the rewrite: a routine VACUUM
+# FULL, with no action of the user's on pg2redis, corrupts the counter.
+# The same happens when the load gives up after
+# pg2redis.load_stall_timeout with a table partly acknowledged.
+#
+# Expected: the counter equals the number of rows.  Today it does not
+# (TODO until the load resumes a rewritten table by key rather than
+# starting it over).
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use Pg2RedisTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $redis = start_redis();
+my $node  = new_node(
+	'load_rewrite_counter',
+	redis => $redis,
+	conf  => [
+		'pg2redis.enabled = off',
+		'pg2redis.redis_timeout = 2s',
+		'pg2redis.retry_max_backoff = 1s',
+		'pg2redis.max_transaction_commands = 100',
+		'pg2redis.snapshot_batch_size = 1000',
+		"pg2redis.load_stall_timeout = '10min'",
+	],
+	wait_streaming => 0);
+
+my $rows = 60000;
+$node->safe_psql('postgres', qq{
+	CREATE TABLE big (id int PRIMARY KEY, v text);
+	INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, $rows) g;
+	SELECT pg2redis_add_rule('big', 'insert', 'HSET big:{id} id {id} v {v}');
+	SELECT pg2redis_add_rule('big', 'insert', 'INCRBY count:big 1');
+	SELECT pg2redis_add_rule('big', 'delete', 'DEL big:{id}');
+});
+
+sub _state
+{
+	return $node->safe_psql('postgres', 'SELECT state FROM pg2redis_status()');
+}
+
+$node->safe_psql('postgres', 'ALTER SYSTEM SET pg2redis.enabled = on');
+$node->reload;
+ok(poll_until(120, sub { _state() eq 'snapshotting' }, 0.02), 'the load starts');
+$redis->pause;
+sleep(1);
+is(_state(), 'snapshotting', 'Redis stopped in the middle of the load');
+$node->safe_psql('postgres', 'VACUUM FULL big');
+$redis->resume;
+wait_for_status($node, 'state', 'streaming', 120, 'streaming once Redis is back');
+ok(poll_until(120, sub {
+		$node->safe_psql('postgres',
+			q{SELECT count(*) FROM pg2redis_snapshots WHERE state NOT IN ('done')}) eq '0' }),
+	'the snapshot on demand of the rewritten table is done');
+wait_for_redis($node);
+check_table_in_redis($node, $redis, '(SELECT id, v FROM big)', 'big', 'the rows are in Redis');
+ok(log_lines($node, qr/table "big" was rewritten or truncated during the initial load/),
+	'the load left the rewritten table to a snapshot on demand');
+TODO:
+{
+	local $TODO = 'a table rewritten mid-load is loaded again whole: its INCRBY rules run twice for the chunks already sent';
+	is($redis->call('GET', 'count:big'), $rows, 'the INCRBY counter counts each row once');
+}
+diag('count:big = ' . ($redis->call('GET', 'count:big') // 'nil') . " for $rows rows");
+
+# 2. A resync whose load gives up (Redis stopped past
+# pg2redis.load_stall_timeout): the table Redis acknowledged in part is
+# left whole to a snapshot on demand, which counts the acknowledged rows
+# again; the block Redis had received but not acknowledged when it was
+# stopped is applied when it resumes, and counted again too.
+$node->safe_psql('postgres', "ALTER SYSTEM SET pg2redis.load_stall_timeout = '3s'");
+$node->reload;
+$redis->call('FLUSHALL');
+my $offset = -s $node->logfile;
+$node->safe_psql('postgres', 'SELECT pg2redis_resync()');
+ok(poll_until(120, sub { _state() eq 'snapshotting' }, 0.02), 'resync: the load starts');
+$redis->pause;
+ok(poll_until(60, sub { log_lines($node, qr/Redis acknowledged nothing for 3000 ms during the initial load/, $offset) }),
+	'resync: the load gives up after pg2redis.load_stall_timeout');
+$redis->resume;
+wait_for_status($node, 'state', 'streaming', 120, 'resync: streaming once Redis is back');
+ok(poll_until(120, sub {
+		$node->safe_psql('postgres',
+			q{SELECT count(*) FROM pg2redis_snapshots WHERE state NOT IN ('done')}) eq '0' }),
+	'resync: the snapshots on demand are done');
+wait_for_redis($node);
+check_table_in_redis($node, $redis, '(SELECT id, v FROM big)', 'big', 'resync: the rows are in Redis');
+TODO:
+{
+	local $TODO = 'a load that gives up leaves a table Redis has in part whole to a snapshot on demand: its INCRBY rules run twice for the part';
+	is($redis->call('GET', 'count:big'), $rows, 'resync: the INCRBY counter counts each row once');
+}
+diag('after the resync that gave up, count:big = ' . ($redis->call('GET', 'count:big') // 'nil') . " for $rows rows");
+
+$node->stop;
+done_testing();
