@@ -125,6 +125,7 @@ typedef struct ChunkRow
 {
 	Datum *key;		 /* hash key: the key columns' values */
 	bool   removed;	 /* the stream changed it: not sent */
+	bool   changed;	 /* removed by its own key, not with the whole chunk */
 	Size   cmds_off; /* its serialized commands in chunk_cmds */
 	Size   cmds_len;
 } ChunkRow;
@@ -143,6 +144,7 @@ static struct
 	List  *retry;		  /* keys to select again (Datum *) */
 	List  *retry_text;	  /* the same, as recorded: not read yet */
 	int	   retry_round;	  /* how often they were selected again */
+	bool   retry_blind;	  /* some of them no known change touched */
 	Oid	   keyindex;	  /* the leaf's key index, once known */
 	int	   nkeys;		  /* and its key columns' base types */
 	Oid	  *keytypes;
@@ -354,7 +356,10 @@ drop_tuple(TupleDesc desc, HeapTuple tuple)
 	}
 	row = hash_search(chunk.rows, &key, HASH_FIND, NULL);
 	if (row)
+	{
 		row->removed = true;
+		row->changed = true;
+	}
 	pfree(key);
 }
 
@@ -896,6 +901,7 @@ use_key(void)
 		req.retry = NIL;
 		req.retry_text = NIL;
 		req.retry_round = 0;
+		req.retry_blind = false;
 		req.leaf_done = false;
 		chunk.is_retry = false;
 	}
@@ -953,6 +959,7 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		}
 		row->key = key;
 		row->removed = false;
+		row->changed = false;
 		row->cmds_off = chunk_cmds.len;
 		chunk.order = lappend(chunk.order, row);
 		chunk.next_key = key;
@@ -1289,6 +1296,7 @@ finish_request(const char *state, const char *error)
 	req.retry = NIL;
 	req.retry_text = NIL;
 	req.retry_round = 0;
+	req.retry_blind = false;
 	req.keyindex = InvalidOid;
 	req.keytypes = NULL;
 	req.leaf_done = false;
@@ -1371,6 +1379,7 @@ load_request(void *arg)
 	req.retry = NIL;
 	req.retry_text = NIL;
 	req.retry_round = 0;
+	req.retry_blind = false;
 	req.keyindex = InvalidOid;
 	req.keytypes = NULL;
 	req.leaf_done = false;
@@ -1409,7 +1418,11 @@ load_request(void *arg)
 							  &isnull);
 		/* made values of the key's types by the first chunk, as the owner */
 		if (!isnull)
+		{
 			req.retry_text = text_keys(DatumGetArrayTypeP(retry));
+			/* why they were recorded is not: as if no change were known */
+			req.retry_blind = req.retry_text != NIL;
+		}
 	}
 	rows = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5,
 						 &isnull);
@@ -1566,6 +1579,8 @@ ondemand_step(void)
 			{
 				req.retry = lappend(req.retry, copy_key(row->key));
 				nretry++;
+				if (!row->changed)
+					req.retry_blind = true;
 			}
 		}
 		if (nretry > 0)
@@ -1573,6 +1588,26 @@ ondemand_step(void)
 					(errmsg_internal("pg2redis: snapshot request " INT64_FORMAT
 									 " reads %d rows of \"%s\" again",
 									 req.id, nretry, req.leaf_name)));
+		if (req.retry != NIL && req.retry_round >= RETRY_ROUNDS &&
+			req.retry_blind)
+		{
+			/*
+			 * Some of the rows were read again only because a change in
+			 * their windows did not say which row it changed (REPLICA
+			 * IDENTITY NOTHING, a null or unreadable key): the stream may
+			 * never write them, and leaving them to it lost them.
+			 */
+			int	  n = list_length(req.retry);
+			char *msg;
+
+			MemoryContextSwitchTo(old);
+			msg =
+				psprintf("could not read %d rows of \"%s\": a change that does not say which row it changed (REPLICA IDENTITY NOTHING, or a key the replica identity does not log) came in each of %d windows; set REPLICA IDENTITY DEFAULT or FULL, or request the snapshot again when the table is quieter",
+						 n, req.leaf_name, RETRY_ROUNDS);
+			chunk_reset();
+			finish_request("failed", msg);
+			return;
+		}
 		if (req.retry != NIL && req.retry_round >= RETRY_ROUNDS)
 		{
 			ereport(WARNING,
@@ -1583,7 +1618,10 @@ ondemand_step(void)
 			req.retry = NIL;
 		}
 		if (req.retry == NIL)
+		{
 			req.retry_round = 0;
+			req.retry_blind = false;
+		}
 		if (req.leaf_done && req.retry == NIL)
 		{
 			req.leaves = list_delete_first(req.leaves);

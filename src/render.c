@@ -27,6 +27,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/datetime.h"
 #include "utils/guc.h"
@@ -38,15 +39,42 @@
 #include "pg2redis/render.h"
 
 /*
+ * At most this many types are looked up ahead for one column: the
+ * attributes of a composite, and theirs, and so on.  A composite type can
+ * hold many attributes of another composite type that holds many of a
+ * third: a column of a type four levels deep with 40 attributes a level
+ * made the worker look up 2.5 million types (300 MB) before it rendered
+ * anything, five levels 100 million, when its table's map was built, so a
+ * table owner adding such a column to a table with a rule took the worker,
+ * and with it the cluster, down.  Attributes beyond the budget are looked
+ * up as a value has them (render_composite), a cost bounded by the value.
+ */
+#define COLTYPE_LOOKAHEAD 256
+
+static void coltype_init(ColType *ct, Oid typid, MemoryContext cxt,
+						 int *budget);
+
+/*
  * coltype_init_fields makes *ct a composite of row type typid, with the type
- * of each attribute it has now (render_composite copes with later ones).
+ * of each attribute it has now (render_composite copes with later ones),
+ * while *budget lasts; else with no attributes known ahead.
  */
 static void
-coltype_init_fields(ColType *ct, Oid typid, MemoryContext cxt)
+coltype_init_fields(ColType *ct, Oid typid, MemoryContext cxt, int *budget)
 {
-	TupleDesc desc = lookup_rowtype_tupdesc_copy(typid, -1);
+	TupleDesc desc;
 
 	ct->kind = VK_COMPOSITE;
+	if (*budget < 1)
+		return;
+	desc = lookup_rowtype_tupdesc_copy(typid, -1);
+	if (desc->natts > *budget)
+	{
+		*budget = 0;
+		FreeTupleDesc(desc);
+		return;
+	}
+	*budget -= desc->natts;
 	ct->nfields = desc->natts;
 	ct->fields = MemoryContextAllocZero(cxt, sizeof(ColType) * desc->natts);
 	ct->fieldtypes = MemoryContextAllocZero(cxt, sizeof(Oid) * desc->natts);
@@ -57,7 +85,7 @@ coltype_init_fields(ColType *ct, Oid typid, MemoryContext cxt)
 		if (att->attisdropped)
 			continue;
 		ct->fieldtypes[i] = att->atttypid;
-		render_coltype_init(&ct->fields[i], att->atttypid, cxt);
+		coltype_init(&ct->fields[i], att->atttypid, cxt, budget);
 	}
 	FreeTupleDesc(desc);
 }
@@ -69,11 +97,24 @@ coltype_init_fields(ColType *ct, Oid typid, MemoryContext cxt)
 void
 render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt)
 {
+	int budget = COLTYPE_LOOKAHEAD;
+
+	coltype_init(ct, typid, cxt, &budget);
+}
+
+/*
+ * coltype_init is render_coltype_init looking up at most *budget composite
+ * attributes ahead, less what it used.
+ */
+static void
+coltype_init(ColType *ct, Oid typid, MemoryContext cxt, int *budget)
+{
 	Oid	 base = getBaseType(typid);
 	Oid	 outfunc;
 	bool isvarlena;
 	Oid	 elemtype;
 
+	check_stack_depth();
 	memset(ct, 0, sizeof(*ct));
 	ct->typid = typid;
 	ct->base = base;
@@ -109,7 +150,7 @@ render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt)
 		default:
 			if (base != RECORDOID && type_is_rowtype(base))
 			{
-				coltype_init_fields(ct, base, cxt);
+				coltype_init_fields(ct, base, cxt, budget);
 				break;
 			}
 			elemtype = get_element_type(base);
@@ -117,7 +158,7 @@ render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt)
 			{
 				ct->kind = VK_ARRAY;
 				ct->elem = MemoryContextAlloc(cxt, sizeof(ColType));
-				render_coltype_init(ct->elem, elemtype, cxt);
+				coltype_init(ct->elem, elemtype, cxt, budget);
 			}
 			else
 				ct->kind = VK_STRING;
@@ -298,6 +339,7 @@ render_composite(const ColType *ct, Datum value, StringInfo out)
 	bool		 *nulls = palloc(sizeof(bool) * desc->natts);
 	bool		  first = true;
 
+	check_stack_depth();
 	tuple.t_len = HeapTupleHeaderGetDatumLength(td);
 	ItemPointerSetInvalid(&tuple.t_self);
 	tuple.t_tableOid = InvalidOid;
@@ -321,7 +363,12 @@ render_composite(const ColType *ct, Datum value, StringInfo out)
 		if (i < ct->nfields && ct->fieldtypes[i] == att->atttypid)
 			field = &ct->fields[i];
 		else
-			render_coltype_init(&fresh, att->atttypid, CurrentMemoryContext);
+		{
+			/* no look ahead: the value's own attributes bound the cost */
+			int budget = 0;
+
+			coltype_init(&fresh, att->atttypid, CurrentMemoryContext, &budget);
+		}
 		render_json(field, values[i], nulls[i], out);
 	}
 	appendStringInfoChar(out, '}');

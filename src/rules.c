@@ -1077,6 +1077,28 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 }
 
 /*
+ * error_is_rules tells whether an error raised while a rule was checked is
+ * the rule's problem, rather than the session's: a query cancel or a
+ * statement_timeout (57), a lock_timeout (55P03), a deadlock or
+ * serialization failure (40), a lack of memory or disk (53), an I/O error
+ * (58).  Those say nothing about the rule, and the caller controls most of
+ * them: pg2redis.check_ddl disables the rules found failing, as the
+ * extension's owner, after any REVOKE by anyone, so counting a lock_timeout
+ * the caller set as the rule's problem let any role disable every rule.
+ */
+static bool
+error_is_rules(const ErrorData *edata)
+{
+	int category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+
+	return edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE &&
+		   category != ERRCODE_OPERATOR_INTERVENTION &&
+		   category != ERRCODE_TRANSACTION_ROLLBACK &&
+		   category != ERRCODE_INSUFFICIENT_RESOURCES &&
+		   category != ERRCODE_SYSTEM_ERROR;
+}
+
+/*
  * pg2redis_validate_rules() checks every rule of pg2redis.rules (as the
  * caller may read it) again, as its recorded writer and with nothing
  * skipped, and returns one row (id, relation, op, created_by, problem) per
@@ -1144,6 +1166,9 @@ pg2redis_validate_rules(PG_FUNCTION_ARGS)
 			RollbackAndReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(caller);
 			CurrentResourceOwner = owner;
+			/* a cancel, a timeout, a lack of memory is not the rule's */
+			if (!error_is_rules(problem))
+				ReThrowError(problem);
 		}
 		PG_END_TRY();
 

@@ -589,9 +589,16 @@ compare(VerifyState *vs, Check *c, const redisReply *r,
 		{
 			char *v = reply_text(r);
 
+			/*
+			 * Bytes, not reply_text's form: a value it shows in hex would
+			 * equal a row whose text is that hex.
+			 */
 			if (v == NULL)
 				found_cb(vs, c, -1, "missing", c->value, NULL);
-			else if (strcmp(v, c->value) != 0)
+			else if (r->type == REDIS_REPLY_INTEGER
+						 ? strcmp(v, c->value) != 0
+						 : (r->len != strlen(c->value) ||
+							memcmp(r->str, c->value, r->len) != 0))
 				found_cb(vs, c, -1, "differing", c->value, v);
 			break;
 		}
