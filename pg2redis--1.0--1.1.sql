@@ -91,10 +91,42 @@ CREATE TRIGGER validate
     FOR EACH ROW EXECUTE FUNCTION pg2redis.validate_snapshot_filter();
 DROP VIEW IF EXISTS pg2redis_snapshots;
 CREATE VIEW pg2redis_snapshots AS
-    SELECT id, relation, state, rows, requested_at, started_at, finished_at,
-           error
-      FROM pg2redis.snapshots;
-COMMENT ON VIEW pg2redis_snapshots IS 'pg2redis snapshot requests: state, rows, timings, error';
+    SELECT s.id, s.relation, s.state, s.rows, s.requested_at, s.started_at,
+           s.finished_at, s.error,
+           p.tables_total, p.tables_done, p.rows_estimate,
+           round(r.rate::numeric, 1) AS rows_per_second,
+           CASE WHEN s.state = 'running' AND r.rate > 0 AND p.rows_estimate > s.rows
+                THEN pg_catalog.make_interval(
+                         secs => round((p.rows_estimate - s.rows) / r.rate))
+           END AS eta
+      FROM pg2redis.snapshots s
+     CROSS JOIN LATERAL (
+        SELECT count(*)::integer AS tables_total,
+               count(*) FILTER (WHERE s.state = 'done'
+                                   OR l.relid < s.current_relation::oid)::integer AS tables_done,
+               coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint AS rows_estimate
+          FROM (SELECT m.rel AS relid
+                  FROM (SELECT s.relation AS rel WHERE s.relation IS NOT NULL
+                        UNION
+                        SELECT ru.relation FROM pg2redis.rules ru
+                         WHERE s.relation IS NULL AND ru.enabled) m
+                -- a plain table is its own leaf; pg_partition_tree() gives
+                -- a partitioned table's
+                UNION
+                SELECT t.relid
+                  FROM (SELECT s.relation AS rel WHERE s.relation IS NOT NULL
+                        UNION
+                        SELECT ru.relation FROM pg2redis.rules ru
+                         WHERE s.relation IS NULL AND ru.enabled) m,
+                       LATERAL pg_catalog.pg_partition_tree(m.rel) t
+                 WHERE t.isleaf) l
+          JOIN pg_catalog.pg_class c ON c.oid = l.relid AND c.relkind = 'r') p
+     CROSS JOIN LATERAL (
+        SELECT CASE WHEN s.started_at IS NOT NULL
+                         AND coalesce(s.finished_at, now()) > s.started_at
+                    THEN s.rows / extract(epoch FROM coalesce(s.finished_at, now()) - s.started_at)
+               END AS rate) r;
+COMMENT ON VIEW pg2redis_snapshots IS 'pg2redis snapshot requests: state, rows, timings, error, progress (tables, rows of an estimate, rate, ETA)';
 
 
 /* Rule validation (C): refuses a bad rule with an error naming it. */

@@ -32,6 +32,25 @@ SELECT id - :first_id AS n, relation, state, rows, started_at IS NULL AS not_sta
        finished_at, error
   FROM pg2redis_snapshots ORDER BY id;
 
+-- progress: tables of the request, rows estimated from the statistics
+-- (reltuples, after ANALYZE); rate and ETA once running
+INSERT INTO keyed SELECT g, 'v' FROM generate_series(1, 1000) g;
+INSERT INTO parts SELECT g, CASE WHEN g % 4 = 0 THEN 'a' ELSE 'b' END FROM generate_series(1, 400) g;
+ANALYZE keyed, parts;
+SELECT id - :first_id AS n, relation, tables_total, tables_done, rows_estimate,
+       rows_per_second, eta
+  FROM pg2redis_snapshots ORDER BY id;
+-- a request the worker is half way through: the leaves before its current
+-- one are done; the rate is rows over time, the ETA what is left at it
+UPDATE pg2redis.snapshots
+   SET state = 'running', rows = 100, started_at = now() - interval '10 s',
+       current_relation = 'parts_b'
+ WHERE id = :first_id + 1;
+SELECT relation, tables_total, tables_done, rows_estimate,
+       rows_per_second BETWEEN 9 AND 10.1 AS about_10_rows_per_second,
+       eta BETWEEN interval '29 s' AND interval '31 s' AS about_30_s_left
+  FROM pg2redis_snapshots WHERE id = :first_id + 1;
+
 -- the view's columns
 SELECT attname FROM pg_attribute
  WHERE attrelid = 'pg2redis_snapshots'::regclass AND attnum > 0 ORDER BY attnum;
