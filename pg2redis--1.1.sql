@@ -730,7 +730,13 @@ CREATE FUNCTION pg2redis_status(
     OUT last_error text,
     OUT last_error_time timestamptz,
     OUT applied_lsn pg_lsn,
-    OUT lag_time interval)
+    OUT lag_time interval,
+    OUT load_tables_total integer,
+    OUT load_tables_done integer,
+    OUT load_rows bigint,
+    OUT load_rows_estimate bigint,
+    OUT load_rows_per_second double precision,
+    OUT load_eta interval)
 RETURNS record
 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'pg2redis_status';

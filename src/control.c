@@ -52,7 +52,7 @@ PG_FUNCTION_INFO_V1(pg2redis_redis);
 PG_FUNCTION_INFO_V1(pg2redis_snapshot);
 PG_FUNCTION_INFO_V1(pg2redis_validate_snapshot_filter);
 
-#define STATUS_COLUMNS 18
+#define STATUS_COLUMNS 24
 
 
 /*
@@ -134,6 +134,38 @@ pg2redis_status(PG_FUNCTION_ARGS)
 					 s.state != PG2R_STATE_REDIS_UNAVAILABLE) &&
 					s.confirmed_lsn != InvalidXLogRecPtr &&
 					server_lsn > s.confirmed_lsn;
+	}
+
+	/* the initial load: progress, or the totals of the last one */
+	if (s.load_started_at == 0)
+		for (int c = 18; c < 24; c++)
+			nulls[c] = true;
+	else
+	{
+		TimestampTz end = s.load_finished_at != 0 ? s.load_finished_at
+												  : GetCurrentTimestamp();
+		double		secs = (double) (end - s.load_started_at) / USECS_PER_SEC;
+		double		rate = secs > 0 ? (double) s.load_rows / secs : 0;
+
+		values[18] = Int32GetDatum(s.load_tables_total);
+		values[19] = Int32GetDatum(s.load_tables_done);
+		values[20] = Int64GetDatum((int64) s.load_rows);
+		values[21] = Int64GetDatum((int64) s.load_rows_estimate);
+		values[22] = Float8GetDatum(rate);
+		nulls[22] = secs <= 0;
+		if (s.load_finished_at != 0)
+			values[23] = IntervalPGetDatum(lag_interval(0));
+		else if (rate > 0 && s.load_rows_estimate > s.load_rows)
+		{
+			Interval *eta = palloc0(sizeof(Interval));
+
+			eta->time =
+				(int64) ((double) (s.load_rows_estimate - s.load_rows) / rate *
+						 USECS_PER_SEC);
+			values[23] = IntervalPGetDatum(eta);
+		}
+		else
+			nulls[23] = true;
 	}
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc),

@@ -70,6 +70,7 @@
 #include "utils/resowner.h"
 #include "utils/timeout.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "pg2redis/mapping.h"
@@ -906,6 +907,7 @@ load_leaf(Load *ld, Oid relid)
 			ld->deferred = lappend_oid(ld->deferred, relid);
 			return true;
 		}
+		pg2r_report_load_progress(list_length(ld->loaded), ld->rows);
 		if (!load_send(ld, relid))
 			return false;
 		if (end != CHUNK_MORE)
@@ -1033,6 +1035,33 @@ request_snapshots(List *relids)
 }
 
 /*
+ * rows_estimate returns the rows the statistics give the leaves (reltuples;
+ * a table never analyzed counts as 0), for the load's progress.
+ */
+static uint64
+rows_estimate(List *leaves)
+{
+	uint64	  total = 0;
+	ListCell *lc;
+
+	foreach(lc, leaves)
+	{
+		HeapTuple tuple =
+			SearchSysCache1(RELOID, ObjectIdGetDatum(lfirst_oid(lc)));
+
+		if (HeapTupleIsValid(tuple))
+		{
+			float4 n = ((Form_pg_class) GETSTRUCT(tuple))->reltuples;
+
+			if (n > 0)
+				total += (uint64) n;
+			ReleaseSysCache(tuple);
+		}
+	}
+	return total;
+}
+
+/*
  * snapshot_initial_load sends every row of every mapped table, as the
  * current transaction snapshot (the slot's initial snapshot) sees it, to
  * Redis, as one transaction fenced at start.
@@ -1084,14 +1113,18 @@ snapshot_initial_load(XLogRecPtr start)
 	ld.meta.commit_time = GetCurrentTimestamp();
 
 	leaves = snapshot_mapped_leaves(InvalidOid);
+	pg2r_report_load_start(list_length(leaves), rows_estimate(leaves));
 	sender_begin_txn(InvalidTransactionId, start, start, ld.meta.commit_time);
 	pgstat_report_activity(STATE_RUNNING, "pg2redis: initial load");
 	foreach(lc, leaves)
+	{
 		if (!load_leaf(&ld, lfirst_oid(lc)))
 		{
 			ld.stalled = true;
 			break;
 		}
+		pg2r_report_load_progress(foreach_current_index(lc) + 1, ld.rows);
+	}
 	if (!ld.stalled && !load_finish())
 		ld.stalled = true;
 
@@ -1125,6 +1158,7 @@ snapshot_initial_load(XLogRecPtr start)
 		outcome = ld.stalled ? LOAD_GAVE_UP : LOAD_DONE;
 		pg2r_set_careful_load(false);
 	}
+	pg2r_report_load_end();
 	if (outcome == LOAD_DONE)
 		ereport(LOG, (errmsg("pg2redis: initial load sent " UINT64_FORMAT
 							 " rows of %d tables",

@@ -223,6 +223,41 @@ pg2r_report_pending(TimestampTz oldest)
 	SpinLockRelease(&pg2r_shared->mutex);
 }
 
+/*
+ * pg2r_report_load_start publishes that an initial load of tables_total
+ * tables (about rows_estimate rows) starts; pg2r_report_load_progress how
+ * far it got; pg2r_report_load_end that it ended.
+ */
+void
+pg2r_report_load_start(int tables_total, uint64 rows_estimate)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->load_tables_total = tables_total;
+	pg2r_shared->load_tables_done = 0;
+	pg2r_shared->load_rows = 0;
+	pg2r_shared->load_rows_estimate = rows_estimate;
+	pg2r_shared->load_started_at = GetCurrentTimestamp();
+	pg2r_shared->load_finished_at = 0;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+void
+pg2r_report_load_progress(int tables_done, uint64 rows)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->load_tables_done = tables_done;
+	pg2r_shared->load_rows = rows;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+void
+pg2r_report_load_end(void)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->load_finished_at = GetCurrentTimestamp();
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
 /* pg2r_report_confirmed publishes the slot's confirmed position. */
 void
 pg2r_report_confirmed(XLogRecPtr lsn)

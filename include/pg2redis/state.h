@@ -39,20 +39,27 @@ typedef struct Pg2rShared
 	TimestampTz last_commit_time; /* of the last transaction applied */
 	TimestampTz pending_since;	  /* commit time of the oldest transaction
 								   * decoded and not applied; 0: none */
-	uint64		transactions;
-	uint64		changes;
-	uint64		commands;
-	uint64		dead_letters;
-	uint64		retries;
-	char		last_error[512];
-	TimestampTz last_error_time;
-	bool		resync_requested;
-	XLogRecPtr	careful_until; /* decode transactions ending up to here
+	/* the initial load: its progress, or the totals of the last one */
+	int				 load_tables_total;
+	int				 load_tables_done;
+	uint64			 load_rows;
+	uint64			 load_rows_estimate;
+	TimestampTz		 load_started_at; /* 0: no load since the server started */
+	TimestampTz		 load_finished_at; /* 0: running (or not started) */
+	uint64			 transactions;
+	uint64			 changes;
+	uint64			 commands;
+	uint64			 dead_letters;
+	uint64			 retries;
+	char			 last_error[512];
+	TimestampTz		 last_error_time;
+	bool			 resync_requested;
+	XLogRecPtr		 careful_until; /* decode transactions ending up to here
 								* with each rule in a subtransaction */
-	bool		careful_load;  /* an ERROR ended the last initial load */
-	pg_atomic_uint32  wakeup_pending;
-	pg_atomic_uint32  snapshot_requested; /* pg2redis_snapshot() was called */
-	ConditionVariable progress_cv; /* broadcast when applied_lsn moves */
+	bool			 careful_load;	/* an ERROR ended the last initial load */
+	pg_atomic_uint32 wakeup_pending;
+	pg_atomic_uint32 snapshot_requested; /* pg2redis_snapshot() was called */
+	ConditionVariable progress_cv;		 /* broadcast when applied_lsn moves */
 } Pg2rShared;
 
 extern Pg2rShared *pg2r_shared;
@@ -75,6 +82,9 @@ extern void pg2r_report_applied(XLogRecPtr lsn, TimestampTz commit_time,
 								uint64 changes);
 extern void pg2r_report_confirmed(XLogRecPtr lsn);
 extern void pg2r_report_pending(TimestampTz oldest);
+extern void pg2r_report_load_start(int tables_total, uint64 rows_estimate);
+extern void pg2r_report_load_progress(int tables_done, uint64 rows);
+extern void pg2r_report_load_end(void);
 extern void pg2r_report_retry(void);
 extern void pg2r_report_dead_letters(uint64 n);
 extern void pg2r_set_careful_until(XLogRecPtr lsn);
