@@ -143,7 +143,7 @@ if [[ $N_SQL -gt 0 ]]; then
 	count_regress "$WORK/regress.log" "$rc_regress"
 fi
 if [[ $N_TAP -gt 0 ]]; then
-	run_check "$WORK/tap.log" REGRESS= ${SEL_TAP:+"PROVE_TESTS=${SEL_TAP[*]}"} || rc_tap=$?
+	run_check "$WORK/tap.log" REGRESS= PROVE_FLAGS=--timer ${SEL_TAP:+"PROVE_TESTS=${SEL_TAP[*]}"} || rc_tap=$?
 	count_tap "$WORK/tap.log" "$rc_tap"
 	for t in $TAP_BAD; do show_logs "$TESTDIR"/tmp_check/log/*"$(basename "$t" .pl)"*; done
 	if [[ $rc_tap -ne 0 && -z $TAP_BAD ]]; then show_logs "$TESTDIR"/tmp_check/log/*; fi

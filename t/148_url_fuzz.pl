@@ -6,7 +6,7 @@
 # worker and a backend parse each.  The password (present in every one)
 # must never show in pg2redis_status(), SHOW, an error of pg2redis_redis()
 # or the server log, and nothing may crash.  PG2REDIS_FUZZ_SEED replays a
-# run; PG2REDIS_FUZZ_URLS sets the count (default 300).
+# run; PG2REDIS_FUZZ_URLS sets the count (default 150).
 
 use strict;
 use warnings;
@@ -18,7 +18,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $seed = $ENV{PG2REDIS_FUZZ_SEED} // 20261201;
-my $count = $ENV{PG2REDIS_FUZZ_URLS} // 300;
+my $count = $ENV{PG2REDIS_FUZZ_URLS} // 150;
 srand($seed);
 diag("url fuzz seed $seed, $count urls");
 
