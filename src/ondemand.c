@@ -99,6 +99,7 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
+#include "pg2redis/cmdbuf.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
@@ -474,15 +475,17 @@ ondemand_note_truncate(Oid relid, TransactionId xid)
 static void
 send_chunk(XLogRecPtr lsn)
 {
-	ListCell *lc;
-	Oid		  relid = req.leaf;
+	ListCell	*lc;
+	Oid			 relid = req.leaf;
+	CmdBufReader reader = {0};
+	Rule		 rule;
+	int			 argc;
+	const char	*error;
 
 	sender_begin_txn(InvalidTransactionId, lsn, lsn, GetCurrentTimestamp());
 	foreach(lc, chunk.order)
 	{
-		ChunkRow   *row = lfirst(lc);
-		const char *p;
-		const char *end;
+		ChunkRow *row = lfirst(lc);
 
 		if (row->removed)
 			continue;
@@ -491,47 +494,20 @@ send_chunk(XLogRecPtr lsn)
 			chunk.nsent++;
 			sender_count_change();
 		}
-		p = chunk_cmds.data + row->cmds_off;
-		end = p + row->cmds_len;
-		while (p < end)
+		cmdbuf_reader_init(&reader, chunk_cmds.data + row->cmds_off,
+						   row->cmds_len, CurrentMemoryContext);
+		while (cmdbuf_next(&reader, &rule, &argc, &error))
 		{
-			Rule  rule = {0};
-			int32 argc;
-
-			memcpy(&rule.id, p, sizeof(int64));
-			p += sizeof(int64);
-			memcpy(&rule.def, p, sizeof(rule.def));
-			p += sizeof(rule.def);
-			memcpy(&argc, p, sizeof(int32));
-			p += sizeof(int32);
-			if (argc < 0)
+			if (error != NULL)
 			{
-				Pg2rError err = {ERRCODE_DATA_EXCEPTION, (char *) p, NULL,
+				Pg2rError err = {ERRCODE_DATA_EXCEPTION, (char *) error, NULL,
 								 NULL};
 
 				sender_render_error(&relid, &rule, PG2R_OP_SNAPSHOT, &err);
-				p += strlen(p) + 1;
-				continue;
 			}
-			{
-				const char **argv = palloc(sizeof(char *) * Max(argc, 1));
-				size_t		*lens = palloc(sizeof(size_t) * Max(argc, 1));
-
-				for (int i = 0; i < argc; i++)
-				{
-					int32 len;
-
-					memcpy(&len, p, sizeof(int32));
-					p += sizeof(int32);
-					argv[i] = p;
-					lens[i] = len;
-					p += len;
-				}
-				sender_command(&relid, &rule, PG2R_OP_SNAPSHOT, argc, argv,
-							   lens);
-				pfree(argv);
-				pfree(lens);
-			}
+			else
+				sender_command(&relid, &rule, PG2R_OP_SNAPSHOT, argc,
+							   reader.argv, reader.lens);
 		}
 	}
 	sender_commit_txn();
@@ -576,49 +552,22 @@ ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
  * ---------------------------------------------------------------------------
  */
 
-/*
- * row_sink_command serializes a rendered command of a chunk row into
- * chunk_cmds: the rule's id and command definition, argc, then each
- * argument's length and bytes (read back by send_chunk).
- */
+/* row_sink_command keeps a rendered command of a chunk row in chunk_cmds. */
 static void
 row_sink_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 				 const char *const *argv, const size_t *argvlen)
 {
-	int32 n = argc;
-
-	/* the rule's id and command definition (static: valid in this process) */
-	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->id,
-						   sizeof(int64));
-	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->def,
-						   sizeof(rule->def));
-	appendBinaryStringInfo(&chunk_cmds, (const char *) &n, sizeof(int32));
-	for (int i = 0; i < argc; i++)
-	{
-		int32 len = argvlen[i];
-
-		appendBinaryStringInfo(&chunk_cmds, (const char *) &len,
-							   sizeof(int32));
-		appendBinaryStringInfo(&chunk_cmds, argv[i], len);
-	}
+	cmdbuf_append(&chunk_cmds, rule, argc, argv, argvlen);
 }
 
 /*
- * row_sink_error serializes a render error of a chunk row into chunk_cmds
- * (argc -1, then the message), a dead letter once the chunk is sent.
+ * row_sink_error keeps a render error of a chunk row in chunk_cmds, a dead
+ * letter once the chunk is sent.
  */
 static void
 row_sink_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
 {
-	int32 n = -1;
-
-	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->id,
-						   sizeof(int64));
-	appendBinaryStringInfo(&chunk_cmds, (const char *) &rule->def,
-						   sizeof(rule->def));
-	appendBinaryStringInfo(&chunk_cmds, (const char *) &n, sizeof(int32));
-	appendBinaryStringInfo(&chunk_cmds, err->message,
-						   strlen(err->message) + 1);
+	cmdbuf_append_error(&chunk_cmds, rule, err->message);
 }
 
 /* ---------------------------------------------------------------------------
@@ -882,6 +831,22 @@ read_recorded_keys(void)
 }
 
 /*
+ * forget_leaf_progress forgets where the request is in its current leaf:
+ * the last key read, the keys to read again and their rounds.
+ */
+static void
+forget_leaf_progress(void)
+{
+	req.last_key = NULL;
+	req.last_key_text = NIL;
+	req.retry = NIL;
+	req.retry_text = NIL;
+	req.retry_round = 0;
+	req.retry_blind = false;
+	req.leaf_done = false;
+}
+
+/*
  * use_key makes the chunk's key index the one the request reads its leaf
  * by.  When it changed since the request's last chunk of that leaf (a new
  * replica identity or primary key), the keys the request holds mean nothing
@@ -896,13 +861,7 @@ use_key(void)
 				(errmsg("pg2redis: snapshot request " INT64_FORMAT
 						" reads table \"%s\" again from its start: its key changed",
 						req.id, req.leaf_name)));
-		req.last_key = NULL;
-		req.last_key_text = NIL;
-		req.retry = NIL;
-		req.retry_text = NIL;
-		req.retry_round = 0;
-		req.retry_blind = false;
-		req.leaf_done = false;
+		forget_leaf_progress();
 		chunk.is_retry = false;
 	}
 	if (req.keyindex != chunk.keyindex || req.keytypes == NULL)
@@ -1291,15 +1250,9 @@ finish_request(const char *state, const char *error)
 	pending.retry = NIL;
 	MemoryContextReset(OndemandCxt);
 	req.leaves = NIL;
-	req.last_key = NULL;
-	req.last_key_text = NIL;
-	req.retry = NIL;
-	req.retry_text = NIL;
-	req.retry_round = 0;
-	req.retry_blind = false;
+	forget_leaf_progress();
 	req.keyindex = InvalidOid;
 	req.keytypes = NULL;
-	req.leaf_done = false;
 	waiting_since = 0;
 }
 
@@ -1374,15 +1327,9 @@ load_request(void *arg)
 
 	old = MemoryContextSwitchTo(OndemandCxt);
 	req.leaves = NIL;
-	req.last_key = NULL;
-	req.last_key_text = NIL;
-	req.retry = NIL;
-	req.retry_text = NIL;
-	req.retry_round = 0;
-	req.retry_blind = false;
+	forget_leaf_progress();
 	req.keyindex = InvalidOid;
 	req.keytypes = NULL;
-	req.leaf_done = false;
 	foreach(lc, leaves)
 	{
 		/* leaves before the one in progress are done */

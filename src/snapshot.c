@@ -73,6 +73,7 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
+#include "pg2redis/cmdbuf.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
@@ -350,10 +351,8 @@ typedef struct Load
 	MemoryContext  cxt;		/* outlives the chunks' subtransactions */
 	MemoryContext  chunkcxt;
 	MemoryContext  rowcxt;
-	StringInfoData buf;	 /* the chunk's commands, see buf_command */
-	const char	 **argv; /* one command of buf, for the sender */
-	size_t		  *lens;
-	int			   maxargs;
+	StringInfoData buf;	   /* the chunk's commands, see buf_command */
+	CmdBufReader   reader; /* reads them back for the sender */
 	uint64		   rows;
 	List		  *loaded;	 /* LoadedLeaf *, in load order */
 	List		  *deferred; /* leaves left to snapshots on demand */
@@ -397,9 +396,8 @@ typedef struct LoadSinkArg
 #define LOAD_CHUNK_BYTES (256 * 1024)
 
 /*
- * buf_command is the load's CommandSink: a chunk's commands are kept, in
- * the format of ondemand.c's chunks (rule id, command definition, argc,
- * then each argument's length and bytes), and handed to the sender once
+ * buf_command is the load's CommandSink: a chunk's commands are kept (see
+ * cmdbuf.c) and handed to the sender once
  * the chunk has released its locks (load_send).  A command is appended
  * whole or, when memory runs out, not at all; one that could not fit in a
  * block is refused here, where a careful load turns it into a dead letter,
@@ -410,16 +408,11 @@ buf_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 			const char *const *argv, const size_t *argvlen)
 {
 	StringInfo buf = ((LoadSinkArg *) arg)->buf;
-	char	  *p;
-	int32	   n = argc;
-	Size	   need = sizeof(int64) + sizeof(rule->def) + sizeof(int32);
+	Size	   need = cmdbuf_command_size(argc, argvlen);
 	Size	   inblock = 16;
 
 	for (int i = 0; i < argc; i++)
-	{
-		need += sizeof(int32) + argvlen[i];
 		inblock += argvlen[i] + 32;
-	}
 	if (inblock >= MaxAllocSize - (Size) pg2r_batch_bytes ||
 		need >= MaxAllocSize - (Size) buf->len)
 		ereport(ERROR,
@@ -427,25 +420,7 @@ buf_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 				 errmsg("command of %zu bytes does not fit in a block",
 						inblock),
 				 errhint("Lower pg2redis.max_argument_bytes or pg2redis.batch_bytes.")));
-	enlargeStringInfo(buf, (int) need);
-	p = buf->data + buf->len;
-	memcpy(p, &rule->id, sizeof(int64));
-	p += sizeof(int64);
-	memcpy(p, &rule->def, sizeof(rule->def));
-	p += sizeof(rule->def);
-	memcpy(p, &n, sizeof(int32));
-	p += sizeof(int32);
-	for (int i = 0; i < argc; i++)
-	{
-		int32 len = (int32) argvlen[i];
-
-		memcpy(p, &len, sizeof(int32));
-		p += sizeof(int32);
-		memcpy(p, argv[i], len);
-		p += len;
-	}
-	buf->len += (int) need;
-	buf->data[buf->len] = '\0';
+	cmdbuf_append(buf, rule, argc, argv, argvlen);
 }
 
 /* buf_error records a row a rule could not render (no Redis wait). */
@@ -491,47 +466,22 @@ load_wait(bool (*busy)(void))
 static bool
 load_send(Load *ld, Oid relid)
 {
-	const char *p = ld->buf.data;
-	const char *end = p + ld->buf.len;
+	Rule		rule;
+	int			argc;
+	const char *error;
 	bool		ok = true;
 
-	while (p < end)
+	cmdbuf_reader_init(&ld->reader, ld->buf.data, ld->buf.len, ld->cxt);
+	while (cmdbuf_next(&ld->reader, &rule, &argc, &error))
 	{
-		Rule  rule = {0};
-		int32 argc;
-
-		memcpy(&rule.id, p, sizeof(int64));
-		p += sizeof(int64);
-		memcpy(&rule.def, p, sizeof(rule.def));
-		p += sizeof(rule.def);
-		memcpy(&argc, p, sizeof(int32));
-		p += sizeof(int32);
-		if (argc > ld->maxargs)
-		{
-			ld->maxargs = Max(argc, 2 * ld->maxargs);
-			ld->argv =
-				MemoryContextAlloc(ld->cxt, sizeof(char *) * ld->maxargs);
-			ld->lens =
-				MemoryContextAlloc(ld->cxt, sizeof(size_t) * ld->maxargs);
-		}
-		for (int i = 0; i < argc; i++)
-		{
-			int32 len;
-
-			memcpy(&len, p, sizeof(int32));
-			p += sizeof(int32);
-			ld->argv[i] = p;
-			ld->lens[i] = len;
-			p += len;
-		}
 		if (sender_command_would_wait() &&
 			!load_wait(sender_command_would_wait))
 		{
 			ok = false;
 			break;
 		}
-		sender_command(&relid, &rule, PG2R_OP_SNAPSHOT, argc, ld->argv,
-					   ld->lens);
+		sender_command(&relid, &rule, PG2R_OP_SNAPSHOT, argc, ld->reader.argv,
+					   ld->reader.lens);
 	}
 	if (ld->buf.maxlen > LOAD_KEEP_BUFFER)
 	{

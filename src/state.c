@@ -42,6 +42,7 @@ typedef struct RelStatsShared
 
 static RelStatsShared *relstats = NULL;
 static HTAB			  *relstats_local = NULL; /* worker: not yet published */
+static Pg2rRelStats	  *relstats_last = NULL;  /* its entry counted last */
 
 static const char *const state_names[] = {
 	[PG2R_STATE_STOPPED] = "stopped",
@@ -407,9 +408,17 @@ void
 pg2r_relstats_count(Oid relid, uint64 changes, uint64 commands,
 					uint64 dead_letters)
 {
-	Pg2rRelStats *e;
+	Pg2rRelStats *e = relstats_last;
 	bool		  found;
 
+	/* consecutive changes and commands are mostly of one relation */
+	if (e != NULL && e->relid == relid)
+	{
+		e->changes += changes;
+		e->commands += commands;
+		e->dead_letters += dead_letters;
+		return;
+	}
 	if (relstats_local == NULL)
 	{
 		HASHCTL ctl = {0};
@@ -429,6 +438,7 @@ pg2r_relstats_count(Oid relid, uint64 changes, uint64 commands,
 	e->changes += changes;
 	e->commands += commands;
 	e->dead_letters += dead_letters;
+	relstats_last = e;
 }
 
 /* relstats_slot returns relid's shared entry, claiming one (lock held). */
@@ -463,6 +473,7 @@ pg2r_relstats_publish(TimestampTz applied_at)
 	HASH_SEQ_STATUS seq;
 	Pg2rRelStats   *l;
 
+	relstats_last = NULL; /* the entries are removed below */
 	if (relstats_local == NULL || hash_get_num_entries(relstats_local) == 0)
 		return;
 	LWLockAcquire(relstats->lock, LW_EXCLUSIVE);
