@@ -389,13 +389,19 @@ insert_dead_letters(void *arg)
 			elog(ERROR, "could not record a pg2redis dead letter");
 	}
 
-	/* listeners learn at commit how many were recorded */
+	/*
+	 * Listeners learn at commit how many were recorded.  Not when the
+	 * notification queue is over half full (a listener that never reads
+	 * holds it back): a full queue would fail the commit, and with it the
+	 * dead letters.
+	 */
 	{
 		Oid	  ntype = TEXTOID;
 		Datum count =
 			CStringGetTextDatum(psprintf("%d", list_length(letters)));
 
-		if (SPI_execute_with_args("SELECT pg_catalog.pg_notify('pg2redis_dead_letter', $1)",
+		if (SPI_execute_with_args("SELECT pg_catalog.pg_notify('pg2redis_dead_letter', $1) "
+								  "WHERE pg_catalog.pg_notification_queue_usage() < 0.5",
 								  1, &ntype, &count, NULL, false,
 								  0) != SPI_OK_SELECT)
 			elog(ERROR, "could not notify of pg2redis dead letters");
