@@ -5,7 +5,9 @@
 /*
  * 1.1 adds: the writer of each rule (rules.created_by), checked again when
  * rules are loaded; the progress of a snapshot's rows to read again
- * (snapshots.retry_keys, key_index); pg2redis_validate_rules(),
+ * (snapshots.retry_keys, key_index); the key of a dead letter's row, and
+ * pg2redis_redrive() (dead_letters.key_index, key, redriven_at,
+ * redrive_request; snapshots.keys_only); pg2redis_validate_rules(),
  * pg2redis_verify(), pg2redis_relation_stats (function and view);
  * pg2redis_status().lag_time; the roles pg2redis_admin and
  * pg2redis_monitor; triggers and event triggers that check snapshot
@@ -31,6 +33,11 @@ ALTER TABLE pg2redis.rules ALTER COLUMN created_by DROP DEFAULT;
 
 ALTER TABLE pg2redis.snapshots ADD COLUMN retry_keys text[];
 ALTER TABLE pg2redis.snapshots ADD COLUMN key_index oid;
+ALTER TABLE pg2redis.snapshots ADD COLUMN keys_only boolean NOT NULL DEFAULT false;
+ALTER TABLE pg2redis.dead_letters ADD COLUMN key_index oid;
+ALTER TABLE pg2redis.dead_letters ADD COLUMN key text[];
+ALTER TABLE pg2redis.dead_letters ADD COLUMN redriven_at timestamptz;
+ALTER TABLE pg2redis.dead_letters ADD COLUMN redrive_request bigint;
 REVOKE ALL ON SCHEMA pg2redis FROM PUBLIC;
 COMMENT ON TABLE pg2redis.rules IS 'pg2redis mapping rules: one Redis command template per row';
 COMMENT ON TABLE pg2redis.dead_letters IS 'pg2redis commands that could not be rendered or that Redis rejected';
@@ -41,7 +48,10 @@ COMMENT ON TABLE pg2redis.snapshots IS 'pg2redis snapshot requests and their pro
  * A request written directly (pg2redis_admin may INSERT) gets the same
  * check as pg2redis_snapshot(): SELECT on the table, or on every mapped
  * table for a request of all; and starts from nothing, whatever progress it
- * claims.  The worker's own writes are UPDATEs.
+ * claims.  A keys_only request keeps its keys (retry_keys, key_index),
+ * checked for shape here; the worker turns them into values of the key's
+ * types as the table's owner, and reads them as the owner.  The worker's
+ * own writes are UPDATEs.
  */
 CREATE OR REPLACE FUNCTION pg2redis.check_snapshot_request()
 RETURNS trigger
@@ -50,6 +60,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     missing regclass;
+    width   integer;
 BEGIN
     IF NEW.relation IS NOT NULL THEN
         IF NOT has_table_privilege(NEW.relation, 'SELECT') THEN
@@ -72,8 +83,22 @@ BEGIN
     NEW.error := NULL;
     NEW.current_relation := NULL;
     NEW.last_key := NULL;
-    NEW.retry_keys := NULL;
-    NEW.key_index := NULL;
+    IF NEW.keys_only THEN
+        -- the keys of one table, in the key columns of one of its indexes
+        SELECT i.indnkeyatts INTO width
+          FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+         WHERE i.indexrelid = NEW.key_index AND i.indrelid = NEW.relation
+           AND c.relkind = 'r';
+        IF width IS NULL OR array_ndims(NEW.retry_keys) IS DISTINCT FROM 2
+           OR array_length(NEW.retry_keys, 2) <> width THEN
+            RAISE EXCEPTION 'invalid keys-only snapshot request'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'A keys-only request names a table (not a partitioned one), one of its indexes in key_index, and keys in retry_keys: a two-dimensional array, one row of the index''s key columns per key.';
+        END IF;
+    ELSE
+        NEW.retry_keys := NULL;
+        NEW.key_index := NULL;
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -704,6 +729,22 @@ LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'pg2redis_resync';
 COMMENT ON FUNCTION pg2redis_resync()
     IS 'drop the Redis position and the slot, recreate it and load every mapped table again';
+CREATE FUNCTION pg2redis_redrive(ids bigint[])
+RETURNS TABLE (request bigint, relation regclass, keys integer)
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'pg2redis_redrive';
+
+COMMENT ON FUNCTION pg2redis_redrive(bigint[])
+    IS 'read the rows of these dead letters again by key and apply the current rules, in stream order; returns the keys-only snapshot requests queued';
+
+CREATE FUNCTION pg2redis_redrive(relation regclass, since timestamptz DEFAULT NULL)
+RETURNS TABLE (request bigint, relation regclass, keys integer)
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_redrive_relation';
+
+COMMENT ON FUNCTION pg2redis_redrive(regclass, timestamptz)
+    IS 'redrive the dead letters of a table (and its partitions) not redriven yet, recorded since a time (or all); dead letters without a key are left, with a WARNING';
+
 CREATE OR REPLACE FUNCTION pg2redis_verify(relation regclass DEFAULT NULL, sample int DEFAULT NULL)
 RETURNS TABLE (relation regclass, key text, problem text, expected text, found text)
 LANGUAGE C VOLATILE
@@ -718,6 +759,8 @@ REVOKE ALL ON FUNCTION pg2redis_wait(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_redis(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_resync() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_snapshot(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_redrive(bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_redrive(regclass, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_import(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_export() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.validate_snapshot_filter() FROM PUBLIC;
@@ -775,6 +818,7 @@ GRANT USAGE ON SCHEMA pg2redis TO pg2redis_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pg2redis.rules TO pg2redis_admin;
 GRANT USAGE, SELECT ON SEQUENCE pg2redis.rules_id_seq TO pg2redis_admin;
 GRANT SELECT, DELETE ON pg2redis.dead_letters TO pg2redis_admin;
+GRANT UPDATE (redriven_at, redrive_request) ON pg2redis.dead_letters TO pg2redis_admin;
 GRANT SELECT, INSERT, DELETE ON pg2redis.snapshots TO pg2redis_admin;
 GRANT USAGE, SELECT ON SEQUENCE pg2redis.snapshots_id_seq TO pg2redis_admin;
 GRANT SELECT ON pg2redis.snapshot_filters TO pg2redis_admin;
@@ -787,6 +831,8 @@ GRANT EXECUTE ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb) TO pg2r
 GRANT EXECUTE ON FUNCTION pg2redis_import(jsonb) TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_export() TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_snapshot(regclass) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_redrive(bigint[]) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_redrive(regclass, timestamptz) TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_resync() TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_redis(text[]) TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_validate_rules() TO pg2redis_admin;

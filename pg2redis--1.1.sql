@@ -42,7 +42,13 @@ CREATE INDEX rules_relation_idx ON pg2redis.rules (relation, op, position, id);
 
 COMMENT ON TABLE pg2redis.rules IS 'pg2redis mapping rules: one Redis command template per row';
 
-/* Commands Redis rejected, with where they came from. */
+/*
+ * Commands Redis rejected, with where they came from.  key is the key of
+ * the row (in the columns of index key_index: the replica identity index,
+ * else the primary key) when the row is known, NULL otherwise (a table
+ * without a key, a failure of a whole table); pg2redis_redrive() reads the
+ * row again by it, and records when and by which snapshot request.
+ */
 CREATE TABLE pg2redis.dead_letters (
     id         bigserial PRIMARY KEY,
     lsn        pg_lsn,
@@ -51,7 +57,11 @@ CREATE TABLE pg2redis.dead_letters (
     op         text,
     command    text[],
     error      text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    key_index  oid,
+    key        text[],
+    redriven_at     timestamptz,
+    redrive_request bigint
 );
 
 COMMENT ON TABLE pg2redis.dead_letters IS 'pg2redis commands that could not be rendered or that Redis rejected';
@@ -63,6 +73,9 @@ COMMENT ON TABLE pg2redis.dead_letters IS 'pg2redis commands that could not be r
  * again: one row of key values each) and key_index (the index those keys
  * belong to) record progress, so that a request interrupted by a restart
  * resumes after the last chunk it sent and loses no row to read again.
+ * A keys_only request (pg2redis_redrive()) reads only the rows of
+ * relation (a table, not a partitioned one) whose keys retry_keys holds,
+ * in the columns of index key_index, never a range of the table.
  */
 CREATE TABLE pg2redis.snapshots (
     id               bigserial PRIMARY KEY,
@@ -77,7 +90,8 @@ CREATE TABLE pg2redis.snapshots (
     current_relation regclass,
     last_key         text[],
     retry_keys       text[],
-    key_index        oid
+    key_index        oid,
+    keys_only        boolean NOT NULL DEFAULT false
 );
 
 COMMENT ON TABLE pg2redis.snapshots IS 'pg2redis snapshot requests and their progress';
@@ -86,7 +100,10 @@ COMMENT ON TABLE pg2redis.snapshots IS 'pg2redis snapshot requests and their pro
  * A request written directly (pg2redis_admin may INSERT) gets the same
  * check as pg2redis_snapshot(): SELECT on the table, or on every mapped
  * table for a request of all; and starts from nothing, whatever progress it
- * claims.  The worker's own writes are UPDATEs.
+ * claims.  A keys_only request keeps its keys (retry_keys, key_index),
+ * checked for shape here; the worker turns them into values of the key's
+ * types as the table's owner, and reads them as the owner.  The worker's
+ * own writes are UPDATEs.
  */
 CREATE FUNCTION pg2redis.check_snapshot_request()
 RETURNS trigger
@@ -95,6 +112,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     missing regclass;
+    width   integer;
 BEGIN
     IF NEW.relation IS NOT NULL THEN
         IF NOT has_table_privilege(NEW.relation, 'SELECT') THEN
@@ -117,8 +135,22 @@ BEGIN
     NEW.error := NULL;
     NEW.current_relation := NULL;
     NEW.last_key := NULL;
-    NEW.retry_keys := NULL;
-    NEW.key_index := NULL;
+    IF NEW.keys_only THEN
+        -- the keys of one table, in the key columns of one of its indexes
+        SELECT i.indnkeyatts INTO width
+          FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+         WHERE i.indexrelid = NEW.key_index AND i.indrelid = NEW.relation
+           AND c.relkind = 'r';
+        IF width IS NULL OR array_ndims(NEW.retry_keys) IS DISTINCT FROM 2
+           OR array_length(NEW.retry_keys, 2) <> width THEN
+            RAISE EXCEPTION 'invalid keys-only snapshot request'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'A keys-only request names a table (not a partitioned one), one of its indexes in key_index, and keys in retry_keys: a two-dimensional array, one row of the index''s key columns per key.';
+        END IF;
+    ELSE
+        NEW.retry_keys := NULL;
+        NEW.key_index := NULL;
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -787,6 +819,22 @@ AS 'MODULE_PATHNAME', 'pg2redis_snapshot';
 COMMENT ON FUNCTION pg2redis_snapshot(regclass)
     IS 'request a consistent snapshot of one mapped table (or all) while streaming goes on; returns the request id';
 
+CREATE FUNCTION pg2redis_redrive(ids bigint[])
+RETURNS TABLE (request bigint, relation regclass, keys integer)
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'pg2redis_redrive';
+
+COMMENT ON FUNCTION pg2redis_redrive(bigint[])
+    IS 'read the rows of these dead letters again by key and apply the current rules, in stream order; returns the keys-only snapshot requests queued';
+
+CREATE FUNCTION pg2redis_redrive(relation regclass, since timestamptz DEFAULT NULL)
+RETURNS TABLE (request bigint, relation regclass, keys integer)
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'pg2redis_redrive_relation';
+
+COMMENT ON FUNCTION pg2redis_redrive(regclass, timestamptz)
+    IS 'redrive the dead letters of a table (and its partitions) not redriven yet, recorded since a time (or all); dead letters without a key are left, with a WARNING';
+
 CREATE FUNCTION pg2redis_resync()
 RETURNS void
 LANGUAGE C VOLATILE
@@ -811,6 +859,8 @@ REVOKE ALL ON FUNCTION pg2redis_wait(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_redis(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_resync() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_snapshot(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_redrive(bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg2redis_redrive(regclass, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_import(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis_export() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg2redis.validate_snapshot_filter() FROM PUBLIC;
@@ -869,6 +919,7 @@ GRANT USAGE ON SCHEMA pg2redis TO pg2redis_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pg2redis.rules TO pg2redis_admin;
 GRANT USAGE, SELECT ON SEQUENCE pg2redis.rules_id_seq TO pg2redis_admin;
 GRANT SELECT, DELETE ON pg2redis.dead_letters TO pg2redis_admin;
+GRANT UPDATE (redriven_at, redrive_request) ON pg2redis.dead_letters TO pg2redis_admin;
 GRANT SELECT, INSERT, DELETE ON pg2redis.snapshots TO pg2redis_admin;
 GRANT USAGE, SELECT ON SEQUENCE pg2redis.snapshots_id_seq TO pg2redis_admin;
 GRANT SELECT ON pg2redis.snapshot_filters TO pg2redis_admin;
@@ -881,6 +932,8 @@ GRANT EXECUTE ON FUNCTION pg2redis_preview(regclass, text, jsonb, jsonb) TO pg2r
 GRANT EXECUTE ON FUNCTION pg2redis_import(jsonb) TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_export() TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_snapshot(regclass) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_redrive(bigint[]) TO pg2redis_admin;
+GRANT EXECUTE ON FUNCTION pg2redis_redrive(regclass, timestamptz) TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_resync() TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_redis(text[]) TO pg2redis_admin;
 GRANT EXECUTE ON FUNCTION pg2redis_validate_rules() TO pg2redis_admin;

@@ -80,6 +80,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -149,6 +150,8 @@ static struct
 	Oid	   keyindex;	  /* the leaf's key index, once known */
 	int	   nkeys;		  /* and its key columns' base types */
 	Oid	  *keytypes;
+	bool   keys_only;			   /* reads the keys in retry, never a range */
+	int	   first_keys;			   /* of those, not read once yet */
 	char   leaf_name[NAMEDATALEN]; /* for messages outside transactions */
 } req;
 
@@ -469,6 +472,23 @@ ondemand_note_truncate(Oid relid, TransactionId xid)
 }
 
 /*
+ * note_row_key gives the sender the key of a chunk row, which its dead
+ * letters record (see redrive.c).
+ */
+static void
+note_row_key(const Datum *key)
+{
+	MemoryContext old = MemoryContextSwitchTo(ScratchCxt);
+	char		**text = palloc(sizeof(char *) * chunk.nkeys);
+
+	for (int k = 0; k < chunk.nkeys; k++)
+		text[k] = OutputFunctionCall(&chunk.keyout[k], key[k]);
+	sender_set_row_key(chunk.keyindex, chunk.nkeys, text);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(ScratchCxt);
+}
+
+/*
  * send_chunk hands the rows left in the chunk to the sender, as one
  * transaction at the stream position of the high watermark.
  */
@@ -494,6 +514,7 @@ send_chunk(XLogRecPtr lsn)
 			chunk.nsent++;
 			sender_count_change();
 		}
+		note_row_key(row->key);
 		cmdbuf_reader_init(&reader, chunk_cmds.data + row->cmds_off,
 						   row->cmds_len, CurrentMemoryContext);
 		while (cmdbuf_next(&reader, &rule, &argc, &error))
@@ -510,6 +531,7 @@ send_chunk(XLogRecPtr lsn)
 							   reader.argv, reader.lens);
 		}
 	}
+	sender_clear_row_key();
 	sender_commit_txn();
 	/* send it now, so that its acknowledgement can be awaited */
 	sender_flush();
@@ -844,6 +866,7 @@ forget_leaf_progress(void)
 	req.retry_round = 0;
 	req.retry_blind = false;
 	req.leaf_done = false;
+	req.first_keys = 0;
 }
 
 /*
@@ -855,6 +878,12 @@ forget_leaf_progress(void)
 static void
 use_key(void)
 {
+	if (req.keys_only && req.keyindex != chunk.keyindex)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the key of table \"%s\" changed since the keys to read were recorded",
+						req.leaf_name),
+				 errhint("Run pg2redis_snapshot() on the table to write all its rows again.")));
 	if (OidIsValid(req.keyindex) && req.keyindex != chunk.keyindex)
 	{
 		ereport(LOG,
@@ -1288,6 +1317,43 @@ text_keys(ArrayType *array)
 }
 
 /*
+ * load_keys_only sets up a keys-only request (pg2redis_redrive()), in
+ * OndemandCxt, from the row load_request read: its one table, whose keys in
+ * retry_keys are read as keys read again are, and no range after them (the
+ * leaf counts as read to its end).  Once they are all read, the request
+ * records none: it is done.  Keys of a request the worker recorded
+ * progress of (current_relation is set) were left by a chunk: why is not
+ * recorded, so they count as read again after an unknown change.
+ */
+static void
+load_keys_only(void)
+{
+	HeapTuple tup = SPI_tuptable->vals[0];
+	TupleDesc desc = SPI_tuptable->tupdesc;
+	bool	  isnull;
+	Datum	  relation = SPI_getbinval(tup, desc, 2, &isnull);
+	Oid		  relid = isnull ? InvalidOid : DatumGetObjectId(relation);
+	bool	  resumed;
+	Datum	  keys;
+	Datum	  keyindex;
+
+	(void) SPI_getbinval(tup, desc, 3, &isnull);
+	resumed = !isnull;
+	keyindex = SPI_getbinval(tup, desc, 7, &isnull);
+	forget_leaf_progress();
+	req.leaves = NIL;
+	req.keyindex = isnull ? InvalidOid : DatumGetObjectId(keyindex);
+	keys = SPI_getbinval(tup, desc, 6, &isnull);
+	if (!isnull)
+		req.retry_text = text_keys(DatumGetArrayTypeP(keys));
+	if (req.retry_text != NIL && get_rel_relkind(relid) == RELKIND_RELATION)
+		req.leaves = list_make1_oid(relid);
+	req.leaf_done = true;
+	req.first_keys = list_length(req.retry_text);
+	req.retry_blind = resumed && req.retry_text != NIL;
+}
+
+/*
  * load_request picks the oldest pending or running request, the leaves it
  * still has to read, and the progress recorded in the first of them (the
  * last key sent, the keys to read again, the key index they belong to).
@@ -1306,7 +1372,7 @@ load_request(void *arg)
 	MemoryContext old;
 
 	if (SPI_execute("SELECT id, relation, current_relation, last_key, rows, "
-					"retry_keys, key_index "
+					"retry_keys, key_index, keys_only "
 					"FROM pg2redis.snapshots "
 					"WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'running']) "
 					"ORDER BY id LIMIT 1",
@@ -1371,6 +1437,11 @@ load_request(void *arg)
 			req.retry_blind = req.retry_text != NIL;
 		}
 	}
+	req.keys_only =
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+								   SPI_tuptable->tupdesc, 8, &isnull));
+	if (req.keys_only)
+		load_keys_only();
 	rows = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5,
 						 &isnull);
 	req.rows = DatumGetInt64(rows);
@@ -1507,7 +1578,11 @@ ondemand_step(void)
 		{
 			/* the keys selected again leave the list; new conflicts join it */
 			req.retry = list_delete_first_n(req.retry, chunk.retry_taken);
-			req.retry_round++;
+			/* a keys-only request's own keys are read, not read again */
+			if (req.first_keys > 0)
+				req.first_keys -= Min(req.first_keys, chunk.retry_taken);
+			else
+				req.retry_round++;
 		}
 		else
 		{

@@ -43,6 +43,7 @@
 #include "pg2redis/compat.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
+#include "pg2redis/redrive.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/state.h"
@@ -193,12 +194,27 @@ typedef struct ChangeCall
 	const CommandSink	*sink;
 } ChangeCall;
 
+/*
+ * note_row_key gives the sender the key of the changed row (the new row's,
+ * or the old one's for a delete), which the change's dead letters record.
+ */
+static void
+note_row_key(RelMap *map, Relation relation, Pg2rOp op,
+			 ReorderBufferChange *change)
+{
+	if (pg2r_in_worker)
+		redrive_note_row(relation, map,
+						 op == PG2R_OP_DELETE ? PG2R_CHANGE_OLDTUPLE(change)
+											  : PG2R_CHANGE_NEWTUPLE(change));
+}
+
 /* change_call runs mapping_change with the arguments in arg (a ChangeCall). */
 static void
 change_call(void *arg)
 {
 	ChangeCall *c = arg;
 
+	note_row_key(c->map, c->relation, c->op, c->change);
 	mapping_change(c->map, c->relation, c->op, PG2R_CHANGE_OLDTUPLE(c->change),
 				   PG2R_CHANGE_NEWTUPLE(c->change), c->meta, c->sink);
 }
@@ -276,8 +292,13 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		careful_change(map, relation, op, change, &meta, &sink);
 	}
 	else
+	{
+		note_row_key(map, relation, op, change);
 		mapping_change(map, relation, op, PG2R_CHANGE_OLDTUPLE(change),
 					   PG2R_CHANGE_NEWTUPLE(change), &meta, &sink);
+	}
+	if (pg2r_in_worker)
+		sender_clear_row_key();
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->change_cxt);
 }

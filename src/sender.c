@@ -121,6 +121,22 @@ bool		  stopped = false;
 static List	 *dead_letters = NIL;
 static uint64 dead_letters_dropped = 0;
 
+/*
+ * The key of the row whose commands are being appended (sender_set_row_key),
+ * serialized: the key index's OID, the number of columns, then each
+ * column's text with its terminating NUL.  A block keeps one copy per row
+ * that has commands in it, and each command the offset of its row's copy,
+ * so that a command Redis refuses later still names its row.
+ */
+static struct
+{
+	bool		   set;
+	StringInfoData ser;
+	Block		  *block;  /* the block holding a copy, */
+	uint32		   resets; /* its resets then, */
+	int32		   off;	   /* and the copy's offset */
+} rowkey;
+
 static void wait_for_room(void);
 static void dispatch_inflight(void);
 
@@ -252,6 +268,8 @@ block_reset(Block *b)
 {
 	block_forget_groups(b);
 	resetStringInfo(&b->resp);
+	resetStringInfo(&b->keys);
+	b->resets++;
 	b->ncmds = 0;
 	b->txn_cmds = 0;
 	b->fence.lsn = InvalidXLogRecPtr;
@@ -269,6 +287,14 @@ block_reset(Block *b)
 
 		pfree(b->resp.data);
 		initStringInfo(&b->resp);
+		MemoryContextSwitchTo(old);
+	}
+	if (b->keys.maxlen > 64 * 1024 * 1024)
+	{
+		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+
+		pfree(b->keys.data);
+		initStringInfo(&b->keys);
 		MemoryContextSwitchTo(old);
 	}
 }
@@ -292,8 +318,11 @@ sender_init(void)
 	{
 		memset(&blocks[i], 0, sizeof(Block));
 		initStringInfo(&blocks[i].resp);
+		initStringInfo(&blocks[i].keys);
 		block_reset(&blocks[i]);
 	}
+	initStringInfo(&rowkey.ser);
+	rowkey.set = false;
 	building = &blocks[0];
 	inflight = NULL;
 	topo.state = TOPO_INIT;
@@ -414,6 +443,7 @@ sender_begin_txn(TransactionId xid, XLogRecPtr commit_lsn, XLogRecPtr end_lsn,
 				 TimestampTz commit_time)
 {
 	cur.active = true;
+	sender_clear_row_key();
 	cur.xid = xid;
 	cur.commit_lsn = commit_lsn;
 	cur.end_lsn = end_lsn;
@@ -443,10 +473,13 @@ sender_count_change(void)
 	cur.changes++;
 }
 
-/* queue_dead_letter keeps a dead letter for the worker to record. */
+/*
+ * queue_dead_letter keeps a dead letter for the worker to record; key is
+ * its row's key as sender_set_row_key serialized it, or NULL.
+ */
 static void
 queue_dead_letter(XLogRecPtr lsn, TransactionId xid, Oid relid, Pg2rOp op,
-				  int argc, char **argv, const char *error)
+				  int argc, char **argv, const char *error, const char *key)
 {
 	MemoryContext old;
 	DeadLetter	 *dl;
@@ -470,10 +503,86 @@ queue_dead_letter(XLogRecPtr lsn, TransactionId xid, Oid relid, Pg2rOp op,
 	for (int i = 0; i < argc; i++)
 		dl->argv[i] = pstrdup(argv[i]);
 	dl->error = pstrdup(error);
+	dl->keyindex = InvalidOid;
+	dl->nkeys = 0;
+	dl->key = NULL;
+	if (key != NULL)
+	{
+		const char *p = key + sizeof(Oid) + sizeof(int32);
+		int32		n;
+
+		memcpy(&dl->keyindex, key, sizeof(Oid));
+		memcpy(&n, key + sizeof(Oid), sizeof(int32));
+		dl->nkeys = n;
+		dl->key = palloc(sizeof(char *) * Max(n, 1));
+		for (int k = 0; k < n; k++)
+		{
+			dl->key[k] = pstrdup(p);
+			p += strlen(p) + 1;
+		}
+	}
 	dead_letters = lappend(dead_letters, dl);
 	MemoryContextSwitchTo(old);
 	pg2r_report_dead_letters(1);
 	pg2r_relstats_count(relid, 0, 0, 1);
+}
+
+/* current_row_key returns the serialized key of the current row, or NULL. */
+static const char *
+current_row_key(void)
+{
+	return rowkey.set ? rowkey.ser.data : NULL;
+}
+
+/*
+ * row_key_in returns the offset of the current row's key in block b's keys,
+ * copying it there first if the block does not hold it yet; -1 without a
+ * current row key.
+ */
+static int32
+row_key_in(Block *b)
+{
+	MemoryContext old;
+
+	if (!rowkey.set)
+		return -1;
+	if (rowkey.block == b && rowkey.resets == b->resets)
+		return rowkey.off;
+	old = MemoryContextSwitchTo(SenderCxt);
+	rowkey.off = b->keys.len;
+	appendBinaryStringInfo(&b->keys, rowkey.ser.data, rowkey.ser.len);
+	MemoryContextSwitchTo(old);
+	rowkey.block = b;
+	rowkey.resets = b->resets;
+	return rowkey.off;
+}
+
+/*
+ * sender_set_row_key sets the key of the row whose commands and render
+ * errors follow (the columns of index keyindex, as text, in its order), so
+ * that their dead letters record it; until sender_clear_row_key or the next
+ * transaction.
+ */
+void
+sender_set_row_key(Oid keyindex, int nkeys, char **key)
+{
+	int32 n = nkeys;
+
+	resetStringInfo(&rowkey.ser);
+	appendBinaryStringInfo(&rowkey.ser, (char *) &keyindex, sizeof(Oid));
+	appendBinaryStringInfo(&rowkey.ser, (char *) &n, sizeof(int32));
+	for (int k = 0; k < nkeys; k++)
+		appendBinaryStringInfo(&rowkey.ser, key[k], strlen(key[k]) + 1);
+	rowkey.set = true;
+	rowkey.block = NULL;
+}
+
+/* sender_clear_row_key: the commands that follow belong to no known row. */
+void
+sender_clear_row_key(void)
+{
+	rowkey.set = false;
+	rowkey.block = NULL;
 }
 
 /*
@@ -534,6 +643,7 @@ append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
 	ci->slot = slot;
 	ci->dropped = false;
 	ci->refused = false;
+	ci->key_off = row_key_in(b);
 	ci->offset = b->resp.len;
 	{
 		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
@@ -649,7 +759,8 @@ sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 			for (int i = 0; i < argc; i++)
 				copy[i] = pnstrdup(argv[i], argvlen[i]);
 			queue_dead_letter(cur.commit_lsn, cur.xid, relid, op, argc, copy,
-							  "CROSSSLOT the keys of this command hash to different Redis Cluster slots; give them one hash tag, as in {order:1}:items and {order:1}:total");
+							  "CROSSSLOT the keys of this command hash to different Redis Cluster slots; give them one hash tag, as in {order:1}:items and {order:1}:total",
+							  current_row_key());
 			for (int i = 0; i < argc; i++)
 				pfree(copy[i]);
 			pfree(copy);
@@ -681,7 +792,7 @@ sender_render_error(void *arg, const Rule *rule, Pg2rOp op,
 				   err->key ? ", key " : "", err->key ? err->key : "",
 				   err->message);
 	queue_dead_letter(cur.commit_lsn, cur.xid, relid, op, rule->ncommand,
-					  rule->command, msg);
+					  rule->command, msg, current_row_key());
 	pfree(msg);
 }
 
@@ -694,7 +805,8 @@ sender_change_error(Oid relid, Pg2rOp op, const char *message)
 {
 	if (cur.seen)
 		return;
-	queue_dead_letter(cur.commit_lsn, cur.xid, relid, op, 0, NULL, message);
+	queue_dead_letter(cur.commit_lsn, cur.xid, relid, op, 0, NULL, message,
+					  current_row_key());
 }
 
 /*
@@ -1142,7 +1254,8 @@ dead_letter_cmd(Block *b, int i, const char *error)
 	int		 argc;
 	char   **argv = resp_to_argv(b->resp.data + ci->offset, &argc);
 
-	queue_dead_letter(ci->lsn, ci->xid, ci->relid, ci->op, argc, argv, error);
+	queue_dead_letter(ci->lsn, ci->xid, ci->relid, ci->op, argc, argv, error,
+					  ci->key_off >= 0 ? b->keys.data + ci->key_off : NULL);
 	/* not applied: the relation's statistics count it when the block is */
 	ci->refused = true;
 	for (int a = 0; a < argc; a++)

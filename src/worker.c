@@ -359,15 +359,15 @@ insert_dead_letters(void *arg)
 {
 	List	 *letters = arg;
 	ListCell *lc;
-	Oid		  types[6] = {PG_LSNOID, XIDOID,	   REGCLASSOID,
-						  TEXTOID,	 TEXTARRAYOID, TEXTOID};
+	Oid		  types[8] = {PG_LSNOID,	XIDOID,	 REGCLASSOID, TEXTOID,
+						  TEXTARRAYOID, TEXTOID, OIDOID,	  TEXTARRAYOID};
 
 	pgstat_report_activity(STATE_RUNNING, "pg2redis: recording dead letters");
 	foreach(lc, letters)
 	{
 		DeadLetter *dl = lfirst(lc);
-		Datum		values[6];
-		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+		Datum		values[8];
+		char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', 'n', 'n'};
 		Datum	   *elems = palloc(sizeof(Datum) * Max(dl->argc, 1));
 
 		for (int i = 0; i < dl->argc; i++)
@@ -381,10 +381,23 @@ insert_dead_letters(void *arg)
 		values[5] = CStringGetTextDatum(dl->error);
 		if (!TransactionIdIsValid(dl->xid))
 			nulls[1] = 'n';
+		if (OidIsValid(dl->keyindex))
+		{
+			/* the row's key, for pg2redis_redrive() */
+			Datum *key = palloc(sizeof(Datum) * Max(dl->nkeys, 1));
+
+			for (int k = 0; k < dl->nkeys; k++)
+				key[k] = CStringGetTextDatum(dl->key[k]);
+			values[6] = ObjectIdGetDatum(dl->keyindex);
+			values[7] =
+				PointerGetDatum(construct_array(key, dl->nkeys, TEXTOID, -1,
+												false, TYPALIGN_INT));
+			nulls[6] = nulls[7] = ' ';
+		}
 		if (SPI_execute_with_args("INSERT INTO pg2redis.dead_letters "
-								  "(lsn, xid, relation, op, command, error) "
-								  "VALUES ($1, $2, $3, $4, $5, $6)",
-								  6, types, values, nulls, false,
+								  "(lsn, xid, relation, op, command, error, key_index, key) "
+								  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+								  8, types, values, nulls, false,
 								  0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record a pg2redis dead letter");
 	}

@@ -22,6 +22,9 @@ typedef struct DeadLetter
 	int			  argc;
 	char		**argv;
 	char		 *error;
+	Oid			  keyindex; /* the row's key: its index, or InvalidOid */
+	int			  nkeys;	/* and its columns' text, in index order */
+	char		**key;
 } DeadLetter;
 
 extern void sender_init(void);
@@ -35,6 +38,8 @@ extern void	 sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 extern void	 sender_render_error(void *arg, const Rule *rule, Pg2rOp op,
 								 const Pg2rError *err);
 extern void	 sender_change_error(Oid relid, Pg2rOp op, const char *message);
+extern void	 sender_set_row_key(Oid keyindex, int nkeys, char **key);
+extern void	 sender_clear_row_key(void);
 extern void	 sender_commit_txn(void);
 extern bool	 sender_ready(void);
 extern bool	 sender_idle(void);

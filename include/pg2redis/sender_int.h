@@ -40,6 +40,7 @@ typedef struct CmdInfo
 	XLogRecPtr	  lsn;
 	uint32		  offset; /* of its RESP in the block */
 	uint32		  len;
+	int32		  key_off; /* its row's key in the block's keys, or -1 */
 	int			  slot;	   /* hash slot (cluster), 0 (standalone) */
 	bool		  dropped; /* refused while queued: a dead letter now */
 	bool		  refused; /* a dead letter (refused queued or at EXEC) */
@@ -69,7 +70,10 @@ typedef struct Group
 
 typedef struct Block
 {
-	StringInfoData resp; /* the commands' RESP, back to back */
+	StringInfoData resp;   /* the commands' RESP, back to back */
+	StringInfoData keys;   /* their rows' keys, for dead letters (see
+						  * sender_set_row_key) */
+	uint32		   resets; /* times emptied: tells keys' offsets apart */
 	int			   ncmds;
 	int			   cmdcap;
 	CmdInfo		  *cmds;
