@@ -60,7 +60,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     missing regclass;
-    width   integer;
 BEGIN
     IF NEW.relation IS NOT NULL THEN
         IF NOT has_table_privilege(NEW.relation, 'SELECT') THEN
@@ -84,17 +83,21 @@ BEGIN
     NEW.current_relation := NULL;
     NEW.last_key := NULL;
     IF NEW.keys_only THEN
-        -- the keys of one table, in the key columns of one of its indexes
-        SELECT i.indnkeyatts INTO width
-          FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
-         WHERE i.indexrelid = NEW.key_index AND i.indrelid = NEW.relation
-           AND c.relkind = 'r';
-        IF width IS NULL OR array_ndims(NEW.retry_keys) IS DISTINCT FROM 2
-           OR array_length(NEW.retry_keys, 2) <> width THEN
-            RAISE EXCEPTION 'invalid keys-only snapshot request'
-                USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = 'A keys-only request names a table (not a partitioned one), one of its indexes in key_index, and keys in retry_keys: a two-dimensional array, one row of the index''s key columns per key.';
-        END IF;
+        DECLARE
+            width integer;
+        BEGIN
+            -- the keys of one table, in the key columns of one of its indexes
+            SELECT i.indnkeyatts INTO width
+              FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+             WHERE i.indexrelid = NEW.key_index AND i.indrelid = NEW.relation
+               AND c.relkind = 'r';
+            IF width IS NULL OR array_ndims(NEW.retry_keys) IS DISTINCT FROM 2
+               OR array_length(NEW.retry_keys, 2) <> width THEN
+                RAISE EXCEPTION 'invalid keys-only snapshot request'
+                    USING ERRCODE = 'invalid_parameter_value',
+                          DETAIL = 'A keys-only request names a table (not a partitioned one), one of its indexes in key_index, and keys in retry_keys: a two-dimensional array, one row of the index''s key columns per key.';
+            END IF;
+        END;
     ELSE
         NEW.retry_keys := NULL;
         NEW.key_index := NULL;

@@ -55,6 +55,53 @@ SELECT relation, tables_total, tables_done, rows_estimate,
 SELECT attname FROM pg_attribute
  WHERE attrelid = 'pg2redis_snapshots'::regclass AND attnum > 0 ORDER BY attnum;
 
+-- redriving dead letters: pg2redis_redrive() queues keys-only requests
+-- (served by t/190_redrive.pl), and refuses what it cannot redrive
+DELETE FROM pg2redis.snapshots;
+INSERT INTO pg2redis.dead_letters (relation, op, command, error, key_index, key) VALUES
+  ('keyed', 'insert', '{HSET,k:1}', 'WRONGTYPE', 'keyed_pkey'::regclass, '{1}'),
+  ('keyed', 'insert', '{HSET,k:2}', 'WRONGTYPE', 'keyed_pkey'::regclass, '{2}'),
+  ('keyed', 'update', '{HSET,k:2}', 'WRONGTYPE', 'keyed_pkey'::regclass, '{2}'),
+  ('unkeyed', 'insert', '{SADD,u}', 'WRONGTYPE', NULL, NULL),
+  ('parts_a', 'insert', '{SADD,p}', 'WRONGTYPE', 'parts_a_pkey'::regclass, '{4,a}'),
+  ('keyed', 'insert', '{SET,k:1}', 'WRONGTYPE', 'keyed_pkey'::regclass, '{1,x}');
+SELECT min(id) - 1 AS dl FROM pg2redis.dead_letters \gset
+SELECT * FROM pg2redis_redrive('{}'::bigint[]);
+SELECT * FROM pg2redis_redrive(NULL::bigint[]);
+SELECT * FROM pg2redis_redrive(ARRAY[:dl + 1, NULL]);
+SELECT * FROM pg2redis_redrive(ARRAY[:dl + 99]);
+SELECT * FROM pg2redis_redrive(ARRAY[:dl + 1, :dl + 4]);
+SELECT * FROM pg2redis_redrive(ARRAY[:dl + 6]);
+-- one request per table, with the distinct keys; the dead letters are marked
+SELECT relation, keys FROM pg2redis_redrive(ARRAY[:dl + 1, :dl + 2, :dl + 3, :dl + 5]);
+SELECT relation, state, keys_only, retry_keys, key_index::regclass, current_relation
+  FROM pg2redis.snapshots ORDER BY id;
+SELECT id - :dl AS n, redriven_at IS NOT NULL AS redriven,
+       redrive_request IS NOT NULL AS has_request
+  FROM pg2redis.dead_letters ORDER BY id;
+SELECT * FROM pg2redis_redrive(ARRAY[:dl + 2]);
+-- by relation: what is left and has a key; a literal needs the name
+SELECT * FROM pg2redis_redrive('keyed');
+SELECT relation, keys FROM pg2redis_redrive(relation => 'unkeyed');
+SELECT relation, keys FROM pg2redis_redrive(relation => 'keyed', since => now() + interval '1 day');
+SELECT relation, keys FROM pg2redis_redrive('parts'::regclass);
+SELECT * FROM pg2redis_redrive(relation => 'keyed_view');
+SELECT * FROM pg2redis_redrive(relation => NULL);
+-- keys-only requests written directly: checked for shape
+INSERT INTO pg2redis.snapshots (relation, keys_only, retry_keys, key_index)
+  VALUES ('keyed', true, '{1}', 'keyed_pkey'::regclass);
+INSERT INTO pg2redis.snapshots (relation, keys_only, retry_keys, key_index)
+  VALUES ('keyed', true, '{{1,2}}', 'keyed_pkey'::regclass);
+INSERT INTO pg2redis.snapshots (relation, keys_only, retry_keys, key_index)
+  VALUES ('keyed', true, '{{1}}', 'parts_a_pkey'::regclass);
+INSERT INTO pg2redis.snapshots (relation, keys_only, retry_keys, key_index)
+  VALUES ('parts', true, '{{1,a}}', 'parts_pkey'::regclass);
+INSERT INTO pg2redis.snapshots (relation, keys_only, retry_keys, key_index)
+  VALUES ('keyed', true, '{{7},{8}}', 'keyed_pkey'::regclass)
+  RETURNING relation, state, retry_keys, key_index::regclass;
+DELETE FROM pg2redis.snapshots;
+DELETE FROM pg2redis.dead_letters;
+
 -- snapshot filters are validated when written
 INSERT INTO pg2redis.snapshot_filters VALUES ('keyed', 'id > 10');
 INSERT INTO pg2redis.snapshot_filters VALUES ('parts', 'nope > 1');

@@ -259,10 +259,11 @@ redrive_ids(FunctionCallInfo fcinfo, Datum ids)
 					 errmsg("dead letter " INT64_FORMAT
 							" was already redriven",
 							id),
-					 norequest ? 0
-							   : errdetail("Snapshot request " INT64_FORMAT
-										   " read its row again.",
-										   DatumGetInt64(request)),
+					 norequest
+						 ? 0
+						 : errdetail("Snapshot request " INT64_FORMAT
+									 " was queued to read its row again.",
+									 DatumGetInt64(request)),
 					 errhint("To redrive it again, set its redriven_at to NULL first.")));
 		if (n == 0)
 			idx = InvalidOid;
