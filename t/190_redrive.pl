@@ -156,6 +156,27 @@ $node->poll_query_until('postgres',
 check_table_in_redis($node, $redis, 't', 't',
 	'after redriving, Redis equals t');
 
+# a redrive Redis refuses again is a dead letter of its own, with the key;
+# a dead letter whose redriven_at is cleared may be redriven again
+$redis->call('DEL', 't:1');
+$redis->call('SET', 't:1', 'x');
+$node->safe_psql('postgres',
+	"UPDATE pg2redis.dead_letters SET redriven_at = NULL WHERE id = $dl{'t:1:insert'}");
+$req = $node->safe_psql('postgres',
+	"SELECT request FROM pg2redis_redrive(ARRAY[$dl{'t:1:insert'}])");
+ok(snapshot_reaches($node, $req, 'done', 30), 'redriven again');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT op = 'snapshot' AND key = '{1}' AND redriven_at IS NULL
+		   FROM pg2redis.dead_letters ORDER BY id DESC LIMIT 1"),
+	'refused again: a dead letter of op snapshot with the key')
+  or diag($node->safe_psql('postgres', 'TABLE pg2redis.dead_letters'));
+$redis->call('DEL', 't:1');
+$req = $node->safe_psql('postgres',
+	"SELECT request FROM pg2redis_redrive(ARRAY[(SELECT max(id) FROM pg2redis.dead_letters)])");
+ok(snapshot_reaches($node, $req, 'done', 30), 'that one redriven');
+is_deeply(redis_hash($redis, 't:1'), { id => 1, v => 'v1' }, 'row 1 is back');
+
 # order: rows updated while their redrive runs end in their last state.
 # Their inserts are refused; only the redrive writes their id field, and
 # the update writes n alone.  A snapshot filter that sleeps keeps each
