@@ -177,6 +177,55 @@ $req = $node->safe_psql('postgres',
 ok(snapshot_reaches($node, $req, 'done', 30), 'that one redriven');
 is_deeply(redis_hash($redis, 't:1'), { id => 1, v => 'v1' }, 'row 1 is back');
 
+# a partitioned table (dead letters name the partition; redriving the
+# parent finds them) and a replica identity index that is not the primary
+# key (the key recorded and read is the identity's)
+$node->safe_psql(
+	'postgres', q{
+	CREATE TABLE p (id int, region text, v text, PRIMARY KEY (id, region))
+	    PARTITION BY LIST (region);
+	CREATE TABLE p_eu PARTITION OF p FOR VALUES IN ('eu');
+	CREATE TABLE p_us PARTITION OF p FOR VALUES IN ('us');
+	SELECT pg2redis_add_rule('p', 'insert', 'HSET p:{id}:{region} {pairs:*}');
+	CREATE TABLE ri (id int PRIMARY KEY, code text NOT NULL UNIQUE, v text);
+	ALTER TABLE ri REPLICA IDENTITY USING INDEX ri_code_key;
+	SELECT pg2redis_add_rule('ri', 'insert', 'HSET ri:{id} {pairs:*}');
+});
+$redis->call('SET', $_, 'x') foreach ('p:1:eu', 'p:2:us', 'ri:1');
+$node->safe_psql(
+	'postgres', q{
+	INSERT INTO p VALUES (1, 'eu', 'a'), (2, 'us', 'b'), (3, 'us', 'c');
+	INSERT INTO ri VALUES (1, 'c1', 'a');
+});
+wait_for_redis($node);
+ok( $node->poll_query_until(
+		'postgres', q{
+		SELECT string_agg(format('%s %s %s', relation, key, key_index::regclass), ', ' ORDER BY id)
+		       = 'p_eu {1,eu} p_eu_pkey, p_us {2,us} p_us_pkey, ri {c1} ri_code_key'
+		  FROM pg2redis.dead_letters WHERE relation::text ~ '^(p_|ri)'}),
+	'keys of partitions, and of the replica identity index')
+  or diag($node->safe_psql('postgres', 'TABLE pg2redis.dead_letters'));
+$redis->call('DEL', 'p:1:eu', 'p:2:us', 'ri:1');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT string_agg(format('%s %s', relation, keys), ', ' ORDER BY relation::text)
+		   FROM pg2redis_redrive(relation => 'p')"),
+	'p_eu 1, p_us 1', 'redriving the parent queues one request per partition');
+$req = $node->safe_psql('postgres',
+	"SELECT request FROM pg2redis_redrive(relation => 'ri')");
+ok( $node->poll_query_until(
+		'postgres', "SELECT bool_and(state = 'done') FROM pg2redis.snapshots"),
+	'the requests are done');
+check_table_in_redis($node, $redis, 'ri', 'ri', 'ri redriven by its identity');
+is_deeply(
+	[ map { redis_hash($redis, $_) } ('p:1:eu', 'p:2:us', 'p:3:us') ],
+	[
+		{ id => 1, region => 'eu', v => 'a' },
+		{ id => 2, region => 'us', v => 'b' },
+		{ id => 3, region => 'us', v => 'c' }
+	],
+	'p redriven');
+
 # order: rows updated while their redrive runs end in their last state.
 # Their inserts are refused; only the redrive writes their id field, and
 # the update writes n alone.  A snapshot filter that sleeps keeps each
