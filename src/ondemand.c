@@ -126,6 +126,7 @@
 typedef struct ChunkRow
 {
 	Datum *key;		 /* hash key: the key columns' values */
+	char **keytext;	 /* and their text, for the row's dead letters */
 	bool   removed;	 /* the stream changed it: not sent */
 	bool   changed;	 /* removed by its own key, not with the whole chunk */
 	Size   cmds_off; /* its serialized commands in chunk_cmds */
@@ -472,23 +473,6 @@ ondemand_note_truncate(Oid relid, TransactionId xid)
 }
 
 /*
- * note_row_key gives the sender the key of a chunk row, which its dead
- * letters record (see redrive.c).
- */
-static void
-note_row_key(const Datum *key)
-{
-	MemoryContext old = MemoryContextSwitchTo(ScratchCxt);
-	char		**text = palloc(sizeof(char *) * chunk.nkeys);
-
-	for (int k = 0; k < chunk.nkeys; k++)
-		text[k] = OutputFunctionCall(&chunk.keyout[k], key[k]);
-	sender_set_row_key(chunk.keyindex, chunk.nkeys, text);
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(ScratchCxt);
-}
-
-/*
  * send_chunk hands the rows left in the chunk to the sender, as one
  * transaction at the stream position of the high watermark.
  */
@@ -514,7 +498,8 @@ send_chunk(XLogRecPtr lsn)
 			chunk.nsent++;
 			sender_count_change();
 		}
-		note_row_key(row->key);
+		/* the row's key, which its dead letters record (see redrive.c) */
+		sender_set_row_key(chunk.keyindex, chunk.nkeys, row->keytext);
 		cmdbuf_reader_init(&reader, chunk_cmds.data + row->cmds_off,
 						   row->cmds_len, CurrentMemoryContext);
 		while (cmdbuf_next(&reader, &rule, &argc, &error))
@@ -946,6 +931,15 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 			continue;
 		}
 		row->key = key;
+
+		/*
+		 * Its text now, in the transaction: a key type's output function
+		 * may read the catalogs (enum_out), which the watermark's callback,
+		 * outside any transaction, may not.
+		 */
+		row->keytext = palloc(sizeof(char *) * chunk.nkeys);
+		for (int k = 0; k < chunk.nkeys; k++)
+			row->keytext[k] = OutputFunctionCall(&chunk.keyout[k], key[k]);
 		row->removed = false;
 		row->changed = false;
 		row->cmds_off = chunk_cmds.len;
