@@ -31,6 +31,8 @@ ALTER TABLE pg2redis.rules ALTER COLUMN created_by DROP DEFAULT;
 
 ALTER TABLE pg2redis.snapshots ADD COLUMN retry_keys text[];
 ALTER TABLE pg2redis.snapshots ADD COLUMN key_index oid;
+ALTER TABLE pg2redis.snapshots ADD COLUMN resume_lsn pg_lsn;
+ALTER TABLE pg2redis.snapshots ADD COLUMN resume_keys text[];
 REVOKE ALL ON SCHEMA pg2redis FROM PUBLIC;
 COMMENT ON TABLE pg2redis.rules IS 'pg2redis mapping rules: one Redis command template per row';
 COMMENT ON TABLE pg2redis.dead_letters IS 'pg2redis commands that could not be rendered or that Redis rejected';
@@ -74,6 +76,8 @@ BEGIN
     NEW.last_key := NULL;
     NEW.retry_keys := NULL;
     NEW.key_index := NULL;
+    NEW.resume_lsn := NULL;
+    NEW.resume_keys := NULL;
     RETURN NEW;
 END
 $$;

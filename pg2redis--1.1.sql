@@ -63,6 +63,10 @@ COMMENT ON TABLE pg2redis.dead_letters IS 'pg2redis commands that could not be r
  * again: one row of key values each) and key_index (the index those keys
  * belong to) record progress, so that a request interrupted by a restart
  * resumes after the last chunk it sent and loses no row to read again.
+ * resume_lsn and resume_keys (rows of the number of commands, then the key
+ * values) are left by an initial load that gave up with a chunk Redis may or
+ * may not have applied: the first chunk starts after the last of those keys
+ * whose commands Redis applied at resume_lsn, as its position tells then.
  */
 CREATE TABLE pg2redis.snapshots (
     id               bigserial PRIMARY KEY,
@@ -77,7 +81,9 @@ CREATE TABLE pg2redis.snapshots (
     current_relation regclass,
     last_key         text[],
     retry_keys       text[],
-    key_index        oid
+    key_index        oid,
+    resume_lsn       pg_lsn,
+    resume_keys      text[]
 );
 
 COMMENT ON TABLE pg2redis.snapshots IS 'pg2redis snapshot requests and their progress';
@@ -119,6 +125,8 @@ BEGIN
     NEW.last_key := NULL;
     NEW.retry_keys := NULL;
     NEW.key_index := NULL;
+    NEW.resume_lsn := NULL;
+    NEW.resume_keys := NULL;
     RETURN NEW;
 END
 $$;
