@@ -15,17 +15,24 @@
  * point when done.
  *
  * Locks.  Redis slow or gone must not hold up PostgreSQL users, so no lock
- * is held while the load waits for Redis.  A leaf is read in chunks, by TID
- * (rows visible to the snapshot stay where they are while it holds back
- * vacuum); each chunk locks the leaf in a subtransaction, renders its rows
- * into a buffer, and rolls the subtransaction back, which releases every
- * lock the chunk took; only then are its commands handed to the sender,
- * which may wait for Redis.  A leaf whose storage changed since the
- * snapshot (VACUUM FULL, CLUSTER, TRUNCATE, a rewriting ALTER TABLE) can no
- * longer be read as of it: it is left to a snapshot on demand.  Other DDL
- * (ADD COLUMN, say) applies to the rows not read yet, as it would to rows
- * the stream decodes after it.  The load still holds its snapshot and its
- * new slot while it waits, for pg2redis.load_stall_timeout without an
+ * is held while the load waits for Redis.  A leaf with a key (a primary key
+ * or a replica identity index) is read in chunks, in key order
+ * (keyorder.c); each chunk locks the leaf in a subtransaction, renders its
+ * rows into a buffer, and rolls the subtransaction back, which releases
+ * every lock the chunk took; only then are its commands handed to the
+ * sender, as one atomic part of the load's transaction, which may wait for
+ * Redis.  So Redis has a leaf's rows up to some chunk's last key, and a
+ * leaf whose storage changed since the snapshot (VACUUM FULL, CLUSTER,
+ * TRUNCATE, a rewriting ALTER TABLE: it can no longer be read as of the
+ * snapshot), or a load that gives up, leaves a snapshot on demand to read
+ * on after that key: no row is sent twice, so INCRBY or XADD load rules
+ * count each row once.  Leaves without a key are read first, whole, in
+ * one subtransaction that keeps them locked while their rows are rendered
+ * into a temporary file, and sent from there once the locks are released
+ * (load_keyless): they cannot be read on after a rewrite.  Other DDL (ADD
+ * COLUMN, say) applies to the rows not read yet, as it would to rows the
+ * stream decodes after it.  The load still holds its snapshot and its new
+ * slot while it waits, for pg2redis.load_stall_timeout without an
  * acknowledgement at most; then it gives up (snapshot_initial_load).
  *
  * A table's snapshot filter is one boolean expression over the table
@@ -59,6 +66,7 @@
 #include "parser/parser.h"
 #include "parser/scanner.h"
 #include "pgstat.h"
+#include "storage/buffile.h"
 #include "storage/bufmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -1026,6 +1034,192 @@ snapshot_relfilenode(Oid relid, Snapshot snap)
 }
 
 /*
+ * leaf_state returns what the load did with leaf relid, or NULL when it did
+ * not get to it.
+ */
+static LeafState *
+leaf_state(Load *ld, Oid relid)
+{
+	ListCell *lc;
+
+	foreach(lc, ld->leaves)
+	{
+		LeafState *state = lfirst(lc);
+
+		if (state->relid == relid)
+			return state;
+	}
+	return NULL;
+}
+
+/*
+ * new_leaf_state adds a LeafState for leaf relid to the load and returns it.
+ */
+static LeafState *
+new_leaf_state(Load *ld, Oid relid)
+{
+	MemoryContext old = MemoryContextSwitchTo(ld->cxt);
+	LeafState	 *state = palloc0(sizeof(LeafState));
+
+	state->relid = relid;
+	ld->leaves = lappend(ld->leaves, state);
+	MemoryContextSwitchTo(old);
+	return state;
+}
+
+/* The header of a chunk in the keyless leaves' file (load_keyless). */
+typedef struct SpillHeader
+{
+	Oid	   relid;
+	uint32 len; /* bytes of commands that follow, as cmdbuf.c writes them */
+} SpillHeader;
+
+/*
+ * spill_leaves renders the rows of the leaves in keyless (locked by the
+ * caller) into file, chunk by chunk, each chunk behind a SpillHeader; a
+ * leaf whose storage changed since the load's snapshot is marked deferred.
+ */
+static void
+spill_leaves(Load *ld, List *keyless, BufFile *file)
+{
+	ListCell *lc;
+
+	foreach(lc, keyless)
+	{
+		LeafPos pos = {0};
+
+		pos.state = new_leaf_state(ld, lfirst_oid(lc));
+		pos.relid = lfirst_oid(lc);
+		pos.filenode = snapshot_relfilenode(pos.relid, ld->snap);
+		ItemPointerSet(&pos.next, 0, FirstOffsetNumber);
+		pos.step = LOAD_FIRST_STEP;
+		while (OidIsValid(pos.filenode))
+		{
+			ChunkEnd	end = load_chunk_locked(ld, &pos);
+			SpillHeader hdr = {pos.relid, (uint32) ld->buf.len};
+
+			MemoryContextReset(ld->chunkcxt);
+			if (end == CHUNK_REWRITTEN)
+			{
+				pos.state->deferred = true;
+				break;
+			}
+			if (ld->buf.len > 0)
+			{
+				BufFileWrite(file, &hdr, sizeof(hdr));
+				BufFileWrite(file, ld->buf.data, ld->buf.len);
+			}
+			resetStringInfo(&ld->buf);
+			ld->ncmds = 0;
+			pg2r_report_load_progress(ld->leaves_done, ld->rows);
+			if (end != CHUNK_MORE)
+				break;
+		}
+	}
+}
+
+/*
+ * send_spilled sends the chunks spill_leaves wrote, leaf by leaf; false
+ * when Redis stalled.
+ */
+static bool
+send_spilled(Load *ld, BufFile *file)
+{
+	SpillHeader hdr;
+	ListCell   *lc;
+
+	if (BufFileSeek(file, 0, 0, SEEK_SET) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not rewind the initial load's temporary file: %m")));
+	while (BufFileRead(file, &hdr, sizeof(hdr)) == sizeof(hdr))
+	{
+		enlargeStringInfo(&ld->buf, hdr.len);
+		if (BufFileRead(file, ld->buf.data, hdr.len) != hdr.len)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read the initial load's temporary file: %m")));
+		ld->buf.len = hdr.len;
+		if (!load_send(ld, hdr.relid, false))
+			return false;
+		/* a leaf's chunks are together: its ncmds end at its last */
+		leaf_state(ld, hdr.relid)->ncmds = sender_txn_seq();
+	}
+	foreach(lc, ld->leaves)
+	{
+		LeafState *state = lfirst(lc);
+
+		if (!state->deferred)
+		{
+			state->done = true;
+			ld->leaves_done++;
+		}
+	}
+	return true;
+}
+
+/*
+ * load_keyless sends the rows of the leaves in leaves that have no key
+ * (neither a primary key nor a replica identity index), and returns the
+ * others, to be read by key (load_leaf); *ok is false when Redis stalled.
+ *
+ * A leaf without a key cannot be read on after a rewrite, as a keyed one
+ * can (after its last key): its rows have nothing that survives VACUUM
+ * FULL, CLUSTER or TRUNCATE.  So these leaves are read first and whole, in
+ * one subtransaction that keeps them locked while they are read and their
+ * rows rendered into a temporary file, then rolled back to release the
+ * locks, before anything is sent: DDL on them waits for PostgreSQL to read
+ * them, never for Redis, and a rewrite cannot come in the middle of one.
+ * Only a rewrite committed between the load's snapshot and these locks
+ * (milliseconds) still makes the load start over (load_requests).
+ */
+static List *
+load_keyless(Load *ld, List *leaves, bool *ok)
+{
+	List		 *keyed = NIL;
+	List		 *keyless = NIL;
+	ListCell	 *lc;
+	MemoryContext old = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	BufFile		 *file;
+
+	*ok = true;
+	MemoryContextSwitchTo(ld->cxt);
+	file = BufFileCreateTemp(false); /* closed at the end of the load */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(ld->chunkcxt);
+	foreach(lc, leaves)
+	{
+		Relation rel = try_table_open(lfirst_oid(lc), AccessShareLock);
+
+		if (rel != NULL && !OidIsValid(keyorder_index(rel)))
+		{
+			/* the lock is kept until the subtransaction ends */
+			keyless = lappend_oid(keyless, lfirst_oid(lc));
+			table_close(rel, NoLock);
+		}
+		else
+		{
+			keyed = lappend_oid(keyed, lfirst_oid(lc));
+			if (rel != NULL)
+				table_close(rel, AccessShareLock);
+		}
+	}
+	MemoryContextSwitchTo(ld->cxt);
+	keyless = list_copy(keyless);
+	keyed = list_copy(keyed);
+	spill_leaves(ld, keyless, file);
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(old);
+	CurrentResourceOwner = owner;
+	MemoryContextReset(ld->chunkcxt);
+	if (keyless != NIL)
+		*ok = send_spilled(ld, file);
+	BufFileClose(file);
+	return keyed;
+}
+
+/*
  * mark_chunk records that the chunk of a keyed leaf ending at key was
  * handed to the sender, and forgets the marks before the newest one Redis
  * acknowledged: leaf_resume_key needs no older one.
@@ -1066,14 +1260,9 @@ mark_chunk(Load *ld, LeafState *state, Datum *key)
 static bool
 load_leaf(Load *ld, Oid relid)
 {
-	LeafPos		  pos = {0};
-	LeafState	 *state;
-	MemoryContext old = MemoryContextSwitchTo(ld->cxt);
+	LeafPos	   pos = {0};
+	LeafState *state = new_leaf_state(ld, relid);
 
-	state = palloc0(sizeof(LeafState));
-	state->relid = relid;
-	ld->leaves = lappend(ld->leaves, state);
-	MemoryContextSwitchTo(old);
 	pos.state = state;
 	pos.relid = relid;
 	pos.filenode = snapshot_relfilenode(relid, ld->snap);
@@ -1127,25 +1316,6 @@ load_finish(void)
 	while (!sender_idle())
 		sender_service(1000);
 	return true;
-}
-
-/*
- * leaf_state returns what the load did with leaf relid, or NULL when it did
- * not get to it.
- */
-static LeafState *
-leaf_state(Load *ld, Oid relid)
-{
-	ListCell *lc;
-
-	foreach(lc, ld->leaves)
-	{
-		LeafState *state = lfirst(lc);
-
-		if (state->relid == relid)
-			return state;
-	}
-	return NULL;
 }
 
 /*
@@ -1412,6 +1582,7 @@ snapshot_initial_load(XLogRecPtr start)
 	ListCell   *lc;
 	List	   *requests;
 	bool		keyless;
+	bool		sent;
 	LoadOutcome outcome;
 
 	ld.start = start;
@@ -1441,15 +1612,16 @@ snapshot_initial_load(XLogRecPtr start)
 	sender_begin_txn(InvalidTransactionId, start, start, ld.meta.commit_time);
 	sender_caller_parts(); /* load_send */
 	pgstat_report_activity(STATE_RUNNING, "pg2redis: initial load");
-	foreach(lc, leaves)
+	foreach(lc, load_keyless(&ld, leaves, &sent))
 	{
-		if (!load_leaf(&ld, lfirst_oid(lc)))
+		if (!sent || !load_leaf(&ld, lfirst_oid(lc)))
 		{
-			ld.stalled = true;
+			sent = false;
 			break;
 		}
-		pg2r_report_load_progress(foreach_current_index(lc) + 1, ld.rows);
+		pg2r_report_load_progress(ld.leaves_done, ld.rows);
 	}
+	ld.stalled = !sent;
 	if (!ld.stalled && !load_finish())
 		ld.stalled = true;
 
