@@ -33,6 +33,8 @@ ALTER TABLE pg2redis.rules ALTER COLUMN created_by DROP DEFAULT;
 
 ALTER TABLE pg2redis.snapshots ADD COLUMN retry_keys text[];
 ALTER TABLE pg2redis.snapshots ADD COLUMN key_index oid;
+ALTER TABLE pg2redis.snapshots ADD COLUMN resume_lsn pg_lsn;
+ALTER TABLE pg2redis.snapshots ADD COLUMN resume_keys text[];
 ALTER TABLE pg2redis.snapshots ADD COLUMN keys_only boolean NOT NULL DEFAULT false;
 ALTER TABLE pg2redis.dead_letters ADD COLUMN key_index oid;
 ALTER TABLE pg2redis.dead_letters ADD COLUMN key text[];
@@ -82,6 +84,8 @@ BEGIN
     NEW.error := NULL;
     NEW.current_relation := NULL;
     NEW.last_key := NULL;
+    NEW.resume_lsn := NULL;
+    NEW.resume_keys := NULL;
     IF NEW.keys_only THEN
         DECLARE
             width integer;

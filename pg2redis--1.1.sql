@@ -73,6 +73,10 @@ COMMENT ON TABLE pg2redis.dead_letters IS 'pg2redis commands that could not be r
  * again: one row of key values each) and key_index (the index those keys
  * belong to) record progress, so that a request interrupted by a restart
  * resumes after the last chunk it sent and loses no row to read again.
+ * resume_lsn and resume_keys (rows of the number of commands, then the key
+ * values) are left by an initial load that gave up with a chunk Redis may or
+ * may not have applied: the first chunk starts after the last of those keys
+ * whose commands Redis applied at resume_lsn, as its position tells then.
  * A keys_only request (pg2redis_redrive()) reads only the rows of
  * relation (a table, not a partitioned one) whose keys retry_keys holds,
  * in the columns of index key_index, never a range of the table.
@@ -91,6 +95,8 @@ CREATE TABLE pg2redis.snapshots (
     last_key         text[],
     retry_keys       text[],
     key_index        oid,
+    resume_lsn       pg_lsn,
+    resume_keys      text[],
     keys_only        boolean NOT NULL DEFAULT false
 );
 
@@ -134,6 +140,8 @@ BEGIN
     NEW.error := NULL;
     NEW.current_relation := NULL;
     NEW.last_key := NULL;
+    NEW.resume_lsn := NULL;
+    NEW.resume_keys := NULL;
     IF NEW.keys_only THEN
         DECLARE
             width integer;

@@ -1146,7 +1146,8 @@ sender_service(long timeout_ms)
 	{
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Max(timeout_ms, 1), PG_WAIT_EXTENSION);
+						 Max(timeout_ms, 1),
+						 pg2r_wait_event(PG2R_WAIT_STOPPED));
 		ResetLatch(MyLatch);
 		return;
 	}
@@ -1209,7 +1210,8 @@ sender_service(long timeout_ms)
 								  (void *) (intptr_t) i);
 		}
 		nev = WaitEventSetWait(set, Max(timeout_ms, 0), occurred,
-							   lengthof(occurred), PG_WAIT_EXTENSION);
+							   lengthof(occurred),
+							   pg2r_wait_event(PG2R_WAIT_REDIS));
 		FreeWaitEventSet(set);
 		for (int e = 0; e < nev; e++)
 		{

@@ -49,7 +49,7 @@
  * the keys to read again are kept as Datums of the key columns' base types
  * and passed to the chunk's query as typed parameters, compared with the
  * operators of the key index's btree opfamily, named by schema (see
- * build_query).  A cast from text to the key type would run a domain's
+ * keyorder.c).  A cast from text to the key type would run a domain's
  * CHECK or a user's cast as the superuser the worker is.  The chunk's query
  * runs as the table's owner, in a security-restricted operation with a
  * pinned search_path (snapshot_become_owner), like the filter it contains.
@@ -93,6 +93,7 @@
 #include "common/hashfn.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
+#include "utils/pg_lsn.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -101,6 +102,7 @@
 #include "utils/timestamp.h"
 
 #include "pg2redis/cmdbuf.h"
+#include "pg2redis/keyorder.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
@@ -201,17 +203,7 @@ static struct
 	XLogRecPtr	   sent_at;		/* stream position the rows were sent at */
 	bool		   is_retry;	/* selects req.retry keys, not a range */
 	int			   retry_taken; /* how many of them */
-	Oid			   keyindex;	/* the index giving the key */
-	int			   nkeys;		/* key columns of the leaf, and per column: */
-	AttrNumber	  *keyatts;		/* attribute number */
-	Oid			  *keytypes;	/* base type, of the query's parameters */
-	bool		  *keybyval;
-	int16		  *keylen;
-	FmgrInfo	  *keyout;	/* output function */
-	char		 **keycols; /* quoted name */
-	char		 **eqop;	/* OPERATOR(schema.=) of the index opfamily */
-	char		 **gtop;	/* ... > */
-	char		 **ltop;	/* ... < */
+	KeyOrder	   key;			/* the leaf's key */
 	MemoryContext  cxt;
 } chunk;
 
@@ -248,47 +240,6 @@ static char		   nonce[NONCE_BYTES * 2 + 1]; /* in the watermarks */
  */
 
 /*
- * row_key returns the key of a tuple of the chunk's leaf: one value per key
- * column, copied into the current memory context if copy is set, or NULL if
- * a key column is null.  *unreadable tells that a value is a TOAST pointer a
- * decoded tuple cannot follow: the row is then unknown.
- */
-static Datum *
-row_key(TupleDesc desc, HeapTuple tuple, bool copy, bool *unreadable)
-{
-	Datum *key = palloc(sizeof(Datum) * chunk.nkeys);
-
-	*unreadable = false;
-	for (int k = 0; k < chunk.nkeys; k++)
-	{
-		bool  isnull;
-		Datum v = heap_getattr(tuple, chunk.keyatts[k], desc, &isnull);
-
-		if (isnull)
-			return NULL;
-		if (chunk.keylen[k] == -1 &&
-			VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(v)))
-		{
-			*unreadable = true;
-			return NULL;
-		}
-		key[k] = copy ? datumCopy(v, chunk.keybyval[k], chunk.keylen[k]) : v;
-	}
-	return key;
-}
-
-/* copy_key copies a key of the chunk's leaf into the current context. */
-static Datum *
-copy_key(const Datum *key)
-{
-	Datum *copy = palloc(sizeof(Datum) * chunk.nkeys);
-
-	for (int k = 0; k < chunk.nkeys; k++)
-		copy[k] = datumCopy(key[k], chunk.keybyval[k], chunk.keylen[k]);
-	return copy;
-}
-
-/*
  * key_hash and key_match hash chunk rows by the binary images of their key
  * columns, one by one (no separator that a value could contain).
  */
@@ -298,9 +249,9 @@ key_hash(const void *key, Size keysize)
 	const Datum *k = *(const Datum *const *) key;
 	uint32		 h = 0;
 
-	for (int i = 0; i < chunk.nkeys; i++)
-		h = hash_combine(h, datum_image_hash(k[i], chunk.keybyval[i],
-											 chunk.keylen[i]));
+	for (int i = 0; i < chunk.key.nkeys; i++)
+		h = hash_combine(h, datum_image_hash(k[i], chunk.key.byval[i],
+											 chunk.key.len[i]));
 	return h;
 }
 
@@ -310,8 +261,9 @@ key_match(const void *a, const void *b, Size keysize)
 	const Datum *ka = *(const Datum *const *) a;
 	const Datum *kb = *(const Datum *const *) b;
 
-	for (int i = 0; i < chunk.nkeys; i++)
-		if (!datum_image_eq(ka[i], kb[i], chunk.keybyval[i], chunk.keylen[i]))
+	for (int i = 0; i < chunk.key.nkeys; i++)
+		if (!datum_image_eq(ka[i], kb[i], chunk.key.byval[i],
+							chunk.key.len[i]))
 			return 1;
 	return 0;
 }
@@ -350,8 +302,8 @@ drop_all(void)
 static void
 drop_tuple(TupleDesc desc, HeapTuple tuple)
 {
-	bool	  unreadable;
-	Datum	 *key = row_key(desc, tuple, false, &unreadable);
+	bool   unreadable;
+	Datum *key = keyorder_row_key(&chunk.key, desc, tuple, false, &unreadable);
 	ChunkRow *row;
 
 	if (key == NULL)
@@ -379,7 +331,7 @@ old_key_logged(Relation rel)
 {
 	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL)
 		return true;
-	return RelationGetReplicaIndex(rel) == chunk.keyindex;
+	return RelationGetReplicaIndex(rel) == chunk.key.index;
 }
 
 /* ---------------------------------------------------------------------------
@@ -499,7 +451,7 @@ send_chunk(XLogRecPtr lsn)
 			sender_count_change();
 		}
 		/* the row's key, which its dead letters record (see redrive.c) */
-		sender_set_row_key(chunk.keyindex, chunk.nkeys, row->keytext);
+		sender_set_row_key(chunk.key.index, chunk.key.nkeys, row->keytext);
 		cmdbuf_reader_init(&reader, chunk_cmds.data + row->cmds_off,
 						   row->cmds_len, CurrentMemoryContext);
 		while (cmdbuf_next(&reader, &rule, &argc, &error))
@@ -618,169 +570,6 @@ ondemand_filter_for(Oid relid)
 }
 
 /*
- * key_operator returns the operator of btree opfamily for strategy on
- * opcintype, written for SQL by its schema and name: OPERATOR(s.op).
- */
-static char *
-key_operator(Oid opfamily, Oid opcintype, int16 strategy)
-{
-	Oid opno = get_opfamily_member(opfamily, opcintype, opcintype, strategy);
-	HeapTuple		 tup;
-	Form_pg_operator op;
-	char			*result;
-
-	if (!OidIsValid(opno))
-		elog(ERROR, "missing operator %d(%u,%u) in opfamily %u", strategy,
-			 opcintype, opcintype, opfamily);
-	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for operator %u", opno);
-	op = (Form_pg_operator) GETSTRUCT(tup);
-	result = psprintf("OPERATOR(%s.%s)",
-					  quote_identifier(get_namespace_name(op->oprnamespace)),
-					  NameStr(op->oprname));
-	ReleaseSysCache(tup);
-	return result;
-}
-
-/*
- * setup_key sets the chunk's key columns from the leaf's replica identity
- * index (the primary key under REPLICA IDENTITY DEFAULT), else its primary
- * key: their types, and the operators of the index's opfamilies; false if
- * it has neither.  The identity index comes first because a decoded delete
- * carries only its columns (see the top of the file).
- */
-static bool
-setup_key(Relation rel)
-{
-	Oid			  idxoid = RelationGetReplicaIndex(rel);
-	Relation	  idx;
-	int			  n;
-	MemoryContext old;
-
-	if (!OidIsValid(idxoid))
-		idxoid = RelationGetPrimaryKeyIndex(rel);
-	if (!OidIsValid(idxoid))
-		return false;
-	chunk.keyindex = idxoid;
-	idx = index_open(idxoid, AccessShareLock);
-	if (idx->rd_rel->relam != BTREE_AM_OID)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("the key index of table \"%s\" is not a btree index",
-						RelationGetRelationName(rel)),
-				 errhint("Snapshots on demand read tables by a primary key or a btree replica identity index.")));
-	old = MemoryContextSwitchTo(chunk.cxt);
-	n = chunk.nkeys = idx->rd_index->indnkeyatts;
-	chunk.keyatts = palloc(sizeof(AttrNumber) * n);
-	chunk.keytypes = palloc(sizeof(Oid) * n);
-	chunk.keybyval = palloc(sizeof(bool) * n);
-	chunk.keylen = palloc(sizeof(int16) * n);
-	chunk.keyout = palloc(sizeof(FmgrInfo) * n);
-	chunk.keycols = palloc(sizeof(char *) * n);
-	chunk.eqop = palloc(sizeof(char *) * n);
-	chunk.gtop = palloc(sizeof(char *) * n);
-	chunk.ltop = palloc(sizeof(char *) * n);
-	for (int k = 0; k < n; k++)
-	{
-		AttrNumber		  attnum = idx->rd_index->indkey.values[k];
-		Form_pg_attribute att;
-		Oid				  outfunc;
-		bool			  varlena;
-
-		if (attnum <= 0)
-			elog(ERROR, "key index of \"%s\" has an expression",
-				 RelationGetRelationName(rel));
-		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
-		chunk.keyatts[k] = attnum;
-		/* a domain's values are its base type's: no CHECK runs on them */
-		chunk.keytypes[k] = getBaseType(att->atttypid);
-		chunk.keybyval[k] = att->attbyval;
-		chunk.keylen[k] = att->attlen;
-		getTypeOutputInfo(chunk.keytypes[k], &outfunc, &varlena);
-		fmgr_info_cxt(outfunc, &chunk.keyout[k], chunk.cxt);
-		chunk.keycols[k] = pstrdup(quote_identifier(NameStr(att->attname)));
-		chunk.eqop[k] = key_operator(idx->rd_opfamily[k], idx->rd_opcintype[k],
-									 BTEqualStrategyNumber);
-		chunk.gtop[k] = key_operator(idx->rd_opfamily[k], idx->rd_opcintype[k],
-									 BTGreaterStrategyNumber);
-		chunk.ltop[k] = key_operator(idx->rd_opfamily[k], idx->rd_opcintype[k],
-									 BTLessStrategyNumber);
-	}
-	MemoryContextSwitchTo(old);
-	index_close(idx, AccessShareLock);
-	return true;
-}
-
-/*
- * build_query returns the SQL that selects the chunk's rows as whole-row
- * values: the next range of keys after $1..$n in key order, or, for a chunk
- * of keys read again, the one row whose key is $1..$n.
- *
- * The parameters are Datums of the key columns' base types: no key is cast
- * from text (a domain's CHECK or a user's cast from text would run), and no
- * domain coercion happens.  They are compared with the operators of the key
- * index's btree opfamilies, written OPERATOR(schema.name), so the order is
- * the index's and the search_path plays no part.  Resolving such a name for
- * the column's type (a domain, an enum, a binary-coercible type) considers
- * the operators of that one schema, normally pg_catalog, where only
- * superusers create anything; and the query runs as the table's owner, so
- * even an operator added there could only run with the owner's rights.  An
- * index scan with ScanKeys would need no SQL, but the filter is SQL, and the
- * query gives visibility, ordering and the row format for free.
- */
-static char *
-build_query(Relation rel, const char *relname, const char *filter)
-{
-	StringInfoData sql;
-
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT t FROM ONLY %s t WHERE true", relname);
-	if (chunk.is_retry)
-	{
-		for (int k = 0; k < chunk.nkeys; k++)
-			appendStringInfo(&sql, " AND t.%s %s $%d", chunk.keycols[k],
-							 chunk.eqop[k], k + 1);
-	}
-	else if (req.last_key != NULL)
-	{
-		if (chunk.nkeys == 1)
-			appendStringInfo(&sql, " AND t.%s %s $1", chunk.keycols[0],
-							 chunk.gtop[0]);
-		else
-		{
-			/* a row comparison takes one operator name for every column */
-			for (int k = 1; k < chunk.nkeys; k++)
-				if (strcmp(chunk.gtop[k], chunk.gtop[0]) != 0)
-					ereport(ERROR,
-							(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-							 errmsg("the key columns of table \"%s\" are ordered by operators of different names",
-									RelationGetRelationName(rel)),
-							 errhint("Give the table a primary key, whose columns use their types' default operator classes.")));
-			appendStringInfoString(&sql, " AND ROW(");
-			for (int k = 0; k < chunk.nkeys; k++)
-				appendStringInfo(&sql, "%st.%s", k ? ", " : "",
-								 chunk.keycols[k]);
-			appendStringInfo(&sql, ") %s ROW(", chunk.gtop[0]);
-			for (int k = 0; k < chunk.nkeys; k++)
-				appendStringInfo(&sql, "%s$%d", k ? ", " : "", k + 1);
-			appendStringInfoChar(&sql, ')');
-		}
-	}
-	if (filter)
-		appendStringInfo(&sql, " AND %s", snapshot_filter_clause(filter));
-	if (!chunk.is_retry)
-	{
-		appendStringInfoString(&sql, " ORDER BY ");
-		for (int k = 0; k < chunk.nkeys; k++)
-			appendStringInfo(&sql, "%st.%s USING %s", k ? ", " : "",
-							 chunk.keycols[k], chunk.ltop[k]);
-		appendStringInfo(&sql, " LIMIT %d", pg2r_snapshot_batch_size);
-	}
-	return sql.data;
-}
-
-/*
  * read_key turns the recorded text of a key (of a request resumed after a
  * restart) into values of the key columns' base types with their input
  * functions.  The caller runs it as the table's owner: this is the one place
@@ -794,21 +583,21 @@ read_key(List *text)
 	Datum		 *key;
 	ListCell	 *lc;
 
-	if (list_length(text) != chunk.nkeys)
+	if (list_length(text) != chunk.key.nkeys)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the key of table \"%s\" changed while a snapshot read it",
 						req.leaf_name),
 				 errhint("Request the snapshot again.")));
 	old = MemoryContextSwitchTo(OndemandCxt);
-	key = palloc(sizeof(Datum) * chunk.nkeys);
+	key = palloc(sizeof(Datum) * chunk.key.nkeys);
 	foreach(lc, text)
 	{
 		int k = foreach_current_index(lc);
 		Oid infunc;
 		Oid ioparam;
 
-		getTypeInputInfo(chunk.keytypes[k], &infunc, &ioparam);
+		getTypeInputInfo(chunk.key.types[k], &infunc, &ioparam);
 		key[k] = OidInputFunctionCall(infunc, lfirst(lc), ioparam, -1);
 	}
 	MemoryContextSwitchTo(old);
@@ -863,13 +652,13 @@ forget_leaf_progress(void)
 static void
 use_key(void)
 {
-	if (req.keys_only && req.keyindex != chunk.keyindex)
+	if (req.keys_only && req.keyindex != chunk.key.index)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the key of table \"%s\" changed since the keys to read were recorded",
 						req.leaf_name),
 				 errhint("Run pg2redis_snapshot() on the table to write all its rows again.")));
-	if (OidIsValid(req.keyindex) && req.keyindex != chunk.keyindex)
+	if (OidIsValid(req.keyindex) && req.keyindex != chunk.key.index)
 	{
 		ereport(LOG,
 				(errmsg("pg2redis: snapshot request " INT64_FORMAT
@@ -878,14 +667,14 @@ use_key(void)
 		forget_leaf_progress();
 		chunk.is_retry = false;
 	}
-	if (req.keyindex != chunk.keyindex || req.keytypes == NULL)
+	if (req.keyindex != chunk.key.index || req.keytypes == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
 
-		req.keyindex = chunk.keyindex;
-		req.nkeys = chunk.nkeys;
-		req.keytypes = palloc(sizeof(Oid) * chunk.nkeys);
-		memcpy(req.keytypes, chunk.keytypes, sizeof(Oid) * chunk.nkeys);
+		req.keyindex = chunk.key.index;
+		req.nkeys = chunk.key.nkeys;
+		req.keytypes = palloc(sizeof(Oid) * chunk.key.nkeys);
+		memcpy(req.keytypes, chunk.key.types, sizeof(Oid) * chunk.key.nkeys);
 		MemoryContextSwitchTo(old);
 	}
 }
@@ -916,7 +705,8 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		mapping_spi_row(i, req.leaf, &tuple);
 
 		old = MemoryContextSwitchTo(chunk.cxt);
-		key = row_key(RelationGetDescr(rel), &tuple, true, &unreadable);
+		key = keyorder_row_key(&chunk.key, RelationGetDescr(rel), &tuple, true,
+							   &unreadable);
 		if (key == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -937,9 +727,9 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		 * may read the catalogs (enum_out), which the watermark's callback,
 		 * outside any transaction, may not.
 		 */
-		row->keytext = palloc(sizeof(char *) * chunk.nkeys);
-		for (int k = 0; k < chunk.nkeys; k++)
-			row->keytext[k] = OutputFunctionCall(&chunk.keyout[k], key[k]);
+		row->keytext = palloc(sizeof(char *) * chunk.key.nkeys);
+		for (int k = 0; k < chunk.key.nkeys; k++)
+			row->keytext[k] = OutputFunctionCall(&chunk.key.out[k], key[k]);
 		row->removed = false;
 		row->changed = false;
 		row->cmds_off = chunk_cmds.len;
@@ -952,11 +742,23 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		MemoryContextReset(ScratchCxt);
 		row->cmds_len = chunk_cmds.len - row->cmds_off;
 		chunk_bytes += row->cmds_len + sizeof(ChunkRow) +
-					   sizeof(Datum) * chunk.nkeys + 64; /* hash, list */
+					   sizeof(Datum) * chunk.key.nkeys + 64; /* hash, list */
 		room = chunk_bytes < (Size) pg2r_batch_bytes;
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return room;
+}
+
+/*
+ * query_kind tells what the chunk's query selects: the keys read again, or
+ * the range after the last key sent, or the first range of the leaf.
+ */
+static KeyQuery
+query_kind(void)
+{
+	if (chunk.is_retry)
+		return KEYQ_EQUAL;
+	return req.last_key != NULL ? KEYQ_AFTER : KEYQ_FIRST;
 }
 
 /*
@@ -1021,7 +823,7 @@ select_chunk(void *arg)
 		quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 								   RelationGetRelationName(rel));
 	map = mapping_get(rel);
-	if (!setup_key(rel))
+	if (!keyorder_setup(rel, chunk.cxt, &chunk.key))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table \"%s\" has no primary key or replica identity index",
@@ -1055,8 +857,9 @@ select_chunk(void *arg)
 		int		   n = 0;
 		bool	   room = true;
 
-		sql = build_query(rel, relname, filter);
-		plan = SPI_prepare(sql, chunk.nkeys, chunk.keytypes);
+		sql = keyorder_query(&chunk.key, rel, relname, query_kind(), filter,
+							 pg2r_snapshot_batch_size, false);
+		plan = SPI_prepare(sql, chunk.key.nkeys, chunk.key.types);
 		if (plan == NULL)
 			elog(ERROR, "could not prepare a snapshot chunk: %s",
 				 SPI_result_code_string(SPI_result));
@@ -1079,7 +882,8 @@ select_chunk(void *arg)
 		uint64 nrows = 0;
 		bool   room = true;
 
-		sql = build_query(rel, relname, filter);
+		sql = keyorder_query(&chunk.key, rel, relname, query_kind(), filter,
+							 pg2r_snapshot_batch_size, false);
 
 		/*
 		 * A cursor, so that rows are held a few at a time (a whole-row value
@@ -1087,8 +891,8 @@ select_chunk(void *arg)
 		 * (the query's LIMIT) or pg2redis.batch_bytes of commands.
 		 */
 		portal = SPI_cursor_open_with_args(NULL, sql,
-										   req.last_key ? chunk.nkeys : 0,
-										   chunk.keytypes, req.last_key, NULL,
+										   req.last_key ? chunk.key.nkeys : 0,
+										   chunk.key.types, req.last_key, NULL,
 										   true, 0);
 		while (room)
 		{
@@ -1107,11 +911,8 @@ select_chunk(void *arg)
 		{
 			MemoryContext old2 = MemoryContextSwitchTo(chunk.cxt);
 
-			for (int k = 0; k < chunk.nkeys; k++)
-				chunk.next_key_text =
-					lappend(chunk.next_key_text,
-							OutputFunctionCall(&chunk.keyout[k],
-											   chunk.next_key[k]));
+			chunk.next_key_text =
+				keyorder_key_text(&chunk.key, chunk.next_key);
 			MemoryContextSwitchTo(old2);
 		}
 	}
@@ -1239,7 +1040,7 @@ record_progress(void *arg)
 	nulls[7] = OidIsValid(keyindex) ? ' ' : 'n';
 	if (SPI_execute_with_args("UPDATE pg2redis.snapshots SET rows = $2, current_relation = $3, "
 							  "last_key = $4, state = coalesce($5, state), error = $6, "
-							  "retry_keys = $7, key_index = $8, "
+							  "retry_keys = $7, key_index = $8, resume_lsn = NULL, resume_keys = NULL, "
 							  "started_at = coalesce(started_at, pg_catalog.now()), "
 							  "finished_at = CASE WHEN $5 OPERATOR(pg_catalog.=) ANY (ARRAY['done', 'failed']) "
 							  "THEN pg_catalog.now() END "
@@ -1311,6 +1112,42 @@ text_keys(ArrayType *array)
 }
 
 /*
+ * resume_from_load moves the start of a request the initial load left
+ * (snapshot.c, load_requests) past the chunks of the load Redis turns out
+ * to have applied: the load gave up while they were in flight, and Redis
+ * may have applied them after all.  The sender knows Redis's position
+ * (ondemand_step serves requests only once it does), and the load's
+ * transaction never gets another block, so the answer cannot change.
+ * Called by load_request, on the request's row.
+ */
+static void
+resume_from_load(void)
+{
+	bool  isnull;
+	Datum lsn = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8,
+							  &isnull);
+	Datum keys;
+	ListCell *lc;
+
+	if (isnull)
+		return;
+	keys = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 9,
+						 &isnull);
+	if (isnull)
+		return;
+	foreach(lc, text_keys(DatumGetArrayTypeP(keys)))
+	{
+		List  *row = lfirst(lc);
+		uint64 ncmds = strtou64(linitial(row), NULL, 10);
+
+		if (list_length(row) < 2 ||
+			!sender_applied_part(DatumGetLSN(lsn), ncmds))
+			break;
+		req.last_key_text = list_copy_tail(row, 1);
+	}
+}
+
+/*
  * load_keys_only sets up a keys-only request (pg2redis_redrive()), in
  * OndemandCxt, from the row load_request read: its one table, whose keys in
  * retry_keys are read as keys read again are, and no range after them (the
@@ -1366,7 +1203,7 @@ load_request(void *arg)
 	MemoryContext old;
 
 	if (SPI_execute("SELECT id, relation, current_relation, last_key, rows, "
-					"retry_keys, key_index, keys_only "
+					"retry_keys, key_index, resume_lsn, resume_keys, keys_only "
 					"FROM pg2redis.snapshots "
 					"WHERE state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'running']) "
 					"ORDER BY id LIMIT 1",
@@ -1421,6 +1258,7 @@ load_request(void *arg)
 		Datum retry;
 
 		req.keyindex = isnull ? InvalidOid : DatumGetObjectId(keyindex);
+		resume_from_load();
 		retry = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6,
 							  &isnull);
 		/* made values of the key's types by the first chunk, as the owner */
@@ -1433,7 +1271,7 @@ load_request(void *arg)
 	}
 	req.keys_only =
 		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-								   SPI_tuptable->tupdesc, 8, &isnull));
+								   SPI_tuptable->tupdesc, 10, &isnull));
 	if (req.keys_only)
 		load_keys_only();
 	rows = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5,
@@ -1506,13 +1344,13 @@ chunk_reset(void)
 	chunk.order = NIL;
 	chunk.next_key = NULL;
 	chunk.next_key_text = NIL;
-	chunk.nkeys = 0;
+	chunk.key.nkeys = 0;
 	chunk.xip = NULL;
 	chunk.nsent = 0;
 	chunk.sent_at = InvalidXLogRecPtr;
 	chunk.is_retry = false;
 	chunk.retry_taken = 0;
-	chunk.keyindex = InvalidOid;
+	chunk.key.index = InvalidOid;
 }
 
 /*
@@ -1580,7 +1418,9 @@ ondemand_step(void)
 		}
 		else
 		{
-			req.last_key = chunk.next_key ? copy_key(chunk.next_key) : NULL;
+			req.last_key = chunk.next_key
+							   ? keyorder_copy_key(&chunk.key, chunk.next_key)
+							   : NULL;
 			req.last_key_text = NIL;
 			foreach(lc, chunk.next_key_text)
 				req.last_key_text =
@@ -1593,7 +1433,8 @@ ondemand_step(void)
 
 			if (row->removed)
 			{
-				req.retry = lappend(req.retry, copy_key(row->key));
+				req.retry = lappend(req.retry,
+									keyorder_copy_key(&chunk.key, row->key));
 				nretry++;
 				if (!row->changed)
 					req.retry_blind = true;
@@ -1685,6 +1526,10 @@ ondemand_step(void)
 	if (!req.active)
 	{
 		TimestampTz now = GetCurrentTimestamp();
+
+		/* a request starts once Redis's position is known (resume_from_load) */
+		if (!sender_ready())
+			return;
 
 		/*
 		 * A request wakes us at its commit; the row may not be visible yet

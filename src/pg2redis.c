@@ -24,6 +24,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
+#include "pg2redis/compat.h"
 #include "pg2redis/pg2redis.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/settings.h"
@@ -487,3 +488,28 @@ pg2r_op_parse(const char *name, Pg2rOp *op)
 		}
 	return false;
 }
+
+#if PG_VERSION_NUM >= 170000
+/*
+ * pg2r_wait_event returns the wait_event_info of one of pg2redis's waits,
+ * named the first time this process uses it (PostgreSQL 17 and later; see
+ * compat.h).
+ */
+uint32
+pg2r_wait_event(Pg2rWait wait)
+{
+	static const char *const names[PG2R_NUM_WAITS] = {
+		[PG2R_WAIT_EXTENSION] = "Pg2RedisExtension",
+		[PG2R_WAIT_PAUSED] = "Pg2RedisPaused",
+		[PG2R_WAIT_STOPPED] = "Pg2RedisStopped",
+		[PG2R_WAIT_REDIS] = "Pg2RedisRedis",
+		[PG2R_WAIT_SESSION_REDIS] = "Pg2RedisSessionRedis",
+		[PG2R_WAIT_APPLIED] = "Pg2RedisApplied",
+	};
+	static uint32 events[PG2R_NUM_WAITS];
+
+	if (events[wait] == 0)
+		events[wait] = WaitEventExtensionNew(names[wait]);
+	return events[wait];
+}
+#endif

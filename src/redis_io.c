@@ -396,6 +396,39 @@ check_secret_file(const char *path, const char *what, RedisSetupError *err)
 }
 
 /*
+ * open_regular_file opens path for reading without blocking, and returns
+ * it only if it is a regular file (else NULL, errno set): a plain open() of
+ * a FIFO, which a path can be or be replaced by, blocks until someone
+ * writes to it, and would hold the process (the worker, or the postmaster
+ * checking a setting) there.
+ */
+static FILE *
+open_regular_file(const char *path)
+{
+	int			fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	struct stat st;
+	FILE	   *f;
+
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+	{
+		close(fd);
+		errno = EINVAL;
+		return NULL;
+	}
+	f = fdopen(fd, "r");
+	if (f == NULL)
+	{
+		int save = errno;
+
+		close(fd);
+		errno = save;
+	}
+	return f;
+}
+
+/*
  * no_passphrase is OpenSSL's passphrase callback: it never prompts (OpenSSL's
  * default would ask on the terminal and could hang the process), it notes in
  * *userdata that a passphrase was wanted, and returns 0 so that loading an
@@ -431,7 +464,7 @@ redis_check_tls_key(const RedisTarget *target, RedisSetupError *err)
 			   : target->tls_cert_file;
 	if (!check_secret_file(path, "Redis TLS client key file", err))
 		return false;
-	f = fopen(path, "r");
+	f = open_regular_file(path);
 	if (f == NULL)
 		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
 						   "could not open Redis TLS client key file \"%s\": %s",
@@ -989,6 +1022,149 @@ tls_step(RedisConn *conn)
 	}
 }
 
+/* What a TLS file given by a setting holds (tls_use_file). */
+typedef enum TlsFile
+{
+	TLS_FILE_CA,	/* CA certificates (and CRLs) to verify Redis with */
+	TLS_FILE_CHAIN, /* the client certificate, then its chain */
+	TLS_FILE_KEY	/* the client key */
+} TlsFile;
+
+#define TLS_FILE_MAX (4 * 1024 * 1024)
+
+/*
+ * tls_load_bio loads into ctx what a TLS file of the given kind holds, read
+ * into bio; false (with OpenSSL's error queue set) when it holds nothing
+ * usable.  *wanted_passphrase is set when the key is encrypted.
+ */
+static bool
+tls_load_bio(SSL_CTX *ctx, BIO *bio, TlsFile kind, bool *wanted_passphrase)
+{
+	if (kind == TLS_FILE_CA)
+	{
+		STACK_OF(X509_INFO) *infos =
+			PEM_X509_INFO_read_bio(bio, NULL, NULL, NULL);
+		X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+		int			n = 0;
+
+		if (infos == NULL)
+			return false;
+		for (int i = 0; i < sk_X509_INFO_num(infos); i++)
+		{
+			X509_INFO *info = sk_X509_INFO_value(infos, i);
+
+			if (info->x509 && X509_STORE_add_cert(store, info->x509) == 1)
+				n++;
+			if (info->crl)
+				(void) X509_STORE_add_crl(store, info->crl);
+		}
+		sk_X509_INFO_pop_free(infos, X509_INFO_free);
+		return n > 0;
+	}
+	if (kind == TLS_FILE_CHAIN)
+	{
+		X509 *cert = PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL);
+		X509 *ca;
+		bool  ok;
+
+		if (cert == NULL)
+			return false;
+		ok = SSL_CTX_use_certificate(ctx, cert) == 1;
+		X509_free(cert);
+		if (!ok)
+			return false;
+		SSL_CTX_clear_chain_certs(ctx);
+		while ((ca = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+			if (SSL_CTX_add0_chain_cert(ctx, ca) != 1)
+			{
+				X509_free(ca);
+				return false;
+			}
+		ERR_clear_error(); /* the end of the file */
+		return true;
+	}
+	{
+		EVP_PKEY *key = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase,
+												wanted_passphrase);
+		bool	  ok;
+
+		if (key == NULL)
+			return false;
+		ok = SSL_CTX_use_PrivateKey(ctx, key) == 1;
+		EVP_PKEY_free(key);
+		return ok;
+	}
+}
+
+/*
+ * tls_use_file loads into ctx the TLS file path, which the setting named
+ * what gives, holding kind; false with the connection closed and its error
+ * set.  The file is read here, opened without blocking, and only if it is a
+ * regular file (open_regular_file): OpenSSL's own file functions open it
+ * with a blocking open(), which a FIFO would hold for ever.
+ */
+static bool
+tls_use_file(RedisConn *conn, SSL_CTX *ctx, const char *path, const char *what,
+			 TlsFile kind)
+{
+	FILE	   *f = open_regular_file(path);
+	struct stat st;
+	char	   *data;
+	size_t		len;
+	BIO		   *bio;
+	bool		wanted_passphrase = false;
+	bool		ok;
+	const char *thing = kind == TLS_FILE_CA		 ? "CA file"
+						: kind == TLS_FILE_CHAIN ? "client certificate"
+												 : "client key";
+
+	if (f == NULL)
+	{
+		snprintf(conn->error, sizeof(conn->error),
+				 errno == EINVAL
+					 ? "could not load the %s of %s: \"%s\" is not a regular file"
+					 : "could not load the %s of %s: could not open \"%s\": %m",
+				 thing, what, path);
+		redis_close(conn);
+		return false;
+	}
+	if (fstat(fileno(f), &st) != 0 || st.st_size > TLS_FILE_MAX)
+	{
+		fclose(f);
+		snprintf(conn->error, sizeof(conn->error),
+				 "could not load the %s of %s: \"%s\" is larger than 4 MB",
+				 thing, what, path);
+		redis_close(conn);
+		return false;
+	}
+	data = palloc(st.st_size + 1);
+	len = fread(data, 1, st.st_size, f);
+	fclose(f);
+	ERR_clear_error();
+	bio = BIO_new_mem_buf(data, (int) len);
+	ok = bio != NULL && tls_load_bio(ctx, bio, kind, &wanted_passphrase);
+	BIO_free(bio);
+	pfree(data);
+	if (ok)
+		return true;
+	if (wanted_passphrase)
+	{
+		ERR_clear_error();
+		snprintf(conn->error, sizeof(conn->error),
+				 "the client key of %s is encrypted with a passphrase, which pg2redis never asks for",
+				 what);
+		redis_close(conn);
+		return false;
+	}
+	{
+		char msg[256];
+
+		snprintf(msg, sizeof(msg), "could not load the %s of %s", thing, what);
+		(void) tls_error(conn, msg);
+	}
+	return false;
+}
+
 /*
  * tls_start sets up TLS on the connected socket as target asks (CA file,
  * client certificate, verification) and starts the handshake.
@@ -1014,10 +1190,9 @@ tls_start(RedisConn *conn, const RedisTarget *target)
 	{
 		if (target->tls_ca_file && target->tls_ca_file[0])
 		{
-			if (SSL_CTX_load_verify_locations(ctx, target->tls_ca_file,
-											  NULL) != 1)
-				return tls_error(conn,
-								 "could not load the CA file of pg2redis.redis_tls_ca_file");
+			if (!tls_use_file(conn, ctx, target->tls_ca_file,
+							  "pg2redis.redis_tls_ca_file", TLS_FILE_CA))
+				return -1;
 		}
 		else if (SSL_CTX_set_default_verify_paths(ctx) != 1)
 			return tls_error(conn,
@@ -1033,21 +1208,14 @@ tls_start(RedisConn *conn, const RedisTarget *target)
 		const char *key = target->tls_key_file && target->tls_key_file[0]
 							  ? target->tls_key_file
 							  : target->tls_cert_file;
-		bool		wanted_passphrase = false;
-		int			loaded;
-
-		if (SSL_CTX_use_certificate_chain_file(ctx, target->tls_cert_file) !=
-			1)
-			return tls_error(conn,
-							 "could not load the client certificate of pg2redis.redis_tls_cert_file");
-		SSL_CTX_set_default_passwd_cb_userdata(ctx, &wanted_passphrase);
-		loaded = SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM);
-		SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
-		if (loaded != 1)
-			return tls_error(conn,
-							 wanted_passphrase
-								 ? "the client key of pg2redis.redis_tls_key_file is encrypted with a passphrase, which pg2redis never asks for"
-								 : "could not load the client key of pg2redis.redis_tls_key_file");
+		if (!tls_use_file(conn, ctx, target->tls_cert_file,
+						  "pg2redis.redis_tls_cert_file", TLS_FILE_CHAIN) ||
+			!tls_use_file(conn, ctx, key,
+						  key == target->tls_cert_file
+							  ? "pg2redis.redis_tls_cert_file"
+							  : "pg2redis.redis_tls_key_file",
+						  TLS_FILE_KEY))
+			return -1;
 	}
 
 	ssl = SSL_new(ctx);

@@ -6,7 +6,7 @@
  *
  * A dead letter whose row is known records the row's key: the columns of
  * the table's replica identity index, else of its primary key (the key a
- * snapshot on demand reads the table by, see ondemand.c), as text in the
+ * snapshot on demand reads the table by, keyorder_index()), as text in the
  * index's column order, with the index's OID.  The decoder hands the key of
  * each change to the sender before its commands (redrive_note_row); each
  * command keeps a reference to it, so that a command Redis refuses later
@@ -51,6 +51,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
+#include "pg2redis/keyorder.h"
 #include "pg2redis/redrive.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/state.h"
@@ -62,20 +63,6 @@ PG_FUNCTION_INFO_V1(pg2redis_redrive_relation);
  * The key of a dead letter's row (worker)
  * ---------------------------------------------------------------------------
  */
-
-/*
- * redrive_key_index returns the index a row of rel is known by: its replica
- * identity index, else its primary key; InvalidOid if it has neither.  The
- * same choice as a snapshot on demand's (ondemand.c), which reads the rows
- * again.
- */
-Oid
-redrive_key_index(Relation rel)
-{
-	Oid idx = RelationGetReplicaIndex(rel);
-
-	return OidIsValid(idx) ? idx : RelationGetPrimaryKeyIndex(rel);
-}
 
 /*
  * redrive_note_row sets the sender's row key (sender_set_row_key) from a
@@ -96,7 +83,7 @@ redrive_note_row(Relation rel, RelMap *map, HeapTuple tuple)
 	sender_clear_row_key();
 	if (tuple == NULL || map->cols == NULL)
 		return;
-	idxoid = redrive_key_index(rel);
+	idxoid = keyorder_index(rel);
 	if (!OidIsValid(idxoid))
 		return;
 	idx = RelationIdGetRelation(idxoid);
@@ -171,7 +158,7 @@ check_dead_letter(int64 id, Oid relid, Oid keyindex, int nkeys)
 				 errmsg("table \"%s\" has no pg2redis rules", name),
 				 errdetail("Dead letter " INT64_FORMAT " would write nothing.",
 						   id)));
-	current = redrive_key_index(rel);
+	current = keyorder_index(rel);
 	if (current == keyindex)
 	{
 		Relation idx = index_open(keyindex, AccessShareLock);

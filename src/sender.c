@@ -115,6 +115,7 @@ static struct
 	TimestampTz	  commit_time;
 	uint64		  seq; /* its commands so far */
 	uint64		  changes;
+	bool		  caller_parts; /* split only by sender_end_part */
 } cur;
 
 bool		  stopped = false;
@@ -450,6 +451,7 @@ sender_begin_txn(TransactionId xid, XLogRecPtr commit_lsn, XLogRecPtr end_lsn,
 	cur.commit_time = commit_time;
 	cur.seq = 0;
 	cur.changes = 0;
+	cur.caller_parts = false;
 	/* on a cluster, each command is checked against its slot's fence */
 	cur.skip = !topo.cluster && (end_lsn < topo.applied[0].lsn ||
 								 (end_lsn == topo.applied[0].lsn &&
@@ -731,8 +733,7 @@ sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 	if (cur.skip)
 		return;
 	/* split by count, or by size once this transaction has a command here */
-	if (building->txn_cmds >= pg2r_max_transaction_commands ||
-		(building->txn_cmds > 0 && building->resp.len >= pg2r_batch_bytes))
+	if (!cur.caller_parts && sender_part_full())
 	{
 		Fence part = {cur.end_lsn, seq};
 
@@ -848,18 +849,44 @@ sender_flush(void)
 }
 
 /*
- * sender_command_would_wait tells whether sender_command() would now wait
- * for the block in flight: the current transaction's next command splits
- * the block being built while another is still unacknowledged.  The
- * initial load waits for that itself, holding no lock (snapshot.c).
+ * sender_part_full tells whether the current transaction's part in the
+ * block being built reached pg2redis.max_transaction_commands or
+ * pg2redis.batch_bytes: its next command starts a new part.
  */
 bool
-sender_command_would_wait(void)
+sender_part_full(void)
 {
-	return inflight != NULL && !stopped && !cur.skip &&
-		   (building->txn_cmds >= pg2r_max_transaction_commands ||
-			(building->txn_cmds > 0 &&
-			 building->resp.len >= pg2r_batch_bytes));
+	return building->txn_cmds >= pg2r_max_transaction_commands ||
+		   (building->txn_cmds > 0 && building->resp.len >= pg2r_batch_bytes);
+}
+
+/*
+ * sender_caller_parts makes the caller (the initial load) decide where the
+ * current transaction is split into atomic parts: sender_command no longer
+ * splits it, sender_end_part does.  The caller keeps its parts within the
+ * limits (sender_part_full), give or take one row's commands.
+ */
+void
+sender_caller_parts(void)
+{
+	cur.caller_parts = true;
+}
+
+/*
+ * sender_end_part ends the current transaction's part in the block being
+ * built and hands the block over for sending: Redis applies the part whole
+ * or not at all.  The caller waits for the block in flight first (it would
+ * be waited for here).
+ */
+void
+sender_end_part(void)
+{
+	Fence part = {cur.end_lsn, cur.seq};
+
+	if (cur.skip || building->txn_cmds == 0)
+		return;
+	push_building(part);
+	building->txn_cmds = 0;
 }
 
 /* sender_inflight: a block is sent and not acknowledged yet. */

@@ -31,6 +31,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "pg2redis/compat.h"
 #include "pg2redis/cluster.h"
 #include "pg2redis/keyslot.h"
 #include "pg2redis/redis_io.h"
@@ -79,7 +80,8 @@ redis_session_wait_socket(pgsocket sock, int events, TimestampTz deadline)
 	rc = WaitLatchOrSocket(MyLatch,
 						   events | WL_LATCH_SET | WL_TIMEOUT |
 							   WL_EXIT_ON_PM_DEATH,
-						   sock, remaining, PG_WAIT_EXTENSION);
+						   sock, remaining,
+						   pg2r_wait_event(PG2R_WAIT_SESSION_REDIS));
 	if (rc & WL_LATCH_SET)
 		ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
@@ -124,7 +126,8 @@ redis_session_connect(RedisConn *conn, const RedisTarget *target)
 			}
 			rc = WaitLatch(MyLatch,
 						   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						   Min(poll, remaining), PG_WAIT_EXTENSION);
+						   Min(poll, remaining),
+						   pg2r_wait_event(PG2R_WAIT_SESSION_REDIS));
 			if (rc & WL_LATCH_SET)
 				ResetLatch(MyLatch);
 			CHECK_FOR_INTERRUPTS();

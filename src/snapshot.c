@@ -15,17 +15,24 @@
  * point when done.
  *
  * Locks.  Redis slow or gone must not hold up PostgreSQL users, so no lock
- * is held while the load waits for Redis.  A leaf is read in chunks, by TID
- * (rows visible to the snapshot stay where they are while it holds back
- * vacuum); each chunk locks the leaf in a subtransaction, renders its rows
- * into a buffer, and rolls the subtransaction back, which releases every
- * lock the chunk took; only then are its commands handed to the sender,
- * which may wait for Redis.  A leaf whose storage changed since the
- * snapshot (VACUUM FULL, CLUSTER, TRUNCATE, a rewriting ALTER TABLE) can no
- * longer be read as of it: it is left to a snapshot on demand.  Other DDL
- * (ADD COLUMN, say) applies to the rows not read yet, as it would to rows
- * the stream decodes after it.  The load still holds its snapshot and its
- * new slot while it waits, for pg2redis.load_stall_timeout without an
+ * is held while the load waits for Redis.  A leaf with a key (a primary key
+ * or a replica identity index) is read in chunks, in key order
+ * (keyorder.c); each chunk locks the leaf in a subtransaction, renders its
+ * rows into a buffer, and rolls the subtransaction back, which releases
+ * every lock the chunk took; only then are its commands handed to the
+ * sender, as one atomic part of the load's transaction, which may wait for
+ * Redis.  So Redis has a leaf's rows up to some chunk's last key, and a
+ * leaf whose storage changed since the snapshot (VACUUM FULL, CLUSTER,
+ * TRUNCATE, a rewriting ALTER TABLE: it can no longer be read as of the
+ * snapshot), or a load that gives up, leaves a snapshot on demand to read
+ * on after that key: no row is sent twice, so INCRBY or XADD load rules
+ * count each row once.  Leaves without a key are read first, whole, in
+ * one subtransaction that keeps them locked while their rows are rendered
+ * into a temporary file, and sent from there once the locks are released
+ * (load_keyless): they cannot be read on after a rewrite.  Other DDL (ADD
+ * COLUMN, say) applies to the rows not read yet, as it would to rows the
+ * stream decodes after it.  The load still holds its snapshot and its new
+ * slot while it waits, for pg2redis.load_stall_timeout without an
  * acknowledgement at most; then it gives up (snapshot_initial_load).
  *
  * A table's snapshot filter is one boolean expression over the table
@@ -59,9 +66,12 @@
 #include "parser/parser.h"
 #include "parser/scanner.h"
 #include "pgstat.h"
+#include "storage/buffile.h"
 #include "storage/bufmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/pg_lsn.h"
+#include "utils/array.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -74,6 +84,7 @@
 #include "utils/timestamp.h"
 
 #include "pg2redis/cmdbuf.h"
+#include "pg2redis/keyorder.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
@@ -334,12 +345,28 @@ snapshot_filter_clause(const char *filter)
  * ---------------------------------------------------------------------------
  */
 
-/* A leaf the load sent whole: Redis has it once ncmds commands are acked. */
-typedef struct LoadedLeaf
+/*
+ * A chunk of a leaf read in key order, handed to the sender: Redis has the
+ * leaf's rows up to key once it acknowledged the first ncmds commands of
+ * the load's transaction.
+ */
+typedef struct KeyMark
 {
-	Oid	   relid;
 	uint64 ncmds;
-} LoadedLeaf;
+	Datum *key;
+} KeyMark;
+
+/* What the load did with a leaf. */
+typedef struct LeafState
+{
+	Oid		 relid;
+	bool	 keyed;	   /* read in key order, by key */
+	KeyOrder key;	   /* its key, when keyed */
+	List	*marks;	   /* KeyMark *, oldest first: see leaf_resume_key */
+	bool	 done;	   /* every chunk was handed to the sender */
+	uint64	 ncmds;	   /* once done: the commands Redis must acknowledge */
+	bool	 deferred; /* its storage changed: a snapshot on demand reads on */
+} LeafState;
 
 /* The initial load. */
 typedef struct Load
@@ -352,22 +379,26 @@ typedef struct Load
 	MemoryContext  chunkcxt;
 	MemoryContext  rowcxt;
 	StringInfoData buf;	   /* the chunk's commands, see buf_command */
+	uint64		   ncmds;  /* and how many */
 	CmdBufReader   reader; /* reads them back for the sender */
 	uint64		   rows;
-	List		  *loaded;	 /* LoadedLeaf *, in load order */
-	List		  *deferred; /* leaves left to snapshots on demand */
-	bool		   stalled;	 /* Redis acknowledged nothing for too long */
+	int			   leaves_done;
+	List		  *leaves;	/* LeafState *, in load order */
+	bool		   stalled; /* Redis acknowledged nothing for too long */
 } Load;
 
 /* Where the next chunk of a leaf starts. */
 typedef struct LeafPos
 {
+	LeafState	   *state;
 	Oid				relid;
 	Oid				filenode; /* its storage as of the load's snapshot */
-	BlockNumber		nblocks;  /* its size when first read; 0 = unknown */
+	bool			started;  /* a chunk was read */
+	BlockNumber		nblocks;  /* keyless: its size when first read */
 	ItemPointerData next;	  /* heap scan: the first row not read yet */
 	BlockNumber		block;	  /* filtered: the first block not read yet */
 	BlockNumber		step;	  /* filtered: blocks per chunk */
+	Datum		   *last;	  /* keyed: the key of the last row read */
 } LeafPos;
 
 /* How a chunk of a leaf ended. */
@@ -376,7 +407,7 @@ typedef enum ChunkEnd
 	CHUNK_MORE,		/* the leaf has more rows */
 	CHUNK_LAST,		/* the leaf is done */
 	CHUNK_GONE,		/* the leaf was dropped since the load began */
-	CHUNK_REWRITTEN /* its storage changed since the load's snapshot */
+	CHUNK_REWRITTEN /* its storage or its key changed since the snapshot */
 } ChunkEnd;
 
 /*
@@ -387,6 +418,7 @@ typedef struct LoadSinkArg
 {
 	Oid		   relid;
 	StringInfo buf;
+	uint64	  *ncmds; /* commands in buf */
 } LoadSinkArg;
 
 #define LOAD_FIRST_STEP 16		/* blocks of a filtered leaf's first chunk */
@@ -394,6 +426,7 @@ typedef struct LoadSinkArg
 #define LOAD_KEEP_BUFFER (64 * 1024 * 1024)
 /* commands a chunk renders before they are sent: small enough to stay in cache */
 #define LOAD_CHUNK_BYTES (256 * 1024)
+#define LOAD_FETCH_ROWS 1024 /* TIDs a key-ordered chunk's cursor hands over */
 
 /*
  * buf_command is the load's CommandSink: a chunk's commands are kept (see
@@ -421,6 +454,7 @@ buf_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 						inblock),
 				 errhint("Lower pg2redis.max_argument_bytes or pg2redis.batch_bytes.")));
 	cmdbuf_append(buf, rule, argc, argv, argvlen);
+	(*((LoadSinkArg *) arg)->ncmds)++;
 }
 
 /* buf_error records a row a rule could not render (no Redis wait). */
@@ -459,12 +493,28 @@ load_wait(bool (*busy)(void))
 }
 
 /*
- * load_send hands the chunk's commands to the sender, waiting (with no lock
- * held) before each one that would otherwise wait inside the sender for the
- * block in flight; false when Redis stalled (load_wait).
+ * chunk_full tells whether the chunk being read has as many commands as an
+ * atomic part of the load should: pg2redis.max_transaction_commands, or
+ * LOAD_CHUNK_BYTES (at most pg2redis.batch_bytes) of them.
  */
 static bool
-load_send(Load *ld, Oid relid)
+chunk_full(Load *ld)
+{
+	return ld->ncmds >= (uint64) pg2r_max_transaction_commands ||
+		   ld->buf.len >= Min(LOAD_CHUNK_BYTES, pg2r_batch_bytes);
+}
+
+/*
+ * load_send hands the chunk's commands to the sender as one atomic part of
+ * the load's transaction, after waiting (with no lock held) for the part in
+ * flight; false when Redis stalled (load_wait).  A chunk read by key is
+ * sized to be one part (chunk_full), so that Redis has the rows of a leaf up
+ * to the key of a chunk's last row, or none of the chunk: what a load that
+ * gives up resumes from (leaf_resume_key).  Other chunks are cut into parts
+ * wherever they outgrow the limits.
+ */
+static bool
+load_send(Load *ld, Oid relid, bool keyed)
 {
 	Rule		rule;
 	int			argc;
@@ -474,15 +524,22 @@ load_send(Load *ld, Oid relid)
 	cmdbuf_reader_init(&ld->reader, ld->buf.data, ld->buf.len, ld->cxt);
 	while (cmdbuf_next(&ld->reader, &rule, &argc, &error))
 	{
-		if (sender_command_would_wait() &&
-			!load_wait(sender_command_would_wait))
+		if (!keyed && sender_part_full())
 		{
-			ok = false;
-			break;
+			if (!load_wait(sender_inflight))
+			{
+				ok = false;
+				break;
+			}
+			sender_end_part();
 		}
 		sender_command(&relid, &rule, PG2R_OP_SNAPSHOT, argc, ld->reader.argv,
 					   ld->reader.lens);
 	}
+	if (ok && !load_wait(sender_inflight))
+		ok = false;
+	if (ok)
+		sender_end_part();
 	if (ld->buf.maxlen > LOAD_KEEP_BUFFER)
 	{
 		MemoryContext old = MemoryContextSwitchTo(ld->cxt);
@@ -492,6 +549,7 @@ load_send(Load *ld, Oid relid)
 		MemoryContextSwitchTo(old);
 	}
 	resetStringInfo(&ld->buf);
+	ld->ncmds = 0;
 	return ok;
 }
 
@@ -525,12 +583,41 @@ load_row_call(void *arg)
 }
 
 /*
- * load_row maps one row read by the heap scan; in a careful load, anything
+ * describe_row names a row of rel for a message: by its key when it was
+ * read by key, else by its TID.
+ */
+static char *
+describe_row(Relation rel, HeapTuple tuple, const KeyOrder *key)
+{
+	StringInfoData str;
+	bool		   unreadable;
+	Datum		  *values;
+	ListCell	  *lc;
+
+	if (key == NULL)
+		return DatumGetCString(DirectFunctionCall1(tidout,
+												   PointerGetDatum(&tuple
+																		->t_self)));
+	values = keyorder_row_key(key, RelationGetDescr(rel), tuple, false,
+							  &unreadable);
+	if (values == NULL)
+		return pstrdup("with an unknown key");
+	initStringInfo(&str);
+	appendStringInfoString(&str, "with key (");
+	foreach(lc, keyorder_key_text(key, values))
+		appendStringInfo(&str, "%s%s", foreach_current_index(lc) ? ", " : "",
+						 (char *) lfirst(lc));
+	appendStringInfoChar(&str, ')');
+	return str.data;
+}
+
+/*
+ * load_row maps one row read by the heap scan or a key-ordered query; in a careful load, anything
  * the row raises (a tuple past 1 GB) is a dead letter of its own.
  */
 static void
 load_row(Load *ld, Relation rel, RelMap *map, HeapTuple tuple,
-		 const CommandSink *sink)
+		 const KeyOrder *key, const CommandSink *sink)
 {
 	MemoryContext old = MemoryContextSwitchTo(ld->rowcxt);
 	LoadRow		  lr = {rel, map, tuple, &ld->meta, sink};
@@ -542,9 +629,7 @@ load_row(Load *ld, Relation rel, RelMap *map, HeapTuple tuple,
 		if (edata)
 			sender_change_error(RelationGetRelid(rel), PG2R_OP_SNAPSHOT,
 								psprintf("row %s of table \"%s\" could not be loaded: %s",
-										 DatumGetCString(DirectFunctionCall1(
-											 tidout,
-											 PointerGetDatum(&tuple->t_self))),
+										 describe_row(rel, tuple, key),
 										 RelationGetRelationName(rel),
 										 edata->message));
 	}
@@ -588,11 +673,10 @@ load_heap_chunk(Load *ld, Relation rel, RelMap *map, LeafPos *pos,
 		bool	  should_free;
 		HeapTuple tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
 
-		load_row(ld, rel, map, tuple, sink);
+		load_row(ld, rel, map, tuple, NULL, sink);
 		if (should_free)
 			heap_freetuple(tuple);
-		if (++n >= (uint64) pg2r_snapshot_batch_size ||
-			ld->buf.len >= LOAD_CHUNK_BYTES)
+		if (++n >= (uint64) pg2r_snapshot_batch_size || chunk_full(ld))
 		{
 			BlockNumber	 blk = ItemPointerGetBlockNumber(&slot->tts_tid);
 			OffsetNumber off = ItemPointerGetOffsetNumber(&slot->tts_tid);
@@ -694,8 +778,117 @@ load_filtered_chunk(Load *ld, Relation rel, RelMap *map, const char *filter,
 	return end >= pos->nblocks ? CHUNK_LAST : CHUNK_MORE;
 }
 
-/* Arguments of load_filtered_chunk, for pg2r_run_guarded. */
-typedef struct FilteredCall
+/*
+ * tuple_key returns a copy of the key of a heap tuple of rel, in the
+ * current memory context; a key value stored out of line is fetched.
+ */
+static Datum *
+tuple_key(const KeyOrder *key, Relation rel, HeapTuple tuple)
+{
+	bool   unreadable;
+	Datum *result =
+		keyorder_row_key(key, RelationGetDescr(rel), tuple, true, &unreadable);
+
+	if (result == NULL && unreadable)
+		result =
+			keyorder_row_key(key, RelationGetDescr(rel),
+							 toast_flatten_tuple(tuple, RelationGetDescr(rel)),
+							 true, &unreadable);
+	if (result == NULL)
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("a key column of table \"%s\" is null",
+							   RelationGetRelationName(rel))));
+	return result;
+}
+
+/*
+ * load_key_chunk renders the next rows of rel in key order after pos->last
+ * (from the first when NULL), up to pg2redis.snapshot_batch_size rows or
+ * one atomic part of commands (chunk_full), that its snapshot filter keeps,
+ * read with SQL under the load's snapshot, as the table's owner
+ * (snapshot_become_owner, as a snapshot on demand reads); and moves
+ * pos->last to the key of the last row rendered.  Resuming after that key
+ * misses and repeats nothing, whatever happened to the table's storage.
+ */
+static ChunkEnd
+load_key_chunk(Load *ld, Relation rel, RelMap *map, const char *filter,
+			   LeafPos *pos, const CommandSink *sink)
+{
+	KeyOrder *key = &pos->state->key;
+	char	 *relname =
+		quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+								   RelationGetRelationName(rel));
+	char		 *sql;
+	SnapshotOwner saved;
+	Portal		  portal;
+	uint64		  nrows = 0;
+	bool		  room = true;
+	Datum		 *last = NULL; /* in the chunk's context */
+
+	if (filter)
+		snapshot_check_filter(relname, filter);
+	sql =
+		keyorder_query(key, rel, relname, pos->last ? KEYQ_AFTER : KEYQ_FIRST,
+					   filter, pg2r_snapshot_batch_size, true);
+	snapshot_become_owner(rel->rd_rel->relowner, &saved);
+
+	/*
+	 * The query gives TIDs in key order; each row is fetched from the heap
+	 * under the same snapshot, with the leaf locked by the chunk, and mapped
+	 * by load_row, which in a careful load fetches its values and maps it
+	 * in a subtransaction of its own: a row too large to fetch whole is a
+	 * dead letter, and the rest of the table loads.
+	 */
+	portal = SPI_cursor_open_with_args(NULL, sql, pos->last ? key->nkeys : 0,
+									   key->types, pos->last, NULL, true, 0);
+	while (room)
+	{
+		SPI_cursor_fetch(portal, true, LOAD_FETCH_ROWS);
+		MemoryContextSwitchTo(ld->chunkcxt); /* SPI leaves its own context */
+		if (SPI_processed == 0)
+		{
+			SPI_freetuptable(SPI_tuptable);
+			break;
+		}
+		nrows += SPI_processed;
+		for (uint64 i = 0; i < SPI_processed && room; i++)
+		{
+			bool			isnull;
+			ItemPointerData tid =
+				*(ItemPointer)
+					DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[i],
+												  SPI_tuptable->tupdesc, 1,
+												  &isnull));
+			HeapTupleData tuple;
+			Buffer		  buffer;
+
+			tuple.t_self = tid;
+			if (!heap_fetch(rel, ld->snap, &tuple, &buffer, false))
+				elog(ERROR, "row %u/%u of \"%s\" vanished during the load",
+					 ItemPointerGetBlockNumber(&tid),
+					 ItemPointerGetOffsetNumber(&tid),
+					 RelationGetRelationName(rel));
+			load_row(ld, rel, map, &tuple, key, sink);
+			room = !chunk_full(ld);
+			if (!room || i + 1 == SPI_processed)
+				last = tuple_key(key, rel, &tuple);
+			ReleaseBuffer(buffer);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	snapshot_restore_user(&saved);
+	if (last == NULL)
+		return CHUNK_LAST;
+	MemoryContextSwitchTo(ld->cxt);
+	pos->last = keyorder_copy_key(key, last);
+	MemoryContextSwitchTo(ld->chunkcxt);
+	return room && nrows < (uint64) pg2r_snapshot_batch_size ? CHUNK_LAST
+															 : CHUNK_MORE;
+}
+
+/* Arguments of a chunk's reader, for pg2r_run_guarded. */
+typedef struct ChunkCall
 {
 	Load			  *ld;
 	Relation		   rel;
@@ -704,77 +897,90 @@ typedef struct FilteredCall
 	LeafPos			  *pos;
 	const CommandSink *sink;
 	ChunkEnd		   end;
-} FilteredCall;
+} ChunkCall;
 
-/* filtered_call runs load_filtered_chunk with the arguments in arg. */
+/*
+ * chunk_call reads a chunk with the arguments in arg: in key order when the
+ * leaf has a key, else by TID, with the heap scan or, with a filter, SQL.
+ */
 static void
-filtered_call(void *arg)
+chunk_call(void *arg)
 {
-	FilteredCall *c = arg;
+	ChunkCall *c = arg;
 
-	c->end =
-		load_filtered_chunk(c->ld, c->rel, c->map, c->filter, c->pos, c->sink);
+	if (c->pos->state->keyed)
+		c->end =
+			load_key_chunk(c->ld, c->rel, c->map, c->filter, c->pos, c->sink);
+	else if (c->filter == NULL)
+		c->end = load_heap_chunk(c->ld, c->rel, c->map, c->pos, c->sink);
+	else
+		c->end = load_filtered_chunk(c->ld, c->rel, c->map, c->filter, c->pos,
+									 c->sink);
 }
 
 /*
  * load_chunk_locked reads the next chunk of a leaf into ld->buf: it locks
- * the leaf, checks that it still has the storage the load's snapshot
- * reads, and renders the chunk's rows.  In a careful load, a filter that
- * fails (its owner's code, privileges or policies) leaves the rest of that
- * table to a dead letter and a WARNING, and the load goes on.
+ * the leaf, checks that it still has the storage and the key the load read
+ * it by, and renders the chunk's rows.  The first chunk decides how the
+ * leaf is read: by key when it has one (keyorder.c).  In a careful load, a
+ * query that fails (the filter, the owner's code, privileges or policies)
+ * leaves the rest of that table to a dead letter and a WARNING, and the
+ * load goes on; the heap scan runs no one's code.
  */
 static ChunkEnd
 load_chunk_locked(Load *ld, LeafPos *pos)
 {
-	LoadSinkArg arg = {pos->relid, &ld->buf};
+	LoadSinkArg arg = {pos->relid, &ld->buf, &ld->ncmds};
 	CommandSink sink = {buf_command, buf_error, &arg, ld->careful};
 	Relation	rel = try_table_open(pos->relid, AccessShareLock);
 	RelMap	   *map;
-	char	   *filter;
-	ChunkEnd	result;
+	ChunkCall	call = {ld, NULL, NULL, NULL, pos, &sink, CHUNK_LAST};
+	ErrorData  *edata;
 
 	if (rel == NULL)
 		return CHUNK_GONE;
-	if (rel->rd_rel->relfilenode != pos->filenode)
+	if (rel->rd_rel->relfilenode != pos->filenode ||
+		(pos->state->keyed && keyorder_index(rel) != pos->state->key.index))
 	{
 		table_close(rel, AccessShareLock);
 		return CHUNK_REWRITTEN;
 	}
-	if (pos->nblocks == 0)
+	if (!pos->started)
+	{
+		pos->started = true;
 		pos->nblocks = RelationGetNumberOfBlocks(rel);
+		pos->state->keyed = keyorder_setup(rel, ld->cxt, &pos->state->key);
+	}
 	map = mapping_get(rel);
 	if (!mapping_has_rules(map))
 	{
 		table_close(rel, AccessShareLock);
 		return CHUNK_LAST;
 	}
-	filter = ondemand_filter_for(map->rulerelid);
+	call.rel = rel;
+	call.map = map;
+	call.filter = ondemand_filter_for(map->rulerelid);
 	MemoryContextSwitchTo(ld->chunkcxt); /* SPI leaves its own context */
-	if (filter == NULL)
-		result = load_heap_chunk(ld, rel, map, pos, &sink);
-	else if (!ld->careful)
-		result = load_filtered_chunk(ld, rel, map, filter, pos, &sink);
-	else
+	if (!ld->careful || (!pos->state->keyed && call.filter == NULL))
+		chunk_call(&call);
+	else if ((edata = pg2r_run_guarded(chunk_call, &call)) != NULL)
 	{
-		FilteredCall call = {ld, rel, map, filter, pos, &sink, CHUNK_LAST};
-		ErrorData	*edata = pg2r_run_guarded(filtered_call, &call);
-		char		*msg;
+		char *msg =
+			psprintf(call.filter
+						 ? "the snapshot filter of table \"%s\" failed: %s; the initial load skipped the rest of the table"
+						 : "reading table \"%s\" failed: %s; the initial load skipped the rest of the table",
+					 RelationGetRelationName(rel), edata->message);
 
-		result = call.end;
-		if (edata)
-		{
-			msg =
-				psprintf("the snapshot filter of table \"%s\" failed: %s; the initial load skipped the rest of the table",
-						 RelationGetRelationName(rel), edata->message);
-			ereport(WARNING,
-					(errcode(edata->sqlerrcode), errmsg("pg2redis: %s", msg),
-					 errhint("Fix or delete the filter in pg2redis.snapshot_filters, then run pg2redis_snapshot() for the table.")));
-			sender_change_error(pos->relid, PG2R_OP_SNAPSHOT, msg);
-			result = CHUNK_LAST;
-		}
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode), errmsg("pg2redis: %s", msg),
+				 call.filter
+					 ? errhint("Fix or delete the filter in pg2redis.snapshot_filters, then run pg2redis_snapshot() for the table.")
+					 : errhint("The table is read as its owner; fix the cause, then run pg2redis_snapshot() for the table.")));
+		sender_change_error(pos->relid, PG2R_OP_SNAPSHOT, msg);
+		call.end = CHUNK_LAST;
 	}
 	table_close(rel, AccessShareLock);
-	return result;
+	return call.end;
 }
 
 /*
@@ -828,16 +1034,236 @@ snapshot_relfilenode(Oid relid, Snapshot snap)
 }
 
 /*
+ * leaf_state returns what the load did with leaf relid, or NULL when it did
+ * not get to it.
+ */
+static LeafState *
+leaf_state(Load *ld, Oid relid)
+{
+	ListCell *lc;
+
+	foreach(lc, ld->leaves)
+	{
+		LeafState *state = lfirst(lc);
+
+		if (state->relid == relid)
+			return state;
+	}
+	return NULL;
+}
+
+/*
+ * new_leaf_state adds a LeafState for leaf relid to the load and returns it.
+ */
+static LeafState *
+new_leaf_state(Load *ld, Oid relid)
+{
+	MemoryContext old = MemoryContextSwitchTo(ld->cxt);
+	LeafState	 *state = palloc0(sizeof(LeafState));
+
+	state->relid = relid;
+	ld->leaves = lappend(ld->leaves, state);
+	MemoryContextSwitchTo(old);
+	return state;
+}
+
+/* The header of a chunk in the keyless leaves' file (load_keyless). */
+typedef struct SpillHeader
+{
+	Oid	   relid;
+	uint32 len; /* bytes of commands that follow, as cmdbuf.c writes them */
+} SpillHeader;
+
+/*
+ * spill_leaves renders the rows of the leaves in keyless (locked by the
+ * caller) into file, chunk by chunk, each chunk behind a SpillHeader; a
+ * leaf whose storage changed since the load's snapshot is marked deferred.
+ */
+static void
+spill_leaves(Load *ld, List *keyless, BufFile *file)
+{
+	ListCell *lc;
+
+	foreach(lc, keyless)
+	{
+		LeafPos pos = {0};
+
+		pos.state = new_leaf_state(ld, lfirst_oid(lc));
+		pos.relid = lfirst_oid(lc);
+		pos.filenode = snapshot_relfilenode(pos.relid, ld->snap);
+		ItemPointerSet(&pos.next, 0, FirstOffsetNumber);
+		pos.step = LOAD_FIRST_STEP;
+		while (OidIsValid(pos.filenode))
+		{
+			ChunkEnd	end = load_chunk_locked(ld, &pos);
+			SpillHeader hdr = {pos.relid, (uint32) ld->buf.len};
+
+			MemoryContextReset(ld->chunkcxt);
+			if (end == CHUNK_REWRITTEN)
+			{
+				pos.state->deferred = true;
+				break;
+			}
+			if (ld->buf.len > 0)
+			{
+				BufFileWrite(file, &hdr, sizeof(hdr));
+				BufFileWrite(file, ld->buf.data, ld->buf.len);
+			}
+			resetStringInfo(&ld->buf);
+			ld->ncmds = 0;
+			pg2r_report_load_progress(ld->leaves_done, ld->rows);
+			if (end != CHUNK_MORE)
+				break;
+		}
+	}
+}
+
+/*
+ * send_spilled sends the chunks spill_leaves wrote, leaf by leaf; false
+ * when Redis stalled.
+ */
+static bool
+send_spilled(Load *ld, BufFile *file)
+{
+	SpillHeader hdr;
+	ListCell   *lc;
+
+	if (BufFileSeek(file, 0, 0, SEEK_SET) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not rewind the initial load's temporary file: %m")));
+	while (BufFileRead(file, &hdr, sizeof(hdr)) == sizeof(hdr))
+	{
+		enlargeStringInfo(&ld->buf, hdr.len);
+		if (BufFileRead(file, ld->buf.data, hdr.len) != hdr.len)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read the initial load's temporary file: %m")));
+		ld->buf.len = hdr.len;
+		if (!load_send(ld, hdr.relid, false))
+			return false;
+		/* a leaf's chunks are together: its ncmds end at its last */
+		leaf_state(ld, hdr.relid)->ncmds = sender_txn_seq();
+	}
+	foreach(lc, ld->leaves)
+	{
+		LeafState *state = lfirst(lc);
+
+		if (!state->deferred)
+		{
+			state->done = true;
+			ld->leaves_done++;
+		}
+	}
+	return true;
+}
+
+/*
+ * load_keyless sends the rows of the leaves in leaves that have no key
+ * (neither a primary key nor a replica identity index), and returns the
+ * others, to be read by key (load_leaf); *ok is false when Redis stalled.
+ *
+ * A leaf without a key cannot be read on after a rewrite, as a keyed one
+ * can (after its last key): its rows have nothing that survives VACUUM
+ * FULL, CLUSTER or TRUNCATE.  So these leaves are read first and whole, in
+ * one subtransaction that keeps them locked while they are read and their
+ * rows rendered into a temporary file, then rolled back to release the
+ * locks, before anything is sent: DDL on them waits for PostgreSQL to read
+ * them, never for Redis, and a rewrite cannot come in the middle of one.
+ * Only a rewrite committed between the load's snapshot and these locks
+ * (milliseconds) still makes the load start over (load_requests).
+ */
+static List *
+load_keyless(Load *ld, List *leaves, bool *ok)
+{
+	List		 *keyed = NIL;
+	List		 *keyless = NIL;
+	ListCell	 *lc;
+	MemoryContext old = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	BufFile		 *file;
+
+	*ok = true;
+	MemoryContextSwitchTo(ld->cxt);
+	file = BufFileCreateTemp(false); /* closed at the end of the load */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(ld->chunkcxt);
+	foreach(lc, leaves)
+	{
+		Relation rel = try_table_open(lfirst_oid(lc), AccessShareLock);
+
+		if (rel != NULL && !OidIsValid(keyorder_index(rel)))
+		{
+			/* the lock is kept until the subtransaction ends */
+			keyless = lappend_oid(keyless, lfirst_oid(lc));
+			table_close(rel, NoLock);
+		}
+		else
+		{
+			keyed = lappend_oid(keyed, lfirst_oid(lc));
+			if (rel != NULL)
+				table_close(rel, AccessShareLock);
+		}
+	}
+	MemoryContextSwitchTo(ld->cxt);
+	keyless = list_copy(keyless);
+	keyed = list_copy(keyed);
+	spill_leaves(ld, keyless, file);
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(old);
+	CurrentResourceOwner = owner;
+	MemoryContextReset(ld->chunkcxt);
+	if (keyless != NIL)
+		*ok = send_spilled(ld, file);
+	BufFileClose(file);
+	return keyed;
+}
+
+/*
+ * mark_chunk records that the chunk of a keyed leaf ending at key was
+ * handed to the sender, and forgets the marks before the newest one Redis
+ * acknowledged: leaf_resume_key needs no older one.
+ */
+static void
+mark_chunk(Load *ld, LeafState *state, Datum *key)
+{
+	KeyMark		 *mark;
+	MemoryContext old;
+
+	if (state->marks != NIL && ((KeyMark *) llast(state->marks))->key == key)
+		return; /* a chunk with no row */
+	old = MemoryContextSwitchTo(ld->cxt);
+	mark = palloc(sizeof(KeyMark));
+	mark->ncmds = sender_txn_seq();
+	mark->key = key;
+	state->marks = lappend(state->marks, mark);
+	while (list_length(state->marks) > 1 &&
+		   sender_applied_part(ld->start,
+							   ((KeyMark *) lsecond(state->marks))->ncmds))
+	{
+		KeyMark *first = linitial(state->marks);
+
+		keyorder_free_key(&state->key, first->key);
+		pfree(first);
+		state->marks = list_delete_first(state->marks);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * load_leaf sends the rows of one leaf, chunk by chunk; false when Redis
- * stalled.  A leaf whose storage changed since the load's snapshot cannot
- * be read as of that snapshot any more: it is left to a snapshot on demand.
+ * stalled.  A leaf whose storage or key changed since the load began cannot
+ * be read on as of the load's snapshot: the rest of it is left to a
+ * snapshot on demand (load_requests), which reads on after the last key
+ * sent when the leaf has a key.
  */
 static bool
 load_leaf(Load *ld, Oid relid)
 {
-	LeafPos		pos = {0};
-	LoadedLeaf *done;
+	LeafPos	   pos = {0};
+	LeafState *state = new_leaf_state(ld, relid);
 
+	pos.state = state;
 	pos.relid = relid;
 	pos.filenode = snapshot_relfilenode(relid, ld->snap);
 	ItemPointerSet(&pos.next, 0, FirstOffsetNumber);
@@ -852,21 +1278,22 @@ load_leaf(Load *ld, Oid relid)
 			char *name = get_rel_name(relid);
 
 			ereport(LOG,
-					(errmsg("pg2redis: table \"%s\" was rewritten or truncated during the initial load; a snapshot on demand loads it",
+					(errmsg("pg2redis: table \"%s\" was rewritten or truncated during the initial load, or its key changed; a snapshot on demand loads the rest",
 							name ? name : "?")));
-			ld->deferred = lappend_oid(ld->deferred, relid);
+			state->deferred = true;
 			return true;
 		}
-		pg2r_report_load_progress(list_length(ld->loaded), ld->rows);
-		if (!load_send(ld, relid))
+		pg2r_report_load_progress(ld->leaves_done, ld->rows);
+		if (!load_send(ld, relid, state->keyed))
 			return false;
+		if (state->keyed && pos.last != NULL)
+			mark_chunk(ld, state, pos.last);
 		if (end != CHUNK_MORE)
 			break;
 	}
-	done = MemoryContextAlloc(ld->cxt, sizeof(LoadedLeaf));
-	done->relid = relid;
-	done->ncmds = sender_txn_seq();
-	ld->loaded = lappend(ld->loaded, done);
+	state->done = true;
+	state->ncmds = sender_txn_seq();
+	ld->leaves_done++;
 	return true;
 }
 
@@ -892,31 +1319,112 @@ load_finish(void)
 }
 
 /*
- * leaf_unfinished tells whether Redis may lack rows of leaf relid: it was
- * deferred, or (after a stall) not sent whole and acknowledged.
+ * leaf_unfinished tells whether Redis may lack rows of a leaf the load got
+ * to (state): it was deferred, or (after a stall) not sent whole and
+ * acknowledged.
  */
 static bool
-leaf_unfinished(Load *ld, Oid relid)
+leaf_unfinished(Load *ld, LeafState *state)
 {
-	ListCell *lc;
-
-	if (list_member_oid(ld->deferred, relid))
+	if (state->deferred)
 		return true;
-	foreach(lc, ld->loaded)
-	{
-		LoadedLeaf *leaf = lfirst(lc);
-
-		if (leaf->relid == relid)
-			return ld->stalled && !sender_applied_part(ld->start, leaf->ncmds);
-	}
-	return ld->stalled;
+	if (!state->done)
+		return ld->stalled;
+	return ld->stalled && !sender_applied_part(ld->start, state->ncmds);
 }
 
 /*
- * load_requests returns the mapped tables (as rules name them) with a leaf
- * Redis may lack; *keyless is set when one of their leaves has neither a
- * primary key nor a replica identity index, which a snapshot on demand
- * needs.
+ * leaf_resume_key returns the key of the last row of a keyed leaf that
+ * Redis has for sure (acknowledged), or NULL when it has none of them: a
+ * snapshot on demand of the rest starts after it.  Every key up to it was
+ * sent as of the load's snapshot; the stream applies what changed since.
+ */
+static Datum *
+leaf_resume_key(Load *ld, LeafState *state)
+{
+	Datum	 *result = NULL;
+	ListCell *lc;
+
+	foreach(lc, state->marks)
+	{
+		KeyMark *mark = lfirst(lc);
+
+		if (sender_applied_part(ld->start, mark->ncmds))
+			result = mark->key;
+	}
+	return result;
+}
+
+/* A snapshot on demand that loads what the initial load could not. */
+typedef struct LoadRequest
+{
+	Oid	  relid;	   /* a leaf */
+	Oid	  keyindex;	   /* when it resumes: the index its keys are of */
+	Datum last_key;	   /* text[]: the key Redis has the rows up to, or 0 */
+	Datum resume_keys; /* text[][]: later chunks Redis may have, or 0 */
+	char *name;
+} LoadRequest;
+
+/* key_text_array returns a key as a text[] of its columns' texts. */
+static Datum
+key_text_array(const KeyOrder *ko, const Datum *key)
+{
+	List	 *text = keyorder_key_text(ko, key);
+	Datum	 *elems = palloc(sizeof(Datum) * list_length(text));
+	ListCell *lc;
+
+	foreach(lc, text)
+		elems[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
+	return PointerGetDatum(construct_array(elems, list_length(text), TEXTOID,
+										   -1, false, TYPALIGN_INT));
+}
+
+/*
+ * resume_array returns the marks of a keyed leaf after the newest one Redis
+ * acknowledged (chunks it may have applied, or not: the load gave up while
+ * they were in flight) as a text[][], one row each: the commands Redis must
+ * have applied, then the key; 0 when there are none.
+ */
+static Datum
+resume_array(Load *ld, LeafState *state)
+{
+	List	 *rows = NIL;
+	ListCell *lc;
+	Datum	 *elems;
+	int		  width = state->key.nkeys + 1;
+	int		  dims[2];
+	int		  lbs[2] = {1, 1};
+	int		  n = 0;
+
+	foreach(lc, state->marks)
+		if (!sender_applied_part(ld->start, ((KeyMark *) lfirst(lc))->ncmds))
+			rows = lappend(rows, lfirst(lc));
+	if (rows == NIL)
+		return (Datum) 0;
+	elems = palloc(sizeof(Datum) * width * list_length(rows));
+	foreach(lc, rows)
+	{
+		KeyMark	 *mark = lfirst(lc);
+		ListCell *lc2;
+
+		elems[n++] = CStringGetTextDatum(psprintf(UINT64_FORMAT, mark->ncmds));
+		foreach(lc2, keyorder_key_text(&state->key, mark->key))
+			elems[n++] = CStringGetTextDatum(lfirst(lc2));
+	}
+	dims[0] = list_length(rows);
+	dims[1] = width;
+	return PointerGetDatum(construct_md_array(elems, NULL, 2, dims, lbs,
+											  TEXTOID, -1, false,
+											  TYPALIGN_INT));
+}
+
+/*
+ * load_requests returns a LoadRequest for every leaf Redis may lack rows
+ * of.  A leaf read by key resumes after the last key Redis acknowledged, or
+ * after a later chunk's key if Redis turns out to have applied that chunk
+ * (resume_array): no row gets its snapshot rules twice, and none is missed.
+ * *keyless is set when such a leaf has neither a primary key nor a replica
+ * identity index, which a snapshot on demand needs.
  */
 static List *
 load_requests(Load *ld, bool *keyless)
@@ -925,63 +1433,99 @@ load_requests(Load *ld, bool *keyless)
 	ListCell *lc;
 
 	*keyless = false;
-	foreach(lc, rules_relations())
+	foreach(lc, snapshot_mapped_leaves(InvalidOid))
 	{
-		Oid		  root = lfirst_oid(lc);
-		bool	  unfinished = false;
-		ListCell *lc2;
-		List	 *leaves = snapshot_mapped_leaves(root);
+		Oid			 relid = lfirst_oid(lc);
+		LeafState	*state = leaf_state(ld, relid);
+		LoadRequest *request;
+		Relation	 rel;
 
-		foreach(lc2, leaves)
-			if (leaf_unfinished(ld, lfirst_oid(lc2)))
-				unfinished = true;
-		if (!unfinished)
+		if (state != NULL && !leaf_unfinished(ld, state))
 			continue;
-		result = lappend_oid(result, root);
-		foreach(lc2, leaves)
+		rel = try_table_open(relid, AccessShareLock);
+		if (rel == NULL)
+			continue;
+		if (!mapping_has_rules(mapping_get(rel)))
 		{
-			Relation rel = try_table_open(lfirst_oid(lc2), AccessShareLock);
-
-			if (rel == NULL)
-				continue;
-			if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)) &&
-				!OidIsValid(RelationGetReplicaIndex(rel)))
-				*keyless = true;
 			table_close(rel, AccessShareLock);
+			continue;
 		}
+		request = palloc0(sizeof(LoadRequest));
+		request->relid = relid;
+		request->name = pstrdup(RelationGetRelationName(rel));
+		if (!OidIsValid(keyorder_index(rel)))
+			*keyless = true;
+		table_close(rel, AccessShareLock);
+		if (state != NULL && state->keyed)
+		{
+			Datum *key = leaf_resume_key(ld, state);
+
+			request->last_key = key ? key_text_array(&state->key, key) : 0;
+			request->resume_keys = resume_array(ld, state);
+			if (key != NULL || request->resume_keys != 0)
+				request->keyindex = state->key.index;
+		}
+		result = lappend(result, request);
 	}
 	return result;
 }
 
 /*
- * request_snapshots queues a snapshot on demand of each relation in
- * relids, in the load's transaction: they are served once it commits and
- * streaming starts, from the slot's start point, which is what makes them
- * consistent with the rows the load did send (DBLog, see ondemand.c).
+ * request_snapshots queues the snapshots on demand of requests, in the
+ * load's transaction: they are served once it commits and streaming
+ * starts, from the slot's start point, which is what makes them consistent
+ * with the rows the load did send (DBLog, see ondemand.c).  A request that
+ * resumes a leaf records, as a request interrupted by a restart does, the
+ * leaf, the last key and the key index, and the chunks Redis may have
+ * (the trigger on pg2redis.snapshots clears what an INSERT claims; the
+ * worker's UPDATE sets it).
  */
 static void
-request_snapshots(List *relids)
+request_snapshots(Load *ld, List *requests)
 {
 	ListCell	  *lc;
 	StringInfoData names;
 
 	initStringInfo(&names);
-	foreach(lc, relids)
+	foreach(lc, requests)
 	{
-		Oid	  types[1] = {REGCLASSOID};
-		Datum values[1] = {ObjectIdGetDatum(lfirst_oid(lc))};
-		char *name = get_rel_name(lfirst_oid(lc));
+		LoadRequest *request = lfirst(lc);
+		Oid	  types[5] = {INT8OID, TEXTARRAYOID, OIDOID, LSNOID, TEXTARRAYOID};
+		Datum values[5];
+		char  nulls[5] = {' ', ' ', ' ', ' ', ' '};
+		Oid	  reltype[1] = {REGCLASSOID};
+		Datum relid[1] = {ObjectIdGetDatum(request->relid)};
+		bool  isnull;
 
-		if (SPI_execute_with_args("INSERT INTO pg2redis.snapshots (relation) VALUES ($1)",
-								  1, types, values, NULL, false,
-								  0) != SPI_OK_INSERT)
+		if (SPI_execute_with_args("INSERT INTO pg2redis.snapshots (relation) "
+								  "VALUES ($1) RETURNING id",
+								  1, reltype, relid, NULL, false,
+								  0) != SPI_OK_INSERT_RETURNING ||
+			SPI_processed != 1)
 			elog(ERROR, "could not request a snapshot");
-		appendStringInfo(&names, "%s\"%s\"", names.len ? ", " : "",
-						 name ? name : "?");
+		values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+								  1, &isnull);
+		values[1] = request->last_key;
+		nulls[1] = request->last_key ? ' ' : 'n';
+		values[2] = ObjectIdGetDatum(request->keyindex);
+		values[3] = LSNGetDatum(ld->start);
+		values[4] = request->resume_keys;
+		nulls[3] = nulls[4] = request->resume_keys ? ' ' : 'n';
+		if (OidIsValid(request->keyindex) &&
+			SPI_execute_with_args("UPDATE pg2redis.snapshots "
+								  "SET current_relation = relation, last_key = $2, key_index = $3, "
+								  "resume_lsn = $4, resume_keys = $5 "
+								  "WHERE id OPERATOR(pg_catalog.=) $1",
+								  5, types, values, nulls, false,
+								  0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not record where a snapshot starts");
+		appendStringInfo(&names, "%s\"%s\"%s", names.len ? ", " : "",
+						 request->name,
+						 OidIsValid(request->keyindex) ? " (the rest)" : "");
 	}
 	ereport(LOG,
 			(errmsg("pg2redis: the initial load left %d tables to snapshots on demand: %s",
-					list_length(relids), names.data)));
+					list_length(requests), names.data)));
 }
 
 /*
@@ -1038,6 +1582,7 @@ snapshot_initial_load(XLogRecPtr start)
 	ListCell   *lc;
 	List	   *requests;
 	bool		keyless;
+	bool		sent;
 	LoadOutcome outcome;
 
 	ld.start = start;
@@ -1065,16 +1610,18 @@ snapshot_initial_load(XLogRecPtr start)
 	leaves = snapshot_mapped_leaves(InvalidOid);
 	pg2r_report_load_start(list_length(leaves), rows_estimate(leaves));
 	sender_begin_txn(InvalidTransactionId, start, start, ld.meta.commit_time);
+	sender_caller_parts(); /* load_send */
 	pgstat_report_activity(STATE_RUNNING, "pg2redis: initial load");
-	foreach(lc, leaves)
+	foreach(lc, load_keyless(&ld, leaves, &sent))
 	{
-		if (!load_leaf(&ld, lfirst_oid(lc)))
+		if (!sent || !load_leaf(&ld, lfirst_oid(lc)))
 		{
-			ld.stalled = true;
+			sent = false;
 			break;
 		}
-		pg2r_report_load_progress(foreach_current_index(lc) + 1, ld.rows);
+		pg2r_report_load_progress(ld.leaves_done, ld.rows);
 	}
+	ld.stalled = !sent;
 	if (!ld.stalled && !load_finish())
 		ld.stalled = true;
 
@@ -1104,7 +1651,7 @@ snapshot_initial_load(XLogRecPtr start)
 	else
 	{
 		if (requests != NIL)
-			request_snapshots(requests);
+			request_snapshots(&ld, requests);
 		outcome = ld.stalled ? LOAD_GAVE_UP : LOAD_DONE;
 		pg2r_set_careful_load(false);
 	}

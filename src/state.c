@@ -27,6 +27,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "pg2redis/compat.h"
 #include "pg2redis/state.h"
 
 Pg2rShared *pg2r_shared = NULL;
@@ -363,7 +364,7 @@ pg2r_wait_applied(XLogRecPtr target, int64 timeout_ms)
 			break;
 		(void) ConditionVariableTimedSleep(&pg2r_shared->progress_cv,
 										   Min(remaining, 100),
-										   PG_WAIT_EXTENSION);
+										   pg2r_wait_event(PG2R_WAIT_APPLIED));
 		pg2r_wake_worker();
 	}
 	ConditionVariableCancelSleep();

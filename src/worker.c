@@ -84,6 +84,7 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
+#include "pg2redis/compat.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
@@ -598,7 +599,8 @@ wait_for_extension(void)
 		pg2r_report_state(PG2R_STATE_WAITING_FOR_EXTENSION);
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 EXTENSION_POLL_MS, PG_WAIT_EXTENSION);
+						 EXTENSION_POLL_MS,
+						 pg2r_wait_event(PG2R_WAIT_EXTENSION));
 		ResetLatch(MyLatch);
 		worker_handle_interrupts();
 	}
@@ -617,7 +619,7 @@ wait_while_paused(void)
 		pg2r_report_state(PG2R_STATE_PAUSED);
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 IDLE_TIMEOUT_MS, PG_WAIT_EXTENSION);
+						 IDLE_TIMEOUT_MS, pg2r_wait_event(PG2R_WAIT_PAUSED));
 		ResetLatch(MyLatch);
 		worker_handle_interrupts();
 	}

@@ -79,5 +79,35 @@ wait_for_redis($node, 30, 'a regular file put back is used, without a reload');
 is($redis->call('GET', 't:2'), 'two', 'the row is in Redis');
 is(worker_pid($node), $pid, 'the same worker');
 
+# A TLS file that is a FIFO must not hold the worker either: OpenSSL's own
+# file loading opens it with a blocking open().  The plain Redis never gets
+# to a TLS handshake: the CA file is loaded first, and refused.
+mkfifo("$dir/ca.pem", 0600) or die "mkfifo: $!";
+$node->append_conf('postgresql.conf', qq{
+pg2redis.redis_url = 'rediss://127.0.0.1:@{[ $redis->port ]}/0'
+pg2redis.redis_tls_ca_file = '$dir/ca.pem'
+});
+$node->reload;
+$refused = poll_until(
+	20,
+	sub {
+		my $e = $node->safe_psql('postgres',
+			q{SELECT coalesce(last_error, '') FROM pg2redis_status()});
+		return $e =~ /CA file of pg2redis.redis_tls_ca_file: ".*" is not a regular file/;
+	});
+ok($refused, 'a FIFO as the TLS CA file is refused, the worker is not stuck in open()');
+if (!$refused && sysopen(my $w, "$dir/ca.pem", O_WRONLY | O_NONBLOCK))
+{
+	close $w;
+}
+$node->append_conf('postgresql.conf', qq{
+pg2redis.redis_url = 'redis://127.0.0.1:@{[ $redis->port ]}/0'
+pg2redis.redis_tls_ca_file = ''
+});
+$node->reload;
+$node->safe_psql('postgres', q{INSERT INTO t VALUES (3, 'three')});
+wait_for_redis($node, 30, 'back on the plain URL');
+is($redis->call('GET', 't:3'), 'three', 'the row after the TLS attempt is in Redis');
+
 $node->stop;
 done_testing();

@@ -14,6 +14,7 @@
 
 #include "postgres.h"
 #include "replication/reorderbuffer.h"
+#include "utils/wait_event.h"
 
 /*
  * Tuples of a ReorderBufferChange: ReorderBufferTupleBuf up to 16, a plain
@@ -47,6 +48,29 @@
 #else
 #define PG2R_CREATE_WAIT_EVENT_SET(nevents)                                   \
 	CreateWaitEventSet(CurrentMemoryContext, (nevents))
+#endif
+
+/*
+ * Wait events.  From 17 on an extension names its own waits
+ * (WaitEventExtensionNew), shown in pg_stat_activity.wait_event; up to 16
+ * every wait of an extension is "Extension".  pg2r_wait_event() gives the
+ * wait_event_info to pass to WaitLatch and its kin.
+ */
+typedef enum Pg2rWait
+{
+	PG2R_WAIT_EXTENSION,	 /* the worker waits for CREATE/ALTER EXTENSION */
+	PG2R_WAIT_PAUSED,		 /* pg2redis.enabled is off */
+	PG2R_WAIT_STOPPED,		 /* stopped by a rejected command */
+	PG2R_WAIT_REDIS,		 /* the worker waits for Redis or a commit */
+	PG2R_WAIT_SESSION_REDIS, /* pg2redis_redis() waits for Redis */
+	PG2R_WAIT_APPLIED,		 /* pg2redis_wait() waits for the stream */
+	PG2R_NUM_WAITS
+} Pg2rWait;
+
+#if PG_VERSION_NUM >= 170000
+extern uint32 pg2r_wait_event(Pg2rWait wait);
+#else
+#define pg2r_wait_event(wait) ((void) (wait), PG_WAIT_EXTENSION)
 #endif
 
 #endif /* PG2REDIS_COMPAT_H */

@@ -13,7 +13,6 @@
 
 #include "pg2redis/mapping.h"
 
-extern Oid	redrive_key_index(Relation rel);
 extern void redrive_note_row(Relation rel, RelMap *map, HeapTuple tuple);
 
 #endif /* PG2REDIS_REDRIVE_H */

@@ -56,7 +56,9 @@ extern void	 sender_set_idle_position(XLogRecPtr lsn);
 extern bool	 sender_reset_fence(void);
 
 /* For the initial load, which waits for Redis itself, holding no lock. */
-extern bool	  sender_command_would_wait(void);
+extern bool	  sender_part_full(void);
+extern void	  sender_caller_parts(void);
+extern void	  sender_end_part(void);
 extern bool	  sender_inflight(void);
 extern uint64 sender_txn_seq(void);
 extern bool	  sender_applied_part(XLogRecPtr end_lsn, uint64 ncmds);
