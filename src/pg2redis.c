@@ -25,6 +25,7 @@
 #include "utils/memutils.h"
 
 #include "pg2redis/compat.h"
+#include "pg2redis/failover.h"
 #include "pg2redis/pg2redis.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/settings.h"
@@ -312,6 +313,7 @@ define_settings(void)
 							"The load holds no table lock while it waits, but holds its snapshot and its new slot: past this, it gives up, leaves the tables Redis does not have yet to snapshots on demand (or, for a table without a primary key, starts over later). 0 means wait forever.",
 							&pg2r_load_stall_timeout_ms, 60000, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	failover_define_settings();
 
 	MarkGUCPrefixReserved("pg2redis");
 }
@@ -342,7 +344,8 @@ register_worker(void)
 
 	worker.bgw_flags =
 		BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	/* on a hot standby too: it reports state standby until promoted */
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = 5;
 	strlcpy(worker.bgw_library_name, "pg2redis", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "pg2redis_worker_main", BGW_MAXLEN);
@@ -505,6 +508,7 @@ pg2r_wait_event(Pg2rWait wait)
 		[PG2R_WAIT_REDIS] = "Pg2RedisRedis",
 		[PG2R_WAIT_SESSION_REDIS] = "Pg2RedisSessionRedis",
 		[PG2R_WAIT_APPLIED] = "Pg2RedisApplied",
+		[PG2R_WAIT_STANDBY] = "Pg2RedisStandby",
 	};
 	static uint32 events[PG2R_NUM_WAITS];
 

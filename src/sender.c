@@ -1534,6 +1534,20 @@ sender_set_idle_position(XLogRecPtr lsn)
 }
 
 /*
+ * sender_has_position tells whether Redis held a stream position when the
+ * links last read it, or has one since: the data of an earlier stream.
+ */
+bool
+sender_has_position(void)
+{
+	for (int s = 0; s < topo.nfences; s++)
+		if (topo.read[s].lsn != InvalidXLogRecPtr ||
+			topo.applied[s].lsn != InvalidXLogRecPtr)
+			return true;
+	return false;
+}
+
+/*
  * sender_reset_fence sets every stream position in Redis to 0/0 when a new
  * slot is made (its positions are unrelated to an older slot's), waiting
  * for the replies; false if Redis could not be reached in time.  SET rather
