@@ -33,24 +33,34 @@ my $seed = $ENV{PG2REDIS_CHAOS_SEED} // time();
 srand($seed);
 diag("chaos seed $seed");
 
-my $set = start_sentinel_set(replicas => 2, sentinels => 3);
+# the data nodes and the sentinels have passwords of their own: the URL
+# carries the data nodes', a file the sentinels'
+my $set = start_sentinel_set(replicas => 2, sentinels => 3,
+	password => 'data secret', sentinel_password => 'sentinel secret');
+my $spw_file = PostgreSQL::Test::Utils::tempdir() . '/sentinel.pw';
+PostgreSQL::Test::Utils::append_to_file($spw_file, "sentinel secret\n");
+chmod 0600, $spw_file;
+(my $url = $set->{url}) =~ s/data secret/data%20secret/;
 my $node = new_node(
 	'sentinel',
-	redis_url      => $set->{url},
+	redis_url      => $url,
 	flush_interval => '5ms',
 	wait_streaming => 1,
 	conf           => [
+		"pg2redis.redis_sentinel_password_file = '$spw_file'",
 		"pg2redis.redis_wait_replicas = 1",
 		"pg2redis.retry_max_backoff = '500ms'",
 		"pg2redis.redis_timeout = '2s'"
 	]);
 
+(my $masked = $url) =~ s/:data%20secret@/***@/;
 is($node->safe_psql('postgres', 'SELECT redis_url FROM pg2redis_status()'),
-	$set->{url}, 'status shows the redis-sentinel:// URL');
+	$masked, 'status shows the redis-sentinel:// URL, its password masked');
 my $primary = $set->{primary};
 ok(scalar log_lines($node,
 		qr/connected to Redis primary 127\.0\.0\.1:${\ $primary->port} of "mymaster"/),
-	'the worker connected to the primary the sentinels name');
+	'the worker connected to the primary the sentinels name (each with its password)');
+is(scalar log_lines($node, qr/secret/), 0, 'no password in the log');
 is($node->safe_psql('postgres', q{SELECT pg2redis_redis('ROLE') #>> '{0}'}),
 	'master', 'pg2redis_redis() reaches the primary through the sentinels');
 

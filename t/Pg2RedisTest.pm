@@ -244,7 +244,8 @@ C<sentinels> (default 3) sentinels (C<redis-server E<lt>confE<gt> --sentinel>)
 monitoring it as C<mymaster> with quorum 2, all C<start_redis> servers on
 127.0.0.1 (stopped by pid at the end like any other). C<down_after> (ms,
 default 1000) and C<failover_timeout> (ms, default 4000) bound how fast a
-failover goes. Waits (at most 30 s) until the replicas are in sync and every
+failover goes. C<password> makes the primary and replicas require it (and
+the URL carry it), C<sentinel_password> the sentinels require another one. Waits (at most 30 s) until the replicas are in sync and every
 sentinel knows the replicas and the other sentinels. Returns a hash:
 C<primary>, C<replicas> (array), C<sentinels> (array), C<nodes> (primary and
 replicas), C<name> and C<url> (C<redis-sentinel://...>, database 0).
@@ -266,13 +267,18 @@ sub start_sentinel_set
 	my $down = $opts{down_after} // 1000;
 	my $ftimeout = $opts{failover_timeout} // 4000;
 	my $name = 'mymaster';
+	my $pw = $opts{password};
+	my $spw = $opts{sentinel_password};
 	my @repl_args = ('--repl-diskless-sync', 'yes',
-		'--repl-diskless-sync-delay', '0');
-	my $primary = start_redis(name => 'sprimary', extra_args => [@repl_args]);
+		'--repl-diskless-sync-delay', '0',
+		(defined $pw ? ('--masterauth', $pw) : ()));
+	my $primary = start_redis(name => 'sprimary', requirepass => $pw,
+		extra_args => [@repl_args]);
 	my @replicas = map {
 		start_redis(
-			name       => "sreplica$_",
-			extra_args => [ @repl_args, '--replicaof', '127.0.0.1', $primary->port ])
+			name        => "sreplica$_",
+			requirepass => $pw,
+			extra_args  => [ @repl_args, '--replicaof', '127.0.0.1', $primary->port ])
 	} 1 .. $nrep;
 	poll_until(
 		30,
@@ -294,9 +300,11 @@ sub start_sentinel_set
 			"sentinel monitor $name 127.0.0.1 " . $primary->port . " 2",
 			"sentinel down-after-milliseconds $name $down",
 			"sentinel failover-timeout $name $ftimeout",
-			"sentinel parallel-syncs $name $nrep", ''));
+			"sentinel parallel-syncs $name $nrep",
+			(defined $pw ? ("sentinel auth-pass $name \"$pw\"") : ()),
+			(defined $spw ? ("sentinel sentinel-pass \"$spw\"") : ()), ''));
 		push @sentinels, start_redis(name => "sentinel$i", config => $conf,
-			extra_args => ['--sentinel']);
+			requirepass => $spw, extra_args => ['--sentinel']);
 	}
 	poll_until(
 		30,
@@ -317,6 +325,7 @@ sub start_sentinel_set
 		nodes     => [ $primary, @replicas ],
 		name      => $name,
 		url       => 'redis-sentinel://'
+		  . (defined $pw ? ":$pw\@" : '')
 		  . join(',', map { '127.0.0.1:' . $_->port } @sentinels)
 		  . "/$name/0",
 	};
