@@ -412,7 +412,9 @@ pg2r_redis_target(RedisTarget *target, RedisSetupError *err)
 		snprintf(err->message, sizeof(err->message),
 				 "invalid pg2redis.redis_url: %s", msg);
 		strlcpy(err->hint,
-				"The form is redis://[[user]:password@]host[:port][/db]; percent-encode an @, : or / in the user or password.",
+				strstr(pg2r_redis_url, "-sentinel://")
+					? "The form is redis-sentinel://[[user]:password@]host[:port][,host[:port]...]/name[/db]; percent-encode an @, : or / in the user, the password or the name."
+					: "The form is redis://[[user]:password@]host[:port][/db]; percent-encode an @, : or / in the user or password.",
 				sizeof(err->hint));
 		return false;
 	}
