@@ -251,7 +251,10 @@ pg2r_topo_fail(Link *l, const char *fmt, ...)
 	if (redirect ? topo.redirects % 100 == 1
 				 : topo.attempts == 1 || topo.attempts % 20 == 0)
 		ereport(LOG,
-				(redirect
+				(redirect && topo.sentinel
+					 ? errmsg("pg2redis: the Redis primary behind the sentinels at %s is failing over: %s",
+							  topo.target.display, full)
+				 : redirect
 					 ? errmsg("pg2redis: the Redis Cluster at %s is moving slots or failing over: %s",
 							  topo.target.display, full)
 					 : errmsg("pg2redis: Redis at %s is unavailable: %s",
