@@ -17,13 +17,16 @@
  *
  * Behind Redis Sentinel (redis-sentinel:// URLs) the map link asks a
  * sentinel (each in turn, one more each attempt) for the primary's address,
- * and the data link checks with ROLE that the server
- * is a primary: a replica (a failover under way, or a sentinel's stale
- * view) drops the link and the sentinels are asked again.  While ready, a
- * sentinel is asked again every SENTINEL_CHECK_MS on a connection of its
- * own; a new primary drops the links.  A primary that fails, or that the
- * sentinels demote (they end its clients' connections, and it answers
- * READONLY), drops them too; every reconnect starts with the sentinels.
+ * and the data link checks with ROLE that the server is a primary: a
+ * replica (a failover under way, or a sentinel's stale view) drops the link
+ * and the sentinels are asked again.  While ready, a sentinel is asked
+ * again every SENTINEL_CHECK_MS on a connection of its own; a new primary
+ * drops the links.  A primary that fails, or that the sentinels demote
+ * (they end its clients' connections, and it answers READONLY), drops them
+ * too; every reconnect starts with the sentinels.  The sentinels get their
+ * own credentials when pg2redis.redis_sentinel_password_file is set, else
+ * the data nodes'; a sentinel without a password refusing those is used as
+ * it is.
  *
  * In a cluster the slot map comes from CLUSTER SLOTS, asked of a node of the
  * last map or a seed of the URL, and is checked again every MAP_REFRESH_MS
@@ -167,8 +170,8 @@ map_equal(const ClusterMap *a, const ClusterMap *b)
  * map_check_start asks a primary for the slot map, on a connection of its
  * own, to notice replicas added or removed and slots moved without a
  * redirection having told (every MAP_REFRESH_MS while the links are ready);
- * behind Redis Sentinel, asks the next sentinel for the primary and its
- * replicas (every SENTINEL_CHECK_MS).
+ * behind Redis Sentinel, asks the next sentinel for the primary (every
+ * SENTINEL_CHECK_MS).
  */
 static void
 map_check_start(void)
