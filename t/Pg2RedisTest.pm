@@ -245,7 +245,11 @@ monitoring it as C<mymaster> with quorum 2, all C<start_redis> servers on
 127.0.0.1 (stopped by pid at the end like any other). C<down_after> (ms,
 default 1000) and C<failover_timeout> (ms, default 4000) bound how fast a
 failover goes. C<password> makes the primary and replicas require it (and
-the URL carry it), C<sentinel_password> the sentinels require another one. Waits (at most 30 s) until the replicas are in sync and every
+the URL carry it), C<sentinel_password> the sentinels require another one.
+C<< tls => { ca => $file, cert => $file, key => $file } >> gives every server
+a TLS port too (C<< $server->{tls_port} >>), used for replication, by the
+sentinels and in the URL (C<rediss-sentinel://>); plain ports stay open for
+the test's own checks. Waits (at most 30 s) until the replicas are in sync and every
 sentinel knows the replicas and the other sentinels. Returns a hash:
 C<primary>, C<replicas> (array), C<sentinels> (array), C<nodes> (primary and
 replicas), C<name> and C<url> (C<redis-sentinel://...>, database 0).
@@ -269,16 +273,29 @@ sub start_sentinel_set
 	my $name = 'mymaster';
 	my $pw = $opts{password};
 	my $spw = $opts{sentinel_password};
+	my $tls = $opts{tls};
+	my @tls_conf = $tls
+	  ? ('tls-cert-file', $tls->{cert}, 'tls-key-file', $tls->{key},
+		'tls-ca-cert-file', $tls->{ca}, 'tls-auth-clients', 'optional',
+		'tls-replication', 'yes')
+	  : ();
 	my @repl_args = ('--repl-diskless-sync', 'yes',
 		'--repl-diskless-sync-delay', '0',
 		(defined $pw ? ('--masterauth', $pw) : ()));
-	my $primary = start_redis(name => 'sprimary', requirepass => $pw,
-		extra_args => [@repl_args]);
+	# a TLS port per server (the plain one stays, for the test's own checks)
+	my $data_node = sub {
+		my ($name, @more) = @_;
+		my $tls_port = $tls ? PostgreSQL::Test::Cluster::get_free_port() : undef;
+		my $r = start_redis(name => $name, requirepass => $pw,
+			extra_args => [ @repl_args, ($tls ? ('--tls-port', $tls_port,
+				map { $_ =~ /^tls-/ ? "--$_" : $_ } @tls_conf) : ()), @more ]);
+		$r->{tls_port} = $tls_port;
+		return $r;
+	};
+	my $primary = $data_node->('sprimary');
+	my $pport = $tls ? $primary->{tls_port} : $primary->port;
 	my @replicas = map {
-		start_redis(
-			name        => "sreplica$_",
-			requirepass => $pw,
-			extra_args  => [ @repl_args, '--replicaof', '127.0.0.1', $primary->port ])
+		$data_node->("sreplica$_", '--replicaof', '127.0.0.1', $pport)
 	} 1 .. $nrep;
 	poll_until(
 		30,
@@ -296,8 +313,10 @@ sub start_sentinel_set
 	{
 		my $dir = PostgreSQL::Test::Utils::tempdir("sentinel$i");
 		my $conf = "$dir/sentinel.conf";
+		my $tls_port = $tls ? PostgreSQL::Test::Cluster::get_free_port() : undef;
 		PostgreSQL::Test::Utils::append_to_file($conf, join("\n",
-			"sentinel monitor $name 127.0.0.1 " . $primary->port . " 2",
+			($tls ? ("tls-port $tls_port", map { "$tls_conf[2*$_] $tls_conf[2*$_+1]" } 0 .. $#tls_conf / 2) : ()),
+			"sentinel monitor $name 127.0.0.1 $pport " . ($nsen < 2 ? 1 : 2),
 			"sentinel down-after-milliseconds $name $down",
 			"sentinel failover-timeout $name $ftimeout",
 			"sentinel parallel-syncs $name $nrep",
@@ -305,6 +324,7 @@ sub start_sentinel_set
 			(defined $spw ? ("sentinel sentinel-pass \"$spw\"") : ()), ''));
 		push @sentinels, start_redis(name => "sentinel$i", config => $conf,
 			requirepass => $spw, extra_args => ['--sentinel']);
+		$sentinels[-1]{tls_port} = $tls_port;
 	}
 	poll_until(
 		30,
@@ -324,9 +344,9 @@ sub start_sentinel_set
 		sentinels => \@sentinels,
 		nodes     => [ $primary, @replicas ],
 		name      => $name,
-		url       => 'redis-sentinel://'
+		url       => ($tls ? 'rediss-sentinel://' : 'redis-sentinel://')
 		  . (defined $pw ? ":$pw\@" : '')
-		  . join(',', map { '127.0.0.1:' . $_->port } @sentinels)
+		  . join(',', map { '127.0.0.1:' . ($tls ? $_->{tls_port} : $_->port) } @sentinels)
 		  . "/$name/0",
 	};
 }
@@ -339,7 +359,8 @@ sub sentinel_primary
 		next unless $s->pid;
 		my $addr = eval { $s->call('SENTINEL', 'GET-MASTER-ADDR-BY-NAME', $set->{name}) };
 		next unless ref $addr eq 'ARRAY';
-		my ($node) = grep { $_->port == $addr->[1] } @{ $set->{nodes} };
+		my ($node) = grep { $_->port == $addr->[1] || ($_->{tls_port} // 0) == $addr->[1] }
+		  @{ $set->{nodes} };
 		return $node;
 	}
 	return undef;
