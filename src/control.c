@@ -724,6 +724,7 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 				 errhint("%s", err.hint[0]
 								   ? err.hint
 								   : "Fix the pg2redis.redis_* settings.")));
+	redis_session_find_primary(&target);
 
 	initStringInfo(&cmd);
 	{
