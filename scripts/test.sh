@@ -17,6 +17,9 @@
 #   PG2REDIS_TESTS="a t/010_x.pl" run only these pg_regress suites (by name)
 #                                 and TAP files; no demo, no benchmark;
 #                                 pg_regress' results/ are kept in the tree
+#   PG2REDIS_TEST_JOBS=N          TAP files run N at a time (default 2: they
+#                                 mostly wait, on servers they start on free
+#                                 ports of their own)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -76,6 +79,9 @@ cd "$ROOT"
 N_SQL=$(find sql -maxdepth 1 -name '*.sql' 2>/dev/null | wc -l)
 N_TAP=$(find t -maxdepth 1 -name '*.pl' 2>/dev/null | wc -l)
 SEL_SQL=() SEL_TAP=()
+SLOW_TAP="t/156_load_redis_stalled.pl t/186_load_rewrite_counter.pl t/060_snapshot.pl
+	t/134_poison.pl t/149_load_poison_row.pl t/165_random_paths.pl t/110_cluster.pl
+	t/160_worker_memory.pl t/040_big_txn.pl t/170_soak.pl t/148_url_fuzz.pl"
 for t in ${PG2REDIS_TESTS:-}; do
 	case $t in
 	t/*.pl) [[ -f $t ]] || die "no TAP file $t"; SEL_TAP+=("$t") ;;
@@ -143,7 +149,14 @@ if [[ $N_SQL -gt 0 ]]; then
 	count_regress "$WORK/regress.log" "$rc_regress"
 fi
 if [[ $N_TAP -gt 0 ]]; then
-	run_check "$WORK/tap.log" REGRESS= PROVE_FLAGS=--timer ${SEL_TAP:+"PROVE_TESTS=${SEL_TAP[*]}"} || rc_tap=$?
+	# the longest files first, so that the last ones to finish are short
+	if [[ ${#SEL_TAP[@]} -eq 0 ]]; then
+		for t in $SLOW_TAP t/*.pl; do
+			[[ -f $t && " ${SEL_TAP[*]} " != *" $t "* ]] && SEL_TAP+=("$t")
+		done
+	fi
+	run_check "$WORK/tap.log" REGRESS= PROVE_FLAGS="--timer -j${PG2REDIS_TEST_JOBS:-2}" \
+		"PROVE_TESTS=${SEL_TAP[*]}" || rc_tap=$?
 	count_tap "$WORK/tap.log" "$rc_tap"
 	for t in $TAP_BAD; do show_logs "$TESTDIR"/tmp_check/log/*"$(basename "$t" .pl)"*; done
 	if [[ $rc_tap -ne 0 && -z $TAP_BAD ]]; then show_logs "$TESTDIR"/tmp_check/log/*; fi

@@ -108,6 +108,24 @@ SELECT pg_reload_conf();
 SELECT pg_sleep(0.3);
 SHOW pg2redis.redis_url;
 SELECT pg2redis_redis('PING');
+-- Sentinel URLs: the password masked the same way, before the sentinels;
+-- the backend asks the sentinels (nothing listens: an error without it).
+ALTER SYSTEM SET pg2redis.redis_url = 'redis-sentinel://app:S3cretPW@127.0.0.1:1,127.0.0.1:2/mymaster/2';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.3);
+SHOW pg2redis.redis_url;
+SELECT redis_url FROM pg2redis_status();
+SELECT pg2redis_redis('PING');
+ALTER SYSTEM SET pg2redis.redis_url = 'rediss-sentinel://:S3cretPW#127.0.0.1:1/mymaster';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.3);
+SHOW pg2redis.redis_url;
+SELECT pg2redis_redis('PING');
+ALTER SYSTEM SET pg2redis.redis_url = 'redis-sentinel://:S3cretPW@127.0.0.1:1';
+SELECT pg_reload_conf();
+SELECT pg_sleep(0.3);
+SHOW pg2redis.redis_url;
+SELECT pg2redis_redis('PING');
 -- a URL without a password is shown as it is
 ALTER SYSTEM SET pg2redis.redis_url = 'redis://127.0.0.1:1/0';
 SELECT pg_reload_conf();

@@ -11,6 +11,7 @@
 #include "access/htup_details.h"
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
+#include "access/xlogrecovery.h"
 #include "access/table.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -85,7 +86,10 @@ pg2redis_status(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	server_lsn = pg2r_wal_record_start(GetXLogInsertRecPtr());
+	/* a standby inserts no WAL: its position is what it replayed */
+	server_lsn = RecoveryInProgress()
+					 ? GetXLogReplayRecPtr(NULL)
+					 : pg2r_wal_record_start(GetXLogInsertRecPtr());
 
 	SpinLockAcquire(&pg2r_shared->mutex);
 	memcpy(&s, pg2r_shared, sizeof(s));
@@ -720,6 +724,7 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 				 errhint("%s", err.hint[0]
 								   ? err.hint
 								   : "Fix the pg2redis.redis_* settings.")));
+	redis_session_find_primary(&target);
 
 	initStringInfo(&cmd);
 	{

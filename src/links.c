@@ -15,6 +15,19 @@
  * ready, src/sender.c decides what of the block in flight Redis has
  * (pg2r_topo_ready).
  *
+ * Behind Redis Sentinel (redis-sentinel:// URLs) the map link asks a
+ * sentinel (each in turn, one more each attempt) for the primary's address,
+ * and the data link checks with ROLE that the server is a primary: a
+ * replica (a failover under way, or a sentinel's stale view) drops the link
+ * and the sentinels are asked again.  While ready, a sentinel is asked
+ * again every SENTINEL_CHECK_MS on a connection of its own; a new primary
+ * drops the links.  A primary that fails, or that the sentinels demote
+ * (they end its clients' connections, and it answers READONLY), drops them
+ * too; every reconnect starts with the sentinels.  The sentinels get their
+ * own credentials when pg2redis.redis_sentinel_password_file is set, else
+ * the data nodes'; a sentinel without a password refusing those is used as
+ * it is.
+ *
  * In a cluster the slot map comes from CLUSTER SLOTS, asked of a node of the
  * last map or a seed of the URL, and is checked again every MAP_REFRESH_MS
  * on a connection of its own.  Any failure, and any redirection (MOVED,
@@ -48,7 +61,8 @@
 #include "pg2redis/state.h"
 #include "pg2redis/worker.h"
 
-#define MAP_REFRESH_MS 5000 /* how often a cluster's slot map is checked */
+#define MAP_REFRESH_MS 5000	   /* how often a cluster's slot map is checked */
+#define SENTINEL_CHECK_MS 1000 /* how often the sentinels are asked again */
 
 /* the next pg2r_topo_fail is a redirection */
 static bool redirect_next = false;
@@ -69,6 +83,8 @@ static void		   forget_other_clients(const ClusterMap *map);
 static void		   topo_forget_map(void);
 static void		   topo_use_map(ClusterMap *map);
 static void		   link_ready(Link *l);
+static bool		   handle_sentinel_reply(Link *l, redisReply *r);
+static bool		   handle_role_reply(Link *l, redisReply *r);
 static bool handle_sync_reply(int li, Link *l, redisReply *r, int which);
 static bool handle_handshake_reply(int li, Link *l, redisReply *r);
 static bool link_write(Link *l);
@@ -153,15 +169,25 @@ map_equal(const ClusterMap *a, const ClusterMap *b)
 /*
  * map_check_start asks a primary for the slot map, on a connection of its
  * own, to notice replicas added or removed and slots moved without a
- * redirection having told (every MAP_REFRESH_MS while the links are ready).
+ * redirection having told (every MAP_REFRESH_MS while the links are ready);
+ * behind Redis Sentinel, asks the next sentinel for the primary (every
+ * SENTINEL_CHECK_MS).
  */
 static void
 map_check_start(void)
 {
 	static int next = 0;
-	int		   i = next++ % topo.map->nnodes;
+	int		   i;
 
 	topo.maplink.is_map = true;
+	if (topo.sentinel)
+	{
+		i = next++ % topo.target.nseeds;
+		(void) link_start(&topo.maplink, topo.target.seed_hosts[i],
+						  topo.target.seed_ports[i]);
+		return;
+	}
+	i = next++ % topo.map->nnodes;
 	(void) link_start(&topo.maplink, topo.map->nodes[i].host,
 					  topo.map->nodes[i].port);
 }
@@ -228,7 +254,10 @@ pg2r_topo_fail(Link *l, const char *fmt, ...)
 	if (redirect ? topo.redirects % 100 == 1
 				 : topo.attempts == 1 || topo.attempts % 20 == 0)
 		ereport(LOG,
-				(redirect
+				(redirect && topo.sentinel
+					 ? errmsg("pg2redis: the Redis primary behind the sentinels at %s is failing over: %s",
+							  topo.target.display, full)
+				 : redirect
 					 ? errmsg("pg2redis: the Redis Cluster at %s is moving slots or failing over: %s",
 							  topo.target.display, full)
 					 : errmsg("pg2redis: Redis at %s is unavailable: %s",
@@ -247,8 +276,12 @@ pg2r_note_redirect(const char *err)
 	static const char *const codes[] = {"MOVED", "ASK", "TRYAGAIN",
 										"CLUSTERDOWN"};
 
+	static const char *const readonly[] = {"READONLY"};
+
+	/* behind Sentinel, a primary demoted by a failover answers READONLY */
 	redirect_next =
-		topo.cluster && pg2r_error_code_in(err, codes, lengthof(codes));
+		(topo.cluster && pg2r_error_code_in(err, codes, lengthof(codes))) ||
+		(topo.sentinel && pg2r_error_code_in(err, readonly, 1));
 }
 
 /*
@@ -422,7 +455,10 @@ link_start(Link *l, const char *host, int port)
 
 
 	redis_conn_init(&l->conn);
-	l->target = topo.target;
+	if (l->is_map && topo.sentinel)
+		redis_sentinel_target(&topo.target, 0, &l->target); /* creds, db 0 */
+	else
+		l->target = topo.target;
 	if (!topo.target.unix_socket)
 	{
 		l->target.host = pstrdup(host);
@@ -439,7 +475,13 @@ link_start(Link *l, const char *host, int port)
 	l->hs_setup = redis_append_handshake(&l->hs, &l->target);
 	l->hs_extra = 0;
 
-	if (l->is_map)
+	l->hs_role = -1;
+	if (l->is_map && topo.sentinel)
+	{
+		redis_append_cstrings(&l->hs, 3, "SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+							  topo.target.master_name);
+	}
+	else if (l->is_map)
 		redis_append_cstrings(&l->hs, 2, "CLUSTER", "SLOTS");
 	else
 	{
@@ -477,6 +519,13 @@ link_start(Link *l, const char *host, int port)
 		l->hs_list = l->hs_info + 1;
 		l->hs_extra += 3;
 		l->my_id = NULL;
+		if (!topo.cluster)
+		{
+			/* a replica must not be taken for the primary (a failover) */
+			redis_append_cstrings(&l->hs, 1, "ROLE");
+			l->hs_role = l->hs_list + 1;
+			l->hs_extra++;
+		}
 	}
 	MemoryContextSwitchTo(old);
 	if (!redis_connect_start(&l->conn, &l->target))
@@ -510,6 +559,16 @@ topo_connect(void)
 		pg2r_link_reset(&topo.links[li]);
 	pg2r_link_reset(&topo.maplink);
 	topo.nlinks = 0;
+	if (topo.sentinel)
+	{
+		/* ask a sentinel for the primary, one more each attempt */
+		i = (topo.attempts + topo.redirect_streak) % topo.target.nseeds;
+		topo.maplink.is_map = true;
+		topo.state = TOPO_MAP;
+		(void) link_start(&topo.maplink, topo.target.seed_hosts[i],
+						  topo.target.seed_ports[i]);
+		return;
+	}
 	if (!topo.cluster)
 	{
 		Link *l = &topo.links[0];
@@ -618,6 +677,101 @@ topo_use_map(ClusterMap *map)
 			return;
 }
 
+/*
+ * handle_sentinel_reply consumes a sentinel's reply on the map link: the
+ * primary's address.  Connecting, the data link then starts to that
+ * primary; while ready (a periodic check), a different primary drops the
+ * links.  Returns false when the map link is closed (or the links dropped).
+ */
+static bool
+handle_sentinel_reply(Link *l, redisReply *r)
+{
+	char name[NI_MAXHOST + 16];
+	int	 port;
+
+	if (r->type == REDIS_REPLY_ERROR)
+	{
+		pg2r_topo_fail(l,
+					   "the sentinel at %s refused to name the primary \"%s\": %s",
+					   l->name, topo.target.master_name, r->str);
+		return false;
+	}
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+		r->element[0]->type != REDIS_REPLY_STRING ||
+		r->element[1]->type != REDIS_REPLY_STRING ||
+		(port = atoi(r->element[1]->str)) <= 0 || port > 65535)
+	{
+		pg2r_topo_fail(l, "the sentinel at %s knows no primary named \"%s\"",
+					   l->name, topo.target.master_name);
+		return false;
+	}
+	if (topo.state == TOPO_READY)
+	{
+		bool same = topo.primary_host &&
+					strcmp(r->element[0]->str, topo.primary_host) == 0 &&
+					port == topo.primary_port;
+
+		snprintf(name, sizeof(name), "%s:%d", r->element[0]->str, port);
+		map_check_done();
+		if (!same)
+		{
+			redirect_next = true;
+			pg2r_topo_fail(NULL,
+						   "the sentinels name a new primary for \"%s\": %s",
+						   topo.target.master_name, name);
+		}
+		return false; /* the map link is closed */
+	}
+	if (topo.primary_host)
+		pfree(topo.primary_host);
+	topo.primary_host = MemoryContextStrdup(SenderCxt, r->element[0]->str);
+	topo.primary_port = port;
+	map_check_done();
+
+	{
+		Link		 *data = &topo.links[0];
+		MemoryContext old = MemoryContextSwitchTo(TopoCxt);
+
+		topo.nlinks = 1;
+		data->hs_nslots = 1;
+		data->hs_slots = palloc0(sizeof(int));
+		MemoryContextSwitchTo(old);
+		topo.state = TOPO_LINKS;
+		(void) link_start(data, topo.primary_host, topo.primary_port);
+	}
+	return false; /* the map link is closed */
+}
+
+/*
+ * handle_role_reply checks ROLE on a standalone server's data link: a
+ * replica is refused (behind Sentinel, the sentinels are asked again).
+ * Returns false when the links were dropped.
+ */
+static bool
+handle_role_reply(Link *l, redisReply *r)
+{
+	if (r->type == REDIS_REPLY_ERROR)
+	{
+		if (!topo.sentinel)
+			return true; /* not granted: writes to a replica fail anyway */
+		pg2r_topo_fail(l,
+					   "could not check that Redis at %s is the primary: %s (grant the Redis user +role)",
+					   l->name, r->str);
+		return false;
+	}
+	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+		r->element[0]->type == REDIS_REPLY_STRING &&
+		strcmp(r->element[0]->str, "master") != 0)
+	{
+		redirect_next = topo.sentinel;
+		pg2r_topo_fail(l, "Redis at %s is a %s, not a primary%s", l->name,
+					   r->element[0]->str,
+					   topo.sentinel ? "; asking the sentinels again" : "");
+		return false;
+	}
+	return true;
+}
+
 /* link_ready marks a link ready, and the topology once all links are. */
 static void
 link_ready(Link *l)
@@ -652,7 +806,7 @@ handle_sync_reply(int li, Link *l, redisReply *r, int which)
 		r->integer < pg2r_link_wait_replicas(l))
 	{
 		pg2r_topo_fail(l,
-					   "Redis replicated the stream's positions to %lld of the %d replicas asked for within %d ms (pg2redis.redis_cluster_wait_replicas)",
+					   "Redis replicated the stream's positions to %lld of the %d replicas asked for within %d ms (pg2redis.redis_wait_replicas)",
 					   r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
 					   pg2r_link_wait_replicas(l),
 					   Max(pg2r_redis_timeout_ms / 2, 1));
@@ -674,7 +828,11 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 
 	if (idx < l->hs_setup)
 	{
-		if (r->type == REDIS_REPLY_ERROR)
+		/* a sentinel without a password may get the data nodes' AUTH */
+		if (r->type == REDIS_REPLY_ERROR &&
+			!(l->is_map && topo.sentinel &&
+			  topo.target.sentinel_password == NULL &&
+			  redis_sentinel_auth_absent(r->str)))
 		{
 			pg2r_topo_fail(l, "Redis refused the connection setup: %s",
 						   r->str);
@@ -682,6 +840,8 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 		}
 		return true;
 	}
+	if (l->is_map && topo.sentinel)
+		return handle_sentinel_reply(l, r);
 	if (l->is_map)
 	{
 		char		  err[256];
@@ -731,6 +891,8 @@ handle_handshake_reply(int li, Link *l, redisReply *r)
 			remember_client(l, r);
 		else if (idx == l->hs_list)
 			link_named_kills(l, r);
+		else if (idx == l->hs_role)
+			return handle_role_reply(l, r);
 		return true;
 	}
 	if (idx >= l->hs_setup + l->hs_extra + l->hs_nslots)
@@ -1081,8 +1243,14 @@ sender_reconfigure(void)
 		topo.nfences = nfences;
 	}
 	topo.cluster = target.cluster;
+	topo.sentinel = target.sentinel;
+	if (topo.primary_host)
+		pfree(topo.primary_host);
+	topo.primary_host = NULL;
 	/* another server: nothing is known about its positions or its map */
 	topo.fence_known = false;
+	topo.confirmed.lsn = InvalidXLogRecPtr;
+	topo.confirmed.seq = FENCE_DONE;
 	topo_forget_map();
 	MemoryContextSwitchTo(old);
 	topo.state = TOPO_DOWN;
@@ -1167,9 +1335,11 @@ sender_service(long timeout_ms)
 			Min(timeout_ms,
 				Max(TimestampDifferenceMilliseconds(now, topo.next_attempt),
 					0));
-	if (topo.state == TOPO_READY && topo.cluster &&
+	if (topo.state == TOPO_READY && (topo.cluster || topo.sentinel) &&
 		topo.maplink.state == LINK_DOWN &&
-		TimestampDifferenceExceeds(topo.map_read_at, now, MAP_REFRESH_MS))
+		TimestampDifferenceExceeds(topo.map_read_at, now,
+								   topo.sentinel ? SENTINEL_CHECK_MS
+												 : MAP_REFRESH_MS))
 		map_check_start();
 	if (topo.state == TOPO_MAP)
 		all[nall++] = &topo.maplink;

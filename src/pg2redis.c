@@ -25,6 +25,7 @@
 #include "utils/memutils.h"
 
 #include "pg2redis/compat.h"
+#include "pg2redis/failover.h"
 #include "pg2redis/pg2redis.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/settings.h"
@@ -46,6 +47,9 @@ int	  pg2r_batch_size = 1000;
 int	  pg2r_flush_interval_ms = 10;
 int	  pg2r_redis_timeout_ms = 5000;
 int	  pg2r_redis_cluster_wait_replicas = 1;
+int	  pg2r_redis_wait_replicas = -1;
+char *pg2r_redis_sentinel_user = NULL;
+char *pg2r_redis_sentinel_password_file = NULL;
 int	  pg2r_retry_initial_ms = 100;
 int	  pg2r_retry_max_ms = 10000;
 int	  pg2r_on_command_error = PG2R_ON_ERROR_DEAD_LETTER;
@@ -184,7 +188,7 @@ define_settings(void)
 	 */
 	DefineCustomStringVariable("pg2redis.redis_url",
 							   "Redis server pg2redis writes to.",
-							   "redis://[[user]:password@]host[:port][/db] or unix:///path/redis.sock[?db=N].",
+							   "redis://[[user]:password@]host[:port][/db], redis-cluster://host[:port][,host...], redis-sentinel://[[user]:password@]host[:port][,host...]/name[/db] or unix:///path/redis.sock[?db=N].",
 							   &pg2r_redis_url, "redis://127.0.0.1:6379/0",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL, NULL,
@@ -232,11 +236,27 @@ define_settings(void)
 							"An idle stream flushes at once.",
 							&pg2r_flush_interval_ms, 10, 0, 60000, PGC_SIGHUP,
 							GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.redis_wait_replicas",
+							"Replicas of the Redis primary that must have the stream's writes before they count as applied.",
+							"The stream confirms its replication slot past a change only once WAIT says this many replicas have it (in a cluster, or all the slot map lists, when fewer), so that a replica taking over a failed primary lacks nothing the slot no longer holds. 0 never waits; -1 (the default) is pg2redis.redis_cluster_wait_replicas on a Redis Cluster and 0 otherwise.",
+							&pg2r_redis_wait_replicas, -1, -1, 16, PGC_SIGHUP,
+							0, NULL, NULL, NULL);
 	DefineCustomIntVariable("pg2redis.redis_cluster_wait_replicas",
-							"Replicas of a Redis Cluster primary that must have the stream's writes before they count as applied.",
-							"The stream confirms its replication slot past a change only once WAIT says this many replicas (or all the slot map lists, when fewer) have it, so that a replica taking over a failed primary lacks nothing the slot no longer holds. 0 never waits.",
+							"Deprecated: pg2redis.redis_wait_replicas for a Redis Cluster, when that is -1.",
+							"Kept for configurations written before pg2redis.redis_wait_replicas, which replaces it for every topology.",
 							&pg2r_redis_cluster_wait_replicas, 1, 0, 16,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomStringVariable("pg2redis.redis_sentinel_user",
+							   "ACL user pg2redis authenticates as to the sentinels of a redis-sentinel:// URL.",
+							   "Used with pg2redis.redis_sentinel_password_file; without that file the sentinels get the credentials of the URL.",
+							   &pg2r_redis_sentinel_user, "", PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
+	DefineCustomStringVariable("pg2redis.redis_sentinel_password_file",
+							   "File whose first line is the password of the sentinels of a redis-sentinel:// URL.",
+							   "Empty: the sentinels get the credentials of the URL (and a sentinel without a password accepts the connection as it is).",
+							   &pg2r_redis_sentinel_password_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY, NULL, NULL,
+							   NULL);
 	DefineCustomIntVariable("pg2redis.redis_timeout",
 							"Deadline for connecting to Redis and for each reply.",
 							NULL, &pg2r_redis_timeout_ms, 5000, 100, 3600000,
@@ -312,6 +332,7 @@ define_settings(void)
 							"The load holds no table lock while it waits, but holds its snapshot and its new slot: past this, it gives up, leaves the tables Redis does not have yet to snapshots on demand (or, for a table without a primary key, starts over later). 0 means wait forever.",
 							&pg2r_load_stall_timeout_ms, 60000, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	failover_define_settings();
 
 	MarkGUCPrefixReserved("pg2redis");
 }
@@ -342,7 +363,8 @@ register_worker(void)
 
 	worker.bgw_flags =
 		BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	/* on a hot standby too: it reports state standby until promoted */
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = 5;
 	strlcpy(worker.bgw_library_name, "pg2redis", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "pg2redis_worker_main", BGW_MAXLEN);
@@ -394,11 +416,17 @@ pg2r_redis_target(RedisTarget *target, RedisSetupError *err)
 		snprintf(err->message, sizeof(err->message),
 				 "invalid pg2redis.redis_url: %s", msg);
 		strlcpy(err->hint,
-				"The form is redis://[[user]:password@]host[:port][/db]; percent-encode an @, : or / in the user or password.",
+				strstr(pg2r_redis_url, "-sentinel://")
+					? "The form is redis-sentinel://[[user]:password@]host[:port][,host[:port]...]/name[/db]; percent-encode an @, : or / in the user, the password or the name."
+					: "The form is redis://[[user]:password@]host[:port][/db]; percent-encode an @, : or / in the user or password.",
 				sizeof(err->hint));
 		return false;
 	}
 	if (!redis_apply_password_file(target, pg2r_redis_password_file, err))
+		return false;
+	if (!redis_apply_sentinel_password_file(target, pg2r_redis_sentinel_user,
+											pg2r_redis_sentinel_password_file,
+											err))
 		return false;
 	target->tls_ca_file = pg2r_redis_tls_ca_file;
 	target->tls_cert_file = pg2r_redis_tls_cert_file;
@@ -408,20 +436,18 @@ pg2r_redis_target(RedisTarget *target, RedisSetupError *err)
 }
 
 /*
- * pg2r_redis_settings_signature returns a string that changes whenever a
- * setting of the Redis connection does (so that a reload reconnects),
- * including the password file's modification time, size, mode and a hash
- * of its first line (so that a password changed in the file, or a file
- * created or fixed, is used: the worker compares the signature at every
- * connection attempt).  The string holds no secret.
+ * file_signature writes into file a string that changes whenever secret
+ * file path does: its modification time, size, mode and a hash of its
+ * first line ("" when path is unset or absent).  It holds no secret.
  */
-char *
-pg2r_redis_settings_signature(void)
+static void
+file_signature(const char *path, char *file, size_t size)
 {
 	struct stat st;
-	char		file[128] = "";
 	int			fd = -1;
 	bool		found = false;
+
+	file[0] = '\0';
 
 	/*
 	 * Opened without blocking and checked on the open file: a FIFO (or a
@@ -429,13 +455,13 @@ pg2r_redis_settings_signature(void)
 	 * something writes to it, deaf to SIGTERM and shutdown.  Only a regular
 	 * file is read, and only its first line (at most 1 kB of it).
 	 */
-	if (pg2r_redis_password_file && pg2r_redis_password_file[0])
+	if (path && path[0])
 	{
-		fd = open(pg2r_redis_password_file, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+		fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 		if (fd >= 0)
 			found = fstat(fd, &st) == 0;
 		else
-			found = stat(pg2r_redis_password_file, &st) == 0;
+			found = stat(path, &st) == 0;
 	}
 	if (found)
 	{
@@ -456,17 +482,36 @@ pg2r_redis_settings_signature(void)
 			}
 			explicit_bzero(line, sizeof(line));
 		}
-		snprintf(file, sizeof(file), "%lld.%ld %lld %o %s%08x",
+		snprintf(file, size, "%lld.%ld %lld %o %s%08x",
 				 (long long) st.st_mtim.tv_sec, (long) st.st_mtim.tv_nsec,
 				 (long long) st.st_size, (unsigned int) st.st_mode,
 				 fd >= 0 ? "" : "unreadable ", hash);
 	}
 	if (fd >= 0)
 		close(fd);
-	return psprintf("%s\n%s\n%s\n%s\n%s\n%s\n%d", pg2r_redis_url,
+}
+
+/*
+ * pg2r_redis_settings_signature returns a string that changes whenever a
+ * setting of the Redis connection does (so that a reload reconnects),
+ * including the password files' signatures (file_signature: a password
+ * changed in a file, or a file created or fixed, is used, since the worker
+ * compares the signature at every connection attempt).  The string holds
+ * no secret.
+ */
+char *
+pg2r_redis_settings_signature(void)
+{
+	char file[128];
+	char sfile[128];
+
+	file_signature(pg2r_redis_password_file, file, sizeof(file));
+	file_signature(pg2r_redis_sentinel_password_file, sfile, sizeof(sfile));
+	return psprintf("%s\n%s\n%s\n%s\n%s\n%s\n%d\n%s\n%s\n%s", pg2r_redis_url,
 					pg2r_redis_password_file, file, pg2r_redis_tls_ca_file,
 					pg2r_redis_tls_cert_file, pg2r_redis_tls_key_file,
-					pg2r_redis_tls_verify);
+					pg2r_redis_tls_verify, pg2r_redis_sentinel_user,
+					pg2r_redis_sentinel_password_file, sfile);
 }
 
 /* pg2r_op_name returns the name of op as stored in pg2redis.rules.op. */
@@ -505,6 +550,7 @@ pg2r_wait_event(Pg2rWait wait)
 		[PG2R_WAIT_REDIS] = "Pg2RedisRedis",
 		[PG2R_WAIT_SESSION_REDIS] = "Pg2RedisSessionRedis",
 		[PG2R_WAIT_APPLIED] = "Pg2RedisApplied",
+		[PG2R_WAIT_STANDBY] = "Pg2RedisStandby",
 	};
 	static uint32 events[PG2R_NUM_WAITS];
 

@@ -185,10 +185,13 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 		const char *scheme;
 		bool		tls;
 		bool		cluster;
-	} schemes[] = {{"redis://", false, false},
-				   {"rediss://", true, false},
-				   {"redis-cluster://", false, true},
-				   {"rediss-cluster://", true, true}};
+		bool		sentinel;
+	} schemes[] = {{"redis://", false, false, false},
+				   {"rediss://", true, false, false},
+				   {"redis-cluster://", false, true, false},
+				   {"rediss-cluster://", true, true, false},
+				   {"redis-sentinel://", false, false, true},
+				   {"rediss-sentinel://", true, false, true}};
 	char *copy = pstrdup(url);
 	char *rest = NULL;
 	char *at;
@@ -240,12 +243,13 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 			rest = copy + strlen(schemes[i].scheme);
 			target->tls = schemes[i].tls;
 			target->cluster = schemes[i].cluster;
+			target->sentinel = schemes[i].sentinel;
 			break;
 		}
 	if (rest == NULL)
 	{
 		*errmsg =
-			pstrdup("a Redis URL starts with redis://, rediss:// (TLS), redis-cluster://, rediss-cluster:// or unix://");
+			pstrdup("a Redis URL starts with redis://, rediss:// (TLS), redis-cluster://, rediss-cluster://, redis-sentinel://, rediss-sentinel:// or unix://");
 		return false;
 	}
 
@@ -278,6 +282,26 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 
 	/* the database number follows the host, after the userinfo */
 	slash = strchr(hostport, '/');
+	if (target->sentinel)
+	{
+		/* redis-sentinel://sentinels/<master-name>[/db] */
+		char *name = slash ? slash + 1 : NULL;
+		char *dbpart;
+
+		if (name == NULL || name[0] == '\0' || name[0] == '/')
+		{
+			*errmsg =
+				pstrdup("a redis-sentinel:// URL names the primary after the sentinels, as in redis-sentinel://host:26379/mymaster");
+			return false;
+		}
+		*slash = '\0';
+		dbpart = strchr(name, '/');
+		if (dbpart)
+			*dbpart = '\0';
+		url_decode(name);
+		target->master_name = name;
+		slash = dbpart; /* the database number, if any, as below */
+	}
 	if (slash)
 	{
 		*slash = '\0';
@@ -297,10 +321,10 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 	for (char *p = hostport; *p; p++)
 		if (*p == ',')
 			nseeds++;
-	if (nseeds > 1 && !target->cluster)
+	if (nseeds > 1 && !target->cluster && !target->sentinel)
 	{
 		*errmsg =
-			pstrdup("a Redis URL with several hosts must start with redis-cluster:// or rediss-cluster://");
+			pstrdup("a Redis URL with several hosts must start with redis-cluster://, redis-sentinel:// or their TLS forms");
 		return false;
 	}
 	target->nseeds = nseeds;
@@ -313,7 +337,7 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 
 		if (comma)
 			*comma = '\0';
-		target->seed_ports[i] = 6379;
+		target->seed_ports[i] = target->sentinel ? 26379 : 6379;
 		if (!parse_hostport(seed, &target->seed_hosts[i],
 							&target->seed_ports[i], errmsg))
 			return false;
@@ -327,8 +351,10 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 /*
  * redis_parse_url parses redis://[[user]:password@]host[:port][/db],
  * rediss:// (TLS), redis-cluster://[[user]:password@]host[:port][,host...]
- * (the hosts are seeds of a Redis Cluster), rediss-cluster:// or
- * unix:///path[?db=N] into *target (palloc'd in the current context).
+ * (the hosts are seeds of a Redis Cluster), rediss-cluster://,
+ * redis-sentinel://[[user]:password@]host[:port][,host...]/name[/db] (the
+ * hosts are sentinels, 26379 by default, that name the primary called
+ * name), rediss-sentinel:// or unix:///path[?db=N] into *target (palloc'd in the current context).
  * Returns false with a message in *errmsg for a malformed URL; the message
  * never contains any part of the URL.
  */
@@ -495,6 +521,60 @@ redis_check_tls_key(const RedisTarget *target, RedisSetupError *err)
 }
 
 /*
+ * read_secret_line reads the first line of secret file path (what names it
+ * in messages) into line, without its end of line.  The file must not be
+ * readable by others (check_secret_file), nor empty.  Returns false with
+ * err set (never containing the secret).
+ */
+static bool
+read_secret_line(const char *path, const char *what, char *line, size_t size,
+				 RedisSetupError *err)
+{
+	FILE	   *f;
+	size_t		len;
+	int			fd;
+	struct stat st;
+
+	if (!check_secret_file(path, what, err))
+		return false;
+	/*
+	 * Not blocking, and checked again on the open file: a path replaced by
+	 * a FIFO since check_secret_file would hold the process in open().
+	 */
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
+						   "could not open %s \"%s\": %s", what, path,
+						   strerror(errno));
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+	{
+		close(fd);
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
+						   "%s \"%s\" is not a regular file", what, path);
+	}
+	f = fdopen(fd, "r");
+	if (f == NULL)
+	{
+		int save = errno;
+
+		close(fd);
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
+						   "could not open %s \"%s\": %s", what, path,
+						   strerror(save));
+	}
+	if (fgets(line, size, f) == NULL)
+		line[0] = '\0';
+	fclose(f);
+	len = strcspn(line, "\r\n");
+	line[len] = '\0';
+	if (len == 0)
+		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR,
+						   "Write the password on the first line of the file.",
+						   "%s \"%s\" is empty", what, path);
+	return true;
+}
+
+/*
  * redis_apply_password_file sets target's password from the first line of
  * path (when path is set), so that the secret need not sit in the URL and
  * in postgresql.conf; "redis://name@host" then names the ACL user.  The file
@@ -505,57 +585,74 @@ bool
 redis_apply_password_file(RedisTarget *target, const char *path,
 						  RedisSetupError *err)
 {
-	FILE	   *f;
-	char		line[1024];
-	size_t		len;
-	int			fd;
-	struct stat st;
+	char line[1024];
 
 	if (path == NULL || path[0] == '\0')
 		return true;
-	if (!check_secret_file(path, "Redis password file", err))
+	if (!read_secret_line(path, "Redis password file", line, sizeof(line),
+						  err))
 		return false;
-	/*
-	 * Not blocking, and checked again on the open file: a path replaced by
-	 * a FIFO since check_secret_file would hold the process in open().
-	 */
-	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0)
-		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
-						   "could not open Redis password file \"%s\": %s",
-						   path, strerror(errno));
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
-	{
-		close(fd);
-		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
-						   "Redis password file \"%s\" is not a regular file",
-						   path);
-	}
-	f = fdopen(fd, "r");
-	if (f == NULL)
-	{
-		int save = errno;
-
-		close(fd);
-		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR, NULL,
-						   "could not open Redis password file \"%s\": %s",
-						   path, strerror(save));
-	}
-	if (fgets(line, sizeof(line), f) == NULL)
-		line[0] = '\0';
-	fclose(f);
-	len = strcspn(line, "\r\n");
-	line[len] = '\0';
-	if (len == 0)
-		return setup_error(err, ERRCODE_CONFIG_FILE_ERROR,
-						   "Write the password on the first line of the file.",
-						   "Redis password file \"%s\" is empty", path);
 	if (target->password && target->user == NULL &&
 		!target->password_from_colon)
 		target->user = target->password;
 	target->password = pstrdup(line);
 	explicit_bzero(line, sizeof(line));
 	return true;
+}
+
+/*
+ * redis_apply_sentinel_password_file gives a redis-sentinel:// target's
+ * sentinels credentials of their own: the first line of path (when set) is
+ * their password, user (when set) their ACL user.  Without it the
+ * sentinels get the data nodes' credentials.  Returns false with err set
+ * (never containing the secret).
+ */
+bool
+redis_apply_sentinel_password_file(RedisTarget *target, const char *user,
+								   const char *path, RedisSetupError *err)
+{
+	char line[1024];
+
+	if (!target->sentinel || path == NULL || path[0] == '\0')
+		return true;
+	if (!read_secret_line(path, "Redis Sentinel password file", line,
+						  sizeof(line), err))
+		return false;
+	target->sentinel_user = user && user[0] ? pstrdup(user) : NULL;
+	target->sentinel_password = pstrdup(line);
+	explicit_bzero(line, sizeof(line));
+	return true;
+}
+
+/*
+ * redis_sentinel_target fills *sentinel with the i-th sentinel of a
+ * redis-sentinel:// target: its host and port, the sentinels' credentials,
+ * database 0 (a sentinel has no SELECT).
+ */
+void
+redis_sentinel_target(const RedisTarget *target, int i, RedisTarget *sentinel)
+{
+	*sentinel = *target;
+	sentinel->host = target->seed_hosts[i % target->nseeds];
+	sentinel->port = target->seed_ports[i % target->nseeds];
+	sentinel->db = 0;
+	if (target->sentinel_password)
+	{
+		sentinel->user = target->sentinel_user;
+		sentinel->password = target->sentinel_password;
+	}
+}
+
+/*
+ * redis_sentinel_auth_absent tells whether err, a sentinel's reply to AUTH
+ * with the data nodes' credentials, only says that the sentinel has no
+ * password: the connection is then usable as it is.
+ */
+bool
+redis_sentinel_auth_absent(const char *err)
+{
+	return strstr(err, "without any password configured") != NULL ||
+		   strstr(err, "no password is set") != NULL;
 }
 
 /*

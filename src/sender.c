@@ -60,8 +60,10 @@
  * promoted replica holds a fence consistent with its data.  To be able to
  * resend what it lacks, a block counts as applied (and the replication slot
  * is confirmed past it) only once WAIT reports the groups replicated to
- * pg2redis.redis_cluster_wait_replicas replicas of their primary (or to as
- * many as the map lists, when fewer).
+ * pg2redis.redis_wait_replicas replicas of their primary (in a cluster, or
+ * to as many as the map lists, when fewer: pg2r_link_wait_replicas).  A position read
+ * back behind the last block acknowledged means Redis lost what it had
+ * acknowledged: a WARNING names the range (pg2r_topo_ready).
  *
  * Commands Redis rejects are kept, with where they came from, for the
  * worker to record in pg2redis.dead_letters between decoding batches (or,
@@ -332,6 +334,7 @@ sender_init(void)
 	pg2r_link_reset(&topo.maplink);
 	topo.acked.lsn = InvalidXLogRecPtr;
 	topo.acked.seq = FENCE_DONE;
+	topo.confirmed = topo.acked;
 	/* one fence until the settings say more (an invalid URL says nothing) */
 	topo.nfences = 1;
 	topo.applied = palloc(sizeof(Fence));
@@ -988,15 +991,23 @@ sender_take_dead_letters(void)
 
 /*
  * pg2r_link_wait_replicas returns how many replicas WAIT asks for on data
- * link l: the setting, capped by the replicas the map lists for its primary.
+ * link l: pg2redis.redis_wait_replicas (by default the older
+ * pg2redis.redis_cluster_wait_replicas on a cluster, 0 elsewhere).  In a
+ * cluster it is capped by the replicas the slot map lists for the link's
+ * primary (the map stops listing a failed one); on a standalone server or
+ * behind Sentinel it is not: with fewer replicas connected the stream
+ * waits, rather than confirm what a failover could lose.
  */
 int
 pg2r_link_wait_replicas(const Link *l)
 {
-	if (!topo.cluster)
-		return 0;
-	return Min(pg2r_redis_cluster_wait_replicas,
-			   topo.map->nodes[l - topo.links].replicas);
+	int n = pg2r_redis_wait_replicas;
+
+	if (n < 0) /* the default: the older, cluster-only setting */
+		n = topo.cluster ? pg2r_redis_cluster_wait_replicas : 0;
+	if (topo.cluster)
+		return Min(n, topo.map->nodes[l - topo.links].replicas);
+	return n;
 }
 
 /*
@@ -1202,6 +1213,13 @@ inflight_acked(void)
 			worker_confirm(b->fence.lsn);
 	}
 	topo.acked = b->fence;
+	if (b->reset)
+	{
+		topo.confirmed.lsn = InvalidXLogRecPtr;
+		topo.confirmed.seq = FENCE_DONE;
+	}
+	else
+		topo.confirmed = b->fence;
 	topo.redirect_streak = 0;
 	block_reset(b);
 	inflight = NULL;
@@ -1347,8 +1365,10 @@ pg2r_cluster_note(const char *err)
 {
 	if (!topo.cluster &&
 		pg2r_error_code_in(err, cluster_codes, lengthof(cluster_codes)))
-		return " (pg2redis.redis_url names a node of a Redis Cluster; write it "
-			   "as redis-cluster://host:port)";
+		return " (pg2redis.redis_url names a node of a Redis Cluster, or a "
+			   "proxy of a sharded database that refuses a MULTI across hash "
+			   "slots; write it as redis-cluster://host:port, with the OSS "
+			   "Cluster API enabled on Redis Enterprise or Redis Cloud)";
 	return "";
 }
 
@@ -1464,7 +1484,7 @@ pg2r_handle_block_reply(int li, redisReply *r)
 		if (r->type != REDIS_REPLY_INTEGER || r->integer < l->wait_n)
 		{
 			pg2r_topo_fail(l,
-						   "Redis replicated the stream's writes to %lld of the %d replicas asked for within %d ms (pg2redis.redis_cluster_wait_replicas)",
+						   "Redis replicated the stream's writes to %lld of the %d replicas asked for within %d ms (pg2redis.redis_wait_replicas)",
 						   r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
 						   l->wait_n, Max(pg2r_redis_timeout_ms / 2, 1));
 			return false;
@@ -1539,6 +1559,8 @@ pg2r_topo_ready(void)
 {
 	static bool in_doubt[REDIS_CLUSTER_SLOTS];
 	int			lost = 0;
+	Fence		lost_from = {PG_UINT64_MAX, FENCE_DONE};
+	Fence		lost_to = {InvalidXLogRecPtr, 0};
 
 	memset(in_doubt, 0, sizeof(in_doubt));
 	if (inflight)
@@ -1563,31 +1585,49 @@ pg2r_topo_ready(void)
 	{
 		if (fence_cmp(topo.read[s], topo.read_max) > 0)
 			topo.read_max = topo.read[s];
-		/* a slot's position went back: writes it acknowledged are gone */
-		if (topo.fence_known && !in_doubt[s] &&
-			fence_cmp(topo.read[s], topo.applied[s]) < 0)
+		/*
+		 * A slot's position went back: writes it acknowledged are gone.  A
+		 * slot of the block in flight may be behind what it applied of that
+		 * block (not confirmed yet: sent again); on a standalone server it
+		 * must not be behind the last block applied and replicated as
+		 * asked, whose position the replication slot may be confirmed past.
+		 */
+		if (topo.fence_known &&
+			(!in_doubt[s] ? fence_cmp(topo.read[s], topo.applied[s]) < 0
+						  : !topo.cluster &&
+								fence_cmp(topo.read[s], topo.confirmed) < 0))
+		{
+			Fence to = in_doubt[s] ? topo.confirmed : topo.applied[s];
+
 			lost++;
+			if (fence_cmp(topo.read[s], lost_from) < 0)
+				lost_from = topo.read[s];
+			if (fence_cmp(to, lost_to) > 0)
+				lost_to = to;
+		}
 	}
-	if (lost > 0 && topo.cluster)
-		ereport(WARNING,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("pg2redis: the Redis Cluster lost writes of %d hash slots that it had acknowledged",
-						lost),
-				 errdetail("Their stream positions went back; the changes in between are not in Redis."),
-				 errhint("Set pg2redis.redis_cluster_wait_replicas to the number of replicas per primary, and run pg2redis_resync() to load every mapped table again.")));
-	else if (lost > 0 && topo.read[0].lsn != InvalidXLogRecPtr)
+	if (lost > 0 && (topo.cluster || topo.read[0].lsn != InvalidXLogRecPtr))
 	{
 		char from[64], to[64];
 
-		pg2r_fence_format(topo.read[0], from, sizeof(from));
-		pg2r_fence_format(topo.applied[0], to, sizeof(to));
-		ereport(WARNING,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("pg2redis: Redis lost writes it had acknowledged: its stream position went back from %s to %s",
-						to, from),
-				 errdetail("Changes of transactions ending after %s up to %s may be missing from Redis (a failover to a replica that lacked them, or a restart without persistence); the stream goes on from %s.",
-						   from, to, to),
-				 errhint("Run pg2redis_verify() to see what differs, then pg2redis_snapshot() for the tables concerned or pg2redis_resync() for all.")));
+		pg2r_fence_format(lost_from, from, sizeof(from));
+		pg2r_fence_format(lost_to, to, sizeof(to));
+		if (topo.cluster)
+			ereport(WARNING,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("pg2redis: the Redis Cluster lost writes of %d hash slots that it had acknowledged",
+							lost),
+					 errdetail("Their stream positions went back, the lowest to %s: changes of transactions ending after %s up to %s may be missing from Redis; the stream goes on from %s.",
+							   from, from, to, to),
+					 errhint("Run pg2redis_resync() to load every mapped table again, or pg2redis_verify() to list the keys that differ and pg2redis_redrive() to write them again. Set pg2redis.redis_wait_replicas so that a failover cannot lose acknowledged writes.")));
+		else
+			ereport(WARNING,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("pg2redis: Redis lost writes it had acknowledged: its stream position went back from %s to %s",
+							to, from),
+					 errdetail("Changes of transactions ending after %s up to %s may be missing from Redis (a failover to a replica that lacked them, or a restart without persistence); the stream goes on from %s.",
+							   from, to, to),
+					 errhint("Run pg2redis_resync() to load every mapped table again, or pg2redis_verify() to list the keys that differ and pg2redis_redrive() to write them again. Set pg2redis.redis_wait_replicas so that a failover cannot lose acknowledged writes.")));
 	}
 	else if (!topo.cluster && topo.read[0].lsn == InvalidXLogRecPtr &&
 			 (topo.fence_known || worker_confirmed_lsn() != InvalidXLogRecPtr))
@@ -1612,6 +1652,11 @@ pg2r_topo_ready(void)
 		ereport(LOG,
 				(errmsg("pg2redis: connected to Redis Cluster at %s (%d primaries)",
 						topo.target.display, topo.nlinks)));
+	else if (topo.sentinel)
+		ereport(LOG,
+				(errmsg("pg2redis: connected to Redis primary %s of \"%s\" (Sentinel at %s)",
+						topo.links[0].name, topo.target.master_name,
+						topo.target.display)));
 	else
 		ereport(LOG, (errmsg("pg2redis: connected to Redis at %s",
 							 topo.target.display)));
@@ -1644,6 +1689,20 @@ sender_set_idle_position(XLogRecPtr lsn)
 {
 	if (sender_idle())
 		pg2r_report_applied(lsn, 0, 0, 0, 0);
+}
+
+/*
+ * sender_has_position tells whether Redis held a stream position when the
+ * links last read it, or has one since: the data of an earlier stream.
+ */
+bool
+sender_has_position(void)
+{
+	for (int s = 0; s < topo.nfences; s++)
+		if (topo.read[s].lsn != InvalidXLogRecPtr ||
+			topo.applied[s].lsn != InvalidXLogRecPtr)
+			return true;
+	return false;
 }
 
 /*

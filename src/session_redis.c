@@ -292,12 +292,13 @@ set_nodes(RedisSession *s, int nnodes)
 }
 
 /*
- * ask_slots asks node cand for CLUSTER SLOTS; false (with the reason in
+ * ask_node sends the commands in cmds (RESP) to node cand, after its
+ * handshake, and reads their nreplies replies; false (with the reason in
  * err) when it cannot be reached.  A cancel or termination is re-raised.
  */
 static bool
-ask_slots(RedisSession *s, SessionNode *cand, redisReply **reply, char *err,
-		  size_t errlen)
+ask_node(RedisSession *s, SessionNode *cand, const StringInfo cmds,
+		 int nreplies, redisReply **replies, char *err, size_t errlen)
 {
 	StringInfoData out;
 	volatile bool  ok = false;
@@ -310,8 +311,8 @@ ask_slots(RedisSession *s, SessionNode *cand, redisReply **reply, char *err,
 	{
 		int nh = node_connect(s, cand, &out);
 
-		redis_append_cstrings(&out, 2, "CLUSTER", "SLOTS");
-		exchange(s, cand, &out, 0, nh, 1, reply);
+		appendBinaryStringInfo(&out, cmds->data, cmds->len);
+		exchange(s, cand, &out, 0, nh, nreplies, replies);
 		ok = true;
 	}
 	PG_CATCH();
@@ -340,8 +341,12 @@ ask_slots(RedisSession *s, SessionNode *cand, redisReply **reply, char *err,
 static void
 read_map(RedisSession *s)
 {
-	char errbuf[256] = "";
-	int	 ncand = s->target.nseeds + s->nnodes;
+	char		   errbuf[256] = "";
+	int			   ncand = s->target.nseeds + s->nnodes;
+	StringInfoData cmd;
+
+	initStringInfo(&cmd);
+	redis_append_cstrings(&cmd, 2, "CLUSTER", "SLOTS");
 
 	for (int i = 0; i < ncand; i++)
 	{
@@ -362,7 +367,7 @@ read_map(RedisSession *s)
 			cand.target.host = s->nodes[i - s->target.nseeds].target.host;
 			cand.target.port = s->nodes[i - s->target.nseeds].target.port;
 		}
-		if (!ask_slots(s, &cand, &r, errbuf, sizeof(errbuf)))
+		if (!ask_node(s, &cand, &cmd, 1, &r, errbuf, sizeof(errbuf)))
 			continue;
 		old = MemoryContextSwitchTo(s->cxt);
 		ok = r->type == REDIS_REPLY_ARRAY &&
@@ -386,6 +391,77 @@ read_map(RedisSession *s)
 }
 
 /*
+ * redis_session_find_primary points a redis-sentinel:// target at the
+ * primary that the first sentinel to answer names (SENTINEL
+ * GET-MASTER-ADDR-BY-NAME); other targets are left as they are.  Raises an
+ * ERROR when no sentinel names one.
+ */
+void
+redis_session_find_primary(RedisTarget *target)
+{
+	RedisSession   s;
+	char		   errbuf[256] = "no sentinel answered";
+	StringInfoData cmd;
+
+	if (!target->sentinel)
+		return;
+	memset(&s, 0, sizeof(s));
+	s.cxt = CurrentMemoryContext;
+	s.target = *target;
+	for (int i = 0; i < target->nseeds; i++)
+	{
+		SessionNode cand;
+		redisReply *r[2] = {NULL, NULL};
+		int			nauth;
+		bool		ok;
+
+		memset(&cand, 0, sizeof(cand));
+		redis_sentinel_target(target, i, &cand.target);
+		/* AUTH as a command: a sentinel without a password refuses it */
+		initStringInfo(&cmd);
+		nauth = redis_append_handshake(&cmd, &cand.target);
+		cand.target.user = cand.target.password = NULL;
+		redis_append_cstrings(&cmd, 3, "SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+							  target->master_name);
+		if (!ask_node(&s, &cand, &cmd, nauth + 1, r, errbuf, sizeof(errbuf)))
+			continue;
+		ok = true;
+		if (nauth > 0 && r[0]->type == REDIS_REPLY_ERROR &&
+			!(target->sentinel_password == NULL &&
+			  redis_sentinel_auth_absent(r[0]->str)))
+		{
+			snprintf(errbuf, sizeof(errbuf), "%s", r[0]->str);
+			ok = false;
+		}
+		else if (r[nauth]->type != REDIS_REPLY_ARRAY ||
+				 r[nauth]->elements != 2 ||
+				 r[nauth]->element[0]->type != REDIS_REPLY_STRING ||
+				 r[nauth]->element[1]->type != REDIS_REPLY_STRING)
+		{
+			snprintf(errbuf, sizeof(errbuf),
+					 "the sentinel at %s:%d knows no primary named \"%s\"",
+					 cand.target.host, cand.target.port, target->master_name);
+			ok = false;
+		}
+		else
+		{
+			target->host = pstrdup(r[nauth]->element[0]->str);
+			target->port = atoi(r[nauth]->element[1]->str);
+		}
+		for (int k = 0; k <= nauth; k++)
+			freeReplyObject(r[k]);
+		if (ok)
+			return;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not find the Redis primary through the sentinels at %s",
+					target->display),
+			 errdetail("%s", errbuf),
+			 errhint("Check pg2redis.redis_url, pg2redis.redis_sentinel_password_file and that the sentinels are up.")));
+}
+
+/*
  * redis_session_open connects to the Redis of pg2redis.redis_url (lazily:
  * a node is connected when a batch first needs it); on a cluster, reads
  * the slot map.  The session lives in the current memory context, whose
@@ -404,6 +480,7 @@ redis_session_open(void)
 				 errhint("%s", err.hint[0]
 								   ? err.hint
 								   : "Fix the pg2redis.redis_* settings.")));
+	redis_session_find_primary(&s->target);
 	s->cluster = s->target.cluster;
 	s->cb.func = session_close_all;
 	s->cb.arg = s;

@@ -53,6 +53,7 @@ static const char *const state_names[] = {
 	[PG2R_STATE_STREAMING] = "streaming",
 	[PG2R_STATE_PAUSED] = "paused",
 	[PG2R_STATE_REDIS_UNAVAILABLE] = "redis_unavailable",
+	[PG2R_STATE_STANDBY] = "standby",
 };
 
 /* pg2r_state_name returns the name pg2redis_status() shows for state. */

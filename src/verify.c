@@ -35,7 +35,10 @@
  * Redis side is read again; a row changed meanwhile can still be reported,
  * which a second run settles).
  *
- * Nothing is written, in PostgreSQL or Redis.  A caller without SELECT on
+ * pg2redis_verify() writes nothing, in PostgreSQL or Redis.  The worker's
+ * sweep after a reload (verify_sweep(), failover.c) runs the same search
+ * for orphans, rendering rows for their keys only, and deletes what it
+ * finds instead of reporting it.  A caller without SELECT on
  * a table, or to whom its row-level security applies, gets that table's
  * counts only, without keys or values.  Redis is
  * read through a session of its own (session_redis.c), in pipelined batches.
@@ -74,6 +77,7 @@
 #include "pg2redis/session_redis.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/state.h"
+#include "pg2redis/verify.h"
 
 PG_FUNCTION_INFO_V1(pg2redis_verify);
 
@@ -81,6 +85,7 @@ PG_FUNCTION_INFO_V1(pg2redis_verify);
 #define VERIFY_BATCH_CMDS 8000
 #define VERIFY_SCAN_COUNT "1000"
 #define VERIFY_MAX_RECHECK 100000
+#define VERIFY_SCAN_DELS 1000
 
 /*
  * The set of keys the rows render, for the orphan scan: 64-bit hashes of the
@@ -187,6 +192,9 @@ typedef struct VerifyState
 	int				 batch_rows;
 	bool			 sample;
 	bool			 json_ok; /* the server knows JSON.GET (until told not) */
+	bool			 sweep;	  /* verify_sweep: keys only, orphans removed */
+	SessionBatch	 dels;	  /* verify_sweep: DELs not yet sent */
+	int64			 swept;
 } VerifyState;
 
 static void emit(VerifyState *vs, Oid relid, const char *key,
@@ -288,8 +296,11 @@ make_check(VerifyState *vs, CheckKind kind, const char *key, size_t keylen,
 		   const char *const *vals, const size_t *vallen, const char *value,
 		   size_t valuelen)
 {
-	Check *c = palloc0(sizeof(Check));
+	Check *c;
 
+	if (vs->sweep)
+		return; /* only the keys are wanted (noted by the caller) */
+	c = palloc0(sizeof(Check));
 	c->kind = kind;
 	c->relid = vs->cur->relid;
 	c->key = pnstrdup(key, keylen);
@@ -785,7 +796,9 @@ typedef struct SampledRow
 static void
 check_relation(VerifyState *vs, Oid relid, int sample)
 {
-	List	   *leaves = find_all_inheritors(relid, AccessShareLock, NULL);
+	/* a sweep holds no lock once it read a table (it waits for Redis then) */
+	List *leaves =
+		find_all_inheritors(relid, vs->sweep ? NoLock : AccessShareLock, NULL);
 	ListCell   *lc;
 	SampledRow *kept = sample > 0 ? palloc(sizeof(SampledRow) * sample) : NULL;
 	int64		seen = 0;
@@ -803,7 +816,10 @@ check_relation(VerifyState *vs, Oid relid, int sample)
 
 		if (get_rel_relkind(leaf) != RELKIND_RELATION)
 			continue;
-		rel = table_open(leaf, AccessShareLock);
+		rel = vs->sweep ? try_table_open(leaf, AccessShareLock)
+						: table_open(leaf, AccessShareLock);
+		if (rel == NULL)
+			continue; /* dropped meanwhile */
 		map = mapping_get(rel);
 		scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
 		while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
@@ -834,7 +850,7 @@ check_relation(VerifyState *vs, Oid relid, int sample)
 			}
 		}
 		table_endscan(scan);
-		table_close(rel, NoLock);
+		table_close(rel, vs->sweep ? AccessShareLock : NoLock);
 	}
 	for (int i = 0; i < nkept; i++)
 	{
@@ -1044,6 +1060,31 @@ collect_patterns(VerifyState *vs, List *stats)
 }
 
 /*
+ * run_dels sends the DELs of the orphans a sweep found, and counts the keys
+ * they removed.  SCAN may return a key twice, and it is then deleted once.
+ */
+static void
+run_dels(VerifyState *vs)
+{
+	if (vs->dels.ncmds == 0)
+		return;
+	redis_session_run(vs->session, &vs->dels);
+	for (int i = 0; i < vs->dels.ncmds; i++)
+	{
+		const redisReply *r = vs->dels.cmds[i].reply;
+
+		if (r->type == REDIS_REPLY_ERROR)
+			ereport(ERROR,
+					(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+					 errmsg("Redis refused to delete a key the sweep found"),
+					 errdetail("Redis said: %s", r->str)));
+		if (r->type == REDIS_REPLY_INTEGER)
+			vs->swept += r->integer;
+	}
+	redis_batch_reset(&vs->dels);
+}
+
+/*
  * find_orphans scans the keys of each pattern of a checked table and
  * reports those that no row rendered and that no more specific pattern of
  * another rule claims.
@@ -1113,7 +1154,17 @@ find_orphans(VerifyState *vs, List *patterns)
 						continue;
 					h = hash_bytes_extended((const unsigned char *) key, len,
 											0);
-					if (keyset_lookup(best->stats->expected_keys, h) == NULL)
+					if (keyset_lookup(best->stats->expected_keys, h) != NULL)
+						continue;
+					if (vs->sweep)
+					{
+						const char *argv[2] = {"DEL", key};
+						size_t		argvlen[2] = {3, len};
+
+						redis_batch_add(&vs->dels, 2, argv, argvlen);
+						best->stats->orphans++;
+					}
+					else
 					{
 						Check c = {0};
 
@@ -1124,9 +1175,13 @@ find_orphans(VerifyState *vs, List *patterns)
 					}
 				}
 				redis_batch_reset(&vs->batch);
+				if (vs->dels.ncmds >= VERIFY_SCAN_DELS)
+					run_dels(vs);
 			} while (strcmp(cursor, "0") != 0);
 		}
 	}
+	if (vs->sweep)
+		run_dels(vs);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1341,4 +1396,70 @@ pg2redis_verify(PG_FUNCTION_ARGS)
 	redis_session_close(vs.session);
 	PopActiveSnapshot();
 	return (Datum) 0;
+}
+
+/*
+ * verify_sweep removes from Redis the orphans of every mapped table, found
+ * as pg2redis_verify() finds them, under the active snapshot: keys that
+ * match the key pattern of a table's snapshot (else insert) rule whose
+ * effect can be read back, that no row renders, and that no more specific
+ * pattern of another rule claims.  pg2redis's own keys and keys of rules
+ * that count or log (INCRBY, XADD ...) are never touched.  The worker calls
+ * it after it loaded every table under the same snapshot and before its
+ * stream starts (failover.c): nothing of pg2redis writes those keys
+ * meanwhile, so no second look is needed.  Returns the number of keys
+ * removed; *detail gets them per table ("orders: 3, items: 1"), for the
+ * log.  A Redis failure is an ERROR.
+ */
+int64
+verify_sweep(char **detail)
+{
+	VerifyState	   vs = {0};
+	List		  *stats = NIL;
+	ListCell	  *lc;
+	StringInfoData buf;
+	int			   level;
+
+	vs.cxt = CurrentMemoryContext;
+	vs.sweep = true;
+	vs.json_ok = true;
+	vs.batchcxt =
+		AllocSetContextCreate(CurrentMemoryContext, "pg2redis sweep batch",
+							  ALLOCSET_DEFAULT_SIZES);
+	vs.flightcxt =
+		AllocSetContextCreate(CurrentMemoryContext, "pg2redis sweep batch",
+							  ALLOCSET_DEFAULT_SIZES);
+	vs.session = redis_session_open();
+	redis_batch_init(&vs.batch);
+	redis_batch_init(&vs.flight);
+	redis_batch_init(&vs.dels);
+	level = render_push_settings();
+	foreach(lc, rules_relations())
+	{
+		RelStats *st = palloc0(sizeof(RelStats));
+
+		st->relid = lfirst_oid(lc);
+		st->cxt = vs.cxt;
+		st->expected_keys = keyset_create(vs.cxt, 1024, NULL);
+		stats = lappend(stats, st);
+		vs.cur = st;
+		check_relation(&vs, st->relid, 0);
+	}
+	find_orphans(&vs, collect_patterns(&vs, stats));
+	render_pop_settings(level);
+	redis_session_close(vs.session);
+
+	initStringInfo(&buf);
+	foreach(lc, stats)
+	{
+		RelStats   *st = lfirst(lc);
+		const char *name = get_rel_name(st->relid);
+
+		if (st->orphans == 0)
+			continue;
+		appendStringInfo(&buf, "%s%s: " INT64_FORMAT, buf.len > 0 ? ", " : "",
+						 name ? quote_identifier(name) : "?", st->orphans);
+	}
+	*detail = buf.data;
+	return vs.swept;
 }

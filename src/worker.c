@@ -85,6 +85,7 @@
 #include "utils/varlena.h"
 
 #include "pg2redis/compat.h"
+#include "pg2redis/failover.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
@@ -97,6 +98,7 @@
 #define DECODE_BATCH_RECORDS 10000
 #define IDLE_TIMEOUT_MS 1000
 #define EXTENSION_POLL_MS 10000
+#define PROMOTION_POLL_MS 1000
 
 bool pg2r_in_worker = false;
 
@@ -607,6 +609,49 @@ wait_for_extension(void)
 }
 
 /*
+ * wait_for_promotion sleeps while the server is a standby (state standby),
+ * before the worker touches Redis or makes a slot: PostgreSQL 15 decodes
+ * only on a primary, and a standby has no slot of its own to continue
+ * (slots are not replicated; see compat.h for 17's failover slots).  The
+ * worker is started once the standby is consistent, so that
+ * pg2redis_status() can say so there.  Nothing wakes a background worker
+ * at promotion: RecoveryInProgress() is looked at once a second.  Only
+ * SIGTERM and SIGHUP are served meanwhile (the sender is not set up yet).
+ */
+static void
+wait_for_promotion(void)
+{
+	bool waited = false;
+
+	while (RecoveryInProgress())
+	{
+		if (!waited)
+			ereport(LOG,
+					(errmsg("pg2redis: the server is a standby; the worker waits for its promotion")));
+		waited = true;
+		pg2r_report_state(PG2R_STATE_STANDBY);
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 PROMOTION_POLL_MS,
+						 pg2r_wait_event(PG2R_WAIT_STANDBY));
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+	if (waited)
+	{
+		ereport(LOG,
+				(errmsg("pg2redis: the server was promoted (timeline %u); the worker starts",
+						GetWALInsertionTimeLine())));
+		pg2r_report_state(PG2R_STATE_STARTING);
+	}
+}
+
+/*
  * wait_while_paused sleeps while pg2redis.enabled is off, before the worker
  * touches Redis or the slot: paused means no write anywhere, also on the
  * first start (no slot made, no initial load, no snapshot request served).
@@ -645,6 +690,7 @@ create_slot(void)
 	Snapshot				snap;
 	XLogRecPtr				start;
 	LoadOutcome				outcome;
+	bool					sweep;
 
 	ereport(LOG, (errmsg("pg2redis: creating replication slot \"%s\"",
 						 pg2r_slot_name)));
@@ -652,6 +698,8 @@ create_slot(void)
 
 	/* the initial load needs Redis; do not hold a slot while waiting */
 	wait_for_redis();
+	/* before the reset: whether Redis holds an earlier stream */
+	sweep = failover_load_needs_sweep(sender_has_position());
 	if (!sender_reset_fence())
 		proc_exit(1);
 
@@ -659,7 +707,7 @@ create_slot(void)
 	StartTransactionCommand();
 	XactIsoLevel = XACT_REPEATABLE_READ;
 	CheckLogicalDecodingRequirements();
-	ReplicationSlotCreate(pg2r_slot_name, true, RS_EPHEMERAL, false);
+	PG2R_REPLICATION_SLOT_CREATE(pg2r_slot_name, RS_EPHEMERAL);
 	ctx =
 		CreateInitDecodingContext("pg2redis", NIL, true, InvalidXLogRecPtr,
 								  XL_ROUTINE(.page_read = read_local_xlog_page,
@@ -682,6 +730,7 @@ create_slot(void)
 	outcome = snapshot_initial_load(start);
 	if (outcome == LOAD_START_OVER)
 		proc_exit(1); /* the ephemeral slot goes with us; load again later */
+	failover_after_load(sweep, outcome == LOAD_DONE);
 
 	ReplicationSlotPersist();
 	ReplicationSlotRelease();
@@ -702,6 +751,42 @@ create_slot(void)
 	}
 }
 
+/* resync_requested tells whether pg2redis_resync() asked for a resync. */
+static bool
+resync_requested(void)
+{
+	bool r;
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	r = pg2r_shared->resync_requested;
+	SpinLockRelease(&pg2r_shared->mutex);
+	return r;
+}
+
+/*
+ * wait_for_resync keeps an old primary from streaming (state stopped, with
+ * last_error saying why) until pg2redis_resync() makes it the source again.
+ */
+static void
+wait_for_resync(void)
+{
+	pg2r_report_error("not streaming: Redis holds the stream of a later timeline of this server (an old primary after a failover); run pg2redis_resync() to make this server the source again");
+	while (!resync_requested())
+	{
+		pg2r_report_state(PG2R_STATE_STOPPED);
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 IDLE_TIMEOUT_MS, pg2r_wait_event(PG2R_WAIT_STOPPED));
+		ResetLatch(MyLatch);
+		worker_handle_interrupts();
+	}
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->resync_requested = false;
+	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_clear_error();
+	ereport(LOG, (errmsg("pg2redis: resync requested")));
+}
+
 /*
  * start_decoding acquires the slot (creating it on first start), checks it
  * is usable, and creates the decoding context.
@@ -713,6 +798,19 @@ start_decoding(void)
 
 	if (SearchNamedReplicationSlot(pg2r_slot_name, true) == NULL)
 		create_slot();
+	else
+		switch (failover_check_slot())
+		{
+			case SLOT_STREAM:
+				break;
+			case SLOT_SUPERSEDED:
+				wait_for_resync();
+				/* FALLTHROUGH */
+			case SLOT_RELOAD:
+				ReplicationSlotDrop(pg2r_slot_name, true);
+				create_slot();
+				break;
+		}
 
 	ReplicationSlotAcquire(pg2r_slot_name, true);
 	slot = MyReplicationSlot;
@@ -785,18 +883,6 @@ resync(void)
  * The loop
  * ---------------------------------------------------------------------------
  */
-
-/* resync_requested tells whether pg2redis_resync() asked for a resync. */
-static bool
-resync_requested(void)
-{
-	bool r;
-
-	SpinLockAcquire(&pg2r_shared->mutex);
-	r = pg2r_shared->resync_requested;
-	SpinLockRelease(&pg2r_shared->mutex);
-	return r;
-}
 
 /*
  * decode_available reads and decodes complete WAL records while there are
@@ -1009,6 +1095,7 @@ pg2redis_worker_main(Datum arg)
 	set_process_settings();
 	PG_TRY();
 	{
+		wait_for_promotion();
 		sender_init();
 		ondemand_init();
 		wait_for_extension();

@@ -59,6 +59,22 @@ $node->safe_psql('postgres', "INSERT INTO t VALUES (4, 'four')");
 wait_for_redis($node, 30, 'the stream goes on');
 is($redis->call('GET', 't:4'), 'four', 'a later change arrives');
 
+# A slot made again over the stream (a resync, a failover) is followed by a
+# sweep, which needs SCAN and DEL: refused, it is a WARNING, and the load
+# is not made again for ever.
+my $offset = -s $node->logfile;
+$node->safe_psql('postgres', 'SELECT pg2redis_resync()');
+ok(poll_until(60, sub {
+	$node->log_contains('replication slot "pg2redis" created', $offset)
+}), 'a resync makes the slot again');
+ok($node->log_contains('the sweep after the initial load failed', $offset),
+	'the sweep refused by Redis is a WARNING');
+$node->safe_psql('postgres', "INSERT INTO t VALUES (5, 'five')");
+wait_for_redis($node, 30, 'the stream goes on after the refused sweep');
+is($redis->call('GET', 't:5'), 'five', 'a change after the resync arrives');
+my @made = log_lines($node, qr/replication slot "pg2redis" created/, $offset);
+is(scalar(@made), 1, 'the slot was made once') or diag(@made);
+
 unlike(status_text($node), qr/app-secret/, 'the password is not in pg2redis_status()');
 ok(!log_lines($node, qr/app-secret/), 'the password is not in the server log');
 

@@ -113,7 +113,7 @@ $cnode->safe_psql('postgres', q{
 	SELECT pg2redis_add_rule('c', 'insert', 'DEL c:{id}:a c:{id}:b c:{id}:c');
 	INSERT INTO c SELECT i, 'v' || i FROM generate_series(1, 20) i;
 });
-ok(poll_status($cnode, 'last_error', qr/names a node of a Redis Cluster; write it as redis-cluster:/, 30),
+ok(poll_status($cnode, 'last_error', qr/names a node of a Redis Cluster, or a proxy .*; write it as redis-cluster:/, 30),
 	'a redis:// URL naming a cluster node: the error says to write redis-cluster://');
 is($cnode->safe_psql('postgres', 'SELECT count(*) FROM pg2redis.dead_letters'),
 	'0', 'and records no dead letters');
@@ -127,6 +127,9 @@ $cnode->stop;
 # A one-node cluster owning every slot: the position reads fine, the commands
 # queue, and it is the transaction across slots that Redis refuses
 # (CROSSSLOT, on the multi-key DEL and on EXEC).  The same: no dead letters.
+# This is also what the proxy of a sharded Redis Enterprise or Redis Cloud
+# database answers (it refuses a MULTI across slots): the message says to
+# enable the OSS Cluster API and use redis-cluster:// (issue 15 item 4).
 my $one = start_redis(name => 'one',
 	extra_args => [ '--cluster-enabled', 'yes', '--cluster-port', PostgreSQL::Test::Cluster::get_free_port() ]);
 $one->call('CLUSTER', 'ADDSLOTSRANGE', '0', '16383');
@@ -139,8 +142,9 @@ $onode->safe_psql('postgres', q{
 	SELECT pg2redis_add_rule('c', 'insert', 'DEL c:{id}:a c:{id}:b c:{id}:c');
 	INSERT INTO c VALUES (1, 'one');
 });
-ok(poll_status($onode, 'last_error', qr/CROSSSLOT.*write it as redis-cluster:/, 30),
-	'a one-node cluster: CROSSSLOT, and the same message');
+ok(poll_status($onode, 'last_error',
+		qr/CROSSSLOT.*proxy of a sharded database that refuses a MULTI across hash slots; write it as redis-cluster:\/\/host:port, with the OSS Cluster API enabled on Redis Enterprise or Redis Cloud/, 30),
+	'a one-node cluster (or a sharding proxy): CROSSSLOT, and a message saying what to do');
 is($onode->safe_psql('postgres', 'SELECT count(*) FROM pg2redis.dead_letters'),
 	'0', 'no dead letters there either');
 is_deeply($one->call('KEYS', 'c:*'), [], 'no data written there either');

@@ -42,7 +42,7 @@ ok( poll_until(
 				$offset);
 		}),
 	'a WARNING names the range that went back');
-ok(scalar log_lines($node, qr/HINT:  Run pg2redis_verify\(\)/, $offset), 'and says what to do');
+ok(scalar log_lines($node, qr/HINT:  Run pg2redis_resync\(\) .*, or pg2redis_verify\(\) .* pg2redis_redrive\(\)/, $offset), 'and says what to do');
 $node->safe_psql('postgres', 'INSERT INTO t VALUES (3)');
 wait_for_redis($node);
 is($redis->call('GET', 't:3'), '1', 'the stream goes on');

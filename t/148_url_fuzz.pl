@@ -2,7 +2,7 @@
 #
 # A fuzz pass over pg2redis.redis_url: seeded random mutations of valid URLs
 # (every scheme, users, passwords with escapes, IPv6, databases, cluster
-# seed lists, unix sockets) are set with ALTER SYSTEM and reloaded, and the
+# seed lists, sentinel lists and primary names, unix sockets) are set with ALTER SYSTEM and reloaded, and the
 # worker and a backend parse each.  The password (present in every one)
 # must never show in pg2redis_status(), SHOW, an error of pg2redis_redis()
 # or the server log, and nothing may crash.  PG2REDIS_FUZZ_SEED replays a
@@ -36,6 +36,8 @@ my @valid = (
 	"redis://us%40er:$pw\@[::1]:$port/1",
 	"redis-cluster://default:$pw\@127.0.0.1:$port,127.0.0.1:7001",
 	"rediss-cluster://u:$pw\@h1:1,h2:2,[::1]:3",
+	"redis-sentinel://default:$pw\@127.0.0.1:$port,127.0.0.1:7001/mymaster/0",
+	"rediss-sentinel://u:$pw\@h1,[::1]:26380/my%2Fmaster",
 	"unix:///tmp/redis.sock?db=2&password=$pw",
 	"redis://default:${pw}%2F%40\@127.0.0.1:$port/0");
 my @tokens = ('@', ':', '/', '%', '%4', '%zz', '[', ']', '[::1', '?', '=', '&', ',', '#',

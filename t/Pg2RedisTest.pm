@@ -56,6 +56,8 @@ use Time::HiRes qw(usleep);
 our @EXPORT = qw(
   start_redis
   start_redis_cluster
+  start_sentinel_set
+  sentinel_primary
   make_test_certs
   snapshot_reaches
   new_node
@@ -105,6 +107,7 @@ C<Pg2RedisTest::Redis> object. Options:
   appendonly  => 1       AOF on (default off), so data survives restart()
   appendfsync => 'always'  with appendonly (default 'always')
   extra_args  => [...]   more redis-server arguments
+  config      => $file   a configuration file, given first (e.g. a sentinel's)
 
 =back
 
@@ -228,6 +231,139 @@ sub start_redis_cluster
 		},
 		0.1) or croak "the replicas of the Redis Cluster did not sync within 30 s";
 	return (@primaries, @replicas);
+}
+
+=pod
+
+=over
+
+=item start_sentinel_set(%opts)
+
+Starts a Redis primary, C<replicas> (default 2) replicas of it and
+C<sentinels> (default 3) sentinels (C<redis-server E<lt>confE<gt> --sentinel>)
+monitoring it as C<mymaster> with quorum 2, all C<start_redis> servers on
+127.0.0.1 (stopped by pid at the end like any other). C<down_after> (ms,
+default 1000) and C<failover_timeout> (ms, default 4000) bound how fast a
+failover goes. C<password> makes the primary and replicas require it (and
+the URL carry it), C<sentinel_password> the sentinels require another one.
+C<< tls => { ca => $file, cert => $file, key => $file } >> gives every server
+a TLS port too (C<< $server->{tls_port} >>), used for replication, by the
+sentinels and in the URL (C<rediss-sentinel://>); plain ports stay open for
+the test's own checks. Waits (at most 30 s) until the replicas are in sync and every
+sentinel knows the replicas and the other sentinels. Returns a hash:
+C<primary>, C<replicas> (array), C<sentinels> (array), C<nodes> (primary and
+replicas), C<name> and C<url> (C<redis-sentinel://...>, database 0).
+
+=item sentinel_primary($set)
+
+The server of C<< $set->{nodes} >> that the first answering sentinel names as
+the primary (or undef).
+
+=back
+
+=cut
+
+sub start_sentinel_set
+{
+	my (%opts) = @_;
+	my $nrep = $opts{replicas} // 2;
+	my $nsen = $opts{sentinels} // 3;
+	my $down = $opts{down_after} // 1000;
+	my $ftimeout = $opts{failover_timeout} // 4000;
+	my $name = 'mymaster';
+	my $pw = $opts{password};
+	my $spw = $opts{sentinel_password};
+	my $tls = $opts{tls};
+	my @tls_conf = $tls
+	  ? ('tls-cert-file', $tls->{cert}, 'tls-key-file', $tls->{key},
+		'tls-ca-cert-file', $tls->{ca}, 'tls-auth-clients', 'optional',
+		'tls-replication', 'yes')
+	  : ();
+	my @repl_args = ('--repl-diskless-sync', 'yes',
+		'--repl-diskless-sync-delay', '0',
+		(defined $pw ? ('--masterauth', $pw) : ()));
+	# a TLS port per server (the plain one stays, for the test's own checks)
+	my $data_node = sub {
+		my ($name, @more) = @_;
+		my $tls_port = $tls ? PostgreSQL::Test::Cluster::get_free_port() : undef;
+		my $r = start_redis(name => $name, requirepass => $pw,
+			extra_args => [ @repl_args, ($tls ? ('--tls-port', $tls_port,
+				map { $_ =~ /^tls-/ ? "--$_" : $_ } @tls_conf) : ()), @more ]);
+		$r->{tls_port} = $tls_port;
+		return $r;
+	};
+	my $primary = $data_node->('sprimary');
+	my $pport = $tls ? $primary->{tls_port} : $primary->port;
+	my @replicas = map {
+		$data_node->("sreplica$_", '--replicaof', '127.0.0.1', $pport)
+	} 1 .. $nrep;
+	poll_until(
+		30,
+		sub {
+			foreach my $r (@replicas)
+			{
+				return 0 unless $r->call('INFO', 'replication') =~ /master_link_status:up/;
+			}
+			return 1;
+		},
+		0.1) or croak "the replicas did not sync within 30 s";
+
+	my @sentinels;
+	foreach my $i (1 .. $nsen)
+	{
+		my $dir = PostgreSQL::Test::Utils::tempdir("sentinel$i");
+		my $conf = "$dir/sentinel.conf";
+		my $tls_port = $tls ? PostgreSQL::Test::Cluster::get_free_port() : undef;
+		PostgreSQL::Test::Utils::append_to_file($conf, join("\n",
+			($tls ? ("tls-port $tls_port", map { "$tls_conf[2*$_] $tls_conf[2*$_+1]" } 0 .. $#tls_conf / 2) : ()),
+			"sentinel monitor $name 127.0.0.1 $pport " . ($nsen < 2 ? 1 : 2),
+			"sentinel down-after-milliseconds $name $down",
+			"sentinel failover-timeout $name $ftimeout",
+			"sentinel parallel-syncs $name $nrep",
+			(defined $pw ? ("sentinel auth-pass $name \"$pw\"") : ()),
+			(defined $spw ? ("sentinel sentinel-pass \"$spw\"") : ()), ''));
+		push @sentinels, start_redis(name => "sentinel$i", config => $conf,
+			requirepass => $spw, extra_args => ['--sentinel']);
+		$sentinels[-1]{tls_port} = $tls_port;
+	}
+	poll_until(
+		30,
+		sub {
+			foreach my $s (@sentinels)
+			{
+				my %m = @{ $s->call('SENTINEL', 'MASTER', $name) };
+				return 0 unless $m{'num-slaves'} == $nrep
+				  && $m{'num-other-sentinels'} == $nsen - 1;
+			}
+			return 1;
+		},
+		0.1) or croak "the sentinels did not find each other within 30 s";
+	return {
+		primary   => $primary,
+		replicas  => \@replicas,
+		sentinels => \@sentinels,
+		nodes     => [ $primary, @replicas ],
+		name      => $name,
+		url       => ($tls ? 'rediss-sentinel://' : 'redis-sentinel://')
+		  . (defined $pw ? ":$pw\@" : '')
+		  . join(',', map { '127.0.0.1:' . ($tls ? $_->{tls_port} : $_->port) } @sentinels)
+		  . "/$name/0",
+	};
+}
+
+sub sentinel_primary
+{
+	my ($set) = @_;
+	foreach my $s (@{ $set->{sentinels} })
+	{
+		next unless $s->pid;
+		my $addr = eval { $s->call('SENTINEL', 'GET-MASTER-ADDR-BY-NAME', $set->{name}) };
+		next unless ref $addr eq 'ARRAY';
+		my ($node) = grep { $_->port == $addr->[1] || ($_->{tls_port} // 0) == $addr->[1] }
+		  @{ $set->{nodes} };
+		return $node;
+	}
+	return undef;
 }
 
 =pod
@@ -1100,6 +1236,7 @@ sub new
 		appendonly  => $opts{appendonly} ? 1 : 0,
 		appendfsync => $opts{appendfsync} // 'always',
 		extra_args  => $opts{extra_args} // [],
+		config      => $opts{config},
 		dir         => PostgreSQL::Test::Utils::tempdir("redis_$name"),
 		logfile     => "$PostgreSQL::Test::Utils::log_path/${test_name}_redis_$name.log",
 		pid         => undef,
@@ -1130,7 +1267,8 @@ sub start
 	  if $self->{pid};
 
 	my @cmd = (
-		'redis-server', '--bind', '127.0.0.1', '--port', $self->{port},
+		'redis-server', (defined $self->{config} ? ($self->{config}) : ()),
+		'--bind', '127.0.0.1', '--port', $self->{port},
 		'--save', '', '--appendonly', $self->{appendonly} ? 'yes' : 'no',
 		'--daemonize', 'no', '--dir', $self->{dir},
 		'--logfile', $self->{logfile});

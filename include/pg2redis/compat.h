@@ -64,6 +64,7 @@ typedef enum Pg2rWait
 	PG2R_WAIT_REDIS,		 /* the worker waits for Redis or a commit */
 	PG2R_WAIT_SESSION_REDIS, /* pg2redis_redis() waits for Redis */
 	PG2R_WAIT_APPLIED,		 /* pg2redis_wait() waits for the stream */
+	PG2R_WAIT_STANDBY,		 /* the server is a standby: waits for promotion */
 	PG2R_NUM_WAITS
 } Pg2rWait;
 
@@ -71,6 +72,27 @@ typedef enum Pg2rWait
 extern uint32 pg2r_wait_event(Pg2rWait wait);
 #else
 #define pg2r_wait_event(wait) ((void) (wait), PG_WAIT_EXTENSION)
+#endif
+
+/*
+ * Creating the worker's slot (never two-phase).  16 can decode on a
+ * standby, but such a slot is the standby's own and does not carry the
+ * primary's position over a promotion, so the worker waits on a standby on
+ * every version (worker.c).  17 adds failover slots,
+ * which a primary keeps in step on standbys (sync_replication_slots) so
+ * that a promoted standby has them.  pg2redis does not mark its slot so:
+ * a synced slot may only advance past WAL the standbys listed in
+ * synchronized_standby_slots confirmed, a wait the walsender and the SQL
+ * decoding functions make and this worker's own loop does not.  On every
+ * version a promoted standby therefore makes a new slot and reloads, with
+ * a sweep (failover.c).
+ */
+#if PG_VERSION_NUM >= 170000
+#define PG2R_REPLICATION_SLOT_CREATE(name, persistency)                       \
+	ReplicationSlotCreate((name), true, (persistency), false, false, false)
+#else
+#define PG2R_REPLICATION_SLOT_CREATE(name, persistency)                       \
+	ReplicationSlotCreate((name), true, (persistency), false)
 #endif
 
 #endif /* PG2REDIS_COMPAT_H */

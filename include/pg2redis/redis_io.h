@@ -27,7 +27,13 @@ typedef struct RedisTarget
 	char	   *display;			 /* the URL with the password masked */
 	bool		tls;				 /* rediss:// */
 	bool		cluster;			 /* redis-cluster://: hosts are seeds */
-	int			nseeds; /* TCP hosts in the URL (1 unless cluster) */
+	bool		sentinel;		   /* redis-sentinel://: hosts are sentinels */
+	char	   *master_name;	   /* sentinel: the primary's name */
+	char	   *sentinel_user;	   /* sentinel: AUTH user, or NULL */
+	char	   *sentinel_password; /* sentinel: AUTH password, or NULL:
+									  * the data nodes' credentials */
+	int			nseeds;			   /* TCP hosts in the URL (1 unless cluster or
+						 * sentinel) */
 	char	  **seed_hosts;
 	int		   *seed_ports;
 	const char *tls_ca_file;   /* NULL or "": the system's CAs */
@@ -85,6 +91,13 @@ extern bool	 redis_parse_url(const char *url, RedisTarget *target,
 extern char *redis_mask_url(const char *url);
 extern bool	 redis_apply_password_file(RedisTarget *target, const char *path,
 									   RedisSetupError *err);
+extern bool	 redis_apply_sentinel_password_file(RedisTarget		*target,
+												const char		*user,
+												const char		*path,
+												RedisSetupError *err);
+extern void	 redis_sentinel_target(const RedisTarget *target, int i,
+								   RedisTarget *sentinel);
+extern bool	 redis_sentinel_auth_absent(const char *err);
 extern bool	 redis_check_tls_key(const RedisTarget *target,
 								 RedisSetupError   *err);
 

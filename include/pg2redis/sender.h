@@ -54,6 +54,7 @@ extern List *sender_take_dead_letters(void);
 extern bool	 sender_has_dead_letters(void);
 extern void	 sender_set_idle_position(XLogRecPtr lsn);
 extern bool	 sender_reset_fence(void);
+extern bool	 sender_has_position(void);
 
 /* For the initial load, which waits for Redis itself, holding no lock. */
 extern bool	  sender_part_full(void);

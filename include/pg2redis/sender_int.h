@@ -120,7 +120,7 @@ typedef struct Link
 	RedisTarget target; /* this server */
 	char	   *name;	/* host:port, for messages */
 
-	bool		   is_map; /* asks CLUSTER SLOTS, carries no data */
+	bool		   is_map; /* asks CLUSTER SLOTS or a sentinel; no data */
 	StringInfoData hs;	   /* handshake bytes to send */
 	size_t		   hs_written;
 	int			   hs_setup;  /* AUTH/SELECT replies expected first */
@@ -128,6 +128,7 @@ typedef struct Link
 								 * LIST and the KILLs LIST asks for */
 	int			   hs_info;	  /* index of the CLIENT INFO reply */
 	int			   hs_list;	  /* index of the CLIENT LIST reply */
+	int			   hs_role;	  /* index of the ROLE reply, or -1 */
 	char		  *my_id;	  /* this connection's id, from CLIENT INFO */
 	int			   hs_nslots; /* fence GETs that follow, for hs_slots */
 	int			  *hs_slots;
@@ -155,7 +156,8 @@ typedef enum TopoState
 {
 	TOPO_INIT,	/* before the first settings were applied */
 	TOPO_DOWN,	/* waiting to (re)connect */
-	TOPO_MAP,	/* asking a cluster node for the slot map */
+	TOPO_MAP,	/* asking a cluster node for the slot map, or a sentinel
+				 * for the primary */
 	TOPO_LINKS, /* links connecting and reading fences */
 	TOPO_READY
 } TopoState;
@@ -167,6 +169,9 @@ typedef struct Topology
 	RedisTarget target; /* from the settings */
 	char	   *url;	/* settings signature the target is from */
 	bool		cluster;
+	bool		sentinel;	  /* redis-sentinel://: the primary is asked */
+	char	   *primary_host; /* sentinel: the primary last named */
+	int			primary_port;
 	int			nlinks;
 	Link		links[CLUSTER_MAX_NODES];
 	Link		maplink;
@@ -177,6 +182,9 @@ typedef struct Topology
 	Fence		read_max;	 /* the highest of them */
 	bool		fence_known; /* read at least once since start */
 	Fence		acked;		 /* the last block applied whole */
+	Fence		confirmed;	 /* the last block applied and replicated as
+							  * asked, on this server (not reset by a
+							  * reconnect): never to go back */
 	int			attempts;	 /* failed attempts since last success */
 	int			redirects;	 /* redirections followed, for the log */
 	int			redirect_streak; /* redirections since a block was applied */

@@ -42,6 +42,7 @@ typedef struct SessionBatch
 extern bool redis_session_wait_socket(pgsocket sock, int events,
 									  TimestampTz deadline);
 extern int	redis_session_connect(RedisConn *conn, const RedisTarget *target);
+extern void redis_session_find_primary(RedisTarget *target);
 extern RedisSession *redis_session_open(void);
 extern void			 redis_session_close(RedisSession *s);
 extern bool			 redis_session_is_cluster(RedisSession *s);

@@ -23,7 +23,8 @@ typedef enum Pg2rWorkerState
 	PG2R_STATE_SNAPSHOTTING,
 	PG2R_STATE_STREAMING,
 	PG2R_STATE_PAUSED,
-	PG2R_STATE_REDIS_UNAVAILABLE
+	PG2R_STATE_REDIS_UNAVAILABLE,
+	PG2R_STATE_STANDBY /* the server is a standby: waits for promotion */
 } Pg2rWorkerState;
 
 typedef struct Pg2rShared
