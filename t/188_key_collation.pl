@@ -1,0 +1,64 @@
+# Copyright (c) pg2redis developers
+#
+# Attack on key-ordered reading (src/keyorder.c, commit f4d1aea): chunks are
+# read "ORDER BY key" and "WHERE key > last key", in the collation of the
+# key column, not of the key index.  A replica identity index in a
+# deterministic collation (here "C") on a column whose collation is
+# nondeterministic (case-insensitive ICU) holds 'k1' and 'K1' as two keys,
+# which the column's collation finds equal: when a chunk ends between them,
+# the next chunk's "> 'k1'" skips 'K1'.  Rows are missed, by the initial
+# load and by a snapshot on demand alike.
+#
+# Expected: every row is in Redis.  The key is compared and ordered in its
+# index's collation (COLLATE), in which it is unique.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use Pg2RedisTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $redis = start_redis();
+my $node  = new_node(
+	'key_collation',
+	redis => $redis,
+	conf  => ['pg2redis.enabled = off', 'pg2redis.snapshot_batch_size = 10'],
+	wait_streaming => 0);
+
+# 'a0', then 50 pairs a case-insensitive collation finds equal: a chunk of
+# 10 rows ends on the first of a pair
+$node->safe_psql('postgres', q{
+	CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+	CREATE TABLE words (k text COLLATE ci NOT NULL, n int);
+	CREATE UNIQUE INDEX words_k_c ON words (k COLLATE "C");
+	ALTER TABLE words REPLICA IDENTITY USING INDEX words_k_c;
+	INSERT INTO words VALUES ('a0', 0);
+	INSERT INTO words SELECT 'k' || lpad(g::text, 3, '0'), g FROM generate_series(1, 50) g;
+	INSERT INTO words SELECT 'K' || lpad(g::text, 3, '0'), g FROM generate_series(1, 50) g;
+	SELECT pg2redis_add_rule('words', 'insert', 'SADD words {k}');
+});
+my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM words');
+is($rows, '101', 'the table holds 101 keys');
+
+$node->safe_psql('postgres', 'ALTER SYSTEM SET pg2redis.enabled = on');
+$node->reload;
+wait_for_status($node, 'state', 'streaming', 60, 'the initial load is done');
+wait_for_redis($node);
+is($redis->call('SCARD', 'words'), $rows, 'the initial load sends every row');
+
+$redis->call('DEL', 'words');
+$node->safe_psql('postgres', q{SELECT pg2redis_snapshot('words')});
+ok(poll_until(60, sub {
+		$node->safe_psql('postgres',
+			q{SELECT count(*) FROM pg2redis_snapshots WHERE state NOT IN ('done', 'failed')}) eq '0' }),
+	'the snapshot on demand ends');
+is($node->safe_psql('postgres', q{SELECT string_agg(state, ',') FROM pg2redis_snapshots}),
+	'done', 'the snapshot on demand is done');
+wait_for_redis($node);
+is($redis->call('SCARD', 'words'), $rows, 'the snapshot on demand sends every row');
+
+$node->stop;
+done_testing();
