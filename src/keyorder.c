@@ -333,7 +333,10 @@ keyorder_free_key(const KeyOrder *ko, Datum *key)
  * keyorder_key_text returns a key as a List of its columns' texts, in the
  * current memory context, for pg2redis.snapshots.  The key types' output
  * functions are those of base types; a user's type runs the code a
- * superuser installed for it.
+ * superuser installed for it.  The text parses back to the same key
+ * (ondemand.c, read_key) because the worker pins the settings that shape
+ * output (DateStyle, TimeZone, IntervalStyle, extra_float_digits: see
+ * worker.c) whatever postgresql.conf says (t/189).
  */
 List *
 keyorder_key_text(const KeyOrder *ko, const Datum *key)
