@@ -60,5 +60,36 @@ is($node->safe_psql('postgres', q{SELECT string_agg(state, ',') FROM pg2redis_sn
 wait_for_redis($node);
 is($redis->call('SCARD', 'words'), $rows, 'the snapshot on demand sends every row');
 
+# TODO (commit 8e2dd3c): the initial load renders every table without a
+# key into one temporary file before it sends any, so with a temp_file_limit
+# below their rendered size (here 1 MB for 3.5 MB of commands) the load
+# fails with "temporary file size exceeds temp_file_limit", the worker
+# exits, and the next load fails the same way: no table (with a key or
+# not, as they are loaded after) ever reaches Redis, for as long as the
+# setting stays.  temp_file_limit is a common safeguard, in GB, against
+# the disk filling up; overriding it for the worker would trade that for a
+# disk (maybe the WAL's) filled by a large table.  A fix needs a bounded
+# spill: send, a part at a time, what exceeds the limit (or a budget) as
+# the load did before, accepting a start-over for those tables only.
+$node->safe_psql('postgres', q{
+	CREATE TABLE logs (v text);
+	INSERT INTO logs SELECT repeat('x', 100) || g FROM generate_series(1, 30000) g;
+	SELECT pg2redis_add_rule('logs', 'insert', 'SADD logs {v}');
+	ALTER SYSTEM SET temp_file_limit = '1MB';
+	SELECT pg_reload_conf();
+});
+$node->safe_psql('postgres', 'SELECT pg2redis_resync()');
+{
+	local $TODO = 'the keyless tables of a load are spilled whole to a temporary file, past temp_file_limit';
+	ok(poll_until(10, sub {
+			($redis->call('SCARD', 'logs') // 0) == 30000 }),
+		'temp_file_limit below the keyless tables\' size: the load ends');
+}
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET temp_file_limit');
+$node->reload;
+wait_for_status($node, 'state', 'streaming', 60, 'the load ends without temp_file_limit');
+wait_for_redis($node);
+is($redis->call('SCARD', 'logs'), 30000, 'and sends every row');
+
 $node->stop;
 done_testing();
