@@ -40,6 +40,23 @@ $node->safe_psql('postgres', q{
 	INSERT INTO words SELECT 'K' || lpad(g::text, 3, '0'), g FROM generate_series(1, 50) g;
 	SELECT pg2redis_add_rule('words', 'insert', 'SADD words {k}');
 });
+# TODO (commit f4d1aea): a table with a key is now read by a query run as
+# its owner, so FORCE ROW LEVEL SECURITY applies to the initial load: a
+# multi-tenant table whose policies bind its owner too (a tenant setting
+# the worker never has) is loaded with no row, silently, where the heap
+# scan of the load used to read every row (and still does for a table
+# without a key).
+$node->safe_psql('postgres', q{
+	CREATE ROLE alice LOGIN;
+	CREATE TABLE private (id int PRIMARY KEY, tenant text NOT NULL);
+	INSERT INTO private SELECT g, 't' || (g % 3) FROM generate_series(1, 30) g;
+	ALTER TABLE private OWNER TO alice;
+	ALTER TABLE private ENABLE ROW LEVEL SECURITY;
+	ALTER TABLE private FORCE ROW LEVEL SECURITY;
+	CREATE POLICY by_tenant ON private
+		USING (tenant = current_setting('app.tenant', true));
+	SELECT pg2redis_add_rule('private', 'insert', 'SADD private {id}');
+});
 my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM words');
 is($rows, '101', 'the table holds 101 keys');
 
@@ -48,6 +65,11 @@ $node->reload;
 wait_for_status($node, 'state', 'streaming', 60, 'the initial load is done');
 wait_for_redis($node);
 is($redis->call('SCARD', 'words'), $rows, 'the initial load sends every row');
+{
+	local $TODO = 'the key-ordered query of the initial load runs as the owner, under FORCE ROW LEVEL SECURITY';
+	is($redis->call('SCARD', 'private'), 30,
+		'the initial load sends every row of a table with FORCE ROW LEVEL SECURITY');
+}
 
 $redis->call('DEL', 'words');
 $node->safe_psql('postgres', q{SELECT pg2redis_snapshot('words')});
