@@ -30,6 +30,7 @@
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_operator.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -80,6 +81,31 @@ key_operator(Oid opfamily, Oid opcintype, int16 strategy)
 }
 
 /*
+ * key_collate returns the COLLATE clause of collation collid for SQL,
+ * " COLLATE schema.name", or "" when collid is InvalidOid.
+ */
+static char *
+key_collate(Oid collid)
+{
+	HeapTuple		  tup;
+	Form_pg_collation coll;
+	char			 *result;
+
+	if (!OidIsValid(collid))
+		return "";
+	tup = SearchSysCache1(COLLOID, ObjectIdGetDatum(collid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for collation %u", collid);
+	coll = (Form_pg_collation) GETSTRUCT(tup);
+	result =
+		psprintf(" COLLATE %s",
+				 quote_qualified_identifier(get_namespace_name(coll->collnamespace),
+											NameStr(coll->collname)));
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/*
  * keyorder_setup fills *ko, allocated in cxt, with the key of rel
  * (keyorder_index): its columns' types, and the operators of the index's
  * opfamilies; false if rel has no such index.
@@ -110,6 +136,7 @@ keyorder_setup(Relation rel, MemoryContext cxt, KeyOrder *ko)
 	ko->len = palloc(sizeof(int16) * n);
 	ko->out = palloc(sizeof(FmgrInfo) * n);
 	ko->cols = palloc(sizeof(char *) * n);
+	ko->collate = palloc(sizeof(char *) * n);
 	ko->eqop = palloc(sizeof(char *) * n);
 	ko->gtop = palloc(sizeof(char *) * n);
 	ko->ltop = palloc(sizeof(char *) * n);
@@ -132,6 +159,8 @@ keyorder_setup(Relation rel, MemoryContext cxt, KeyOrder *ko)
 		getTypeOutputInfo(ko->types[k], &outfunc, &varlena);
 		fmgr_info_cxt(outfunc, &ko->out[k], cxt);
 		ko->cols[k] = pstrdup(quote_identifier(NameStr(att->attname)));
+		/* the index's order and equality, not the column's collation's */
+		ko->collate[k] = key_collate(idx->rd_indcollation[k]);
 		ko->eqop[k] = key_operator(idx->rd_opfamily[k], idx->rd_opcintype[k],
 								   BTEqualStrategyNumber);
 		ko->gtop[k] = key_operator(idx->rd_opfamily[k], idx->rd_opcintype[k],
@@ -141,6 +170,41 @@ keyorder_setup(Relation rel, MemoryContext cxt, KeyOrder *ko)
 	}
 	MemoryContextSwitchTo(old);
 	index_close(idx, AccessShareLock);
+	return true;
+}
+
+/*
+ * keyorder_still tells whether rel can still be read by the key ko was set
+ * up with, whatever its key index is now: each key column still exists with
+ * the same base type, so that the keys read so far still compare with its
+ * values in the same order (ko's operators and collations do not depend on
+ * the index).  Rows that were unique by that key under a snapshot stay so
+ * under it, whatever DDL came since.  The columns' names are taken again
+ * (into cxt): a column may have been renamed.
+ */
+bool
+keyorder_still(KeyOrder *ko, Relation rel, MemoryContext cxt)
+{
+	TupleDesc desc = RelationGetDescr(rel);
+
+	for (int k = 0; k < ko->nkeys; k++)
+	{
+		Form_pg_attribute att;
+
+		if (ko->atts[k] > desc->natts)
+			return false;
+		att = TupleDescAttr(desc, ko->atts[k] - 1);
+		if (att->attisdropped || getBaseType(att->atttypid) != ko->types[k])
+			return false;
+	}
+	for (int k = 0; k < ko->nkeys; k++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, ko->atts[k] - 1);
+		const char		 *name = quote_identifier(NameStr(att->attname));
+
+		if (strcmp(name, ko->cols[k]) != 0)
+			ko->cols[k] = MemoryContextStrdup(cxt, name);
+	}
 	return true;
 }
 
@@ -176,11 +240,12 @@ keyorder_query(const KeyOrder *ko, Relation rel, const char *relname,
 	if (kind == KEYQ_EQUAL)
 	{
 		for (int k = 0; k < ko->nkeys; k++)
-			appendStringInfo(&sql, " AND t.%s %s $%d", ko->cols[k],
-							 ko->eqop[k], k + 1);
+			appendStringInfo(&sql, " AND t.%s%s %s $%d", ko->cols[k],
+							 ko->collate[k], ko->eqop[k], k + 1);
 	}
 	else if (kind == KEYQ_AFTER && ko->nkeys == 1)
-		appendStringInfo(&sql, " AND t.%s %s $1", ko->cols[0], ko->gtop[0]);
+		appendStringInfo(&sql, " AND t.%s%s %s $1", ko->cols[0],
+						 ko->collate[0], ko->gtop[0]);
 	else if (kind == KEYQ_AFTER)
 	{
 		/* a row comparison takes one operator name for every column */
@@ -193,7 +258,8 @@ keyorder_query(const KeyOrder *ko, Relation rel, const char *relname,
 						 errhint("Give the table a primary key, whose columns use their types' default operator classes.")));
 		appendStringInfoString(&sql, " AND ROW(");
 		for (int k = 0; k < ko->nkeys; k++)
-			appendStringInfo(&sql, "%st.%s", k ? ", " : "", ko->cols[k]);
+			appendStringInfo(&sql, "%st.%s%s", k ? ", " : "", ko->cols[k],
+							 ko->collate[k]);
 		appendStringInfo(&sql, ") %s ROW(", ko->gtop[0]);
 		for (int k = 0; k < ko->nkeys; k++)
 			appendStringInfo(&sql, "%s$%d", k ? ", " : "", k + 1);
@@ -205,8 +271,8 @@ keyorder_query(const KeyOrder *ko, Relation rel, const char *relname,
 	{
 		appendStringInfoString(&sql, " ORDER BY ");
 		for (int k = 0; k < ko->nkeys; k++)
-			appendStringInfo(&sql, "%st.%s USING %s", k ? ", " : "",
-							 ko->cols[k], ko->ltop[k]);
+			appendStringInfo(&sql, "%st.%s%s USING %s", k ? ", " : "",
+							 ko->cols[k], ko->collate[k], ko->ltop[k]);
 		appendStringInfo(&sql, " LIMIT %d", limit);
 	}
 	return sql.data;
@@ -267,7 +333,10 @@ keyorder_free_key(const KeyOrder *ko, Datum *key)
  * keyorder_key_text returns a key as a List of its columns' texts, in the
  * current memory context, for pg2redis.snapshots.  The key types' output
  * functions are those of base types; a user's type runs the code a
- * superuser installed for it.
+ * superuser installed for it.  The text parses back to the same key
+ * (ondemand.c, read_key) because the worker pins the settings that shape
+ * output (DateStyle, TimeZone, IntervalStyle, extra_float_digits: see
+ * worker.c) whatever postgresql.conf says (t/189).
  */
 List *
 keyorder_key_text(const KeyOrder *ko, const Datum *key)

@@ -939,8 +939,13 @@ load_chunk_locked(Load *ld, LeafPos *pos)
 
 	if (rel == NULL)
 		return CHUNK_GONE;
+	/*
+	 * A keyed leaf is read on by the key it was classified with (load_keyless)
+	 * while its storage is the same, whatever its key index is now: DDL that
+	 * drops, renames or replaces the key changes no row the snapshot sees.
+	 */
 	if (rel->rd_rel->relfilenode != pos->filenode ||
-		(pos->state->keyed && keyorder_index(rel) != pos->state->key.index))
+		(pos->state->keyed && !keyorder_still(&pos->state->key, rel, ld->cxt)))
 	{
 		table_close(rel, AccessShareLock);
 		return CHUNK_REWRITTEN;
@@ -949,7 +954,6 @@ load_chunk_locked(Load *ld, LeafPos *pos)
 	{
 		pos->started = true;
 		pos->nblocks = RelationGetNumberOfBlocks(rel);
-		pos->state->keyed = keyorder_setup(rel, ld->cxt, &pos->state->key);
 	}
 	map = mapping_get(rel);
 	if (!mapping_has_rules(map))
@@ -1191,8 +1195,16 @@ load_keyless(Load *ld, List *leaves, bool *ok)
 	foreach(lc, leaves)
 	{
 		Relation rel = try_table_open(lfirst_oid(lc), AccessShareLock);
+		Oid		 idxoid = rel ? keyorder_index(rel) : InvalidOid;
 
-		if (rel != NULL && !OidIsValid(keyorder_index(rel)))
+		/*
+		 * A key index made after the load's snapshot does not make the rows
+		 * the snapshot sees unique (one deleted since may have the key of
+		 * another): such a leaf is read whole, as one without a key.
+		 */
+		if (rel != NULL &&
+			(!OidIsValid(idxoid) ||
+			 !OidIsValid(snapshot_relfilenode(idxoid, ld->snap))))
 		{
 			/* the lock is kept until the subtransaction ends */
 			keyless = lappend_oid(keyless, lfirst_oid(lc));
@@ -1200,6 +1212,13 @@ load_keyless(Load *ld, List *leaves, bool *ok)
 		}
 		else
 		{
+			/* the key it is read by, to the end (load_chunk_locked) */
+			if (rel != NULL)
+			{
+				LeafState *state = new_leaf_state(ld, lfirst_oid(lc));
+
+				state->keyed = keyorder_setup(rel, ld->cxt, &state->key);
+			}
 			keyed = lappend_oid(keyed, lfirst_oid(lc));
 			if (rel != NULL)
 				table_close(rel, AccessShareLock);
@@ -1261,7 +1280,10 @@ static bool
 load_leaf(Load *ld, Oid relid)
 {
 	LeafPos	   pos = {0};
-	LeafState *state = new_leaf_state(ld, relid);
+	LeafState *state = leaf_state(ld, relid);
+
+	if (state == NULL) /* gone when the load classified the leaves */
+		state = new_leaf_state(ld, relid);
 
 	pos.state = state;
 	pos.relid = relid;

@@ -26,11 +26,12 @@ typedef struct KeyOrder
 	Oid		   *types; /* base type, of the queries' parameters */
 	bool	   *byval;
 	int16	   *len;
-	FmgrInfo   *out;  /* output function */
-	char	  **cols; /* quoted name */
-	char	  **eqop; /* OPERATOR(schema.=) of the index opfamily */
-	char	  **gtop; /* ... > */
-	char	  **ltop; /* ... < */
+	FmgrInfo   *out;	 /* output function */
+	char	  **cols;	 /* quoted name */
+	char	  **collate; /* " COLLATE s.c" of the index's collation, or "" */
+	char	  **eqop;	 /* OPERATOR(schema.=) of the index opfamily */
+	char	  **gtop;	 /* ... > */
+	char	  **ltop;	 /* ... < */
 } KeyOrder;
 
 /* What a query of keyorder_query selects. */
@@ -43,6 +44,7 @@ typedef enum KeyQuery
 
 extern Oid	  keyorder_index(Relation rel);
 extern bool	  keyorder_setup(Relation rel, MemoryContext cxt, KeyOrder *ko);
+extern bool	  keyorder_still(KeyOrder *ko, Relation rel, MemoryContext cxt);
 extern char	 *keyorder_query(const KeyOrder *ko, Relation rel,
 							 const char *relname, KeyQuery kind,
 							 const char *filter, int limit, bool tids);
