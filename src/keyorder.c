@@ -227,6 +227,14 @@ keyorder_still(KeyOrder *ko, Relation rel, MemoryContext cxt)
  * only run with the owner's rights.  An index scan with ScanKeys would need
  * no SQL, but a filter is SQL, and the query gives visibility, ordering and
  * the row format for free.
+ *
+ * Without a filter the query runs no one's code: the comparisons are the
+ * btree support functions of the key index's operator classes, which only
+ * a superuser can create, on parameters of base types (no domain check, no
+ * input function), and no expression, trigger or default is evaluated.  So
+ * the callers run it as the worker, not as the owner, and no row-level
+ * security policy applies, as none does to the heap scans of PostgreSQL's
+ * own maintenance commands; a filter makes them run it as the owner.
  */
 char *
 keyorder_query(const KeyOrder *ko, Relation rel, const char *relname,

@@ -841,11 +841,17 @@ select_chunk(void *arg)
 	chunk.next_key_text = NIL;
 
 	/*
-	 * The owner's identity covers the query and the rendering of its rows,
-	 * which needs no rights of its own.
+	 * The owner's identity covers the recorded keys' input functions and a
+	 * filter, the owner's code, with the query and the rendering of its
+	 * rows, which needs no rights of its own.  A query without a filter
+	 * runs no one's code (keyorder_query) and runs as the worker, so that no
+	 * row-level security policy (FORCE ROW LEVEL SECURITY binds the owner
+	 * too) hides rows.
 	 */
 	snapshot_become_owner(rel->rd_rel->relowner, &saved);
 	read_recorded_keys();
+	if (filter == NULL)
+		snapshot_restore_user(&saved);
 	old = MemoryContextSwitchTo(chunk.cxt);
 	initStringInfo(&chunk_cmds);
 	MemoryContextSwitchTo(old);
@@ -916,7 +922,8 @@ select_chunk(void *arg)
 			MemoryContextSwitchTo(old2);
 		}
 	}
-	snapshot_restore_user(&saved);
+	if (filter != NULL)
+		snapshot_restore_user(&saved);
 	table_close(rel, AccessShareLock);
 	return true;
 }
@@ -1112,39 +1119,98 @@ text_keys(ArrayType *array)
 }
 
 /*
- * resume_from_load moves the start of a request the initial load left
- * (snapshot.c, load_requests) past the chunks of the load Redis turns out
- * to have applied: the load gave up while they were in flight, and Redis
- * may have applied them after all.  The sender knows Redis's position
- * (ondemand_step serves requests only once it does), and the load's
- * transaction never gets another block, so the answer cannot change.
- * Called by load_request, on the request's row.
+ * resolve_resumes moves the start of each request an initial load that
+ * gave up left (snapshot.c, load_requests) past the chunks of the load that
+ * Redis turns out to have applied: they were in flight when it gave up, and
+ * Redis may have applied them after all.  Whether it did is read from
+ * Redis's position before this process decodes anything (worker.c calls
+ * ondemand_resolve_resumes() between connecting and decoding): once the
+ * stream applies a later transaction the position no longer tells.  The
+ * answer is recorded as the request's last key, so that a restart does not
+ * ask again.  Run by worker_run_sql.
  */
-static void
-resume_from_load(void)
+static bool
+resolve_resumes(void *arg)
 {
-	bool  isnull;
-	Datum lsn = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8,
-							  &isnull);
-	Datum keys;
-	ListCell *lc;
+	Oid	   types[2] = {INT8OID, TEXTARRAYOID};
+	uint64 n;
 
-	if (isnull)
-		return;
-	keys = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 9,
-						 &isnull);
-	if (isnull)
-		return;
-	foreach(lc, text_keys(DatumGetArrayTypeP(keys)))
+	if (SPI_execute("SELECT id, resume_lsn, resume_keys FROM pg2redis.snapshots "
+					"WHERE resume_lsn IS NOT NULL AND resume_keys IS NOT NULL "
+					"AND state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'running'])",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg2redis.snapshots");
+	n = SPI_processed;
 	{
-		List  *row = lfirst(lc);
-		uint64 ncmds = strtou64(linitial(row), NULL, 10);
+		SPITupleTable *rows = SPI_tuptable;
 
-		if (list_length(row) < 2 ||
-			!sender_applied_part(DatumGetLSN(lsn), ncmds))
-			break;
-		req.last_key_text = list_copy_tail(row, 1);
+		for (uint64 i = 0; i < n; i++)
+		{
+			bool  isnull;
+			Datum id = SPI_getbinval(rows->vals[i], rows->tupdesc, 1, &isnull);
+			XLogRecPtr lsn =
+				DatumGetLSN(SPI_getbinval(rows->vals[i], rows->tupdesc, 2,
+										  &isnull));
+			ArrayType *keys =
+				DatumGetArrayTypeP(SPI_getbinval(rows->vals[i], rows->tupdesc,
+												 3, &isnull));
+			List	 *last = NIL;
+			ListCell *lc;
+			Datum	  values[2];
+			char	  nulls[2] = {' ', ' '};
+
+			foreach(lc, text_keys(keys))
+			{
+				List  *row = lfirst(lc);
+				uint64 ncmds = strtou64(linitial(row), NULL, 10);
+
+				if (list_length(row) < 2 || !sender_applied_part(lsn, ncmds))
+					break;
+				last = list_copy_tail(row, 1);
+			}
+			values[0] = id;
+			if (last != NIL)
+			{
+				Datum *elems = palloc(sizeof(Datum) * list_length(last));
+
+				foreach(lc, last)
+					elems[foreach_current_index(lc)] =
+						CStringGetTextDatum(lfirst(lc));
+				values[1] =
+					PointerGetDatum(construct_array(elems, list_length(last),
+													TEXTOID, -1, false,
+													TYPALIGN_INT));
+			}
+			else
+				nulls[1] = 'n';
+			if (SPI_execute_with_args("UPDATE pg2redis.snapshots "
+									  "SET last_key = coalesce($2, last_key), "
+									  "resume_lsn = NULL, resume_keys = NULL "
+									  "WHERE id OPERATOR(pg_catalog.=) $1",
+									  2, types, values, nulls, false,
+									  0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not update pg2redis.snapshots");
+		}
 	}
+	return true;
+}
+
+/*
+ * ondemand_resolve_resumes records where the requests an initial load
+ * that gave up left start (resolve_resumes); the worker calls it once
+ * Redis's position is known and before it decodes anything.  A failure is
+ * a WARNING: those requests then start after the last chunk Redis
+ * acknowledged before the load gave up.
+ */
+void
+ondemand_resolve_resumes(void)
+{
+	char *err = NULL;
+
+	if (!worker_run_sql(resolve_resumes, NULL, NULL, &err))
+		ereport(WARNING,
+				(errmsg("pg2redis could not resolve where snapshot requests resume: %s",
+						err)));
 }
 
 /*
@@ -1258,7 +1324,6 @@ load_request(void *arg)
 		Datum retry;
 
 		req.keyindex = isnull ? InvalidOid : DatumGetObjectId(keyindex);
-		resume_from_load();
 		retry = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6,
 							  &isnull);
 		/* made values of the key's types by the first chunk, as the owner */
@@ -1527,7 +1592,7 @@ ondemand_step(void)
 	{
 		TimestampTz now = GetCurrentTimestamp();
 
-		/* a request starts once Redis's position is known (resume_from_load) */
+		/* a request starts once Redis's position is known */
 		if (!sender_ready())
 			return;
 

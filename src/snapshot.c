@@ -371,20 +371,22 @@ typedef struct LeafState
 /* The initial load. */
 typedef struct Load
 {
-	XLogRecPtr	   start;
-	Snapshot	   snap;
-	ChangeMeta	   meta;
-	bool		   careful; /* an ERROR ended the last load */
-	MemoryContext  cxt;		/* outlives the chunks' subtransactions */
-	MemoryContext  chunkcxt;
-	MemoryContext  rowcxt;
-	StringInfoData buf;	   /* the chunk's commands, see buf_command */
-	uint64		   ncmds;  /* and how many */
-	CmdBufReader   reader; /* reads them back for the sender */
-	uint64		   rows;
-	int			   leaves_done;
-	List		  *leaves;	/* LeafState *, in load order */
-	bool		   stalled; /* Redis acknowledged nothing for too long */
+	XLogRecPtr		start;
+	Snapshot		snap;
+	ChangeMeta		meta;
+	bool			careful; /* an ERROR ended the last load */
+	MemoryContext	cxt;	 /* outlives the chunks' subtransactions */
+	MemoryContext	chunkcxt;
+	MemoryContext	rowcxt;
+	StringInfoData	buf;	/* the chunk's commands, see buf_command */
+	uint64			ncmds;	/* and how many */
+	CmdBufReader	reader; /* reads them back for the sender */
+	uint64			rows;
+	int				leaves_done;
+	List		   *leaves;	   /* LeafState *, in load order */
+	struct LeafPos *cut;	   /* a keyless leaf spilled in part */
+	List		   *unspilled; /* keyless leaves not spilled (OIDs) */
+	bool			stalled;   /* Redis acknowledged nothing for too long */
 } Load;
 
 /* Where the next chunk of a leaf starts. */
@@ -400,6 +402,9 @@ typedef struct LeafPos
 	BlockNumber		step;	  /* filtered: blocks per chunk */
 	Datum		   *last;	  /* keyed: the key of the last row read */
 } LeafPos;
+
+static bool load_leaf(Load *ld, Oid relid);
+static bool load_leaf_from(Load *ld, LeafPos *ppos);
 
 /* How a chunk of a leaf ended. */
 typedef enum ChunkEnd
@@ -805,10 +810,13 @@ tuple_key(const KeyOrder *key, Relation rel, HeapTuple tuple)
  * load_key_chunk renders the next rows of rel in key order after pos->last
  * (from the first when NULL), up to pg2redis.snapshot_batch_size rows or
  * one atomic part of commands (chunk_full), that its snapshot filter keeps,
- * read with SQL under the load's snapshot, as the table's owner
- * (snapshot_become_owner, as a snapshot on demand reads); and moves
- * pos->last to the key of the last row rendered.  Resuming after that key
- * misses and repeats nothing, whatever happened to the table's storage.
+ * read with SQL under the load's snapshot; and moves pos->last to the key
+ * of the last row rendered.  Resuming after that key misses and repeats
+ * nothing, whatever happened to the table's storage.  A filter is the
+ * owner's code: the query then runs as the table's owner
+ * (snapshot_become_owner); without one it runs no one's code
+ * (keyorder_query) and runs as the worker, so that no row-level security
+ * policy (FORCE ROW LEVEL SECURITY binds the owner too) hides rows.
  */
 static ChunkEnd
 load_key_chunk(Load *ld, Relation rel, RelMap *map, const char *filter,
@@ -830,7 +838,8 @@ load_key_chunk(Load *ld, Relation rel, RelMap *map, const char *filter,
 	sql =
 		keyorder_query(key, rel, relname, pos->last ? KEYQ_AFTER : KEYQ_FIRST,
 					   filter, pg2r_snapshot_batch_size, true);
-	snapshot_become_owner(rel->rd_rel->relowner, &saved);
+	if (filter)
+		snapshot_become_owner(rel->rd_rel->relowner, &saved);
 
 	/*
 	 * The query gives TIDs in key order; each row is fetched from the heap
@@ -877,7 +886,8 @@ load_key_chunk(Load *ld, Relation rel, RelMap *map, const char *filter,
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
-	snapshot_restore_user(&saved);
+	if (filter)
+		snapshot_restore_user(&saved);
 	if (last == NULL)
 		return CHUNK_LAST;
 	MemoryContextSwitchTo(ld->cxt);
@@ -1079,13 +1089,33 @@ typedef struct SpillHeader
 } SpillHeader;
 
 /*
- * spill_leaves renders the rows of the leaves in keyless (locked by the
- * caller) into file, chunk by chunk, each chunk behind a SpillHeader; a
- * leaf whose storage changed since the load's snapshot is marked deferred.
+ * spill_full tells whether the keyless leaves' file reached half of
+ * temp_file_limit (in kB; -1: no limit), less a chunk: the load stops
+ * spilling there (spill_leaves), for the file not to fail the load at the
+ * limit, every time.
  */
-static void
+static bool
+spill_full(BufFile *file)
+{
+	if (temp_file_limit < 0)
+		return false;
+	return BufFileSize(file) + 2 * LOAD_CHUNK_BYTES >=
+		   (int64) temp_file_limit * 1024 / 2;
+}
+
+/*
+ * spill_leaves renders the rows of the leaves in keyless (locked by the
+ * caller) into file, chunk by chunk, each chunk behind a SpillHeader, and
+ * returns their LeafStates; a leaf whose storage changed since the load's
+ * snapshot is marked deferred.  When the file reaches half of
+ * temp_file_limit (spill_full), it stops: ld->cut is where the leaf being
+ * read stopped, ld->unspilled the leaves after it, read later chunk by
+ * chunk like any leaf.
+ */
+static List *
 spill_leaves(Load *ld, List *keyless, BufFile *file)
 {
+	List	 *spilled = NIL;
 	ListCell *lc;
 
 	foreach(lc, keyless)
@@ -1097,11 +1127,22 @@ spill_leaves(Load *ld, List *keyless, BufFile *file)
 		pos.filenode = snapshot_relfilenode(pos.relid, ld->snap);
 		ItemPointerSet(&pos.next, 0, FirstOffsetNumber);
 		pos.step = LOAD_FIRST_STEP;
+		spilled = lappend(spilled, pos.state);
 		while (OidIsValid(pos.filenode))
 		{
-			ChunkEnd	end = load_chunk_locked(ld, &pos);
-			SpillHeader hdr = {pos.relid, (uint32) ld->buf.len};
+			ChunkEnd	end;
+			SpillHeader hdr;
 
+			if (spill_full(file))
+			{
+				/* the rest of this leaf, and the leaves after it, later */
+				ld->cut = MemoryContextAlloc(ld->cxt, sizeof(LeafPos));
+				*ld->cut = pos;
+				break;
+			}
+			end = load_chunk_locked(ld, &pos);
+			hdr.relid = pos.relid;
+			hdr.len = (uint32) ld->buf.len;
 			MemoryContextReset(ld->chunkcxt);
 			if (end == CHUNK_REWRITTEN)
 			{
@@ -1119,15 +1160,26 @@ spill_leaves(Load *ld, List *keyless, BufFile *file)
 			if (end != CHUNK_MORE)
 				break;
 		}
+		if (ld->cut != NULL || (lnext(keyless, lc) && spill_full(file)))
+		{
+			ld->unspilled =
+				list_copy_tail(keyless, foreach_current_index(lc) + 1);
+			ereport(LOG,
+					(errmsg("pg2redis: the initial load's tables without a key take more than half of temp_file_limit; it reads the rest of them chunk by chunk"),
+					 errdetail("A rewrite of one of them during the load now makes the load start over.")));
+			break;
+		}
 	}
+	return spilled;
 }
 
 /*
- * send_spilled sends the chunks spill_leaves wrote, leaf by leaf; false
- * when Redis stalled.
+ * send_spilled sends the chunks spill_leaves wrote, leaf by leaf, and
+ * marks the leaves of spilled it sent whole as done; false when Redis
+ * stalled.
  */
 static bool
-send_spilled(Load *ld, BufFile *file)
+send_spilled(Load *ld, BufFile *file, List *spilled)
 {
 	SpillHeader hdr;
 	ListCell   *lc;
@@ -1149,11 +1201,11 @@ send_spilled(Load *ld, BufFile *file)
 		/* a leaf's chunks are together: its ncmds end at its last */
 		leaf_state(ld, hdr.relid)->ncmds = sender_txn_seq();
 	}
-	foreach(lc, ld->leaves)
+	foreach(lc, spilled)
 	{
 		LeafState *state = lfirst(lc);
 
-		if (!state->deferred)
+		if (!state->deferred && (ld->cut == NULL || ld->cut->state != state))
 		{
 			state->done = true;
 			ld->leaves_done++;
@@ -1182,6 +1234,7 @@ load_keyless(Load *ld, List *leaves, bool *ok)
 {
 	List		 *keyed = NIL;
 	List		 *keyless = NIL;
+	List		 *spilled;
 	ListCell	 *lc;
 	MemoryContext old = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -1227,14 +1280,19 @@ load_keyless(Load *ld, List *leaves, bool *ok)
 	MemoryContextSwitchTo(ld->cxt);
 	keyless = list_copy(keyless);
 	keyed = list_copy(keyed);
-	spill_leaves(ld, keyless, file);
+	spilled = spill_leaves(ld, keyless, file);
 	RollbackAndReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(old);
 	CurrentResourceOwner = owner;
 	MemoryContextReset(ld->chunkcxt);
 	if (keyless != NIL)
-		*ok = send_spilled(ld, file);
+		*ok = send_spilled(ld, file, spilled);
 	BufFileClose(file);
+	if (*ok && ld->cut != NULL)
+		*ok = load_leaf_from(ld, ld->cut);
+	foreach(lc, ld->unspilled)
+		if (*ok)
+			*ok = load_leaf(ld, lfirst_oid(lc));
 	return keyed;
 }
 
@@ -1290,6 +1348,20 @@ load_leaf(Load *ld, Oid relid)
 	pos.filenode = snapshot_relfilenode(relid, ld->snap);
 	ItemPointerSet(&pos.next, 0, FirstOffsetNumber);
 	pos.step = LOAD_FIRST_STEP;
+	return load_leaf_from(ld, &pos);
+}
+
+/*
+ * load_leaf_from sends the rows of a leaf from pos on, chunk by chunk (see
+ * load_leaf); false when Redis stalled.
+ */
+static bool
+load_leaf_from(Load *ld, LeafPos *ppos)
+{
+	LeafPos	   pos = *ppos;
+	LeafState *state = pos.state;
+	Oid		   relid = pos.relid;
+
 	/* a table made after the start point: the stream has all its rows */
 	while (OidIsValid(pos.filenode))
 	{

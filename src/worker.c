@@ -1102,6 +1102,7 @@ pg2redis_worker_main(Datum arg)
 		wait_while_paused();
 		pg2r_report_state(PG2R_STATE_STARTING);
 		wait_for_redis();
+		ondemand_resolve_resumes();
 		start_decoding();
 		stream();
 	}

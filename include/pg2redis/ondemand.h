@@ -15,6 +15,7 @@
 #include "pg2redis/pg2redis.h"
 
 extern void	 ondemand_init(void);
+extern void	 ondemand_resolve_resumes(void);
 extern void	 ondemand_step(void);
 extern bool	 ondemand_busy(void);
 extern long	 ondemand_poll_timeout(void);
