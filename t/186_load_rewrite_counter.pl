@@ -98,6 +98,19 @@ is($redis->call('GET', 'count:logs'), 100000, 'keyless: each row counted once');
 is($redis->call('GET', 'count:big'), $rows, 'keyless: the other table counted once');
 $node->safe_psql('postgres', q{DELETE FROM pg2redis.rules WHERE relation = 'logs'::regclass});
 
+# For part 2: a small table without a key (sent first, whole) and a keyed
+# table after big, which the load has not reached when it gives up: it
+# must be left to a snapshot on demand too (the leaves of keyed tables were
+# once marked done with the keyless ones).
+$node->safe_psql('postgres', q{
+	CREATE TABLE tiny (v text);
+	INSERT INTO tiny SELECT 't' || g FROM generate_series(1, 10) g;
+	SELECT pg2redis_add_rule('tiny', 'insert', 'SADD tiny {v}');
+	CREATE TABLE later (id int PRIMARY KEY);
+	INSERT INTO later SELECT generate_series(1, 1000);
+	SELECT pg2redis_add_rule('later', 'insert', 'SADD later {id}');
+});
+
 # 2. A resync whose load gives up (Redis stopped past
 # pg2redis.load_stall_timeout): the table Redis acknowledged in part is
 # left whole to a snapshot on demand, which counts the acknowledged rows
@@ -121,6 +134,8 @@ ok(poll_until(120, sub {
 wait_for_redis($node);
 check_table_in_redis($node, $redis, '(SELECT id, v FROM big)', 'big', 'resync: the rows are in Redis');
 is($redis->call('GET', 'count:big'), $rows, 'resync: the INCRBY counter counts each row once');
+is($redis->call('SCARD', 'tiny'), 10, 'resync: the table without a key is loaded');
+is($redis->call('SCARD', 'later'), 1000, 'resync: the table the load did not reach is loaded by a snapshot on demand');
 diag('after the resync that gave up, count:big = ' . ($redis->call('GET', 'count:big') // 'nil') . " for $rows rows");
 
 $node->stop;
