@@ -45,6 +45,7 @@
 #include "pg2redis/sender.h"
 #include "pg2redis/sender_int.h"
 #include "pg2redis/settings.h"
+#include "pg2redis/stages.h"
 #include "pg2redis/state.h"
 #include "pg2redis/worker.h"
 
@@ -1140,6 +1141,7 @@ sender_service(long timeout_ms)
 	int			  nall = 0;
 	int			  nsockets = 0;
 	int			  nev;
+	Pg2rStage	  back = pg2r_stage_enter(PG2R_STAGE_IO);
 
 	worker_handle_interrupts();
 	if (stopped)
@@ -1148,6 +1150,7 @@ sender_service(long timeout_ms)
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Max(timeout_ms, 1), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+		pg2r_stage_leave(back);
 		return;
 	}
 
@@ -1208,8 +1211,10 @@ sender_service(long timeout_ms)
 				AddWaitEventToSet(set, ev, all[i]->conn.sock, NULL,
 								  (void *) (intptr_t) i);
 		}
+		(void) pg2r_stage_enter(PG2R_STAGE_WAIT);
 		nev = WaitEventSetWait(set, Max(timeout_ms, 0), occurred,
 							   lengthof(occurred), PG_WAIT_EXTENSION);
+		(void) pg2r_stage_enter(PG2R_STAGE_IO);
 		FreeWaitEventSet(set);
 		for (int e = 0; e < nev; e++)
 		{
@@ -1226,4 +1231,5 @@ sender_service(long timeout_ms)
 	for (int i = 0; i < nall; i++)
 		if (!link_step(all[i] == &topo.maplink ? -1 : i, all[i], events[i]))
 			break;
+	pg2r_stage_leave(back);
 }
