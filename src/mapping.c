@@ -415,12 +415,8 @@ mapping_column_text(ExpandState *st, AttrNumber rulecol, bool old,
 	if (res != COL_VALUE)
 		return res;
 	if (row->text[i] == NULL)
-	{
-		resetStringInfo(&st->scratch);
-		render_text(&st->map->cols[i], row->values[i], &st->scratch);
-		row->text[i] = pnstrdup(st->scratch.data, st->scratch.len);
-		row->textlen[i] = st->scratch.len;
-	}
+		row->text[i] =
+			render_text(&st->map->cols[i], row->values[i], &row->textlen[i]);
 	*text = row->text[i];
 	*len = row->textlen[i];
 	return COL_VALUE;
@@ -735,7 +731,12 @@ mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
 	return true;
 }
 
-/* Growable argument vector of one command being expanded. */
+/*
+ * Growable argument vector of one command being expanded.  An argument is
+ * either bytes of data (built from a template) or, for a column name or a
+ * value {pairs} writes whole, the column name or the row's rendered text
+ * itself (ext), which stays valid until the change is done: no copy.
+ */
 typedef struct ArgVec
 {
 	StringInfoData data;
@@ -743,10 +744,12 @@ typedef struct ArgVec
 	int			   cap;
 	int			  *off;
 	size_t		  *len;
+	const char	 **ext; /* [i]: the argument's bytes, or NULL: in data */
 } ArgVec;
 
-static void
-argvec_push(ArgVec *v, int start)
+/* argvec_room makes room for one more argument in v. */
+static inline void
+argvec_room(ArgVec *v)
 {
 	if (v->argc == v->cap)
 	{
@@ -755,10 +758,41 @@ argvec_push(ArgVec *v, int start)
 						: palloc(sizeof(int) * v->cap);
 		v->len = v->len ? repalloc(v->len, sizeof(size_t) * v->cap)
 						: palloc(sizeof(size_t) * v->cap);
+		v->ext = v->ext ? repalloc(v->ext, sizeof(char *) * v->cap)
+						: palloc(sizeof(char *) * v->cap);
 	}
+}
+
+/* argvec_push adds the bytes of data from start on as an argument. */
+static void
+argvec_push(ArgVec *v, int start)
+{
+	argvec_room(v);
 	v->off[v->argc] = start;
 	v->len[v->argc] = v->data.len - start;
+	v->ext[v->argc] = NULL;
 	v->argc++;
+}
+
+/*
+ * argvec_push_ext adds s[0..len) as an argument, without copying it: s
+ * must stay valid until the command is handed over.
+ */
+static inline void
+argvec_push_ext(ArgVec *v, const char *s, size_t len)
+{
+	argvec_room(v);
+	v->off[v->argc] = 0;
+	v->len[v->argc] = len;
+	v->ext[v->argc] = s;
+	v->argc++;
+}
+
+/* argvec_arg returns where argument i of v is. */
+static inline const char *
+argvec_arg(const ArgVec *v, int i)
+{
+	return v->ext[i] ? v->ext[i] : v->data.data + v->off[i];
 }
 
 /*
@@ -779,7 +813,6 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 		if (arg->parts[0].kind == TPL_PAIRS)
 		{
 			const TplPart *part = &arg->parts[0];
-			int			   start;
 
 			for (int c = 0; c < part->ncols; c++)
 			{
@@ -790,9 +823,8 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 				if (part->names_only)
 				{
 					/* {columns:…}: the names, whatever the row sent */
-					start = v->data.len;
-					appendStringInfoString(&v->data, part->colnames[c]);
-					argvec_push(v, start);
+					argvec_push_ext(v, part->colnames[c],
+									strlen(part->colnames[c]));
 					continue;
 				}
 				res =
@@ -805,13 +837,12 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 					*elided = true;
 					continue;
 				}
-				start = v->data.len;
-				appendStringInfoString(&v->data, part->colnames[c]);
-				argvec_push(v, start);
-				start = v->data.len;
+				argvec_push_ext(v, part->colnames[c],
+								strlen(part->colnames[c]));
 				if (res == COL_VALUE)
-					appendBinaryStringInfo(&v->data, text, len);
-				argvec_push(v, start);
+					argvec_push_ext(v, text, len);
+				else
+					argvec_push_ext(v, "", 0);
 			}
 			continue;
 		}
@@ -849,14 +880,14 @@ reserved_key(ExpandState *st, const Rule *rule, const ArgVec *v)
 	last = def->last_key < 0 ? v->argc + def->last_key : def->last_key;
 	for (int i = def->first_key; i <= last && i < v->argc; i += def->key_step)
 		if (v->len[i] >= plen &&
-			memcmp(v->data.data + v->off[i], PG2R_KEY_PREFIX, plen) == 0)
+			memcmp(argvec_arg(v, i), PG2R_KEY_PREFIX, plen) == 0)
 		{
 			pg2r_fail(&st->err, ERRCODE_RESERVED_NAME,
 					  "Keep rows from rendering keys that start with \"" PG2R_KEY_PREFIX
 					  "\", e.g. with a literal prefix before the placeholder.",
 					  "key \"%.*s\" of Redis command \"%s\" starts with \"%s\", which pg2redis keeps for itself",
-					  pg_mbcliplen(v->data.data + v->off[i], v->len[i], 200),
-					  v->data.data + v->off[i], def->name, PG2R_KEY_PREFIX);
+					  pg_mbcliplen(argvec_arg(v, i), v->len[i], 200),
+					  argvec_arg(v, i), def->name, PG2R_KEY_PREFIX);
 			return true;
 		}
 	return false;
@@ -956,7 +987,7 @@ run_rule(ExpandState *st, const Rule *rule, Pg2rOp op, const CommandSink *sink,
 						  : palloc(sizeof(char *) * b->argv_cap);
 	}
 	for (int i = 0; i < b->v.argc; i++)
-		b->argv[i] = b->v.data.data + b->v.off[i];
+		b->argv[i] = argvec_arg(&b->v, i);
 	sink->command(sink->arg, rule, op, b->v.argc, b->argv, b->v.len);
 }
 
@@ -1074,7 +1105,6 @@ mapping_change(RelMap *map, Relation rel, Pg2rOp op, HeapTuple oldtuple,
 		return;
 	st.map = map;
 	st.meta = meta;
-	initStringInfo(&st.scratch);
 	row_init(&newrow, desc, newtuple, false);
 	row_init(&oldrow, desc, oldtuple, !map->identity_full);
 

@@ -31,11 +31,11 @@
 
 bool pg2r_stage_timing = false;
 
-static Pg2rStage  cur_stage = PG2R_STAGE_OTHER;
-static instr_time last_switch;
-static instr_time spent[PG2R_NSTAGES];
-static uint64	  changes = 0;
-static bool		  started = false;
+static Pg2rStage	   cur_stage = PG2R_STAGE_OTHER;
+static instr_time	   last_switch;
+static instr_time	   spent[PG2R_NSTAGES];
+static uint64		   changes = 0;
+static bool			   started = false;
 static struct timespec cpu_from;
 
 /* thread_cpu reads the calling thread's CPU time. */
@@ -116,7 +116,8 @@ pg2r_stage_report(void)
 							 : 0;
 	if (changes > 0)
 		ereport(LOG,
-				(errmsg("pg2redis stage times: " UINT64_FORMAT " changes, %.2f us CPU per change: decode %.2f, map %.2f, append %.2f, io %.2f, other %.2f; wait %.3f s; busy %.3f s",
+				(errmsg("pg2redis stage times: " UINT64_FORMAT
+						" changes, %.2f us CPU per change: decode %.2f, map %.2f, append %.2f, io %.2f, other %.2f; wait %.3f s; busy %.3f s",
 						changes, cpu_us / (double) changes,
 						per[PG2R_STAGE_DECODE], per[PG2R_STAGE_MAP],
 						per[PG2R_STAGE_APPEND], per[PG2R_STAGE_IO],

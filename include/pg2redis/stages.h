@@ -23,8 +23,8 @@ typedef enum Pg2rStage
 extern bool pg2r_stage_timing;
 
 extern Pg2rStage pg2r_stage_switch(Pg2rStage stage);
-extern void pg2r_stage_count_changes(uint64 n);
-extern void pg2r_stage_report(void);
+extern void		 pg2r_stage_count_changes(uint64 n);
+extern void		 pg2r_stage_report(void);
 
 /*
  * pg2r_stage_enter charges the time since the last switch to the current
@@ -45,4 +45,4 @@ pg2r_stage_leave(Pg2rStage back)
 		(void) pg2r_stage_switch(back);
 }
 
-#endif							/* PG2REDIS_STAGES_H */
+#endif /* PG2REDIS_STAGES_H */
