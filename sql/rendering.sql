@@ -96,7 +96,8 @@ SELECT pg_sleep(0.5);
 SHOW pg2redis.numeric_mode;
 
 -- The text form of integers, oid, text, varchar, char(n), float8, date,
--- timestamp, timestamptz and jsonb is written by render_text itself (no
+-- timestamp, timestamptz and jsonb, and of one-dimensional arrays of them,
+-- is written by render_text itself (no
 -- call through fmgr): it must be what the type's output function writes
 -- under the fixed settings, byte for byte, edge values included.  Rows are
 -- decoded through a pg2redis slot (the session's own settings differ) and
@@ -104,7 +105,9 @@ SHOW pg2redis.numeric_mode;
 -- fixed settings.
 CREATE TABLE fp (id int PRIMARY KEY, i2 int2, i4 int4, i8 int8, o oid,
     f8 float8, tx text, vc varchar(5), ch char(4), d date, ts timestamp,
-    tz timestamptz, jb jsonb, dm posint);
+    tz timestamptz, jb jsonb, dm posint, ta text[], ia int[], i8a bigint[],
+    tza timestamptz[], da date[], jba jsonb[], vca varchar[], cha char(2)[],
+    f8a float8[], dma posint[]);
 SELECT pg2redis_add_rule('fp', 'insert', ARRAY['HSET', 'fp:{id}', '{pairs:*}']);
 -- Debian's PostgreSQL 15.19+ lists the plugins decoding may load.
 DO $$
@@ -136,6 +139,22 @@ INSERT INTO fp VALUES
    '1970-01-01 00:00:00+00', '-0.0', NULL),
   (9, NULL, NULL, NULL, NULL, -2.2250738585072014e-308, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
   (10, NULL, NULL, NULL, NULL, 123456789012345678, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+-- arrays: quoting of every kind of element, NULLs, empty, other lower
+-- bounds and more dimensions (array_out's own text)
+INSERT INTO fp (id, ta, ia, i8a, tza, da, jba, vca, cha, f8a, dma) VALUES
+  (11, ARRAY['plain', '', 'NULL', 'null', 'NuLl', NULL, 'a b', E'tab\t', E'nl\n', E'cr\r',
+             E'vt\v', E'ff\f', 'q"uote', E'back\\slash', '{brace', 'brace}', 'com,ma',
+             'semi;colon', 'ü☃', 'NULLx', ' '],
+   ARRAY[1, NULL, -2147483648, 2147483647], ARRAY[-9223372036854775808, 0],
+   ARRAY['2024-02-29 13:14:15.5+02', 'infinity', NULL, '0044-03-15 12:00:00+00 BC']::timestamptz[],
+   ARRAY['2024-02-29', '-infinity', '4714-11-24 BC']::date[],
+   ARRAY['{"a": "b c"}', 'null', '"x,y"', '[]', NULL]::jsonb[],
+   ARRAY['v', 'w x'], ARRAY['a', '', NULL], ARRAY['NaN', '-0', '1e-300', 'Infinity']::float8[],
+   ARRAY[1, 2]),
+  (12, '{}', '{}', '[0:1]={1,2}', '{}', '[5:5]={2024-01-01}', '{}', '{}', '{}', '{{1,2},{3,4}}',
+   '{}'),
+  (13, '{{"a b",c},{NULL,""}}', '[2:3]={7,8}', ARRAY[NULL]::bigint[], ARRAY[NULL]::timestamptz[],
+   ARRAY[NULL]::date[], '[0:0]={"{}"}', ARRAY[NULL]::varchar[], ARRAY['  ']::char(2)[], NULL, NULL);
 BEGIN;
 SET LOCAL DateStyle = 'ISO, YMD';
 SET LOCAL TimeZone = 'UTC';
@@ -150,10 +169,14 @@ CREATE TEMP TABLE fp_ref ON COMMIT DROP AS
                     ('i8', format('%s', i8)), ('o', format('%s', o)), ('f8', format('%s', f8)),
                     ('tx', format('%s', tx)), ('vc', format('%s', vc)), ('ch', format('%s', ch)),
                     ('d', format('%s', d)), ('ts', format('%s', ts)), ('tz', format('%s', tz)),
-                    ('jb', format('%s', jb)), ('dm', format('%s', dm))) v(col, val);
--- what was rendered (long values cut short)
-SELECT key, col, CASE WHEN length(val) > 40 THEN left(val, 20) || '… (' || length(val) || ')' ELSE val END
-  FROM fp_out ORDER BY split_part(key, ':', 2)::int, col;
+                    ('jb', format('%s', jb)), ('dm', format('%s', dm)), ('ta', format('%s', ta)),
+                    ('ia', format('%s', ia)), ('i8a', format('%s', i8a)), ('tza', format('%s', tza)),
+                    ('da', format('%s', da)), ('jba', format('%s', jba)), ('vca', format('%s', vca)),
+                    ('cha', format('%s', cha)), ('f8a', format('%s', f8a)),
+                    ('dma', format('%s', dma))) v(col, val);
+-- what was rendered (long values cut short, '' left out)
+SELECT key, col, CASE WHEN length(val) > 200 THEN left(val, 20) || '… (' || length(val) || ')' ELSE val END
+  FROM fp_out WHERE val <> '' ORDER BY split_part(key, ':', 2)::int, col;
 -- and what differs from the output functions: nothing (NULL renders as '')
 SELECT r.key, r.col, r.val AS output_function, o.val AS rendered
   FROM fp_ref r FULL JOIN fp_out o USING (key, col)

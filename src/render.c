@@ -8,7 +8,8 @@
  * IntervalStyle postgres, extra_float_digits 1, bytea_output hex) are fixed
  * by the callers that render (see render_push_settings).  For the common
  * built-in output functions (integers, oid, text, varchar, char(n), float8,
- * date, timestamp, timestamptz, jsonb) render_text runs the function's own
+ * date, timestamp, timestamptz, jsonb, and one-dimensional arrays of these)
+ * render_text runs the function's own
  * body (the same PostgreSQL routines, reading the same settings) without
  * the call through fmgr and without copying the result: the text is the
  * output function's, byte for byte, under any setting (sql/rendering.sql
@@ -204,9 +205,19 @@ coltype_init(ColType *ct, Oid typid, MemoryContext cxt, int *budget)
 			elemtype = get_element_type(base);
 			if (OidIsValid(elemtype) && type_is_array(base))
 			{
+				int16 elen;
+				bool  ebyval;
+				char  ealign;
+				Oid	  eioparam;
+				Oid	  efunc;
+
 				ct->kind = VK_ARRAY;
 				ct->elem = MemoryContextAlloc(cxt, sizeof(ColType));
 				coltype_init(ct->elem, elemtype, cxt, budget);
+				get_type_io_data(elemtype, IOFunc_output, &elen, &ebyval,
+								 &ealign, &ct->typdelim, &eioparam, &efunc);
+				if (outfunc == F_ARRAY_OUT && ct->elem->fast != TF_NONE)
+					ct->fast = TF_ARRAY;
 			}
 			else
 				ct->kind = VK_STRING;
@@ -269,6 +280,87 @@ datetime_text(TextFast fast, Datum value, char *buf)
 			return true;
 		}
 	}
+}
+
+/* array_isspace is array_out's notion of white space. */
+static inline bool
+array_isspace(char ch)
+{
+	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\v' ||
+		   ch == '\f';
+}
+
+/*
+ * array_text returns the text of a one-dimensional array with lower bound 1
+ * whose elements have a writer of render_text's, as array_out writes it:
+ * elements quoted when empty, "NULL" in any case, or holding a quote, a
+ * backslash, a brace, the delimiter or white space, with quotes and
+ * backslashes escaped; NULL elements as NULL.  NULL for any other array
+ * (more dimensions, other bounds), which array_out itself writes.
+ */
+static char *
+array_text(const ColType *ct, Datum value, int *len)
+{
+	ArrayType	  *arr = DatumGetArrayTypeP(value);
+	const ColType *elem = ct->elem;
+	StringInfoData out;
+	Datum		  *items;
+	bool		  *nulls;
+	int			   n;
+
+	if (ARR_NDIM(arr) == 0)
+	{
+		*len = 2;
+		return pstrdup("{}");
+	}
+	if (ARR_NDIM(arr) != 1 || ARR_LBOUND(arr)[0] != 1)
+		return NULL;
+	deconstruct_array(arr, elem->typid, elem->typlen, elem->typbyval,
+					  elem->typalign, &items, &nulls, &n);
+	initStringInfo(&out);
+	appendStringInfoChar(&out, '{');
+	for (int i = 0; i < n; i++)
+	{
+		const char *s;
+		int			slen;
+		bool		quote;
+
+		if (i > 0)
+			appendStringInfoChar(&out, ct->typdelim);
+		if (nulls[i])
+		{
+			appendStringInfoString(&out, "NULL");
+			continue;
+		}
+		s = render_text(elem, items[i], &slen);
+		quote = slen == 0 || pg_strcasecmp(s, "NULL") == 0;
+		for (int k = 0; k < slen && !quote; k++)
+		{
+			char ch = s[k];
+
+			quote = ch == '"' || ch == '\\' || ch == '{' || ch == '}' ||
+					ch == ct->typdelim || array_isspace(ch);
+		}
+		if (!quote)
+			appendBinaryStringInfo(&out, s, slen);
+		else
+		{
+			appendStringInfoChar(&out, '"');
+			for (int k = 0; k < slen; k++)
+			{
+				if (s[k] == '"' || s[k] == '\\')
+					appendStringInfoChar(&out, '\\');
+				appendStringInfoChar(&out, s[k]);
+			}
+			appendStringInfoChar(&out, '"');
+		}
+		pfree(unconstify(char *, s));
+	}
+	appendStringInfoChar(&out, '}');
+	pfree(items);
+	pfree(nulls);
+	*len = out.len;
+	return out.data;
 }
 
 /*
@@ -340,6 +432,12 @@ render_text(const ColType *ct, Datum value, int *len)
 			s = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
 			break;
 		}
+		case TF_ARRAY:
+			s = array_text(ct, value, len);
+			if (s != NULL)
+				return s;
+			s = OutputFunctionCall((FmgrInfo *) &ct->outfunc, value);
+			break;
 		default:
 			s = OutputFunctionCall((FmgrInfo *) &ct->outfunc, value);
 			break;

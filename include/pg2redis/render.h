@@ -40,7 +40,8 @@ typedef enum TextFast
 	TF_DATE,
 	TF_TIMESTAMP,
 	TF_TIMESTAMPTZ,
-	TF_JSONB
+	TF_JSONB,
+	TF_ARRAY /* array_out of one dimension, elements with a writer above */
 } TextFast;
 
 /* Everything needed to render values of one type; built once per column. */
@@ -52,9 +53,10 @@ typedef struct ColType
 	bool			typbyval;
 	char			typalign;
 	FmgrInfo		outfunc;
-	TextFast		fast;	/* render_text's own writer, if any */
-	Oid				base;	/* the type under any domain */
-	struct ColType *elem;	/* VK_ARRAY: the element type */
+	TextFast		fast;	  /* render_text's own writer, if any */
+	char			typdelim; /* VK_ARRAY: the elements' delimiter */
+	Oid				base;	  /* the type under any domain */
+	struct ColType *elem;	  /* VK_ARRAY: the element type */
 	int nfields;			/* VK_COMPOSITE: attributes at init, dropped too */
 	struct ColType *fields; /* VK_COMPOSITE: their types */
 	Oid			   *fieldtypes; /* and type OIDs (InvalidOid: dropped) */
