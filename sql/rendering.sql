@@ -143,7 +143,7 @@ INSERT INTO fp VALUES
 -- bounds and more dimensions (array_out's own text)
 INSERT INTO fp (id, ta, ia, i8a, tza, da, jba, vca, cha, f8a, dma) VALUES
   (11, ARRAY['plain', '', 'NULL', 'null', 'NuLl', NULL, 'a b', E'tab\t', E'nl\n', E'cr\r',
-             E'vt\v', E'ff\f', 'q"uote', E'back\\slash', '{brace', 'brace}', 'com,ma',
+             'vt' || chr(11), E'ff\f', 'q"uote', E'back\\slash', '{brace', 'brace}', 'com,ma',
              'semi;colon', 'ü☃', 'NULLx', ' '],
    ARRAY[1, NULL, -2147483648, 2147483647], ARRAY[-9223372036854775808, 0],
    ARRAY['2024-02-29 13:14:15.5+02', 'infinity', NULL, '0044-03-15 12:00:00+00 BC']::timestamptz[],
