@@ -873,6 +873,7 @@ link_read(int li, Link *l)
 	bool		eof;
 	redisReply *r;
 	int			rc;
+	TimestampTz now = 0;
 
 	if (!redis_receive(&l->conn, &eof))
 	{
@@ -883,8 +884,10 @@ link_read(int li, Link *l)
 	{
 		bool ok;
 
-		l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												  pg2r_redis_timeout_ms);
+		/* the replies of one read arrived together: one clock reading */
+		if (now == 0)
+			now = GetCurrentTimestamp();
+		l->deadline = TimestampTzPlusMilliseconds(now, pg2r_redis_timeout_ms);
 		if (l->state == LINK_HANDSHAKE)
 			ok = handle_handshake_reply(li, l, r);
 		else

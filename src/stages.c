@@ -7,9 +7,9 @@
  * it is in: the decoder (WAL reading, reorder buffer), the rules (map and
  * render), appending commands to the block, I/O with Redis, or waiting for
  * Redis or the latch.  Stages switch a few times per row change; each
- * switch reads the monotonic clock once (a vDSO call, no system call), so
- * the figures are wall time spent in each stage, scaled to the thread's
- * CPU time (see pg2r_stage_report).  Whenever the worker reaches the end of
+ * switch reads the time stamp counter once (stage_clock), so the figures
+ * are elapsed time in each stage, scaled to the thread's CPU time (see
+ * pg2r_stage_report).  Whenever the worker reaches the end of
  * WAL after changes, it logs the figures since the last report and starts
  * again:
  *
@@ -24,19 +24,43 @@
 #include "postgres.h"
 
 #include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+#endif
 
-#include "portability/instr_time.h"
+#include "utils/timestamp.h"
 
 #include "pg2redis/stages.h"
 
 bool pg2r_stage_timing = false;
 
 static Pg2rStage	   cur_stage = PG2R_STAGE_OTHER;
-static instr_time	   last_switch;
-static instr_time	   spent[PG2R_NSTAGES];
+static uint64		   last_switch;
+static uint64		   spent[PG2R_NSTAGES];
 static uint64		   changes = 0;
 static bool			   started = false;
 static struct timespec cpu_from;
+static TimestampTz	   wall_from;
+static uint64		   ticks_from;
+
+/*
+ * stage_clock reads a clock that only ever goes forward, in ticks of any
+ * constant rate: the CPU's time stamp counter where there is one (a few
+ * cycles, where even the vDSO clock took 6 % of the worker's time), else
+ * the monotonic clock in nanoseconds.
+ */
+static inline uint64
+stage_clock(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	return __rdtsc();
+#else
+	struct timespec ts;
+
+	(void) clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64) ts.tv_sec * 1000000000 + ts.tv_nsec;
+#endif
+}
 
 /* thread_cpu reads the calling thread's CPU time. */
 static struct timespec
@@ -55,22 +79,18 @@ thread_cpu(void)
 Pg2rStage
 pg2r_stage_switch(Pg2rStage stage)
 {
-	instr_time now;
-	Pg2rStage  was = cur_stage;
+	uint64	  now = stage_clock();
+	Pg2rStage was = cur_stage;
 
-	INSTR_TIME_SET_CURRENT(now);
 	if (!started)
 	{
 		started = true;
 		cpu_from = thread_cpu();
+		wall_from = GetCurrentTimestamp();
+		ticks_from = now;
 	}
 	else
-	{
-		instr_time d = now;
-
-		INSTR_TIME_SUBTRACT(d, last_switch);
-		INSTR_TIME_ADD(spent[was], d);
-	}
+		spent[was] += now - last_switch;
 	last_switch = now;
 	cur_stage = stage;
 	return was;
@@ -97,23 +117,30 @@ void
 pg2r_stage_report(void)
 {
 	struct timespec cpu;
+	TimestampTz		wall;
 	double			cpu_us;
-	double			busy_us = 0;
+	double			busy = 0;
+	double			us_per_tick;
 	double			per[PG2R_NSTAGES];
 
 	if (!pg2r_stage_timing || !started)
 		return;
 	(void) pg2r_stage_switch(cur_stage);
 	cpu = thread_cpu();
+	wall = GetCurrentTimestamp();
 	cpu_us = (double) (cpu.tv_sec - cpu_from.tv_sec) * 1e6 +
 			 (double) (cpu.tv_nsec - cpu_from.tv_nsec) / 1e3;
+	us_per_tick =
+		last_switch > ticks_from
+			? (double) (wall - wall_from) / (double) (last_switch - ticks_from)
+			: 0;
 	for (int s = 0; s < PG2R_NSTAGES; s++)
 		if (s != PG2R_STAGE_WAIT)
-			busy_us += INSTR_TIME_GET_MICROSEC(spent[s]);
+			busy += (double) spent[s];
 	for (int s = 0; s < PG2R_NSTAGES; s++)
-		per[s] = busy_us > 0 ? INSTR_TIME_GET_MICROSEC(spent[s]) * cpu_us /
-								   busy_us / (double) Max(changes, 1)
-							 : 0;
+		per[s] = busy > 0 ? (double) spent[s] * cpu_us / busy /
+								(double) Max(changes, 1)
+						  : 0;
 	if (changes > 0)
 		ereport(LOG,
 				(errmsg("pg2redis stage times: " UINT64_FORMAT
@@ -122,9 +149,11 @@ pg2r_stage_report(void)
 						per[PG2R_STAGE_DECODE], per[PG2R_STAGE_MAP],
 						per[PG2R_STAGE_APPEND], per[PG2R_STAGE_IO],
 						per[PG2R_STAGE_OTHER],
-						INSTR_TIME_GET_DOUBLE(spent[PG2R_STAGE_WAIT]),
-						busy_us / 1e6)));
+						(double) spent[PG2R_STAGE_WAIT] * us_per_tick / 1e6,
+						busy * us_per_tick / 1e6)));
 	memset(spent, 0, sizeof(spent));
 	changes = 0;
 	cpu_from = cpu;
+	wall_from = wall;
+	ticks_from = last_switch;
 }
