@@ -305,10 +305,19 @@ row_init(RowState *row, TupleDesc desc, HeapTuple tup, bool keyonly)
 	row->keyonly = keyonly;
 	if (tup == NULL)
 		return;
-	row->values = palloc(sizeof(Datum) * Max(desc->natts, 1));
-	row->isnull = palloc(sizeof(bool) * Max(desc->natts, 1));
-	row->text = palloc0(sizeof(char *) * Max(desc->natts, 1));
-	row->textlen = palloc0(sizeof(int) * Max(desc->natts, 1));
+	{
+		/* one allocation for the four arrays, widest elements first */
+		int	  n = Max(desc->natts, 1);
+		char *mem = palloc(n * (sizeof(Datum) + sizeof(char *) + sizeof(int) +
+								sizeof(bool)));
+
+		row->values = (Datum *) mem;
+		row->text = (const char **) (mem + n * sizeof(Datum));
+		row->textlen = (int *) (mem + n * (sizeof(Datum) + sizeof(char *)));
+		row->isnull = (bool *) (mem + n * (sizeof(Datum) + sizeof(char *) +
+										   sizeof(int)));
+		memset(row->text, 0, n * sizeof(char *));
+	}
 	heap_deform_tuple(tup, desc, row->values, row->isnull);
 }
 
@@ -982,9 +991,8 @@ run_rule(ExpandState *st, const Rule *rule, Pg2rOp op, const CommandSink *sink,
 
 	if (b->argv_cap < b->v.argc)
 	{
-		b->argv_cap = Max(b->v.argc, 16);
-		b->argv = b->argv ? repalloc(b->argv, sizeof(char *) * b->argv_cap)
-						  : palloc(sizeof(char *) * b->argv_cap);
+		b->argv_cap = b->v.cap;
+		b->argv = repalloc(b->argv, sizeof(char *) * b->argv_cap);
 	}
 	for (int i = 0; i < b->v.argc; i++)
 		b->argv[i] = argvec_arg(&b->v, i);
@@ -1029,10 +1037,36 @@ run_rule_guarded(ExpandState *st, const Rule *rule, Pg2rOp op,
 	pg2r_fail(&st->err, edata->sqlerrcode, NULL, "rendering failed: %s",
 			  edata->message);
 	FreeErrorData(edata);
-	/* the buffers may hold a half-built command: start them afresh */
-	memset(&b->v, 0, sizeof(b->v));
-	initStringInfo(&b->v.data);
+	/* the buffers may hold a half-built command: start afresh (in place) */
+	resetStringInfo(&b->v.data);
+	b->v.argc = 0;
 	rule_error(st, rule, op, sink);
+}
+
+/*
+ * The buffers of run_rules, kept from change to change (RuleBufsCxt) rather
+ * than allocated for each; a call made while they are in use (none is
+ * expected) gets buffers of its own.
+ */
+static RuleBufs		 rule_bufs;
+static MemoryContext RuleBufsCxt = NULL;
+static bool			 rule_bufs_busy = false;
+
+/* A command buffer grown larger than this is not kept for the next change. */
+#define RULE_BUFS_KEEP_MAX (1024 * 1024)
+
+/* rule_bufs_init gives *b empty buffers allocated in cxt. */
+static void
+rule_bufs_init(RuleBufs *b, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	memset(b, 0, sizeof(*b));
+	initStringInfo(&b->v.data);
+	argvec_room(&b->v);
+	b->argv_cap = b->v.cap;
+	b->argv = palloc(sizeof(char *) * b->argv_cap);
+	MemoryContextSwitchTo(old);
 }
 
 /* run_rules expands every rule of st->op that applies to the change. */
@@ -1041,22 +1075,54 @@ run_rules(ExpandState *st, Pg2rOp op, const CommandSink *sink)
 {
 	List	 *rules = rules_for(st->map->rulerelid, op);
 	ListCell *lc;
-	RuleBufs  b = {0};
+	RuleBufs  own;
+	RuleBufs *b = &rule_bufs;
 
 	if (op == PG2R_OP_SNAPSHOT && rules == NIL)
 		rules = rules_for(st->map->rulerelid, PG2R_OP_INSERT);
 	st->op = op;
-	initStringInfo(&b.v.data);
-
-	foreach(lc, rules)
+	if (rules == NIL)
+		return;
+	if (RuleBufsCxt == NULL)
 	{
-		Rule *rule = lfirst(lc);
-
-		if (sink->careful)
-			run_rule_guarded(st, rule, op, sink, &b);
-		else
-			run_rule(st, rule, op, sink, &b);
+		RuleBufsCxt =
+			AllocSetContextCreate(TopMemoryContext, "pg2redis rule buffers",
+								  ALLOCSET_SMALL_SIZES);
+		rule_bufs_init(&rule_bufs, RuleBufsCxt);
 	}
+	if (rule_bufs_busy)
+	{
+		b = &own;
+		rule_bufs_init(b, CurrentMemoryContext);
+	}
+	else
+		rule_bufs_busy = true;
+
+	PG_TRY();
+	{
+		foreach(lc, rules)
+		{
+			Rule *rule = lfirst(lc);
+
+			if (sink->careful)
+				run_rule_guarded(st, rule, op, sink, b);
+			else
+				run_rule(st, rule, op, sink, b);
+		}
+	}
+	PG_FINALLY();
+	{
+		if (b == &rule_bufs)
+		{
+			rule_bufs_busy = false;
+			if (rule_bufs.v.data.maxlen > RULE_BUFS_KEEP_MAX)
+			{
+				MemoryContextReset(RuleBufsCxt);
+				rule_bufs_init(&rule_bufs, RuleBufsCxt);
+			}
+		}
+	}
+	PG_END_TRY();
 }
 
 /*
