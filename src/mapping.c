@@ -75,6 +75,7 @@
 #include "pg2redis/settings.h"
 
 static HTAB			*RelMaps = NULL;
+static RelMap		*LastMap = NULL; /* the entry mapping_get found last */
 static MemoryContext MapsCxt = NULL;
 
 /*
@@ -236,7 +237,15 @@ mapping_get(Relation rel)
 		CacheRegisterRelcacheCallback(relmap_invalidate, (Datum) 0);
 	}
 
-	entry = hash_search(RelMaps, &relid, HASH_ENTER, &found);
+	/* changes come in runs of one relation; entries are never removed */
+	if (LastMap != NULL && LastMap->relid == relid)
+	{
+		entry = LastMap;
+		found = true;
+	}
+	else
+		entry = hash_search(RelMaps, &relid, HASH_ENTER, &found);
+	LastMap = entry;
 	if (!found)
 	{
 		entry->cxt = NULL;
