@@ -84,7 +84,7 @@ make_workdir pg2redis-bench
 start_redis
 start_pg postgres "max_replication_slots = 10" "max_wal_senders = 10" \
 	"shared_buffers = 256MB" "max_wal_size = 4GB" "checkpoint_timeout = 30min" \
-	"pg2redis.stage_timing = on"
+	"pg2redis.stage_timing = on" "wal_sender_timeout = 10min"
 export PGPORT PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=postgres REDIS_PORT
 sql() { "${AS_PG[@]}" "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres "$@"; }
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
