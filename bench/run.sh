@@ -57,6 +57,9 @@ SIDECAR_DIR=$ROOT/bench/sidecar
 SIDECAR_PID="" SAMPLER_PID=""
 
 cleanup_bench() {
+	# PG2REDIS_BENCH_LOG=FILE keeps the server's log (the worker's stage lines)
+	[[ -n ${PG2REDIS_BENCH_LOG:-} && -n ${WORK:-} && -f $WORK/postgres.log ]] &&
+		cp "$WORK/postgres.log" "$PG2REDIS_BENCH_LOG"
 	[[ -n $SIDECAR_PID ]] && kill "$SIDECAR_PID" 2>/dev/null || true
 	[[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null || true
 	stop_all
@@ -112,6 +115,7 @@ TICK_US=$((1000000 / $(getconf CLK_TCK)))
 # record -g) into FILE
 catch_up() {
 	local t0 t1 c0 c1 logged line
+	WORKER=$(sql -c "SELECT worker_pid FROM pg2redis_status()")
 	logged=$(grep -c 'pg2redis stage times' "$WORK/postgres.log" || true)
 	c0=$(worker_ticks)
 	if [[ -n ${1:-} && ${PG2REDIS_BENCH_PERF:-} == "$1":* ]]; then
