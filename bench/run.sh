@@ -19,9 +19,19 @@
 #   cluster    the 1000 x 1000-row catch-up again, to a 3-primary Redis
 #              Cluster (no replicas) started on loopback ports
 #
+#   mixed      300 x 1000-row inserts, then updates and deletes, of a table
+#              of common types (bigint key, numeric(10,2), timestamptz,
+#              boolean, text, jsonb, text[]), each beside redis-cli --pipe of
+#              the same commands
+#   CPU        the worker's CPU time per row for every catch-up (from
+#              /proc/<pid>/stat) and its split by stage (decode, map and
+#              render, append, I/O, other) from pg2redis.stage_timing
+#
 # The mapping (6-column table `bench`): insert/update HSET bench:<id> <row>
-# + SADD bench:all <id>; delete DEL + SREM.  --smoke runs tiny sizes and only
-# checks that everything runs and Redis matches (scripts/test.sh runs it).
+# + SADD bench:all <id>; delete DEL + SREM; the same for `mixed`.  --smoke
+# runs tiny sizes and only checks that everything runs and Redis matches
+# (scripts/test.sh runs it); --cpu runs only the catch-ups (300 x 1000 rows
+# of each table) with their ceilings and CPU figures, in about a minute.
 #
 # Environment: PG_CONFIG, PG2REDIS_TEST_SKIP_INSTALL=1, PG2REDIS_DEMO_SKIP_BUILD=1
 # as for scripts/demo.sh.
@@ -31,18 +41,25 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/common.sh
 source "$ROOT/scripts/common.sh"
 
-SMOKE=0
+SMOKE=0 CPU_ONLY=0
 [[ ${1:-} == --smoke ]] && SMOKE=1
+[[ ${1:-} == --cpu ]] && CPU_ONLY=1
 if [[ $SMOKE == 1 ]]; then
-	TXNS=20 PER=100 BIG=5000 SNAP=5000 LAT_SECS=1 RATES="100"
+	TXNS=20 PER=100 BIG=5000 SNAP=5000 LAT_SECS=1 RATES="100" MTXNS=20
+elif [[ $CPU_ONLY == 1 ]]; then
+	TXNS=300 PER=1000 MTXNS=300
 else
-	TXNS=1000 PER=1000 BIG=1000000 SNAP=200000 LAT_SECS=10 RATES="200 2000"
+	TXNS=1000 PER=1000 BIG=1000000 SNAP=200000 LAT_SECS=10 RATES="200 2000" MTXNS=300
 fi
+MN=$((MTXNS * PER))
 N=$((TXNS * PER))
 SIDECAR_DIR=$ROOT/bench/sidecar
 SIDECAR_PID="" SAMPLER_PID=""
 
 cleanup_bench() {
+	# PG2REDIS_BENCH_LOG=FILE keeps the server's log (the worker's stage lines)
+	[[ -n ${PG2REDIS_BENCH_LOG:-} && -n ${WORK:-} && -f $WORK/postgres.log ]] &&
+		cp "$WORK/postgres.log" "$PG2REDIS_BENCH_LOG"
 	[[ -n $SIDECAR_PID ]] && kill "$SIDECAR_PID" 2>/dev/null || true
 	[[ -n $SAMPLER_PID ]] && kill "$SAMPLER_PID" 2>/dev/null || true
 	stop_all
@@ -61,7 +78,7 @@ fi
 PG_CONFIG=$(find_pg_config)
 BIN=$("$PG_CONFIG" --bindir)
 if [[ ${PG2REDIS_DEMO_SKIP_BUILD:-} != 1 ]]; then build >/dev/null || die "build failed"; fi
-if [[ ! -d $SIDECAR_DIR/node_modules ]]; then
+if [[ $CPU_ONLY == 0 && ! -d $SIDECAR_DIR/node_modules ]]; then
 	(cd "$SIDECAR_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
 		die "npm ci in bench/sidecar failed"
 fi
@@ -69,7 +86,8 @@ fi
 make_workdir pg2redis-bench
 start_redis
 start_pg postgres "max_replication_slots = 10" "max_wal_senders = 10" \
-	"shared_buffers = 256MB" "max_wal_size = 4GB" "checkpoint_timeout = 30min"
+	"shared_buffers = 256MB" "max_wal_size = 4GB" "checkpoint_timeout = 30min" \
+	"pg2redis.stage_timing = on" "wal_sender_timeout = 10min"
 export PGPORT PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=postgres REDIS_PORT
 sql() { "${AS_PG[@]}" "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres "$@"; }
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
@@ -87,10 +105,38 @@ set_enabled() {
 	for _ in $(seq 300); do [[ $(sql -c "SELECT state FROM pg2redis_status()") == "$want" ]] && return; sleep 0.05; done
 	die "the worker did not become $want"
 }
-# catch_up MEASURE: resume the paused worker, time until Redis has it all
+# worker_ticks: the worker's CPU time so far (user + system), in clock ticks
+worker_ticks() { awk '{print $14 + $15}' "/proc/$WORKER/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+# catch_up [LABEL ROWS]: resume the paused worker, time until Redis has it
+# all; with LABEL, keeps the worker's CPU per row and its stage split
+# (pg2redis.stage_timing's log line) in $WORK/cpu.LABEL, and with
+# PG2REDIS_BENCH_PERF=LABEL:FILE records a profile of the worker (perf
+# record -g) into FILE
 catch_up() {
-	local t0 t1
+	local t0 t1 c0 c1 logged line
+	WORKER=$(sql -c "SELECT worker_pid FROM pg2redis_status()")
+	logged=$(grep -c 'pg2redis stage times' "$WORK/postgres.log" || true)
+	c0=$(worker_ticks)
+	if [[ -n ${1:-} && ${PG2REDIS_BENCH_PERF:-} == "$1":* ]]; then
+		perf record -q -F 2000 -g -p "$WORKER" -o "${PG2REDIS_BENCH_PERF#*:}" >/dev/null 2>&1 &
+		PERF_PID=$!
+		sleep 0.5
+	fi
 	t0=$(now); set_enabled on; wait_caught_up; t1=$(now)
+	c1=$(worker_ticks)
+	if [[ -n ${PERF_PID:-} ]]; then
+		kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=""
+	fi
+	if [[ -n ${1:-} ]]; then
+		line=""
+		for _ in $(seq 100); do
+			line=$(grep 'pg2redis stage times' "$WORK/postgres.log" | tail -n +"$((logged + 1))" | tail -1 || true)
+			[[ -n $line ]] && break
+			sleep 0.05
+		done
+		echo "$(awk -v t="$((c1 - c0))" -v u="$TICK_US" -v n="$2" 'BEGIN { printf "%.2f", t * u / n }') ${line#*CPU per change: }" >"$WORK/cpu.$1"
+	fi
 	secs "$t0" "$t1"
 }
 # run_sidecar EXPECT: stream the sidecar slot until EXPECT changes; seconds
@@ -122,6 +168,34 @@ SELECT pg2redis_add_rule('bench', op, ARRAY['HSET', 'bench:{id}', '{pairs:*}']) 
 SELECT pg2redis_add_rule('bench', op, 'SADD bench:all {id}') FROM unnest(ARRAY['insert', 'update']) op;
 SELECT pg2redis_add_rule('bench', 'delete', 'DEL bench:{id}');
 SELECT pg2redis_add_rule('bench', 'delete', 'SREM bench:all {id}');
+CREATE TABLE mixed (id bigint PRIMARY KEY, price numeric(10,2), at timestamptz,
+    flag boolean, name text, doc jsonb, tags text[]);
+SELECT pg2redis_add_rule('mixed', op, ARRAY['HSET', 'mixed:{id}', '{pairs:*}']) FROM unnest(ARRAY['insert', 'update']) op;
+SELECT pg2redis_add_rule('mixed', op, 'SADD mixed:all {id}') FROM unnest(ARRAY['insert', 'update']) op;
+SELECT pg2redis_add_rule('mixed', 'delete', 'DEL mixed:{id}');
+SELECT pg2redis_add_rule('mixed', 'delete', 'SREM mixed:all {id}');
+CREATE PROCEDURE fill_mixed(txns int, per int) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR t IN 0 .. txns - 1 LOOP
+        INSERT INTO mixed SELECT g, (g % 100000) / 100.0,
+            timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second',
+            g % 2 = 0, 'name ' || g, jsonb_build_object('n', g, 'tag', 't' || (g % 10)),
+            ARRAY['red', 'g' || (g % 7)]
+          FROM generate_series(t * per + 1, (t + 1) * per) g;
+        COMMIT;
+    END LOOP;
+END $$;
+CREATE PROCEDURE touch_mixed(txns int, per int, how text) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR t IN 0 .. txns - 1 LOOP
+        IF how = 'update' THEN
+            UPDATE mixed SET price = price + 1 WHERE id BETWEEN t * per + 1 AND (t + 1) * per;
+        ELSE
+            DELETE FROM mixed WHERE id BETWEEN t * per + 1 AND (t + 1) * per;
+        END IF;
+        COMMIT;
+    END LOOP;
+END $$;
 CREATE TABLE lat (id int PRIMARY KEY, v bigint);
 INSERT INTO lat VALUES (1, 0);
 SELECT pg2redis_add_rule('lat', 'update', 'PUBLISH lat {v}');
@@ -150,11 +224,12 @@ for _ in $(seq 300); do [[ $(sql -c "SELECT state FROM pg2redis_status()") == st
 WORKER=$(sql -c "SELECT worker_pid FROM pg2redis_status()")
 
 # --- ceilings: Redis alone ---------------------------------------------------
-say "Redis alone: redis-cli --pipe of $N rows (HSET of 6 fields + SADD)"
-python3 - "$N" >"$WORK/pipe.resp" <<'PY'
+say "Redis alone: redis-cli --pipe of $N rows (HSET of 6 fields + SADD, again over them, DEL + SREM)"
+python3 - "$N" "$WORK/pipe.del" >"$WORK/pipe.resp" <<'PY'
 import sys
 out = sys.stdout.buffer
-def cmd(*args):
+dl = open(sys.argv[2], "wb")
+def cmd(*args, out=out):
     parts = [b"*%d\r\n" % len(args)]
     for a in args:
         a = a.encode()
@@ -164,11 +239,15 @@ for g in range(1, int(sys.argv[1]) + 1):
     s = str(g)
     cmd("HSET", "bench:" + s, "id", s, "a", "a" + s, "b", s, "c", "c" + s, "d", str(2 * g), "e", "e")
     cmd("SADD", "bench:all", s)
+    cmd("DEL", "bench:" + s, out=dl)
+    cmd("SREM", "bench:all", s, out=dl)
 PY
 rcli flushall >/dev/null
-t0=$(now); rcli --pipe <"$WORK/pipe.resp" >/dev/null; t1=$(now)
-REDIS_S=$(secs "$t0" "$t1")
+pipe_secs() { local t0 t1; t0=$(now); rcli --pipe <"$1" >/dev/null; t1=$(now); secs "$t0" "$t1"; }
+REDIS_S=$(pipe_secs "$WORK/pipe.resp")
+REDIS_UPD_S=$(pipe_secs "$WORK/pipe.resp")
 check_count "$N" "redis-cli --pipe"
+REDIS_DEL_S=$(pipe_secs "$WORK/pipe.del")
 rcli flushall >/dev/null
 
 # --- catch-up: 1000 x 1000-row transactions --------------------------------
@@ -179,8 +258,9 @@ set_enabled off
 sql -c "CALL fill($TXNS, $PER, 0)"
 rcli flushall >/dev/null
 say "pg2redis catch-up"
-P2R_S=$(catch_up)
+P2R_S=$(catch_up ins "$N")
 check_count "$N" "pg2redis catch-up"; check_rows "pg2redis catch-up"
+if [[ $CPU_ONLY == 0 ]]; then
 say "decoding alone (test_decoding)"
 t0=$(now)
 DEC_CHANGES=$(sql -c "SELECT count(*) FROM pg_logical_slot_get_changes('td', NULL, NULL) WHERE data LIKE 'table%'")
@@ -201,7 +281,7 @@ echo 0 >"$WORK/rss.max"
 	sleep 0.05
 done ) &
 SAMPLER_PID=$!
-P2R_BIG_S=$(catch_up)
+P2R_BIG_S=$(catch_up big "$BIG")
 kill "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
 RSS_KB=$(cat "$WORK/rss.max")
 check_count "$((N + BIG))" "pg2redis, one big transaction"
@@ -210,19 +290,72 @@ sql -c "SELECT count(*) FROM pg_logical_slot_get_changes('td', NULL, NULL)" >/de
 t1=$(now); DEC_BIG_S=$(secs "$t0" "$t1")
 say "sidecar, one big transaction"
 SC_BIG_S=$(run_sidecar "$BIG")
+fi
 
 # --- updates and deletes (pg2redis) -------------------------------------------
 say "UPDATE of $N rows in $TXNS transactions while paused"
 set_enabled off
 sql -c "CALL touch($TXNS, $PER, 'update')"
-P2R_UPD_S=$(catch_up)
+P2R_UPD_S=$(catch_up upd "$N")
 [[ $(rcli hget bench:1 b) == 2 ]] || die "update did not reach Redis"
 say "DELETE of $N rows in $TXNS transactions while paused"
 set_enabled off
 sql -c "CALL touch($TXNS, $PER, 'delete')"
-P2R_DEL_S=$(catch_up)
-check_count "$BIG" "pg2redis deletes"
+P2R_DEL_S=$(catch_up del "$N")
+check_count "${BIG:-0}" "pg2redis deletes"
 sql -c "SELECT pg_drop_replication_slot('td')" -c "SELECT pg_drop_replication_slot('sidecar')" >/dev/null
+
+# --- the mixed-type table -------------------------------------------------------
+say "mixed table: redis-cli --pipe of $MN rows (HSET of 7 fields + SADD, again over them, DEL + SREM)"
+python3 - "$MN" "$WORK/mixed" <<'PY'
+import sys, datetime
+n, base = int(sys.argv[1]), sys.argv[2]
+def cmd(out, *args):
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    out.write(b"".join(parts))
+t0 = datetime.datetime(2026, 1, 1)
+with open(base + ".ins", "wb") as ins, open(base + ".del", "wb") as dl:
+    for g in range(1, n + 1):
+        s = str(g)
+        at = (t0 + datetime.timedelta(seconds=g)).strftime("%Y-%m-%d %H:%M:%S") + "+00"
+        cmd(ins, "HSET", "mixed:" + s, "id", s, "price", "%d.%02d" % (g % 100000 // 100, g % 100),
+            "at", at, "flag", "true" if g % 2 == 0 else "false", "name", "name " + s,
+            "doc", '{"n": %d, "tag": "t%d"}' % (g, g % 10), "tags", "{red,g%d}" % (g % 7))
+        cmd(ins, "SADD", "mixed:all", s)
+        cmd(dl, "DEL", "mixed:" + s)
+        cmd(dl, "SREM", "mixed:all", s)
+PY
+rcli flushall >/dev/null
+M_REDIS_S=$(pipe_secs "$WORK/mixed.ins")
+M_REDIS_UPD_S=$(pipe_secs "$WORK/mixed.ins")
+[[ $(rcli scard mixed:all) == "$MN" ]] || die "mixed: redis-cli --pipe did not write every row"
+M_REDIS_DEL_S=$(pipe_secs "$WORK/mixed.del")
+rcli flushall >/dev/null
+say "mixed table: pg2redis catch-up of $MTXNS x $PER inserts, updates, deletes"
+set_enabled off
+sql -c "CALL fill_mixed($MTXNS, $PER)"
+M_S=$(catch_up mins "$MN")
+[[ $(rcli scard mixed:all) == "$MN" ]] || die "mixed: Redis does not have every row"
+bad=$(sql -c "SELECT count(*) FROM (SELECT * FROM mixed ORDER BY random() LIMIT 200) m
+	WHERE pg2redis_redis('HGET', 'mixed:' || id, 'price') <> to_jsonb(price::text)
+	   OR pg2redis_redis('HGET', 'mixed:' || id, 'at') <> to_jsonb(to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00')
+	   OR pg2redis_redis('HGET', 'mixed:' || id, 'flag') <> to_jsonb(flag::text)
+	   OR pg2redis_redis('HGET', 'mixed:' || id, 'doc') <> to_jsonb(doc::text)
+	   OR pg2redis_redis('HGET', 'mixed:' || id, 'tags') <> to_jsonb(tags::text)")
+[[ $bad == 0 ]] || die "mixed: $bad sampled rows differ in Redis"
+set_enabled off
+sql -c "CALL touch_mixed($MTXNS, $PER, 'update')"
+M_UPD_S=$(catch_up mupd "$MN")
+[[ $(rcli hget mixed:1 price) == 1.01 ]] || die "mixed: the update did not reach Redis"
+set_enabled off
+sql -c "CALL touch_mixed($MTXNS, $PER, 'delete')"
+M_DEL_S=$(catch_up mdel "$MN")
+[[ $(rcli scard mixed:all) == 0 ]] || die "mixed: the deletes did not reach Redis"
+
+if [[ $CPU_ONLY == 0 ]]; then
 
 # --- latency -----------------------------------------------------------------
 declare -A LAT
@@ -308,37 +441,78 @@ P2R_CL_S=$(catch_up)
 [[ $(ccli scard bench:all) == "$N" ]] || die "cluster catch-up: bench:all does not have $N members"
 check_rows "cluster catch-up"
 
+fi
+
 # --- report ------------------------------------------------------------------
 field() { sed -E "s/.*$1 ([0-9.a-zA-Z]+).*/\1/" <<<"$2"; }
-RC=$(rate "$N" "$REDIS_S") PR=$(rate "$N" "$P2R_S") SR=$(rate "$N" "$SC_S")
-DR=$(rate "$DEC_CHANGES" "$DEC_S")
-PBR=$(rate "$BIG" "$P2R_BIG_S") SBR=$(rate "$BIG" "$SC_BIG_S") DBR=$(rate "$BIG" "$DEC_BIG_S")
-PUR=$(rate "$N" "$P2R_UPD_S") PDR=$(rate "$N" "$P2R_DEL_S")
-SNR=$(rate "$SNAP" "$SNAP_S")
-PCR=$(rate "$N" "$P2R_CL_S")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+RC=$(rate "$N" "$REDIS_S") PR=$(rate "$N" "$P2R_S")
+PUR=$(rate "$N" "$P2R_UPD_S") PDR=$(rate "$N" "$P2R_DEL_S")
+RUC=$(rate "$N" "$REDIS_UPD_S") RDC=$(rate "$N" "$REDIS_DEL_S")
+MRC=$(rate "$MN" "$M_REDIS_S") MRUC=$(rate "$MN" "$M_REDIS_UPD_S") MRDC=$(rate "$MN" "$M_REDIS_DEL_S")
+MPR=$(rate "$MN" "$M_S") MPUR=$(rate "$MN" "$M_UPD_S") MPDR=$(rate "$MN" "$M_DEL_S")
 echo
-echo "pg2redis benchmark ($(nproc) cores, PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'), Redis $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/\1/'), loopback$([[ $SMOKE == 1 ]] && echo ', SMOKE sizes'))"
+echo "pg2redis benchmark ($(nproc) cores, PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'), Redis $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/\1/'), loopback$([[ $SMOKE == 1 ]] && echo ', SMOKE sizes')$([[ $CPU_ONLY == 1 ]] && echo ', catch-ups only (--cpu)'))"
 echo
 printf '| %-58s | %12s | %-26s |\n' "measurement" "figure" "ratio"
 printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..60})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..28})"
 row() { printf '| %-58s | %12s | %-26s |\n' "$1" "$2" "$3"; }
 row "Redis alone, redis-cli --pipe (HSET+SADD), rows/s" "$RC" "ceiling"
-row "decoding alone, test_decoding, $TXNS x $PER, changes/s" "$DR" ""
-row "pg2redis catch-up, $TXNS x $PER inserts, rows/s" "$PR" "$(ratio "$PR" "$RC") x Redis, $(ratio "$PR" "$SR") x sidecar"
-row "sidecar catch-up, $TXNS x $PER inserts, rows/s" "$SR" "$(ratio "$SR" "$RC") x Redis"
-row "pg2redis catch-up, 1 x $BIG inserts, rows/s" "$PBR" "$(ratio "$PBR" "$RC") x Redis, $(ratio "$PBR" "$SBR") x sidecar"
-row "sidecar catch-up, 1 x $BIG inserts, rows/s" "$SBR" ""
-row "decoding alone, 1 x $BIG, changes/s" "$DBR" ""
-row "pg2redis catch-up, $TXNS x $PER updates, rows/s" "$PUR" ""
-row "pg2redis catch-up, $TXNS x $PER deletes, rows/s" "$PDR" ""
-row "pg2redis catch-up, 3-primary Cluster, $TXNS x $PER inserts, rows/s" "$PCR" "$(ratio "$PCR" "$PR") x to one Redis"
-for r in $RATES; do
-	p=${LAT[p2r_$r]} s=${LAT[sc_$r]}
-	row "latency at $r tx/s, pg2redis p50 / p99 / max, ms" "$(field p50 "$p") / $(field p99 "$p") / $(field max "$p")" "n $(field n "$p"), lost $(field lost "$p")"
-	row "latency at $r tx/s, sidecar p50 / p99 / max, ms" "$(field p50 "$s") / $(field p99 "$s") / $(field max "$s")" "n $(field n "$s"), lost $(field lost "$s")"
-done
-row "worker peak RSS during the 1 x $BIG transaction, MiB" "$((RSS_KB / 1024))" ""
-row "pg2redis_snapshot() of $SNAP rows, rows/s" "$SNR" ""
+if [[ $CPU_ONLY == 0 ]]; then
+	SR=$(rate "$N" "$SC_S") DR=$(rate "$DEC_CHANGES" "$DEC_S")
+	PBR=$(rate "$BIG" "$P2R_BIG_S") SBR=$(rate "$BIG" "$SC_BIG_S") DBR=$(rate "$BIG" "$DEC_BIG_S")
+	SNR=$(rate "$SNAP" "$SNAP_S") PCR=$(rate "$N" "$P2R_CL_S")
+	row "decoding alone, test_decoding, $TXNS x $PER, changes/s" "$DR" ""
+	row "pg2redis catch-up, $TXNS x $PER inserts, rows/s" "$PR" "$(ratio "$PR" "$RC") x Redis, $(ratio "$PR" "$SR") x sidecar"
+	row "sidecar catch-up, $TXNS x $PER inserts, rows/s" "$SR" "$(ratio "$SR" "$RC") x Redis"
+	row "pg2redis catch-up, 1 x $BIG inserts, rows/s" "$PBR" "$(ratio "$PBR" "$RC") x Redis, $(ratio "$PBR" "$SBR") x sidecar"
+	row "sidecar catch-up, 1 x $BIG inserts, rows/s" "$SBR" ""
+	row "decoding alone, 1 x $BIG, changes/s" "$DBR" ""
+else
+	row "pg2redis catch-up, $TXNS x $PER inserts, rows/s" "$PR" "$(ratio "$PR" "$RC") x Redis"
+fi
+row "Redis alone, the same HSET+SADD again (updates), rows/s" "$RUC" "ceiling"
+row "pg2redis catch-up, $TXNS x $PER updates, rows/s" "$PUR" "$(ratio "$PUR" "$RUC") x Redis"
+row "Redis alone, DEL+SREM, rows/s" "$RDC" "ceiling"
+row "pg2redis catch-up, $TXNS x $PER deletes, rows/s" "$PDR" "$(ratio "$PDR" "$RDC") x Redis"
+row "mixed: Redis alone, HSET (7 fields)+SADD, rows/s" "$MRC" "ceiling"
+row "mixed: pg2redis catch-up, $MTXNS x $PER inserts, rows/s" "$MPR" "$(ratio "$MPR" "$MRC") x Redis"
+row "mixed: Redis alone, the same HSET+SADD again, rows/s" "$MRUC" "ceiling"
+row "mixed: pg2redis catch-up, $MTXNS x $PER updates, rows/s" "$MPUR" "$(ratio "$MPUR" "$MRUC") x Redis"
+row "mixed: Redis alone, DEL+SREM, rows/s" "$MRDC" "ceiling"
+row "mixed: pg2redis catch-up, $MTXNS x $PER deletes, rows/s" "$MPDR" "$(ratio "$MPDR" "$MRDC") x Redis"
+if [[ $CPU_ONLY == 0 ]]; then
+	row "pg2redis catch-up, 3-primary Cluster, $TXNS x $PER inserts, rows/s" "$PCR" "$(ratio "$PCR" "$PR") x to one Redis"
+	for r in $RATES; do
+		p=${LAT[p2r_$r]} s=${LAT[sc_$r]}
+		row "latency at $r tx/s, pg2redis p50 / p99 / max, ms" "$(field p50 "$p") / $(field p99 "$p") / $(field max "$p")" "n $(field n "$p"), lost $(field lost "$p")"
+		row "latency at $r tx/s, sidecar p50 / p99 / max, ms" "$(field p50 "$s") / $(field p99 "$s") / $(field max "$s")" "n $(field n "$s"), lost $(field lost "$s")"
+	done
+	row "worker peak RSS during the 1 x $BIG transaction, MiB" "$((RSS_KB / 1024))" ""
+	row "pg2redis_snapshot() of $SNAP rows, rows/s" "$SNR" ""
+fi
+echo
+echo "Worker CPU per row change (us): total from /proc/<pid>/stat; its split by stage from"
+echo "pg2redis.stage_timing (time in each stage scaled to the thread's CPU time; wait: seconds"
+echo "blocked on Redis or the latch)"
+echo
+printf '| %-26s | %6s | %6s | %6s | %6s | %6s | %6s | %7s |\n' "catch-up" "CPU" "decode" "map" "append" "io" "other" "wait s"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "--------" "--------" "--------" "--------" "--------" "--------" "---------"
+cpu_line() {
+	local f="$WORK/cpu.$2"
+	[[ -f $f ]] || return 0
+	awk -v label="$1" '{
+		n = split($0, w, /[ ,;]+/); v["CPU"] = w[1]
+		for (i = 2; i < n; i++) if (w[i] ~ /^(decode|map|append|io|other|wait)$/) v[w[i]] = w[i + 1]
+		printf "| %-26s | %6s | %6s | %6s | %6s | %6s | %6s | %7s |\n", label, v["CPU"], v["decode"], v["map"], v["append"], v["io"], v["other"], v["wait"]
+	}' "$f"
+}
+cpu_line "bench, $TXNS x $PER inserts" ins
+[[ $CPU_ONLY == 0 ]] && cpu_line "bench, 1 x $BIG inserts" big
+cpu_line "bench, $TXNS x $PER updates" upd
+cpu_line "bench, $TXNS x $PER deletes" del
+cpu_line "mixed, $MTXNS x $PER inserts" mins
+cpu_line "mixed, $MTXNS x $PER updates" mupd
+cpu_line "mixed, $MTXNS x $PER deletes" mdel
 echo
 if [[ $SMOKE == 1 ]]; then echo "bench smoke: everything ran and Redis matched PostgreSQL"; fi

@@ -95,6 +95,96 @@ SELECT pg_reload_conf();
 SELECT pg_sleep(0.5);
 SHOW pg2redis.numeric_mode;
 
+-- The text form of integers, oid, text, varchar, char(n), float8, date,
+-- timestamp, timestamptz and jsonb, and of one-dimensional arrays of them,
+-- is written by render_text itself (no
+-- call through fmgr): it must be what the type's output function writes
+-- under the fixed settings, byte for byte, edge values included.  Rows are
+-- decoded through a pg2redis slot (the session's own settings differ) and
+-- compared with each value's output function (format's %s) under the
+-- fixed settings.
+CREATE TABLE fp (id int PRIMARY KEY, i2 int2, i4 int4, i8 int8, o oid,
+    f8 float8, tx text, vc varchar(5), ch char(4), d date, ts timestamp,
+    tz timestamptz, jb jsonb, dm posint, ta text[], ia int[], i8a bigint[],
+    tza timestamptz[], da date[], jba jsonb[], vca varchar[], cha char(2)[],
+    f8a float8[], dma posint[]);
+SELECT pg2redis_add_rule('fp', 'insert', ARRAY['HSET', 'fp:{id}', '{pairs:*}']);
+-- Debian's PostgreSQL 15.19+ lists the plugins decoding may load.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_settings WHERE name = 'output_plugin_libraries') THEN
+        PERFORM set_config('output_plugin_libraries',
+                           current_setting('output_plugin_libraries') || ', pg2redis', false);
+    END IF;
+END
+$$;
+SELECT 'init' FROM pg_create_logical_replication_slot('fp_slot', 'pg2redis');
+INSERT INTO fp VALUES
+  (1, -32768, -2147483648, -9223372036854775808, 0, '-0', '', '', '', '4714-11-24 BC',
+   '4714-11-24 00:00:00 BC', '4714-11-24 00:00:00+00 BC', '{}', 1),
+  (2, 32767, 2147483647, 9223372036854775807, 4294967295, 'NaN', 'NULL', 'abcde', 'abcd',
+   '5874897-12-31', '294276-12-31 23:59:59.999999', '294276-12-31 23:59:59.999999+00', '[]', 2147483647),
+  (3, 0, 0, 0, 1, 'Infinity', ' lead and trail ', 'ü☃', 'ü', 'infinity', 'infinity', 'infinity',
+   'null', 3),
+  (4, -1, -1, -1, 2147483648, '-Infinity', E'tab\there\nnewline "q" \\ {b,c}', 'x y', 'a b',
+   '-infinity', '-infinity', '-infinity', '"str \" \\ ☃"', 4),
+  (5, 9, 10, 1000000000000000000, 12345, 1e300, 'ünïcødé', '0', '12', '0044-03-15 BC',
+   '0044-03-15 12:34:56.5 BC', '0044-03-15 12:34:56.000001+05:30 BC',
+   '{"b": [1.50, 1e-7, 100000000000000000000000000000001], "a": {"c": null, "d": true}}', 5),
+  (6, 100, 65536, -4611686018427387904, 7, 5e-324, repeat('long ', 20000), NULL, NULL, '2024-02-29',
+   '2024-02-29 13:14:15.123456', '2024-02-29 13:14:15.5-08', '1.0', NULL),
+  (7, NULL, NULL, NULL, NULL, 0.1, NULL, NULL, NULL, '2000-01-01', '2000-01-01 00:00:00',
+   '1999-12-31 23:59:59.999999+00', '[1, "a", {"k": [false]}]', NULL),
+  (8, NULL, NULL, NULL, NULL, 1.7976931348623157e308, NULL, NULL, NULL, NULL, NULL,
+   '1970-01-01 00:00:00+00', '-0.0', NULL),
+  (9, NULL, NULL, NULL, NULL, -2.2250738585072014e-308, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+  (10, NULL, NULL, NULL, NULL, 123456789012345678, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+-- arrays: quoting of every kind of element, NULLs, empty, other lower
+-- bounds and more dimensions (array_out's own text)
+INSERT INTO fp (id, ta, ia, i8a, tza, da, jba, vca, cha, f8a, dma) VALUES
+  (11, ARRAY['plain', '', 'NULL', 'null', 'NuLl', NULL, 'a b', E'tab\t', E'nl\n', E'cr\r',
+             'vt' || chr(11), E'ff\f', 'q"uote', E'back\\slash', '{brace', 'brace}', 'com,ma',
+             'semi;colon', 'ü☃', 'NULLx', ' '],
+   ARRAY[1, NULL, -2147483648, 2147483647], ARRAY[-9223372036854775808, 0],
+   ARRAY['2024-02-29 13:14:15.5+02', 'infinity', NULL, '0044-03-15 12:00:00+00 BC']::timestamptz[],
+   ARRAY['2024-02-29', '-infinity', '4714-11-24 BC']::date[],
+   ARRAY['{"a": "b c"}', 'null', '"x,y"', '[]', NULL]::jsonb[],
+   ARRAY['v', 'w x'], ARRAY['a', '', NULL], ARRAY['NaN', '-0', '1e-300', 'Infinity']::float8[],
+   ARRAY[1, 2]),
+  (12, '{}', '{}', '[0:1]={1,2}', '{}', '[5:5]={2024-01-01}', '{}', '{}', '{}', '{{1,2},{3,4}}',
+   '{}'),
+  (13, '{{"a b",c},{NULL,""}}', '[2:3]={7,8}', ARRAY[NULL]::bigint[], ARRAY[NULL]::timestamptz[],
+   ARRAY[NULL]::date[], '[0:0]={"{}"}', ARRAY[NULL]::varchar[], ARRAY['  ']::char(2)[], NULL, NULL);
+BEGIN;
+SET LOCAL DateStyle = 'ISO, YMD';
+SET LOCAL TimeZone = 'UTC';
+SET LOCAL extra_float_digits = 1;
+CREATE TEMP TABLE fp_out ON COMMIT DROP AS
+  SELECT a->>1 AS key, a->>(2 * k) AS col, a->>(2 * k + 1) AS val
+    FROM (SELECT data::jsonb AS a FROM pg_logical_slot_get_changes('fp_slot', NULL, NULL)) c,
+         generate_series(1, (jsonb_array_length(a) - 2) / 2) k;
+CREATE TEMP TABLE fp_ref ON COMMIT DROP AS
+  SELECT 'fp:' || id AS key, col, val FROM fp,
+    LATERAL (VALUES ('id', format('%s', id)), ('i2', format('%s', i2)), ('i4', format('%s', i4)),
+                    ('i8', format('%s', i8)), ('o', format('%s', o)), ('f8', format('%s', f8)),
+                    ('tx', format('%s', tx)), ('vc', format('%s', vc)), ('ch', format('%s', ch)),
+                    ('d', format('%s', d)), ('ts', format('%s', ts)), ('tz', format('%s', tz)),
+                    ('jb', format('%s', jb)), ('dm', format('%s', dm)), ('ta', format('%s', ta)),
+                    ('ia', format('%s', ia)), ('i8a', format('%s', i8a)), ('tza', format('%s', tza)),
+                    ('da', format('%s', da)), ('jba', format('%s', jba)), ('vca', format('%s', vca)),
+                    ('cha', format('%s', cha)), ('f8a', format('%s', f8a)),
+                    ('dma', format('%s', dma))) v(col, val);
+-- what was rendered (long values cut short, '' left out)
+SELECT key, col, CASE WHEN length(val) > 200 THEN left(val, 20) || '… (' || length(val) || ')' ELSE val END
+  FROM fp_out WHERE val <> '' ORDER BY split_part(key, ':', 2)::int, col;
+-- and what differs from the output functions: nothing (NULL renders as '')
+SELECT r.key, r.col, r.val AS output_function, o.val AS rendered
+  FROM fp_ref r FULL JOIN fp_out o USING (key, col)
+ WHERE o.val IS DISTINCT FROM coalesce(r.val, '');
+COMMIT;
+SELECT pg_drop_replication_slot('fp_slot');
+DROP TABLE fp;
+
 -- the session's own settings are untouched
 SHOW DateStyle;
 SHOW TimeZone;

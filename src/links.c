@@ -58,6 +58,7 @@
 #include "pg2redis/sender.h"
 #include "pg2redis/sender_int.h"
 #include "pg2redis/settings.h"
+#include "pg2redis/stages.h"
 #include "pg2redis/state.h"
 #include "pg2redis/worker.h"
 
@@ -1034,6 +1035,7 @@ link_read(int li, Link *l)
 	bool		eof;
 	redisReply *r;
 	int			rc;
+	TimestampTz now = 0;
 
 	if (!redis_receive(&l->conn, &eof))
 	{
@@ -1044,8 +1046,10 @@ link_read(int li, Link *l)
 	{
 		bool ok;
 
-		l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												  pg2r_redis_timeout_ms);
+		/* the replies of one read arrived together: one clock reading */
+		if (now == 0)
+			now = GetCurrentTimestamp();
+		l->deadline = TimestampTzPlusMilliseconds(now, pg2r_redis_timeout_ms);
 		if (l->state == LINK_HANDSHAKE)
 			ok = handle_handshake_reply(li, l, r);
 		else
@@ -1308,6 +1312,7 @@ sender_service(long timeout_ms)
 	int			  nall = 0;
 	int			  nsockets = 0;
 	int			  nev;
+	Pg2rStage	  back = pg2r_stage_enter(PG2R_STAGE_IO);
 
 	worker_handle_interrupts();
 	if (stopped)
@@ -1317,6 +1322,7 @@ sender_service(long timeout_ms)
 						 Max(timeout_ms, 1),
 						 pg2r_wait_event(PG2R_WAIT_STOPPED));
 		ResetLatch(MyLatch);
+		pg2r_stage_leave(back);
 		return;
 	}
 
@@ -1379,9 +1385,11 @@ sender_service(long timeout_ms)
 				AddWaitEventToSet(set, ev, all[i]->conn.sock, NULL,
 								  (void *) (intptr_t) i);
 		}
+		(void) pg2r_stage_enter(PG2R_STAGE_WAIT);
 		nev = WaitEventSetWait(set, Max(timeout_ms, 0), occurred,
 							   lengthof(occurred),
 							   pg2r_wait_event(PG2R_WAIT_REDIS));
+		(void) pg2r_stage_enter(PG2R_STAGE_IO);
 		FreeWaitEventSet(set);
 		for (int e = 0; e < nev; e++)
 		{
@@ -1398,4 +1406,5 @@ sender_service(long timeout_ms)
 	for (int i = 0; i < nall; i++)
 		if (!link_step(all[i] == &topo.maplink ? -1 : i, all[i], events[i]))
 			break;
+	pg2r_stage_leave(back);
 }

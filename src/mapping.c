@@ -75,6 +75,7 @@
 #include "pg2redis/settings.h"
 
 static HTAB			*RelMaps = NULL;
+static RelMap		*LastMap = NULL; /* the entry mapping_get found last */
 static MemoryContext MapsCxt = NULL;
 
 /*
@@ -236,7 +237,15 @@ mapping_get(Relation rel)
 		CacheRegisterRelcacheCallback(relmap_invalidate, (Datum) 0);
 	}
 
-	entry = hash_search(RelMaps, &relid, HASH_ENTER, &found);
+	/* changes come in runs of one relation; entries are never removed */
+	if (LastMap != NULL && LastMap->relid == relid)
+	{
+		entry = LastMap;
+		found = true;
+	}
+	else
+		entry = hash_search(RelMaps, &relid, HASH_ENTER, &found);
+	LastMap = entry;
 	if (!found)
 	{
 		entry->cxt = NULL;
@@ -305,10 +314,19 @@ row_init(RowState *row, TupleDesc desc, HeapTuple tup, bool keyonly)
 	row->keyonly = keyonly;
 	if (tup == NULL)
 		return;
-	row->values = palloc(sizeof(Datum) * Max(desc->natts, 1));
-	row->isnull = palloc(sizeof(bool) * Max(desc->natts, 1));
-	row->text = palloc0(sizeof(char *) * Max(desc->natts, 1));
-	row->textlen = palloc0(sizeof(int) * Max(desc->natts, 1));
+	{
+		/* one allocation for the four arrays, widest elements first */
+		int	  n = Max(desc->natts, 1);
+		char *mem = palloc(n * (sizeof(Datum) + sizeof(char *) + sizeof(int) +
+								sizeof(bool)));
+
+		row->values = (Datum *) mem;
+		row->text = (const char **) (mem + n * sizeof(Datum));
+		row->textlen = (int *) (mem + n * (sizeof(Datum) + sizeof(char *)));
+		row->isnull = (bool *) (mem + n * (sizeof(Datum) + sizeof(char *) +
+										   sizeof(int)));
+		memset(row->text, 0, n * sizeof(char *));
+	}
 	heap_deform_tuple(tup, desc, row->values, row->isnull);
 }
 
@@ -415,12 +433,8 @@ mapping_column_text(ExpandState *st, AttrNumber rulecol, bool old,
 	if (res != COL_VALUE)
 		return res;
 	if (row->text[i] == NULL)
-	{
-		resetStringInfo(&st->scratch);
-		render_text(&st->map->cols[i], row->values[i], &st->scratch);
-		row->text[i] = pnstrdup(st->scratch.data, st->scratch.len);
-		row->textlen[i] = st->scratch.len;
-	}
+		row->text[i] =
+			render_text(&st->map->cols[i], row->values[i], &row->textlen[i]);
 	*text = row->text[i];
 	*len = row->textlen[i];
 	return COL_VALUE;
@@ -735,7 +749,12 @@ mapping_expand_arg(ExpandState *st, const TplArg *arg, StringInfo out)
 	return true;
 }
 
-/* Growable argument vector of one command being expanded. */
+/*
+ * Growable argument vector of one command being expanded.  An argument is
+ * either bytes of data (built from a template) or, for a column name or a
+ * value {pairs} writes whole, the column name or the row's rendered text
+ * itself (ext), which stays valid until the change is done: no copy.
+ */
 typedef struct ArgVec
 {
 	StringInfoData data;
@@ -743,10 +762,12 @@ typedef struct ArgVec
 	int			   cap;
 	int			  *off;
 	size_t		  *len;
+	const char	 **ext; /* [i]: the argument's bytes, or NULL: in data */
 } ArgVec;
 
-static void
-argvec_push(ArgVec *v, int start)
+/* argvec_room makes room for one more argument in v. */
+static inline void
+argvec_room(ArgVec *v)
 {
 	if (v->argc == v->cap)
 	{
@@ -755,10 +776,41 @@ argvec_push(ArgVec *v, int start)
 						: palloc(sizeof(int) * v->cap);
 		v->len = v->len ? repalloc(v->len, sizeof(size_t) * v->cap)
 						: palloc(sizeof(size_t) * v->cap);
+		v->ext = v->ext ? repalloc(v->ext, sizeof(char *) * v->cap)
+						: palloc(sizeof(char *) * v->cap);
 	}
+}
+
+/* argvec_push adds the bytes of data from start on as an argument. */
+static void
+argvec_push(ArgVec *v, int start)
+{
+	argvec_room(v);
 	v->off[v->argc] = start;
 	v->len[v->argc] = v->data.len - start;
+	v->ext[v->argc] = NULL;
 	v->argc++;
+}
+
+/*
+ * argvec_push_ext adds s[0..len) as an argument, without copying it: s
+ * must stay valid until the command is handed over.
+ */
+static inline void
+argvec_push_ext(ArgVec *v, const char *s, size_t len)
+{
+	argvec_room(v);
+	v->off[v->argc] = 0;
+	v->len[v->argc] = len;
+	v->ext[v->argc] = s;
+	v->argc++;
+}
+
+/* argvec_arg returns where argument i of v is. */
+static inline const char *
+argvec_arg(const ArgVec *v, int i)
+{
+	return v->ext[i] ? v->ext[i] : v->data.data + v->off[i];
 }
 
 /*
@@ -779,7 +831,6 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 		if (arg->parts[0].kind == TPL_PAIRS)
 		{
 			const TplPart *part = &arg->parts[0];
-			int			   start;
 
 			for (int c = 0; c < part->ncols; c++)
 			{
@@ -790,9 +841,8 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 				if (part->names_only)
 				{
 					/* {columns:…}: the names, whatever the row sent */
-					start = v->data.len;
-					appendStringInfoString(&v->data, part->colnames[c]);
-					argvec_push(v, start);
+					argvec_push_ext(v, part->colnames[c],
+									strlen(part->colnames[c]));
 					continue;
 				}
 				res =
@@ -805,13 +855,12 @@ expand_command(ExpandState *st, const Rule *rule, ArgVec *v, bool *elided)
 					*elided = true;
 					continue;
 				}
-				start = v->data.len;
-				appendStringInfoString(&v->data, part->colnames[c]);
-				argvec_push(v, start);
-				start = v->data.len;
+				argvec_push_ext(v, part->colnames[c],
+								strlen(part->colnames[c]));
 				if (res == COL_VALUE)
-					appendBinaryStringInfo(&v->data, text, len);
-				argvec_push(v, start);
+					argvec_push_ext(v, text, len);
+				else
+					argvec_push_ext(v, "", 0);
 			}
 			continue;
 		}
@@ -849,14 +898,14 @@ reserved_key(ExpandState *st, const Rule *rule, const ArgVec *v)
 	last = def->last_key < 0 ? v->argc + def->last_key : def->last_key;
 	for (int i = def->first_key; i <= last && i < v->argc; i += def->key_step)
 		if (v->len[i] >= plen &&
-			memcmp(v->data.data + v->off[i], PG2R_KEY_PREFIX, plen) == 0)
+			memcmp(argvec_arg(v, i), PG2R_KEY_PREFIX, plen) == 0)
 		{
 			pg2r_fail(&st->err, ERRCODE_RESERVED_NAME,
 					  "Keep rows from rendering keys that start with \"" PG2R_KEY_PREFIX
 					  "\", e.g. with a literal prefix before the placeholder.",
 					  "key \"%.*s\" of Redis command \"%s\" starts with \"%s\", which pg2redis keeps for itself",
-					  pg_mbcliplen(v->data.data + v->off[i], v->len[i], 200),
-					  v->data.data + v->off[i], def->name, PG2R_KEY_PREFIX);
+					  pg_mbcliplen(argvec_arg(v, i), v->len[i], 200),
+					  argvec_arg(v, i), def->name, PG2R_KEY_PREFIX);
 			return true;
 		}
 	return false;
@@ -951,12 +1000,11 @@ run_rule(ExpandState *st, const Rule *rule, Pg2rOp op, const CommandSink *sink,
 
 	if (b->argv_cap < b->v.argc)
 	{
-		b->argv_cap = Max(b->v.argc, 16);
-		b->argv = b->argv ? repalloc(b->argv, sizeof(char *) * b->argv_cap)
-						  : palloc(sizeof(char *) * b->argv_cap);
+		b->argv_cap = b->v.cap;
+		b->argv = repalloc(b->argv, sizeof(char *) * b->argv_cap);
 	}
 	for (int i = 0; i < b->v.argc; i++)
-		b->argv[i] = b->v.data.data + b->v.off[i];
+		b->argv[i] = argvec_arg(&b->v, i);
 	sink->command(sink->arg, rule, op, b->v.argc, b->argv, b->v.len);
 }
 
@@ -998,10 +1046,36 @@ run_rule_guarded(ExpandState *st, const Rule *rule, Pg2rOp op,
 	pg2r_fail(&st->err, edata->sqlerrcode, NULL, "rendering failed: %s",
 			  edata->message);
 	FreeErrorData(edata);
-	/* the buffers may hold a half-built command: start them afresh */
-	memset(&b->v, 0, sizeof(b->v));
-	initStringInfo(&b->v.data);
+	/* the buffers may hold a half-built command: start afresh (in place) */
+	resetStringInfo(&b->v.data);
+	b->v.argc = 0;
 	rule_error(st, rule, op, sink);
+}
+
+/*
+ * The buffers of run_rules, kept from change to change (RuleBufsCxt) rather
+ * than allocated for each; a call made while they are in use (none is
+ * expected) gets buffers of its own.
+ */
+static RuleBufs		 rule_bufs;
+static MemoryContext RuleBufsCxt = NULL;
+static bool			 rule_bufs_busy = false;
+
+/* A command buffer grown larger than this is not kept for the next change. */
+#define RULE_BUFS_KEEP_MAX (1024 * 1024)
+
+/* rule_bufs_init gives *b empty buffers allocated in cxt. */
+static void
+rule_bufs_init(RuleBufs *b, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	memset(b, 0, sizeof(*b));
+	initStringInfo(&b->v.data);
+	argvec_room(&b->v);
+	b->argv_cap = b->v.cap;
+	b->argv = palloc(sizeof(char *) * b->argv_cap);
+	MemoryContextSwitchTo(old);
 }
 
 /* run_rules expands every rule of st->op that applies to the change. */
@@ -1010,22 +1084,54 @@ run_rules(ExpandState *st, Pg2rOp op, const CommandSink *sink)
 {
 	List	 *rules = rules_for(st->map->rulerelid, op);
 	ListCell *lc;
-	RuleBufs  b = {0};
+	RuleBufs  own;
+	RuleBufs *b = &rule_bufs;
 
 	if (op == PG2R_OP_SNAPSHOT && rules == NIL)
 		rules = rules_for(st->map->rulerelid, PG2R_OP_INSERT);
 	st->op = op;
-	initStringInfo(&b.v.data);
-
-	foreach(lc, rules)
+	if (rules == NIL)
+		return;
+	if (RuleBufsCxt == NULL)
 	{
-		Rule *rule = lfirst(lc);
-
-		if (sink->careful)
-			run_rule_guarded(st, rule, op, sink, &b);
-		else
-			run_rule(st, rule, op, sink, &b);
+		RuleBufsCxt =
+			AllocSetContextCreate(TopMemoryContext, "pg2redis rule buffers",
+								  ALLOCSET_SMALL_SIZES);
+		rule_bufs_init(&rule_bufs, RuleBufsCxt);
 	}
+	if (rule_bufs_busy)
+	{
+		b = &own;
+		rule_bufs_init(b, CurrentMemoryContext);
+	}
+	else
+		rule_bufs_busy = true;
+
+	PG_TRY();
+	{
+		foreach(lc, rules)
+		{
+			Rule *rule = lfirst(lc);
+
+			if (sink->careful)
+				run_rule_guarded(st, rule, op, sink, b);
+			else
+				run_rule(st, rule, op, sink, b);
+		}
+	}
+	PG_FINALLY();
+	{
+		if (b == &rule_bufs)
+		{
+			rule_bufs_busy = false;
+			if (rule_bufs.v.data.maxlen > RULE_BUFS_KEEP_MAX)
+			{
+				MemoryContextReset(RuleBufsCxt);
+				rule_bufs_init(&rule_bufs, RuleBufsCxt);
+			}
+		}
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -1074,7 +1180,6 @@ mapping_change(RelMap *map, Relation rel, Pg2rOp op, HeapTuple oldtuple,
 		return;
 	st.map = map;
 	st.meta = meta;
-	initStringInfo(&st.scratch);
 	row_init(&newrow, desc, newtuple, false);
 	row_init(&oldrow, desc, oldtuple, !map->identity_full);
 

@@ -29,6 +29,7 @@
 #include "pg2redis/pg2redis.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/settings.h"
+#include "pg2redis/stages.h"
 #include "pg2redis/state.h"
 
 PG_MODULE_MAGIC;
@@ -225,6 +226,11 @@ define_settings(void)
 	DefineCustomBoolVariable("pg2redis.enabled",
 							 "Streams changes to Redis; off pauses (the slot keeps its position).",
 							 NULL, &pg2r_enabled, true, PGC_SIGHUP, 0, NULL,
+							 NULL, NULL);
+	DefineCustomBoolVariable("pg2redis.stage_timing",
+							 "Logs where the worker's time goes (decode, map, append, I/O, wait) whenever it catches up.",
+							 "For tuning: each stage switch reads the clock, a few times per row change.",
+							 &pg2r_stage_timing, false, PGC_SIGHUP, 0, NULL,
 							 NULL, NULL);
 	DefineCustomIntVariable("pg2redis.batch_size",
 							"Most commands in one pipeline round trip to Redis.",

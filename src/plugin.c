@@ -46,6 +46,7 @@
 #include "pg2redis/redrive.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
+#include "pg2redis/stages.h"
 #include "pg2redis/state.h"
 #include "pg2redis/worker.h"
 
@@ -136,9 +137,26 @@ plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 {
 	if (pg2r_in_worker)
 	{
+		Pg2rStage back = pg2r_stage_enter(PG2R_STAGE_APPEND);
+
 		ondemand_note_commit(txn->xid);
 		sender_commit_txn();
+		pg2r_stage_leave(back);
 	}
+}
+
+/*
+ * worker_command hands one command to the sender, its time charged to the
+ * append stage (pg2redis.stage_timing).
+ */
+static void
+worker_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
+			   const char *const *argv, const size_t *argvlen)
+{
+	Pg2rStage back = pg2r_stage_enter(PG2R_STAGE_APPEND);
+
+	sender_command(arg, rule, op, argc, argv, argvlen);
+	pg2r_stage_leave(back);
 }
 
 /* sql_command writes one command as a JSON array row. */
@@ -250,6 +268,7 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	Pg2rOp		  op;
 	MemoryContext old;
 	Oid			  relid = RelationGetRelid(relation);
+	Pg2rStage	  back = PG2R_STAGE_DECODE;
 
 	switch (change->action)
 	{
@@ -267,19 +286,30 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	}
 
 	if (pg2r_in_worker)
+	{
+		back = pg2r_stage_enter(PG2R_STAGE_MAP);
+		pg2r_stage_count_changes(1);
 		ondemand_note_change(relation, txn->xid, op,
 							 PG2R_CHANGE_OLDTUPLE(change),
 							 PG2R_CHANGE_NEWTUPLE(change));
+	}
 	map = mapping_get(relation);
 	if (!mapping_has_rules(map))
+	{
+		if (pg2r_in_worker)
+			pg2r_stage_leave(back);
 		return;
+	}
 	if (pg2r_in_worker)
 	{
 		sender_count_change();
 		pg2r_relstats_count(relid, 1, 0, 0);
 		if (sender_txn_skipped())
+		{
+			pg2r_stage_leave(back);
 			return;
-		sink.command = sender_command;
+		}
+		sink.command = worker_command;
 		sink.error = sender_render_error;
 		sink.arg = &relid;
 	}
@@ -301,6 +331,8 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		sender_clear_row_key();
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->change_cxt);
+	if (pg2r_in_worker)
+		pg2r_stage_leave(back);
 }
 
 /*

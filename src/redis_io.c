@@ -53,6 +53,7 @@
 #include "common/string.h"
 #include "utils/builtins.h"
 #include "utils/elog.h"
+#include "utils/memutils.h"
 #include "storage/latch.h"
 
 #include "pg2redis/redis_io.h"
@@ -1563,14 +1564,54 @@ append_bulk(StringInfo buf, const char *s, size_t len)
 	buf->data[buf->len] = '\0';
 }
 
-/* redis_append_command appends one command in RESP to buf. */
+/*
+ * put_header writes a RESP header (type, n in decimal, CRLF) at p, which
+ * has room for it, and returns the position after it.
+ */
+static inline char *
+put_header(char *p, char type, uint64 n)
+{
+	*p++ = type;
+	p += pg_ulltoa_n(n, p);
+	*p++ = '\r';
+	*p++ = '\n';
+	return p;
+}
+
+/*
+ * redis_append_command appends one command in RESP to buf, enlarging it
+ * once for the whole command.
+ */
 void
 redis_append_command(StringInfo buf, int argc, const char *const *argv,
 					 const size_t *argvlen)
 {
-	append_header(buf, '*', argc);
+	/* a header is at most '$', 20 digits and CRLF */
+	Size  need = 24;
+	char *p;
+
 	for (int i = 0; i < argc; i++)
-		append_bulk(buf, argv[i], argvlen[i]);
+		need += argvlen[i] + 26;
+	if (need >= MaxAllocSize)
+	{
+		/* enlargeStringInfo reports what does not fit */
+		append_header(buf, '*', argc);
+		for (int i = 0; i < argc; i++)
+			append_bulk(buf, argv[i], argvlen[i]);
+		return;
+	}
+	enlargeStringInfo(buf, (int) need);
+	p = put_header(buf->data + buf->len, '*', argc);
+	for (int i = 0; i < argc; i++)
+	{
+		p = put_header(p, '$', argvlen[i]);
+		memcpy(p, argv[i], argvlen[i]);
+		p += argvlen[i];
+		*p++ = '\r';
+		*p++ = '\n';
+	}
+	*p = '\0';
+	buf->len = p - buf->data;
 }
 
 /* redis_append_cstrings appends a command given as argc C strings. */

@@ -6,7 +6,16 @@
  * Text form: the type's output function, except booleans (true/false).
  * The session settings that shape output (DateStyle ISO, TimeZone UTC,
  * IntervalStyle postgres, extra_float_digits 1, bytea_output hex) are fixed
- * by the callers that render (see render_push_settings).
+ * by the callers that render (see render_push_settings).  For the common
+ * built-in output functions (integers, oid, text, varchar, char(n), float8,
+ * date, timestamp, timestamptz, jsonb, and one-dimensional arrays of these)
+ * render_text runs the function's own
+ * body (the same PostgreSQL routines, reading the same settings) without
+ * the call through fmgr and without copying the result: the text is the
+ * output function's, byte for byte, under any setting (sql/rendering.sql
+ * compares them on edge values).  The choice is made by the column's
+ * output function, so a type or domain with another output function never
+ * takes a fast path.
  *
  * JSON form: integers are numbers; numeric and float are numbers or strings
  * by pg2redis.numeric_mode (NaN and infinities always strings, since JSON
@@ -29,7 +38,13 @@
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
 #include "utils/datetime.h"
+#include "utils/float.h"
+#include "utils/fmgroids.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
@@ -90,6 +105,39 @@ coltype_init_fields(ColType *ct, Oid typid, MemoryContext cxt, int *budget)
 	FreeTupleDesc(desc);
 }
 
+/* text_fast returns render_text's own writer for output function outfunc. */
+static TextFast
+text_fast(Oid outfunc)
+{
+	switch (outfunc)
+	{
+		case F_INT2OUT:
+			return TF_INT2;
+		case F_INT4OUT:
+			return TF_INT4;
+		case F_INT8OUT:
+			return TF_INT8;
+		case F_OIDOUT:
+			return TF_OID;
+		case F_TEXTOUT:
+		case F_VARCHAROUT:
+		case F_BPCHAROUT:
+			return TF_TEXT;
+		case F_FLOAT8OUT:
+			return TF_FLOAT8;
+		case F_DATE_OUT:
+			return TF_DATE;
+		case F_TIMESTAMP_OUT:
+			return TF_TIMESTAMP;
+		case F_TIMESTAMPTZ_OUT:
+			return TF_TIMESTAMPTZ;
+		case F_JSONB_OUT:
+			return TF_JSONB;
+		default:
+			return TF_NONE;
+	}
+}
+
 /*
  * render_coltype_init fills *ct for values of type typid, allocating what
  * it keeps (element type info, output function) in cxt.
@@ -121,6 +169,7 @@ coltype_init(ColType *ct, Oid typid, MemoryContext cxt, int *budget)
 	get_typlenbyvalalign(typid, &ct->typlen, &ct->typbyval, &ct->typalign);
 	getTypeOutputInfo(typid, &outfunc, &isvarlena);
 	fmgr_info_cxt(outfunc, &ct->outfunc, cxt);
+	ct->fast = text_fast(outfunc);
 
 	switch (base)
 	{
@@ -156,9 +205,19 @@ coltype_init(ColType *ct, Oid typid, MemoryContext cxt, int *budget)
 			elemtype = get_element_type(base);
 			if (OidIsValid(elemtype) && type_is_array(base))
 			{
+				int16 elen;
+				bool  ebyval;
+				char  ealign;
+				Oid	  eioparam;
+				Oid	  efunc;
+
 				ct->kind = VK_ARRAY;
 				ct->elem = MemoryContextAlloc(cxt, sizeof(ColType));
 				coltype_init(ct->elem, elemtype, cxt, budget);
+				get_type_io_data(elemtype, IOFunc_output, &elen, &ebyval,
+								 &ealign, &ct->typdelim, &eioparam, &efunc);
+				if (outfunc == F_ARRAY_OUT && ct->elem->fast != TF_NONE)
+					ct->fast = TF_ARRAY;
 			}
 			else
 				ct->kind = VK_STRING;
@@ -167,17 +226,224 @@ coltype_init(ColType *ct, Oid typid, MemoryContext cxt, int *budget)
 }
 
 /*
- * render_text appends the text form of a non-null value to out.
+ * datetime_text writes the text of a date, timestamp or timestamptz (fast
+ * says which) into buf as date_out, timestamp_out and timestamptz_out do:
+ * the same routines under the same DateStyle and TimeZone.  False when the
+ * value is out of range, where those functions raise their error.
  */
-void
-render_text(const ColType *ct, Datum value, StringInfo out)
+static bool
+datetime_text(TextFast fast, Datum value, char *buf)
 {
+	struct pg_tm tt;
+	fsec_t		 fsec;
+	int			 tz;
+	const char	*tzn;
+
+	switch (fast)
+	{
+		case TF_DATE:
+		{
+			DateADT d = DatumGetDateADT(value);
+
+			if (DATE_NOT_FINITE(d))
+				EncodeSpecialDate(d, buf);
+			else
+			{
+				j2date(d + POSTGRES_EPOCH_JDATE, &tt.tm_year, &tt.tm_mon,
+					   &tt.tm_mday);
+				EncodeDateOnly(&tt, DateStyle, buf);
+			}
+			return true;
+		}
+		case TF_TIMESTAMP:
+		{
+			Timestamp ts = DatumGetTimestamp(value);
+
+			if (TIMESTAMP_NOT_FINITE(ts))
+				EncodeSpecialTimestamp(ts, buf);
+			else if (timestamp2tm(ts, NULL, &tt, &fsec, NULL, NULL) == 0)
+				EncodeDateTime(&tt, fsec, false, 0, NULL, DateStyle, buf);
+			else
+				return false;
+			return true;
+		}
+		default:
+		{
+			TimestampTz ts = DatumGetTimestampTz(value);
+
+			if (TIMESTAMP_NOT_FINITE(ts))
+				EncodeSpecialTimestamp(ts, buf);
+			else if (timestamp2tm(ts, &tz, &tt, &fsec, &tzn, NULL) == 0)
+				EncodeDateTime(&tt, fsec, true, tz, tzn, DateStyle, buf);
+			else
+				return false;
+			return true;
+		}
+	}
+}
+
+/* array_isspace is array_out's notion of white space. */
+static inline bool
+array_isspace(char ch)
+{
+	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\v' ||
+		   ch == '\f';
+}
+
+/*
+ * array_text returns the text of a one-dimensional array with lower bound 1
+ * whose elements have a writer of render_text's, as array_out writes it:
+ * elements quoted when empty, "NULL" in any case, or holding a quote, a
+ * backslash, a brace, the delimiter or white space, with quotes and
+ * backslashes escaped; NULL elements as NULL.  NULL for any other array
+ * (more dimensions, other bounds), which array_out itself writes.
+ */
+static char *
+array_text(const ColType *ct, Datum value, int *len)
+{
+	ArrayType	  *arr = DatumGetArrayTypeP(value);
+	const ColType *elem = ct->elem;
+	StringInfoData out;
+	Datum		  *items;
+	bool		  *nulls;
+	int			   n;
+
+	if (ARR_NDIM(arr) == 0)
+	{
+		*len = 2;
+		return pstrdup("{}");
+	}
+	if (ARR_NDIM(arr) != 1 || ARR_LBOUND(arr)[0] != 1)
+		return NULL;
+	deconstruct_array(arr, elem->typid, elem->typlen, elem->typbyval,
+					  elem->typalign, &items, &nulls, &n);
+	initStringInfo(&out);
+	appendStringInfoChar(&out, '{');
+	for (int i = 0; i < n; i++)
+	{
+		const char *s;
+		int			slen;
+		bool		quote;
+
+		if (i > 0)
+			appendStringInfoChar(&out, ct->typdelim);
+		if (nulls[i])
+		{
+			appendStringInfoString(&out, "NULL");
+			continue;
+		}
+		s = render_text(elem, items[i], &slen);
+		quote = slen == 0 || pg_strcasecmp(s, "NULL") == 0;
+		for (int k = 0; k < slen && !quote; k++)
+		{
+			char ch = s[k];
+
+			quote = ch == '"' || ch == '\\' || ch == '{' || ch == '}' ||
+					ch == ct->typdelim || array_isspace(ch);
+		}
+		if (!quote)
+			appendBinaryStringInfo(&out, s, slen);
+		else
+		{
+			appendStringInfoChar(&out, '"');
+			for (int k = 0; k < slen; k++)
+			{
+				if (s[k] == '"' || s[k] == '\\')
+					appendStringInfoChar(&out, '\\');
+				appendStringInfoChar(&out, s[k]);
+			}
+			appendStringInfoChar(&out, '"');
+		}
+		pfree(unconstify(char *, s));
+	}
+	appendStringInfoChar(&out, '}');
+	pfree(items);
+	pfree(nulls);
+	*len = out.len;
+	return out.data;
+}
+
+/*
+ * render_text returns the text form of a non-null value and sets *len to
+ * its length: palloc'd in the current memory context, except for booleans
+ * (constants); NUL-terminated either way.
+ */
+const char *
+render_text(const ColType *ct, Datum value, int *len)
+{
+	char *s;
+
 	if (ct->kind == VK_BOOL)
-		appendStringInfoString(out, DatumGetBool(value) ? "true" : "false");
-	else
-		appendStringInfoString(out,
-							   OutputFunctionCall((FmgrInfo *) &ct->outfunc,
-												  value));
+	{
+		*len = DatumGetBool(value) ? 4 : 5;
+		return DatumGetBool(value) ? "true" : "false";
+	}
+	switch (ct->fast)
+	{
+		case TF_INT2:
+			s = palloc(7);
+			*len = pg_itoa(DatumGetInt16(value), s);
+			return s;
+		case TF_INT4:
+			s = palloc(12);
+			*len = pg_ltoa(DatumGetInt32(value), s);
+			return s;
+		case TF_INT8:
+			s = palloc(MAXINT8LEN + 1);
+			*len = pg_lltoa(DatumGetInt64(value), s);
+			return s;
+		case TF_OID:
+			s = palloc(12);
+			*len = pg_ultoa_n(DatumGetObjectId(value), s);
+			s[*len] = '\0';
+			return s;
+		case TF_TEXT:
+		{
+			/* text_to_cstring, as textout, varcharout and bpcharout */
+			text *t = pg_detoast_datum_packed((struct varlena *)
+												  DatumGetPointer(value));
+
+			*len = VARSIZE_ANY_EXHDR(t);
+			s = palloc(*len + 1);
+			memcpy(s, VARDATA_ANY(t), *len);
+			s[*len] = '\0';
+			if (t != (text *) DatumGetPointer(value))
+				pfree(t);
+			return s;
+		}
+		case TF_FLOAT8:
+			s = float8out_internal(DatumGetFloat8(value));
+			break;
+		case TF_DATE:
+		case TF_TIMESTAMP:
+		case TF_TIMESTAMPTZ:
+			s = palloc(MAXDATELEN + 1);
+			if (!datetime_text(ct->fast, value, s))
+			{
+				/* out of range: the output function raises its error */
+				pfree(s);
+				s = OutputFunctionCall((FmgrInfo *) &ct->outfunc, value);
+			}
+			break;
+		case TF_JSONB:
+		{
+			Jsonb *jb = DatumGetJsonbP(value);
+
+			s = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+			break;
+		}
+		case TF_ARRAY:
+			s = array_text(ct, value, len);
+			if (s != NULL)
+				return s;
+			s = OutputFunctionCall((FmgrInfo *) &ct->outfunc, value);
+			break;
+		default:
+			s = OutputFunctionCall((FmgrInfo *) &ct->outfunc, value);
+			break;
+	}
+	*len = strlen(s);
+	return s;
 }
 
 /*
@@ -381,6 +647,7 @@ void
 render_json(const ColType *ct, Datum value, bool isnull, StringInfo out)
 {
 	char *text;
+	int	  len;
 
 	if (isnull)
 	{
@@ -430,12 +697,12 @@ render_json(const ColType *ct, Datum value, bool isnull, StringInfo out)
 			break;
 	}
 
-	text = OutputFunctionCall((FmgrInfo *) &ct->outfunc, value);
+	text = unconstify(char *, render_text(ct, value, &len));
 	switch (ct->kind)
 	{
 		case VK_INTEGER:
 		case VK_JSON:
-			appendStringInfoString(out, text);
+			appendBinaryStringInfo(out, text, len);
 			break;
 		case VK_FLOAT:
 			if (pg2r_numeric_mode == PG2R_NUMERIC_NUMBER &&

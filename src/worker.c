@@ -90,6 +90,7 @@
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
+#include "pg2redis/stages.h"
 #include "pg2redis/state.h"
 #include "pg2redis/worker.h"
 
@@ -935,7 +936,8 @@ stream(void)
 {
 	for (;;)
 	{
-		bool at_end = false;
+		bool	  at_end = false;
+		Pg2rStage stage;
 
 		worker_handle_interrupts();
 		if (resync_requested())
@@ -945,6 +947,7 @@ stream(void)
 		{
 			/* let what is in flight land, then sleep until re-enabled */
 			sender_flush();
+			pg2r_stage_report();
 			if (sender_idle())
 				pg2r_report_state(PG2R_STATE_PAUSED);
 			sender_service(IDLE_TIMEOUT_MS);
@@ -967,7 +970,9 @@ stream(void)
 		/* clear before reading, so that a commit racing with us wakes us */
 		pg_atomic_write_u32(&pg2r_shared->wakeup_pending, 0);
 		pgstat_report_activity(STATE_RUNNING, "pg2redis: streaming");
+		stage = pg2r_stage_enter(PG2R_STAGE_DECODE);
 		at_end = decode_available();
+		pg2r_stage_leave(stage);
 
 		if (at_end)
 			sender_flush();
@@ -1007,6 +1012,7 @@ stream(void)
 			long poll = ondemand_poll_timeout();
 
 			pgstat_report_activity(STATE_IDLE, NULL);
+			pg2r_stage_report();
 			if (ondemand_busy())
 				timeout = 0;
 			else if (pg2r_wal_record_start(GetXLogInsertRecPtr()) >

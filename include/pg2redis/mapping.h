@@ -68,12 +68,12 @@ typedef struct CommandSink
 /* One row as the expansion sees it: deformed, with its text forms cached. */
 typedef struct RowState
 {
-	bool   present;
-	bool   keyonly; /* only replica identity columns were sent */
-	Datum *values;	/* [attnum - 1] of the change's relation */
-	bool  *isnull;
-	char **text; /* rendered text, NULL until needed */
-	int	  *textlen;
+	bool		 present;
+	bool		 keyonly; /* only replica identity columns were sent */
+	Datum		*values;  /* [attnum - 1] of the change's relation */
+	bool		*isnull;
+	const char **text; /* rendered text, NULL until needed */
+	int			*textlen;
 } RowState;
 
 /* State of expanding one change; conditions read columns through it. */
@@ -87,7 +87,6 @@ typedef struct ExpandState
 	RowState *toast_from;	/* where an unchanged TOASTed value of cur is */
 	bool	  key_changed;	/* cur is the new row of a key change */
 	const ChangeMeta *meta;
-	StringInfoData	  scratch;
 	Pg2rError		  err;
 } ExpandState;
 

@@ -24,6 +24,26 @@ typedef enum ValKind
 	VK_COMPOSITE /* JSON object of the attributes, as to_jsonb */
 } ValKind;
 
+/*
+ * Output functions whose text render_text writes itself, byte for byte as
+ * the function writes it (same code, without the call and the copies).
+ */
+typedef enum TextFast
+{
+	TF_NONE, /* the output function */
+	TF_INT2,
+	TF_INT4,
+	TF_INT8,
+	TF_OID,
+	TF_TEXT, /* text, varchar, bpchar: the bytes as stored */
+	TF_FLOAT8,
+	TF_DATE,
+	TF_TIMESTAMP,
+	TF_TIMESTAMPTZ,
+	TF_JSONB,
+	TF_ARRAY /* array_out of one dimension, elements with a writer above */
+} TextFast;
+
 /* Everything needed to render values of one type; built once per column. */
 typedef struct ColType
 {
@@ -33,22 +53,24 @@ typedef struct ColType
 	bool			typbyval;
 	char			typalign;
 	FmgrInfo		outfunc;
-	Oid				base;	/* the type under any domain */
-	struct ColType *elem;	/* VK_ARRAY: the element type */
+	TextFast		fast;	  /* render_text's own writer, if any */
+	char			typdelim; /* VK_ARRAY: the elements' delimiter */
+	Oid				base;	  /* the type under any domain */
+	struct ColType *elem;	  /* VK_ARRAY: the element type */
 	int nfields;			/* VK_COMPOSITE: attributes at init, dropped too */
 	struct ColType *fields; /* VK_COMPOSITE: their types */
 	Oid			   *fieldtypes; /* and type OIDs (InvalidOid: dropped) */
 } ColType;
 
 extern void render_coltype_init(ColType *ct, Oid typid, MemoryContext cxt);
-extern void render_text(const ColType *ct, Datum value, StringInfo out);
-extern void render_json(const ColType *ct, Datum value, bool isnull,
-						StringInfo out);
-extern void render_json_string(StringInfo out, const char *s, int len);
-extern bool render_is_json_number(const char *s);
-extern int	render_push_settings(void);
-extern void render_pop_settings(int level);
-extern bool render_is_number(const char *s, int len);
-extern bool render_parse_int64(const char *s, int len, int64 *out);
+extern const char *render_text(const ColType *ct, Datum value, int *len);
+extern void		   render_json(const ColType *ct, Datum value, bool isnull,
+							   StringInfo out);
+extern void		   render_json_string(StringInfo out, const char *s, int len);
+extern bool		   render_is_json_number(const char *s);
+extern int		   render_push_settings(void);
+extern void		   render_pop_settings(int level);
+extern bool		   render_is_number(const char *s, int len);
+extern bool		   render_parse_int64(const char *s, int len, int64 *out);
 
 #endif /* PG2REDIS_RENDER_H */
