@@ -10,6 +10,8 @@
 #   the Redis database: the sweep would delete every key of any other
 #   application sharing it.  The sweep leaves such a pattern alone (a
 #   WARNING); pg2redis_verify() still lists its orphans.
+# - {%schema%}.{%table%}:{id} (pgwalk's mapping) made the pattern *.*:*:
+#   every key with a '.' and a ':' of another application was deleted.
 
 use strict;
 use warnings;
@@ -69,6 +71,27 @@ $kept += $redis->call('EXISTS', "pet:$_") for 1 .. 10;
 is($kept, 10, 'and of the first');
 is($redis->call('EXISTS', 'pet:99'), 0, 'it removes the real orphan');
 is($redis->call('EXISTS', 'session:abc'), 1, 'a key of no pattern is kept');
+
+# {%schema%} and {%table%} render the rule's table's names: literal text of
+# the pattern (public.orders:*), not stars (*.*:*, which matched every key of
+# the database with a '.' and a ':')
+$redis->call('SET', 'app.cache:1', 'another application');
+$redis->call('SET', 'public.orders:99', 'gone');
+$node->safe_psql('postgres', q{
+	CREATE TABLE orders (id int PRIMARY KEY, v text);
+	INSERT INTO orders VALUES (1, 'o1');
+	SELECT pg2redis_add_rule('orders', 'insert',
+		'HSET {%schema%}.{%table%}:{id} v {v}');
+	SELECT pg2redis_snapshot('orders');
+});
+ok(poll_until(30, sub { $redis->call('EXISTS', 'public.orders:1') }),
+	'the orders are in Redis');
+resync('{%schema%}.{%table%}');
+is($redis->call('EXISTS', 'app.cache:1'), 1,
+	'the sweep keeps a key of another application that *.*:* would match');
+is($redis->call('EXISTS', 'public.orders:99'), 0,
+	'and removes the orphan of public.orders:*');
+is($redis->call('EXISTS', 'public.orders:1'), 1, 'and keeps the row\'s key');
 
 # a key of no literal text: the whole database
 $node->safe_psql('postgres', q{
