@@ -883,8 +883,8 @@ verifiable(const char *name)
 
 /*
  * make_pattern makes the key pattern of argument a of a rule (a key):
- * literal text kept (glob characters escaped for SCAN), each placeholder a
- * star.
+ * literal text kept (glob characters escaped for SCAN), and the names
+ * {%schema%} and {%table%} render; each other placeholder a star.
  */
 static KeyPattern *
 make_pattern(const Rule *rule, int a)
@@ -898,12 +898,29 @@ make_pattern(const Rule *rule, int a)
 	for (int p = 0; p < arg->nparts; p++)
 	{
 		const TplPart *part = &arg->parts[p];
+		const char	  *text = part->text;
+		int			   len = part->len;
+		char		  *name = NULL;
 
-		if (part->kind == TPL_LITERAL)
+		/*
+		 * {%schema%} and {%table%} render the names of the rule's table
+		 * (mapping.c): literal text, not a star (*.*:* matched every key
+		 * with a '.' and a ':', other applications' too)
+		 */
+		if (part->kind == TPL_SCHEMA)
+			name = get_namespace_name(get_rel_namespace(rule->relid));
+		else if (part->kind == TPL_TABLE)
+			name = get_rel_name(rule->relid);
+		if (name != NULL)
 		{
-			for (int i = 0; i < part->len; i++)
+			text = name;
+			len = strlen(name);
+		}
+		if (part->kind == TPL_LITERAL || name != NULL)
+		{
+			for (int i = 0; i < len; i++)
 			{
-				char ch = part->text[i];
+				char ch = text[i];
 
 				if (ch == '*' || ch == '?' || ch == '[' || ch == ']' ||
 					ch == '\\')
@@ -911,7 +928,7 @@ make_pattern(const Rule *rule, int a)
 				appendStringInfoChar(&glob, ch);
 				appendStringInfoChar(&lit, ch);
 			}
-			kp->literal += part->len;
+			kp->literal += len;
 			continue;
 		}
 		/* a placeholder: a star, unless one precedes it */
