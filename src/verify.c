@@ -883,8 +883,8 @@ verifiable(const char *name)
 
 /*
  * make_pattern makes the key pattern of argument a of a rule (a key):
- * literal text kept (glob characters escaped for SCAN), each placeholder a
- * star.
+ * literal text kept (glob characters escaped for SCAN), and the names
+ * {%schema%} and {%table%} render; each other placeholder a star.
  */
 static KeyPattern *
 make_pattern(const Rule *rule, int a)
@@ -898,12 +898,29 @@ make_pattern(const Rule *rule, int a)
 	for (int p = 0; p < arg->nparts; p++)
 	{
 		const TplPart *part = &arg->parts[p];
+		const char	  *text = part->text;
+		int			   len = part->len;
+		char		  *name = NULL;
 
-		if (part->kind == TPL_LITERAL)
+		/*
+		 * {%schema%} and {%table%} render the names of the rule's table
+		 * (mapping.c): literal text, not a star (*.*:* matched every key
+		 * with a '.' and a ':', other applications' too)
+		 */
+		if (part->kind == TPL_SCHEMA)
+			name = get_namespace_name(get_rel_namespace(rule->relid));
+		else if (part->kind == TPL_TABLE)
+			name = get_rel_name(rule->relid);
+		if (name != NULL)
 		{
-			for (int i = 0; i < part->len; i++)
+			text = name;
+			len = strlen(name);
+		}
+		if (part->kind == TPL_LITERAL || name != NULL)
+		{
+			for (int i = 0; i < len; i++)
 			{
-				char ch = part->text[i];
+				char ch = text[i];
 
 				if (ch == '*' || ch == '?' || ch == '[' || ch == ']' ||
 					ch == '\\')
@@ -911,7 +928,7 @@ make_pattern(const Rule *rule, int a)
 				appendStringInfoChar(&glob, ch);
 				appendStringInfoChar(&lit, ch);
 			}
-			kp->literal += part->len;
+			kp->literal += len;
 			continue;
 		}
 		/* a placeholder: a star, unless one precedes it */
@@ -1051,6 +1068,24 @@ collect_patterns(VerifyState *vs, List *stats)
 				continue;
 			kp = make_pattern(rule, rule->def->first_key);
 			kp->stats = st;
+			/*
+			 * A key of no literal text ({k}) matches every key of the
+			 * database, other applications' too: the sweep deletes none
+			 * of them (its keys stay claimed); pg2redis_verify() lists them.
+			 */
+			if (vs->sweep && kp->literal == 0)
+			{
+				ereport(WARNING,
+						(errmsg("pg2redis: the sweep leaves alone the keys of rule " INT64_FORMAT
+								" of table \"%s\": its key pattern has no literal text",
+								rule->id,
+								get_rel_name(relid) ? get_rel_name(relid)
+													: "?"),
+						 errdetail("The pattern \"%s\" matches every key of the Redis database, including keys of other applications.",
+								   kp->glob),
+						 errhint("Run pg2redis_verify() and delete the orphans it lists, or give the rule's key a prefix.")));
+				kp->stats = NULL;
+			}
 			patterns = lappend(patterns, kp);
 		}
 	}
@@ -1082,6 +1117,57 @@ run_dels(VerifyState *vs)
 			vs->swept += r->integer;
 	}
 	redis_batch_reset(&vs->dels);
+}
+
+/*
+ * renders_glob tells whether the table of claim pattern kp has a checked
+ * pattern of the same glob: then its rows' keys say what is an orphan, and
+ * the claim (the same rule seen for its other ops) adds nothing.
+ */
+static bool
+renders_glob(List *patterns, const KeyPattern *kp)
+{
+	ListCell *p;
+
+	foreach(p, patterns)
+	{
+		KeyPattern *cand = lfirst(p);
+
+		if (cand->stats != NULL && cand->relid == kp->relid &&
+			strcmp(cand->glob, kp->glob) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * claimed_by_tie tells whether a pattern as specific as best (the first of
+ * them, to which find_orphans attributes key) claims the key for someone
+ * else: another table's rows render it (two tables writing the same key
+ * pattern, user:{id} from staff and from customers), or a rule of another
+ * table that is not checked writes it.  Without this, the keys of the
+ * second table of a pattern were orphans, and the sweep deleted them.  A
+ * claim of a table that renders that very pattern is its rows' business.
+ */
+static bool
+claimed_by_tie(List *patterns, const KeyPattern *best, const char *key,
+			   size_t len, uint64 h)
+{
+	ListCell *p;
+
+	foreach(p, patterns)
+	{
+		KeyPattern *cand = lfirst(p);
+
+		if (cand == best || cand->literal != best->literal ||
+			cand->relid == best->relid || !pattern_match(cand, key, len))
+			continue;
+		if (cand->stats != NULL
+				? keyset_lookup(cand->stats->expected_keys, h) != NULL
+				: !renders_glob(patterns, cand))
+			return true;
+	}
+	return false;
 }
 
 /*
@@ -1154,7 +1240,8 @@ find_orphans(VerifyState *vs, List *patterns)
 						continue;
 					h = hash_bytes_extended((const unsigned char *) key, len,
 											0);
-					if (keyset_lookup(best->stats->expected_keys, h) != NULL)
+					if (keyset_lookup(best->stats->expected_keys, h) != NULL ||
+						claimed_by_tie(patterns, best, key, len, h))
 						continue;
 					if (vs->sweep)
 					{
