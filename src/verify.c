@@ -240,7 +240,13 @@ note_key(RelStats *st, const char *key, size_t len)
 	(void) keyset_insert(st->expected_keys, h, &found);
 }
 
-/* uses_txn_facts tells whether a rule renders {%xid%}, {%lsn%}... */
+/*
+ * uses_txn_facts tells whether a rule renders what a row alone does not
+ * give: {%xid%}, {%lsn%}, {%commit_time%}, or {%op%} (the stream wrote
+ * "insert" or "update" where a check, reading the row, renders
+ * "snapshot").  Such a rule is not checked, and its keys are only claimed:
+ * a sweep must not take them for orphans.
+ */
 static bool
 uses_txn_facts(const Rule *rule)
 {
@@ -249,7 +255,8 @@ uses_txn_facts(const Rule *rule)
 		{
 			TplKind k = rule->tpl->args[a].parts[p].kind;
 
-			if (k == TPL_XID || k == TPL_LSN || k == TPL_COMMIT_TIME)
+			if (k == TPL_XID || k == TPL_LSN || k == TPL_COMMIT_TIME ||
+				k == TPL_OP)
 				return true;
 		}
 	return false;

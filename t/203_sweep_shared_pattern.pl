@@ -110,5 +110,17 @@ ok($node->log_contains(qr/has no literal text/, $offset),
 	'it says why the pattern is not swept');
 is($redis->call('GET', 'a'), '1', 'the kv keys are kept');
 
+# {%op%} in a key: the stream rendered "insert", a sweep's check renders
+# "snapshot"; the stream's keys are not orphans (they were deleted)
+$node->safe_psql('postgres', q{
+	CREATE TABLE ev (id int PRIMARY KEY, v text);
+	SELECT pg2redis_add_rule('ev', 'insert', 'SET ev:{%op%}:{id} {v}');
+	INSERT INTO ev VALUES (1, 'one'), (2, 'two');
+});
+wait_for_redis($node);
+is($redis->call('GET', 'ev:insert:1'), 'one', 'the stream wrote ev:insert:1');
+resync('{%op%}');
+is($redis->call('GET', 'ev:insert:1'), 'one', 'the sweep keeps a key the stream wrote with {%op%}');
+
 $node->stop;
 done_testing();
