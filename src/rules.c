@@ -98,6 +98,7 @@ typedef struct RuleRel
 
 static MemoryContext RulesCxt = NULL;
 static HTAB			*RuleRels = NULL;
+static List			*DisabledRels = NIL; /* relations with a disabled rule */
 static bool			 rules_valid = false;
 static uint64		 rules_gen = 0;
 static Oid			 rules_table = InvalidOid;
@@ -366,6 +367,7 @@ rules_load(void)
 		MemoryContextReset(RulesCxt);
 
 	RuleRels = NULL;
+	DisabledRels = NIL;
 	rules_valid = true;
 	rules_gen++;
 
@@ -415,6 +417,12 @@ rules_load(void)
 		Pg2rOp	 op;
 
 		heap_deform_tuple(tuple, RelationGetDescr(rel), values, isnull);
+		if (!DatumGetBool(values[Anum_rules_enabled - 1]))
+			DisabledRels =
+				list_append_unique_oid(DisabledRels,
+									   DatumGetObjectId(values
+															[Anum_rules_relation -
+															 1]));
 		if (!DatumGetBool(values[Anum_rules_enabled - 1]) ||
 			!pg2r_op_parse(TextDatumGetCString(values[Anum_rules_op - 1]),
 						   &op))
@@ -495,6 +503,18 @@ rules_generation(void)
 {
 	rules_ensure();
 	return rules_gen;
+}
+
+/*
+ * rules_have_disabled tells whether relation relid has a disabled rule,
+ * whose keys no enabled rule accounts for (the sweep leaves such a
+ * relation's keys alone).
+ */
+bool
+rules_have_disabled(Oid relid)
+{
+	rules_ensure();
+	return list_member_oid(DisabledRels, relid);
 }
 
 /* rules_relations returns the OIDs of all relations with enabled rules. */

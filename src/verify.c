@@ -1057,6 +1057,7 @@ collect_patterns(VerifyState *vs, List *stats)
 		RelStats *st = NULL;
 		List	 *rules = rules_for(relid, PG2R_OP_SNAPSHOT);
 		ListCell *r, *s;
+		bool	  warned = false;
 
 		if (rules == NIL)
 			rules = rules_for(relid, PG2R_OP_INSERT);
@@ -1080,7 +1081,20 @@ collect_patterns(VerifyState *vs, List *stats)
 			 * database, other applications' too: the sweep deletes none
 			 * of them (its keys stay claimed); pg2redis_verify() lists them.
 			 */
-			if (vs->sweep && kp->literal == 0)
+			if (vs->sweep && rules_have_disabled(relid))
+			{
+				/* its disabled rules' keys are no enabled rule's */
+				if (!warned)
+					ereport(WARNING,
+							(errmsg("pg2redis: the sweep leaves alone the keys of table \"%s\": it has disabled rules",
+									get_rel_name(relid) ? get_rel_name(relid)
+														: "?"),
+							 errdetail("Keys that a disabled rule wrote match no enabled rule, and would be taken for orphans."),
+							 errhint("Run pg2redis_verify() on the table once its rules are enabled or deleted.")));
+				warned = true;
+				kp->stats = NULL;
+			}
+			else if (vs->sweep && kp->literal == 0)
 			{
 				ereport(WARNING,
 						(errmsg("pg2redis: the sweep leaves alone the keys of rule " INT64_FORMAT

@@ -122,5 +122,21 @@ is($redis->call('GET', 'ev:insert:1'), 'one', 'the stream wrote ev:insert:1');
 resync('{%op%}');
 is($redis->call('GET', 'ev:insert:1'), 'one', 'the sweep keeps a key the stream wrote with {%op%}');
 
+# a disabled rule's keys: no enabled rule claims them, and an enabled rule's
+# broader pattern (dd:*) matches them
+$node->safe_psql('postgres', q{
+	CREATE TABLE dd (id int PRIMARY KEY, v text);
+	SELECT pg2redis_add_rule('dd', 'insert', 'SET dd:{id} {v}');
+	SELECT pg2redis_add_rule('dd', 'insert', 'SET dd:x:{id} {v}');
+	INSERT INTO dd VALUES (1, 'one');
+});
+wait_for_redis($node);
+is($redis->call('GET', 'dd:x:1'), 'one', 'the stream wrote dd:x:1');
+$node->safe_psql('postgres', q{UPDATE pg2redis.rules SET enabled = false WHERE relation = 'dd'::regclass AND command[2] = 'dd:x:{id}'});
+$offset = resync('a disabled rule');
+is($redis->call('GET', 'dd:x:1'), 'one', 'the sweep keeps the keys of a table with a disabled rule');
+ok($node->log_contains(qr/leaves alone the keys of table "dd": it has disabled rules/, $offset),
+	'it says so');
+
 $node->stop;
 done_testing();
