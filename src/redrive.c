@@ -121,9 +121,36 @@ redrive_note_row(Relation rel, RelMap *map, HeapTuple tuple)
  */
 
 /*
+ * may_read_table tells whether the user may SELECT table relid, or one of
+ * the partitioned tables it is a partition of: PostgreSQL reads a
+ * partition's rows through its parent with the parent's privilege, and a
+ * dead letter names the partition a change was decoded for.
+ */
+static bool
+may_read_table(Oid relid)
+{
+	List	 *ancestors;
+	ListCell *lc;
+
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK)
+		return true;
+	if (!get_rel_relispartition(relid))
+		return false;
+	ancestors = get_partition_ancestors(relid);
+	foreach(lc, ancestors)
+	{
+		if (pg_class_aclcheck(lfirst_oid(lc), GetUserId(), ACL_SELECT) ==
+			ACLCHECK_OK)
+			return true;
+	}
+	return false;
+}
+
+/*
  * check_dead_letter refuses to redrive dead letter id (of table relid, key
  * of index keyindex with nkeys columns; keyindex invalid if it has none)
- * unless the caller may SELECT the table, the table still has rules, and
+ * unless the caller may SELECT the table (or a partitioned table it is a
+ * partition of), the table still has rules, and
  * the key is still the one its rows are read by.  The table is locked
  * (AccessShareLock) until the end of the transaction.
  */
@@ -146,7 +173,7 @@ check_dead_letter(int64 id, Oid relid, Oid keyindex, int nkeys)
 							   " no longer exists",
 							   id)));
 	name = get_rel_name(relid);
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+	if (!may_read_table(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for table %s", name),
