@@ -120,7 +120,10 @@ DECLARE
     missing regclass;
 BEGIN
     IF NEW.relation IS NOT NULL THEN
-        IF NOT has_table_privilege(NEW.relation, 'SELECT') THEN
+        -- a partition's rows are read through its parents with theirs
+        IF NOT has_table_privilege(NEW.relation, 'SELECT')
+           AND NOT EXISTS (SELECT FROM pg_partition_ancestors(NEW.relation) a
+                            WHERE has_table_privilege(a.relid, 'SELECT')) THEN
             missing := NEW.relation;
         END IF;
     ELSE

@@ -1085,6 +1085,14 @@ finish_request(const char *state, const char *error)
 	req.keyindex = InvalidOid;
 	req.keytypes = NULL;
 	waiting_since = 0;
+
+	/*
+	 * Look for the next request at once, as after a wake-up: requests queued
+	 * together (pg2redis_redrive() of many keys or partitions) would
+	 * otherwise wait for the 10 s poll each once the first 2 s are over.
+	 */
+	last_poll = 0;
+	requested_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 2000);
 }
 
 /*

@@ -17,7 +17,7 @@
  * pg2redis_redrive() does not replay the dead letter's command, which was
  * rendered from the row as it was, by the rules of then: it queues a
  * keys-only snapshot request (pg2redis.snapshots.keys_only) per table and
- * key index, which the worker serves like any snapshot on demand, between
+ * key index (per pg2redis.snapshot_batch_size keys), which the worker serves like any snapshot on demand, between
  * watermarks, so that the row is written as it is now, by the current
  * snapshot rules (else insert rules), at a point of the stream where no
  * later change of it was applied already.  A row deleted since is not
@@ -54,6 +54,7 @@
 #include "pg2redis/keyorder.h"
 #include "pg2redis/redrive.h"
 #include "pg2redis/sender.h"
+#include "pg2redis/settings.h"
 #include "pg2redis/state.h"
 
 PG_FUNCTION_INFO_V1(pg2redis_redrive);
@@ -121,9 +122,36 @@ redrive_note_row(Relation rel, RelMap *map, HeapTuple tuple)
  */
 
 /*
+ * may_read_table tells whether the user may SELECT table relid, or one of
+ * the partitioned tables it is a partition of: PostgreSQL reads a
+ * partition's rows through its parent with the parent's privilege, and a
+ * dead letter names the partition a change was decoded for.
+ */
+static bool
+may_read_table(Oid relid)
+{
+	List	 *ancestors;
+	ListCell *lc;
+
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK)
+		return true;
+	if (!get_rel_relispartition(relid))
+		return false;
+	ancestors = get_partition_ancestors(relid);
+	foreach(lc, ancestors)
+	{
+		if (pg_class_aclcheck(lfirst_oid(lc), GetUserId(), ACL_SELECT) ==
+			ACLCHECK_OK)
+			return true;
+	}
+	return false;
+}
+
+/*
  * check_dead_letter refuses to redrive dead letter id (of table relid, key
  * of index keyindex with nkeys columns; keyindex invalid if it has none)
- * unless the caller may SELECT the table, the table still has rules, and
+ * unless the caller may SELECT the table (or a partitioned table it is a
+ * partition of), the table still has rules, and
  * the key is still the one its rows are read by.  The table is locked
  * (AccessShareLock) until the end of the transaction.
  */
@@ -146,7 +174,7 @@ check_dead_letter(int64 id, Oid relid, Oid keyindex, int nkeys)
 							   " no longer exists",
 							   id)));
 	name = get_rel_name(relid);
-	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+	if (!may_read_table(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for table %s", name),
@@ -179,8 +207,8 @@ check_dead_letter(int64 id, Oid relid, Oid keyindex, int nkeys)
 
 /*
  * redrive_ids redrives the dead letters ids (SPI connected): checks each,
- * queues one keys-only snapshot request per table and key index, with the
- * distinct keys, marks the dead letters, and returns a row per request in
+ * queues keys-only snapshot requests per table and key index, of at most
+ * pg2redis.snapshot_batch_size distinct keys each, marks the dead letters, and returns a row per request in
  * fcinfo's result (request, relation, keys).  The dead letters are locked
  * first (FOR UPDATE), so that two sessions cannot redrive one twice.
  */
@@ -257,15 +285,27 @@ redrive_ids(FunctionCallInfo fcinfo, Datum ids)
 		check_dead_letter(id, rel, idx, n);
 	}
 
-	/* one request per table and key index */
-	if (SPI_execute_with_args("SELECT d.relation, d.key_index, "
-							  "pg_catalog.array_agg(DISTINCT d.key), "
-							  "pg_catalog.array_agg(d.id) "
+	/*
+	 * One request per table and key index, of at most
+	 * pg2redis.snapshot_batch_size distinct keys: the worker records the keys
+	 * a request has left after each chunk, so one request of all the keys
+	 * would write them over and over (quadratic in their number), and hold
+	 * them all in memory at once.
+	 */
+	types[1] = INT8OID;
+	values[1] = Int64GetDatum((int64) Max(pg2r_snapshot_batch_size, 1));
+	if (SPI_execute_with_args("SELECT k.relation, k.key_index, "
+							  "pg_catalog.array_agg(DISTINCT k.key), "
+							  "pg_catalog.array_agg(k.id) "
+							  "FROM (SELECT d.id, d.relation, d.key_index, d.key, "
+							  "pg_catalog.dense_rank() OVER (PARTITION BY d.relation, "
+							  "d.key_index ORDER BY d.key) AS r "
 							  "FROM pg2redis.dead_letters d "
-							  "WHERE d.id OPERATOR(pg_catalog.=) ANY ($1) "
-							  "GROUP BY d.relation, d.key_index "
-							  "ORDER BY pg_catalog.min(d.id)",
-							  1, types, values, NULL, false,
+							  "WHERE d.id OPERATOR(pg_catalog.=) ANY ($1)) k "
+							  "GROUP BY k.relation, k.key_index, "
+							  "(k.r OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) $2 "
+							  "ORDER BY pg_catalog.min(k.id)",
+							  2, types, values, NULL, false,
 							  0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg2redis.dead_letters");
 	groups = SPI_tuptable;

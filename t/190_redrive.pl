@@ -248,13 +248,16 @@ ok( $node->poll_query_until(
 		"SELECT count(*) = 200 FROM pg2redis.dead_letters WHERE relation = 'o'::regclass"),
 	'200 dead letters of o');
 $redis->pipeline(map { [ 'DEL', "o:$_" ] } 1 .. 200);
-$req = $node->safe_psql('postgres',
-	"SELECT request FROM pg2redis_redrive('o'::regclass, now() - interval '1 hour')");
+# requests of snapshot_batch_size (10) keys each, served one after another
+my ($first, $nreq);
+($first, $req, $nreq) = split /\|/, $node->safe_psql('postgres',
+	"SELECT min(request), max(request), count(*) FROM pg2redis_redrive('o'::regclass, now() - interval '1 hour')");
+is($nreq, 20, 'the redrive of o is 20 requests of 10 keys');
 ok( poll_until(
 		30,
 		sub {
 			$node->safe_psql('postgres',
-				"SELECT rows >= 20 FROM pg2redis.snapshots WHERE id = $req") eq 't';
+				"SELECT sum(rows) >= 20 FROM pg2redis.snapshots WHERE id BETWEEN $first AND $req") eq 't';
 		}),
 	'the redrive of o is under way');
 $node->safe_psql('postgres', q{
