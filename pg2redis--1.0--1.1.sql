@@ -104,6 +104,15 @@ BEGIN
                     USING ERRCODE = 'invalid_parameter_value',
                           DETAIL = 'A keys-only request names a table (not a partitioned one), one of its indexes in key_index, and keys in retry_keys: a two-dimensional array, one row of the index''s key columns per key.';
             END IF;
+            -- the worker holds a request's keys in memory at once
+            IF array_length(NEW.retry_keys, 1) > coalesce(
+                   pg_catalog.current_setting('pg2redis.snapshot_batch_size', true)::integer, 10000)
+               OR pg_catalog.pg_column_size(NEW.retry_keys) > 64 * 1024 * 1024 THEN
+                RAISE EXCEPTION 'too many keys in one keys-only snapshot request'
+                    USING ERRCODE = 'program_limit_exceeded',
+                          DETAIL = 'A keys-only request holds at most pg2redis.snapshot_batch_size keys and 64 MB.',
+                          HINT = 'Use pg2redis_redrive(), which splits the keys into several requests.';
+            END IF;
         END;
     ELSE
         NEW.retry_keys := NULL;

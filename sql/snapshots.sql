@@ -101,6 +101,10 @@ INSERT INTO pg2redis.snapshots (relation, keys_only, retry_keys, key_index)
 INSERT INTO pg2redis.snapshots (relation, keys_only, retry_keys, key_index)
   VALUES ('keyed', true, '{{7},{8}}', 'keyed_pkey'::regclass)
   RETURNING relation, state, retry_keys, key_index::regclass;
+-- more keys than the worker holds in one request (pg2redis_redrive() splits)
+INSERT INTO pg2redis.snapshots (relation, keys_only, retry_keys, key_index)
+  SELECT 'keyed', true, array_agg(ARRAY[g::text]), 'keyed_pkey'::regclass
+    FROM generate_series(1, current_setting('pg2redis.snapshot_batch_size')::integer + 1) g;
 \set SHOW_CONTEXT errors
 DELETE FROM pg2redis.snapshots;
 DELETE FROM pg2redis.dead_letters;
