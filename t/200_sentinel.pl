@@ -81,8 +81,10 @@ sub new_primary
 {
 	my ($old, $label) = @_;
 	my $p;
+	# a first election can fail and is retried after 2 x failover-timeout;
+	# under a busy machine (tests run two at a time) that takes a while
 	ok( poll_until(
-			30,
+			90,
 			sub {
 				$p = sentinel_primary($set);
 				$p && $p->port != $old->port
