@@ -71,6 +71,7 @@
 
 #include "pg2redis/commands.h"
 #include "pg2redis/compat.h"
+#include "pg2redis/keyorder.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/settings.h"
 
@@ -192,6 +193,24 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 				entry->pk[k] = idx->rd_index->indkey.values[k];
 			RelationClose(idx);
 		}
+	}
+
+	/* The key dead letters name a row of relid by (redrive.c). */
+	entry->keyindex = keyorder_index(rel);
+	if (OidIsValid(entry->keyindex))
+	{
+		Relation idx = RelationIdGetRelation(entry->keyindex);
+
+		if (RelationIsValid(idx))
+		{
+			entry->nkeys = idx->rd_index->indnkeyatts;
+			entry->keyatts = palloc(sizeof(AttrNumber) * entry->nkeys);
+			for (int k = 0; k < entry->nkeys; k++)
+				entry->keyatts[k] = idx->rd_index->indkey.values[k];
+			RelationClose(idx);
+		}
+		else
+			entry->keyindex = InvalidOid;
 	}
 
 	/* Old tuples come from the partition: its replica identity counts. */

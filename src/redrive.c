@@ -67,53 +67,37 @@ PG_FUNCTION_INFO_V1(pg2redis_redrive_relation);
 
 /*
  * redrive_note_row sets the sender's row key (sender_set_row_key) from a
- * tuple of rel, a table changes arrive for, with the output functions of
- * map (rel's): the key index's columns as text.  Clears it when rel has no
- * key index or the tuple no readable key.
+ * tuple of rel, a table changes arrive for, with map (rel's): its key
+ * index's columns (found once per relation, mapping.c) as text, by their
+ * output functions.  Clears it when rel has no key index or the tuple no
+ * readable key.
  */
 void
 redrive_note_row(Relation rel, RelMap *map, HeapTuple tuple)
 {
 	TupleDesc desc = RelationGetDescr(rel);
-	Oid		  idxoid;
-	Relation  idx;
 	char	**key;
-	int		  n;
-	bool	  ok = true;
 
 	sender_clear_row_key();
-	if (tuple == NULL || map->cols == NULL)
+	if (tuple == NULL || map->cols == NULL || !OidIsValid(map->keyindex))
 		return;
-	idxoid = keyorder_index(rel);
-	if (!OidIsValid(idxoid))
-		return;
-	idx = RelationIdGetRelation(idxoid);
-	if (!RelationIsValid(idx))
-		return;
-	n = idx->rd_index->indnkeyatts;
-	key = palloc(sizeof(char *) * Max(n, 1));
-	for (int k = 0; k < n && ok; k++)
+	key = palloc(sizeof(char *) * Max(map->nkeys, 1));
+	for (int k = 0; k < map->nkeys; k++)
 	{
-		AttrNumber attnum = idx->rd_index->indkey.values[k];
+		AttrNumber attnum = map->keyatts[k];
 		bool	   isnull;
 		Datum	   v;
 
 		if (attnum <= 0 || attnum > map->natts)
-		{
-			ok = false;
-			break;
-		}
+			return;
 		v = heap_getattr(tuple, attnum, desc, &isnull);
 		/* null: a column the replica identity did not log */
 		if (isnull || (TupleDescAttr(desc, attnum - 1)->attlen == -1 &&
 					   VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(v))))
-			ok = false;
-		else
-			key[k] = OutputFunctionCall(&map->cols[attnum - 1].outfunc, v);
+			return;
+		key[k] = OutputFunctionCall(&map->cols[attnum - 1].outfunc, v);
 	}
-	RelationClose(idx);
-	if (ok)
-		sender_set_row_key(idxoid, n, key);
+	sender_set_row_key(map->keyindex, map->nkeys, key);
 }
 
 /* ---------------------------------------------------------------------------

@@ -39,6 +39,9 @@ typedef struct RelMap
 	AttrNumber	 *pk;
 	Bitmapset	 *identity; /* replica identity columns, rule rel attnums */
 	bool		  identity_full;
+	Oid			  keyindex; /* relid's key (keyorder_index), or invalid, */
+	int			  nkeys;	/* and its columns, relid attnums: what a */
+	AttrNumber	 *keyatts;	/* dead letter names its row by */
 } RelMap;
 
 /* Transaction facts for {%xid%}, {%lsn%}, {%commit_time%}. */
