@@ -105,6 +105,7 @@
 #include "pg2redis/keyorder.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
+#include "pg2redis/pgarray.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
@@ -951,16 +952,12 @@ static Datum
 retry_array(List *keys, List *keys_text, int nkeys, const Oid *types,
 			bool *isnull)
 {
-	int		  n = list_length(keys) + list_length(keys_text);
-	Datum	 *elems;
+	List	 *rows = NIL;
 	FmgrInfo *out = NULL;
-	int		  dims[2];
-	int		  lbs[2] = {1, 1};
-	int		  i = 0;
 	ListCell *lc;
 
-	*isnull = n == 0;
-	if (n == 0)
+	*isnull = keys == NIL && keys_text == NIL;
+	if (*isnull)
 		return (Datum) 0;
 	if (keys != NIL)
 	{
@@ -974,27 +971,16 @@ retry_array(List *keys, List *keys_text, int nkeys, const Oid *types,
 			fmgr_info(outfunc, &out[k]);
 		}
 	}
-	else
-		nkeys = list_length(linitial(keys_text));
-	elems = palloc(sizeof(Datum) * n * nkeys);
 	foreach(lc, keys)
-		for (int k = 0; k < nkeys; k++)
-			elems[i++] =
-				CStringGetTextDatum(OutputFunctionCall(&out[k],
-													   ((Datum *)
-															lfirst(lc))[k]));
-	foreach(lc, keys_text)
 	{
-		ListCell *lk;
+		List *row = NIL;
 
-		foreach(lk, (List *) lfirst(lc))
-			elems[i++] = CStringGetTextDatum(lfirst(lk));
+		for (int k = 0; k < nkeys; k++)
+			row = lappend(row, OutputFunctionCall(&out[k],
+												  ((Datum *) lfirst(lc))[k]));
+		rows = lappend(rows, row);
 	}
-	dims[0] = n;
-	dims[1] = nkeys;
-	return PointerGetDatum(construct_md_array(elems, NULL, 2, dims, lbs,
-											  TEXTOID, -1, false,
-											  TYPALIGN_INT));
+	return pg2r_text_array_2d(list_concat(rows, keys_text));
 }
 
 /*
@@ -1019,19 +1005,8 @@ record_progress(void *arg)
 	values[1] = Int64GetDatum(rows);
 	values[2] = ObjectIdGetDatum(leaf);
 	nulls[2] = OidIsValid(leaf) ? ' ' : 'n';
-	if (last_key != NIL)
-	{
-		Datum	 *elems = palloc(sizeof(Datum) * list_length(last_key));
-		ListCell *lc;
-
-		foreach(lc, last_key)
-			elems[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
-		values[3] =
-			PointerGetDatum(construct_array(elems, list_length(last_key),
-											TEXTOID, -1, false, TYPALIGN_INT));
-	}
-	else
-		nulls[3] = 'n';
+	values[3] = last_key != NIL ? pg2r_text_array(last_key) : (Datum) 0;
+	nulls[3] = last_key != NIL ? ' ' : 'n';
 	values[4] = pa->state ? CStringGetTextDatum(pa->state) : (Datum) 0;
 	nulls[4] = pa->state ? ' ' : 'n';
 	values[5] = pa->error ? CStringGetTextDatum(pa->error) : (Datum) 0;
@@ -1096,37 +1071,6 @@ finish_request(const char *state, const char *error)
 }
 
 /*
- * text_keys returns the rows of a two-dimensional text array (recorded by
- * retry_array) as Lists of strings, in the current memory context.
- */
-static List *
-text_keys(ArrayType *array)
-{
-	Datum *elems;
-	bool  *nulls;
-	int	   n;
-	int	   width;
-	List  *keys = NIL;
-
-	if (ARR_NDIM(array) != 2 || ARR_DIMS(array)[1] < 1)
-		return NIL;
-	width = ARR_DIMS(array)[1];
-	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls,
-					  &n);
-	for (int i = 0; i + width <= n; i += width)
-	{
-		List *key = NIL;
-
-		for (int k = 0; k < width; k++)
-			key =
-				lappend(key, nulls[i + k] ? pstrdup("")
-										  : TextDatumGetCString(elems[i + k]));
-		keys = lappend(keys, key);
-	}
-	return keys;
-}
-
-/*
  * resolve_resumes moves the start of each request an initial load that
  * gave up left (snapshot.c, load_requests) past the chunks of the load that
  * Redis turns out to have applied: they were in flight when it gave up, and
@@ -1167,7 +1111,7 @@ resolve_resumes(void *arg)
 			Datum	  values[2];
 			char	  nulls[2] = {' ', ' '};
 
-			foreach(lc, text_keys(keys))
+			foreach(lc, pg2r_text_array_rows(keys))
 			{
 				List  *row = lfirst(lc);
 				uint64 ncmds = strtou64(linitial(row), NULL, 10);
@@ -1177,20 +1121,8 @@ resolve_resumes(void *arg)
 				last = list_copy_tail(row, 1);
 			}
 			values[0] = id;
-			if (last != NIL)
-			{
-				Datum *elems = palloc(sizeof(Datum) * list_length(last));
-
-				foreach(lc, last)
-					elems[foreach_current_index(lc)] =
-						CStringGetTextDatum(lfirst(lc));
-				values[1] =
-					PointerGetDatum(construct_array(elems, list_length(last),
-													TEXTOID, -1, false,
-													TYPALIGN_INT));
-			}
-			else
-				nulls[1] = 'n';
+			values[1] = last != NIL ? pg2r_text_array(last) : (Datum) 0;
+			nulls[1] = last != NIL ? ' ' : 'n';
 			if (SPI_execute_with_args("UPDATE pg2redis.snapshots "
 									  "SET last_key = coalesce($2, last_key), "
 									  "resume_lsn = NULL, resume_keys = NULL "
@@ -1250,7 +1182,7 @@ load_keys_only(void)
 	req.keyindex = isnull ? InvalidOid : DatumGetObjectId(keyindex);
 	keys = SPI_getbinval(tup, desc, 6, &isnull);
 	if (!isnull)
-		req.retry_text = text_keys(DatumGetArrayTypeP(keys));
+		req.retry_text = pg2r_text_array_rows(DatumGetArrayTypeP(keys));
 	if (req.retry_text != NIL && get_rel_relkind(relid) == RELKIND_RELATION)
 		req.leaves = list_make1_oid(relid);
 	req.leaf_done = true;
@@ -1313,16 +1245,8 @@ load_request(void *arg)
 	if (!isnull && req.leaves != NIL &&
 		linitial_oid(req.leaves) == DatumGetObjectId(current))
 	{
-		Datum *elems;
-		bool  *nulls;
-		int	   n;
-
-		deconstruct_array(DatumGetArrayTypeP(lastkey), TEXTOID, -1, false,
-						  TYPALIGN_INT, &elems, &nulls, &n);
 		/* made values of the key's types by the first chunk, as the owner */
-		for (int i = 0; i < n; i++)
-			req.last_key_text =
-				lappend(req.last_key_text, TextDatumGetCString(elems[i]));
+		req.last_key_text = pg2r_text_array_list(DatumGetArrayTypeP(lastkey));
 	}
 	if (req.leaves != NIL && !current_null &&
 		linitial_oid(req.leaves) == DatumGetObjectId(current))
@@ -1337,7 +1261,7 @@ load_request(void *arg)
 		/* made values of the key's types by the first chunk, as the owner */
 		if (!isnull)
 		{
-			req.retry_text = text_keys(DatumGetArrayTypeP(retry));
+			req.retry_text = pg2r_text_array_rows(DatumGetArrayTypeP(retry));
 			/* why they were recorded is not: as if no change were known */
 			req.retry_blind = req.retry_text != NIL;
 		}
