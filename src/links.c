@@ -910,7 +910,7 @@ handle_setup_reply(Link *l, redisReply *r)
 static bool
 handle_map_reply(Link *l, redisReply *r)
 {
-	char		  err[256];
+	char		  err[REDIS_ERROR_LEN];
 	ClusterMap	 *map;
 	MemoryContext old;
 
