@@ -91,9 +91,7 @@ pg2redis_status(PG_FUNCTION_ARGS)
 					 ? GetXLogReplayRecPtr(NULL)
 					 : pg2r_wal_record_start(GetXLogInsertRecPtr());
 
-	SpinLockAcquire(&pg2r_shared->mutex);
-	memcpy(&s, pg2r_shared, sizeof(s));
-	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_state_copy(&s);
 
 	values[0] = Int32GetDatum(s.worker_pid);
 	nulls[0] = s.worker_pid == 0;
@@ -239,14 +237,7 @@ pg2redis_wait(PG_FUNCTION_ARGS)
 Datum
 pg2redis_resync(PG_FUNCTION_ARGS)
 {
-	bool running;
-
-	SpinLockAcquire(&pg2r_shared->mutex);
-	running = pg2r_shared->worker_pid != 0;
-	if (running)
-		pg2r_shared->resync_requested = true;
-	SpinLockRelease(&pg2r_shared->mutex);
-	if (!running)
+	if (!pg2r_request_resync())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("pg2redis worker is not running"),
@@ -326,9 +317,7 @@ pg2redis_check_drop(PG_FUNCTION_ARGS)
 		pg2r_wait_applied(target, pg2r_redis_timeout_ms))
 		PG_RETURN_VOID();
 
-	SpinLockAcquire(&pg2r_shared->mutex);
-	memcpy(&s, pg2r_shared, sizeof(s));
-	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_state_copy(&s);
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("cannot drop extension pg2redis while Redis lacks changes committed before it"),
@@ -883,8 +872,7 @@ pg2redis_snapshot(PG_FUNCTION_ARGS)
 	SPI_finish();
 
 	/* the commit hook wakes the worker; the flag tells it to look */
-	pg_atomic_write_u32(&pg2r_shared->snapshot_requested, 1);
-	if (pg2r_shared->worker_pid == 0)
+	if (!pg2r_request_snapshot())
 		ereport(NOTICE,
 				(errmsg("the pg2redis worker is not running; the request waits for it")));
 	PG_RETURN_INT64(id);

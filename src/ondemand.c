@@ -1608,7 +1608,7 @@ ondemand_step(void)
 		 * A request wakes us at its commit; the row may not be visible yet
 		 * when the flag is seen, so look again for a little while.
 		 */
-		if (pg_atomic_exchange_u32(&pg2r_shared->snapshot_requested, 0) != 0)
+		if (pg2r_take_snapshot_request())
 			requested_until = TimestampTzPlusMilliseconds(now, 2000);
 		if (!(now < requested_until &&
 			  TimestampDifferenceExceeds(last_poll, now, 50)) &&

@@ -199,14 +199,7 @@ worker_exit(int code, Datum arg)
 		MyReplicationSlot->dirty = true;
 	}
 	sender_disconnect();
-	SpinLockAcquire(&pg2r_shared->mutex);
-	pg2r_shared->worker_pid = 0;
-	pg2r_shared->worker_procno = -1;
-	pg2r_shared->state = PG2R_STATE_STOPPED;
-	pg2r_shared->pending_since = 0;
-	pg2r_shared->redis_connected = false;
-	SpinLockRelease(&pg2r_shared->mutex);
-	ConditionVariableBroadcast(&pg2r_shared->progress_cv);
+	pg2r_worker_detach();
 }
 
 /*
@@ -581,7 +574,7 @@ wait_for_extension(void)
 		char *version;
 
 		/* clear before looking, so that the next commit wakes us again */
-		pg_atomic_write_u32(&pg2r_shared->wakeup_pending, 0);
+		pg2r_clear_wakeup();
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		version = extension_version();
@@ -752,18 +745,6 @@ create_slot(void)
 	}
 }
 
-/* resync_requested tells whether pg2redis_resync() asked for a resync. */
-static bool
-resync_requested(void)
-{
-	bool r;
-
-	SpinLockAcquire(&pg2r_shared->mutex);
-	r = pg2r_shared->resync_requested;
-	SpinLockRelease(&pg2r_shared->mutex);
-	return r;
-}
-
 /*
  * wait_for_resync keeps an old primary from streaming (state stopped, with
  * last_error saying why) until pg2redis_resync() makes it the source again.
@@ -772,7 +753,7 @@ static void
 wait_for_resync(void)
 {
 	pg2r_report_error("not streaming: Redis holds the stream of a later timeline of this server (an old primary after a failover); run pg2redis_resync() to make this server the source again");
-	while (!resync_requested())
+	while (!pg2r_resync_requested())
 	{
 		pg2r_report_state(PG2R_STATE_STOPPED);
 		(void) WaitLatch(MyLatch,
@@ -781,9 +762,7 @@ wait_for_resync(void)
 		ResetLatch(MyLatch);
 		worker_handle_interrupts();
 	}
-	SpinLockAcquire(&pg2r_shared->mutex);
-	pg2r_shared->resync_requested = false;
-	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_clear_resync_request();
 	pg2r_clear_error();
 	ereport(LOG, (errmsg("pg2redis: resync requested")));
 }
@@ -866,9 +845,7 @@ static void
 resync(void)
 {
 	ereport(LOG, (errmsg("pg2redis: resync requested")));
-	SpinLockAcquire(&pg2r_shared->mutex);
-	pg2r_shared->resync_requested = false;
-	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_clear_resync_request();
 	if (decoding)
 	{
 		FreeDecodingContext(decoding);
@@ -921,7 +898,7 @@ decode_available(void)
 		PG_END_TRY();
 		MemoryContextSwitchTo(WorkerCxt);
 		worker_handle_interrupts();
-		if (!sender_ready() || !pg2r_enabled || resync_requested())
+		if (!sender_ready() || !pg2r_enabled || pg2r_resync_requested())
 			return false;
 		/* a partial batch goes out once it waited long enough */
 		if (sender_batch_open_longer_than(pg2r_flush_interval_ms))
@@ -940,7 +917,7 @@ stream(void)
 		Pg2rStage stage;
 
 		worker_handle_interrupts();
-		if (resync_requested())
+		if (pg2r_resync_requested())
 			resync();
 
 		if (!pg2r_enabled)
@@ -968,7 +945,7 @@ stream(void)
 		pg2r_report_state(PG2R_STATE_STREAMING);
 
 		/* clear before reading, so that a commit racing with us wakes us */
-		pg_atomic_write_u32(&pg2r_shared->wakeup_pending, 0);
+		pg2r_clear_wakeup();
 		pgstat_report_activity(STATE_RUNNING, "pg2redis: streaming");
 		stage = pg2r_stage_enter(PG2R_STAGE_DECODE);
 		at_end = decode_available();
@@ -1025,7 +1002,7 @@ stream(void)
 			 * A commit may have set the flag (and the latch, which Redis
 			 * I/O since then may have reset): then there is WAL to read.
 			 */
-			if (pg_atomic_read_u32(&pg2r_shared->wakeup_pending) != 0)
+			if (pg2r_wakeup_pending())
 				timeout = 0;
 			sender_service(timeout);
 		}
@@ -1045,7 +1022,7 @@ report_exit_error(void)
 	ErrorData	 *edata = CopyErrorData();
 
 	MemoryContextSwitchTo(old);
-	if (pg2r_shared->state == PG2R_STATE_SNAPSHOTTING)
+	if (pg2r_worker_state() == PG2R_STATE_SNAPSHOTTING)
 	{
 		pg2r_set_careful_load(true);
 		pg2r_report_error("worker stopped during the initial load: %s (the next load renders each rule in a subtransaction and skips a table whose snapshot filter fails, failures as dead letters)",
@@ -1079,13 +1056,7 @@ pg2redis_worker_main(Datum arg)
 	pgstat_report_appname("pg2redis");
 	before_shmem_exit(worker_exit, (Datum) 0);
 
-	SpinLockAcquire(&pg2r_shared->mutex);
-	pg2r_shared->worker_pid = MyProcPid;
-	pg2r_shared->worker_procno = MyProc->pgprocno;
-	pg2r_shared->dboid = MyDatabaseId;
-	pg2r_shared->state = PG2R_STATE_STARTING;
-	pg2r_shared->pending_since = 0;
-	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_worker_attach();
 
 	if (wal_level < WAL_LEVEL_LOGICAL)
 	{
