@@ -119,10 +119,25 @@ static TimestampTz			   last_dead_letters = 0;
  */
 
 /*
+ * apply_decoding_work_mem makes pg2redis.decoding_work_mem this process's
+ * logical_decoding_work_mem (at start and on reload: the reorder buffer
+ * reads it at each change, so a new value applies from the next one).
+ */
+static void
+apply_decoding_work_mem(void)
+{
+	char mem[32];
+
+	snprintf(mem, sizeof(mem), "%d", pg2r_decoding_work_mem_kb);
+	SetConfigOption("logical_decoding_work_mem", mem, PGC_USERSET,
+					PGC_S_OVERRIDE);
+}
+
+/*
  * worker_handle_interrupts serves SIGTERM (via CHECK_FOR_INTERRUPTS) and
- * SIGHUP: a reload re-reads the settings and applies a new Redis URL.  A
- * stream stopped by a rejected command restarts the worker on reload, so
- * that it retries from its position.
+ * SIGHUP: a reload re-reads the settings and applies a new Redis URL and
+ * pg2redis.decoding_work_mem.  A stream stopped by a rejected command
+ * restarts the worker on reload, so that it retries from its position.
  */
 void
 worker_handle_interrupts(void)
@@ -132,6 +147,7 @@ worker_handle_interrupts(void)
 	{
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
+		apply_decoding_work_mem();
 		if (sender_stopped())
 		{
 			ereport(LOG,
@@ -225,16 +241,13 @@ set_process_settings(void)
 		{"bytea_output", "hex"},	   {"search_path", PG2R_SAFE_SEARCH_PATH},
 	};
 	const char *plugins;
-	char		mem[32];
 
 	for (size_t i = 0; i < lengthof(settings); i++)
 		SetConfigOption(settings[i][0], settings[i][1], PGC_USERSET,
 						PGC_S_OVERRIDE);
 	SetConfigOption("synchronous_commit", "local", PGC_USERSET,
 					PGC_S_OVERRIDE);
-	snprintf(mem, sizeof(mem), "%d", pg2r_decoding_work_mem_kb);
-	SetConfigOption("logical_decoding_work_mem", mem, PGC_USERSET,
-					PGC_S_OVERRIDE);
+	apply_decoding_work_mem();
 
 	plugins = GetConfigOption("output_plugin_libraries", true, false);
 	if (plugins != NULL)
