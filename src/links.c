@@ -60,7 +60,6 @@
 #include "pg2redis/settings.h"
 #include "pg2redis/stages.h"
 #include "pg2redis/state.h"
-#include "pg2redis/worker.h"
 
 #define MAP_REFRESH_MS 5000	   /* how often a cluster's slot map is checked */
 #define SENTINEL_CHECK_MS 1000 /* how often the sentinels are asked again */
@@ -1314,7 +1313,7 @@ sender_service(long timeout_ms)
 	int			  nev;
 	Pg2rStage	  back = pg2r_stage_enter(PG2R_STAGE_IO);
 
-	worker_handle_interrupts();
+	sender_hooks.interrupts();
 	if (stopped)
 	{
 		(void) WaitLatch(MyLatch,
@@ -1399,7 +1398,7 @@ sender_service(long timeout_ms)
 					 (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
 				events[(intptr_t) occurred[e].user_data] |= occurred[e].events;
 		}
-		worker_handle_interrupts();
+		sender_hooks.interrupts();
 	}
 
 	/* a failure or a new map rebuilds the links: stop at the first */

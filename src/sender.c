@@ -90,7 +90,6 @@
 #include "pg2redis/sender_int.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/state.h"
-#include "pg2redis/worker.h"
 
 #define MAX_DEAD_LETTERS 10000
 
@@ -121,6 +120,7 @@ static struct
 } cur;
 
 bool		  stopped = false;
+SenderHooks	  sender_hooks;
 static List	 *dead_letters = NIL;
 static uint64 dead_letters_dropped = 0;
 
@@ -302,12 +302,16 @@ block_reset(Block *b)
 	}
 }
 
-/* sender_init sets up the sender's memory (worker start). */
+/*
+ * sender_init sets up the sender's memory and keeps the hooks it calls
+ * back through (worker start).
+ */
 void
-sender_init(void)
+sender_init(const SenderHooks *hooks)
 {
 	MemoryContext old;
 
+	sender_hooks = *hooks;
 	SenderCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis sender",
 									  ALLOCSET_DEFAULT_SIZES);
 	DeadCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis dead letters",
@@ -1210,7 +1214,7 @@ inflight_acked(void)
 													   : InvalidXLogRecPtr,
 							b->commit_time, b->ntxns, b->ncmds, b->nchanges);
 		if (b->fence.seq == FENCE_DONE)
-			worker_confirm(b->fence.lsn);
+			sender_hooks.confirm(b->fence.lsn);
 	}
 	topo.acked = b->fence;
 	if (b->reset)
@@ -1630,7 +1634,8 @@ pg2r_topo_ready(void)
 					 errhint("Run pg2redis_resync() to load every mapped table again, or pg2redis_verify() to list the keys that differ and pg2redis_redrive() to write them again. Set pg2redis.redis_wait_replicas so that a failover cannot lose acknowledged writes.")));
 	}
 	else if (!topo.cluster && topo.read[0].lsn == InvalidXLogRecPtr &&
-			 (topo.fence_known || worker_confirmed_lsn() != InvalidXLogRecPtr))
+			 (topo.fence_known ||
+			  sender_hooks.confirmed_lsn() != InvalidXLogRecPtr))
 	{
 		char key[CLUSTER_FENCE_KEY_LEN];
 

@@ -139,7 +139,7 @@ apply_decoding_work_mem(void)
  * pg2redis.decoding_work_mem.  A stream stopped by a rejected command
  * restarts the worker on reload, so that it retries from its position.
  */
-void
+static void
 worker_handle_interrupts(void)
 {
 	CHECK_FOR_INTERRUPTS();
@@ -159,7 +159,7 @@ worker_handle_interrupts(void)
 }
 
 /* worker_confirmed_lsn returns the slot's confirmed position. */
-XLogRecPtr
+static XLogRecPtr
 worker_confirmed_lsn(void)
 {
 	if (MyReplicationSlot == NULL)
@@ -171,7 +171,7 @@ worker_confirmed_lsn(void)
  * worker_confirm tells the slot that Redis has everything before lsn; the
  * slot is saved later (maybe_save_slot).
  */
-void
+static void
 worker_confirm(XLogRecPtr lsn)
 {
 	if (MyReplicationSlot == NULL || decoding == NULL ||
@@ -1056,6 +1056,12 @@ report_exit_error(void)
 void
 pg2redis_worker_main(Datum arg)
 {
+	static const SenderHooks hooks = {
+		.confirm = worker_confirm,
+		.confirmed_lsn = worker_confirmed_lsn,
+		.interrupts = worker_handle_interrupts,
+	};
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -1086,7 +1092,7 @@ pg2redis_worker_main(Datum arg)
 	PG_TRY();
 	{
 		wait_for_promotion();
-		sender_init();
+		sender_init(&hooks);
 		ondemand_init();
 		wait_for_extension();
 		wait_while_paused();

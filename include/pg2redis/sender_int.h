@@ -20,6 +20,7 @@
 #include "pg2redis/cluster.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/rules.h"
+#include "pg2redis/sender.h"
 
 #define FENCE_DONE PG_UINT64_MAX
 
@@ -205,7 +206,8 @@ extern MemoryContext MapCxt;  /* the map link: reset after each use */
 extern Block		*building;
 extern Block		*inflight;
 extern Topology		 topo;
-extern bool			 stopped; /* a rejected command stopped the stream */
+extern bool			 stopped;	   /* a rejected command stopped the stream */
+extern SenderHooks	 sender_hooks; /* given to sender_init() */
 
 /* src/sender.c */
 extern char *pg2r_fence_format(Fence f, char *buf, size_t len);
