@@ -109,7 +109,7 @@
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
 #include "pg2redis/state.h"
-#include "pg2redis/worker.h"
+#include "pg2redis/xactsql.h"
 
 #define WATERMARK_PREFIX "pg2redis"
 #define NONCE_BYTES 16
@@ -933,7 +933,7 @@ select_chunk(void *arg)
  * ---------------------------------------------------------------------------
  */
 
-/* Arguments of request SQL run under worker_run_sql. */
+/* Arguments of request SQL run under pg2r_run_sql. */
 typedef struct ProgressArgs
 {
 	const char *state; /* new state, or NULL to keep */
@@ -1065,7 +1065,7 @@ finish_request(const char *state, const char *error)
 	ProgressArgs pa = {state, error, false};
 	char		*err = NULL;
 
-	if (!worker_run_sql(record_progress, &pa, NULL, &err))
+	if (!pg2r_run_sql(record_progress, &pa, NULL, &err))
 		ereport(WARNING,
 				(errmsg("pg2redis could not record the end of snapshot request " INT64_FORMAT
 						": %s",
@@ -1135,7 +1135,7 @@ text_keys(ArrayType *array)
  * ondemand_resolve_resumes() between connecting and decoding): once the
  * stream applies a later transaction the position no longer tells.  The
  * answer is recorded as the request's last key, so that a restart does not
- * ask again.  Run by worker_run_sql.
+ * ask again.  Run by pg2r_run_sql.
  */
 static bool
 resolve_resumes(void *arg)
@@ -1215,7 +1215,7 @@ ondemand_resolve_resumes(void)
 {
 	char *err = NULL;
 
-	if (!worker_run_sql(resolve_resumes, NULL, NULL, &err))
+	if (!pg2r_run_sql(resolve_resumes, NULL, NULL, &err))
 		ereport(WARNING,
 				(errmsg("pg2redis could not resolve where snapshot requests resume: %s",
 						err)));
@@ -1455,7 +1455,7 @@ ondemand_step(void)
 
 		pending.active = false;
 		if (req.leaves != NIL &&
-			!worker_run_sql(record_progress, &pa, NULL, &err))
+			!pg2r_run_sql(record_progress, &pa, NULL, &err))
 		{
 			finish_request("failed", err);
 			return;
@@ -1615,7 +1615,7 @@ ondemand_step(void)
 			!TimestampDifferenceExceeds(last_poll, now, 10000))
 			return;
 		last_poll = GetCurrentTimestamp();
-		if (!worker_run_sql(load_request, NULL, NULL, &err))
+		if (!pg2r_run_sql(load_request, NULL, NULL, &err))
 		{
 			ereport(WARNING,
 					(errmsg("pg2redis could not read snapshot requests: %s",
@@ -1635,7 +1635,7 @@ ondemand_step(void)
 		{
 			ProgressArgs pa = {"running", NULL, false};
 
-			(void) worker_run_sql(record_progress, &pa, NULL, &err);
+			(void) pg2r_run_sql(record_progress, &pa, NULL, &err);
 		}
 	}
 
@@ -1675,7 +1675,7 @@ open_chunk(void)
 				 "H:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
 				 nonce);
 		chunk.low_end = write_watermark(chunk.low);
-		if (!worker_run_sql(select_chunk, NULL, &selected, &err))
+		if (!pg2r_run_sql(select_chunk, NULL, &selected, &err))
 		{
 			chunk_reset();
 			finish_request("failed", err);

@@ -93,6 +93,7 @@
 #include "pg2redis/stages.h"
 #include "pg2redis/state.h"
 #include "pg2redis/worker.h"
+#include "pg2redis/xactsql.h"
 
 #define SLOT_SAVE_INTERVAL_MS 2000
 #define DEAD_LETTER_INTERVAL_MS 200
@@ -269,95 +270,6 @@ set_process_settings(void)
 	}
 }
 
-/* set_decoding_flag sets or clears PROC_IN_LOGICAL_DECODING. */
-static void
-set_decoding_flag(bool on)
-{
-	LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
-	if (on)
-		MyProc->statusFlags |= PROC_IN_LOGICAL_DECODING;
-	else
-		MyProc->statusFlags &= ~PROC_IN_LOGICAL_DECODING;
-	ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
-	LWLockRelease(ProcArrayLock);
-}
-
-/*
- * begin_sql / end_sql bracket ordinary SQL in the decoding process: the
- * decoding flag must be off (else vacuum and other snapshots ignore us)
- * and no time-travel catalog entry may survive into it, or out of it.
- */
-static void
-begin_sql(void)
-{
-	if (decoding)
-		set_decoding_flag(false);
-	InvalidateSystemCaches();
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	/* never wait long for a lock: the stream waits meanwhile */
-	(void) set_config_option("lock_timeout", "5s", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_LOCAL, true, 0, false);
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-}
-
-static void
-end_sql(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	InvalidateSystemCaches();
-	if (decoding)
-		set_decoding_flag(true);
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-	MemoryContextSwitchTo(WorkerCxt);
-}
-
-/*
- * worker_run_sql runs fn in a transaction (SPI connected, a snapshot
- * active, the decoding flag cleared) inside a subtransaction, so that an
- * ERROR in it is returned in *err instead of ending the worker.  *result
- * (if given) gets fn's result.
- */
-/* A call of a worker_run_sql function, for pg2r_run_guarded. */
-typedef struct SqlCall
-{
-	bool (*fn)(void *arg);
-	void *arg;
-	bool  result;
-} SqlCall;
-
-/* sql_call runs the function of arg (a SqlCall) and keeps its result. */
-static void
-sql_call(void *arg)
-{
-	SqlCall *c = arg;
-
-	c->result = c->fn(c->arg);
-}
-
-bool
-worker_run_sql(bool (*fn)(void *arg), void *arg, bool *result, char **err)
-{
-	SqlCall	   call = {fn, arg, false};
-	ErrorData *edata;
-
-	begin_sql();
-	edata = pg2r_run_guarded(sql_call, &call);
-	if (edata)
-	{
-		*err = MemoryContextStrdup(WorkerCxt, edata->message);
-		FreeErrorData(edata);
-	}
-	end_sql();
-	if (result)
-		*result = call.result;
-	return edata == NULL;
-}
-
 /* ---------------------------------------------------------------------------
  * Dead letters
  * ---------------------------------------------------------------------------
@@ -471,7 +383,7 @@ maybe_prune_dead_letters(void)
 		return;
 	last = now;
 	last_retention = pg2r_dead_letter_retention_s;
-	if (!worker_run_sql(prune_dead_letters, NULL, NULL, &err))
+	if (!pg2r_run_sql(prune_dead_letters, NULL, NULL, &err))
 		ereport(WARNING,
 				(errmsg("pg2redis could not prune old dead letters: %s",
 						err)));
@@ -491,7 +403,7 @@ write_dead_letters(void)
 	if (!sender_has_dead_letters())
 		return;
 	letters = sender_take_dead_letters();
-	if (!worker_run_sql(insert_dead_letters, letters, NULL, &err))
+	if (!pg2r_run_sql(insert_dead_letters, letters, NULL, &err))
 	{
 		DeadLetter *first = linitial(letters);
 
@@ -1070,6 +982,7 @@ pg2redis_worker_main(Datum arg)
 	WorkerCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis worker",
 									  ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(WorkerCxt);
+	xactsql_init(WorkerCxt, &decoding);
 
 	BackgroundWorkerInitializeConnection(pg2r_database, NULL, 0);
 	pgstat_report_appname("pg2redis");

@@ -13,7 +13,4 @@
 /* True in the pg2redis worker process only. */
 extern bool pg2r_in_worker;
 
-extern bool worker_run_sql(bool (*fn)(void *arg), void *arg, bool *result,
-						   char **err);
-
 #endif /* PG2REDIS_WORKER_H */
