@@ -108,6 +108,7 @@
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
+#include "pg2redis/snapshot_filters.h"
 #include "pg2redis/state.h"
 #include "pg2redis/xactsql.h"
 
@@ -546,27 +547,6 @@ write_watermark(const char *payload)
 
 	XLogFlush(lsn);
 	return lsn;
-}
-
-/*
- * ondemand_filter_for returns the snapshot filter of relation relid, or NULL
- * (in a transaction, SPI connected).  Its operator is named by schema, like
- * every name in the worker's SQL.
- */
-char *
-ondemand_filter_for(Oid relid)
-{
-	Oid	  types[1] = {OIDOID};
-	Datum values[1] = {ObjectIdGetDatum(relid)};
-
-	if (SPI_execute_with_args("SELECT filter FROM pg2redis.snapshot_filters "
-							  "WHERE relation::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
-							  1, types, values, NULL, true,
-							  1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg2redis.snapshot_filters");
-	if (SPI_processed == 0)
-		return NULL;
-	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
 
 /*

@@ -25,6 +25,5 @@ extern void	 ondemand_note_change(Relation rel, TransactionId xid, Pg2rOp op,
 extern void	 ondemand_note_truncate(Oid relid, TransactionId xid);
 extern void	 ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
 								 const char *message);
-extern char *ondemand_filter_for(Oid relid);
 
 #endif /* PG2REDIS_ONDEMAND_H */
