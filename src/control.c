@@ -38,6 +38,7 @@
 #include "pg2redis/cluster.h"
 #include "pg2redis/commands.h"
 #include "pg2redis/mapping.h"
+#include "pg2redis/redis_errors.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/session_redis.h"
 #include "pg2redis/settings.h"
@@ -437,37 +438,6 @@ redis_roundtrip(const RedisTarget *target, const StringInfo cmd, bool asking)
 }
 
 /*
- * redirection reads "MOVED <slot> <host>:<port>" or "ASK ..." from a cluster
- * node's error into *host and *port (an empty host: the node that
- * answered, current_host); false for any other reply.
- */
-static bool
-redirection(const redisReply *reply, const char *current_host, char **host,
-			int *port, bool *asking)
-{
-	const char *addr;
-	const char *colon;
-
-	if (reply->type != REDIS_REPLY_ERROR)
-		return false;
-	if (strncmp(reply->str, "MOVED ", 6) == 0)
-		*asking = false;
-	else if (strncmp(reply->str, "ASK ", 4) == 0)
-		*asking = true;
-	else
-		return false;
-	addr = strchr(strchr(reply->str, ' ') + 1, ' ');
-	if (addr == NULL || (colon = strrchr(addr + 1, ':')) == NULL)
-		return false;
-	*port = atoi(colon + 1);
-	if (*port <= 0 || *port > 65535)
-		return false;
-	*host = colon > addr + 1 ? pnstrdup(addr + 1, colon - addr - 1)
-							 : pstrdup(current_host);
-	return true;
-}
-
-/*
  * read_slot_map asks the URL's first seed for the cluster's slot map
  * (CLUSTER SLOTS); an ERROR when it cannot.  Redirections are followed only
  * to the primaries this map lists, so that a node (or whoever can answer in
@@ -732,7 +702,7 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 		char *host;
 		int	  port;
 
-		if (!redirection(reply, target.host, &host, &port, &asking))
+		if (!pg2r_redirection(reply, target.host, &host, &port, &asking))
 			break;
 		freeReplyObject(reply);
 		reply = NULL;

@@ -273,15 +273,7 @@ pg2r_topo_fail(Link *l, const char *fmt, ...)
 void
 pg2r_note_redirect(const char *err)
 {
-	static const char *const codes[] = {"MOVED", "ASK", "TRYAGAIN",
-										"CLUSTERDOWN"};
-
-	static const char *const readonly[] = {"READONLY"};
-
-	/* behind Sentinel, a primary demoted by a failover answers READONLY */
-	redirect_next =
-		(topo.cluster && pg2r_error_code_in(err, codes, lengthof(codes))) ||
-		(topo.sentinel && pg2r_error_code_in(err, readonly, 1));
+	redirect_next = pg2r_error_is_redirect(err, topo.cluster, topo.sentinel);
 }
 
 /*

@@ -85,6 +85,7 @@
 #include "pg2redis/commands.h"
 #include "pg2redis/compat.h"
 #include "pg2redis/keyslot.h"
+#include "pg2redis/redis_errors.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/sender_int.h"
@@ -1321,59 +1322,23 @@ dead_letter_cmd(Block *b, int i, const char *error)
 }
 
 /*
- * pg2r_error_code_in tells whether a Redis error's code, its first word (e.g.
- * "MOVED" in "MOVED 3999 127.0.0.1:6381"), is one of codes.
- */
-bool
-pg2r_error_code_in(const char *err, const char *const *codes, size_t ncodes)
-{
-	size_t len = strcspn(err, " ");
-
-	for (size_t i = 0; i < ncodes; i++)
-		if (strlen(codes[i]) == len && strncmp(err, codes[i], len) == 0)
-			return true;
-	return false;
-}
-
-/* Errors only a Redis Cluster node sends: redirections, keys across slots. */
-static const char *const cluster_codes[] = {"MOVED", "ASK", "CROSSSLOT",
-											"CLUSTERDOWN", "TRYAGAIN"};
-
-/*
- * is_transient tells whether a Redis error is worth retrying as is.  On a
- * cluster, redirections are (the map is asked for again), but CROSSSLOT is
- * about the command itself: a dead letter.
+ * is_transient tells whether a Redis error is worth retrying as is, on the
+ * stream's topology (pg2r_error_is_transient).
  */
 static bool
 is_transient(const char *err)
 {
-	static const char *const codes[] = {"OOM",		  "LOADING",
-										"BUSY",		  "READONLY",
-										"MASTERDOWN", "NOREPLICAS"};
-	static const char *const crossslot[] = {"CROSSSLOT"};
-
-	if (topo.cluster && pg2r_error_code_in(err, crossslot, 1))
-		return false;
-	return pg2r_error_code_in(err, codes, lengthof(codes)) ||
-		   pg2r_error_code_in(err, cluster_codes, lengthof(cluster_codes));
+	return pg2r_error_is_transient(err, topo.cluster);
 }
 
 /*
- * pg2r_cluster_note returns a remark to append to a Redis error that only a Redis
- * Cluster node sends when pg2redis.redis_url names a standalone server, or
- * "" for any other error.  The stream cannot go on against such a node with
- * such a URL: it stops and retries, losing nothing, until the URL is changed.
+ * pg2r_cluster_note returns the remark pg2r_redis_cluster_note gives for err
+ * on the stream's topology ("" for none).
  */
 const char *
 pg2r_cluster_note(const char *err)
 {
-	if (!topo.cluster &&
-		pg2r_error_code_in(err, cluster_codes, lengthof(cluster_codes)))
-		return " (pg2redis.redis_url names a node of a Redis Cluster, or a "
-			   "proxy of a sharded database that refuses a MULTI across hash "
-			   "slots; write it as redis-cluster://host:port, with the OSS "
-			   "Cluster API enabled on Redis Enterprise or Redis Cloud)";
-	return "";
+	return pg2r_redis_cluster_note(err, topo.cluster);
 }
 
 /* group_applied records that Redis ran a group's EXEC. */
