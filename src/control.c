@@ -2,7 +2,12 @@
  *
  * control.c
  *	  SQL functions that talk to the worker or to Redis: status, wait,
- *	  resync, and running one Redis command.
+ *	  resync, the DROP EXTENSION check, and running one Redis command.
+ *
+ * It reads the shared state only through state.c, and reaches Redis only
+ * through session_redis.c (pg2redis_redis() checks the caller's access to
+ * the command here, then runs it there).  Snapshot requests and filters are
+ * in snapshot_filters.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -23,7 +28,6 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "replication/slot.h"
-#include "storage/latch.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/acl.h"
@@ -35,10 +39,8 @@
 #include "utils/pg_lsn.h"
 #include "utils/timestamp.h"
 
-#include "pg2redis/cluster.h"
 #include "pg2redis/commands.h"
 #include "pg2redis/mapping.h"
-#include "pg2redis/redis_errors.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/session_redis.h"
 #include "pg2redis/settings.h"
@@ -328,159 +330,6 @@ pg2redis_check_drop(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* redis_fail raises the ERROR of a failed pg2redis_redis() call. */
-static void
-redis_fail(RedisConn *conn, const RedisTarget *target, const char *what)
-{
-	char msg[sizeof(conn->error)];
-
-	strlcpy(msg, conn->error[0] ? conn->error : what, sizeof(msg));
-	redis_close(conn);
-	ereport(ERROR,
-			(errcode(ERRCODE_CONNECTION_FAILURE),
-			 errmsg("could not run the command on Redis at %s",
-					target->display),
-			 errdetail("%s", msg),
-			 errhint("Check pg2redis.redis_url and that Redis is running.")));
-}
-
-/*
- * redis_roundtrip connects to target, sends the handshake, ASKING when
- * asking, and the command (cmd, in RESP), and returns the command's reply
- * (free it with freeReplyObject).  Raises an ERROR on failure or after
- * pg2redis.redis_timeout.
- */
-static redisReply *
-redis_roundtrip(const RedisTarget *target, const StringInfo cmd, bool asking)
-{
-	RedisConn		conn;
-	StringInfoData	out;
-	volatile size_t sent = 0;
-	int				expected;
-	TimestampTz		deadline;
-	redisReply	   *reply = NULL;
-
-	redis_conn_init(&conn);
-	initStringInfo(&out);
-	expected = redis_append_handshake(&out, target) + 1;
-	if (asking)
-	{
-		redis_append_cstrings(&out, 1, "ASKING");
-		expected++;
-	}
-	appendBinaryStringInfo(&out, cmd->data, cmd->len);
-
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										   pg2r_redis_timeout_ms);
-	/* a cancel or timeout must not leak the socket or the reader */
-	PG_TRY();
-	{
-		if (!redis_connect_start(&conn, target) ||
-			redis_session_connect(&conn, target) <= 0)
-			redis_fail(&conn, target, "could not connect");
-		/* the reply's own time */
-		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											   pg2r_redis_timeout_ms);
-
-		while (expected > 0)
-		{
-			bool eof;
-			int	 rc;
-
-			if (sent < (size_t) out.len)
-			{
-				ssize_t w = redis_send(&conn, out.data + sent, out.len - sent);
-
-				if (w < 0)
-					redis_fail(&conn, target, "could not send");
-				sent += w;
-			}
-			if (!redis_session_wait_socket(conn.sock,
-										   WL_SOCKET_READABLE |
-											   (sent < (size_t) out.len
-													? WL_SOCKET_WRITEABLE
-													: 0),
-										   deadline))
-				redis_fail(&conn, target, "timed out waiting for the reply");
-			if (!redis_receive(&conn, &eof))
-				redis_fail(&conn, target, "could not receive");
-			while (expected > 0 && (rc = redis_next_reply(&conn, &reply)) == 1)
-			{
-				expected--;
-				if (expected > 0)
-				{
-					/* a handshake reply */
-					if (reply->type == REDIS_REPLY_ERROR)
-					{
-						snprintf(conn.error, sizeof(conn.error), "%s",
-								 reply->str);
-						freeReplyObject(reply);
-						redis_fail(&conn, target,
-								   "Redis refused the connection setup");
-					}
-					freeReplyObject(reply);
-					reply = NULL;
-				}
-			}
-			if (expected > 0 && rc < 0)
-				redis_fail(&conn, target, "protocol error");
-		}
-	}
-	PG_CATCH();
-	{
-		redis_close(&conn);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	redis_close(&conn);
-	pfree(out.data);
-	return reply;
-}
-
-/*
- * read_slot_map asks the URL's first seed for the cluster's slot map
- * (CLUSTER SLOTS); an ERROR when it cannot.  Redirections are followed only
- * to the primaries this map lists, so that a node (or whoever can answer in
- * its place) cannot send the command, and the AUTH before it, elsewhere.
- */
-static ClusterMap *
-read_slot_map(const RedisTarget *target)
-{
-	RedisTarget	   seed = *target;
-	StringInfoData cmd;
-	redisReply	  *reply;
-	ClusterMap	  *map = palloc(sizeof(ClusterMap));
-	char		   err[256];
-	bool		   ok;
-
-	seed.host = target->seed_hosts[0];
-	seed.port = target->seed_ports[0];
-	initStringInfo(&cmd);
-	redis_append_cstrings(&cmd, 2, "CLUSTER", "SLOTS");
-	reply = redis_roundtrip(&seed, &cmd, false);
-	ok = cluster_parse_slots(reply, seed.host, map, err, sizeof(err));
-	freeReplyObject(reply);
-	if (!ok)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("could not read the slot map of the Redis Cluster at %s",
-						target->display),
-				 errdetail("%s", err),
-				 errhint("Check that pg2redis.redis_url names nodes of a healthy Redis Cluster.")));
-	return map;
-}
-
-/* map_has_node tells whether host:port is a primary of map. */
-static bool
-map_has_node(const ClusterMap *map, const char *host, int port)
-{
-	for (int i = 0; i < map->nnodes; i++)
-		if (map->nodes[i].port == port &&
-			strcmp(map->nodes[i].host, host) == 0)
-			return true;
-	return false;
-}
-
 /* What a caller of pg2redis_redis() must be to run a command. */
 typedef enum RedisAccess
 {
@@ -633,19 +482,15 @@ check_redis_access(int argc, char **argv)
 Datum
 pg2redis_redis(PG_FUNCTION_ARGS)
 {
-	ArrayType	   *args = PG_GETARG_ARRAYTYPE_P(0);
-	Datum		   *elems;
-	bool		   *elnulls;
-	int				n;
-	char		  **cargv;
-	RedisTarget		target;
-	RedisSetupError err;
-	ClusterMap	   *map = NULL;
-	bool			map_fresh = false;
+	ArrayType  *args = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *elnulls;
+	int			n;
+	char	  **cargv;
+	RedisTarget target;
 
 	StringInfoData			 cmd;
 	redisReply				*reply = NULL;
-	bool					 asking = false;
 	char					*json_text;
 	int						 not_utf8;
 	Datum					 result;
@@ -675,13 +520,7 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 							cargv[0])));
 	check_redis_access(n, cargv);
 
-	if (!pg2r_redis_target(&target, &err))
-		ereport(ERROR,
-				(errcode(err.sqlerrcode), errmsg("%s", err.message),
-				 errhint("%s", err.hint[0]
-								   ? err.hint
-								   : "Fix the pg2redis.redis_* settings.")));
-	redis_session_find_primary(&target);
+	redis_session_target(&target);
 
 	initStringInfo(&cmd);
 	{
@@ -696,33 +535,7 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 		redis_append_command(&cmd, n, argv, argvlen);
 	}
 
-	reply = redis_roundtrip(&target, &cmd, false);
-	for (int hops = 0; target.cluster && hops < 5; hops++)
-	{
-		char *host;
-		int	  port;
-
-		if (!pg2r_redirection(reply, target.host, &host, &port, &asking))
-			break;
-		freeReplyObject(reply);
-		reply = NULL;
-		if (map == NULL || (!map_has_node(map, host, port) && !map_fresh))
-		{
-			map = read_slot_map(&target);
-			map_fresh = true;
-		}
-		if (!map_has_node(map, host, port))
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("the Redis Cluster redirected the command to %s:%d, which is not a node of its slot map",
-							host, port),
-					 errdetail("pg2redis_redis() follows MOVED and ASK only to primaries that CLUSTER SLOTS lists."),
-					 errhint("Check the cluster's health and the nodes pg2redis.redis_url names.")));
-		map_fresh = false;
-		target.host = host;
-		target.port = port;
-		reply = redis_roundtrip(&target, &cmd, asking);
-	}
+	reply = redis_session_command(&target, &cmd);
 
 	json_text = redis_reply_to_json(reply, &not_utf8);
 	freeReplyObject(reply);
