@@ -747,6 +747,8 @@ start_decoding(void)
 										 .segment_open = wal_segment_open,
 										 .segment_close = wal_segment_close),
 							  no_write, no_write, NULL);
+	pg2r_xactsql_set_decoding(true);
+
 	/*
 	 * The initial load (create_slot) built relcache entries, relation maps
 	 * and the rule cache from the current catalogs; decoding must rebuild
@@ -775,6 +777,7 @@ resync(void)
 	{
 		FreeDecodingContext(decoding);
 		decoding = NULL;
+		pg2r_xactsql_set_decoding(false);
 	}
 	if (MyReplicationSlot)
 		ReplicationSlotRelease();
@@ -982,7 +985,7 @@ pg2redis_worker_main(Datum arg)
 	WorkerCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis worker",
 									  ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(WorkerCxt);
-	xactsql_init(WorkerCxt, &decoding);
+	xactsql_init(WorkerCxt);
 
 	BackgroundWorkerInitializeConnection(pg2r_database, NULL, 0);
 	pgstat_report_appname("pg2redis");

@@ -7,8 +7,9 @@
  * The worker's own SQL (dead letters, snapshot requests and progress) runs
  * between decoding batches through pg2r_run_sql.  It owns only the
  * bracketing (begin_sql/end_sql); it may call subxact.c and the server,
- * never the worker, which hands it, once, the memory context to return to
- * and where it keeps its decoding context (xactsql_init).
+ * never the worker, which tells it the memory context to return to
+ * (xactsql_init) and whether a decoding context exists
+ * (pg2r_xactsql_set_decoding).
  *
  *-------------------------------------------------------------------------
  */
@@ -17,7 +18,6 @@
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "pgstat.h"
-#include "replication/logical.h"
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "utils/guc.h"
@@ -29,19 +29,27 @@
 #include "pg2redis/pg2redis.h"
 #include "pg2redis/xactsql.h"
 
-static MemoryContext				  return_cxt = NULL;
-static LogicalDecodingContext *const *decoding_ref = NULL;
+static MemoryContext return_cxt = NULL;
+static bool			 decoding = false; /* the process has a decoding context */
 
 /*
  * xactsql_init sets the context pg2r_run_sql returns to and copies errors
- * into, and where the caller keeps its decoding context (NULL while none):
- * while there is one, the SQL runs with the decoding flag cleared.
+ * into (the worker's, at its start).
  */
 void
-xactsql_init(MemoryContext cxt, LogicalDecodingContext *const *decoding)
+xactsql_init(MemoryContext cxt)
 {
 	return_cxt = cxt;
-	decoding_ref = decoding;
+}
+
+/*
+ * pg2r_xactsql_set_decoding tells whether the process has a decoding
+ * context now: while it has, the SQL runs with the decoding flag cleared.
+ */
+void
+pg2r_xactsql_set_decoding(bool on)
+{
+	decoding = on;
 }
 
 /* set_decoding_flag sets or clears PROC_IN_LOGICAL_DECODING. */
@@ -65,7 +73,7 @@ set_decoding_flag(bool on)
 static void
 begin_sql(void)
 {
-	if (*decoding_ref != NULL)
+	if (decoding)
 		set_decoding_flag(false);
 	InvalidateSystemCaches();
 	SetCurrentStatementStartTimestamp();
@@ -84,7 +92,7 @@ end_sql(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	InvalidateSystemCaches();
-	if (*decoding_ref != NULL)
+	if (decoding)
 		set_decoding_flag(true);
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);

@@ -8,10 +8,8 @@
 #ifndef PG2REDIS_XACTSQL_H
 #define PG2REDIS_XACTSQL_H
 
-#include "replication/logical.h"
-
-extern void xactsql_init(MemoryContext					cxt,
-						 LogicalDecodingContext *const *decoding);
+extern void xactsql_init(MemoryContext cxt);
+extern void pg2r_xactsql_set_decoding(bool on);
 extern bool pg2r_run_sql(bool (*fn)(void *arg), void *arg, bool *result,
 						 char **err);
 
