@@ -110,14 +110,15 @@ pg2redis_snapshot(PG_FUNCTION_ARGS)
 					 errhint("Have the table's owner grant SELECT on it to your role, or request a snapshot of a table you may read.")));
 	}
 	leaves = snapshot_mapped_leaves(relid);
+	if (leaves == NIL && OidIsValid(relid))
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("table \"%s\" has no partitions to snapshot",
+							   get_rel_name(relid)),
+						errhint("Add rules with pg2redis_add_rule() first.")));
 	if (leaves == NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg(OidIsValid(relid)
-							? "table \"%s\" has no partitions to snapshot"
-							: "no table has pg2redis rules%s",
-						OidIsValid(relid) ? get_rel_name(relid) : ""),
-				 errhint("Add rules with pg2redis_add_rule() first.")));
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("no table has pg2redis rules"),
+						errhint("Add rules with pg2redis_add_rule() first.")));
 	foreach(lc, leaves)
 		check_snapshot_table(lfirst_oid(lc));
 
