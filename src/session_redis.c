@@ -487,8 +487,11 @@ redis_session_target(RedisTarget *target)
 }
 
 /* redis_fail raises the ERROR of a failed pg2redis_redis() call. */
-static pg_attribute_noreturn() void redis_fail(const RedisTarget *target,
-											   const char		 *msg)
+static void redis_fail(const RedisTarget *target, const char *msg)
+	pg_attribute_noreturn();
+
+static void
+redis_fail(const RedisTarget *target, const char *msg)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_CONNECTION_FAILURE),
@@ -496,7 +499,6 @@ static pg_attribute_noreturn() void redis_fail(const RedisTarget *target,
 					target->display),
 			 errdetail("%s", msg),
 			 errhint("Check pg2redis.redis_url and that Redis is running.")));
-	pg_unreachable();
 }
 
 /*
