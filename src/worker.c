@@ -559,6 +559,7 @@ wait_for_promotion(void)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			apply_decoding_work_mem();
 		}
 	}
 	if (waited)
