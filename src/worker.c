@@ -31,7 +31,11 @@
  * Redis.  Decoding runs outside any transaction, as in a walsender: the
  * reorder buffer starts one per decoded transaction.  The few SQL writes
  * the worker makes (dead letters) run between decoding batches, with
- * PROC_IN_LOGICAL_DECODING cleared and the caches reset on both sides.
+ * PROC_IN_LOGICAL_DECODING cleared and the caches reset on both sides
+ * (pg2r_run_sql, xactsql.c).  The sender reaches back into the worker only
+ * through the SenderHooks it is given at start (confirm the slot, its
+ * confirmed position, serve interrupts); shared memory only through
+ * state.c.
  *
  * The slot is confirmed only up to what Redis acknowledged (the end of the
  * last applied commit record), or, when nothing is pending, up to the last
