@@ -10,6 +10,11 @@
  * a polling delay while an idle system costs nothing.  An atomic flag
  * keeps a burst of commits to one SetLatch.
  *
+ * This file is the only one that touches the shared struct (pg2r_shared is
+ * static): every field but the atomics is read and written here under its
+ * spinlock, through the accessors and reporters below.  It calls nothing
+ * of pg2redis.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
