@@ -2,7 +2,12 @@
  *
  * control.c
  *	  SQL functions that talk to the worker or to Redis: status, wait,
- *	  resync, and running one Redis command.
+ *	  resync, the DROP EXTENSION check, and running one Redis command.
+ *
+ * It reads the shared state only through state.c, and reaches Redis only
+ * through session_redis.c (pg2redis_redis() checks the caller's access to
+ * the command here, then runs it there).  Snapshot requests and filters are
+ * in snapshot_filters.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -23,7 +28,6 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "replication/slot.h"
-#include "storage/latch.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/acl.h"
@@ -35,7 +39,6 @@
 #include "utils/pg_lsn.h"
 #include "utils/timestamp.h"
 
-#include "pg2redis/cluster.h"
 #include "pg2redis/commands.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/redis_io.h"
@@ -50,8 +53,6 @@ PG_FUNCTION_INFO_V1(pg2redis_wait);
 PG_FUNCTION_INFO_V1(pg2redis_resync);
 PG_FUNCTION_INFO_V1(pg2redis_check_drop);
 PG_FUNCTION_INFO_V1(pg2redis_redis);
-PG_FUNCTION_INFO_V1(pg2redis_snapshot);
-PG_FUNCTION_INFO_V1(pg2redis_validate_snapshot_filter);
 
 #define STATUS_COLUMNS 24
 
@@ -91,9 +92,7 @@ pg2redis_status(PG_FUNCTION_ARGS)
 					 ? GetXLogReplayRecPtr(NULL)
 					 : pg2r_wal_record_start(GetXLogInsertRecPtr());
 
-	SpinLockAcquire(&pg2r_shared->mutex);
-	memcpy(&s, pg2r_shared, sizeof(s));
-	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_state_copy(&s);
 
 	values[0] = Int32GetDatum(s.worker_pid);
 	nulls[0] = s.worker_pid == 0;
@@ -239,14 +238,7 @@ pg2redis_wait(PG_FUNCTION_ARGS)
 Datum
 pg2redis_resync(PG_FUNCTION_ARGS)
 {
-	bool running;
-
-	SpinLockAcquire(&pg2r_shared->mutex);
-	running = pg2r_shared->worker_pid != 0;
-	if (running)
-		pg2r_shared->resync_requested = true;
-	SpinLockRelease(&pg2r_shared->mutex);
-	if (!running)
+	if (!pg2r_request_resync())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("pg2redis worker is not running"),
@@ -326,9 +318,7 @@ pg2redis_check_drop(PG_FUNCTION_ARGS)
 		pg2r_wait_applied(target, pg2r_redis_timeout_ms))
 		PG_RETURN_VOID();
 
-	SpinLockAcquire(&pg2r_shared->mutex);
-	memcpy(&s, pg2r_shared, sizeof(s));
-	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_state_copy(&s);
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("cannot drop extension pg2redis while Redis lacks changes committed before it"),
@@ -338,190 +328,6 @@ pg2redis_check_drop(PG_FUNCTION_ARGS)
 					   pg2r_state_name(s.state)),
 			 errhint("Let the stream catch up (SELECT pg2redis_wait()) and drop the extension again. To drop it without sending those changes, run ALTER EVENT TRIGGER pg2redis_check_drop DISABLE first.")));
 	PG_RETURN_VOID();
-}
-
-/* redis_fail raises the ERROR of a failed pg2redis_redis() call. */
-static void
-redis_fail(RedisConn *conn, const RedisTarget *target, const char *what)
-{
-	char msg[sizeof(conn->error)];
-
-	strlcpy(msg, conn->error[0] ? conn->error : what, sizeof(msg));
-	redis_close(conn);
-	ereport(ERROR,
-			(errcode(ERRCODE_CONNECTION_FAILURE),
-			 errmsg("could not run the command on Redis at %s",
-					target->display),
-			 errdetail("%s", msg),
-			 errhint("Check pg2redis.redis_url and that Redis is running.")));
-}
-
-/*
- * redis_roundtrip connects to target, sends the handshake, ASKING when
- * asking, and the command (cmd, in RESP), and returns the command's reply
- * (free it with freeReplyObject).  Raises an ERROR on failure or after
- * pg2redis.redis_timeout.
- */
-static redisReply *
-redis_roundtrip(const RedisTarget *target, const StringInfo cmd, bool asking)
-{
-	RedisConn		conn;
-	StringInfoData	out;
-	volatile size_t sent = 0;
-	int				expected;
-	TimestampTz		deadline;
-	redisReply	   *reply = NULL;
-
-	redis_conn_init(&conn);
-	initStringInfo(&out);
-	expected = redis_append_handshake(&out, target) + 1;
-	if (asking)
-	{
-		redis_append_cstrings(&out, 1, "ASKING");
-		expected++;
-	}
-	appendBinaryStringInfo(&out, cmd->data, cmd->len);
-
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										   pg2r_redis_timeout_ms);
-	/* a cancel or timeout must not leak the socket or the reader */
-	PG_TRY();
-	{
-		if (!redis_connect_start(&conn, target) ||
-			redis_session_connect(&conn, target) <= 0)
-			redis_fail(&conn, target, "could not connect");
-		/* the reply's own time */
-		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											   pg2r_redis_timeout_ms);
-
-		while (expected > 0)
-		{
-			bool eof;
-			int	 rc;
-
-			if (sent < (size_t) out.len)
-			{
-				ssize_t w = redis_send(&conn, out.data + sent, out.len - sent);
-
-				if (w < 0)
-					redis_fail(&conn, target, "could not send");
-				sent += w;
-			}
-			if (!redis_session_wait_socket(conn.sock,
-										   WL_SOCKET_READABLE |
-											   (sent < (size_t) out.len
-													? WL_SOCKET_WRITEABLE
-													: 0),
-										   deadline))
-				redis_fail(&conn, target, "timed out waiting for the reply");
-			if (!redis_receive(&conn, &eof))
-				redis_fail(&conn, target, "could not receive");
-			while (expected > 0 && (rc = redis_next_reply(&conn, &reply)) == 1)
-			{
-				expected--;
-				if (expected > 0)
-				{
-					/* a handshake reply */
-					if (reply->type == REDIS_REPLY_ERROR)
-					{
-						snprintf(conn.error, sizeof(conn.error), "%s",
-								 reply->str);
-						freeReplyObject(reply);
-						redis_fail(&conn, target,
-								   "Redis refused the connection setup");
-					}
-					freeReplyObject(reply);
-					reply = NULL;
-				}
-			}
-			if (expected > 0 && rc < 0)
-				redis_fail(&conn, target, "protocol error");
-		}
-	}
-	PG_CATCH();
-	{
-		redis_close(&conn);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	redis_close(&conn);
-	pfree(out.data);
-	return reply;
-}
-
-/*
- * redirection reads "MOVED <slot> <host>:<port>" or "ASK ..." from a cluster
- * node's error into *host and *port (an empty host: the node that
- * answered, current_host); false for any other reply.
- */
-static bool
-redirection(const redisReply *reply, const char *current_host, char **host,
-			int *port, bool *asking)
-{
-	const char *addr;
-	const char *colon;
-
-	if (reply->type != REDIS_REPLY_ERROR)
-		return false;
-	if (strncmp(reply->str, "MOVED ", 6) == 0)
-		*asking = false;
-	else if (strncmp(reply->str, "ASK ", 4) == 0)
-		*asking = true;
-	else
-		return false;
-	addr = strchr(strchr(reply->str, ' ') + 1, ' ');
-	if (addr == NULL || (colon = strrchr(addr + 1, ':')) == NULL)
-		return false;
-	*port = atoi(colon + 1);
-	if (*port <= 0 || *port > 65535)
-		return false;
-	*host = colon > addr + 1 ? pnstrdup(addr + 1, colon - addr - 1)
-							 : pstrdup(current_host);
-	return true;
-}
-
-/*
- * read_slot_map asks the URL's first seed for the cluster's slot map
- * (CLUSTER SLOTS); an ERROR when it cannot.  Redirections are followed only
- * to the primaries this map lists, so that a node (or whoever can answer in
- * its place) cannot send the command, and the AUTH before it, elsewhere.
- */
-static ClusterMap *
-read_slot_map(const RedisTarget *target)
-{
-	RedisTarget	   seed = *target;
-	StringInfoData cmd;
-	redisReply	  *reply;
-	ClusterMap	  *map = palloc(sizeof(ClusterMap));
-	char		   err[256];
-	bool		   ok;
-
-	seed.host = target->seed_hosts[0];
-	seed.port = target->seed_ports[0];
-	initStringInfo(&cmd);
-	redis_append_cstrings(&cmd, 2, "CLUSTER", "SLOTS");
-	reply = redis_roundtrip(&seed, &cmd, false);
-	ok = cluster_parse_slots(reply, seed.host, map, err, sizeof(err));
-	freeReplyObject(reply);
-	if (!ok)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("could not read the slot map of the Redis Cluster at %s",
-						target->display),
-				 errdetail("%s", err),
-				 errhint("Check that pg2redis.redis_url names nodes of a healthy Redis Cluster.")));
-	return map;
-}
-
-/* map_has_node tells whether host:port is a primary of map. */
-static bool
-map_has_node(const ClusterMap *map, const char *host, int port)
-{
-	for (int i = 0; i < map->nnodes; i++)
-		if (map->nodes[i].port == port &&
-			strcmp(map->nodes[i].host, host) == 0)
-			return true;
-	return false;
 }
 
 /* What a caller of pg2redis_redis() must be to run a command. */
@@ -676,19 +482,15 @@ check_redis_access(int argc, char **argv)
 Datum
 pg2redis_redis(PG_FUNCTION_ARGS)
 {
-	ArrayType	   *args = PG_GETARG_ARRAYTYPE_P(0);
-	Datum		   *elems;
-	bool		   *elnulls;
-	int				n;
-	char		  **cargv;
-	RedisTarget		target;
-	RedisSetupError err;
-	ClusterMap	   *map = NULL;
-	bool			map_fresh = false;
+	ArrayType  *args = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *elnulls;
+	int			n;
+	char	  **cargv;
+	RedisTarget target;
 
 	StringInfoData			 cmd;
 	redisReply				*reply = NULL;
-	bool					 asking = false;
 	char					*json_text;
 	int						 not_utf8;
 	Datum					 result;
@@ -718,13 +520,7 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 							cargv[0])));
 	check_redis_access(n, cargv);
 
-	if (!pg2r_redis_target(&target, &err))
-		ereport(ERROR,
-				(errcode(err.sqlerrcode), errmsg("%s", err.message),
-				 errhint("%s", err.hint[0]
-								   ? err.hint
-								   : "Fix the pg2redis.redis_* settings.")));
-	redis_session_find_primary(&target);
+	redis_session_target(&target);
 
 	initStringInfo(&cmd);
 	{
@@ -739,33 +535,7 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 		redis_append_command(&cmd, n, argv, argvlen);
 	}
 
-	reply = redis_roundtrip(&target, &cmd, false);
-	for (int hops = 0; target.cluster && hops < 5; hops++)
-	{
-		char *host;
-		int	  port;
-
-		if (!redirection(reply, target.host, &host, &port, &asking))
-			break;
-		freeReplyObject(reply);
-		reply = NULL;
-		if (map == NULL || (!map_has_node(map, host, port) && !map_fresh))
-		{
-			map = read_slot_map(&target);
-			map_fresh = true;
-		}
-		if (!map_has_node(map, host, port))
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("the Redis Cluster redirected the command to %s:%d, which is not a node of its slot map",
-							host, port),
-					 errdetail("pg2redis_redis() follows MOVED and ASK only to primaries that CLUSTER SLOTS lists."),
-					 errhint("Check the cluster's health and the nodes pg2redis.redis_url names.")));
-		map_fresh = false;
-		target.host = host;
-		target.port = port;
-		reply = redis_roundtrip(&target, &cmd, asking);
-	}
+	reply = redis_session_command(&target, &cmd);
 
 	json_text = redis_reply_to_json(reply, &not_utf8);
 	freeReplyObject(reply);
@@ -786,183 +556,4 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	PG_RETURN_DATUM(result);
-}
-
-/*
- * check_snapshot_table refuses a table an on-demand snapshot cannot read:
- * one without rules that apply to it, or without a primary key or replica
- * identity index to chunk it by.
- */
-static void
-check_snapshot_table(Oid leaf)
-{
-	Relation rel = table_open(leaf, AccessShareLock);
-
-	if (!mapping_has_rules(mapping_get(rel)))
-		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						errmsg("table \"%s\" has no pg2redis rules",
-							   RelationGetRelationName(rel)),
-						errhint("Add rules with pg2redis_add_rule() first.")));
-	if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)) &&
-		!OidIsValid(RelationGetReplicaIndex(rel)))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" has no primary key or replica identity index",
-						RelationGetRelationName(rel)),
-				 errdetail("Snapshots on demand read a table in chunks by key."),
-				 errhint("Add a primary key, or use pg2redis_resync() to load every table with the slot's own snapshot.")));
-	table_close(rel, AccessShareLock);
-}
-
-/*
- * pg2redis_snapshot(relation) queues a snapshot of one mapped table (or of
- * all, when NULL) and returns the request id; the worker serves it while
- * streaming goes on.  The request is visible to the worker at commit.
- */
-Datum
-pg2redis_snapshot(PG_FUNCTION_ARGS)
-{
-	Oid		  relid = PG_ARGISNULL(0) ? InvalidOid : PG_GETARG_OID(0);
-	List	 *requested;
-	List	 *leaves;
-	ListCell *lc;
-	Oid		  types[1] = {REGCLASSOID};
-	Datum	  values[1] = {ObjectIdGetDatum(relid)};
-	char	  nulls[1] = {OidIsValid(relid) ? ' ' : 'n'};
-	bool	  isnull;
-	int64	  id;
-
-	if (OidIsValid(relid))
-	{
-		char kind = get_rel_relkind(relid);
-
-		if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
-			ereport(ERROR,
-					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-					 errmsg("\"%s\" is not a table", get_rel_name(relid))));
-	}
-
-	/*
-	 * A snapshot sends the table's rows to Redis: require SELECT on the table
-	 * requested, or on every mapped table for a snapshot of all (in OID order,
-	 * so that the error names the same table every time).
-	 */
-	requested = OidIsValid(relid) ? list_make1_oid(relid) : rules_relations();
-	list_sort(requested, list_oid_cmp);
-	foreach(lc, requested)
-	{
-		Oid checked = lfirst_oid(lc);
-
-		if (pg_class_aclcheck(checked, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("permission denied for table %s",
-							get_rel_name(checked)),
-					 errdetail("Requesting a snapshot of a table requires SELECT on it."),
-					 errhint("Have the table's owner grant SELECT on it to your role, or request a snapshot of a table you may read.")));
-	}
-	leaves = snapshot_mapped_leaves(relid);
-	if (leaves == NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg(OidIsValid(relid)
-							? "table \"%s\" has no partitions to snapshot"
-							: "no table has pg2redis rules%s",
-						OidIsValid(relid) ? get_rel_name(relid) : ""),
-				 errhint("Add rules with pg2redis_add_rule() first.")));
-	foreach(lc, leaves)
-		check_snapshot_table(lfirst_oid(lc));
-
-	SPI_connect();
-	if (SPI_execute_with_args("INSERT INTO pg2redis.snapshots (relation) VALUES ($1) RETURNING id",
-							  1, types, values, nulls, false,
-							  0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not insert into pg2redis.snapshots");
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									 SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-
-	/* the commit hook wakes the worker; the flag tells it to look */
-	pg_atomic_write_u32(&pg2r_shared->snapshot_requested, 1);
-	if (pg2r_shared->worker_pid == 0)
-		ereport(NOTICE,
-				(errmsg("the pg2redis worker is not running; the request waits for it")));
-	PG_RETURN_INT64(id);
-}
-
-/* filter_error_context names the table whose filter is being checked. */
-static void
-filter_error_context(void *arg)
-{
-	errcontext("snapshot filter of table \"%s\"", (const char *) arg);
-}
-
-/*
- * pg2redis_validate_snapshot_filter is the BEFORE ROW trigger of
- * pg2redis.snapshot_filters: the filter must be one boolean expression over
- * its relation (snapshot_check_filter), and the query the snapshots run
- * with it must plan, as the table's owner under the worker's search_path,
- * as the snapshots run it.
- */
-Datum
-pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
-{
-	TriggerData			*trigdata = (TriggerData *) fcinfo->context;
-	TupleDesc			 desc;
-	HeapTuple			 tuple;
-	bool				 relnull;
-	bool				 filternull;
-	Oid					 relid;
-	char				 kind;
-	char				*filter;
-	char				*relname;
-	char				*sql;
-	Relation			 rel;
-	SPIPlanPtr			 plan;
-	SnapshotOwner		 saved;
-	ErrorContextCallback errcb;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
-		elog(ERROR, "pg2redis_validate_snapshot_filter must be a row trigger");
-	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
-				? trigdata->tg_newtuple
-				: trigdata->tg_trigtuple;
-	desc = RelationGetDescr(trigdata->tg_relation);
-	relid = DatumGetObjectId(heap_getattr(tuple, 1, desc, &relnull));
-	filter = DatumGetPointer(heap_getattr(tuple, 2, desc, &filternull));
-	if (relnull || filternull)
-		ereport(ERROR,
-				(errcode(ERRCODE_NOT_NULL_VIOLATION),
-				 errmsg("a snapshot filter needs a relation and a filter")));
-	kind = get_rel_relkind(relid);
-	if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("relation with OID %u is not a table", relid),
-				 errhint("Snapshot filters apply to ordinary and partitioned tables.")));
-	filter = TextDatumGetCString(PointerGetDatum(filter));
-	rel = table_open(relid, AccessShareLock);
-	relname =
-		quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-								   RelationGetRelationName(rel));
-	errcb.callback = filter_error_context;
-	errcb.arg = pstrdup(RelationGetRelationName(rel));
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
-	snapshot_check_filter(relname, filter);
-	sql = psprintf("SELECT t FROM ONLY %s t WHERE %s", relname,
-				   snapshot_filter_clause(filter));
-	snapshot_become_owner(rel->rd_rel->relowner, &saved);
-	SPI_connect();
-	plan = SPI_prepare(sql, 0, NULL);
-	if (plan == NULL)
-		ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR),
-						errmsg("invalid snapshot filter: %s",
-							   SPI_result_code_string(SPI_result))));
-	SPI_finish();
-	snapshot_restore_user(&saved);
-	error_context_stack = errcb.previous;
-	table_close(rel, AccessShareLock);
-	return PointerGetDatum(tuple);
 }

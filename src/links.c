@@ -60,7 +60,6 @@
 #include "pg2redis/settings.h"
 #include "pg2redis/stages.h"
 #include "pg2redis/state.h"
-#include "pg2redis/worker.h"
 
 #define MAP_REFRESH_MS 5000	   /* how often a cluster's slot map is checked */
 #define SENTINEL_CHECK_MS 1000 /* how often the sentinels are asked again */
@@ -308,15 +307,7 @@ pg2r_topo_fail(Link *l, const char *fmt, ...)
 void
 pg2r_note_redirect(const char *err)
 {
-	static const char *const codes[] = {"MOVED", "ASK", "TRYAGAIN",
-										"CLUSTERDOWN"};
-
-	static const char *const readonly[] = {"READONLY"};
-
-	/* behind Sentinel, a primary demoted by a failover answers READONLY */
-	redirect_next =
-		(topo.cluster && pg2r_error_code_in(err, codes, lengthof(codes))) ||
-		(topo.sentinel && pg2r_error_code_in(err, readonly, 1));
+	redirect_next = pg2r_error_is_redirect(err, topo.cluster, topo.sentinel);
 }
 
 /*
@@ -1417,7 +1408,7 @@ sender_service(long timeout_ms)
 	int			  nev;
 	Pg2rStage	  back = pg2r_stage_enter(PG2R_STAGE_IO);
 
-	worker_handle_interrupts();
+	sender_hooks.interrupts();
 	if (stopped)
 	{
 		(void) WaitLatch(MyLatch,
@@ -1502,7 +1493,7 @@ sender_service(long timeout_ms)
 					 (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
 				events[(intptr_t) occurred[e].user_data] |= occurred[e].events;
 		}
-		worker_handle_interrupts();
+		sender_hooks.interrupts();
 	}
 
 	/* a failure or a new map rebuilds the links: stop at the first */

@@ -109,8 +109,9 @@
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
+#include "pg2redis/snapshot_filters.h"
 #include "pg2redis/state.h"
-#include "pg2redis/worker.h"
+#include "pg2redis/xactsql.h"
 
 #define WATERMARK_PREFIX "pg2redis"
 #define NONCE_BYTES 16
@@ -575,27 +576,6 @@ write_watermark(const char *payload)
 }
 
 /*
- * ondemand_filter_for returns the snapshot filter of relation relid, or NULL
- * (in a transaction, SPI connected).  Its operator is named by schema, like
- * every name in the worker's SQL.
- */
-char *
-ondemand_filter_for(Oid relid)
-{
-	Oid	  types[1] = {OIDOID};
-	Datum values[1] = {ObjectIdGetDatum(relid)};
-
-	if (SPI_execute_with_args("SELECT filter FROM pg2redis.snapshot_filters "
-							  "WHERE relation::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
-							  1, types, values, NULL, true,
-							  1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read pg2redis.snapshot_filters");
-	if (SPI_processed == 0)
-		return NULL;
-	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-}
-
-/*
  * read_key turns the recorded text of a key (of a request resumed after a
  * restart) into values of the key columns' base types with their input
  * functions.  The caller runs it as the table's owner: this is the one place
@@ -1001,7 +981,7 @@ select_chunk(void *arg)
  * ---------------------------------------------------------------------------
  */
 
-/* Arguments of request SQL run under worker_run_sql. */
+/* Arguments of request SQL run under pg2r_run_sql. */
 typedef struct ProgressArgs
 {
 	const char *state; /* new state, or NULL to keep */
@@ -1107,7 +1087,7 @@ finish_request(const char *state, const char *error)
 	ProgressArgs pa = {state, error, false};
 	char		*err = NULL;
 
-	if (!worker_run_sql(record_progress, &pa, NULL, &err))
+	if (!pg2r_run_sql(record_progress, &pa, NULL, &err))
 		ereport(WARNING,
 				(errmsg("pg2redis could not record the end of snapshot request " INT64_FORMAT
 						": %s",
@@ -1147,7 +1127,7 @@ finish_request(const char *state, const char *error)
  * ondemand_resolve_resumes() between connecting and decoding): once the
  * stream applies a later transaction the position no longer tells.  The
  * answer is recorded as the request's last key, so that a restart does not
- * ask again.  Run by worker_run_sql.
+ * ask again.  Run by pg2r_run_sql.
  */
 static bool
 resolve_resumes(void *arg)
@@ -1215,7 +1195,7 @@ ondemand_resolve_resumes(void)
 {
 	char *err = NULL;
 
-	if (!worker_run_sql(resolve_resumes, NULL, NULL, &err))
+	if (!pg2r_run_sql(resolve_resumes, NULL, NULL, &err))
 		ereport(WARNING,
 				(errmsg("pg2redis could not resolve where snapshot requests resume: %s",
 						err)));
@@ -1445,7 +1425,7 @@ record_acked_progress(void)
 
 		od.pending.active = false;
 		if (od.req.leaves != NIL &&
-			!worker_run_sql(record_progress, &pa, NULL, &err))
+			!pg2r_run_sql(record_progress, &pa, NULL, &err))
 		{
 			finish_request("failed", err);
 			return false;
@@ -1654,7 +1634,7 @@ poll_for_request(void)
 	 * A request wakes us at its commit; the row may not be visible yet when
 	 * the flag is seen, so look again for a little while.
 	 */
-	if (pg_atomic_exchange_u32(&pg2r_shared->snapshot_requested, 0) != 0)
+	if (pg2r_take_snapshot_request())
 		od.requested_until =
 			TimestampTzPlusMilliseconds(now, REQUESTED_WINDOW_MS);
 	if (!(now < od.requested_until &&
@@ -1662,7 +1642,7 @@ poll_for_request(void)
 		!TimestampDifferenceExceeds(od.last_poll, now, REQUEST_POLL_MS))
 		return false;
 	od.last_poll = GetCurrentTimestamp();
-	if (!worker_run_sql(load_request, NULL, NULL, &err))
+	if (!pg2r_run_sql(load_request, NULL, NULL, &err))
 	{
 		ereport(WARNING,
 				(errmsg("pg2redis could not read snapshot requests: %s",
@@ -1681,7 +1661,7 @@ poll_for_request(void)
 	{
 		ProgressArgs pa = {"running", NULL, false};
 
-		(void) worker_run_sql(record_progress, &pa, NULL, &err);
+		(void) pg2r_run_sql(record_progress, &pa, NULL, &err);
 	}
 	return true;
 }
@@ -1749,7 +1729,7 @@ open_chunk(void)
 				 "H:" INT64_FORMAT ":" UINT64_FORMAT ":%s", od.req.id,
 				 od.chunk_seq, od.nonce);
 		od.chunk.low_end = write_watermark(od.chunk.low);
-		if (!worker_run_sql(select_chunk, NULL, &selected, &err))
+		if (!pg2r_run_sql(select_chunk, NULL, &selected, &err))
 		{
 			chunk_reset();
 			finish_request("failed", err);

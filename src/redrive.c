@@ -336,8 +336,7 @@ redrive_ids(FunctionCallInfo fcinfo, Datum ids)
 	if (ngroups > 0)
 	{
 		/* the commit hook wakes the worker; the flag tells it to look */
-		pg_atomic_write_u32(&pg2r_shared->snapshot_requested, 1);
-		if (pg2r_shared->worker_pid == 0)
+		if (!pg2r_request_snapshot())
 			ereport(NOTICE,
 					(errmsg("the pg2redis worker is not running; the requests wait for it")));
 	}

@@ -85,12 +85,12 @@
 #include "pg2redis/commands.h"
 #include "pg2redis/compat.h"
 #include "pg2redis/keyslot.h"
+#include "pg2redis/redis_errors.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/sender_int.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/state.h"
-#include "pg2redis/worker.h"
 
 #define MAX_DEAD_LETTERS 10000
 
@@ -121,6 +121,7 @@ static struct
 } cur;
 
 bool		  stopped = false;
+SenderHooks	  sender_hooks;
 static List	 *dead_letters = NIL;
 static uint64 dead_letters_dropped = 0;
 
@@ -302,12 +303,16 @@ block_reset(Block *b)
 	}
 }
 
-/* sender_init sets up the sender's memory (worker start). */
+/*
+ * sender_init sets up the sender's memory and keeps the hooks it calls
+ * back through (worker start).
+ */
 void
-sender_init(void)
+sender_init(const SenderHooks *hooks)
 {
 	MemoryContext old;
 
+	sender_hooks = *hooks;
 	SenderCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis sender",
 									  ALLOCSET_DEFAULT_SIZES);
 	DeadCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis dead letters",
@@ -1209,7 +1214,7 @@ inflight_acked(void)
 													   : InvalidXLogRecPtr,
 							b->commit_time, b->ntxns, b->ncmds, b->nchanges);
 		if (b->fence.seq == FENCE_DONE)
-			worker_confirm(b->fence.lsn);
+			sender_hooks.confirm(b->fence.lsn);
 	}
 	topo.acked = b->fence;
 	if (b->reset)
@@ -1316,59 +1321,23 @@ dead_letter_cmd(Block *b, int i, const char *error)
 }
 
 /*
- * pg2r_error_code_in tells whether a Redis error's code, its first word (e.g.
- * "MOVED" in "MOVED 3999 127.0.0.1:6381"), is one of codes.
- */
-bool
-pg2r_error_code_in(const char *err, const char *const *codes, size_t ncodes)
-{
-	size_t len = strcspn(err, " ");
-
-	for (size_t i = 0; i < ncodes; i++)
-		if (strlen(codes[i]) == len && strncmp(err, codes[i], len) == 0)
-			return true;
-	return false;
-}
-
-/* Errors only a Redis Cluster node sends: redirections, keys across slots. */
-static const char *const cluster_codes[] = {"MOVED", "ASK", "CROSSSLOT",
-											"CLUSTERDOWN", "TRYAGAIN"};
-
-/*
- * is_transient tells whether a Redis error is worth retrying as is.  On a
- * cluster, redirections are (the map is asked for again), but CROSSSLOT is
- * about the command itself: a dead letter.
+ * is_transient tells whether a Redis error is worth retrying as is, on the
+ * stream's topology (pg2r_error_is_transient).
  */
 static bool
 is_transient(const char *err)
 {
-	static const char *const codes[] = {"OOM",		  "LOADING",
-										"BUSY",		  "READONLY",
-										"MASTERDOWN", "NOREPLICAS"};
-	static const char *const crossslot[] = {"CROSSSLOT"};
-
-	if (topo.cluster && pg2r_error_code_in(err, crossslot, 1))
-		return false;
-	return pg2r_error_code_in(err, codes, lengthof(codes)) ||
-		   pg2r_error_code_in(err, cluster_codes, lengthof(cluster_codes));
+	return pg2r_error_is_transient(err, topo.cluster);
 }
 
 /*
- * pg2r_cluster_note returns a remark to append to a Redis error that only a Redis
- * Cluster node sends when pg2redis.redis_url names a standalone server, or
- * "" for any other error.  The stream cannot go on against such a node with
- * such a URL: it stops and retries, losing nothing, until the URL is changed.
+ * pg2r_cluster_note returns the remark pg2r_redis_cluster_note gives for err
+ * on the stream's topology ("" for none).
  */
 const char *
 pg2r_cluster_note(const char *err)
 {
-	if (!topo.cluster &&
-		pg2r_error_code_in(err, cluster_codes, lengthof(cluster_codes)))
-		return " (pg2redis.redis_url names a node of a Redis Cluster, or a "
-			   "proxy of a sharded database that refuses a MULTI across hash "
-			   "slots; write it as redis-cluster://host:port, with the OSS "
-			   "Cluster API enabled on Redis Enterprise or Redis Cloud)";
-	return "";
+	return pg2r_redis_cluster_note(err, topo.cluster);
 }
 
 /* group_applied records that Redis ran a group's EXEC. */
@@ -1629,7 +1598,8 @@ pg2r_topo_ready(void)
 					 errhint("Run pg2redis_resync() to load every mapped table again, or pg2redis_verify() to list the keys that differ and pg2redis_redrive() to write them again. Set pg2redis.redis_wait_replicas so that a failover cannot lose acknowledged writes.")));
 	}
 	else if (!topo.cluster && topo.read[0].lsn == InvalidXLogRecPtr &&
-			 (topo.fence_known || worker_confirmed_lsn() != InvalidXLogRecPtr))
+			 (topo.fence_known ||
+			  sender_hooks.confirmed_lsn() != InvalidXLogRecPtr))
 	{
 		char key[CLUSTER_FENCE_KEY_LEN];
 

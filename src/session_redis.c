@@ -2,7 +2,7 @@
  *
  * session_redis.c
  *	  A backend's own connections to Redis, for SQL functions that read it
- *	  in bulk (pg2redis_verify()).
+ *	  in bulk (pg2redis_verify()) or run one command (pg2redis_redis()).
  *
  * The worker's connections (links.c) live in its event loop; a backend
  * needs something simpler: run a batch of commands and get every reply
@@ -14,7 +14,9 @@
  * (a slot moved meanwhile) re-reads the map and runs the command again on
  * the node the map names, a few times at most; the session never follows a
  * redirection to a node outside the slot map, so a compromised node cannot
- * send it, and its password, elsewhere.
+ * send it, and its password, elsewhere.  redis_session_command runs one
+ * command outside any session (a connection of its own to the node that
+ * owns it), following MOVED and ASK under the same rule.
  *
  * Every wait is bounded by pg2redis.redis_timeout and interruptible (a
  * query cancel or a terminate ends it), and a failure is an ERROR without
@@ -34,6 +36,7 @@
 #include "pg2redis/compat.h"
 #include "pg2redis/cluster.h"
 #include "pg2redis/keyslot.h"
+#include "pg2redis/redis_errors.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/session_redis.h"
 #include "pg2redis/settings.h"
@@ -323,7 +326,10 @@ ask_node(RedisSession *s, SessionNode *cand, const StringInfo cmds,
 		edata = CopyErrorData();
 		/* only our own connection errors are swallowed: try the next seed */
 		if (edata->sqlerrcode != ERRCODE_CONNECTION_FAILURE)
+		{
+			redis_close(&cand->conn);
 			PG_RE_THROW();
+		}
 		FlushErrorState();
 		snprintf(err, errlen, "%s",
 				 edata->detail ? edata->detail : edata->message);
@@ -462,6 +468,174 @@ redis_session_find_primary(RedisTarget *target)
 }
 
 /*
+ * redis_session_target fills *target from the pg2redis.redis_* settings
+ * and, for a redis-sentinel:// URL, points it at the primary the sentinels
+ * name; raises an ERROR when the settings are unusable or none does.
+ */
+void
+redis_session_target(RedisTarget *target)
+{
+	RedisSetupError err;
+
+	if (!pg2r_redis_target(target, &err))
+		ereport(ERROR,
+				(errcode(err.sqlerrcode), errmsg("%s", err.message),
+				 errhint("%s", err.hint[0]
+								   ? err.hint
+								   : "Fix the pg2redis.redis_* settings.")));
+	redis_session_find_primary(target);
+}
+
+/* redis_fail raises the ERROR of a failed pg2redis_redis() call. */
+static void redis_fail(const RedisTarget *target, const char *msg)
+	pg_attribute_noreturn();
+
+static void
+redis_fail(const RedisTarget *target, const char *msg)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not run the command on Redis at %s",
+					target->display),
+			 errdetail("%s", msg),
+			 errhint("Check pg2redis.redis_url and that Redis is running.")));
+}
+
+/*
+ * redis_roundtrip connects to target, sends the handshake, ASKING when
+ * asking, and the command (cmd, in RESP), and returns the command's reply
+ * (free it with freeReplyObject).  Raises an ERROR on failure or after
+ * pg2redis.redis_timeout.  A one-node exchange of its own (ask_node), not
+ * part of any session.
+ */
+static redisReply *
+redis_roundtrip(const RedisTarget *target, const StringInfo cmd, bool asking)
+{
+	RedisSession   s;
+	SessionNode	   cand;
+	StringInfoData out;
+	redisReply	  *r[2] = {NULL, NULL};
+	int			   nreplies = asking ? 2 : 1;
+	char		   errbuf[sizeof(cand.conn.error)] = "";
+
+	memset(&s, 0, sizeof(s));
+	s.cxt = CurrentMemoryContext;
+	s.target = *target;
+	memset(&cand, 0, sizeof(cand));
+	cand.target = *target;
+	initStringInfo(&out);
+	if (asking)
+		redis_append_cstrings(&out, 1, "ASKING");
+	appendBinaryStringInfo(&out, cmd->data, cmd->len);
+	if (!ask_node(&s, &cand, &out, nreplies, r, errbuf, sizeof(errbuf)))
+		redis_fail(target, errbuf);
+	pfree(out.data);
+	if (asking)
+	{
+		/* ASKING is part of the setup: its error fails the call */
+		if (r[0]->type == REDIS_REPLY_ERROR)
+		{
+			snprintf(errbuf, sizeof(errbuf), "%s", r[0]->str);
+			freeReplyObject(r[0]);
+			freeReplyObject(r[1]);
+			redis_fail(target, errbuf);
+		}
+		freeReplyObject(r[0]);
+	}
+	return r[nreplies - 1];
+}
+
+/*
+ * read_slot_map asks the URL's first seed for the cluster's slot map
+ * (CLUSTER SLOTS); an ERROR when it cannot.  Redirections are followed only
+ * to the primaries this map lists, so that a node (or whoever can answer in
+ * its place) cannot send the command, and the AUTH before it, elsewhere.
+ */
+static ClusterMap *
+read_slot_map(const RedisTarget *target)
+{
+	RedisTarget	   seed = *target;
+	StringInfoData cmd;
+	redisReply	  *reply;
+	ClusterMap	  *map = palloc(sizeof(ClusterMap));
+	char		   err[256];
+	bool		   ok;
+
+	seed.host = target->seed_hosts[0];
+	seed.port = target->seed_ports[0];
+	initStringInfo(&cmd);
+	redis_append_cstrings(&cmd, 2, "CLUSTER", "SLOTS");
+	reply = redis_roundtrip(&seed, &cmd, false);
+	ok = cluster_parse_slots(reply, seed.host, map, err, sizeof(err));
+	freeReplyObject(reply);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not read the slot map of the Redis Cluster at %s",
+						target->display),
+				 errdetail("%s", err),
+				 errhint("Check that pg2redis.redis_url names nodes of a healthy Redis Cluster.")));
+	return map;
+}
+
+/* map_has_node tells whether host:port is a primary of map. */
+static bool
+map_has_node(const ClusterMap *map, const char *host, int port)
+{
+	for (int i = 0; i < map->nnodes; i++)
+		if (map->nodes[i].port == port &&
+			strcmp(map->nodes[i].host, host) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * redis_session_command runs one command (cmd, in RESP) on target, outside
+ * any session, and returns its reply (free it with freeReplyObject).  On a
+ * cluster it follows MOVED and ASK, a few hops at most, and only to the
+ * primaries of the slot map.  For pg2redis_redis().
+ */
+redisReply *
+redis_session_command(const RedisTarget *cmd_target, const StringInfo cmd)
+{
+	RedisTarget target = *cmd_target;
+	ClusterMap *map = NULL;
+	bool		map_fresh = false;
+	bool		asking = false;
+	redisReply *reply = NULL;
+
+	reply = redis_roundtrip(&target, cmd, false);
+	for (int hops = 0; target.cluster && hops < 5; hops++)
+	{
+		char *host;
+		int	  port;
+
+		if (!pg2r_redirection(reply, target.host, &host, &port, &asking))
+			break;
+		freeReplyObject(reply);
+		reply = NULL;
+		if (map == NULL || (!map_has_node(map, host, port) && !map_fresh))
+		{
+			map = read_slot_map(&target);
+			map_fresh = true;
+		}
+		if (!map_has_node(map, host, port))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("the Redis Cluster redirected the command to %s:%d, which is not a node of its slot map",
+							host, port),
+					 errdetail("pg2redis_redis() follows MOVED and ASK only to primaries that CLUSTER SLOTS lists."),
+					 errhint("Check the cluster's health and the nodes pg2redis.redis_url names.")));
+		map_fresh = false;
+		target.host = host;
+		target.port = port;
+		reply = redis_roundtrip(&target, cmd, asking);
+	}
+
+	return reply;
+}
+
+/*
  * redis_session_open connects to the Redis of pg2redis.redis_url (lazily:
  * a node is connected when a batch first needs it); on a cluster, reads
  * the slot map.  The session lives in the current memory context, whose
@@ -470,17 +644,10 @@ redis_session_find_primary(RedisTarget *target)
 RedisSession *
 redis_session_open(void)
 {
-	RedisSession   *s = palloc0(sizeof(RedisSession));
-	RedisSetupError err;
+	RedisSession *s = palloc0(sizeof(RedisSession));
 
 	s->cxt = CurrentMemoryContext;
-	if (!pg2r_redis_target(&s->target, &err))
-		ereport(ERROR,
-				(errcode(err.sqlerrcode), errmsg("%s", err.message),
-				 errhint("%s", err.hint[0]
-								   ? err.hint
-								   : "Fix the pg2redis.redis_* settings.")));
-	redis_session_find_primary(&s->target);
+	redis_session_target(&s->target);
 	s->cluster = s->target.cluster;
 	s->cb.func = session_close_all;
 	s->cb.arg = s;

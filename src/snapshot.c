@@ -91,6 +91,7 @@
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
+#include "pg2redis/snapshot_filters.h"
 #include "pg2redis/state.h"
 #include "pg2redis/worker.h"
 

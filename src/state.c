@@ -10,6 +10,11 @@
  * a polling delay while an idle system costs nothing.  An atomic flag
  * keeps a burst of commits to one SetLatch.
  *
+ * This file is the only one that touches the shared struct (pg2r_shared is
+ * static): every field but the atomics is read and written here under its
+ * spinlock, through the accessors and reporters below.  It calls nothing
+ * of pg2redis.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -30,7 +35,7 @@
 #include "pg2redis/compat.h"
 #include "pg2redis/state.h"
 
-Pg2rShared *pg2r_shared = NULL;
+static Pg2rShared *pg2r_shared = NULL;
 
 /* Per-relation statistics: PG2R_RELSTATS_MAX entries, open addressing. */
 typedef struct RelStatsShared
@@ -101,8 +106,162 @@ pg2r_state_init_shmem(void)
 }
 
 /*
+ * pg2r_state_copy copies the whole shared state, taken under its lock, into
+ * *out (for pg2redis_status() and messages that quote it).
+ */
+void
+pg2r_state_copy(Pg2rShared *out)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	memcpy(out, pg2r_shared, sizeof(*out));
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/* pg2r_worker_pid returns the running worker's pid, or 0 when none runs. */
+pid_t
+pg2r_worker_pid(void)
+{
+	pid_t pid;
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pid = pg2r_shared->worker_pid;
+	SpinLockRelease(&pg2r_shared->mutex);
+	return pid;
+}
+
+/*
+ * pg2r_worker_attach records this process as the worker, streaming
+ * database MyDatabaseId, in state starting (worker process only).
+ */
+void
+pg2r_worker_attach(void)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->worker_pid = MyProcPid;
+	pg2r_shared->worker_procno = MyProc->pgprocno;
+	pg2r_shared->dboid = MyDatabaseId;
+	pg2r_shared->state = PG2R_STATE_STARTING;
+	pg2r_shared->pending_since = 0;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/*
+ * pg2r_worker_detach clears the worker's entry (state stopped, not
+ * connected) and wakes pg2redis_wait() callers so that they see it.
+ */
+void
+pg2r_worker_detach(void)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->worker_pid = 0;
+	pg2r_shared->worker_procno = -1;
+	pg2r_shared->state = PG2R_STATE_STOPPED;
+	pg2r_shared->pending_since = 0;
+	pg2r_shared->redis_connected = false;
+	SpinLockRelease(&pg2r_shared->mutex);
+	ConditionVariableBroadcast(&pg2r_shared->progress_cv);
+}
+
+/* pg2r_worker_state returns the state the worker published last. */
+Pg2rWorkerState
+pg2r_worker_state(void)
+{
+	Pg2rWorkerState state;
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	state = pg2r_shared->state;
+	SpinLockRelease(&pg2r_shared->mutex);
+	return state;
+}
+
+/*
+ * pg2r_request_resync asks the running worker for a resync; it returns
+ * false, asking nothing, when no worker runs.
+ */
+bool
+pg2r_request_resync(void)
+{
+	bool running;
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	running = pg2r_shared->worker_pid != 0;
+	if (running)
+		pg2r_shared->resync_requested = true;
+	SpinLockRelease(&pg2r_shared->mutex);
+	return running;
+}
+
+/* pg2r_resync_requested tells whether pg2redis_resync() asked for a resync. */
+bool
+pg2r_resync_requested(void)
+{
+	bool r;
+
+	SpinLockAcquire(&pg2r_shared->mutex);
+	r = pg2r_shared->resync_requested;
+	SpinLockRelease(&pg2r_shared->mutex);
+	return r;
+}
+
+/* pg2r_clear_resync_request forgets a resync request (it is being done). */
+void
+pg2r_clear_resync_request(void)
+{
+	SpinLockAcquire(&pg2r_shared->mutex);
+	pg2r_shared->resync_requested = false;
+	SpinLockRelease(&pg2r_shared->mutex);
+}
+
+/*
+ * pg2r_request_snapshot flags a new pg2redis.snapshots request for the
+ * worker (the commit hook wakes it); it returns whether a worker runs.
+ */
+bool
+pg2r_request_snapshot(void)
+{
+	pg_atomic_write_u32(&pg2r_shared->snapshot_requested, 1);
+	return pg2r_worker_pid() != 0;
+}
+
+/*
+ * pg2r_take_snapshot_request tells whether a snapshot was requested since
+ * the last call, and clears the flag.
+ */
+bool
+pg2r_take_snapshot_request(void)
+{
+	return pg_atomic_exchange_u32(&pg2r_shared->snapshot_requested, 0) != 0;
+}
+
+/*
+ * pg2r_clear_wakeup clears the pending-wakeup flag (worker, before it
+ * reads WAL or looks at the catalogs), so that the next commit wakes it.
+ */
+void
+pg2r_clear_wakeup(void)
+{
+	pg_atomic_write_u32(&pg2r_shared->wakeup_pending, 0);
+}
+
+/*
+ * pg2r_wakeup_pending tells whether a commit asked to wake the worker
+ * since pg2r_clear_wakeup() (its latch may have been reset since).
+ */
+bool
+pg2r_wakeup_pending(void)
+{
+	return pg_atomic_read_u32(&pg2r_shared->wakeup_pending) != 0;
+}
+
+/*
  * pg2r_wake_worker sets the worker's latch unless a wakeup is already
  * pending.  Safe to call from any backend at any time.
+ *
+ * It reads worker_procno without the lock, on purpose: it runs in every
+ * commit, and an int is read whole.  A stale value costs at most one
+ * spurious SetLatch on a process that took the slot over (harmless) or one
+ * missed wakeup of a worker that just attached (it reads WAL before its
+ * first sleep).
  */
 void
 pg2r_wake_worker(void)
@@ -120,7 +279,8 @@ pg2r_wake_worker(void)
 
 /*
  * xact_callback wakes the worker when a transaction that wrote commits in
- * its database.  It must never raise an ERROR: the commit is done.
+ * its database.  It must never raise an ERROR: the commit is done.  It
+ * reads dboid without the lock for the reason pg2r_wake_worker() gives.
  */
 static void
 xact_callback(XactEvent event, void *arg)

@@ -31,7 +31,11 @@
  * Redis.  Decoding runs outside any transaction, as in a walsender: the
  * reorder buffer starts one per decoded transaction.  The few SQL writes
  * the worker makes (dead letters) run between decoding batches, with
- * PROC_IN_LOGICAL_DECODING cleared and the caches reset on both sides.
+ * PROC_IN_LOGICAL_DECODING cleared and the caches reset on both sides
+ * (pg2r_run_sql, xactsql.c).  The sender reaches back into the worker only
+ * through the SenderHooks it is given at start (confirm the slot, its
+ * confirmed position, serve interrupts); shared memory only through
+ * state.c.
  *
  * The slot is confirmed only up to what Redis acknowledged (the end of the
  * last applied commit record), or, when nothing is pending, up to the last
@@ -93,6 +97,7 @@
 #include "pg2redis/stages.h"
 #include "pg2redis/state.h"
 #include "pg2redis/worker.h"
+#include "pg2redis/xactsql.h"
 
 #define SLOT_SAVE_INTERVAL_MS 2000
 #define DEAD_LETTER_INTERVAL_MS 200
@@ -119,12 +124,27 @@ static TimestampTz			   last_dead_letters = 0;
  */
 
 /*
- * worker_handle_interrupts serves SIGTERM (via CHECK_FOR_INTERRUPTS) and
- * SIGHUP: a reload re-reads the settings and applies a new Redis URL.  A
- * stream stopped by a rejected command restarts the worker on reload, so
- * that it retries from its position.
+ * apply_decoding_work_mem makes pg2redis.decoding_work_mem this process's
+ * logical_decoding_work_mem (at start and on reload: the reorder buffer
+ * reads it at each change, so a new value applies from the next one).
  */
-void
+static void
+apply_decoding_work_mem(void)
+{
+	char mem[32];
+
+	snprintf(mem, sizeof(mem), "%d", pg2r_decoding_work_mem_kb);
+	SetConfigOption("logical_decoding_work_mem", mem, PGC_USERSET,
+					PGC_S_OVERRIDE);
+}
+
+/*
+ * worker_handle_interrupts serves SIGTERM (via CHECK_FOR_INTERRUPTS) and
+ * SIGHUP: a reload re-reads the settings and applies a new Redis URL and
+ * pg2redis.decoding_work_mem.  A stream stopped by a rejected command
+ * restarts the worker on reload, so that it retries from its position.
+ */
+static void
 worker_handle_interrupts(void)
 {
 	CHECK_FOR_INTERRUPTS();
@@ -132,6 +152,7 @@ worker_handle_interrupts(void)
 	{
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
+		apply_decoding_work_mem();
 		if (sender_stopped())
 		{
 			ereport(LOG,
@@ -143,7 +164,7 @@ worker_handle_interrupts(void)
 }
 
 /* worker_confirmed_lsn returns the slot's confirmed position. */
-XLogRecPtr
+static XLogRecPtr
 worker_confirmed_lsn(void)
 {
 	if (MyReplicationSlot == NULL)
@@ -155,7 +176,7 @@ worker_confirmed_lsn(void)
  * worker_confirm tells the slot that Redis has everything before lsn; the
  * slot is saved later (maybe_save_slot).
  */
-void
+static void
 worker_confirm(XLogRecPtr lsn)
 {
 	if (MyReplicationSlot == NULL || decoding == NULL ||
@@ -199,14 +220,7 @@ worker_exit(int code, Datum arg)
 		MyReplicationSlot->dirty = true;
 	}
 	sender_disconnect();
-	SpinLockAcquire(&pg2r_shared->mutex);
-	pg2r_shared->worker_pid = 0;
-	pg2r_shared->worker_procno = -1;
-	pg2r_shared->state = PG2R_STATE_STOPPED;
-	pg2r_shared->pending_since = 0;
-	pg2r_shared->redis_connected = false;
-	SpinLockRelease(&pg2r_shared->mutex);
-	ConditionVariableBroadcast(&pg2r_shared->progress_cv);
+	pg2r_worker_detach();
 }
 
 /*
@@ -232,16 +246,13 @@ set_process_settings(void)
 		{"bytea_output", "hex"},	   {"search_path", PG2R_SAFE_SEARCH_PATH},
 	};
 	const char *plugins;
-	char		mem[32];
 
 	for (size_t i = 0; i < lengthof(settings); i++)
 		SetConfigOption(settings[i][0], settings[i][1], PGC_USERSET,
 						PGC_S_OVERRIDE);
 	SetConfigOption("synchronous_commit", "local", PGC_USERSET,
 					PGC_S_OVERRIDE);
-	snprintf(mem, sizeof(mem), "%d", pg2r_decoding_work_mem_kb);
-	SetConfigOption("logical_decoding_work_mem", mem, PGC_USERSET,
-					PGC_S_OVERRIDE);
+	apply_decoding_work_mem();
 
 	plugins = GetConfigOption("output_plugin_libraries", true, false);
 	if (plugins != NULL)
@@ -261,95 +272,6 @@ set_process_settings(void)
 									   : "pg2redis",
 							PGC_SUSET, PGC_S_SESSION);
 	}
-}
-
-/* set_decoding_flag sets or clears PROC_IN_LOGICAL_DECODING. */
-static void
-set_decoding_flag(bool on)
-{
-	LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
-	if (on)
-		MyProc->statusFlags |= PROC_IN_LOGICAL_DECODING;
-	else
-		MyProc->statusFlags &= ~PROC_IN_LOGICAL_DECODING;
-	ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
-	LWLockRelease(ProcArrayLock);
-}
-
-/*
- * begin_sql / end_sql bracket ordinary SQL in the decoding process: the
- * decoding flag must be off (else vacuum and other snapshots ignore us)
- * and no time-travel catalog entry may survive into it, or out of it.
- */
-static void
-begin_sql(void)
-{
-	if (decoding)
-		set_decoding_flag(false);
-	InvalidateSystemCaches();
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	/* never wait long for a lock: the stream waits meanwhile */
-	(void) set_config_option("lock_timeout", "5s", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_LOCAL, true, 0, false);
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-}
-
-static void
-end_sql(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	InvalidateSystemCaches();
-	if (decoding)
-		set_decoding_flag(true);
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
-	MemoryContextSwitchTo(WorkerCxt);
-}
-
-/*
- * worker_run_sql runs fn in a transaction (SPI connected, a snapshot
- * active, the decoding flag cleared) inside a subtransaction, so that an
- * ERROR in it is returned in *err instead of ending the worker.  *result
- * (if given) gets fn's result.
- */
-/* A call of a worker_run_sql function, for pg2r_run_guarded. */
-typedef struct SqlCall
-{
-	bool (*fn)(void *arg);
-	void *arg;
-	bool  result;
-} SqlCall;
-
-/* sql_call runs the function of arg (a SqlCall) and keeps its result. */
-static void
-sql_call(void *arg)
-{
-	SqlCall *c = arg;
-
-	c->result = c->fn(c->arg);
-}
-
-bool
-worker_run_sql(bool (*fn)(void *arg), void *arg, bool *result, char **err)
-{
-	SqlCall	   call = {fn, arg, false};
-	ErrorData *edata;
-
-	begin_sql();
-	edata = pg2r_run_guarded(sql_call, &call);
-	if (edata)
-	{
-		*err = MemoryContextStrdup(WorkerCxt, edata->message);
-		FreeErrorData(edata);
-	}
-	end_sql();
-	if (result)
-		*result = call.result;
-	return edata == NULL;
 }
 
 /* ---------------------------------------------------------------------------
@@ -465,7 +387,7 @@ maybe_prune_dead_letters(void)
 		return;
 	last = now;
 	last_retention = pg2r_dead_letter_retention_s;
-	if (!worker_run_sql(prune_dead_letters, NULL, NULL, &err))
+	if (!pg2r_run_sql(prune_dead_letters, NULL, NULL, &err))
 		ereport(WARNING,
 				(errmsg("pg2redis could not prune old dead letters: %s",
 						err)));
@@ -485,7 +407,7 @@ write_dead_letters(void)
 	if (!sender_has_dead_letters())
 		return;
 	letters = sender_take_dead_letters();
-	if (!worker_run_sql(insert_dead_letters, letters, NULL, &err))
+	if (!pg2r_run_sql(insert_dead_letters, letters, NULL, &err))
 	{
 		DeadLetter *first = linitial(letters);
 
@@ -581,7 +503,7 @@ wait_for_extension(void)
 		char *version;
 
 		/* clear before looking, so that the next commit wakes us again */
-		pg_atomic_write_u32(&pg2r_shared->wakeup_pending, 0);
+		pg2r_clear_wakeup();
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		version = extension_version();
@@ -641,6 +563,7 @@ wait_for_promotion(void)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			apply_decoding_work_mem();
 		}
 	}
 	if (waited)
@@ -752,18 +675,6 @@ create_slot(void)
 	}
 }
 
-/* resync_requested tells whether pg2redis_resync() asked for a resync. */
-static bool
-resync_requested(void)
-{
-	bool r;
-
-	SpinLockAcquire(&pg2r_shared->mutex);
-	r = pg2r_shared->resync_requested;
-	SpinLockRelease(&pg2r_shared->mutex);
-	return r;
-}
-
 /*
  * wait_for_resync keeps an old primary from streaming (state stopped, with
  * last_error saying why) until pg2redis_resync() makes it the source again.
@@ -772,7 +683,7 @@ static void
 wait_for_resync(void)
 {
 	pg2r_report_error("not streaming: Redis holds the stream of a later timeline of this server (an old primary after a failover); run pg2redis_resync() to make this server the source again");
-	while (!resync_requested())
+	while (!pg2r_resync_requested())
 	{
 		pg2r_report_state(PG2R_STATE_STOPPED);
 		(void) WaitLatch(MyLatch,
@@ -781,9 +692,7 @@ wait_for_resync(void)
 		ResetLatch(MyLatch);
 		worker_handle_interrupts();
 	}
-	SpinLockAcquire(&pg2r_shared->mutex);
-	pg2r_shared->resync_requested = false;
-	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_clear_resync_request();
 	pg2r_clear_error();
 	ereport(LOG, (errmsg("pg2redis: resync requested")));
 }
@@ -843,6 +752,8 @@ start_decoding(void)
 										 .segment_open = wal_segment_open,
 										 .segment_close = wal_segment_close),
 							  no_write, no_write, NULL);
+	pg2r_xactsql_set_decoding(true);
+
 	/*
 	 * The initial load (create_slot) built relcache entries, relation maps
 	 * and the rule cache from the current catalogs; decoding must rebuild
@@ -866,13 +777,12 @@ static void
 resync(void)
 {
 	ereport(LOG, (errmsg("pg2redis: resync requested")));
-	SpinLockAcquire(&pg2r_shared->mutex);
-	pg2r_shared->resync_requested = false;
-	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_clear_resync_request();
 	if (decoding)
 	{
 		FreeDecodingContext(decoding);
 		decoding = NULL;
+		pg2r_xactsql_set_decoding(false);
 	}
 	if (MyReplicationSlot)
 		ReplicationSlotRelease();
@@ -921,7 +831,7 @@ decode_available(void)
 		PG_END_TRY();
 		MemoryContextSwitchTo(WorkerCxt);
 		worker_handle_interrupts();
-		if (!sender_ready() || !pg2r_enabled || resync_requested())
+		if (!sender_ready() || !pg2r_enabled || pg2r_resync_requested())
 			return false;
 		/* a partial batch goes out once it waited long enough */
 		if (sender_batch_open_longer_than(pg2r_flush_interval_ms))
@@ -940,7 +850,7 @@ stream(void)
 		Pg2rStage stage;
 
 		worker_handle_interrupts();
-		if (resync_requested())
+		if (pg2r_resync_requested())
 			resync();
 
 		if (!pg2r_enabled)
@@ -968,7 +878,7 @@ stream(void)
 		pg2r_report_state(PG2R_STATE_STREAMING);
 
 		/* clear before reading, so that a commit racing with us wakes us */
-		pg_atomic_write_u32(&pg2r_shared->wakeup_pending, 0);
+		pg2r_clear_wakeup();
 		pgstat_report_activity(STATE_RUNNING, "pg2redis: streaming");
 		stage = pg2r_stage_enter(PG2R_STAGE_DECODE);
 		at_end = decode_available();
@@ -1025,7 +935,7 @@ stream(void)
 			 * A commit may have set the flag (and the latch, which Redis
 			 * I/O since then may have reset): then there is WAL to read.
 			 */
-			if (pg_atomic_read_u32(&pg2r_shared->wakeup_pending) != 0)
+			if (pg2r_wakeup_pending())
 				timeout = 0;
 			sender_service(timeout);
 		}
@@ -1045,7 +955,7 @@ report_exit_error(void)
 	ErrorData	 *edata = CopyErrorData();
 
 	MemoryContextSwitchTo(old);
-	if (pg2r_shared->state == PG2R_STATE_SNAPSHOTTING)
+	if (pg2r_worker_state() == PG2R_STATE_SNAPSHOTTING)
 	{
 		pg2r_set_careful_load(true);
 		pg2r_report_error("worker stopped during the initial load: %s (the next load renders each rule in a subtransaction and skips a table whose snapshot filter fails, failures as dead letters)",
@@ -1066,6 +976,12 @@ report_exit_error(void)
 void
 pg2redis_worker_main(Datum arg)
 {
+	static const SenderHooks hooks = {
+		.confirm = worker_confirm,
+		.confirmed_lsn = worker_confirmed_lsn,
+		.interrupts = worker_handle_interrupts,
+	};
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -1074,18 +990,13 @@ pg2redis_worker_main(Datum arg)
 	WorkerCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis worker",
 									  ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(WorkerCxt);
+	xactsql_init(WorkerCxt);
 
 	BackgroundWorkerInitializeConnection(pg2r_database, NULL, 0);
 	pgstat_report_appname("pg2redis");
 	before_shmem_exit(worker_exit, (Datum) 0);
 
-	SpinLockAcquire(&pg2r_shared->mutex);
-	pg2r_shared->worker_pid = MyProcPid;
-	pg2r_shared->worker_procno = MyProc->pgprocno;
-	pg2r_shared->dboid = MyDatabaseId;
-	pg2r_shared->state = PG2R_STATE_STARTING;
-	pg2r_shared->pending_since = 0;
-	SpinLockRelease(&pg2r_shared->mutex);
+	pg2r_worker_attach();
 
 	if (wal_level < WAL_LEVEL_LOGICAL)
 	{
@@ -1102,7 +1013,7 @@ pg2redis_worker_main(Datum arg)
 	PG_TRY();
 	{
 		wait_for_promotion();
-		sender_init();
+		sender_init(&hooks);
 		ondemand_init();
 		wait_for_extension();
 		wait_while_paused();

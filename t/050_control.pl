@@ -5,7 +5,7 @@
 # command, keeps the position, and resumes on reload once the cause is
 # fixed; pg2redis_resync() reloads everything after Redis lost its data;
 # the worker's own slot refuses SQL readers; the password can come from
-# pg2redis.redis_password_file.
+# pg2redis.redis_password_file; pg2redis.decoding_work_mem applies on reload.
 
 use strict;
 use warnings;
@@ -98,6 +98,27 @@ wait_for_redis($node, 30, 'streaming after resync');
 is_deeply([ redis_smembers($redis, 't:ids') ], [ 1, 2, 3, 4, 5 ],
 	'resync reloaded every row and the stream went on');
 is($redis->call('GET', 't:count'), '5', 'the reloaded counter equals the rows');
+
+# pg2redis.decoding_work_mem applies on reload, without a restart: a
+# transaction larger than the new 64kB spills to disk (the slot's
+# spill_txns counts it).  The reload reaches the worker asynchronously, so
+# try a few transactions.
+$node->safe_psql('postgres', "CREATE TABLE big (id int, v text)");
+$node->append_conf('postgresql.conf', "pg2redis.decoding_work_mem = '64kB'");
+$node->reload;
+my $spilled = 0;
+for my $try (1 .. 5)
+{
+	$node->safe_psql('postgres',
+		"INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g");
+	wait_for_redis($node, 30, "big transaction $try decoded");
+	$spilled = $node->safe_psql('postgres',
+		"SELECT spill_txns > 0 FROM pg_stat_replication_slots WHERE slot_name = 'pg2redis'")
+	  eq 't';
+	last if $spilled;
+	sleep 1;
+}
+ok($spilled, 'a new pg2redis.decoding_work_mem applies on reload');
 
 # No password in the log or the status.
 my $status = status_text($node);

@@ -14,17 +14,16 @@
 
 #include "pg2redis/pg2redis.h"
 
-extern void	 ondemand_init(void);
-extern void	 ondemand_resolve_resumes(void);
-extern void	 ondemand_step(void);
-extern bool	 ondemand_busy(void);
-extern long	 ondemand_poll_timeout(void);
-extern void	 ondemand_note_commit(TransactionId xid);
-extern void	 ondemand_note_change(Relation rel, TransactionId xid, Pg2rOp op,
-								  HeapTuple oldtuple, HeapTuple newtuple);
-extern void	 ondemand_note_truncate(Oid relid, TransactionId xid);
-extern void	 ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
-								 const char *message);
-extern char *ondemand_filter_for(Oid relid);
+extern void ondemand_init(void);
+extern void ondemand_resolve_resumes(void);
+extern void ondemand_step(void);
+extern bool ondemand_busy(void);
+extern long ondemand_poll_timeout(void);
+extern void ondemand_note_commit(TransactionId xid);
+extern void ondemand_note_change(Relation rel, TransactionId xid, Pg2rOp op,
+								 HeapTuple oldtuple, HeapTuple newtuple);
+extern void ondemand_note_truncate(Oid relid, TransactionId xid);
+extern void ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
+								const char *message);
 
 #endif /* PG2REDIS_ONDEMAND_H */

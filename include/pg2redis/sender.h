@@ -27,7 +27,18 @@ typedef struct DeadLetter
 	char		**key;
 } DeadLetter;
 
-extern void sender_init(void);
+/*
+ * What the sender calls back into the process that runs it (the worker):
+ * the sender sits below the worker and does not include it.
+ */
+typedef struct SenderHooks
+{
+	void (*confirm)(XLogRecPtr lsn);   /* Redis has everything before lsn */
+	XLogRecPtr (*confirmed_lsn)(void); /* the slot's confirmed position */
+	void (*interrupts)(void);		   /* serve SIGTERM and SIGHUP */
+} SenderHooks;
+
+extern void sender_init(const SenderHooks *hooks);
 extern void sender_begin_txn(TransactionId xid, XLogRecPtr commit_lsn,
 							 XLogRecPtr end_lsn, TimestampTz commit_time);
 extern bool sender_txn_skipped(void);

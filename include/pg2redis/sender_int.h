@@ -18,8 +18,10 @@
 #include "utils/palloc.h"
 
 #include "pg2redis/cluster.h"
+#include "pg2redis/redis_errors.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/rules.h"
+#include "pg2redis/sender.h"
 
 #define FENCE_DONE PG_UINT64_MAX
 
@@ -205,15 +207,14 @@ extern MemoryContext MapCxt;  /* the map link: reset after each use */
 extern Block		*building;
 extern Block		*inflight;
 extern Topology		 topo;
-extern bool			 stopped; /* a rejected command stopped the stream */
+extern bool			 stopped;	   /* a rejected command stopped the stream */
+extern SenderHooks	 sender_hooks; /* given to sender_init() */
 
 /* src/sender.c */
-extern char *pg2r_fence_format(Fence f, char *buf, size_t len);
-extern bool	 pg2r_fence_parse(const char *s, Fence *f);
-extern int	 pg2r_link_wait_replicas(const Link *l);
-extern void	 pg2r_inflight_restart(void);
-extern bool	 pg2r_error_code_in(const char *err, const char *const *codes,
-								size_t ncodes);
+extern char		  *pg2r_fence_format(Fence f, char *buf, size_t len);
+extern bool		   pg2r_fence_parse(const char *s, Fence *f);
+extern int		   pg2r_link_wait_replicas(const Link *l);
+extern void		   pg2r_inflight_restart(void);
 extern const char *pg2r_cluster_note(const char *err);
 extern void		   pg2r_append_wait(StringInfo buf, int n);
 extern bool		   pg2r_handle_block_reply(int li, redisReply *r);

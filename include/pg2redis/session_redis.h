@@ -43,6 +43,9 @@ extern bool redis_session_wait_socket(pgsocket sock, int events,
 									  TimestampTz deadline);
 extern int	redis_session_connect(RedisConn *conn, const RedisTarget *target);
 extern void redis_session_find_primary(RedisTarget *target);
+extern void redis_session_target(RedisTarget *target);
+extern redisReply	*redis_session_command(const RedisTarget *target,
+										   const StringInfo	  cmd);
 extern RedisSession *redis_session_open(void);
 extern void			 redis_session_close(RedisSession *s);
 extern bool			 redis_session_is_cluster(RedisSession *s);

@@ -63,17 +63,28 @@ typedef struct Pg2rShared
 	ConditionVariable progress_cv;		 /* broadcast when applied_lsn moves */
 } Pg2rShared;
 
-extern Pg2rShared *pg2r_shared;
+/* Every read and write of the shared state goes through these. */
+extern void			   pg2r_state_request_shmem(void);
+extern void			   pg2r_state_init_shmem(void);
+extern void			   pg2r_wake_worker(void);
+extern void			   pg2r_xact_callback_register(void);
+extern const char	  *pg2r_state_name(Pg2rWorkerState state);
+extern XLogRecPtr	   pg2r_wal_record_start(XLogRecPtr lsn);
+extern bool			   pg2r_wait_applied(XLogRecPtr target, int64 timeout_ms);
+extern void			   pg2r_state_copy(Pg2rShared *out);
+extern pid_t		   pg2r_worker_pid(void);
+extern Pg2rWorkerState pg2r_worker_state(void);
+extern bool			   pg2r_request_resync(void);
+extern bool			   pg2r_request_snapshot(void);
 
-extern void		   pg2r_state_request_shmem(void);
-extern void		   pg2r_state_init_shmem(void);
-extern void		   pg2r_wake_worker(void);
-extern void		   pg2r_xact_callback_register(void);
-extern const char *pg2r_state_name(Pg2rWorkerState state);
-extern XLogRecPtr  pg2r_wal_record_start(XLogRecPtr lsn);
-extern bool		   pg2r_wait_applied(XLogRecPtr target, int64 timeout_ms);
-
-/* What the worker reports (worker process only). */
+/* What the worker reports and reads (worker process only). */
+extern void pg2r_worker_attach(void);
+extern void pg2r_worker_detach(void);
+extern bool pg2r_resync_requested(void);
+extern void pg2r_clear_resync_request(void);
+extern bool pg2r_take_snapshot_request(void);
+extern void pg2r_clear_wakeup(void);
+extern bool pg2r_wakeup_pending(void);
 extern void pg2r_report_state(Pg2rWorkerState state);
 extern void pg2r_report_connected(bool connected);
 extern void pg2r_report_error(const char *fmt, ...) pg_attribute_printf(1, 2);

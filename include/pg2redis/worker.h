@@ -13,10 +13,4 @@
 /* True in the pg2redis worker process only. */
 extern bool pg2r_in_worker;
 
-extern void		  worker_confirm(XLogRecPtr lsn);
-extern XLogRecPtr worker_confirmed_lsn(void);
-extern void		  worker_handle_interrupts(void);
-extern bool worker_run_sql(bool (*fn)(void *arg), void *arg, bool *result,
-						   char **err);
-
 #endif /* PG2REDIS_WORKER_H */
