@@ -71,6 +71,7 @@
 
 #include "pg2redis/commands.h"
 #include "pg2redis/compat.h"
+#include "pg2redis/expand_int.h"
 #include "pg2redis/keyorder.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/settings.h"
