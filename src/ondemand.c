@@ -105,6 +105,7 @@
 #include "pg2redis/keyorder.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
@@ -702,7 +703,7 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		bool		  unreadable;
 		MemoryContext old;
 
-		mapping_spi_row(i, req.leaf, &tuple);
+		pg2r_spi_whole_row(i, req.leaf, &tuple);
 
 		old = MemoryContextSwitchTo(chunk.cxt);
 		key = keyorder_row_key(&chunk.key, RelationGetDescr(rel), &tuple, true,

@@ -52,6 +52,7 @@
 
 #include "pg2redis/pg2redis.h"
 #include "pg2redis/render.h"
+#include "pg2redis/settings.h"
 
 /*
  * At most this many types are looked up ahead for one column: the

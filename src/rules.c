@@ -75,6 +75,7 @@
 #include "utils/syscache.h"
 
 #include "pg2redis/commands.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/rules.h"
 #include "pg2redis/worker.h"
 
@@ -555,44 +556,6 @@ validate_error_context(void *arg)
 			   vc->op ? vc->op : "?", relname ? relname : "?");
 }
 
-/* raise_soft turns a soft error into an ERROR. */
-static void
-raise_soft(const Pg2rError *err)
-{
-	ereport(ERROR,
-			(errcode(err->sqlerrcode), errmsg_internal("%s", err->message),
-			 err->hint ? errhint("%s", err->hint) : 0));
-}
-
-/*
- * identity_columns returns the columns, by attnum of rel, whose old values
- * PostgreSQL logs for an update or delete of rel; *full is set for REPLICA
- * IDENTITY FULL, where that is every column.
- */
-Bitmapset *
-pg2r_identity_columns(Relation rel, bool *full)
-{
-	Bitmapset *keys;
-	Bitmapset *result = NULL;
-	int		   i = -1;
-
-	*full = rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL;
-	if (*full)
-	{
-		for (int a = 0; a < RelationGetDescr(rel)->natts; a++)
-			if (!TupleDescAttr(RelationGetDescr(rel), a)->attisdropped)
-				result = bms_add_member(result, a + 1);
-		return result;
-	}
-	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_NOTHING)
-		return NULL;
-	keys = RelationGetIndexAttrBitmap(rel, INDEX_ATTR_BITMAP_IDENTITY_KEY);
-	while ((i = bms_next_member(keys, i)) >= 0)
-		result =
-			bms_add_member(result, i + FirstLowInvalidHeapAttributeNumber);
-	return result;
-}
-
 /*
  * check_identity refuses the rule when a column it needs from the old row
  * is not in the replica identity of leaf (a partition of ruledesc's
@@ -828,11 +791,7 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs, bool restoring)
 	}
 	if (needs->needs_pk && !restoring)
 	{
-		Oid pk = RelationGetPrimaryKeyIndex(rel);
-
-		if (!OidIsValid(pk))
-			pk = RelationGetReplicaIndex(rel);
-		if (!OidIsValid(pk))
+		if (!OidIsValid(pg2r_key_index(rel)))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("{%%pk%%} and {%%pk_escaped%%} need a primary key, and table \"%s\" has none",
@@ -862,15 +821,11 @@ check_needs(Relation rel, Pg2rOp op, const TplNeeds *needs, bool restoring)
 		fromold = bms_add_members(fromold, needs->cur);
 	if (needs->needs_pk && op == PG2R_OP_DELETE)
 	{
-		Oid		 pk = RelationGetPrimaryKeyIndex(rel);
-		Relation idx;
+		int			npk;
+		AttrNumber *pk = pg2r_key_attnums(rel, &npk);
 
-		if (!OidIsValid(pk))
-			pk = RelationGetReplicaIndex(rel);
-		idx = index_open(pk, AccessShareLock);
-		for (int k = 0; k < idx->rd_index->indnkeyatts; k++)
-			fromold = bms_add_member(fromold, idx->rd_index->indkey.values[k]);
-		index_close(idx, AccessShareLock);
+		for (int k = 0; k < npk; k++)
+			fromold = bms_add_member(fromold, pk[k]);
 	}
 	if (bms_is_empty(fromold))
 		return;
@@ -983,7 +938,7 @@ validate_rule_row(Datum *values, bool *isnull, Oid writer, bool restoring)
 		check_command(NULL, elems, 0);
 	tpl = template_compile(elems, n, RelationGetDescr(rel), &err);
 	if (tpl == NULL)
-		raise_soft(&err);
+		pg2r_raise(&err);
 	check_command(tpl, elems, n);
 	template_needs(tpl, &needs);
 
@@ -993,7 +948,7 @@ validate_rule_row(Datum *values, bool *isnull, Oid writer, bool restoring)
 			condition_compile(DatumGetJsonbP(values[Anum_rules_condition - 1]),
 							  RelationGetDescr(rel), &err);
 		if (cond == NULL)
-			raise_soft(&err);
+			pg2r_raise(&err);
 		condition_needs(cond, &needs);
 	}
 	check_needs(rel, op, &needs, restoring);

@@ -87,6 +87,7 @@
 #include "pg2redis/keyorder.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
@@ -764,7 +765,7 @@ load_filtered_chunk(Load *ld, Relation rel, RelMap *map, const char *filter,
 		HeapTupleData tuple;
 		MemoryContext old = MemoryContextSwitchTo(ld->rowcxt);
 
-		mapping_spi_row(i, RelationGetRelid(rel), &tuple);
+		pg2r_spi_whole_row(i, RelationGetRelid(rel), &tuple);
 		sender_count_change();
 		mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, &ld->meta,
 					   sink);

@@ -70,7 +70,6 @@ typedef struct CommandSink
 
 extern RelMap *mapping_get(Relation rel);
 extern bool	   mapping_has_rules(RelMap *map);
-extern void	   mapping_spi_row(uint64 i, Oid relid, HeapTupleData *tuple);
 extern void	   mapping_change(RelMap *map, Relation rel, Pg2rOp op,
 							  HeapTuple oldtuple, HeapTuple newtuple,
 							  const ChangeMeta *meta, const CommandSink *sink);

@@ -28,11 +28,10 @@ typedef struct Rule
 	char	 **command;
 } Rule;
 
-extern List		 *rules_for(Oid relid, Pg2rOp op);
-extern bool		  rules_exist_for(Oid relid);
-extern bool		  rules_have_disabled(Oid relid);
-extern uint64	  rules_generation(void);
-extern List		 *rules_relations(void);
-extern Bitmapset *pg2r_identity_columns(Relation rel, bool *full);
+extern List	 *rules_for(Oid relid, Pg2rOp op);
+extern bool	  rules_exist_for(Oid relid);
+extern bool	  rules_have_disabled(Oid relid);
+extern uint64 rules_generation(void);
+extern List	 *rules_relations(void);
 
 #endif /* PG2REDIS_RULES_H */
