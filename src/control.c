@@ -39,6 +39,7 @@
 #include "pg2redis/commands.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/redis_io.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/session_redis.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
@@ -907,7 +908,6 @@ filter_error_context(void *arg)
 Datum
 pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 {
-	TriggerData			*trigdata = (TriggerData *) fcinfo->context;
 	TupleDesc			 desc;
 	HeapTuple			 tuple;
 	bool				 relnull;
@@ -922,13 +922,8 @@ pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 	SnapshotOwner		 saved;
 	ErrorContextCallback errcb;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
-		elog(ERROR, "pg2redis_validate_snapshot_filter must be a row trigger");
-	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
-				? trigdata->tg_newtuple
-				: trigdata->tg_trigtuple;
-	desc = RelationGetDescr(trigdata->tg_relation);
+	tuple = pg2r_trigger_row(fcinfo, "pg2redis_validate_snapshot_filter",
+							 false, &desc);
 	relid = DatumGetObjectId(heap_getattr(tuple, 1, desc, &relnull));
 	filter = DatumGetPointer(heap_getattr(tuple, 2, desc, &filternull));
 	if (relnull || filternull)

@@ -4,8 +4,8 @@
  *	  Relation utilities shared by the stages: replica identity columns,
  *	  the key index of a table, a whole-row value read through SPI.
  *
- * Owns pg2r_identity_columns, pg2r_key_index, pg2r_key_attnums and
- * pg2r_spi_whole_row.  Depends on nothing of pg2redis but its headers'
+ * Owns pg2r_identity_columns, pg2r_key_index, pg2r_key_attnums,
+ * pg2r_spi_whole_row and pg2r_trigger_row.  Depends on nothing of pg2redis but its headers'
  * types; callers hold the locks (or, in decoding, the historic snapshot)
  * that make the relation's catalog entries stable.
  *
@@ -16,6 +16,7 @@
 #include "access/htup_details.h"
 #include "access/sysattr.h"
 #include "catalog/pg_class.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -122,4 +123,32 @@ pg2r_spi_whole_row(uint64 i, Oid relid, HeapTupleData *tuple)
 	ItemPointerSetInvalid(&tuple->t_self);
 	tuple->t_tableOid = relid;
 	tuple->t_data = hdr;
+}
+
+/*
+ * pg2r_trigger_row checks that the function behind fcinfo, name, is called
+ * as a row trigger (and, with before, a BEFORE trigger), and returns the
+ * row it is fired for (the new row of an update), its descriptor in *desc.
+ */
+HeapTuple
+pg2r_trigger_row(FunctionCallInfo fcinfo, const char *name, bool before,
+				 TupleDesc *desc)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (before)
+	{
+		if (!CALLED_AS_TRIGGER(fcinfo) ||
+			!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+			!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+			elog(ERROR, "%s must be a BEFORE ROW trigger", name);
+	}
+	else if (!CALLED_AS_TRIGGER(fcinfo) ||
+			 !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "%s must be a row trigger", name);
+
+	*desc = RelationGetDescr(trigdata->tg_relation);
+	return TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
+			   ? trigdata->tg_newtuple
+			   : trigdata->tg_trigtuple;
 }

@@ -1018,15 +1018,7 @@ pg2redis_validate_rule(PG_FUNCTION_ARGS)
 	bool		 writernull = false;
 	int			 writeratt = Anum_rules_created_by;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
-		elog(ERROR, "pg2redis_validate_rule must be a BEFORE ROW trigger");
-
-	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
-				? trigdata->tg_newtuple
-				: trigdata->tg_trigtuple;
-	desc = RelationGetDescr(trigdata->tg_relation);
+	tuple = pg2r_trigger_row(fcinfo, "pg2redis_validate_rule", true, &desc);
 	if (desc->natts != Natts_rules)
 		elog(ERROR, "pg2redis.rules has %d columns, expected %d", desc->natts,
 			 Natts_rules);
