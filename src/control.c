@@ -862,7 +862,7 @@ pg2redis_snapshot(PG_FUNCTION_ARGS)
 					 errdetail("Requesting a snapshot of a table requires SELECT on it."),
 					 errhint("Have the table's owner grant SELECT on it to your role, or request a snapshot of a table you may read.")));
 	}
-	leaves = snapshot_mapped_leaves(relid);
+	leaves = rules_mapped_leaves(relid);
 	if (leaves == NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

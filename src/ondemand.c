@@ -1291,8 +1291,8 @@ load_request(void *arg)
 										 SPI_tuptable->tupdesc, 1, &isnull));
 	relation = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
 							 &isnull);
-	leaves = isnull ? snapshot_mapped_leaves(InvalidOid)
-					: snapshot_mapped_leaves(DatumGetObjectId(relation));
+	leaves = isnull ? rules_mapped_leaves(InvalidOid)
+					: rules_mapped_leaves(DatumGetObjectId(relation));
 	current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
 							&isnull);
 	current_null = isnull;
