@@ -85,6 +85,7 @@
 #include "utils/varlena.h"
 
 #include "pg2redis/compat.h"
+#include "pg2redis/decode.h"
 #include "pg2redis/failover.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/render.h"
@@ -1066,6 +1067,7 @@ pg2redis_worker_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	pg2r_in_worker = true;
+	decode_set_hooks(&pg2r_worker_decode_hooks);
 
 	WorkerCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis worker",
 									  ALLOCSET_DEFAULT_SIZES);
