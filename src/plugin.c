@@ -230,9 +230,9 @@ change_call(void *arg)
 
 /*
  * careful_change maps one change in a subtransaction (only with hooks,
- * whose begin asks for it): each rule already
- * runs in one of its own (sink->careful), and an ERROR outside any rule
- * becomes a dead letter of the whole change instead of ending the worker.
+ * whose begin asks for it): each rule already runs in one of its own
+ * (sink->careful), and an ERROR outside any rule becomes a dead letter of
+ * the whole change instead of ending the worker.
  */
 static void
 careful_change(RelMap *map, Relation relation, Pg2rOp op,
