@@ -804,8 +804,7 @@ check_snapshot_table(Oid leaf)
 						errmsg("table \"%s\" has no pg2redis rules",
 							   RelationGetRelationName(rel)),
 						errhint("Add rules with pg2redis_add_rule() first.")));
-	if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)) &&
-		!OidIsValid(RelationGetReplicaIndex(rel)))
+	if (!OidIsValid(pg2r_key_index(rel)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table \"%s\" has no primary key or replica identity index",
