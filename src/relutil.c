@@ -100,7 +100,10 @@ pg2r_key_attnums(Relation rel, int *n)
  * pg2r_spi_whole_row points *tuple at row i of the current SPI result, whose
  * first column is a whole-row value of relation relid ("SELECT t FROM rel
  * t"): a tuple in the relation's own format, dropped columns included.  A
- * null in that column (which such a query never gives) is an ERROR.
+ * null in that column, or a value of another type (which such a query
+ * never gives), is an ERROR that names the snapshot filter: the snapshots
+ * read rows through their filter; preview's jsonb_populate_record() query
+ * cannot give either.
  */
 void
 pg2r_spi_whole_row(uint64 i, Oid relid, HeapTupleData *tuple)
