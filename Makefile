@@ -12,6 +12,8 @@ PG_CPPFLAGS  = -I$(srcdir)/include $(shell pkg-config --cflags $(LIBS_PC)) \
                -DPG2R_EXTVERSION='"$(EXTVERSION)"'
 PG_CFLAGS    = -Wextra -Wno-unused-parameter
 SHLIB_LINK   = $(shell pkg-config --libs $(LIBS_PC)) -lanl  # getaddrinfo_a (in libc since glibc 2.34)
+# Export only what the server looks up (exports.map, checked by test/exports.sh).
+SHLIB_LINK  += -Wl,--version-script=$(srcdir)/exports.map
 
 REGRESS      = $(sort $(notdir $(basename $(wildcard sql/*.sql))))
 REGRESS_OPTS = --temp-config=$(srcdir)/test/pg2redis.conf \
@@ -33,5 +35,7 @@ dist:
 
 # Compiled objects depend on every project header.
 $(OBJS): $(wildcard include/pg2redis/*.h)
+# The library is linked again when its export list changes.
+$(shlib): exports.map
 # The worker checks the installed extension against the control file's version.
 src/worker.o: pg2redis.control

@@ -112,14 +112,22 @@ if command -v clang-format >/dev/null; then
 	fi
 fi
 
+# lint NAME SCRIPT ARGS... runs one of the tree's static checks as a test.
+lint() {
+	local name=$1; shift
+	echo "== $name ($(basename "$1"))"
+	if bash "$@"; then
+		echo "ok - $name"; tally 1 0 0
+	else
+		echo "not ok - $name"; tally 0 1 1
+	fi
+}
+
 # No symbol the library takes from hiredis, jansson or OpenSSL may also be
 # one the server exports (the server's would win at run time).
-echo "== symbol clashes with the server (test/symbols.sh)"
-if bash "$ROOT/test/symbols.sh" "$ROOT/pg2redis.so" "$("$PG_CONFIG" --bindir)/postgres"; then
-	echo "ok - symbols"; tally 1 0 0
-else
-	echo "not ok - symbols"; tally 0 1 1
-fi
+lint symbols "$ROOT/test/symbols.sh" "$ROOT/pg2redis.so" "$("$PG_CONFIG" --bindir)/postgres"
+# The library exports only what the server looks up (exports.map).
+lint exports "$ROOT/test/exports.sh" "$ROOT/pg2redis.so"
 
 WORK=$(mktemp -d /tmp/pg2redis-test.XXXXXX)
 if [[ $EUID -eq 0 ]]; then

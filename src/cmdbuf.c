@@ -6,9 +6,9 @@
  * The initial load renders a chunk of rows while it holds the table's lock,
  * and an on-demand snapshot renders a chunk before its high watermark is
  * decoded; both send the commands later.  They keep them here, back to back
- * in one StringInfo: the rule's id and command definition (a pointer into
- * the static command table, valid in this process), argc, then each
- * argument's length and bytes.  A render error is kept in its place as
+ * in one StringInfo: the rule's id and command (its position in the
+ * command table, redis_command_index), argc, then each argument's length
+ * and bytes.  A render error is kept in its place as
  * argc -1 and the message, so that it becomes a dead letter in order.
  *
  *-------------------------------------------------------------------------
@@ -18,25 +18,50 @@
 #include "utils/memutils.h"
 
 #include "pg2redis/cmdbuf.h"
+#include "pg2redis/commands.h"
 
 /* cmdbuf_command_size returns the bytes cmdbuf_append adds for a command. */
 Size
 cmdbuf_command_size(int argc, const size_t *argvlen)
 {
-	Size need = sizeof(int64) + sizeof(((Rule *) NULL)->def) + sizeof(int32);
+	Size need = sizeof(int64) + sizeof(int32) + sizeof(int32);
 
 	for (int i = 0; i < argc; i++)
 		need += sizeof(int32) + argvlen[i];
 	return need;
 }
 
-/* append_head appends the rule's id and command definition, and n. */
+/*
+ * append_head appends the rule's id and command (read back by read_head),
+ * and n.
+ */
 static void
 append_head(StringInfo buf, const Rule *rule, int32 n)
 {
+	int32 cmd = redis_command_index(rule->def);
+
 	appendBinaryStringInfo(buf, (const char *) &rule->id, sizeof(int64));
-	appendBinaryStringInfo(buf, (const char *) &rule->def, sizeof(rule->def));
+	appendBinaryStringInfo(buf, (const char *) &cmd, sizeof(int32));
 	appendBinaryStringInfo(buf, (const char *) &n, sizeof(int32));
+}
+
+/*
+ * read_head reads what append_head wrote at r->p into *rule (id and
+ * command) and *n, and moves r->p past it.
+ */
+static void
+read_head(CmdBufReader *r, Rule *rule, int32 *n)
+{
+	int32 cmd;
+
+	memset(rule, 0, sizeof(Rule));
+	memcpy(&rule->id, r->p, sizeof(int64));
+	r->p += sizeof(int64);
+	memcpy(&cmd, r->p, sizeof(int32));
+	r->p += sizeof(int32);
+	rule->def = redis_command_at(cmd);
+	memcpy(n, r->p, sizeof(int32));
+	r->p += sizeof(int32);
 }
 
 /*
@@ -95,13 +120,7 @@ cmdbuf_next(CmdBufReader *r, Rule *rule, int *argc, const char **error)
 
 	if (r->p >= r->end)
 		return false;
-	memset(rule, 0, sizeof(Rule));
-	memcpy(&rule->id, r->p, sizeof(int64));
-	r->p += sizeof(int64);
-	memcpy(&rule->def, r->p, sizeof(rule->def));
-	r->p += sizeof(rule->def);
-	memcpy(&n, r->p, sizeof(int32));
-	r->p += sizeof(int32);
+	read_head(r, rule, &n);
 	*error = NULL;
 	*argc = 0;
 	if (n < 0)

@@ -78,6 +78,27 @@ redis_command_lookup(const char *name)
 	return NULL;
 }
 
+/*
+ * redis_command_index returns the position of def in the command table,
+ * or -1 for NULL: a number that names the command in buffers (cmdbuf.c)
+ * where a pointer would do too, but should not be written.
+ */
+int
+redis_command_index(const RedisCommandDef *def)
+{
+	return def == NULL ? -1 : (int) (def - commands);
+}
+
+/*
+ * redis_command_at returns the command at position i of the table
+ * (redis_command_index), or NULL for -1.
+ */
+const RedisCommandDef *
+redis_command_at(int i)
+{
+	Assert(i >= -1 && i < (int) lengthof(commands));
+	return i < 0 ? NULL : &commands[i];
+}
 
 /*
  * redis_command_is_forbidden tells whether a command is a server-level or

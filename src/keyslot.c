@@ -29,6 +29,7 @@
 
 #include "pg2redis/commands.h"
 #include "pg2redis/keyslot.h"
+#include "pg2redis/pgarray.h"
 
 PG_FUNCTION_INFO_V1(pg2redis_key_slot);
 PG_FUNCTION_INFO_V1(pg2redis_command_slot);
@@ -156,34 +157,24 @@ Datum
 pg2redis_command_slot(PG_FUNCTION_ARGS)
 {
 	ArrayType	*arr = PG_GETARG_ARRAYTYPE_P(0);
-	Datum		*elems;
-	bool		*nulls;
 	int			 argc;
 	const char **argv;
 	size_t		*argvlen;
+	int			 null_at;
 	int			 slot;
 
 	if (ARR_NDIM(arr) > 1)
 		ereport(ERROR, (errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 						errmsg("a command must be a one-dimensional array")));
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls,
-					  &argc);
+	/* the command name, argv[0], is a C string for the lookup */
+	argc = pg2r_text_array_argv(arr, &argv, &argvlen, &null_at);
 	if (argc == 0)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("a command needs at least its name")));
-	argv = palloc(sizeof(char *) * argc);
-	argvlen = palloc(sizeof(size_t) * argc);
-	for (int i = 0; i < argc; i++)
-	{
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("argument %d of the command is null", i + 1)));
-		argv[i] = VARDATA_ANY(DatumGetPointer(elems[i]));
-		argvlen[i] = VARSIZE_ANY_EXHDR(DatumGetPointer(elems[i]));
-	}
-	/* the command name must be a C string for the lookup */
-	argv[0] = TextDatumGetCString(elems[0]);
+	if (null_at >= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("argument %d of the command is null", null_at + 1)));
 
 	slot = redis_command_slot(argc, argv, argvlen);
 	if (slot == REDIS_SLOT_UNKNOWN)

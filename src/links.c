@@ -105,6 +105,40 @@ pg2r_link_reset(Link *l)
 	redis_conn_init(&l->conn);
 }
 
+/*
+ * pg2r_link_arm_deadline gives l pg2redis.redis_timeout from now for what it
+ * waits for (a connection, a reply, room to write).
+ */
+void
+pg2r_link_arm_deadline(Link *l)
+{
+	l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											  pg2r_redis_timeout_ms);
+}
+
+/*
+ * pg2r_wait_timeout_ms returns the timeout WAIT is given: half of
+ * pg2redis.redis_timeout (the reply's own deadline is the whole of it), at
+ * least 1 ms.
+ */
+int
+pg2r_wait_timeout_ms(void)
+{
+	return Max(pg2r_redis_timeout_ms / 2, 1);
+}
+
+/*
+ * pg2r_wait_reply_ok tells whether r, the reply to a WAIT for n replicas,
+ * reports that at least n got the writes before it; *replicated is how many
+ * it reports (0 for an error).  The caller drops the links when not.
+ */
+bool
+pg2r_wait_reply_ok(const redisReply *r, int n, long long *replicated)
+{
+	*replicated = r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL;
+	return r->type == REDIS_REPLY_INTEGER && r->integer >= n;
+}
+
 /* link_close closes a link's connection. */
 static void
 link_close(Link *l)
@@ -535,8 +569,7 @@ link_start(Link *l, const char *host, int port)
 		return false;
 	}
 	l->state = LINK_CONNECTING;
-	l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											  pg2r_redis_timeout_ms);
+	pg2r_link_arm_deadline(l);
 	return true;
 }
 
@@ -793,6 +826,8 @@ link_ready(Link *l)
 static bool
 handle_sync_reply(int li, Link *l, redisReply *r, int which)
 {
+	long long replicated;
+
 	if (r->type == REDIS_REPLY_ERROR)
 	{
 		pg2r_note_redirect(r->str);
@@ -803,14 +838,12 @@ handle_sync_reply(int li, Link *l, redisReply *r, int which)
 	}
 	if (which == 0)
 		return true;
-	if (r->type != REDIS_REPLY_INTEGER ||
-		r->integer < pg2r_link_wait_replicas(l))
+	if (!pg2r_wait_reply_ok(r, pg2r_link_wait_replicas(l), &replicated))
 	{
 		pg2r_topo_fail(l,
 					   "Redis replicated the stream's positions to %lld of the %d replicas asked for within %d ms (pg2redis.redis_wait_replicas)",
-					   r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
-					   pg2r_link_wait_replicas(l),
-					   Max(pg2r_redis_timeout_ms / 2, 1));
+					   replicated, pg2r_link_wait_replicas(l),
+					   pg2r_wait_timeout_ms());
 		return false;
 	}
 	link_ready(l);
@@ -818,139 +851,214 @@ handle_sync_reply(int li, Link *l, redisReply *r, int which)
 }
 
 /*
- * handle_handshake_reply consumes AUTH and SELECT replies, then CLUSTER
- * SLOTS (map link) or the fence GETs.  Returns false when the links were
- * dropped.
+ * The replies a link's handshake reads, in order (link_start queues the
+ * commands): hs_setup replies to AUTH and SELECT, then on the map link the
+ * sentinel's or the cluster's answer, on a data link hs_extra replies to
+ * the CLIENT commands and ROLE, hs_nslots to the fence GETs, and the SET
+ * and WAIT of a sync when one was queued after them.
+ */
+typedef enum HandshakePhase
+{
+	HS_SETUP,	 /* AUTH, SELECT */
+	HS_SENTINEL, /* map link behind Sentinel: the primary's address */
+	HS_MAP,		 /* map link of a cluster: CLUSTER SLOTS */
+	HS_CLIENT,	 /* CLIENT KILL, SETNAME, INFO, LIST; ROLE */
+	HS_FENCE,	 /* a fence GET */
+	HS_SYNC		 /* the SET and WAIT that make the positions durable */
+} HandshakePhase;
+
+/* handshake_phase tells which phase the idx-th reply of l's handshake is. */
+static HandshakePhase
+handshake_phase(const Link *l, int idx)
+{
+	if (idx < l->hs_setup)
+		return HS_SETUP;
+	if (l->is_map)
+		return topo.sentinel ? HS_SENTINEL : HS_MAP;
+	if (idx < l->hs_setup + l->hs_extra)
+		return HS_CLIENT;
+	if (idx < l->hs_setup + l->hs_extra + l->hs_nslots)
+		return HS_FENCE;
+	return HS_SYNC;
+}
+
+/*
+ * handle_setup_reply consumes a reply to AUTH or SELECT.  Returns false
+ * when the links were dropped.
+ */
+static bool
+handle_setup_reply(Link *l, redisReply *r)
+{
+	/* a sentinel without a password may get the data nodes' AUTH */
+	if (r->type == REDIS_REPLY_ERROR &&
+		!(l->is_map && topo.sentinel &&
+		  topo.target.sentinel_password == NULL &&
+		  redis_sentinel_auth_absent(r->str)))
+	{
+		pg2r_topo_fail(l, "Redis refused the connection setup: %s", r->str);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * handle_map_reply consumes CLUSTER SLOTS on the map link: connecting, the
+ * links to the map's primaries start; while ready (a periodic check), a
+ * changed map drops the links.  Returns false: the map link is closed (or
+ * the links dropped).
+ */
+static bool
+handle_map_reply(Link *l, redisReply *r)
+{
+	char		  err[REDIS_ERROR_LEN];
+	ClusterMap	 *map;
+	MemoryContext old;
+
+	if (r->type == REDIS_REPLY_ERROR)
+	{
+		pg2r_topo_fail(l,
+					   "could not read the slot map of the Redis Cluster: %s",
+					   r->str);
+		return false;
+	}
+	old = MemoryContextSwitchTo(MapCxt);
+	map = MemoryContextAllocZero(SenderCxt, sizeof(ClusterMap));
+	if (!cluster_parse_slots(r, l->target.host, map, err, sizeof(err)))
+	{
+		MemoryContextSwitchTo(old);
+		pfree(map);
+		pg2r_topo_fail(l, "%s", err);
+		return false;
+	}
+	MemoryContextSwitchTo(old);
+	if (topo.state == TOPO_READY)
+	{
+		/* a periodic check: reconnect only if the map changed */
+		bool same = map_equal(map, topo.map);
+
+		pfree(map);
+		map_check_done();
+		if (!same)
+		{
+			redirect_next = true;
+			pg2r_topo_fail(NULL, "the slot map of the Redis Cluster changed");
+		}
+		return false;
+	}
+	topo_use_map(map); /* copies the host names */
+	return false;	   /* the map link is closed */
+}
+
+/*
+ * handle_client_reply consumes the idx-th reply of a data link's
+ * handshake, one to CLIENT KILL, SETNAME, INFO or LIST, or to ROLE.
+ * Returns false when the links were dropped.
+ */
+static bool
+handle_client_reply(Link *l, redisReply *r, int idx)
+{
+	/* CLIENT KILL and SETNAME: their results do not matter */
+	if (idx == l->hs_info)
+		remember_client(l, r);
+	else if (idx == l->hs_list)
+		link_named_kills(l, r);
+	else if (idx == l->hs_role)
+		return handle_role_reply(l, r);
+	return true;
+}
+
+/*
+ * fences_read ends the fence GETs of a data link: the link is ready, or,
+ * at the first connect with replicas to wait for, it first makes the
+ * positions just read durable (handle_sync_reply).
+ */
+static void
+fences_read(Link *l)
+{
+	if (!topo.fence_known && pg2r_link_wait_replicas(l) > 0 &&
+		l->hs_nslots > 0)
+	{
+		/*
+		 * The positions just read may be writes the replicas never got (the
+		 * worker stopped before WAIT answered): the slot would be confirmed
+		 * past them, and a failover would lose them.  One write now, and
+		 * WAIT for it, covers everything before it.
+		 */
+		char		  key[CLUSTER_FENCE_KEY_LEN];
+		MemoryContext old = MemoryContextSwitchTo(TopoCxt);
+
+		/* a key of its own, in a slot of this primary: fences untouched */
+		snprintf(key, sizeof(key), "pg2redis:%s:sync:{%d}", pg2r_slot_name,
+				 cluster_fence_tag(l->hs_slots[0]));
+		redis_append_cstrings(&l->hs, 3, "SET", key, "1");
+		pg2r_append_wait(&l->hs, pg2r_link_wait_replicas(l));
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	link_ready(l);
+}
+
+/*
+ * handle_fence_reply consumes the reply to the fence GET of the link's
+ * i-th slot: the stream position Redis has for it.  Returns false when the
+ * links were dropped.
+ */
+static bool
+handle_fence_reply(Link *l, redisReply *r, int i)
+{
+	int	  s = topo.cluster ? l->hs_slots[i] : 0;
+	Fence f = {InvalidXLogRecPtr, FENCE_DONE};
+
+	if (r->type == REDIS_REPLY_ERROR)
+	{
+		pg2r_note_redirect(r->str);
+		pg2r_topo_fail(l,
+					   "could not read the stream position from Redis: %s%s",
+					   r->str, pg2r_cluster_note(r->str));
+		return false;
+	}
+	if (r->type == REDIS_REPLY_STRING && !pg2r_fence_parse(r->str, &f))
+	{
+		char key[CLUSTER_FENCE_KEY_LEN];
+
+		pg2r_topo_fail(l,
+					   "Redis key \"%s\" holds \"%s\", which is not a pg2redis stream position",
+					   cluster_fence_key(key, pg2r_slot_name,
+										 topo.cluster ? s : -1),
+					   r->str);
+		return false;
+	}
+	topo.read[s] = f;
+	if (i == l->hs_nslots - 1)
+		fences_read(l);
+	return true;
+}
+
+/*
+ * handle_handshake_reply consumes the next reply of l's handshake with the
+ * handler of its phase (handshake_phase).  Returns false when the links
+ * were dropped, or the map link closed.
  */
 static bool
 handle_handshake_reply(int li, Link *l, redisReply *r)
 {
+	int first_sync = l->hs_setup + l->hs_extra + l->hs_nslots;
 	int idx = l->hs_seen++;
 
-	if (idx < l->hs_setup)
+	switch (handshake_phase(l, idx))
 	{
-		/* a sentinel without a password may get the data nodes' AUTH */
-		if (r->type == REDIS_REPLY_ERROR &&
-			!(l->is_map && topo.sentinel &&
-			  topo.target.sentinel_password == NULL &&
-			  redis_sentinel_auth_absent(r->str)))
-		{
-			pg2r_topo_fail(l, "Redis refused the connection setup: %s",
-						   r->str);
-			return false;
-		}
-		return true;
-	}
-	if (l->is_map && topo.sentinel)
-		return handle_sentinel_reply(l, r);
-	if (l->is_map)
-	{
-		char		  err[256];
-		ClusterMap	 *map;
-		MemoryContext old;
-
-		if (r->type == REDIS_REPLY_ERROR)
-		{
-			pg2r_topo_fail(l,
-						   "could not read the slot map of the Redis Cluster: %s",
-						   r->str);
-			return false;
-		}
-		old = MemoryContextSwitchTo(MapCxt);
-		map = MemoryContextAllocZero(SenderCxt, sizeof(ClusterMap));
-		if (!cluster_parse_slots(r, l->target.host, map, err, sizeof(err)))
-		{
-			MemoryContextSwitchTo(old);
-			pfree(map);
-			pg2r_topo_fail(l, "%s", err);
-			return false;
-		}
-		MemoryContextSwitchTo(old);
-		if (topo.state == TOPO_READY)
-		{
-			/* a periodic check: reconnect only if the map changed */
-			bool same = map_equal(map, topo.map);
-
-			pfree(map);
-			map_check_done();
-			if (!same)
-			{
-				redirect_next = true;
-				pg2r_topo_fail(NULL,
-							   "the slot map of the Redis Cluster changed");
-			}
-			return false;
-		}
-		topo_use_map(map); /* copies the host names */
-		return false;	   /* the map link is closed */
-	}
-
-	if (idx < l->hs_setup + l->hs_extra)
-	{
-		/* CLIENT KILL and SETNAME: their results do not matter */
-		if (idx == l->hs_info)
-			remember_client(l, r);
-		else if (idx == l->hs_list)
-			link_named_kills(l, r);
-		else if (idx == l->hs_role)
-			return handle_role_reply(l, r);
-		return true;
-	}
-	if (idx >= l->hs_setup + l->hs_extra + l->hs_nslots)
-		return handle_sync_reply(li, l, r,
-								 idx - (l->hs_setup + l->hs_extra +
-										l->hs_nslots));
-
-	/* a fence GET */
-	{
-		int s =
-			topo.cluster ? l->hs_slots[idx - l->hs_setup - l->hs_extra] : 0;
-		Fence f = {InvalidXLogRecPtr, FENCE_DONE};
-
-		if (r->type == REDIS_REPLY_ERROR)
-		{
-			pg2r_note_redirect(r->str);
-			pg2r_topo_fail(l,
-						   "could not read the stream position from Redis: %s%s",
-						   r->str, pg2r_cluster_note(r->str));
-			return false;
-		}
-		if (r->type == REDIS_REPLY_STRING && !pg2r_fence_parse(r->str, &f))
-		{
-			char key[CLUSTER_FENCE_KEY_LEN];
-
-			pg2r_topo_fail(l,
-						   "Redis key \"%s\" holds \"%s\", which is not a pg2redis stream position",
-						   cluster_fence_key(key, pg2r_slot_name,
-											 topo.cluster ? s : -1),
-						   r->str);
-			return false;
-		}
-		topo.read[s] = f;
-	}
-	if (l->hs_seen == l->hs_setup + l->hs_extra + l->hs_nslots)
-	{
-		if (!topo.fence_known && pg2r_link_wait_replicas(l) > 0 &&
-			l->hs_nslots > 0)
-		{
-			/*
-			 * The positions just read may be writes the replicas never got
-			 * (the worker stopped before WAIT answered): the slot would be
-			 * confirmed past them, and a failover would lose them.  One
-			 * write now, and WAIT for it, covers everything before it.
-			 */
-			char		  key[CLUSTER_FENCE_KEY_LEN];
-			MemoryContext old = MemoryContextSwitchTo(TopoCxt);
-
-			/* a key of its own, in a slot of this primary: fences untouched */
-			snprintf(key, sizeof(key), "pg2redis:%s:sync:{%d}", pg2r_slot_name,
-					 cluster_fence_tag(l->hs_slots[0]));
-			redis_append_cstrings(&l->hs, 3, "SET", key, "1");
-			pg2r_append_wait(&l->hs, pg2r_link_wait_replicas(l));
-			MemoryContextSwitchTo(old);
-			return true;
-		}
-		link_ready(l);
+		case HS_SETUP:
+			return handle_setup_reply(l, r);
+		case HS_SENTINEL:
+			return handle_sentinel_reply(l, r);
+		case HS_MAP:
+			return handle_map_reply(l, r);
+		case HS_CLIENT:
+			return handle_client_reply(l, r, idx);
+		case HS_FENCE:
+			return handle_fence_reply(l, r, idx - l->hs_setup - l->hs_extra);
+		case HS_SYNC:
+			return handle_sync_reply(li, l, r, idx - first_sync);
 	}
 	return true;
 }
@@ -982,8 +1090,7 @@ link_write_segs(Link *l)
 			l->seg++;
 			l->seg_sent = 0;
 		}
-		l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												  pg2r_redis_timeout_ms);
+		pg2r_link_arm_deadline(l);
 	}
 	return true;
 }
@@ -1019,8 +1126,7 @@ link_write(Link *l)
 		if (n == 0)
 			break;
 		*written += n;
-		l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-												  pg2r_redis_timeout_ms);
+		pg2r_link_arm_deadline(l);
 	}
 	return true;
 }
@@ -1108,14 +1214,12 @@ link_step(int li, Link *l, int events)
 		if (done > 0)
 		{
 			l->state = LINK_HANDSHAKE;
-			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													  pg2r_redis_timeout_ms);
+			pg2r_link_arm_deadline(l);
 		}
 		else if (l->conn.addr != addr)
 		{
 			/* resolved, or the next address: its own time to answer */
-			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													  pg2r_redis_timeout_ms);
+			pg2r_link_arm_deadline(l);
 		}
 	}
 	if (l->state == LINK_HANDSHAKE || l->state == LINK_READY)
@@ -1132,8 +1236,7 @@ link_step(int li, Link *l, int events)
 			redis_connect_next(&l->conn, "timed out connecting to Redis"))
 		{
 			/* the host name's next address */
-			l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													  pg2r_redis_timeout_ms);
+			pg2r_link_arm_deadline(l);
 			return true;
 		}
 		if (l->state == LINK_CONNECTING && redis_conn_poll_ms(&l->conn) >= 0)

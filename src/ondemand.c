@@ -105,6 +105,7 @@
 #include "pg2redis/keyorder.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
+#include "pg2redis/pgarray.h"
 #include "pg2redis/relutil.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
@@ -125,6 +126,18 @@
 #define SELECT_WAIT_MS 60000
 #define DECODED_PRUNE_MIN 64
 
+/* how often the rows a chunk's window changed are read again, at most */
+#define RETRY_ROUNDS 10
+
+/*
+ * Requests are looked for every REQUEST_POLL_MS; for REQUESTED_WINDOW_MS
+ * after a request's commit woke the worker (or after a request ended, as
+ * others may be queued behind it), every REQUESTED_POLL_MS.
+ */
+#define REQUEST_POLL_MS 10000
+#define REQUESTED_POLL_MS 50
+#define REQUESTED_WINDOW_MS 2000
+
 /* One selected row: its key and its rendered commands. */
 typedef struct ChunkRow
 {
@@ -132,12 +145,12 @@ typedef struct ChunkRow
 	char **keytext;	 /* and their text, for the row's dead letters */
 	bool   removed;	 /* the stream changed it: not sent */
 	bool   changed;	 /* removed by its own key, not with the whole chunk */
-	Size   cmds_off; /* its serialized commands in chunk_cmds */
+	Size   cmds_off; /* its serialized commands in chunk.cmds */
 	Size   cmds_len;
 } ChunkRow;
 
 /* The request being served. */
-static struct
+typedef struct Request
 {
 	bool   active;
 	int64  id;
@@ -157,9 +170,7 @@ static struct
 	bool   keys_only;			   /* reads the keys in retry, never a range */
 	int	   first_keys;			   /* of those, not read once yet */
 	char   leaf_name[NAMEDATALEN]; /* for messages outside transactions */
-} req;
-
-#define RETRY_ROUNDS 10
+} Request;
 
 /*
  * The progress of the last chunk sent, to be recorded once Redis has applied
@@ -168,21 +179,21 @@ static struct
  * PostgreSQL and applying in Redis overlap; a restart before the
  * acknowledgement selects that chunk again.
  */
-static struct
+typedef struct PendingProgress
 {
 	bool	   active;
 	XLogRecPtr sent_at; /* the chunk's fence */
 	uint64	   rows;
 	Oid		   leaf;
-	List	  *last_key; /* text, in OndemandCxt */
+	List	  *last_key; /* text, in od.cxt */
 	List	  *retry;	 /* keys to read again (Datum *), of types: */
 	Oid		   keyindex;
 	int		   nkeys;
 	Oid		  *keytypes;
-} pending;
+} PendingProgress;
 
 /* The chunk in flight between its watermarks. */
-static struct
+typedef struct Chunk
 {
 	bool		   open;	  /* selected, H not decoded yet */
 	bool		   in_window; /* L decoded */
@@ -205,35 +216,44 @@ static struct
 	bool		   is_retry;	/* selects req.retry keys, not a range */
 	int			   retry_taken; /* how many of them */
 	KeyOrder	   key;			/* the leaf's key */
+	StringInfoData cmds;		/* its rows' commands (cmdbuf.c) */
+	Size		   bytes;		/* all its rows take */
 	MemoryContext  cxt;
-} chunk;
+} Chunk;
 
-static MemoryContext  OndemandCxt = NULL;
-static MemoryContext  ScratchCxt = NULL; /* per decoded change or chunk row */
-static StringInfoData chunk_cmds;		 /* the open chunk's rows' commands */
-static Size			  chunk_bytes;		 /* all its rows take */
+/* Everything this file keeps between calls (worker only). */
+typedef struct OndemandState
+{
+	Request			req;
+	PendingProgress pending;
+	Chunk			chunk;
+	MemoryContext	cxt;	 /* the request's */
+	MemoryContext	scratch; /* per decoded change or chunk row */
+
+	/*
+	 * Guard 1: the decoded transactions that may still be in the proc
+	 * array (TopMemoryContext).  A transaction leaves it for good, so the
+	 * set holds only those whose commit was decoded but which had not left
+	 * it yet when last looked at: a handful, however many transactions are
+	 * decoded, and never an entry old enough for its xid to wrap around.
+	 */
+	TransactionId *decoded;
+	int			   ndecoded;
+	int			   maxdecoded;
+	int			   prune_at;
+	TimestampTz	   waiting_since; /* a selection waits for guard 1 */
+	TransactionId  waiting_for;
+
+	uint64		chunk_seq;
+	TimestampTz last_poll;					/* requests were last looked for */
+	TimestampTz requested_until;			/* look often until then */
+	char		nonce[NONCE_BYTES * 2 + 1]; /* in the watermarks */
+} OndemandState;
+
+static OndemandState od = {.prune_at = DECODED_PRUNE_MIN};
 
 static void chunk_reset(void);
 static void open_chunk(void);
-
-/*
- * Guard 1: the decoded transactions that may still be in the proc array
- * (TopMemoryContext).  A transaction leaves it for good, so the set holds
- * only those whose commit was decoded but which had not left it yet when
- * last looked at: a handful, however many transactions are decoded, and
- * never an entry old enough for its xid to wrap around.
- */
-static TransactionId *decoded = NULL;
-static int			  ndecoded = 0;
-static int			  maxdecoded = 0;
-static int			  prune_at = DECODED_PRUNE_MIN;
-static TimestampTz	  waiting_since = 0; /* a selection waits for guard 1 */
-static TransactionId  waiting_for = InvalidTransactionId;
-
-static uint64	   chunk_seq = 0;
-static TimestampTz last_poll = 0;
-static TimestampTz requested_until = 0;
-static char		   nonce[NONCE_BYTES * 2 + 1]; /* in the watermarks */
 
 /* ---------------------------------------------------------------------------
  * Keys and visibility
@@ -250,9 +270,9 @@ key_hash(const void *key, Size keysize)
 	const Datum *k = *(const Datum *const *) key;
 	uint32		 h = 0;
 
-	for (int i = 0; i < chunk.key.nkeys; i++)
-		h = hash_combine(h, datum_image_hash(k[i], chunk.key.byval[i],
-											 chunk.key.len[i]));
+	for (int i = 0; i < od.chunk.key.nkeys; i++)
+		h = hash_combine(h, datum_image_hash(k[i], od.chunk.key.byval[i],
+											 od.chunk.key.len[i]));
 	return h;
 }
 
@@ -262,9 +282,9 @@ key_match(const void *a, const void *b, Size keysize)
 	const Datum *ka = *(const Datum *const *) a;
 	const Datum *kb = *(const Datum *const *) b;
 
-	for (int i = 0; i < chunk.key.nkeys; i++)
-		if (!datum_image_eq(ka[i], kb[i], chunk.key.byval[i],
-							chunk.key.len[i]))
+	for (int i = 0; i < od.chunk.key.nkeys; i++)
+		if (!datum_image_eq(ka[i], kb[i], od.chunk.key.byval[i],
+							od.chunk.key.len[i]))
 			return 1;
 	return 0;
 }
@@ -275,12 +295,12 @@ invisible(TransactionId xid)
 {
 	if (!TransactionIdIsNormal(xid))
 		return false;
-	if (TransactionIdFollowsOrEquals(xid, chunk.xmax))
+	if (TransactionIdFollowsOrEquals(xid, od.chunk.xmax))
 		return true;
-	if (TransactionIdPrecedes(xid, chunk.xmin))
+	if (TransactionIdPrecedes(xid, od.chunk.xmin))
 		return false;
-	for (int i = 0; i < chunk.xcnt; i++)
-		if (TransactionIdEquals(chunk.xip[i], xid))
+	for (int i = 0; i < od.chunk.xcnt; i++)
+		if (TransactionIdEquals(od.chunk.xip[i], xid))
 			return true;
 	return false;
 }
@@ -291,7 +311,7 @@ drop_all(void)
 {
 	ListCell *lc;
 
-	foreach(lc, chunk.order)
+	foreach(lc, od.chunk.order)
 		((ChunkRow *) lfirst(lc))->removed = true;
 }
 
@@ -304,7 +324,8 @@ static void
 drop_tuple(TupleDesc desc, HeapTuple tuple)
 {
 	bool   unreadable;
-	Datum *key = keyorder_row_key(&chunk.key, desc, tuple, false, &unreadable);
+	Datum *key =
+		keyorder_row_key(&od.chunk.key, desc, tuple, false, &unreadable);
 	ChunkRow *row;
 
 	if (key == NULL)
@@ -312,7 +333,7 @@ drop_tuple(TupleDesc desc, HeapTuple tuple)
 		drop_all();
 		return;
 	}
-	row = hash_search(chunk.rows, &key, HASH_FIND, NULL);
+	row = hash_search(od.chunk.rows, &key, HASH_FIND, NULL);
 	if (row)
 	{
 		row->removed = true;
@@ -332,7 +353,7 @@ old_key_logged(Relation rel)
 {
 	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_FULL)
 		return true;
-	return RelationGetReplicaIndex(rel) == chunk.key.index;
+	return RelationGetReplicaIndex(rel) == od.chunk.key.index;
 }
 
 /* ---------------------------------------------------------------------------
@@ -349,11 +370,11 @@ prune_decoded(void)
 {
 	int kept = 0;
 
-	for (int i = 0; i < ndecoded; i++)
-		if (TransactionIdIsInProgress(decoded[i]))
-			decoded[kept++] = decoded[i];
-	ndecoded = kept;
-	prune_at = Max(DECODED_PRUNE_MIN, 2 * ndecoded);
+	for (int i = 0; i < od.ndecoded; i++)
+		if (TransactionIdIsInProgress(od.decoded[i]))
+			od.decoded[kept++] = od.decoded[i];
+	od.ndecoded = kept;
+	od.prune_at = Max(DECODED_PRUNE_MIN, 2 * od.ndecoded);
 }
 
 /*
@@ -366,16 +387,17 @@ ondemand_note_commit(TransactionId xid)
 {
 	if (!TransactionIdIsNormal(xid))
 		return;
-	if (ndecoded == maxdecoded)
+	if (od.ndecoded == od.maxdecoded)
 	{
-		maxdecoded = Max(2 * maxdecoded, DECODED_PRUNE_MIN);
-		decoded = decoded == NULL
-					  ? MemoryContextAlloc(TopMemoryContext,
-										   sizeof(TransactionId) * maxdecoded)
-					  : repalloc(decoded, sizeof(TransactionId) * maxdecoded);
+		od.maxdecoded = Max(2 * od.maxdecoded, DECODED_PRUNE_MIN);
+		od.decoded =
+			od.decoded == NULL
+				? MemoryContextAlloc(TopMemoryContext,
+									 sizeof(TransactionId) * od.maxdecoded)
+				: repalloc(od.decoded, sizeof(TransactionId) * od.maxdecoded);
 	}
-	decoded[ndecoded++] = xid;
-	if (ndecoded >= prune_at)
+	od.decoded[od.ndecoded++] = xid;
+	if (od.ndecoded >= od.prune_at)
 		prune_decoded();
 }
 
@@ -390,12 +412,12 @@ ondemand_note_change(Relation rel, TransactionId xid, Pg2rOp op,
 {
 	MemoryContext old;
 
-	if (!chunk.open || RelationGetRelid(rel) != req.leaf)
+	if (!od.chunk.open || RelationGetRelid(rel) != od.req.leaf)
 		return;
-	if (!chunk.in_window && !invisible(xid))
+	if (!od.chunk.in_window && !invisible(xid))
 		return;
-	/* not in chunk.cxt: a big transaction in the window would grow it */
-	old = MemoryContextSwitchTo(ScratchCxt);
+	/* not in od.chunk.cxt: a big transaction in the window would grow it */
+	old = MemoryContextSwitchTo(od.scratch);
 	if (oldtuple)
 		drop_tuple(RelationGetDescr(rel), oldtuple);
 	else if (op == PG2R_OP_DELETE ||
@@ -411,16 +433,16 @@ ondemand_note_change(Relation rel, TransactionId xid, Pg2rOp op,
 	if (newtuple)
 		drop_tuple(RelationGetDescr(rel), newtuple);
 	MemoryContextSwitchTo(old);
-	MemoryContextReset(ScratchCxt);
+	MemoryContextReset(od.scratch);
 }
 
 /* ondemand_note_truncate empties the open chunk when its leaf is truncated. */
 void
 ondemand_note_truncate(Oid relid, TransactionId xid)
 {
-	if (!chunk.open || relid != req.leaf)
+	if (!od.chunk.open || relid != od.req.leaf)
 		return;
-	if (!chunk.in_window && !invisible(xid))
+	if (!od.chunk.in_window && !invisible(xid))
 		return;
 	drop_all();
 }
@@ -433,14 +455,14 @@ static void
 send_chunk(XLogRecPtr lsn)
 {
 	ListCell	*lc;
-	Oid			 relid = req.leaf;
+	Oid			 relid = od.req.leaf;
 	CmdBufReader reader = {0};
 	Rule		 rule;
 	int			 argc;
 	const char	*error;
 
 	sender_begin_txn(InvalidTransactionId, lsn, lsn, GetCurrentTimestamp());
-	foreach(lc, chunk.order)
+	foreach(lc, od.chunk.order)
 	{
 		ChunkRow *row = lfirst(lc);
 
@@ -448,12 +470,13 @@ send_chunk(XLogRecPtr lsn)
 			continue;
 		if (!sender_txn_skipped())
 		{
-			chunk.nsent++;
+			od.chunk.nsent++;
 			sender_count_change();
 		}
 		/* the row's key, which its dead letters record (see redrive.c) */
-		sender_set_row_key(chunk.key.index, chunk.key.nkeys, row->keytext);
-		cmdbuf_reader_init(&reader, chunk_cmds.data + row->cmds_off,
+		sender_set_row_key(od.chunk.key.index, od.chunk.key.nkeys,
+						   row->keytext);
+		cmdbuf_reader_init(&reader, od.chunk.cmds.data + row->cmds_off,
 						   row->cmds_len, CurrentMemoryContext);
 		while (cmdbuf_next(&reader, &rule, &argc, &error))
 		{
@@ -473,7 +496,7 @@ send_chunk(XLogRecPtr lsn)
 	sender_commit_txn();
 	/* send it now, so that its acknowledgement can be awaited */
 	sender_flush();
-	chunk.sent_at = chunk.nsent > 0 ? lsn : InvalidXLogRecPtr;
+	od.chunk.sent_at = od.chunk.nsent > 0 ? lsn : InvalidXLogRecPtr;
 }
 
 /*
@@ -486,7 +509,7 @@ void
 ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
 					const char *message)
 {
-	if (!chunk.open || strcmp(prefix, WATERMARK_PREFIX) != 0)
+	if (!od.chunk.open || strcmp(prefix, WATERMARK_PREFIX) != 0)
 		return;
 
 	/*
@@ -494,16 +517,16 @@ ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
 	 * written: its payload, nonce included, can be read from WAL by anyone
 	 * who may decode it, and copied into a message of their own.
 	 */
-	if (lsn == chunk.low_end && size == strlen(chunk.low) &&
-		memcmp(message, chunk.low, size) == 0)
-		chunk.in_window = true;
-	else if (chunk.in_window && lsn == chunk.high_end &&
-			 size == strlen(chunk.high) &&
-			 memcmp(message, chunk.high, size) == 0)
+	if (lsn == od.chunk.low_end && size == strlen(od.chunk.low) &&
+		memcmp(message, od.chunk.low, size) == 0)
+		od.chunk.in_window = true;
+	else if (od.chunk.in_window && lsn == od.chunk.high_end &&
+			 size == strlen(od.chunk.high) &&
+			 memcmp(message, od.chunk.high, size) == 0)
 	{
 		send_chunk(lsn);
-		chunk.open = false;
-		chunk.sent = true;
+		od.chunk.open = false;
+		od.chunk.sent = true;
 	}
 }
 
@@ -512,22 +535,25 @@ ondemand_on_message(XLogRecPtr lsn, const char *prefix, Size size,
  * ---------------------------------------------------------------------------
  */
 
-/* row_sink_command keeps a rendered command of a chunk row in chunk_cmds. */
+/*
+ * row_sink_command keeps a rendered command of a chunk row in the buffer
+ * arg (the chunk's commands, od.chunk.cmds).
+ */
 static void
 row_sink_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 				 const char *const *argv, const size_t *argvlen)
 {
-	cmdbuf_append(&chunk_cmds, rule, argc, argv, argvlen);
+	cmdbuf_append((StringInfo) arg, rule, argc, argv, argvlen);
 }
 
 /*
- * row_sink_error keeps a render error of a chunk row in chunk_cmds, a dead
- * letter once the chunk is sent.
+ * row_sink_error keeps a render error of a chunk row in the buffer arg, a
+ * dead letter once the chunk is sent.
  */
 static void
 row_sink_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
 {
-	cmdbuf_append_error(&chunk_cmds, rule, err->message);
+	cmdbuf_append_error((StringInfo) arg, rule, err->message);
 }
 
 /* ---------------------------------------------------------------------------
@@ -584,21 +610,21 @@ read_key(List *text)
 	Datum		 *key;
 	ListCell	 *lc;
 
-	if (list_length(text) != chunk.key.nkeys)
+	if (list_length(text) != od.chunk.key.nkeys)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the key of table \"%s\" changed while a snapshot read it",
-						req.leaf_name),
+						od.req.leaf_name),
 				 errhint("Request the snapshot again.")));
-	old = MemoryContextSwitchTo(OndemandCxt);
-	key = palloc(sizeof(Datum) * chunk.key.nkeys);
+	old = MemoryContextSwitchTo(od.cxt);
+	key = palloc(sizeof(Datum) * od.chunk.key.nkeys);
 	foreach(lc, text)
 	{
 		int k = foreach_current_index(lc);
 		Oid infunc;
 		Oid ioparam;
 
-		getTypeInputInfo(chunk.key.types[k], &infunc, &ioparam);
+		getTypeInputInfo(od.chunk.key.types[k], &infunc, &ioparam);
 		key[k] = OidInputFunctionCall(infunc, lfirst(lc), ioparam, -1);
 	}
 	MemoryContextSwitchTo(old);
@@ -614,17 +640,17 @@ read_recorded_keys(void)
 {
 	ListCell *lc;
 
-	if (req.last_key == NULL && req.last_key_text != NIL)
-		req.last_key = read_key(req.last_key_text);
-	foreach(lc, req.retry_text)
+	if (od.req.last_key == NULL && od.req.last_key_text != NIL)
+		od.req.last_key = read_key(od.req.last_key_text);
+	foreach(lc, od.req.retry_text)
 	{
 		Datum		 *key = read_key(lfirst(lc));
-		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
+		MemoryContext old = MemoryContextSwitchTo(od.cxt);
 
-		req.retry = lappend(req.retry, key);
+		od.req.retry = lappend(od.req.retry, key);
 		MemoryContextSwitchTo(old);
 	}
-	req.retry_text = NIL;
+	od.req.retry_text = NIL;
 }
 
 /*
@@ -634,14 +660,14 @@ read_recorded_keys(void)
 static void
 forget_leaf_progress(void)
 {
-	req.last_key = NULL;
-	req.last_key_text = NIL;
-	req.retry = NIL;
-	req.retry_text = NIL;
-	req.retry_round = 0;
-	req.retry_blind = false;
-	req.leaf_done = false;
-	req.first_keys = 0;
+	od.req.last_key = NULL;
+	od.req.last_key_text = NIL;
+	od.req.retry = NIL;
+	od.req.retry_text = NIL;
+	od.req.retry_round = 0;
+	od.req.retry_blind = false;
+	od.req.leaf_done = false;
+	od.req.first_keys = 0;
 }
 
 /*
@@ -653,29 +679,30 @@ forget_leaf_progress(void)
 static void
 use_key(void)
 {
-	if (req.keys_only && req.keyindex != chunk.key.index)
+	if (od.req.keys_only && od.req.keyindex != od.chunk.key.index)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the key of table \"%s\" changed since the keys to read were recorded",
-						req.leaf_name),
+						od.req.leaf_name),
 				 errhint("Run pg2redis_snapshot() on the table to write all its rows again.")));
-	if (OidIsValid(req.keyindex) && req.keyindex != chunk.key.index)
+	if (OidIsValid(od.req.keyindex) && od.req.keyindex != od.chunk.key.index)
 	{
 		ereport(LOG,
 				(errmsg("pg2redis: snapshot request " INT64_FORMAT
 						" reads table \"%s\" again from its start: its key changed",
-						req.id, req.leaf_name)));
+						od.req.id, od.req.leaf_name)));
 		forget_leaf_progress();
-		chunk.is_retry = false;
+		od.chunk.is_retry = false;
 	}
-	if (req.keyindex != chunk.key.index || req.keytypes == NULL)
+	if (od.req.keyindex != od.chunk.key.index || od.req.keytypes == NULL)
 	{
-		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
+		MemoryContext old = MemoryContextSwitchTo(od.cxt);
 
-		req.keyindex = chunk.key.index;
-		req.nkeys = chunk.key.nkeys;
-		req.keytypes = palloc(sizeof(Oid) * chunk.key.nkeys);
-		memcpy(req.keytypes, chunk.key.types, sizeof(Oid) * chunk.key.nkeys);
+		od.req.keyindex = od.chunk.key.index;
+		od.req.nkeys = od.chunk.key.nkeys;
+		od.req.keytypes = palloc(sizeof(Oid) * od.chunk.key.nkeys);
+		memcpy(od.req.keytypes, od.chunk.key.types,
+			   sizeof(Oid) * od.chunk.key.nkeys);
 		MemoryContextSwitchTo(old);
 	}
 }
@@ -684,7 +711,7 @@ use_key(void)
  * take_rows adds the rows of the current SPI result to the chunk, with
  * their rendered commands, until the chunk's commands reach
  * pg2redis.batch_bytes; returns false once they have (the rows after the
- * last one taken are left to the next chunk).  chunk.next_key is the key of
+ * last one taken are left to the next chunk).  od.chunk.next_key is the key of
  * the last row taken.  Each row is rendered in a scratch context: only its
  * key and commands stay in the chunk's.
  */
@@ -703,18 +730,18 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		bool		  unreadable;
 		MemoryContext old;
 
-		pg2r_spi_whole_row(i, req.leaf, &tuple);
+		pg2r_spi_whole_row(i, od.req.leaf, &tuple);
 
-		old = MemoryContextSwitchTo(chunk.cxt);
-		key = keyorder_row_key(&chunk.key, RelationGetDescr(rel), &tuple, true,
-							   &unreadable);
+		old = MemoryContextSwitchTo(od.chunk.cxt);
+		key = keyorder_row_key(&od.chunk.key, RelationGetDescr(rel), &tuple,
+							   true, &unreadable);
 		if (key == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("a key column of table \"%s\" is null",
 							RelationGetRelationName(rel)),
 					 errhint("Snapshots on demand need a primary key, or a replica identity index on columns that are not null.")));
-		row = hash_search(chunk.rows, &key, HASH_ENTER, &found);
+		row = hash_search(od.chunk.rows, &key, HASH_ENTER, &found);
 		if (found)
 		{
 			/* a key read again twice in one chunk */
@@ -728,23 +755,24 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		 * may read the catalogs (enum_out), which the watermark's callback,
 		 * outside any transaction, may not.
 		 */
-		row->keytext = palloc(sizeof(char *) * chunk.key.nkeys);
-		for (int k = 0; k < chunk.key.nkeys; k++)
-			row->keytext[k] = OutputFunctionCall(&chunk.key.out[k], key[k]);
+		row->keytext = palloc(sizeof(char *) * od.chunk.key.nkeys);
+		for (int k = 0; k < od.chunk.key.nkeys; k++)
+			row->keytext[k] = OutputFunctionCall(&od.chunk.key.out[k], key[k]);
 		row->removed = false;
 		row->changed = false;
-		row->cmds_off = chunk_cmds.len;
-		chunk.order = lappend(chunk.order, row);
-		chunk.next_key = key;
+		row->cmds_off = od.chunk.cmds.len;
+		od.chunk.order = lappend(od.chunk.order, row);
+		od.chunk.next_key = key;
 
-		MemoryContextSwitchTo(ScratchCxt);
+		MemoryContextSwitchTo(od.scratch);
 		mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, meta, sink);
 		MemoryContextSwitchTo(old);
-		MemoryContextReset(ScratchCxt);
-		row->cmds_len = chunk_cmds.len - row->cmds_off;
-		chunk_bytes += row->cmds_len + sizeof(ChunkRow) +
-					   sizeof(Datum) * chunk.key.nkeys + 64; /* hash, list */
-		room = chunk_bytes < (Size) pg2r_batch_bytes;
+		MemoryContextReset(od.scratch);
+		row->cmds_len = od.chunk.cmds.len - row->cmds_off;
+		od.chunk.bytes += row->cmds_len + sizeof(ChunkRow) +
+						  sizeof(Datum) * od.chunk.key.nkeys +
+						  64; /* hash, list */
+		room = od.chunk.bytes < (Size) pg2r_batch_bytes;
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return room;
@@ -757,9 +785,149 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 static KeyQuery
 query_kind(void)
 {
-	if (chunk.is_retry)
+	if (od.chunk.is_retry)
 		return KEYQ_EQUAL;
-	return req.last_key != NULL ? KEYQ_AFTER : KEYQ_FIRST;
+	return od.req.last_key != NULL ? KEYQ_AFTER : KEYQ_FIRST;
+}
+
+/*
+ * snapshot_sees_decoded is guard 1: it tells whether snap sees every
+ * transaction the stream already applied.  What it sees as ended, every
+ * later snapshot sees too: forgotten here.  When it misses one,
+ * od.waiting_for names it.
+ */
+static bool
+snapshot_sees_decoded(Snapshot snap)
+{
+	int kept = 0;
+
+	for (int i = 0; i < od.ndecoded; i++)
+		if (XidInMVCCSnapshot(od.decoded[i], snap))
+			od.decoded[kept++] = od.decoded[i];
+	od.ndecoded = kept;
+	if (od.ndecoded > 0)
+	{
+		od.waiting_for = od.decoded[0];
+		return false;
+	}
+	return true;
+}
+
+/*
+ * chunk_init_rows records snap's visibility (guard 2) and makes the
+ * chunk's empty row table and command buffer, in od.chunk.cxt.
+ */
+static void
+chunk_init_rows(Snapshot snap)
+{
+	MemoryContext old = MemoryContextSwitchTo(od.chunk.cxt);
+	HASHCTL		  ctl;
+
+	od.chunk.xmin = snap->xmin;
+	od.chunk.xmax = snap->xmax;
+	od.chunk.xcnt = snap->xcnt;
+	od.chunk.xip = palloc(sizeof(TransactionId) * Max(snap->xcnt, 1));
+	memcpy(od.chunk.xip, snap->xip, sizeof(TransactionId) * snap->xcnt);
+	ctl.keysize = sizeof(Datum *);
+	ctl.entrysize = sizeof(ChunkRow);
+	ctl.hash = key_hash;
+	ctl.match = key_match;
+	ctl.hcxt = od.chunk.cxt;
+	od.chunk.rows =
+		hash_create("pg2redis chunk rows", 1024, &ctl,
+					HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	initStringInfo(&od.chunk.cmds);
+	od.chunk.bytes = 0;
+	od.chunk.next_key = NULL;
+	od.chunk.next_key_text = NIL;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * select_retry_keys reads the rows of the keys to read again (req.retry),
+ * one query per key, up to pg2redis.snapshot_batch_size keys or until the
+ * chunk is full.
+ */
+static void
+select_retry_keys(Relation rel, RelMap *map, const char *relname,
+				  const char *filter, const ChangeMeta *meta,
+				  const CommandSink *sink)
+{
+	char	  *sql;
+	SPIPlanPtr plan;
+	ListCell  *lc;
+	int		   n = 0;
+	bool	   room = true;
+
+	sql = keyorder_query(&od.chunk.key, rel, relname, query_kind(), filter,
+						 pg2r_snapshot_batch_size, false);
+	plan = SPI_prepare(sql, od.chunk.key.nkeys, od.chunk.key.types);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare a snapshot chunk: %s",
+			 SPI_result_code_string(SPI_result));
+	foreach(lc, od.req.retry)
+	{
+		if (n >= pg2r_snapshot_batch_size || !room)
+			break;
+		n++;
+		if (SPI_execute_plan(plan, (Datum *) lfirst(lc), NULL, true, 0) !=
+			SPI_OK_SELECT)
+			elog(ERROR, "could not select a snapshot chunk");
+		room = take_rows(rel, map, meta, sink);
+	}
+	od.chunk.retry_taken = n;
+	od.chunk.last = false;
+}
+
+/*
+ * select_range reads the leaf's next range of rows in key order, after the
+ * last key sent (or from the leaf's start), and sets chunk.last when the
+ * leaf has no rows after them.
+ */
+static void
+select_range(Relation rel, RelMap *map, const char *relname,
+			 const char *filter, const ChangeMeta *meta,
+			 const CommandSink *sink)
+{
+	char  *sql;
+	Portal portal;
+	uint64 nrows = 0;
+	bool   room = true;
+
+	sql = keyorder_query(&od.chunk.key, rel, relname, query_kind(), filter,
+						 pg2r_snapshot_batch_size, false);
+
+	/*
+	 * A cursor, so that rows are held a few at a time (a whole-row value is
+	 * detoasted): the chunk ends at pg2redis.snapshot_batch_size rows (the
+	 * query's LIMIT) or pg2redis.batch_bytes of commands.
+	 */
+	portal =
+		SPI_cursor_open_with_args(NULL, sql,
+								  od.req.last_key ? od.chunk.key.nkeys : 0,
+								  od.chunk.key.types, od.req.last_key, NULL,
+								  true, 0);
+	while (room)
+	{
+		SPI_cursor_fetch(portal, true, CHUNK_FETCH_ROWS);
+		if (SPI_processed == 0)
+		{
+			SPI_freetuptable(SPI_tuptable);
+			break;
+		}
+		nrows += SPI_processed;
+		room = take_rows(rel, map, meta, sink);
+	}
+	SPI_cursor_close(portal);
+	od.chunk.last = room && nrows < (uint64) pg2r_snapshot_batch_size;
+	if (od.chunk.next_key != NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(od.chunk.cxt);
+
+		od.chunk.next_key_text =
+			keyorder_key_text(&od.chunk.key, od.chunk.next_key);
+		MemoryContextSwitchTo(old);
+	}
 }
 
 /*
@@ -777,54 +945,22 @@ select_chunk(void *arg)
 	RelMap		 *map;
 	char		 *relname;
 	char		 *filter = NULL;
-	char		 *sql;
 	ChangeMeta	  meta = {0};
-	CommandSink	  sink = {row_sink_command, row_sink_error, NULL, false};
-	MemoryContext old;
-	HASHCTL		  ctl;
+	CommandSink	  sink = {row_sink_command, row_sink_error, &od.chunk.cmds,
+						  false};
 	SnapshotOwner saved;
 
-	/*
-	 * Guard 1: the snapshot must see what the stream already applied.  What
-	 * it sees as ended, every later snapshot sees too: forget it.
-	 */
-	{
-		int kept = 0;
+	if (!snapshot_sees_decoded(snap))
+		return false;
+	chunk_init_rows(snap);
 
-		for (int i = 0; i < ndecoded; i++)
-			if (XidInMVCCSnapshot(decoded[i], snap))
-				decoded[kept++] = decoded[i];
-		ndecoded = kept;
-		if (ndecoded > 0)
-		{
-			waiting_for = decoded[0];
-			return false;
-		}
-	}
-
-	old = MemoryContextSwitchTo(chunk.cxt);
-	chunk.xmin = snap->xmin;
-	chunk.xmax = snap->xmax;
-	chunk.xcnt = snap->xcnt;
-	chunk.xip = palloc(sizeof(TransactionId) * Max(snap->xcnt, 1));
-	memcpy(chunk.xip, snap->xip, sizeof(TransactionId) * snap->xcnt);
-	ctl.keysize = sizeof(Datum *);
-	ctl.entrysize = sizeof(ChunkRow);
-	ctl.hash = key_hash;
-	ctl.match = key_match;
-	ctl.hcxt = chunk.cxt;
-	chunk.rows =
-		hash_create("pg2redis chunk rows", 1024, &ctl,
-					HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
-	MemoryContextSwitchTo(old);
-
-	rel = table_open(req.leaf, AccessShareLock);
-	strlcpy(req.leaf_name, RelationGetRelationName(rel), NAMEDATALEN);
+	rel = table_open(od.req.leaf, AccessShareLock);
+	strlcpy(od.req.leaf_name, RelationGetRelationName(rel), NAMEDATALEN);
 	relname =
 		quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 								   RelationGetRelationName(rel));
 	map = mapping_get(rel);
-	if (!keyorder_setup(rel, chunk.cxt, &chunk.key))
+	if (!keyorder_setup(rel, od.chunk.cxt, &od.chunk.key))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table \"%s\" has no primary key or replica identity index",
@@ -838,8 +974,6 @@ select_chunk(void *arg)
 
 	meta.lsn = InvalidXLogRecPtr;
 	meta.commit_time = GetCurrentTimestamp();
-	chunk.next_key = NULL;
-	chunk.next_key_text = NIL;
 
 	/*
 	 * The owner's identity covers the recorded keys' input functions and a
@@ -853,76 +987,10 @@ select_chunk(void *arg)
 	read_recorded_keys();
 	if (filter == NULL)
 		snapshot_restore_user(&saved);
-	old = MemoryContextSwitchTo(chunk.cxt);
-	initStringInfo(&chunk_cmds);
-	MemoryContextSwitchTo(old);
-	chunk_bytes = 0;
-	if (chunk.is_retry)
-	{
-		SPIPlanPtr plan;
-		ListCell  *lc;
-		int		   n = 0;
-		bool	   room = true;
-
-		sql = keyorder_query(&chunk.key, rel, relname, query_kind(), filter,
-							 pg2r_snapshot_batch_size, false);
-		plan = SPI_prepare(sql, chunk.key.nkeys, chunk.key.types);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare a snapshot chunk: %s",
-				 SPI_result_code_string(SPI_result));
-		foreach(lc, req.retry)
-		{
-			if (n >= pg2r_snapshot_batch_size || !room)
-				break;
-			n++;
-			if (SPI_execute_plan(plan, (Datum *) lfirst(lc), NULL, true, 0) !=
-				SPI_OK_SELECT)
-				elog(ERROR, "could not select a snapshot chunk");
-			room = take_rows(rel, map, &meta, &sink);
-		}
-		chunk.retry_taken = n;
-		chunk.last = false;
-	}
+	if (od.chunk.is_retry)
+		select_retry_keys(rel, map, relname, filter, &meta, &sink);
 	else
-	{
-		Portal portal;
-		uint64 nrows = 0;
-		bool   room = true;
-
-		sql = keyorder_query(&chunk.key, rel, relname, query_kind(), filter,
-							 pg2r_snapshot_batch_size, false);
-
-		/*
-		 * A cursor, so that rows are held a few at a time (a whole-row value
-		 * is detoasted): the chunk ends at pg2redis.snapshot_batch_size rows
-		 * (the query's LIMIT) or pg2redis.batch_bytes of commands.
-		 */
-		portal = SPI_cursor_open_with_args(NULL, sql,
-										   req.last_key ? chunk.key.nkeys : 0,
-										   chunk.key.types, req.last_key, NULL,
-										   true, 0);
-		while (room)
-		{
-			SPI_cursor_fetch(portal, true, CHUNK_FETCH_ROWS);
-			if (SPI_processed == 0)
-			{
-				SPI_freetuptable(SPI_tuptable);
-				break;
-			}
-			nrows += SPI_processed;
-			room = take_rows(rel, map, &meta, &sink);
-		}
-		SPI_cursor_close(portal);
-		chunk.last = room && nrows < (uint64) pg2r_snapshot_batch_size;
-		if (chunk.next_key != NULL)
-		{
-			MemoryContext old2 = MemoryContextSwitchTo(chunk.cxt);
-
-			chunk.next_key_text =
-				keyorder_key_text(&chunk.key, chunk.next_key);
-			MemoryContextSwitchTo(old2);
-		}
-	}
+		select_range(rel, map, relname, filter, &meta, &sink);
 	if (filter != NULL)
 		snapshot_restore_user(&saved);
 	table_close(rel, AccessShareLock);
@@ -952,16 +1020,12 @@ static Datum
 retry_array(List *keys, List *keys_text, int nkeys, const Oid *types,
 			bool *isnull)
 {
-	int		  n = list_length(keys) + list_length(keys_text);
-	Datum	 *elems;
+	List	 *rows = NIL;
 	FmgrInfo *out = NULL;
-	int		  dims[2];
-	int		  lbs[2] = {1, 1};
-	int		  i = 0;
 	ListCell *lc;
 
-	*isnull = n == 0;
-	if (n == 0)
+	*isnull = keys == NIL && keys_text == NIL;
+	if (*isnull)
 		return (Datum) 0;
 	if (keys != NIL)
 	{
@@ -975,27 +1039,16 @@ retry_array(List *keys, List *keys_text, int nkeys, const Oid *types,
 			fmgr_info(outfunc, &out[k]);
 		}
 	}
-	else
-		nkeys = list_length(linitial(keys_text));
-	elems = palloc(sizeof(Datum) * n * nkeys);
 	foreach(lc, keys)
-		for (int k = 0; k < nkeys; k++)
-			elems[i++] =
-				CStringGetTextDatum(OutputFunctionCall(&out[k],
-													   ((Datum *)
-															lfirst(lc))[k]));
-	foreach(lc, keys_text)
 	{
-		ListCell *lk;
+		List *row = NIL;
 
-		foreach(lk, (List *) lfirst(lc))
-			elems[i++] = CStringGetTextDatum(lfirst(lk));
+		for (int k = 0; k < nkeys; k++)
+			row = lappend(row, OutputFunctionCall(&out[k],
+												  ((Datum *) lfirst(lc))[k]));
+		rows = lappend(rows, row);
 	}
-	dims[0] = n;
-	dims[1] = nkeys;
-	return PointerGetDatum(construct_md_array(elems, NULL, 2, dims, lbs,
-											  TEXTOID, -1, false,
-											  TYPALIGN_INT));
+	return pg2r_text_array_2d(list_concat(rows, keys_text));
 }
 
 /*
@@ -1010,39 +1063,28 @@ record_progress(void *arg)
 							  TEXTOID, TEXTOID, TEXTARRAYOID, OIDOID};
 	Datum		  values[8];
 	char		  nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	uint64		  rows = pa->acked ? pending.rows : req.rows;
-	Oid			  leaf = pa->acked ? pending.leaf : req.leaf;
-	List		 *last_key = pa->acked ? pending.last_key : req.last_key_text;
-	Oid			  keyindex = pa->acked ? pending.keyindex : req.keyindex;
-	bool		  isnull;
+	uint64		  rows = pa->acked ? od.pending.rows : od.req.rows;
+	Oid			  leaf = pa->acked ? od.pending.leaf : od.req.leaf;
+	List *last_key = pa->acked ? od.pending.last_key : od.req.last_key_text;
+	Oid	  keyindex = pa->acked ? od.pending.keyindex : od.req.keyindex;
+	bool  isnull;
 
-	values[0] = Int64GetDatum(req.id);
+	values[0] = Int64GetDatum(od.req.id);
 	values[1] = Int64GetDatum(rows);
 	values[2] = ObjectIdGetDatum(leaf);
 	nulls[2] = OidIsValid(leaf) ? ' ' : 'n';
-	if (last_key != NIL)
-	{
-		Datum	 *elems = palloc(sizeof(Datum) * list_length(last_key));
-		ListCell *lc;
-
-		foreach(lc, last_key)
-			elems[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
-		values[3] =
-			PointerGetDatum(construct_array(elems, list_length(last_key),
-											TEXTOID, -1, false, TYPALIGN_INT));
-	}
-	else
-		nulls[3] = 'n';
+	values[3] = last_key != NIL ? pg2r_text_array(last_key) : (Datum) 0;
+	nulls[3] = last_key != NIL ? ' ' : 'n';
 	values[4] = pa->state ? CStringGetTextDatum(pa->state) : (Datum) 0;
 	nulls[4] = pa->state ? ' ' : 'n';
 	values[5] = pa->error ? CStringGetTextDatum(pa->error) : (Datum) 0;
 	nulls[5] = pa->error ? ' ' : 'n';
 	if (pa->acked)
-		values[6] = retry_array(pending.retry, NIL, pending.nkeys,
-								pending.keytypes, &isnull);
+		values[6] = retry_array(od.pending.retry, NIL, od.pending.nkeys,
+								od.pending.keytypes, &isnull);
 	else
-		values[6] = retry_array(req.retry, req.retry_text, req.nkeys,
-								req.keytypes, &isnull);
+		values[6] = retry_array(od.req.retry, od.req.retry_text, od.req.nkeys,
+								od.req.keytypes, &isnull);
 	nulls[6] = isnull ? 'n' : ' ';
 	values[7] = ObjectIdGetDatum(keyindex);
 	nulls[7] = OidIsValid(keyindex) ? ' ' : 'n';
@@ -1070,61 +1112,31 @@ finish_request(const char *state, const char *error)
 		ereport(WARNING,
 				(errmsg("pg2redis could not record the end of snapshot request " INT64_FORMAT
 						": %s",
-						req.id, err)));
+						od.req.id, err)));
 	ereport(LOG, (errmsg("pg2redis: snapshot request " INT64_FORMAT
 						 " %s after " UINT64_FORMAT " rows%s%s",
-						 req.id, state, req.rows, error ? ": " : "",
+						 od.req.id, state, od.req.rows, error ? ": " : "",
 						 error ? error : "")));
-	req.active = false;
+	od.req.active = false;
 	chunk_reset();
-	pending.active = false;
-	pending.last_key = NIL;
-	pending.retry = NIL;
-	MemoryContextReset(OndemandCxt);
-	req.leaves = NIL;
+	od.pending.active = false;
+	od.pending.last_key = NIL;
+	od.pending.retry = NIL;
+	MemoryContextReset(od.cxt);
+	od.req.leaves = NIL;
 	forget_leaf_progress();
-	req.keyindex = InvalidOid;
-	req.keytypes = NULL;
-	waiting_since = 0;
+	od.req.keyindex = InvalidOid;
+	od.req.keytypes = NULL;
+	od.waiting_since = 0;
 
 	/*
 	 * Look for the next request at once, as after a wake-up: requests queued
 	 * together (pg2redis_redrive() of many keys or partitions) would
 	 * otherwise wait for the 10 s poll each once the first 2 s are over.
 	 */
-	last_poll = 0;
-	requested_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 2000);
-}
-
-/*
- * text_keys returns the rows of a two-dimensional text array (recorded by
- * retry_array) as Lists of strings, in the current memory context.
- */
-static List *
-text_keys(ArrayType *array)
-{
-	Datum *elems;
-	bool  *nulls;
-	int	   n;
-	int	   width;
-	List  *keys = NIL;
-
-	if (ARR_NDIM(array) != 2 || ARR_DIMS(array)[1] < 1)
-		return NIL;
-	width = ARR_DIMS(array)[1];
-	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls,
-					  &n);
-	for (int i = 0; i + width <= n; i += width)
-	{
-		List *key = NIL;
-
-		for (int k = 0; k < width; k++)
-			key =
-				lappend(key, nulls[i + k] ? pstrdup("")
-										  : TextDatumGetCString(elems[i + k]));
-		keys = lappend(keys, key);
-	}
-	return keys;
+	od.last_poll = 0;
+	od.requested_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 REQUESTED_WINDOW_MS);
 }
 
 /*
@@ -1168,7 +1180,7 @@ resolve_resumes(void *arg)
 			Datum	  values[2];
 			char	  nulls[2] = {' ', ' '};
 
-			foreach(lc, text_keys(keys))
+			foreach(lc, pg2r_text_array_rows(keys))
 			{
 				List  *row = lfirst(lc);
 				uint64 ncmds = strtou64(linitial(row), NULL, 10);
@@ -1178,20 +1190,8 @@ resolve_resumes(void *arg)
 				last = list_copy_tail(row, 1);
 			}
 			values[0] = id;
-			if (last != NIL)
-			{
-				Datum *elems = palloc(sizeof(Datum) * list_length(last));
-
-				foreach(lc, last)
-					elems[foreach_current_index(lc)] =
-						CStringGetTextDatum(lfirst(lc));
-				values[1] =
-					PointerGetDatum(construct_array(elems, list_length(last),
-													TEXTOID, -1, false,
-													TYPALIGN_INT));
-			}
-			else
-				nulls[1] = 'n';
+			values[1] = last != NIL ? pg2r_text_array(last) : (Datum) 0;
+			nulls[1] = last != NIL ? ' ' : 'n';
 			if (SPI_execute_with_args("UPDATE pg2redis.snapshots "
 									  "SET last_key = coalesce($2, last_key), "
 									  "resume_lsn = NULL, resume_keys = NULL "
@@ -1224,7 +1224,7 @@ ondemand_resolve_resumes(void)
 
 /*
  * load_keys_only sets up a keys-only request (pg2redis_redrive()), in
- * OndemandCxt, from the row load_request read: its one table, whose keys in
+ * od.cxt, from the row load_request read: its one table, whose keys in
  * retry_keys are read as keys read again are, and no range after them (the
  * leaf counts as read to its end).  Once they are all read, the request
  * records none: it is done.  Keys of a request the worker recorded
@@ -1247,16 +1247,16 @@ load_keys_only(void)
 	resumed = !isnull;
 	keyindex = SPI_getbinval(tup, desc, 7, &isnull);
 	forget_leaf_progress();
-	req.leaves = NIL;
-	req.keyindex = isnull ? InvalidOid : DatumGetObjectId(keyindex);
+	od.req.leaves = NIL;
+	od.req.keyindex = isnull ? InvalidOid : DatumGetObjectId(keyindex);
 	keys = SPI_getbinval(tup, desc, 6, &isnull);
 	if (!isnull)
-		req.retry_text = text_keys(DatumGetArrayTypeP(keys));
-	if (req.retry_text != NIL && get_rel_relkind(relid) == RELKIND_RELATION)
-		req.leaves = list_make1_oid(relid);
-	req.leaf_done = true;
-	req.first_keys = list_length(req.retry_text);
-	req.retry_blind = resumed && req.retry_text != NIL;
+		od.req.retry_text = pg2r_text_array_rows(DatumGetArrayTypeP(keys));
+	if (od.req.retry_text != NIL && get_rel_relkind(relid) == RELKIND_RELATION)
+		od.req.leaves = list_make1_oid(relid);
+	od.req.leaf_done = true;
+	od.req.first_keys = list_length(od.req.retry_text);
+	od.req.retry_blind = resumed && od.req.retry_text != NIL;
 }
 
 /*
@@ -1287,8 +1287,9 @@ load_request(void *arg)
 	if (SPI_processed == 0)
 		return true;
 
-	req.id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										 SPI_tuptable->tupdesc, 1, &isnull));
+	od.req.id =
+		DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									SPI_tuptable->tupdesc, 1, &isnull));
 	relation = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
 							 &isnull);
 	leaves = isnull ? rules_mapped_leaves(InvalidOid)
@@ -1297,62 +1298,57 @@ load_request(void *arg)
 							&isnull);
 	current_null = isnull;
 
-	old = MemoryContextSwitchTo(OndemandCxt);
-	req.leaves = NIL;
+	old = MemoryContextSwitchTo(od.cxt);
+	od.req.leaves = NIL;
 	forget_leaf_progress();
-	req.keyindex = InvalidOid;
-	req.keytypes = NULL;
+	od.req.keyindex = InvalidOid;
+	od.req.keytypes = NULL;
 	foreach(lc, leaves)
 	{
 		/* leaves before the one in progress are done */
 		if (!isnull && lfirst_oid(lc) < DatumGetObjectId(current))
 			continue;
-		req.leaves = lappend_oid(req.leaves, lfirst_oid(lc));
+		od.req.leaves = lappend_oid(od.req.leaves, lfirst_oid(lc));
 	}
 	lastkey = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4,
 							&isnull);
-	if (!isnull && req.leaves != NIL &&
-		linitial_oid(req.leaves) == DatumGetObjectId(current))
+	if (!isnull && od.req.leaves != NIL &&
+		linitial_oid(od.req.leaves) == DatumGetObjectId(current))
 	{
-		Datum *elems;
-		bool  *nulls;
-		int	   n;
-
-		deconstruct_array(DatumGetArrayTypeP(lastkey), TEXTOID, -1, false,
-						  TYPALIGN_INT, &elems, &nulls, &n);
 		/* made values of the key's types by the first chunk, as the owner */
-		for (int i = 0; i < n; i++)
-			req.last_key_text =
-				lappend(req.last_key_text, TextDatumGetCString(elems[i]));
+		od.req.last_key_text =
+			pg2r_text_array_list(DatumGetArrayTypeP(lastkey));
 	}
-	if (req.leaves != NIL && !current_null &&
-		linitial_oid(req.leaves) == DatumGetObjectId(current))
+	if (od.req.leaves != NIL && !current_null &&
+		linitial_oid(od.req.leaves) == DatumGetObjectId(current))
 	{
 		Datum keyindex = SPI_getbinval(SPI_tuptable->vals[0],
 									   SPI_tuptable->tupdesc, 7, &isnull);
 		Datum retry;
 
-		req.keyindex = isnull ? InvalidOid : DatumGetObjectId(keyindex);
+		od.req.keyindex = isnull ? InvalidOid : DatumGetObjectId(keyindex);
 		retry = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6,
 							  &isnull);
 		/* made values of the key's types by the first chunk, as the owner */
 		if (!isnull)
 		{
-			req.retry_text = text_keys(DatumGetArrayTypeP(retry));
+			od.req.retry_text =
+				pg2r_text_array_rows(DatumGetArrayTypeP(retry));
 			/* why they were recorded is not: as if no change were known */
-			req.retry_blind = req.retry_text != NIL;
+			od.req.retry_blind = od.req.retry_text != NIL;
 		}
 	}
-	req.keys_only =
+	od.req.keys_only =
 		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 								   SPI_tuptable->tupdesc, 10, &isnull));
-	if (req.keys_only)
+	if (od.req.keys_only)
 		load_keys_only();
 	rows = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5,
 						 &isnull);
-	req.rows = DatumGetInt64(rows);
-	req.leaf = req.leaves != NIL ? linitial_oid(req.leaves) : InvalidOid;
-	req.active = true;
+	od.req.rows = DatumGetInt64(rows);
+	od.req.leaf =
+		od.req.leaves != NIL ? linitial_oid(od.req.leaves) : InvalidOid;
+	od.req.active = true;
 	MemoryContextSwitchTo(old);
 	return true;
 }
@@ -1370,25 +1366,25 @@ ondemand_init(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate a random snapshot watermark nonce")));
-	nonce[hex_encode((const char *) bytes, sizeof(bytes), nonce)] = '\0';
+	od.nonce[hex_encode((const char *) bytes, sizeof(bytes), od.nonce)] = '\0';
 
-	OndemandCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis snapshots",
-										ALLOCSET_DEFAULT_SIZES);
-	chunk.cxt =
+	od.cxt = AllocSetContextCreate(TopMemoryContext, "pg2redis snapshots",
+								   ALLOCSET_DEFAULT_SIZES);
+	od.chunk.cxt =
 		AllocSetContextCreate(TopMemoryContext, "pg2redis snapshot chunk",
 							  ALLOCSET_DEFAULT_SIZES);
-	ScratchCxt =
+	od.scratch =
 		AllocSetContextCreate(TopMemoryContext, "pg2redis snapshot scratch",
 							  ALLOCSET_DEFAULT_SIZES);
-	memset(&req, 0, sizeof(req));
-	ndecoded = 0;
+	memset(&od.req, 0, sizeof(od.req));
+	od.ndecoded = 0;
 }
 
 /* ondemand_busy: a chunk waits for its high watermark. */
 bool
 ondemand_busy(void)
 {
-	return chunk.open;
+	return od.chunk.open;
 }
 
 /*
@@ -1401,245 +1397,323 @@ ondemand_poll_timeout(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (req.active && waiting_since != 0 && !chunk.open)
+	if (od.req.active && od.waiting_since != 0 && !od.chunk.open)
 		return SELECT_POLL_MS; /* a chunk waits for guard 1 */
-	if (req.active || now >= requested_until)
+	if (od.req.active || now >= od.requested_until)
 		return -1;
-	return Max(50 - TimestampDifferenceMilliseconds(last_poll, now), 0);
+	return Max(REQUESTED_POLL_MS -
+				   TimestampDifferenceMilliseconds(od.last_poll, now),
+			   0);
 }
 
 /* chunk_reset forgets the chunk's rows. */
 static void
 chunk_reset(void)
 {
-	MemoryContextReset(chunk.cxt);
-	chunk.open = chunk.in_window = chunk.sent = chunk.last = false;
-	chunk.rows = NULL;
-	chunk.order = NIL;
-	chunk.next_key = NULL;
-	chunk.next_key_text = NIL;
-	chunk.key.nkeys = 0;
-	chunk.xip = NULL;
-	chunk.nsent = 0;
-	chunk.sent_at = InvalidXLogRecPtr;
-	chunk.is_retry = false;
-	chunk.retry_taken = 0;
-	chunk.key.index = InvalidOid;
+	MemoryContextReset(od.chunk.cxt);
+	od.chunk.open = od.chunk.in_window = od.chunk.sent = od.chunk.last = false;
+	od.chunk.rows = NULL;
+	od.chunk.order = NIL;
+	od.chunk.next_key = NULL;
+	od.chunk.next_key_text = NIL;
+	od.chunk.key.nkeys = 0;
+	od.chunk.xip = NULL;
+	od.chunk.nsent = 0;
+	od.chunk.sent_at = InvalidXLogRecPtr;
+	od.chunk.is_retry = false;
+	od.chunk.retry_taken = 0;
+	od.chunk.key.index = InvalidOid;
+}
+
+/*
+ * record_acked_progress records the progress of the chunk that waits for
+ * Redis (od.pending) once Redis has applied it: a restart before that
+ * selects the chunk again instead of skipping it.  With nothing in flight
+ * or waiting, the sender has nothing of the chunk left either: its rows may
+ * have produced no command at all (conditions, render errors), and then no
+ * block carries its fence.  Returns false when recording failed, which
+ * fails the request.
+ */
+static bool
+record_acked_progress(void)
+{
+	char *err = NULL;
+
+	if (od.pending.active &&
+		(sender_applied_through(od.pending.sent_at) || sender_idle()))
+	{
+		ProgressArgs pa = {"running", NULL, true};
+
+		od.pending.active = false;
+		if (od.req.leaves != NIL &&
+			!worker_run_sql(record_progress, &pa, NULL, &err))
+		{
+			finish_request("failed", err);
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * note_chunk_keys moves the request past the chunk that was sent: the keys
+ * it read again leave req.retry, or its last key becomes the request's; and
+ * the rows the stream changed while it was open join req.retry.
+ */
+static void
+note_chunk_keys(void)
+{
+	ListCell *lc;
+	int		  nretry = 0;
+
+	if (od.chunk.is_retry)
+	{
+		/* the keys selected again leave the list; new conflicts join it */
+		od.req.retry = list_delete_first_n(od.req.retry, od.chunk.retry_taken);
+		/* a keys-only request's own keys are read, not read again */
+		if (od.req.first_keys > 0)
+			od.req.first_keys -= Min(od.req.first_keys, od.chunk.retry_taken);
+		else
+			od.req.retry_round++;
+	}
+	else
+	{
+		od.req.last_key =
+			od.chunk.next_key
+				? keyorder_copy_key(&od.chunk.key, od.chunk.next_key)
+				: NULL;
+		od.req.last_key_text = NIL;
+		foreach(lc, od.chunk.next_key_text)
+			od.req.last_key_text =
+				lappend(od.req.last_key_text, pstrdup(lfirst(lc)));
+		od.req.leaf_done = od.chunk.last;
+	}
+	foreach(lc, od.chunk.order)
+	{
+		ChunkRow *row = lfirst(lc);
+
+		if (row->removed)
+		{
+			od.req.retry = lappend(od.req.retry,
+								   keyorder_copy_key(&od.chunk.key, row->key));
+			nretry++;
+			if (!row->changed)
+				od.req.retry_blind = true;
+		}
+	}
+	if (nretry > 0)
+		ereport(DEBUG1,
+				(errmsg_internal("pg2redis: snapshot request " INT64_FORMAT
+								 " reads %d rows of \"%s\" again",
+								 od.req.id, nretry, od.req.leaf_name)));
+}
+
+/*
+ * rereads_hopeless tells whether the rows to read again changed in each of
+ * RETRY_ROUNDS windows and some of them were read again only because a
+ * change in their windows did not say which row it changed (REPLICA
+ * IDENTITY NOTHING, a null or unreadable key): the stream may never write
+ * them, and leaving them to it would lose them.
+ */
+static bool
+rereads_hopeless(void)
+{
+	return od.req.retry != NIL && od.req.retry_round >= RETRY_ROUNDS &&
+		   od.req.retry_blind;
+}
+
+/*
+ * leave_rereads_to_stream stops reading again rows that changed in each of
+ * RETRY_ROUNDS windows, every change of which the stream applies, with a
+ * WARNING; and starts the rounds anew once no row is left to read again.
+ */
+static void
+leave_rereads_to_stream(void)
+{
+	if (od.req.retry != NIL && od.req.retry_round >= RETRY_ROUNDS)
+	{
+		ereport(WARNING,
+				(errmsg("pg2redis: snapshot request " INT64_FORMAT
+						" leaves %d rows of \"%s\" to the stream",
+						od.req.id, list_length(od.req.retry),
+						od.req.leaf_name),
+				 errdetail("They changed every time they were read again; the stream applied their changes with the update rules.")));
+		od.req.retry = NIL;
+	}
+	if (od.req.retry == NIL)
+	{
+		od.req.retry_round = 0;
+		od.req.retry_blind = false;
+	}
+}
+
+/*
+ * next_leaf moves the request to its next leaf, once the current one was
+ * read to its end and no row of it is left to read again.
+ */
+static void
+next_leaf(void)
+{
+	od.req.leaves = list_delete_first(od.req.leaves);
+	od.req.leaf =
+		od.req.leaves != NIL ? linitial_oid(od.req.leaves) : InvalidOid;
+	od.req.last_key = NULL;
+	od.req.last_key_text = NIL;
+	od.req.leaf_done = false;
+	od.req.keyindex = InvalidOid;
+	od.req.nkeys = 0;
+	od.req.keytypes = NULL;
+}
+
+/*
+ * hold_progress_until_acked keeps the request's progress after the chunk
+ * sent at od.chunk.sent_at in od.pending, recorded once Redis has applied
+ * the chunk (record_acked_progress), with the keys to read again: the last
+ * key moved past them, and only they still lack their snapshot rules.  In
+ * od.cxt.
+ */
+static void
+hold_progress_until_acked(void)
+{
+	ListCell *lc;
+
+	list_free_deep(od.pending.last_key);
+	od.pending.last_key = NIL;
+	foreach(lc, od.req.last_key_text)
+		od.pending.last_key =
+			lappend(od.pending.last_key, pstrdup(lfirst(lc)));
+	list_free(od.pending.retry);
+	od.pending.retry = list_copy(od.req.retry);
+	od.pending.keyindex = od.req.keyindex;
+	od.pending.nkeys = od.req.nkeys;
+	od.pending.keytypes = od.req.keytypes;
+	od.pending.rows = od.req.rows;
+	od.pending.leaf = od.req.leaf;
+	od.pending.sent_at = od.chunk.sent_at;
+	od.pending.active = true;
+}
+
+/*
+ * advance_after_sent_chunk moves the request past the chunk whose rows
+ * were sent (od.chunk.sent) and forgets the chunk.  Returns false when the
+ * request ended (failed, or done: no leaf left) or waits for Redis to
+ * apply its last chunk; true when the next chunk may be opened.
+ */
+static bool
+advance_after_sent_chunk(void)
+{
+	MemoryContext old = MemoryContextSwitchTo(od.cxt);
+
+	od.req.rows += od.chunk.nsent;
+	note_chunk_keys();
+	if (rereads_hopeless())
+	{
+		int	  n = list_length(od.req.retry);
+		char *msg;
+
+		MemoryContextSwitchTo(old);
+		msg =
+			psprintf("could not read %d rows of \"%s\": a change that does not say which row it changed (REPLICA IDENTITY NOTHING, or a key the replica identity does not log) came in each of %d windows; set REPLICA IDENTITY DEFAULT or FULL, or request the snapshot again when the table is quieter",
+					 n, od.req.leaf_name, RETRY_ROUNDS);
+		chunk_reset();
+		finish_request("failed", msg);
+		return false;
+	}
+	leave_rereads_to_stream();
+	if (od.req.leaf_done && od.req.retry == NIL)
+		next_leaf();
+	if (od.chunk.sent_at != InvalidXLogRecPtr)
+		hold_progress_until_acked();
+	MemoryContextSwitchTo(old);
+	chunk_reset();
+	if (od.req.leaves == NIL)
+	{
+		if (!od.pending.active)
+			finish_request("done", NULL);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * poll_for_request loads the oldest pending request when it is time to
+ * look (REQUEST_POLL_MS, or REQUESTED_POLL_MS for a while after a request
+ * woke the worker) and Redis's position is known, and marks it running.
+ * Returns true when a request with something to read is active.
+ */
+static bool
+poll_for_request(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	char	   *err = NULL;
+
+	/* a request starts once Redis's position is known */
+	if (!sender_ready())
+		return false;
+
+	/*
+	 * A request wakes us at its commit; the row may not be visible yet when
+	 * the flag is seen, so look again for a little while.
+	 */
+	if (pg_atomic_exchange_u32(&pg2r_shared->snapshot_requested, 0) != 0)
+		od.requested_until =
+			TimestampTzPlusMilliseconds(now, REQUESTED_WINDOW_MS);
+	if (!(now < od.requested_until &&
+		  TimestampDifferenceExceeds(od.last_poll, now, REQUESTED_POLL_MS)) &&
+		!TimestampDifferenceExceeds(od.last_poll, now, REQUEST_POLL_MS))
+		return false;
+	od.last_poll = GetCurrentTimestamp();
+	if (!worker_run_sql(load_request, NULL, NULL, &err))
+	{
+		ereport(WARNING,
+				(errmsg("pg2redis could not read snapshot requests: %s",
+						err)));
+		return false;
+	}
+	if (!od.req.active)
+		return false;
+	ereport(LOG, (errmsg("pg2redis: serving snapshot request " INT64_FORMAT,
+						 od.req.id)));
+	if (od.req.leaves == NIL)
+	{
+		finish_request("done", NULL);
+		return false;
+	}
+	{
+		ProgressArgs pa = {"running", NULL, false};
+
+		(void) worker_run_sql(record_progress, &pa, NULL, &err);
+	}
+	return true;
 }
 
 /*
  * ondemand_step advances snapshot requests between decoding batches:
- * records the progress of a chunk that was sent, and opens the next chunk
- * (watermarks and selection) when none is open.
+ * records the progress of a chunk Redis applied, moves the request past a
+ * chunk that was sent, looks for a request when none is served, and opens
+ * the next chunk (watermarks and selection) when none is open.
  */
 void
 ondemand_step(void)
 {
-	char *err = NULL;
-
-	if (chunk.open)
+	if (od.chunk.open)
 		return;
-
-	/*
-	 * Progress is recorded only once Redis has applied the chunk: a restart
-	 * before that selects the chunk again instead of skipping it.
-	 */
-	/*
-	 * With nothing in flight or waiting, the sender has nothing of the chunk
-	 * left either: its rows may have produced no command at all (conditions,
-	 * render errors), and then no block carries its fence.
-	 */
-	if (pending.active &&
-		(sender_applied_through(pending.sent_at) || sender_idle()))
-	{
-		ProgressArgs pa = {"running", NULL, true};
-
-		pending.active = false;
-		if (req.leaves != NIL &&
-			!worker_run_sql(record_progress, &pa, NULL, &err))
-		{
-			finish_request("failed", err);
-			return;
-		}
-	}
+	if (!record_acked_progress())
+		return;
 	/* at most one chunk waits for Redis while the next one is selected */
-	if (chunk.sent && pending.active)
+	if (od.chunk.sent && od.pending.active)
 		return;
 	/* the request is done once Redis has applied its last chunk */
-	if (req.active && req.leaves == NIL && !chunk.sent)
+	if (od.req.active && od.req.leaves == NIL && !od.chunk.sent)
 	{
-		if (!pending.active)
+		if (!od.pending.active)
 			finish_request("done", NULL);
 		return;
 	}
-
-	if (chunk.sent)
-	{
-		MemoryContext old = MemoryContextSwitchTo(OndemandCxt);
-		ListCell	 *lc;
-		int			  nretry = 0;
-
-		req.rows += chunk.nsent;
-		if (chunk.is_retry)
-		{
-			/* the keys selected again leave the list; new conflicts join it */
-			req.retry = list_delete_first_n(req.retry, chunk.retry_taken);
-			/* a keys-only request's own keys are read, not read again */
-			if (req.first_keys > 0)
-				req.first_keys -= Min(req.first_keys, chunk.retry_taken);
-			else
-				req.retry_round++;
-		}
-		else
-		{
-			req.last_key = chunk.next_key
-							   ? keyorder_copy_key(&chunk.key, chunk.next_key)
-							   : NULL;
-			req.last_key_text = NIL;
-			foreach(lc, chunk.next_key_text)
-				req.last_key_text =
-					lappend(req.last_key_text, pstrdup(lfirst(lc)));
-			req.leaf_done = chunk.last;
-		}
-		foreach(lc, chunk.order)
-		{
-			ChunkRow *row = lfirst(lc);
-
-			if (row->removed)
-			{
-				req.retry = lappend(req.retry,
-									keyorder_copy_key(&chunk.key, row->key));
-				nretry++;
-				if (!row->changed)
-					req.retry_blind = true;
-			}
-		}
-		if (nretry > 0)
-			ereport(DEBUG1,
-					(errmsg_internal("pg2redis: snapshot request " INT64_FORMAT
-									 " reads %d rows of \"%s\" again",
-									 req.id, nretry, req.leaf_name)));
-		if (req.retry != NIL && req.retry_round >= RETRY_ROUNDS &&
-			req.retry_blind)
-		{
-			/*
-			 * Some of the rows were read again only because a change in
-			 * their windows did not say which row it changed (REPLICA
-			 * IDENTITY NOTHING, a null or unreadable key): the stream may
-			 * never write them, and leaving them to it lost them.
-			 */
-			int	  n = list_length(req.retry);
-			char *msg;
-
-			MemoryContextSwitchTo(old);
-			msg =
-				psprintf("could not read %d rows of \"%s\": a change that does not say which row it changed (REPLICA IDENTITY NOTHING, or a key the replica identity does not log) came in each of %d windows; set REPLICA IDENTITY DEFAULT or FULL, or request the snapshot again when the table is quieter",
-						 n, req.leaf_name, RETRY_ROUNDS);
-			chunk_reset();
-			finish_request("failed", msg);
-			return;
-		}
-		if (req.retry != NIL && req.retry_round >= RETRY_ROUNDS)
-		{
-			ereport(WARNING,
-					(errmsg("pg2redis: snapshot request " INT64_FORMAT
-							" leaves %d rows of \"%s\" to the stream",
-							req.id, list_length(req.retry), req.leaf_name),
-					 errdetail("They changed every time they were read again; the stream applied their changes with the update rules.")));
-			req.retry = NIL;
-		}
-		if (req.retry == NIL)
-		{
-			req.retry_round = 0;
-			req.retry_blind = false;
-		}
-		if (req.leaf_done && req.retry == NIL)
-		{
-			req.leaves = list_delete_first(req.leaves);
-			req.leaf =
-				req.leaves != NIL ? linitial_oid(req.leaves) : InvalidOid;
-			req.last_key = NULL;
-			req.last_key_text = NIL;
-			req.leaf_done = false;
-			req.keyindex = InvalidOid;
-			req.nkeys = 0;
-			req.keytypes = NULL;
-		}
-		if (chunk.sent_at != InvalidXLogRecPtr)
-		{
-			/*
-			 * Recorded as progress when Redis has applied the chunk, with the
-			 * keys to read again: the last key moved past them, and only they
-			 * still lack their snapshot rules.
-			 */
-			list_free_deep(pending.last_key);
-			pending.last_key = NIL;
-			foreach(lc, req.last_key_text)
-				pending.last_key =
-					lappend(pending.last_key, pstrdup(lfirst(lc)));
-			list_free(pending.retry);
-			pending.retry = list_copy(req.retry);
-			pending.keyindex = req.keyindex;
-			pending.nkeys = req.nkeys;
-			pending.keytypes = req.keytypes;
-			pending.rows = req.rows;
-			pending.leaf = req.leaf;
-			pending.sent_at = chunk.sent_at;
-			pending.active = true;
-		}
-		MemoryContextSwitchTo(old);
-		chunk_reset();
-		if (req.leaves == NIL)
-		{
-			if (!pending.active)
-				finish_request("done", NULL);
-			return;
-		}
-	}
-
-	if (!req.active)
-	{
-		TimestampTz now = GetCurrentTimestamp();
-
-		/* a request starts once Redis's position is known */
-		if (!sender_ready())
-			return;
-
-		/*
-		 * A request wakes us at its commit; the row may not be visible yet
-		 * when the flag is seen, so look again for a little while.
-		 */
-		if (pg_atomic_exchange_u32(&pg2r_shared->snapshot_requested, 0) != 0)
-			requested_until = TimestampTzPlusMilliseconds(now, 2000);
-		if (!(now < requested_until &&
-			  TimestampDifferenceExceeds(last_poll, now, 50)) &&
-			!TimestampDifferenceExceeds(last_poll, now, 10000))
-			return;
-		last_poll = GetCurrentTimestamp();
-		if (!worker_run_sql(load_request, NULL, NULL, &err))
-		{
-			ereport(WARNING,
-					(errmsg("pg2redis could not read snapshot requests: %s",
-							err)));
-			return;
-		}
-		if (!req.active)
-			return;
-		ereport(LOG,
-				(errmsg("pg2redis: serving snapshot request " INT64_FORMAT,
-						req.id)));
-		if (req.leaves == NIL)
-		{
-			finish_request("done", NULL);
-			return;
-		}
-		{
-			ProgressArgs pa = {"running", NULL, false};
-
-			(void) worker_run_sql(record_progress, &pa, NULL, &err);
-		}
-	}
-
+	if (od.chunk.sent && !advance_after_sent_chunk())
+		return;
+	if (!od.req.active && !poll_for_request())
+		return;
 	open_chunk();
 }
 
@@ -1659,23 +1733,23 @@ open_chunk(void)
 	TimestampTz now;
 
 	chunk_reset();
-	chunk.is_retry = req.retry != NIL || req.retry_text != NIL;
+	od.chunk.is_retry = od.req.retry != NIL || od.req.retry_text != NIL;
 
 	/*
 	 * Guard 1, before any watermark or query: what is no longer in progress
 	 * now, the chunk's snapshot sees, so select_chunk's own check passes.
 	 */
 	prune_decoded();
-	if (ndecoded == 0)
+	if (od.ndecoded == 0)
 	{
-		chunk_seq++;
-		snprintf(chunk.low, sizeof(chunk.low),
-				 "L:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
-				 nonce);
-		snprintf(chunk.high, sizeof(chunk.high),
-				 "H:" INT64_FORMAT ":" UINT64_FORMAT ":%s", req.id, chunk_seq,
-				 nonce);
-		chunk.low_end = write_watermark(chunk.low);
+		od.chunk_seq++;
+		snprintf(od.chunk.low, sizeof(od.chunk.low),
+				 "L:" INT64_FORMAT ":" UINT64_FORMAT ":%s", od.req.id,
+				 od.chunk_seq, od.nonce);
+		snprintf(od.chunk.high, sizeof(od.chunk.high),
+				 "H:" INT64_FORMAT ":" UINT64_FORMAT ":%s", od.req.id,
+				 od.chunk_seq, od.nonce);
+		od.chunk.low_end = write_watermark(od.chunk.low);
 		if (!worker_run_sql(select_chunk, NULL, &selected, &err))
 		{
 			chunk_reset();
@@ -1684,26 +1758,26 @@ open_chunk(void)
 		}
 	}
 	else
-		waiting_for = decoded[0];
+		od.waiting_for = od.decoded[0];
 	if (selected)
 	{
-		waiting_since = 0;
-		chunk.high_end = write_watermark(chunk.high);
-		chunk.open = true;
+		od.waiting_since = 0;
+		od.chunk.high_end = write_watermark(od.chunk.high);
+		od.chunk.open = true;
 		return;
 	}
 
 	chunk_reset();
 	now = GetCurrentTimestamp();
-	if (waiting_since == 0)
-		waiting_since = now;
-	else if (TimestampDifferenceExceeds(waiting_since, now, SELECT_WAIT_MS))
+	if (od.waiting_since == 0)
+		od.waiting_since = now;
+	else if (TimestampDifferenceExceeds(od.waiting_since, now, SELECT_WAIT_MS))
 	{
 		char msg[256];
 
 		snprintf(msg, sizeof(msg),
 				 "could not take a snapshot that sees every transaction already streamed: transaction %u stayed in progress for %d s after its commit was streamed (a synchronous replication wait?)",
-				 waiting_for, SELECT_WAIT_MS / 1000);
+				 od.waiting_for, SELECT_WAIT_MS / 1000);
 		finish_request("failed", msg);
 	}
 }

@@ -414,9 +414,9 @@ _PG_init(void)
 bool
 pg2r_redis_target(RedisTarget *target, RedisSetupError *err)
 {
-	char *msg;
+	char msg[REDIS_ERROR_LEN];
 
-	if (!redis_parse_url(pg2r_redis_url, target, &msg))
+	if (!redis_parse_url(pg2r_redis_url, target, msg, sizeof(msg)))
 	{
 		err->sqlerrcode = ERRCODE_INVALID_PARAMETER_VALUE;
 		snprintf(err->message, sizeof(err->message),

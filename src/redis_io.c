@@ -9,7 +9,8 @@
  * shutdown and DROP DATABASE.  So every socket here is non-blocking, never
  * waits, and reports what it could not do; callers wait with
  * WaitLatchOrSocket under their own deadlines.  Nothing here raises an
- * ERROR: failures are returned with a message in conn->error, so that the
+ * ERROR: failures are returned with a message in conn->error (or, with no
+ * connection, in the caller's err buffer: see REDIS_ERROR_LEN), so that the
  * callers decide between retrying and failing.
  *
  * Commands are written in RESP directly into a StringInfo (no allocation
@@ -113,12 +114,24 @@ host_chars_ok(const char *host, bool bracketed)
 }
 
 /*
+ * url_fail writes a URL's problem, msg, into err (errlen bytes) and returns
+ * false.  msg quotes nothing of the URL: a malformed part may be a password.
+ */
+static bool
+url_fail(char *err, size_t errlen, const char *msg)
+{
+	strlcpy(err, msg, errlen);
+	return false;
+}
+
+/*
  * parse_hostport parses "host[:port]" or "[ipv6][:port]" in place (port
- * keeps its value when not given).  Returns false with a message in *errmsg
+ * keeps its value when not given).  Returns false with a message in err
  * that quotes nothing of the URL: a malformed part may be a password.
  */
 static bool
-parse_hostport(char *hostport, char **host, int *port, char **errmsg)
+parse_hostport(char *hostport, char **host, int *port, char *err,
+			   size_t errlen)
 {
 	bool bracketed = hostport[0] == '[';
 
@@ -127,23 +140,15 @@ parse_hostport(char *hostport, char **host, int *port, char **errmsg)
 		char *close = strchr(hostport, ']');
 
 		if (!close)
-		{
-			*errmsg = pstrdup("unterminated [ in Redis URL host");
-			return false;
-		}
+			return url_fail(err, errlen, "unterminated [ in Redis URL host");
 		*close = '\0';
 		*host = hostport + 1;
 		hostport = close + 1;
 		if (*hostport == ':' && !parse_int(hostport + 1, 1, 65535, port))
-		{
-			*errmsg = pstrdup("invalid port in Redis URL");
-			return false;
-		}
+			return url_fail(err, errlen, "invalid port in Redis URL");
 		if (*hostport != '\0' && *hostport != ':')
-		{
-			*errmsg = pstrdup("unexpected text after ] in Redis URL host");
-			return false;
-		}
+			return url_fail(err, errlen,
+							"unexpected text after ] in Redis URL host");
 	}
 	else
 	{
@@ -153,33 +158,54 @@ parse_hostport(char *hostport, char **host, int *port, char **errmsg)
 		{
 			*colon = '\0';
 			if (!parse_int(colon + 1, 1, 65535, port))
-			{
-				*errmsg = pstrdup("invalid port in Redis URL");
-				return false;
-			}
+				return url_fail(err, errlen, "invalid port in Redis URL");
 		}
 		*host = hostport;
 	}
 	if ((*host)[0] == '\0')
-	{
-		*errmsg = pstrdup("Redis URL has no host");
-		return false;
-	}
+		return url_fail(err, errlen, "Redis URL has no host");
 	if (!host_chars_ok(*host, bracketed))
-	{
-		*errmsg =
-			pstrdup("invalid character in Redis URL host (a mistyped @ before the host?)");
-		return false;
-	}
+		return url_fail(err, errlen,
+						"invalid character in Redis URL host (a mistyped @ before the host?)");
 	return true;
 }
 
 /*
- * parse_url is redis_parse_url without target->display.  Its messages quote
- * no part of the URL, since any malformed part may hold the password.
+ * parse_unix_url parses what follows "unix://", "/path[?db=N]", in place
+ * into *target.  Returns false with a message in err.
  */
 static bool
-parse_url(const char *url, RedisTarget *target, char **errmsg)
+parse_unix_url(char *rest, RedisTarget *target, char *err, size_t errlen)
+{
+	char *query;
+
+	target->unix_socket = true;
+	query = strchr(rest, '?');
+	if (query)
+	{
+		*query++ = '\0';
+		if (strncmp(query, "db=", 3) != 0 ||
+			!parse_int(query + 3, 0, 1000000, &target->db))
+			return url_fail(err, errlen,
+							"invalid query in Redis URL; only db=N is supported");
+	}
+	if (rest[0] != '/')
+		return url_fail(err, errlen,
+						"a unix:// Redis URL needs an absolute socket path, as in unix:///run/redis.sock");
+	url_decode(rest);
+	if (strlen(rest) >= sizeof(((struct sockaddr_un *) NULL)->sun_path))
+		return url_fail(err, errlen, "Redis socket path is too long");
+	target->path = rest;
+	return true;
+}
+
+/*
+ * parse_scheme reads the scheme of a TCP URL into *target (TLS, cluster,
+ * sentinel) and returns what follows it, or NULL with a message in err for
+ * an unknown scheme.
+ */
+static char *
+parse_scheme(char *url, RedisTarget *target, char *err, size_t errlen)
 {
 	static const struct
 	{
@@ -193,96 +219,65 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 				   {"rediss-cluster://", true, true, false},
 				   {"redis-sentinel://", false, false, true},
 				   {"rediss-sentinel://", true, false, true}};
-	char *copy = pstrdup(url);
-	char *rest = NULL;
-	char *at;
-	char *slash;
-	char *hostport;
-	char *seed;
-	int	  nseeds = 1;
-
-	memset(target, 0, sizeof(*target));
-	target->port = 6379;
-
-	if (strncmp(copy, "unix://", 7) == 0)
-	{
-		char *query;
-
-		target->unix_socket = true;
-		rest = copy + 7;
-		query = strchr(rest, '?');
-		if (query)
-		{
-			*query++ = '\0';
-			if (strncmp(query, "db=", 3) != 0 ||
-				!parse_int(query + 3, 0, 1000000, &target->db))
-			{
-				*errmsg =
-					pstrdup("invalid query in Redis URL; only db=N is supported");
-				return false;
-			}
-		}
-		if (rest[0] != '/')
-		{
-			*errmsg =
-				pstrdup("a unix:// Redis URL needs an absolute socket path, as in unix:///run/redis.sock");
-			return false;
-		}
-		url_decode(rest);
-		if (strlen(rest) >= sizeof(((struct sockaddr_un *) NULL)->sun_path))
-		{
-			*errmsg = pstrdup("Redis socket path is too long");
-			return false;
-		}
-		target->path = rest;
-		return true;
-	}
 
 	for (size_t i = 0; i < lengthof(schemes); i++)
-		if (strncmp(copy, schemes[i].scheme, strlen(schemes[i].scheme)) == 0)
+		if (strncmp(url, schemes[i].scheme, strlen(schemes[i].scheme)) == 0)
 		{
-			rest = copy + strlen(schemes[i].scheme);
 			target->tls = schemes[i].tls;
 			target->cluster = schemes[i].cluster;
 			target->sentinel = schemes[i].sentinel;
-			break;
+			return url + strlen(schemes[i].scheme);
 		}
-	if (rest == NULL)
+	(void)
+		url_fail(err, errlen,
+				 "a Redis URL starts with redis://, rediss:// (TLS), redis-cluster://, rediss-cluster://, redis-sentinel://, rediss-sentinel:// or unix://");
+	return NULL;
+}
+
+/*
+ * parse_userinfo reads "[[user]:password@]" at the start of rest, in place,
+ * into *target, and returns what follows it: the hosts.
+ */
+static char *
+parse_userinfo(char *rest, RedisTarget *target)
+{
+	char *at = strrchr(rest, '@');
+	char *colon;
+
+	if (at == NULL)
+		return rest;
+	*at = '\0';
+	colon = strchr(rest, ':');
+	if (colon)
 	{
-		*errmsg =
-			pstrdup("a Redis URL starts with redis://, rediss:// (TLS), redis-cluster://, rediss-cluster://, redis-sentinel://, rediss-sentinel:// or unix://");
-		return false;
+		*colon = '\0';
+		target->password = colon + 1;
+		target->password_from_colon = true;
+		url_decode(target->password);
 	}
-
-	at = strrchr(rest, '@');
-	hostport = rest;
-	if (at)
+	else
+		target->password = rest; /* redis://secret@host */
+	if (colon && rest[0] != '\0')
 	{
-		char *colon;
-
-		*at = '\0';
-		hostport = at + 1;
-		colon = strchr(rest, ':');
-		if (colon)
-		{
-			*colon = '\0';
-			target->password = colon + 1;
-			target->password_from_colon = true;
-			url_decode(target->password);
-		}
-		else
-			target->password = rest; /* redis://secret@host */
-		if (colon && rest[0] != '\0')
-		{
-			target->user = rest;
-			url_decode(target->user);
-		}
-		if (!colon)
-			url_decode(target->password);
+		target->user = rest;
+		url_decode(target->user);
 	}
+	if (!colon)
+		url_decode(target->password);
+	return at + 1;
+}
 
+/*
+ * parse_path reads what follows the hosts, in place, into *target: the
+ * primary's name of a sentinel URL, then the database number.  Returns
+ * false with a message in err.
+ */
+static bool
+parse_path(char *hostport, RedisTarget *target, char *err, size_t errlen)
+{
 	/* the database number follows the host, after the userinfo */
-	slash = strchr(hostport, '/');
+	char *slash = strchr(hostport, '/');
+
 	if (target->sentinel)
 	{
 		/* redis-sentinel://sentinels/<master-name>[/db] */
@@ -290,11 +285,8 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 		char *dbpart;
 
 		if (name == NULL || name[0] == '\0' || name[0] == '/')
-		{
-			*errmsg =
-				pstrdup("a redis-sentinel:// URL names the primary after the sentinels, as in redis-sentinel://host:26379/mymaster");
-			return false;
-		}
+			return url_fail(err, errlen,
+							"a redis-sentinel:// URL names the primary after the sentinels, as in redis-sentinel://host:26379/mymaster");
 		*slash = '\0';
 		dbpart = strchr(name, '/');
 		if (dbpart)
@@ -307,27 +299,32 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 	{
 		*slash = '\0';
 		if (slash[1] != '\0' && !parse_int(slash + 1, 0, 1000000, &target->db))
-		{
-			*errmsg = pstrdup("invalid database number in Redis URL");
-			return false;
-		}
+			return url_fail(err, errlen,
+							"invalid database number in Redis URL");
 	}
 	if (target->cluster && target->db != 0)
-	{
-		*errmsg =
-			pstrdup("a Redis Cluster has only database 0; remove the database number from the URL");
-		return false;
-	}
+		return url_fail(err, errlen,
+						"a Redis Cluster has only database 0; remove the database number from the URL");
+	return true;
+}
+
+/*
+ * parse_seeds parses the comma-separated hosts of a URL, in place, into
+ * target's seeds; the first is target->host.  Several are allowed only in
+ * a cluster or sentinel URL.  Returns false with a message in err.
+ */
+static bool
+parse_seeds(char *hostport, RedisTarget *target, char *err, size_t errlen)
+{
+	char *seed;
+	int	  nseeds = 1;
 
 	for (char *p = hostport; *p; p++)
 		if (*p == ',')
 			nseeds++;
 	if (nseeds > 1 && !target->cluster && !target->sentinel)
-	{
-		*errmsg =
-			pstrdup("a Redis URL with several hosts must start with redis-cluster://, redis-sentinel:// or their TLS forms");
-		return false;
-	}
+		return url_fail(err, errlen,
+						"a Redis URL with several hosts must start with redis-cluster://, redis-sentinel:// or their TLS forms");
 	target->nseeds = nseeds;
 	target->seed_hosts = palloc(sizeof(char *) * nseeds);
 	target->seed_ports = palloc(sizeof(int) * nseeds);
@@ -340,7 +337,7 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 			*comma = '\0';
 		target->seed_ports[i] = target->sentinel ? 26379 : 6379;
 		if (!parse_hostport(seed, &target->seed_hosts[i],
-							&target->seed_ports[i], errmsg))
+							&target->seed_ports[i], err, errlen))
 			return false;
 		seed = comma ? comma + 1 : NULL;
 	}
@@ -350,19 +347,44 @@ parse_url(const char *url, RedisTarget *target, char **errmsg)
 }
 
 /*
+ * parse_url is redis_parse_url without target->display.  Its messages quote
+ * no part of the URL, since any malformed part may hold the password.
+ */
+static bool
+parse_url(const char *url, RedisTarget *target, char *err, size_t errlen)
+{
+	char *copy = pstrdup(url);
+	char *rest;
+	char *hostport;
+
+	memset(target, 0, sizeof(*target));
+	target->port = 6379;
+
+	if (strncmp(copy, "unix://", 7) == 0)
+		return parse_unix_url(copy + 7, target, err, errlen);
+	rest = parse_scheme(copy, target, err, errlen);
+	if (rest == NULL)
+		return false;
+	hostport = parse_userinfo(rest, target);
+	if (!parse_path(hostport, target, err, errlen))
+		return false;
+	return parse_seeds(hostport, target, err, errlen);
+}
+
+/*
  * redis_parse_url parses redis://[[user]:password@]host[:port][/db],
  * rediss:// (TLS), redis-cluster://[[user]:password@]host[:port][,host...]
  * (the hosts are seeds of a Redis Cluster), rediss-cluster://,
  * redis-sentinel://[[user]:password@]host[:port][,host...]/name[/db] (the
  * hosts are sentinels, 26379 by default, that name the primary called
  * name), rediss-sentinel:// or unix:///path[?db=N] into *target (palloc'd in the current context).
- * Returns false with a message in *errmsg for a malformed URL; the message
- * never contains any part of the URL.
+ * Returns false with a message in err (errlen bytes) for a malformed URL;
+ * the message never contains any part of the URL.
  */
 bool
-redis_parse_url(const char *url, RedisTarget *target, char **errmsg)
+redis_parse_url(const char *url, RedisTarget *target, char *err, size_t errlen)
 {
-	bool ok = parse_url(url, target, errmsg);
+	bool ok = parse_url(url, target, err, errlen);
 
 	target->display = redis_mask_url(url);
 	return ok;
@@ -672,14 +694,15 @@ redis_mask_url(const char *url)
 	const char *at;
 	const char *colon;
 	RedisTarget target;
-	char	   *errmsg;
+	char		err[REDIS_ERROR_LEN];
 
 	if (url == NULL)
 		return pstrdup("");
 	/* a unix:// URL has no secret when it parses; otherwise hide it all */
 	if (strncmp(url, "unix://", 7) == 0)
-		return parse_url(url, &target, &errmsg) ? pstrdup(url)
-												: pstrdup("unix://***");
+		return parse_url(url, &target, err, sizeof(err))
+				   ? pstrdup(url)
+				   : pstrdup("unix://***");
 	scheme = strstr(url, "://");
 	start = scheme ? scheme + 3 : url;
 
@@ -687,7 +710,7 @@ redis_mask_url(const char *url)
 	at = strrchr(start, '@');
 	if (at != NULL)
 		return psprintf("%.*s***%s", (int) (start - url), url, at);
-	if (parse_url(url, &target, &errmsg))
+	if (parse_url(url, &target, err, sizeof(err)))
 		return pstrdup(url);
 
 	colon = strchr(start, ':');

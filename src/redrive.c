@@ -52,6 +52,7 @@
 #include "utils/rel.h"
 
 #include "pg2redis/keyorder.h"
+#include "pg2redis/pgarray.h"
 #include "pg2redis/redrive.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
@@ -374,16 +375,14 @@ pg2redis_redrive(PG_FUNCTION_ARGS)
 Datum
 pg2redis_redrive_relation(PG_FUNCTION_ARGS)
 {
-	Oid		  relid;
-	char	  kind;
-	List	 *tables;
-	Datum	 *elems;
-	ListCell *lc;
-	Oid		  types[2] = {OIDARRAYOID, TIMESTAMPTZOID};
-	Datum	  values[2];
-	char	  nulls[2] = {' ', ' '};
-	bool	  isnull;
-	int64	  keyless;
+	Oid	  relid;
+	char  kind;
+	List *tables;
+	Oid	  types[2] = {OIDARRAYOID, TIMESTAMPTZOID};
+	Datum values[2];
+	char  nulls[2] = {' ', ' '};
+	bool  isnull;
+	int64 keyless;
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	if (PG_ARGISNULL(0))
@@ -403,12 +402,7 @@ pg2redis_redrive_relation(PG_FUNCTION_ARGS)
 
 	/* dead letters name the table a change was decoded for: a leaf */
 	tables = find_all_inheritors(relid, AccessShareLock, NULL);
-	elems = palloc(sizeof(Datum) * list_length(tables));
-	foreach(lc, tables)
-		elems[foreach_current_index(lc)] = ObjectIdGetDatum(lfirst_oid(lc));
-	values[0] =
-		PointerGetDatum(construct_array(elems, list_length(tables), OIDOID,
-										sizeof(Oid), true, TYPALIGN_INT));
+	values[0] = pg2r_oid_array(tables);
 	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
 	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
 

@@ -1021,7 +1021,7 @@ pg2r_append_wait(StringInfo buf, int n)
 	char nstr[16], ms[16];
 
 	snprintf(nstr, sizeof(nstr), "%d", n);
-	snprintf(ms, sizeof(ms), "%d", Max(pg2r_redis_timeout_ms / 2, 1));
+	snprintf(ms, sizeof(ms), "%d", pg2r_wait_timeout_ms());
 	redis_append_cstrings(buf, 3, "WAIT", nstr, ms);
 }
 
@@ -1161,10 +1161,9 @@ link_build_out(int li)
 	}
 	out_run_done(l, b);
 	out_own_done(l);
-	l->deadline = l->npend > 0
-					  ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													pg2r_redis_timeout_ms)
-					  : 0;
+	l->deadline = 0;
+	if (l->npend > 0)
+		pg2r_link_arm_deadline(l);
 	MemoryContextSwitchTo(old);
 }
 
@@ -1481,12 +1480,13 @@ pg2r_handle_block_reply(int li, redisReply *r)
 	if (l->pos >= l->npend)
 	{
 		/* the reply to WAIT */
-		if (r->type != REDIS_REPLY_INTEGER || r->integer < l->wait_n)
+		long long replicated;
+
+		if (!pg2r_wait_reply_ok(r, l->wait_n, &replicated))
 		{
 			pg2r_topo_fail(l,
 						   "Redis replicated the stream's writes to %lld of the %d replicas asked for within %d ms (pg2redis.redis_wait_replicas)",
-						   r->type == REDIS_REPLY_INTEGER ? r->integer : 0LL,
-						   l->wait_n, Max(pg2r_redis_timeout_ms / 2, 1));
+						   replicated, l->wait_n, pg2r_wait_timeout_ms());
 			return false;
 		}
 		l->wait_sent = false;
@@ -1536,8 +1536,7 @@ pg2r_handle_block_reply(int li, redisReply *r)
 		return false;
 	l->pos++;
 	l->reply = 0;
-	l->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											  pg2r_redis_timeout_ms);
+	pg2r_link_arm_deadline(l);
 	if (l->pos == l->npend && !l->wait_sent)
 		link_pipeline_done(li);
 	return true;

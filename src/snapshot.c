@@ -87,6 +87,7 @@
 #include "pg2redis/keyorder.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
+#include "pg2redis/pgarray.h"
 #include "pg2redis/relutil.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
@@ -588,17 +589,20 @@ describe_row(Relation rel, HeapTuple tuple, const KeyOrder *key)
 }
 
 /*
- * load_row maps one row read by the heap scan or a key-ordered query; in a careful load, anything
- * the row raises (a tuple past 1 GB) is a dead letter of its own.
+ * load_row maps one row read by the heap scan, a key-ordered query or a
+ * filtered query, in the per-row context, and counts it.  With guard, in a
+ * careful load, anything the row raises (a tuple past 1 GB) is a dead
+ * letter of its own; a filtered chunk's rows are not guarded one by one
+ * (the whole chunk is, see load_chunk_locked).
  */
 static void
 load_row(Load *ld, Relation rel, RelMap *map, HeapTuple tuple,
-		 const KeyOrder *key, const CommandSink *sink)
+		 const KeyOrder *key, const CommandSink *sink, bool guard)
 {
 	MemoryContext old = MemoryContextSwitchTo(ld->rowcxt);
 	LoadRow		  lr = {rel, map, tuple, &ld->meta, sink};
 
-	if (ld->careful)
+	if (guard && ld->careful)
 	{
 		ErrorData *edata = pg2r_run_guarded(load_row_call, &lr);
 
@@ -649,7 +653,7 @@ load_heap_chunk(Load *ld, Relation rel, RelMap *map, LeafPos *pos,
 		bool	  should_free;
 		HeapTuple tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
 
-		load_row(ld, rel, map, tuple, NULL, sink);
+		load_row(ld, rel, map, tuple, NULL, sink, true);
 		if (should_free)
 			heap_freetuple(tuple);
 		if (++n >= (uint64) pg2r_snapshot_batch_size || chunk_full(ld))
@@ -735,14 +739,10 @@ load_filtered_chunk(Load *ld, Relation rel, RelMap *map, const char *filter,
 		HeapTupleData tuple;
 		MemoryContext old = MemoryContextSwitchTo(ld->rowcxt);
 
+		/* a whole-row value of a query holds no TOAST pointer */
 		pg2r_spi_whole_row(i, RelationGetRelid(rel), &tuple);
-		sender_count_change();
-		mapping_change(map, rel, PG2R_OP_SNAPSHOT, NULL, &tuple, &ld->meta,
-					   sink);
 		MemoryContextSwitchTo(old);
-		MemoryContextReset(ld->rowcxt);
-		ld->rows++;
-		CHECK_FOR_INTERRUPTS();
+		load_row(ld, rel, map, &tuple, NULL, sink, false);
 	}
 	SPI_freetuptable(SPI_tuptable);
 
@@ -848,7 +848,7 @@ load_key_chunk(Load *ld, Relation rel, RelMap *map, const char *filter,
 					 ItemPointerGetBlockNumber(&tid),
 					 ItemPointerGetOffsetNumber(&tid),
 					 RelationGetRelationName(rel));
-			load_row(ld, rel, map, &tuple, key, sink);
+			load_row(ld, rel, map, &tuple, key, sink, true);
 			room = !chunk_full(ld);
 			if (!room || i + 1 == SPI_processed)
 				last = tuple_key(key, rel, &tuple);
@@ -1434,14 +1434,7 @@ typedef struct LoadRequest
 static Datum
 key_text_array(const KeyOrder *ko, const Datum *key)
 {
-	List	 *text = keyorder_key_text(ko, key);
-	Datum	 *elems = palloc(sizeof(Datum) * list_length(text));
-	ListCell *lc;
-
-	foreach(lc, text)
-		elems[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
-	return PointerGetDatum(construct_array(elems, list_length(text), TEXTOID,
-										   -1, false, TYPALIGN_INT));
+	return pg2r_text_array(keyorder_key_text(ko, key));
 }
 
 /*
@@ -1455,32 +1448,17 @@ resume_array(Load *ld, LeafState *state)
 {
 	List	 *rows = NIL;
 	ListCell *lc;
-	Datum	 *elems;
-	int		  width = state->key.nkeys + 1;
-	int		  dims[2];
-	int		  lbs[2] = {1, 1};
-	int		  n = 0;
 
 	foreach(lc, state->marks)
-		if (!sender_applied_part(ld->start, ((KeyMark *) lfirst(lc))->ncmds))
-			rows = lappend(rows, lfirst(lc));
-	if (rows == NIL)
-		return (Datum) 0;
-	elems = palloc(sizeof(Datum) * width * list_length(rows));
-	foreach(lc, rows)
 	{
-		KeyMark	 *mark = lfirst(lc);
-		ListCell *lc2;
+		KeyMark *mark = lfirst(lc);
 
-		elems[n++] = CStringGetTextDatum(psprintf(UINT64_FORMAT, mark->ncmds));
-		foreach(lc2, keyorder_key_text(&state->key, mark->key))
-			elems[n++] = CStringGetTextDatum(lfirst(lc2));
+		if (!sender_applied_part(ld->start, mark->ncmds))
+			rows = lappend(rows,
+						   lcons(psprintf(UINT64_FORMAT, mark->ncmds),
+								 keyorder_key_text(&state->key, mark->key)));
 	}
-	dims[0] = list_length(rows);
-	dims[1] = width;
-	return PointerGetDatum(construct_md_array(elems, NULL, 2, dims, lbs,
-											  TEXTOID, -1, false,
-											  TYPALIGN_INT));
+	return pg2r_text_array_2d(rows);
 }
 
 /*

@@ -22,6 +22,8 @@ typedef struct RedisCommandDef
 } RedisCommandDef;
 
 extern const RedisCommandDef *redis_command_lookup(const char *name);
+extern int					  redis_command_index(const RedisCommandDef *def);
+extern const RedisCommandDef *redis_command_at(int i);
 
 extern bool redis_command_is_forbidden(const char *name);
 

@@ -58,6 +58,17 @@ typedef enum RedisTlsVerify
 	REDIS_TLS_VERIFY_NONE  /* nothing: encryption without authentication */
 } RedisTlsVerify;
 
+/*
+ * The Redis layer's one way of returning an error: a function that fails
+ * returns false (or -1) and writes the reason with snprintf/strlcpy into a
+ * buffer its caller owns; it never raises an ERROR and never allocates the
+ * message.  The buffer is conn->error for a function on a RedisConn, and
+ * otherwise a (char *err, size_t errlen) pair, REDIS_ERROR_LEN bytes by
+ * custom.  RedisSetupError is the same with the errcode and hint of the
+ * ERROR the caller raises for settings that cannot be used.
+ */
+#define REDIS_ERROR_LEN 256
+
 /* How often a connection resolving a host name is polled (ms). */
 #define RESOLVE_POLL_MS 10
 
@@ -76,18 +87,18 @@ typedef struct RedisConn
 	RedisConnState	 state;
 	pgsocket		 sock;
 	redisReader		*reader;
-	void			*ssl;		 /* SSL *, when TLS */
-	void			*ssl_ctx;	 /* SSL_CTX * */
-	int				 want;		 /* WL_SOCKET_* events the next step needs */
-	void			*lookup;	 /* the host name lookup running, or NULL */
-	struct addrinfo *addrs;		 /* the addresses the name resolved to */
-	struct addrinfo *next_addr;	 /* the next one to try */
-	struct addrinfo *addr;		 /* the one being tried */
-	char			 error[256]; /* why the last call failed */
+	void			*ssl;		/* SSL *, when TLS */
+	void			*ssl_ctx;	/* SSL_CTX * */
+	int				 want;		/* WL_SOCKET_* events the next step needs */
+	void			*lookup;	/* the host name lookup running, or NULL */
+	struct addrinfo *addrs;		/* the addresses the name resolved to */
+	struct addrinfo *next_addr; /* the next one to try */
+	struct addrinfo *addr;		/* the one being tried */
+	char			 error[REDIS_ERROR_LEN]; /* why the last call failed */
 } RedisConn;
 
-extern bool	 redis_parse_url(const char *url, RedisTarget *target,
-							 char **errmsg);
+extern bool	 redis_parse_url(const char *url, RedisTarget *target, char *err,
+							 size_t errlen);
 extern char *redis_mask_url(const char *url);
 extern bool	 redis_apply_password_file(RedisTarget *target, const char *path,
 									   RedisSetupError *err);

@@ -221,6 +221,10 @@ extern void		   pg2r_topo_ready(void);
 
 /* src/links.c */
 extern void pg2r_link_reset(Link *l);
+extern void pg2r_link_arm_deadline(Link *l);
+extern int	pg2r_wait_timeout_ms(void);
+extern bool pg2r_wait_reply_ok(const redisReply *r, int n,
+							   long long *replicated);
 extern void pg2r_topo_fail(Link *l, const char *fmt, ...)
 	pg_attribute_printf(2, 3);
 extern void pg2r_note_redirect(const char *err);
