@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * condition.c
- *	  The condition language of rules: compiled from jsonb once per rule,
- *	  evaluated per row.
+ *	  The condition language of rules, compile half: jsonb to Condition, once
+ *	  per rule (condition_eval.c evaluates it per row).
  *
  * A condition is a JSON object: a leaf {"column", "op", "value" | "values",
  * "old"}, or a combination {"all": [...]}, {"any": [...]}, {"not": {...}}.
@@ -24,8 +24,6 @@
 #include "utils/numeric.h"
 
 #include "pg2redis/condition.h"
-#include "pg2redis/mapping.h"
-#include "pg2redis/render.h"
 
 static const struct
 {
@@ -132,6 +130,57 @@ compile_list(const JsonbValue *v, const char *key, TupleDesc desc,
 	return true;
 }
 
+/*
+ * compile_in_values compiles the "values" array of an in / not_in leaf
+ * into cond->values.  Returns false with *err set on error.
+ */
+static bool
+compile_in_values(JsonbContainer *obj, TupleDesc desc, Condition *cond,
+				  const char *opname, Pg2rError *err)
+{
+	JsonbValue		   val;
+	JsonbIterator	  *it;
+	JsonbValue		   elem;
+	JsonbIteratorToken tok;
+	int				   n = 0;
+
+	if (!getKeyJsonValueFromContainer(obj, "values", 6, &val) ||
+		val.type != jbvBinary || !JsonContainerIsArray(val.val.binary.data))
+		return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE,
+						 "Write {\"column\": …, \"op\": \"in\", \"values\": [ … ]}.",
+						 "condition op \"%s\" needs a \"values\" array",
+						 opname);
+	cond->nvalues = JsonContainerSize(val.val.binary.data);
+	cond->values = palloc0(sizeof(TplArg) * Max(cond->nvalues, 1));
+	it = JsonbIteratorInit(val.val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+		if (tok == WJB_ELEM &&
+			!compile_value(&elem, desc, &cond->values[n++], err))
+			return false;
+	return true;
+}
+
+/*
+ * check_no_value checks that an is_null / is_not_null / changed leaf has no
+ * "value" or "values", and that "changed" has no "old".  Returns false with
+ * *err set otherwise.
+ */
+static bool
+check_no_value(JsonbContainer *obj, const Condition *cond, const char *opname,
+			   Pg2rError *err)
+{
+	JsonbValue val;
+
+	if (getKeyJsonValueFromContainer(obj, "value", 5, &val) ||
+		getKeyJsonValueFromContainer(obj, "values", 6, &val))
+		return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, NULL,
+						 "condition op \"%s\" takes no value", opname);
+	if (cond->op == CONDOP_CHANGED && cond->old)
+		return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, NULL,
+						 "condition op \"changed\" already compares old and new; remove \"old\"");
+	return true;
+}
+
 /* compile_leaf compiles {"column", "op", "value" | "values", "old"}. */
 static bool
 compile_leaf(JsonbContainer *obj, TupleDesc desc, Condition *cond,
@@ -186,39 +235,11 @@ compile_leaf(JsonbContainer *obj, TupleDesc desc, Condition *cond,
 	{
 		case CONDOP_IN:
 		case CONDOP_NOT_IN:
-		{
-			JsonbIterator	  *it;
-			JsonbValue		   elem;
-			JsonbIteratorToken tok;
-			int				   n = 0;
-
-			if (!getKeyJsonValueFromContainer(obj, "values", 6, &val) ||
-				val.type != jbvBinary ||
-				!JsonContainerIsArray(val.val.binary.data))
-				return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE,
-								 "Write {\"column\": …, \"op\": \"in\", \"values\": [ … ]}.",
-								 "condition op \"%s\" needs a \"values\" array",
-								 opname);
-			cond->nvalues = JsonContainerSize(val.val.binary.data);
-			cond->values = palloc0(sizeof(TplArg) * Max(cond->nvalues, 1));
-			it = JsonbIteratorInit(val.val.binary.data);
-			while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
-				if (tok == WJB_ELEM &&
-					!compile_value(&elem, desc, &cond->values[n++], err))
-					return false;
-			break;
-		}
+			return compile_in_values(obj, desc, cond, opname, err);
 		case CONDOP_IS_NULL:
 		case CONDOP_IS_NOT_NULL:
 		case CONDOP_CHANGED:
-			if (getKeyJsonValueFromContainer(obj, "value", 5, &val) ||
-				getKeyJsonValueFromContainer(obj, "values", 6, &val))
-				return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, NULL,
-								 "condition op \"%s\" takes no value", opname);
-			if (cond->op == CONDOP_CHANGED && cond->old)
-				return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, NULL,
-								 "condition op \"changed\" already compares old and new; remove \"old\"");
-			break;
+			return check_no_value(obj, cond, opname, err);
 		default:
 			if (!getKeyJsonValueFromContainer(obj, "value", 5, &val))
 				return pg2r_fail(err, ERRCODE_INVALID_PARAMETER_VALUE,
@@ -349,176 +370,4 @@ condition_needs(const Condition *cond, TplNeeds *needs)
 		needs->cur = bms_add_member(needs->cur, cond->col);
 	for (int i = 0; i < cond->nvalues; i++)
 		template_arg_needs(&cond->values[i], needs);
-}
-
-/*
- * pg2r_compare_values compares two values as conditions do: numerically
- * when both are numbers, else as bytes.  Returns <0, 0 or >0.
- */
-int
-pg2r_compare_values(const char *a, int alen, const char *b, int blen)
-{
-	int64 ia, ib;
-
-	if (render_parse_int64(a, alen, &ia) && render_parse_int64(b, blen, &ib))
-		return ia < ib ? -1 : (ia > ib ? 1 : 0);
-	if (render_is_number(a, alen) && render_is_number(b, blen))
-	{
-		Datum na =
-			DirectFunctionCall3(numeric_in, CStringGetDatum(pnstrdup(a, alen)),
-								ObjectIdGetDatum(InvalidOid),
-								Int32GetDatum(-1));
-		Datum nb =
-			DirectFunctionCall3(numeric_in, CStringGetDatum(pnstrdup(b, blen)),
-								ObjectIdGetDatum(InvalidOid),
-								Int32GetDatum(-1));
-
-		return DatumGetInt32(DirectFunctionCall2(numeric_cmp, na, nb));
-	}
-	{
-		int cmp = memcmp(a, b, Min(alen, blen));
-
-		if (cmp != 0)
-			return cmp;
-		return alen < blen ? -1 : (alen > blen ? 1 : 0);
-	}
-}
-
-/*
- * leaf_value expands condition value i; returns false with the error in
- * st->err.
- */
-static bool
-leaf_value(const Condition *cond, int i, ExpandState *st, StringInfo out)
-{
-	resetStringInfo(out);
-	return mapping_expand_arg(st, &cond->values[i], out);
-}
-
-/* eval_leaf evaluates a leaf: 1 true, 0 false, -1 error in st->err. */
-static int
-eval_leaf(const Condition *cond, ExpandState *st)
-{
-	const char	  *text = NULL;
-	int			   len = 0;
-	ColResult	   res;
-	StringInfoData val;
-
-	res = mapping_column_text(st, cond->col, cond->old, &text, &len);
-	if (res == COL_ERROR)
-		return -1;
-
-	switch (cond->op)
-	{
-		case CONDOP_IS_NULL:
-		case CONDOP_IS_NOT_NULL:
-			if (res == COL_UNAVAILABLE)
-				break;
-			/* an unchanged TOASTed value is not null */
-			return (res == COL_NULL) == (cond->op == CONDOP_IS_NULL);
-		case CONDOP_CHANGED:
-		{
-			const char *otext = NULL;
-			int			olen = 0;
-			ColResult	ores;
-
-			if (res == COL_UNCHANGED_TOAST)
-				return 0;
-			ores = mapping_column_text(st, cond->col, true, &otext, &olen);
-			if (ores == COL_ERROR)
-				return -1;
-			if (ores == COL_UNAVAILABLE || res == COL_UNAVAILABLE)
-				break;
-			if (ores == COL_UNCHANGED_TOAST)
-				return 0;
-			if ((res == COL_NULL) != (ores == COL_NULL))
-				return 1;
-			if (res == COL_NULL)
-				return 0;
-			return len != olen || memcmp(text, otext, len) != 0;
-		}
-		default:
-			if (res == COL_UNAVAILABLE || res == COL_UNCHANGED_TOAST)
-				break;
-			initStringInfo(&val);
-			if (cond->op == CONDOP_IS_DISTINCT_FROM)
-			{
-				if (!leaf_value(cond, 0, st, &val))
-					return -1;
-				if (res == COL_NULL)
-					return 1;
-				return pg2r_compare_values(text, len, val.data, val.len) != 0;
-			}
-			if (res == COL_NULL)
-				return 0;
-			if (cond->op == CONDOP_IN || cond->op == CONDOP_NOT_IN)
-			{
-				for (int i = 0; i < cond->nvalues; i++)
-				{
-					if (!leaf_value(cond, i, st, &val))
-						return -1;
-					if (pg2r_compare_values(text, len, val.data, val.len) == 0)
-						return cond->op == CONDOP_IN;
-				}
-				return cond->op == CONDOP_NOT_IN;
-			}
-			if (!leaf_value(cond, 0, st, &val))
-				return -1;
-			{
-				int cmp = pg2r_compare_values(text, len, val.data, val.len);
-
-				switch (cond->op)
-				{
-					case CONDOP_EQ:
-						return cmp == 0;
-					case CONDOP_NE:
-						return cmp != 0;
-					case CONDOP_LT:
-						return cmp < 0;
-					case CONDOP_LE:
-						return cmp <= 0;
-					case CONDOP_GT:
-						return cmp > 0;
-					default:
-						return cmp >= 0;
-				}
-			}
-	}
-
-	pg2r_fail(&st->err, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-			  "Set REPLICA IDENTITY FULL on the table so that PostgreSQL logs every old value.",
-			  "condition on column \"%s\" needs a value PostgreSQL did not send",
-			  cond->colname);
-	return -1;
-}
-
-/*
- * condition_eval evaluates a compiled condition on the change in *st:
- * 1 true, 0 false, -1 on error (st->err says why).
- */
-int
-condition_eval(const Condition *cond, ExpandState *st)
-{
-	int r;
-
-	switch (cond->kind)
-	{
-		case COND_LEAF:
-			return eval_leaf(cond, st);
-		case COND_NOT:
-			r = condition_eval(cond->children[0], st);
-			return r < 0 ? r : !r;
-		case COND_ALL:
-		case COND_ANY:
-			for (int i = 0; i < cond->nchildren; i++)
-			{
-				r = condition_eval(cond->children[i], st);
-				if (r < 0)
-					return r;
-				if (r == (cond->kind == COND_ANY))
-					return r;
-			}
-			return cond->kind == COND_ALL;
-	}
-	return 0;
 }

@@ -42,6 +42,7 @@
 #include "pg2redis/commands.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/redis_io.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/session_redis.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"

@@ -71,8 +71,10 @@
 
 #include "pg2redis/commands.h"
 #include "pg2redis/compat.h"
+#include "pg2redis/expand_int.h"
 #include "pg2redis/keyorder.h"
 #include "pg2redis/mapping.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/settings.h"
 
 static HTAB			*RelMaps = NULL;
@@ -126,7 +128,6 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 	TupleDesc	  desc = RelationGetDescr(rel);
 	Oid			  rulerelid;
 	Relation	  rulerel;
-	Oid			  keyidx;
 	Bitmapset	 *leafident;
 	MemoryContext old;
 
@@ -178,22 +179,7 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 	entry->schema = get_namespace_name(RelationGetNamespace(rulerel));
 	entry->table = pstrdup(RelationGetRelationName(rulerel));
 
-	keyidx = RelationGetPrimaryKeyIndex(rulerel);
-	if (!OidIsValid(keyidx))
-		keyidx = RelationGetReplicaIndex(rulerel);
-	if (OidIsValid(keyidx))
-	{
-		Relation idx = RelationIdGetRelation(keyidx);
-
-		if (RelationIsValid(idx))
-		{
-			entry->npk = idx->rd_index->indnkeyatts;
-			entry->pk = palloc(sizeof(AttrNumber) * entry->npk);
-			for (int k = 0; k < entry->npk; k++)
-				entry->pk[k] = idx->rd_index->indkey.values[k];
-			RelationClose(idx);
-		}
-	}
+	entry->pk = pg2r_key_attnums(rulerel, &entry->npk);
 
 	/* The key dead letters name a row of relid by (redrive.c). */
 	entry->keyindex = keyorder_index(rel);
@@ -286,35 +272,6 @@ mapping_get(Relation rel)
 		PG_END_TRY();
 	}
 	return entry;
-}
-
-/*
- * mapping_spi_row points *tuple at row i of the current SPI result, whose
- * first column is a whole-row value of relation relid ("SELECT t FROM rel
- * t"): a tuple in the relation's own format, dropped columns included.  A
- * null in that column (which such a query never gives) is an ERROR.
- */
-void
-mapping_spi_row(uint64 i, Oid relid, HeapTupleData *tuple)
-{
-	bool  isnull;
-	Datum row = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
-							  &isnull);
-	HeapTupleHeader hdr;
-
-	if (isnull || SPI_tuptable->tupdesc->natts < 1 ||
-		TupleDescAttr(SPI_tuptable->tupdesc, 0)->atttypid !=
-			get_rel_type_id(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_EXCEPTION),
-				 errmsg("a snapshot query of table \"%s\" returned a row that is not one of the table's",
-						get_rel_name(relid)),
-				 errhint("Check the table's snapshot filter in pg2redis.snapshot_filters.")));
-	hdr = DatumGetHeapTupleHeader(row);
-	tuple->t_len = HeapTupleHeaderGetDatumLength(hdr);
-	ItemPointerSetInvalid(&tuple->t_self);
-	tuple->t_tableOid = relid;
-	tuple->t_data = hdr;
 }
 
 /* mapping_has_rules tells whether any rule applies to the relation. */

@@ -106,6 +106,7 @@
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/pgarray.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
@@ -709,7 +710,7 @@ take_rows(Relation rel, RelMap *map, const ChangeMeta *meta,
 		bool		  unreadable;
 		MemoryContext old;
 
-		mapping_spi_row(i, od.req.leaf, &tuple);
+		pg2r_spi_whole_row(i, od.req.leaf, &tuple);
 
 		old = MemoryContextSwitchTo(od.chunk.cxt);
 		key = keyorder_row_key(&od.chunk.key, RelationGetDescr(rel), &tuple,
@@ -1271,8 +1272,8 @@ load_request(void *arg)
 									SPI_tuptable->tupdesc, 1, &isnull));
 	relation = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
 							 &isnull);
-	leaves = isnull ? snapshot_mapped_leaves(InvalidOid)
-					: snapshot_mapped_leaves(DatumGetObjectId(relation));
+	leaves = isnull ? rules_mapped_leaves(InvalidOid)
+					: rules_mapped_leaves(DatumGetObjectId(relation));
 	current = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
 							&isnull);
 	current_null = isnull;

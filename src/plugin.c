@@ -25,6 +25,11 @@
  * No streaming or two-phase callbacks are defined: Redis cannot roll back,
  * so only committed transactions are decoded.
  *
+ * The worker decodes through the same callbacks: it installs DecodeHooks
+ * (decode.h) at start, which get every transaction, change, truncate and
+ * message, and whose sinks get the commands.  This file knows nothing of
+ * the worker beyond that table; with no hooks it is in SQL mode.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -41,14 +46,9 @@
 #include "utils/rel.h"
 
 #include "pg2redis/compat.h"
+#include "pg2redis/decode.h"
 #include "pg2redis/mapping.h"
-#include "pg2redis/ondemand.h"
-#include "pg2redis/redrive.h"
-#include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
-#include "pg2redis/stages.h"
-#include "pg2redis/state.h"
-#include "pg2redis/worker.h"
 
 typedef struct PluginState
 {
@@ -59,6 +59,19 @@ typedef struct PluginState
 } PluginState;
 
 void _PG_output_plugin_init(OutputPluginCallbacks *cb);
+
+/* Installed by the worker; NULL: SQL mode. */
+static const DecodeHooks *hooks = NULL;
+
+/*
+ * decode_set_hooks makes the plugin hand its work to hooks (NULL: write
+ * commands as rows, for SQL readers).  The table must outlive decoding.
+ */
+void
+decode_set_hooks(const DecodeHooks *h)
+{
+	hooks = h;
+}
 
 static bool truncates_all_partitions(Oid parent, Relation relations[],
 									 int nrelations);
@@ -86,7 +99,7 @@ plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
 	}
 
 	/* the worker's slot feeds Redis; SQL reading it would steal changes */
-	if (!pg2r_in_worker && ctx->slot &&
+	if (hooks == NULL && ctx->slot &&
 		strcmp(NameStr(ctx->slot->data.name), pg2r_slot_name) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
@@ -98,7 +111,7 @@ plugin_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
 	state->change_cxt = AllocSetContextCreate(ctx->context, "pg2redis change",
 											  ALLOCSET_DEFAULT_SIZES);
 	/* the worker fixes the output settings for its whole process */
-	state->guc_level = pg2r_in_worker ? -1 : render_push_settings();
+	state->guc_level = hooks ? -1 : render_push_settings();
 	ctx->output_plugin_private = state;
 	opt->output_type = OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
 	opt->receive_rewrites = false;
@@ -123,11 +136,9 @@ plugin_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 {
 	PluginState *state = ctx->output_plugin_private;
 
-	if (!pg2r_in_worker)
+	if (hooks == NULL)
 		return;
-	state->careful = txn->end_lsn <= pg2r_careful_until();
-	sender_begin_txn(txn->xid, txn->final_lsn, txn->end_lsn,
-					 txn->xact_time.commit_time);
+	state->careful = hooks->begin(txn);
 }
 
 /* plugin_commit ends a transaction in the worker; SQL writes nothing. */
@@ -135,28 +146,8 @@ static void
 plugin_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			  XLogRecPtr commit_lsn)
 {
-	if (pg2r_in_worker)
-	{
-		Pg2rStage back = pg2r_stage_enter(PG2R_STAGE_APPEND);
-
-		ondemand_note_commit(txn->xid);
-		sender_commit_txn();
-		pg2r_stage_leave(back);
-	}
-}
-
-/*
- * worker_command hands one command to the sender, its time charged to the
- * append stage (pg2redis.stage_timing).
- */
-static void
-worker_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
-			   const char *const *argv, const size_t *argvlen)
-{
-	Pg2rStage back = pg2r_stage_enter(PG2R_STAGE_APPEND);
-
-	sender_command(arg, rule, op, argc, argv, argvlen);
-	pg2r_stage_leave(back);
+	if (hooks)
+		hooks->commit(txn);
 }
 
 /* sql_command writes one command as a JSON array row. */
@@ -220,10 +211,10 @@ static void
 note_row_key(RelMap *map, Relation relation, Pg2rOp op,
 			 ReorderBufferChange *change)
 {
-	if (pg2r_in_worker)
-		redrive_note_row(relation, map,
-						 op == PG2R_OP_DELETE ? PG2R_CHANGE_OLDTUPLE(change)
-											  : PG2R_CHANGE_NEWTUPLE(change));
+	if (hooks)
+		hooks->row_key(relation, map,
+					   op == PG2R_OP_DELETE ? PG2R_CHANGE_OLDTUPLE(change)
+											: PG2R_CHANGE_NEWTUPLE(change));
 }
 
 /* change_call runs mapping_change with the arguments in arg (a ChangeCall). */
@@ -238,9 +229,10 @@ change_call(void *arg)
 }
 
 /*
- * careful_change maps one change in a subtransaction: each rule already
- * runs in one of its own (sink->careful), and an ERROR outside any rule
- * becomes a dead letter of the whole change instead of ending the worker.
+ * careful_change maps one change in a subtransaction (only with hooks,
+ * whose begin asks for it): each rule already runs in one of its own
+ * (sink->careful), and an ERROR outside any rule becomes a dead letter of
+ * the whole change instead of ending the worker.
  */
 static void
 careful_change(RelMap *map, Relation relation, Pg2rOp op,
@@ -251,7 +243,7 @@ careful_change(RelMap *map, Relation relation, Pg2rOp op,
 	ErrorData *edata = pg2r_run_guarded(change_call, &call);
 
 	if (edata)
-		sender_change_error(RelationGetRelid(relation), op,
+		hooks->change_error(RelationGetRelid(relation), op,
 							psprintf("mapping the change failed: %s",
 									 edata->message));
 }
@@ -268,7 +260,7 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	Pg2rOp		  op;
 	MemoryContext old;
 	Oid			  relid = RelationGetRelid(relation);
-	Pg2rStage	  back = PG2R_STAGE_DECODE;
+	int			  token = 0;
 
 	switch (change->action)
 	{
@@ -285,32 +277,25 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			return;
 	}
 
-	if (pg2r_in_worker)
-	{
-		back = pg2r_stage_enter(PG2R_STAGE_MAP);
-		pg2r_stage_count_changes(1);
-		ondemand_note_change(relation, txn->xid, op,
-							 PG2R_CHANGE_OLDTUPLE(change),
-							 PG2R_CHANGE_NEWTUPLE(change));
-	}
+	if (hooks)
+		token = hooks->change_start(relation, txn, op,
+									PG2R_CHANGE_OLDTUPLE(change),
+									PG2R_CHANGE_NEWTUPLE(change));
 	map = mapping_get(relation);
 	if (!mapping_has_rules(map))
 	{
-		if (pg2r_in_worker)
-			pg2r_stage_leave(back);
+		if (hooks)
+			hooks->change_end(token, false);
 		return;
 	}
-	if (pg2r_in_worker)
+	if (hooks)
 	{
-		sender_count_change();
-		pg2r_relstats_count(relid, 1, 0, 0);
-		if (sender_txn_skipped())
+		if (!hooks->change_mapped(relation))
 		{
-			pg2r_stage_leave(back);
+			hooks->change_end(token, false);
 			return;
 		}
-		sink.command = worker_command;
-		sink.error = sender_render_error;
+		sink = hooks->change_sink;
 		sink.arg = &relid;
 	}
 
@@ -327,12 +312,10 @@ plugin_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		mapping_change(map, relation, op, PG2R_CHANGE_OLDTUPLE(change),
 					   PG2R_CHANGE_NEWTUPLE(change), &meta, &sink);
 	}
-	if (pg2r_in_worker)
-		sender_clear_row_key();
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->change_cxt);
-	if (pg2r_in_worker)
-		pg2r_stage_leave(back);
+	if (hooks)
+		hooks->change_end(token, true);
 }
 
 /*
@@ -351,14 +334,11 @@ plugin_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	List		 *done = NIL;
 	Oid			  relid = InvalidOid;
 
-	if (pg2r_in_worker)
+	if (hooks)
 	{
-		for (int i = 0; i < nrelations; i++)
-			ondemand_note_truncate(RelationGetRelid(relations[i]), txn->xid);
-		if (sender_txn_skipped())
+		if (!hooks->truncate(txn, nrelations, relations))
 			return;
-		sink.command = sender_command;
-		sink.error = sender_render_error;
+		sink = hooks->truncate_sink;
 		sink.arg = &relid;
 	}
 	txn_meta(txn, &meta);
@@ -422,9 +402,8 @@ plugin_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	 * The end of the message's record: strictly after the end of every
 	 * transaction committed before it, so the chunk's fence never equals one.
 	 */
-	if (pg2r_in_worker && !transactional)
-		ondemand_on_message(ctx->reader->EndRecPtr, prefix, message_size,
-							message);
+	if (hooks && !transactional)
+		hooks->message(ctx->reader->EndRecPtr, prefix, message_size, message);
 }
 
 /*

@@ -52,6 +52,7 @@
 
 #include "pg2redis/pg2redis.h"
 #include "pg2redis/render.h"
+#include "pg2redis/settings.h"
 
 /*
  * At most this many types are looked up ahead for one column: the
@@ -719,26 +720,42 @@ render_json(const ColType *ct, Datum value, bool isnull, StringInfo out)
 }
 
 /*
+ * The settings that shape output functions' text, fixed so that what the
+ * rules render does not depend on the session: ISO dates in UTC,
+ * PostgreSQL intervals, shortest exact floats, hex bytea.  The worker and
+ * the SQL functions that render (preview) apply this one table, so that
+ * they render identically.
+ */
+static const char *const output_settings[][2] = {
+	{"DateStyle", "ISO, YMD"},	   {"TimeZone", "UTC"},
+	{"IntervalStyle", "postgres"}, {"extra_float_digits", "1"},
+	{"bytea_output", "hex"},
+};
+
+/*
+ * render_apply_settings sets the output settings above with the given
+ * context, source and action (see set_config_option).
+ */
+void
+render_apply_settings(GucContext context, GucSource source, GucAction action)
+{
+	for (size_t i = 0; i < lengthof(output_settings); i++)
+		(void) set_config_option(output_settings[i][0], output_settings[i][1],
+								 context, source, action, true, 0, false);
+}
+
+/*
  * render_push_settings fixes, until render_pop_settings(level), the
- * settings that shape output functions' text, so that what the rules
- * render does not depend on the session: ISO dates in UTC, PostgreSQL
- * intervals, shortest exact floats, hex bytea.  Returns the GUC nest level
- * to pop; an error in between is undone by transaction abort.
+ * settings that shape output functions' text (render_apply_settings).
+ * Returns the GUC nest level to pop; an error in between is undone by
+ * transaction abort.
  */
 int
 render_push_settings(void)
 {
-	static const char *const settings[][2] = {
-		{"DateStyle", "ISO, YMD"},	   {"TimeZone", "UTC"},
-		{"IntervalStyle", "postgres"}, {"extra_float_digits", "1"},
-		{"bytea_output", "hex"},
-	};
 	int level = NewGUCNestLevel();
 
-	for (size_t i = 0; i < lengthof(settings); i++)
-		(void) set_config_option(settings[i][0], settings[i][1], PGC_USERSET,
-								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
-								 false);
+	render_apply_settings(PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE);
 	return level;
 }
 

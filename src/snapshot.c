@@ -88,42 +88,13 @@
 #include "pg2redis/mapping.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/pgarray.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
 #include "pg2redis/snapshot_filters.h"
 #include "pg2redis/state.h"
 #include "pg2redis/worker.h"
-
-/*
- * snapshot_mapped_leaves returns the OIDs, in order, of the tables whose
- * rows a snapshot of relid reads (InvalidOid: of every mapped table): the
- * table itself, or every leaf partition of a partitioned one, once each.
- */
-List *
-snapshot_mapped_leaves(Oid relid)
-{
-	List *result = NIL;
-	List *roots =
-		OidIsValid(relid) ? list_make1_oid(relid) : rules_relations();
-	ListCell *lc;
-
-	foreach(lc, roots)
-	{
-		ListCell *lc2;
-
-		/* no lock: the initial load locks each leaf only while reading it */
-		foreach(lc2, find_all_inheritors(lfirst_oid(lc), NoLock, NULL))
-		{
-			Oid child = lfirst_oid(lc2);
-
-			if (get_rel_relkind(child) == RELKIND_RELATION)
-				result = list_append_unique_oid(result, child);
-		}
-	}
-	list_sort(result, list_oid_cmp);
-	return result;
-}
 
 /* the subtransaction the owner's statement timeout was armed in, if any */
 static SubTransactionId armed_in = InvalidSubTransactionId;
@@ -770,7 +741,7 @@ load_filtered_chunk(Load *ld, Relation rel, RelMap *map, const char *filter,
 		MemoryContext old = MemoryContextSwitchTo(ld->rowcxt);
 
 		/* a whole-row value of a query holds no TOAST pointer */
-		mapping_spi_row(i, RelationGetRelid(rel), &tuple);
+		pg2r_spi_whole_row(i, RelationGetRelid(rel), &tuple);
 		MemoryContextSwitchTo(old);
 		load_row(ld, rel, map, &tuple, NULL, sink, false);
 	}
@@ -1506,7 +1477,7 @@ load_requests(Load *ld, bool *keyless)
 	ListCell *lc;
 
 	*keyless = false;
-	foreach(lc, snapshot_mapped_leaves(InvalidOid))
+	foreach(lc, rules_mapped_leaves(InvalidOid))
 	{
 		Oid			 relid = lfirst_oid(lc);
 		LeafState	*state = leaf_state(ld, relid);
@@ -1680,7 +1651,7 @@ snapshot_initial_load(XLogRecPtr start)
 	ld.meta.lsn = start;
 	ld.meta.commit_time = GetCurrentTimestamp();
 
-	leaves = snapshot_mapped_leaves(InvalidOid);
+	leaves = rules_mapped_leaves(InvalidOid);
 	pg2r_report_load_start(list_length(leaves), rows_estimate(leaves));
 	sender_begin_txn(InvalidTransactionId, start, start, ld.meta.commit_time);
 	sender_caller_parts(); /* load_send */

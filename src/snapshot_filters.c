@@ -28,6 +28,7 @@
 #include "utils/rel.h"
 
 #include "pg2redis/mapping.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/rules.h"
 #include "pg2redis/snapshot.h"
 #include "pg2redis/snapshot_filters.h"
@@ -51,8 +52,7 @@ check_snapshot_table(Oid leaf)
 						errmsg("table \"%s\" has no pg2redis rules",
 							   RelationGetRelationName(rel)),
 						errhint("Add rules with pg2redis_add_rule() first.")));
-	if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)) &&
-		!OidIsValid(RelationGetReplicaIndex(rel)))
+	if (!OidIsValid(pg2r_key_index(rel)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table \"%s\" has no primary key or replica identity index",
@@ -109,7 +109,7 @@ pg2redis_snapshot(PG_FUNCTION_ARGS)
 					 errdetail("Requesting a snapshot of a table requires SELECT on it."),
 					 errhint("Have the table's owner grant SELECT on it to your role, or request a snapshot of a table you may read.")));
 	}
-	leaves = snapshot_mapped_leaves(relid);
+	leaves = rules_mapped_leaves(relid);
 	if (leaves == NIL && OidIsValid(relid))
 		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						errmsg("table \"%s\" has no partitions to snapshot",
@@ -155,7 +155,6 @@ filter_error_context(void *arg)
 Datum
 pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 {
-	TriggerData			*trigdata = (TriggerData *) fcinfo->context;
 	TupleDesc			 desc;
 	HeapTuple			 tuple;
 	bool				 relnull;
@@ -170,13 +169,8 @@ pg2redis_validate_snapshot_filter(PG_FUNCTION_ARGS)
 	SnapshotOwner		 saved;
 	ErrorContextCallback errcb;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
-		elog(ERROR, "pg2redis_validate_snapshot_filter must be a row trigger");
-	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
-				? trigdata->tg_newtuple
-				: trigdata->tg_trigtuple;
-	desc = RelationGetDescr(trigdata->tg_relation);
+	tuple = pg2r_trigger_row(fcinfo, "pg2redis_validate_snapshot_filter",
+							 false, &desc);
 	relid = DatumGetObjectId(heap_getattr(tuple, 1, desc, &relnull));
 	filter = DatumGetPointer(heap_getattr(tuple, 2, desc, &filternull));
 	if (relnull || filternull)

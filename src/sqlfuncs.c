@@ -23,7 +23,9 @@
 #include "utils/rel.h"
 #include "utils/typcache.h"
 
+#include "pg2redis/cli.h"
 #include "pg2redis/mapping.h"
+#include "pg2redis/relutil.h"
 
 PG_FUNCTION_INFO_V1(pg2redis_add_rule_array);
 PG_FUNCTION_INFO_V1(pg2redis_add_rule_text);
@@ -70,9 +72,7 @@ split_or_error(text *command)
 	ListCell *lc;
 
 	if (args == NIL && err.message != NULL)
-		ereport(ERROR,
-				(errcode(err.sqlerrcode), errmsg_internal("%s", err.message),
-				 err.hint ? errhint("%s", err.hint) : 0));
+		pg2r_raise(&err);
 	elems = palloc(sizeof(Datum) * Max(list_length(args), 1));
 	foreach(lc, args)
 		elems[i++] = CStringGetTextDatum(lfirst(lc));
@@ -170,10 +170,8 @@ row_from_json(Relation rel, Jsonb *json, const char *what)
 	JsonbIteratorToken tok;
 	Oid				   argtypes[1] = {JSONBOID};
 	Datum			   values[1];
-	HeapTupleHeader	   hdr;
 	HeapTupleData	   tmp;
 	HeapTuple		   result;
-	bool			   isnull;
 	MemoryContext	   caller = CurrentMemoryContext;
 	char			  *sql;
 
@@ -208,13 +206,7 @@ row_from_json(Relation rel, Jsonb *json, const char *what)
 			SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not build a row from %s", what);
-	hdr = DatumGetHeapTupleHeader(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 1,
-												&isnull));
-	tmp.t_len = HeapTupleHeaderGetDatumLength(hdr);
-	ItemPointerSetInvalid(&tmp.t_self);
-	tmp.t_tableOid = RelationGetRelid(rel);
-	tmp.t_data = hdr;
+	pg2r_spi_whole_row(0, RelationGetRelid(rel), &tmp);
 	{
 		MemoryContext spi = MemoryContextSwitchTo(caller);
 
@@ -255,14 +247,35 @@ preview_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 	tuplestore_putvalues(ps->store, ps->desc, &value, &isnull);
 }
 
+/* The rule and op a preview error is raised for, for its context line. */
+typedef struct PreviewErrorContext
+{
+	const Rule *rule;
+	Pg2rOp		op;
+} PreviewErrorContext;
+
+/* preview_error_context adds the context line naming the rule. */
+static void
+preview_error_context(void *arg)
+{
+	PreviewErrorContext *ctx = arg;
+
+	errcontext("pg2redis rule " INT64_FORMAT " (%s)", ctx->rule->id,
+			   pg2r_op_name(ctx->op));
+}
+
+/* preview_error raises a render error as an ERROR naming the rule. */
 static void
 preview_error(void *arg, const Rule *rule, Pg2rOp op, const Pg2rError *err)
 {
-	ereport(ERROR,
-			(errcode(err->sqlerrcode), errmsg_internal("%s", err->message),
-			 err->hint ? errhint("%s", err->hint) : 0,
-			 errcontext("pg2redis rule " INT64_FORMAT " (%s)", rule->id,
-						pg2r_op_name(op))));
+	PreviewErrorContext	 ctx = {rule, op};
+	ErrorContextCallback errcb;
+
+	errcb.callback = preview_error_context;
+	errcb.arg = &ctx;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	pg2r_raise(err);
 }
 
 /*

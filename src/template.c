@@ -14,8 +14,6 @@
  * longer compiles (a column dropped after it was written) must turn into a
  * dead letter in the stream, not into an ERROR inside the decoder.
  *
- * This file also splits a command written as in redis-cli into elements.
- *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -43,36 +41,6 @@ static const struct
 	{"lsn", TPL_LSN},
 	{"commit_time", TPL_COMMIT_TIME},
 };
-
-/*
- * pg2r_fail fills *err and returns false, so that callers can write
- * "return pg2r_fail(...)".
- */
-bool
-pg2r_fail(Pg2rError *err, int sqlerrcode, const char *hint, const char *fmt,
-		  ...)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (;;)
-	{
-		va_list args;
-		int		needed;
-
-		va_start(args, fmt);
-		needed = appendStringInfoVA(&buf, fmt, args);
-		va_end(args);
-		if (needed == 0)
-			break;
-		enlargeStringInfo(&buf, needed);
-	}
-	err->sqlerrcode = sqlerrcode;
-	err->message = buf.data;
-	err->hint = hint ? pstrdup(hint) : NULL;
-	err->key = NULL;
-	return false;
-}
 
 /* Trim ASCII white space from both ends of s[0..len) in place. */
 static char *
@@ -417,82 +385,4 @@ template_needs(const Template *tpl, TplNeeds *needs)
 {
 	for (int i = 0; i < tpl->nargs; i++)
 		template_arg_needs(&tpl->args[i], needs);
-}
-
-/*
- * pg2r_split_cli splits a command written as in redis-cli into a list of
- * palloc'd arguments: white space separates arguments, "…" groups one
- * argument that may contain spaces (\" and \\ inside it are a quote and a
- * backslash), and white space inside a placeholder's braces does not split.
- * Returns NIL with *err set for an unterminated quote or a quote glued to
- * other text.
- */
-List *
-pg2r_split_cli(const char *command, Pg2rError *err)
-{
-	List		  *args = NIL;
-	const char	  *p = command;
-	StringInfoData cur;
-
-	initStringInfo(&cur);
-	for (;;)
-	{
-		int depth = 0;
-
-		while (*p && isspace((unsigned char) *p))
-			p++;
-		if (*p == '\0')
-			break;
-		resetStringInfo(&cur);
-		if (*p == '"')
-		{
-			p++;
-			for (;;)
-			{
-				if (*p == '\0')
-				{
-					pg2r_fail(err, ERRCODE_SYNTAX_ERROR,
-							  "Close every quoted argument with \".",
-							  "unterminated quoted argument in command \"%s\"",
-							  command);
-					return NIL;
-				}
-				if (*p == '\\' && (p[1] == '"' || p[1] == '\\'))
-				{
-					appendStringInfoChar(&cur, p[1]);
-					p += 2;
-				}
-				else if (*p == '"')
-				{
-					p++;
-					break;
-				}
-				else
-					appendStringInfoChar(&cur, *p++);
-			}
-			if (*p && !isspace((unsigned char) *p))
-			{
-				pg2r_fail(err, ERRCODE_SYNTAX_ERROR,
-						  "Separate a quoted argument from the next one with a space.",
-						  "closing quote must be followed by a space in command \"%s\"",
-						  command);
-				return NIL;
-			}
-		}
-		else
-		{
-			while (*p && (depth > 0 || !isspace((unsigned char) *p)))
-			{
-				if (p[0] == '{' && p[1] == '{')
-					appendStringInfoChar(&cur, *p++);
-				else if (p[0] == '{')
-					depth++;
-				else if (p[0] == '}' && depth > 0)
-					depth--;
-				appendStringInfoChar(&cur, *p++);
-			}
-		}
-		args = lappend(args, pnstrdup(cur.data, cur.len));
-	}
-	return args;
 }

@@ -89,8 +89,10 @@
 #include "utils/varlena.h"
 
 #include "pg2redis/compat.h"
+#include "pg2redis/decode.h"
 #include "pg2redis/failover.h"
 #include "pg2redis/ondemand.h"
+#include "pg2redis/render.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/snapshot.h"
@@ -240,16 +242,11 @@ worker_exit(int code, Datum arg)
 static void
 set_process_settings(void)
 {
-	static const char *const settings[][2] = {
-		{"DateStyle", "ISO, YMD"},	   {"TimeZone", "UTC"},
-		{"IntervalStyle", "postgres"}, {"extra_float_digits", "1"},
-		{"bytea_output", "hex"},	   {"search_path", PG2R_SAFE_SEARCH_PATH},
-	};
 	const char *plugins;
 
-	for (size_t i = 0; i < lengthof(settings); i++)
-		SetConfigOption(settings[i][0], settings[i][1], PGC_USERSET,
-						PGC_S_OVERRIDE);
+	render_apply_settings(PGC_USERSET, PGC_S_OVERRIDE, GUC_ACTION_SET);
+	SetConfigOption("search_path", PG2R_SAFE_SEARCH_PATH, PGC_USERSET,
+					PGC_S_OVERRIDE);
 	SetConfigOption("synchronous_commit", "local", PGC_USERSET,
 					PGC_S_OVERRIDE);
 	apply_decoding_work_mem();
@@ -986,6 +983,7 @@ pg2redis_worker_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	pg2r_in_worker = true;
+	decode_set_hooks(&pg2r_worker_decode_hooks);
 
 	WorkerCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis worker",
 									  ALLOCSET_DEFAULT_SIZES);

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * condition.h
- *	  The condition language of rules: compiled once, evaluated per row.
+ *	  The condition language of rules: the compiled form and its compiler
+ *	  (evaluation is declared in expand_int.h, owned by the mapping stage).
  *
  *-------------------------------------------------------------------------
  */
@@ -49,13 +50,8 @@ typedef struct Condition
 	TplArg	  *values;	/* each a one-argument template */
 } Condition;
 
-struct ExpandState;
-
 extern Condition *condition_compile(Jsonb *json, TupleDesc desc,
 									Pg2rError *err);
 extern void		  condition_needs(const Condition *cond, TplNeeds *needs);
-extern int condition_eval(const Condition *cond, struct ExpandState *st);
-extern int pg2r_compare_values(const char *a, int alen, const char *b,
-							   int blen);
 
 #endif /* PG2REDIS_CONDITION_H */

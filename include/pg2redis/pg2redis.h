@@ -10,15 +10,6 @@
 
 #include "postgres.h"
 
-/* pg2redis.numeric_mode */
-typedef enum Pg2rNumericMode
-{
-	PG2R_NUMERIC_NUMBER,
-	PG2R_NUMERIC_STRING
-} Pg2rNumericMode;
-
-extern int pg2r_numeric_mode;
-
 /* Name of the catalog schema and of the rules table. */
 #define PG2R_SCHEMA "pg2redis"
 #define PG2R_RULES "rules"
@@ -65,6 +56,7 @@ typedef struct Pg2rError
 
 extern bool pg2r_fail(Pg2rError *err, int sqlerrcode, const char *hint,
 					  const char *fmt, ...) pg_attribute_printf(4, 5);
+extern void pg2r_raise(const Pg2rError *err) pg_attribute_noreturn();
 
 extern ErrorData *pg2r_run_guarded(void (*fn)(void *arg), void *arg);
 

@@ -10,6 +10,7 @@
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "utils/guc.h"
 
 /* How a type's values are written in JSON. */
 typedef enum ValKind
@@ -68,6 +69,8 @@ extern void		   render_json(const ColType *ct, Datum value, bool isnull,
 							   StringInfo out);
 extern void		   render_json_string(StringInfo out, const char *s, int len);
 extern bool		   render_is_json_number(const char *s);
+extern void		   render_apply_settings(GucContext context, GucSource source,
+										 GucAction action);
 extern int		   render_push_settings(void);
 extern void		   render_pop_settings(int level);
 extern bool		   render_is_number(const char *s, int len);

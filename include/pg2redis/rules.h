@@ -9,6 +9,8 @@
 #define PG2REDIS_RULES_H
 
 #include "nodes/pg_list.h"
+#include "utils/array.h"
+#include "utils/jsonb.h"
 #include "pg2redis/condition.h"
 #include "pg2redis/template.h"
 #include "utils/relcache.h"
@@ -28,11 +30,14 @@ typedef struct Rule
 	char	 **command;
 } Rule;
 
-extern List		 *rules_for(Oid relid, Pg2rOp op);
-extern bool		  rules_exist_for(Oid relid);
-extern bool		  rules_have_disabled(Oid relid);
-extern uint64	  rules_generation(void);
-extern List		 *rules_relations(void);
-extern Bitmapset *pg2r_identity_columns(Relation rel, bool *full);
+extern List	 *rules_for(Oid relid, Pg2rOp op);
+extern bool	  rules_exist_for(Oid relid);
+extern bool	  rules_have_disabled(Oid relid);
+extern uint64 rules_generation(void);
+extern List	 *rules_relations(void);
+extern List	 *rules_mapped_leaves(Oid relid);
+
+extern void rules_validate(Relation rel, Pg2rOp op, ArrayType *command,
+						   Jsonb *condition, Oid writer, bool restoring);
 
 #endif /* PG2REDIS_RULES_H */

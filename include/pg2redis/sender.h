@@ -10,7 +10,10 @@
 
 #include "access/xlogdefs.h"
 #include "datatype/timestamp.h"
-#include "pg2redis/rules.h"
+#include "nodes/pg_list.h"
+#include "pg2redis/pg2redis.h"
+
+struct Rule;
 
 /* A command Redis rejected or a rule could not render, to be recorded. */
 typedef struct DeadLetter
@@ -44,9 +47,10 @@ extern void sender_begin_txn(TransactionId xid, XLogRecPtr commit_lsn,
 extern bool sender_txn_skipped(void);
 extern void sender_count_change(void);
 /* CommandSink callbacks; arg points to the changed relation's Oid. */
-extern void	 sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
-							const char *const *argv, const size_t *argvlen);
-extern void	 sender_render_error(void *arg, const Rule *rule, Pg2rOp op,
+extern void	 sender_command(void *arg, const struct Rule *rule, Pg2rOp op,
+							int argc, const char *const *argv,
+							const size_t *argvlen);
+extern void	 sender_render_error(void *arg, const struct Rule *rule, Pg2rOp op,
 								 const Pg2rError *err);
 extern void	 sender_change_error(Oid relid, Pg2rOp op, const char *message);
 extern void	 sender_set_row_key(Oid keyindex, int nkeys, char **key);

@@ -8,6 +8,13 @@
 #ifndef PG2REDIS_SETTINGS_H
 #define PG2REDIS_SETTINGS_H
 
+/* pg2redis.numeric_mode */
+typedef enum Pg2rNumericMode
+{
+	PG2R_NUMERIC_NUMBER,
+	PG2R_NUMERIC_STRING
+} Pg2rNumericMode;
+
 typedef enum Pg2rOnCommandError
 {
 	PG2R_ON_ERROR_DEAD_LETTER,
@@ -15,6 +22,7 @@ typedef enum Pg2rOnCommandError
 } Pg2rOnCommandError;
 
 extern char *pg2r_database;
+extern int	 pg2r_numeric_mode;
 extern char *pg2r_redis_url;
 extern char *pg2r_redis_password_file;
 extern char *pg2r_redis_tls_ca_file;

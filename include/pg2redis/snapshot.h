@@ -25,7 +25,6 @@ typedef struct SnapshotOwner
 	int save_nestlevel;
 } SnapshotOwner;
 
-extern List *snapshot_mapped_leaves(Oid relid);
 extern void	 snapshot_become_owner(Oid owner, SnapshotOwner *saved);
 extern void	 snapshot_restore_user(const SnapshotOwner *saved);
 extern void	 snapshot_check_filter(const char *relname, const char *filter);

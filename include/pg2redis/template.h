@@ -79,6 +79,5 @@ extern Template *template_compile(Datum *elems, int nelems, TupleDesc desc,
 extern void		 template_arg_needs(const TplArg *arg, TplNeeds *needs);
 extern void		 template_needs(const Template *tpl, TplNeeds *needs);
 extern bool		 template_is_literal(const TplArg *arg);
-extern List		*pg2r_split_cli(const char *command, Pg2rError *err);
 
 #endif /* PG2REDIS_TEMPLATE_H */
