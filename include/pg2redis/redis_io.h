@@ -95,6 +95,7 @@ typedef struct RedisConn
 	struct addrinfo *next_addr; /* the next one to try */
 	struct addrinfo *addr;		/* the one being tried */
 	char			 error[REDIS_ERROR_LEN]; /* why the last call failed */
+	bool			 compact_replies; /* build compact replies (redis_io.c) */
 } RedisConn;
 
 extern bool	 redis_parse_url(const char *url, RedisTarget *target, char *err,
@@ -121,6 +122,7 @@ extern void redis_close(RedisConn *conn);
 extern ssize_t redis_send(RedisConn *conn, const char *data, size_t len);
 extern bool	   redis_receive(RedisConn *conn, bool *eof);
 extern int	   redis_next_reply(RedisConn *conn, redisReply **reply);
+extern void	   redis_free_reply(void *reply);
 
 extern void	 redis_append_command(StringInfo buf, int argc,
 								  const char *const *argv,
