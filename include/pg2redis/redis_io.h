@@ -13,6 +13,8 @@
 #include "lib/stringinfo.h"
 #include "port.h"
 
+#include "pg2redis/reply_compact.h"
+
 /* Where to connect, parsed from pg2redis.redis_url. */
 typedef struct RedisTarget
 {
@@ -122,7 +124,6 @@ extern void redis_close(RedisConn *conn);
 extern ssize_t redis_send(RedisConn *conn, const char *data, size_t len);
 extern bool	   redis_receive(RedisConn *conn, bool *eof);
 extern int	   redis_next_reply(RedisConn *conn, redisReply **reply);
-extern void	   redis_free_reply(void *reply);
 
 extern void	 redis_append_command(StringInfo buf, int argc,
 								  const char *const *argv,
