@@ -22,9 +22,8 @@
  * array's length.  hiredis's own functions allocate a redisReply and a copy
  * of its text for each reply and element, which were then walked and freed:
  * 0.40 us of CPU per row of two commands (bench/reply_parse.c), against 0.17
- * here.  A connection with compact_replies set gets
- * instead, while it is set (it is read by each reply and element as it is
- * parsed):
+ * here.  A reply read by pg2r_reader_get_reply with compact set (a ready
+ * link's: RedisConn.compact_replies) is built of:
  *   - for a top-level +QUEUED or +OK, a shared object, of the same type,
  *     text and length as hiredis's;
  *   - for an element of an array that is not an error, a shared object
@@ -33,9 +32,9 @@
  *   - for everything else (errors, elements or not; other top-level
  *     replies: WAIT's integer, a nil EXEC, the EXEC array itself), a
  *     redisReply as hiredis builds it.
- * Unset, the functions build what hiredis's own build.  Replies from a
- * connection that ever had compact_replies set must be freed with
- * redis_free_reply; other connections use hiredis's functions, and
+ * Once a reader has read compact, it keeps these functions; without compact
+ * they build what hiredis's own build.  Every reply of such a reader must be
+ * freed with redis_free_reply; other readers keep hiredis's functions, and
  * freeReplyObject.  The functions run inside hiredis: they never raise an
  * ERROR, and return NULL for out of memory, which hiredis reports as a
  * reader error (redis_next_reply returns -1).
