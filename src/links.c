@@ -1139,6 +1139,8 @@ link_read(int li, Link *l)
 		pg2r_topo_fail(l, "%s", l->conn.error);
 		return false;
 	}
+	/* a ready link reads blocks' replies: the sender needs no more */
+	l->conn.compact_replies = l->state == LINK_READY;
 	while ((rc = redis_next_reply(&l->conn, &r)) == 1)
 	{
 		bool ok;
@@ -1151,9 +1153,10 @@ link_read(int li, Link *l)
 			ok = handle_handshake_reply(li, l, r);
 		else
 			ok = pg2r_handle_block_reply(li, r);
-		freeReplyObject(r);
+		redis_free_reply(r);
 		if (!ok || l->state == LINK_DOWN)
 			return false;
+		l->conn.compact_replies = l->state == LINK_READY;
 	}
 	if (rc < 0)
 	{

@@ -1534,15 +1534,18 @@ redis_receive(RedisConn *conn, bool *eof)
 
 /*
  * redis_next_reply returns 1 and the next complete reply (free it with
- * freeReplyObject), 0 if none is complete yet, or -1 with conn->error set
- * for a protocol error.
+ * redis_free_reply if the connection ever had compact_replies set, else
+ * with either that or freeReplyObject), 0 if none is complete yet, or -1
+ * with conn->error set for a protocol error.  With compact_replies set, the
+ * reply is built compact (src/reply_compact.c).
  */
 int
 redis_next_reply(RedisConn *conn, redisReply **reply)
 {
 	void *r = NULL;
 
-	if (redisReaderGetReply(conn->reader, &r) != REDIS_OK)
+	if (pg2r_reader_get_reply(conn->reader, conn->compact_replies, &r) !=
+		REDIS_OK)
 	{
 		snprintf(conn->error, sizeof(conn->error),
 				 "could not parse Redis reply: %s", conn->reader->errstr);

@@ -1372,7 +1372,9 @@ link_pipeline_done(int li)
 
 /*
  * handle_exec_reply consumes the EXEC reply of group g.  Returns false when
- * the links must be dropped (the error is recorded).
+ * the links must be dropped (the error is recorded).  The link reads compact
+ * replies (src/reply_compact.c): of the array's elements, only the errors
+ * carry their text; the others carry their type alone.
  */
 static bool
 handle_exec_reply(Link *l, Group *g, redisReply *r)

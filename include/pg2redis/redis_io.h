@@ -13,6 +13,8 @@
 #include "lib/stringinfo.h"
 #include "port.h"
 
+#include "pg2redis/reply_compact.h"
+
 /* Where to connect, parsed from pg2redis.redis_url. */
 typedef struct RedisTarget
 {
@@ -95,6 +97,7 @@ typedef struct RedisConn
 	struct addrinfo *next_addr; /* the next one to try */
 	struct addrinfo *addr;		/* the one being tried */
 	char			 error[REDIS_ERROR_LEN]; /* why the last call failed */
+	bool			 compact_replies; /* build compact replies (redis_io.c) */
 } RedisConn;
 
 extern bool	 redis_parse_url(const char *url, RedisTarget *target, char *err,
