@@ -4,7 +4,7 @@
 EXTENSION    = pg2redis
 EXTVERSION   = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" pg2redis.control)
 MODULE_big   = pg2redis
-OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c))
+OBJS         = $(patsubst %.c,%.o,$(wildcard src/*.c src/*/*.c))
 DATA         = $(wildcard pg2redis--*.sql)
 
 LIBS_PC      = hiredis jansson openssl
@@ -21,7 +21,7 @@ REGRESS_OPTS = --temp-config=$(srcdir)/test/pg2redis.conf \
                --inputdir=$(srcdir) --load-extension=plpgsql
 TAP_TESTS    = 1
 
-EXTRA_CLEAN  = tmp_check results regression.diffs regression.out log
+EXTRA_CLEAN  = tmp_check results regression.diffs regression.out log src/*/*.bc
 
 PG_CONFIG   ?= pg_config
 PGXS        := $(shell $(PG_CONFIG) --pgxs)
@@ -34,8 +34,8 @@ dist:
 .PHONY: dist
 
 # Compiled objects depend on every project header.
-$(OBJS): $(wildcard include/pg2redis/*.h)
+$(OBJS): $(wildcard include/pg2redis/*.h src/*/*.h)
 # The library is linked again when its export list changes.
 $(shlib): exports.map
 # The worker checks the installed extension against the control file's version.
-src/worker.o: pg2redis.control
+src/decode/worker.o: pg2redis.control

@@ -2,7 +2,7 @@
  *
  * reply_parse.c
  *	  The CPU time of reading a block's replies: hiredis's own reply objects
- *	  against the compact ones of a ready link (src/reply_compact.c).
+ *	  against the compact ones of a ready link (src/redis/reply_compact.c).
  *
  * A block of 1,000 rows of two commands (HSET, SADD) is answered by +OK
  * (MULTI), 2,001 +QUEUED (the fence's SET included) and an EXEC array of
@@ -13,7 +13,7 @@
  * postgres.h here):
  *
  *	  cc -O2 -Iinclude -I"$(pg_config --includedir-server)" \
- *		  bench/reply_parse.c src/reply_compact.c -lhiredis -o /tmp/reply_parse
+ *		  bench/reply_parse.c src/redis/reply_compact.c -lhiredis -o /tmp/reply_parse
  *	  /tmp/reply_parse [piece bytes]
  *
  *-------------------------------------------------------------------------

@@ -116,7 +116,7 @@ TICK_US=$((1000000 / $(getconf CLK_TCK)))
 catch_up() {
 	local t0 t1 c0 c1 logged line
 	WORKER=$(sql -c "SELECT worker_pid FROM pg2redis_status()")
-	logged=$(grep -c 'pg2redis stage times' "$WORK/postgres.log" || true)
+	logged=$(grep -c 'LOG:  stage times: ' "$WORK/postgres.log" || true)
 	c0=$(worker_ticks)
 	if [[ -n ${1:-} && ${PG2REDIS_BENCH_PERF:-} == "$1":* ]]; then
 		perf record -q -F 2000 -g -p "$WORKER" -o "${PG2REDIS_BENCH_PERF#*:}" >/dev/null 2>&1 &
@@ -131,7 +131,7 @@ catch_up() {
 	if [[ -n ${1:-} ]]; then
 		line=""
 		for _ in $(seq 100); do
-			line=$(grep 'pg2redis stage times' "$WORK/postgres.log" | tail -n +"$((logged + 1))" | tail -1 || true)
+			line=$(grep 'LOG:  stage times: ' "$WORK/postgres.log" | tail -n +"$((logged + 1))" | tail -1 || true)
 			[[ -n $line ]] && break
 			sleep 0.05
 		done

@@ -128,6 +128,10 @@ lint() {
 lint symbols "$ROOT/test/symbols.sh" "$ROOT/pg2redis.so" "$("$PG_CONFIG" --bindir)/postgres"
 # The library exports only what the server looks up (exports.map).
 lint exports "$ROOT/test/exports.sh" "$ROOT/pg2redis.so"
+# No stage of src/ reaches a later one (includes and symbols).
+lint layers "$ROOT/test/layers.sh" "$ROOT"
+# Every ereport at WARNING or above carries an errcode.
+lint messages "$ROOT/test/messages.sh"
 
 WORK=$(mktemp -d /tmp/pg2redis-test.XXXXXX)
 if [[ $EUID -eq 0 ]]; then

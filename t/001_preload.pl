@@ -56,7 +56,7 @@ my $found = 0;
 foreach (1 .. 100)
 {
 	$found = 1, last
-	  if slurp_file($node->logfile) =~ /pg2redis cannot stream: "wal_level" is "replica"/;
+	  if slurp_file($node->logfile) =~ /the worker cannot stream: "wal_level" is "replica"/;
 	select(undef, undef, undef, 0.1);
 }
 ok($found, 'with wal_level = replica the worker logs why it cannot stream');

@@ -38,7 +38,7 @@ ok( poll_until(
 		30,
 		sub {
 			scalar log_lines($node,
-				qr/WARNING:  pg2redis: Redis lost writes it had acknowledged: its stream position went back from \Q$new\E to \Q$old\E/,
+				qr/WARNING:  Redis lost writes it had acknowledged: its stream position went back from \Q$new\E to \Q$old\E/,
 				$offset);
 		}),
 	'a WARNING names the range that went back');

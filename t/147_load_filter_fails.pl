@@ -47,7 +47,7 @@ is($redis->call('EXISTS', 't:1'), '0', 'the table whose filter fails is not');
 my @exits = log_lines($node, qr/background worker "pg2redis" \(PID \d+\) exited with exit code 1/,
 	$offset);
 cmp_ok(scalar(@exits), '<=', 1, 'the worker restarted at most once');
-ok(log_lines($node, qr/WARNING:  pg2redis: the snapshot filter of table "t" failed: permission denied/,
+ok(log_lines($node, qr/WARNING:  the snapshot filter of table "t" failed: permission denied/,
 		$offset), 'a WARNING names the table and the reason');
 ok(poll_until(30, sub {
 		$node->safe_psql('postgres',

@@ -35,7 +35,7 @@ ok( poll_until(
 		30,
 		sub {
 			log_lines($node,
-				qr/pg2redis waits for ALTER EXTENSION pg2redis UPDATE: the library is version 1\.1, the extension in database "postgres" version 1\.0/,
+				qr/the worker waits for ALTER EXTENSION pg2redis UPDATE: the library is version 1\.1, the extension in database "postgres" version 1\.0/,
 				$offset);
 		}),
 	'the worker logs that it waits for ALTER EXTENSION UPDATE');

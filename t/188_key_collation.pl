@@ -1,6 +1,6 @@
 # Copyright (c) pg2redis developers
 #
-# Attack on key-ordered reading (src/keyorder.c, commit f4d1aea): chunks are
+# Attack on key-ordered reading (src/snapshot/keyorder.c, commit f4d1aea): chunks are
 # read "ORDER BY key" and "WHERE key > last key", in the collation of the
 # key column, not of the key index.  A replica identity index in a
 # deterministic collation (here "C") on a column whose collation is

@@ -147,7 +147,7 @@ ok( poll_until(
 		30,
 		sub {
 			scalar log_lines($node,
-				qr/WARNING:  pg2redis: Redis lost writes it had acknowledged: its stream position went back from \S+ to \S+/,
+				qr/WARNING:  Redis lost writes it had acknowledged: its stream position went back from \S+ to \S+/,
 				$offset);
 		}),
 	'no WAIT: the lost writes are reported with their LSN range');

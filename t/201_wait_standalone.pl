@@ -60,7 +60,7 @@ ok( poll_until(
 		30,
 		sub {
 			scalar log_lines($node,
-				qr/WARNING:  pg2redis: Redis lost writes it had acknowledged: its stream position went back from \Q$before\E to 0\/1/,
+				qr/WARNING:  Redis lost writes it had acknowledged: its stream position went back from \Q$before\E to 0\/1/,
 				$offset);
 		}),
 	'a position behind the confirmed one, a block in flight: a WARNING with the range');

@@ -7,6 +7,8 @@
  * Code elsewhere uses only the names defined here for anything that changed
  * between versions; it never redefines a core name.
  *
+ * Stage: common (every stage may include it)
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef PG2REDIS_COMPAT_H

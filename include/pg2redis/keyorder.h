@@ -42,7 +42,6 @@ typedef enum KeyQuery
 	KEYQ_EQUAL	/* the row whose key is $1..$n */
 } KeyQuery;
 
-extern Oid	  keyorder_index(Relation rel);
 extern bool	  keyorder_setup(Relation rel, MemoryContext cxt, KeyOrder *ko);
 extern bool	  keyorder_still(KeyOrder *ko, Relation rel, MemoryContext cxt);
 extern char	 *keyorder_query(const KeyOrder *ko, Relation rel,

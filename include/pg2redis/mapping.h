@@ -39,7 +39,7 @@ typedef struct RelMap
 	AttrNumber	 *pk;
 	Bitmapset	 *identity; /* replica identity columns, rule rel attnums */
 	bool		  identity_full;
-	Oid			  keyindex; /* relid's key (keyorder_index), or invalid, */
+	Oid			  keyindex; /* relid's key (pg2r_row_key_index), or invalid, */
 	int			  nkeys;	/* and its columns, relid attnums: what a */
 	AttrNumber	 *keyatts;	/* dead letter names its row by */
 } RelMap;

@@ -3,6 +3,8 @@
  * pg2redis.h
  *	  Settings and small shared definitions of pg2redis.
  *
+ * Stage: common (every stage may include it)
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef PG2REDIS_PG2REDIS_H

@@ -14,6 +14,7 @@
 #include "port.h"
 
 #include "pg2redis/reply_compact.h"
+#include "pg2redis/settings.h"
 
 /* Where to connect, parsed from pg2redis.redis_url. */
 typedef struct RedisTarget
@@ -51,14 +52,6 @@ typedef struct RedisSetupError
 	char message[512];
 	char hint[512]; /* "" for none */
 } RedisSetupError;
-
-/* How a TLS server is checked (pg2redis.redis_tls_verify). */
-typedef enum RedisTlsVerify
-{
-	REDIS_TLS_VERIFY_FULL, /* chain to a trusted CA, and the host name */
-	REDIS_TLS_VERIFY_CA,   /* chain to a trusted CA only */
-	REDIS_TLS_VERIFY_NONE  /* nothing: encryption without authentication */
-} RedisTlsVerify;
 
 /*
  * The Redis layer's one way of returning an error: a function that fails

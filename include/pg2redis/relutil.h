@@ -16,6 +16,7 @@
 
 extern Bitmapset  *pg2r_identity_columns(Relation rel, bool *full);
 extern Oid		   pg2r_key_index(Relation rel);
+extern Oid		   pg2r_row_key_index(Relation rel);
 extern AttrNumber *pg2r_key_attnums(Relation rel, int *n);
 extern void pg2r_spi_whole_row(uint64 i, Oid relid, HeapTupleData *tuple);
 

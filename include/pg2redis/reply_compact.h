@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * reply_compact.h
- *	  Compact Redis replies (src/reply_compact.c).
+ *	  Compact Redis replies (src/redis/reply_compact.c).
  *
  *-------------------------------------------------------------------------
  */

@@ -3,10 +3,20 @@
  * settings.h
  *	  The pg2redis.* settings (GUCs).
  *
+ * Stage: common (every stage may include it)
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef PG2REDIS_SETTINGS_H
 #define PG2REDIS_SETTINGS_H
+
+/* How a TLS server is checked (pg2redis.redis_tls_verify). */
+typedef enum RedisTlsVerify
+{
+	REDIS_TLS_VERIFY_FULL, /* chain to a trusted CA, and the host name */
+	REDIS_TLS_VERIFY_CA,   /* chain to a trusted CA only */
+	REDIS_TLS_VERIFY_NONE  /* nothing: encryption without authentication */
+} RedisTlsVerify;
 
 /* pg2redis.numeric_mode */
 typedef enum Pg2rNumericMode

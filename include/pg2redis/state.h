@@ -64,6 +64,9 @@ typedef struct Pg2rShared
 } Pg2rShared;
 
 /* Every read and write of the shared state goes through these. */
+/* True in the pg2redis worker process only. */
+extern bool pg2r_in_worker;
+
 extern void			   pg2r_state_request_shmem(void);
 extern void			   pg2r_state_init_shmem(void);
 extern void			   pg2r_wake_worker(void);

@@ -26,7 +26,7 @@
  * Redis Cluster (redis-cluster:// URLs) runs a MULTI/EXEC only when all its
  * keys are in one hash slot.  There a block is cut into groups, one per
  * slot it touches, each a MULTI/EXEC of its slot's commands (in commit
- * order) and of the slot's own fence key (src/cluster.c), sent on the link
+ * order) and of the slot's own fence key (src/redis/cluster.c), sent on the link
  * to the primary that serves the slot.  Atomicity and the fence are then per
  * slot: a reader of one key still sees transactions whole and in order,
  * and every slot knows exactly which commands it has.  Multi-key DEL,
@@ -46,7 +46,7 @@
  * transaction) waits here: that is the back-pressure that bounds memory.
  *
   * Links.  A standalone server has one link; a cluster has a link to each
- * primary (src/links.c: connections, handshakes, the slot map, reconnects).
+ * primary (src/sender/links.c: connections, handshakes, the slot map, reconnects).
  * Any failure, and any redirection (MOVED, ASK, TRYAGAIN, CLUSTERDOWN: the
  * topology changed or is changing), drops every link; once they are back
  * and have read the fences of their slots (pg2r_topo_ready, here), the
@@ -88,7 +88,7 @@
 #include "pg2redis/redis_errors.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/sender.h"
-#include "pg2redis/sender_int.h"
+#include "sender_int.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/state.h"
 
@@ -498,7 +498,8 @@ queue_dead_letter(XLogRecPtr lsn, TransactionId xid, Oid relid, Pg2rOp op,
 	{
 		if (dead_letters_dropped++ == 0)
 			ereport(WARNING,
-					(errmsg("pg2redis dead letter queue is full; further dead letters are only counted")));
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("the dead letter queue is full; further dead letters are only counted")));
 		pg2r_report_dead_letters(1);
 		return;
 	}
@@ -1373,7 +1374,7 @@ link_pipeline_done(int li)
 /*
  * handle_exec_reply consumes the EXEC reply of group g.  Returns false when
  * the links must be dropped (the error is recorded).  The link reads compact
- * replies (src/reply_compact.c): of the array's elements, only the errors
+ * replies (src/redis/reply_compact.c): of the array's elements, only the errors
  * carry their text; the others carry their type alone.
  */
 static bool
@@ -1585,7 +1586,7 @@ pg2r_topo_ready(void)
 		if (topo.cluster)
 			ereport(WARNING,
 					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("pg2redis: the Redis Cluster lost writes of %d hash slots that it had acknowledged",
+					 errmsg("the Redis Cluster lost writes of %d hash slots that it had acknowledged",
 							lost),
 					 errdetail("Their stream positions went back, the lowest to %s: changes of transactions ending after %s up to %s may be missing from Redis; the stream goes on from %s.",
 							   from, from, to, to),
@@ -1593,7 +1594,7 @@ pg2r_topo_ready(void)
 		else
 			ereport(WARNING,
 					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("pg2redis: Redis lost writes it had acknowledged: its stream position went back from %s to %s",
+					 errmsg("Redis lost writes it had acknowledged: its stream position went back from %s to %s",
 							to, from),
 					 errdetail("Changes of transactions ending after %s up to %s may be missing from Redis (a failover to a replica that lacked them, or a restart without persistence); the stream goes on from %s.",
 							   from, to, to),
@@ -1606,7 +1607,7 @@ pg2r_topo_ready(void)
 		char key[CLUSTER_FENCE_KEY_LEN];
 
 		ereport(LOG,
-				(errmsg("pg2redis: Redis has no stream position (key \"%s\"); streaming resumes from the slot's position",
+				(errmsg("Redis has no stream position (key \"%s\"); streaming resumes from the slot's position",
 						cluster_fence_key(key, pg2r_slot_name, -1)),
 				 errhint("If Redis lost its data, run pg2redis_resync() to load every mapped table again, or pg2redis_snapshot() for one table.")));
 	}
@@ -1620,17 +1621,16 @@ pg2r_topo_ready(void)
 	if (!stopped)
 		pg2r_report_state(PG2R_STATE_STREAMING);
 	if (topo.cluster)
-		ereport(LOG,
-				(errmsg("pg2redis: connected to Redis Cluster at %s (%d primaries)",
-						topo.target.display, topo.nlinks)));
+		ereport(LOG, (errmsg("connected to Redis Cluster at %s (%d primaries)",
+							 topo.target.display, topo.nlinks)));
 	else if (topo.sentinel)
 		ereport(LOG,
-				(errmsg("pg2redis: connected to Redis primary %s of \"%s\" (Sentinel at %s)",
+				(errmsg("connected to Redis primary %s of \"%s\" (Sentinel at %s)",
 						topo.links[0].name, topo.target.master_name,
 						topo.target.display)));
 	else
-		ereport(LOG, (errmsg("pg2redis: connected to Redis at %s",
-							 topo.target.display)));
+		ereport(LOG,
+				(errmsg("connected to Redis at %s", topo.target.display)));
 	if (inflight)
 	{
 		dispatch_inflight();

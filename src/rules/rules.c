@@ -66,8 +66,8 @@
 #include "pg2redis/commands.h"
 #include "pg2redis/relutil.h"
 #include "pg2redis/rules.h"
-#include "pg2redis/rules_int.h"
-#include "pg2redis/worker.h"
+#include "rules_int.h"
+#include "pg2redis/state.h"
 
 /* The rules of one relation, per op. */
 typedef struct RuleRel
@@ -354,7 +354,7 @@ rules_load(void)
 		/* TRUNCATE is refused and DROP EXTENSION waits: this one got through */
 		ereport(WARNING,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("pg2redis: table pg2redis.rules was dropped before the stream applied changes committed before that"),
+				 errmsg("table pg2redis.rules was dropped before the stream applied changes committed before that"),
 				 errdetail("Those changes are not sent to Redis."),
 				 errhint("Check Redis with pg2redis_verify(), or run pg2redis_resync() to load every mapped table again.")));
 		MemoryContextSwitchTo(old);

@@ -6,7 +6,7 @@
  *
  * A dead letter whose row is known records the row's key: the columns of
  * the table's replica identity index, else of its primary key (the key a
- * snapshot on demand reads the table by, keyorder_index()), as text in the
+ * snapshot on demand reads the table by, pg2r_row_key_index()), as text in the
  * index's column order, with the index's OID.  The decoder hands the key of
  * each change to the sender before its commands (redrive_note_row); each
  * command keeps a reference to it, so that a command Redis refuses later
@@ -54,6 +54,7 @@
 #include "pg2redis/keyorder.h"
 #include "pg2redis/pgarray.h"
 #include "pg2redis/redrive.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/state.h"
@@ -171,7 +172,7 @@ check_dead_letter(int64 id, Oid relid, Oid keyindex, int nkeys)
 				 errmsg("table \"%s\" has no pg2redis rules", name),
 				 errdetail("Dead letter " INT64_FORMAT " would write nothing.",
 						   id)));
-	current = keyorder_index(rel);
+	current = pg2r_row_key_index(rel);
 	if (current == keyindex)
 	{
 		Relation idx = index_open(keyindex, AccessShareLock);

@@ -1086,7 +1086,8 @@ collect_patterns(VerifyState *vs, List *stats)
 				/* its disabled rules' keys are no enabled rule's */
 				if (!warned)
 					ereport(WARNING,
-							(errmsg("pg2redis: the sweep leaves alone the keys of table \"%s\": it has disabled rules",
+							(errcode(ERRCODE_WARNING),
+							 errmsg("the sweep leaves alone the keys of table \"%s\": it has disabled rules",
 									get_rel_name(relid) ? get_rel_name(relid)
 														: "?"),
 							 errdetail("Keys that a disabled rule wrote match no enabled rule, and would be taken for orphans."),
@@ -1097,7 +1098,8 @@ collect_patterns(VerifyState *vs, List *stats)
 			else if (vs->sweep && kp->literal == 0)
 			{
 				ereport(WARNING,
-						(errmsg("pg2redis: the sweep leaves alone the keys of rule " INT64_FORMAT
+						(errcode(ERRCODE_WARNING),
+						 errmsg("the sweep leaves alone the keys of rule " INT64_FORMAT
 								" of table \"%s\": its key pattern has no literal text",
 								rule->id,
 								get_rel_name(relid) ? get_rel_name(relid)

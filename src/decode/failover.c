@@ -191,13 +191,14 @@ read_origin(void)
 	}
 	else if (type == REDIS_REPLY_STRING)
 		ereport(WARNING,
-				(errmsg("pg2redis: key \"%s\" in Redis does not hold a stream origin",
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("key \"%s\" in Redis does not hold a stream origin",
 						key),
 				 errdetail("It holds \"%.64s\".", text)));
 	else if (type == REDIS_REPLY_ERROR)
 		ereport(WARNING,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("pg2redis could not read key \"%s\" from Redis: the stream's origin is not known",
+				 errmsg("could not read key \"%s\" from Redis: the stream's origin is not known",
 						key),
 				 errdetail("Redis said: %s", text),
 				 errhint("Grant the Redis user GET and SET on pg2redis:*.")));
@@ -220,7 +221,7 @@ write_origin(void)
 	if (run_one(3, argv, &text) == REDIS_REPLY_ERROR)
 		ereport(WARNING,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("pg2redis could not write key \"%s\" to Redis: a failover will not be recognized",
+				 errmsg("could not write key \"%s\" to Redis: a failover will not be recognized",
 						key),
 				 errdetail("Redis said: %s", text),
 				 errhint("Grant the Redis user GET and SET on pg2redis:*.")));
@@ -246,19 +247,19 @@ failover_load_needs_sweep(bool redis_has_position)
 	{
 		if (load_sweep == LOAD_SWEEP_ALWAYS)
 			ereport(LOG,
-					(errmsg("pg2redis: the initial load is followed by a sweep (pg2redis.load_sweep = always)")));
+					(errmsg("the initial load is followed by a sweep (pg2redis.load_sweep = always)")));
 		return load_sweep == LOAD_SWEEP_ALWAYS;
 	}
 	if (!theirs.found)
 		ereport(LOG,
-				(errmsg("pg2redis: Redis holds the stream of an earlier slot, of unknown origin; the load is followed by a sweep of the keys no row renders")));
+				(errmsg("Redis holds the stream of an earlier slot, of unknown origin; the load is followed by a sweep of the keys no row renders")));
 	else if (theirs.sysid == ours.sysid && theirs.tli == ours.tli)
 		ereport(LOG,
-				(errmsg("pg2redis: Redis holds the stream of an earlier slot of this system and timeline (%s); the load is followed by a sweep of the keys no row renders",
+				(errmsg("Redis holds the stream of an earlier slot of this system and timeline (%s); the load is followed by a sweep of the keys no row renders",
 						origin_text(theirs))));
 	else
 		ereport(LOG,
-				(errmsg("pg2redis: Redis holds the stream of another server or timeline (%s; this server is %s); the load is followed by a sweep of the keys no row renders",
+				(errmsg("Redis holds the stream of another server or timeline (%s; this server is %s); the load is followed by a sweep of the keys no row renders",
 						origin_text(theirs), origin_text(ours)),
 				 errdetail("After a failover, the new primary has no slot: the load writes every row again, and the sweep removes the keys of rows the new primary does not have.")));
 	return true;
@@ -298,7 +299,8 @@ failover_after_load(bool sweep, bool loaded_all)
 		 */
 		if (sweep)
 			ereport(WARNING,
-					(errmsg("pg2redis: the sweep after the initial load was skipped: Redis stalled during the load"),
+					(errcode(ERRCODE_CONNECTION_EXCEPTION),
+					 errmsg("the sweep after the initial load was skipped: Redis stalled during the load"),
 					 errdetail("Keys of rows that no longer exist may remain in Redis."),
 					 errhint("Run pg2redis_verify() once the stream caught up, and delete the orphans it lists.")));
 		return;
@@ -328,19 +330,19 @@ failover_after_load(bool sweep, bool loaded_all)
 		if (edata)
 			ereport(WARNING,
 					(errcode(edata->sqlerrcode),
-					 errmsg("pg2redis: the sweep after the initial load failed: %s",
+					 errmsg("the sweep after the initial load failed: %s",
 							edata->message),
 					 errdetail("Keys of rows that no longer exist may remain in Redis."),
 					 errhint("Grant the Redis user SCAN and DEL; run pg2redis_verify() and delete the orphans it lists.")));
 		else if (n > 0)
 			ereport(LOG,
-					(errmsg("pg2redis: the sweep after the initial load removed " INT64_FORMAT
+					(errmsg("the sweep after the initial load removed " INT64_FORMAT
 							" keys that no row renders, in %ld ms",
 							n, ms),
 					 errdetail("Keys removed per table: %s.", detail)));
 		else
 			ereport(LOG,
-					(errmsg("pg2redis: the sweep after the initial load found no key to remove, in %ld ms",
+					(errmsg("the sweep after the initial load found no key to remove, in %ld ms",
 							ms)));
 	}
 	write_origin();
@@ -368,14 +370,15 @@ failover_check_slot(void)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("pg2redis does not stream: Redis holds the stream of a later timeline of this server (%s; this server is %s)",
+				 errmsg("the worker does not stream: Redis holds the stream of a later timeline of this server (%s; this server is %s)",
 						origin_text(theirs), origin_text(ours)),
 				 errdetail("This server looks like an old primary that a failover left behind; its changes would overwrite the new primary's in Redis."),
 				 errhint("Make this server a standby of the new primary.  To make it the source of Redis again, run pg2redis_resync() on it.")));
 		return SLOT_SUPERSEDED;
 	}
 	ereport(WARNING,
-			(errmsg("pg2redis: replication slot \"%s\" does not belong to the stream Redis holds (%s; this server is %s)",
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("replication slot \"%s\" does not belong to the stream Redis holds (%s; this server is %s)",
 					pg2r_slot_name, origin_text(theirs), origin_text(ours)),
 			 errdetail("The slot was made on another server or timeline (a server restored with its slot): Redis may hold changes this server does not have."),
 			 errhint("The worker drops the slot and loads every mapped table again, with a sweep.")));

@@ -1537,7 +1537,7 @@ redis_receive(RedisConn *conn, bool *eof)
  * redis_free_reply if the connection ever had compact_replies set, else
  * with either that or freeReplyObject), 0 if none is complete yet, or -1
  * with conn->error set for a protocol error.  With compact_replies set, the
- * reply is built compact (src/reply_compact.c).
+ * reply is built compact (src/redis/reply_compact.c).
  */
 int
 redis_next_reply(RedisConn *conn, redisReply **reply)

@@ -18,7 +18,7 @@
 #include "utils/numeric.h"
 
 #include "pg2redis/condition.h"
-#include "pg2redis/expand_int.h"
+#include "expand_int.h"
 #include "pg2redis/render.h"
 
 /*

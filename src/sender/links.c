@@ -12,7 +12,7 @@
  * cannot run after the positions were read), and reads the stream position
  * of every slot the link serves; on a first connect it also makes those
  * positions durable on the replicas (a write and WAIT).  Once every link is
- * ready, src/sender.c decides what of the block in flight Redis has
+ * ready, src/sender/sender.c decides what of the block in flight Redis has
  * (pg2r_topo_ready).
  *
  * Behind Redis Sentinel (redis-sentinel:// URLs) the map link asks a
@@ -56,7 +56,7 @@
 #include "pg2redis/keyslot.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/sender.h"
-#include "pg2redis/sender_int.h"
+#include "sender_int.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/stages.h"
 #include "pg2redis/state.h"
@@ -289,12 +289,12 @@ pg2r_topo_fail(Link *l, const char *fmt, ...)
 				 : topo.attempts == 1 || topo.attempts % 20 == 0)
 		ereport(LOG,
 				(redirect && topo.sentinel
-					 ? errmsg("pg2redis: the Redis primary behind the sentinels at %s is failing over: %s",
+					 ? errmsg("the Redis primary behind the sentinels at %s is failing over: %s",
 							  topo.target.display, full)
 				 : redirect
-					 ? errmsg("pg2redis: the Redis Cluster at %s is moving slots or failing over: %s",
+					 ? errmsg("the Redis Cluster at %s is moving slots or failing over: %s",
 							  topo.target.display, full)
-					 : errmsg("pg2redis: Redis at %s is unavailable: %s",
+					 : errmsg("Redis at %s is unavailable: %s",
 							  topo.target.display, full),
 				 errdetail("Retrying in %ld ms.", delay)));
 }
@@ -393,7 +393,7 @@ link_named_kills(Link *l, const redisReply *r)
 	{
 		if (!warned)
 			ereport(LOG,
-					(errmsg("pg2redis cannot end the connections an earlier worker left on Redis at %s",
+					(errmsg("cannot end the connections an earlier worker left on Redis at %s",
 							l->name),
 					 errdetail("%s", r->type == REDIS_REPLY_ERROR
 										 ? r->str
@@ -1312,9 +1312,8 @@ sender_reconfigure(void)
 							   : "Any server with a certificate from a trusted CA can impersonate the Redis server."),
 				 errhint("Use pg2redis.redis_tls_verify = full, with a certificate that names the host of pg2redis.redis_url.")));
 	if (topo.state != TOPO_DOWN && topo.state != TOPO_INIT)
-		ereport(LOG,
-				(errmsg("pg2redis: Redis settings changed, connecting to %s",
-						target.display)));
+		ereport(LOG, (errmsg("Redis settings changed, connecting to %s",
+							 target.display)));
 	nfences = target.cluster ? REDIS_CLUSTER_SLOTS : 1;
 	if (topo.nfences != nfences && topo.state != TOPO_INIT)
 	{
@@ -1324,7 +1323,7 @@ sender_reconfigure(void)
 		 * only ever moves past what Redis acknowledged.
 		 */
 		ereport(LOG,
-				(errmsg("pg2redis: pg2redis.redis_url switched between a standalone Redis and a Redis Cluster; restarting the worker")));
+				(errmsg("pg2redis.redis_url switched between a standalone Redis and a Redis Cluster; restarting the worker")));
 		proc_exit(1);
 	}
 	topo_close();

@@ -33,8 +33,8 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "pg2redis/compat.h"
 #include "pg2redis/cluster.h"
+#include "pg2redis/compat.h"
 #include "pg2redis/keyslot.h"
 #include "pg2redis/redis_errors.h"
 #include "pg2redis/redis_io.h"

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * sender_int.h
- *	  What src/sender.c (blocks, groups, replies) and src/links.c (the
+ *	  What src/sender/sender.c (blocks, groups, replies) and src/sender/links.c (the
  *	  connections to Redis and the cluster topology) share; not for other
  *	  files.
  *
@@ -164,7 +164,7 @@ typedef enum TopoState
 	TOPO_READY
 } TopoState;
 
-/* The links, the slot map and the positions read (src/links.c). */
+/* The links, the slot map and the positions read (src/sender/links.c). */
 typedef struct Topology
 {
 	TopoState	state;
@@ -210,7 +210,7 @@ extern Topology		 topo;
 extern bool			 stopped;	   /* a rejected command stopped the stream */
 extern SenderHooks	 sender_hooks; /* given to sender_init() */
 
-/* src/sender.c */
+/* src/sender/sender.c */
 extern char		  *pg2r_fence_format(Fence f, char *buf, size_t len);
 extern bool		   pg2r_fence_parse(const char *s, Fence *f);
 extern int		   pg2r_link_wait_replicas(const Link *l);
@@ -220,7 +220,7 @@ extern void		   pg2r_append_wait(StringInfo buf, int n);
 extern bool		   pg2r_handle_block_reply(int li, redisReply *r);
 extern void		   pg2r_topo_ready(void);
 
-/* src/links.c */
+/* src/sender/links.c */
 extern void pg2r_link_reset(Link *l);
 extern void pg2r_link_arm_deadline(Link *l);
 extern int	pg2r_wait_timeout_ms(void);

@@ -155,3 +155,17 @@ pg2r_trigger_row(FunctionCallInfo fcinfo, const char *name, bool before,
 			   ? trigdata->tg_newtuple
 			   : trigdata->tg_trigtuple;
 }
+
+/*
+ * pg2r_row_key_index returns the index a row's key is taken from (and a
+ * table is read by, in key order): its replica identity
+ * index, else its primary key, else InvalidOid.  The identity index comes
+ * first because a decoded delete carries only its columns.
+ */
+Oid
+pg2r_row_key_index(Relation rel)
+{
+	Oid idxoid = RelationGetReplicaIndex(rel);
+
+	return OidIsValid(idxoid) ? idxoid : RelationGetPrimaryKeyIndex(rel);
+}

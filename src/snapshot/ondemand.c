@@ -668,7 +668,7 @@ use_key(void)
 	if (OidIsValid(od.req.keyindex) && od.req.keyindex != od.chunk.key.index)
 	{
 		ereport(LOG,
-				(errmsg("pg2redis: snapshot request " INT64_FORMAT
+				(errmsg("snapshot request " INT64_FORMAT
 						" reads table \"%s\" again from its start: its key changed",
 						od.req.id, od.req.leaf_name)));
 		forget_leaf_progress();
@@ -1090,10 +1090,11 @@ finish_request(const char *state, const char *error)
 
 	if (!pg2r_run_sql(record_progress, &pa, NULL, &err))
 		ereport(WARNING,
-				(errmsg("pg2redis could not record the end of snapshot request " INT64_FORMAT
+				(errcode(ERRCODE_WARNING),
+				 errmsg("could not record the end of snapshot request " INT64_FORMAT
 						": %s",
 						od.req.id, err)));
-	ereport(LOG, (errmsg("pg2redis: snapshot request " INT64_FORMAT
+	ereport(LOG, (errmsg("snapshot request " INT64_FORMAT
 						 " %s after " UINT64_FORMAT " rows%s%s",
 						 od.req.id, state, od.req.rows, error ? ": " : "",
 						 error ? error : "")));
@@ -1198,7 +1199,8 @@ ondemand_resolve_resumes(void)
 
 	if (!pg2r_run_sql(resolve_resumes, NULL, NULL, &err))
 		ereport(WARNING,
-				(errmsg("pg2redis could not resolve where snapshot requests resume: %s",
+				(errcode(ERRCODE_WARNING),
+				 errmsg("could not resolve where snapshot requests resume: %s",
 						err)));
 }
 
@@ -1483,7 +1485,7 @@ note_chunk_keys(void)
 	}
 	if (nretry > 0)
 		ereport(DEBUG1,
-				(errmsg_internal("pg2redis: snapshot request " INT64_FORMAT
+				(errmsg_internal("snapshot request " INT64_FORMAT
 								 " reads %d rows of \"%s\" again",
 								 od.req.id, nretry, od.req.leaf_name)));
 }
@@ -1513,7 +1515,8 @@ leave_rereads_to_stream(void)
 	if (od.req.retry != NIL && od.req.retry_round >= RETRY_ROUNDS)
 	{
 		ereport(WARNING,
-				(errmsg("pg2redis: snapshot request " INT64_FORMAT
+				(errcode(ERRCODE_WARNING),
+				 errmsg("snapshot request " INT64_FORMAT
 						" leaves %d rows of \"%s\" to the stream",
 						od.req.id, list_length(od.req.retry),
 						od.req.leaf_name),
@@ -1646,14 +1649,14 @@ poll_for_request(void)
 	if (!pg2r_run_sql(load_request, NULL, NULL, &err))
 	{
 		ereport(WARNING,
-				(errmsg("pg2redis could not read snapshot requests: %s",
-						err)));
+				(errcode(ERRCODE_WARNING),
+				 errmsg("could not read snapshot requests: %s", err)));
 		return false;
 	}
 	if (!od.req.active)
 		return false;
-	ereport(LOG, (errmsg("pg2redis: serving snapshot request " INT64_FORMAT,
-						 od.req.id)));
+	ereport(LOG,
+			(errmsg("serving snapshot request " INT64_FORMAT, od.req.id)));
 	if (od.req.leaves == NIL)
 	{
 		finish_request("done", NULL);

@@ -71,8 +71,7 @@
 
 #include "pg2redis/commands.h"
 #include "pg2redis/compat.h"
-#include "pg2redis/expand_int.h"
-#include "pg2redis/keyorder.h"
+#include "expand_int.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/relutil.h"
 #include "pg2redis/settings.h"
@@ -182,7 +181,7 @@ relmap_build(RelMap *entry, Relation rel, uint64 gen)
 	entry->pk = pg2r_key_attnums(rulerel, &entry->npk);
 
 	/* The key dead letters name a row of relid by (redrive.c). */
-	entry->keyindex = keyorder_index(rel);
+	entry->keyindex = pg2r_row_key_index(rel);
 	if (OidIsValid(entry->keyindex))
 	{
 		Relation idx = RelationIdGetRelation(entry->keyindex);

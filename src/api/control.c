@@ -367,7 +367,7 @@ static const char *const read_commands[] = {
 };
 
 /*
- * Data commands beyond those rules may send (src/commands.c), with their
+ * Data commands beyond those rules may send (src/redis/commands.c), with their
  * keys as in RedisCommandDef, so that every key written can be checked.
  */
 static const RedisCommandDef write_commands[] = {

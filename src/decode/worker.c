@@ -98,7 +98,6 @@
 #include "pg2redis/snapshot.h"
 #include "pg2redis/stages.h"
 #include "pg2redis/state.h"
-#include "pg2redis/worker.h"
 #include "pg2redis/xactsql.h"
 
 #define SLOT_SAVE_INTERVAL_MS 2000
@@ -107,8 +106,6 @@
 #define IDLE_TIMEOUT_MS 1000
 #define EXTENSION_POLL_MS 10000
 #define PROMOTION_POLL_MS 1000
-
-bool pg2r_in_worker = false;
 
 PGDLLEXPORT void pg2redis_worker_main(Datum arg);
 
@@ -158,7 +155,7 @@ worker_handle_interrupts(void)
 		if (sender_stopped())
 		{
 			ereport(LOG,
-					(errmsg("pg2redis: configuration reloaded, restarting the stopped stream")));
+					(errmsg("configuration reloaded, restarting the stopped stream")));
 			proc_exit(1);
 		}
 		sender_reconfigure();
@@ -386,8 +383,8 @@ maybe_prune_dead_letters(void)
 	last_retention = pg2r_dead_letter_retention_s;
 	if (!pg2r_run_sql(prune_dead_letters, NULL, NULL, &err))
 		ereport(WARNING,
-				(errmsg("pg2redis could not prune old dead letters: %s",
-						err)));
+				(errcode(ERRCODE_WARNING),
+				 errmsg("could not prune old dead letters: %s", err)));
 }
 
 /*
@@ -409,7 +406,8 @@ write_dead_letters(void)
 		DeadLetter *first = linitial(letters);
 
 		ereport(WARNING,
-				(errmsg("pg2redis could not record %d dead letters: %s",
+				(errcode(ERRCODE_WARNING),
+				 errmsg("could not record %d dead letters: %s",
 						list_length(letters), err),
 				 errdetail("The first: relation %u, %s at %X/%X: %s",
 						   first->relid, pg2r_op_name(first->op),
@@ -513,7 +511,7 @@ wait_for_extension(void)
 		if (version != NULL && !logged)
 		{
 			ereport(LOG,
-					(errmsg("pg2redis waits for ALTER EXTENSION pg2redis UPDATE: the library is version %s, the extension in database \"%s\" version %s",
+					(errmsg("the worker waits for ALTER EXTENSION pg2redis UPDATE: the library is version %s, the extension in database \"%s\" version %s",
 							PG2R_EXTVERSION, pg2r_database, version),
 					 errhint("Run ALTER EXTENSION pg2redis UPDATE in that database.")));
 			logged = true;
@@ -547,7 +545,7 @@ wait_for_promotion(void)
 	{
 		if (!waited)
 			ereport(LOG,
-					(errmsg("pg2redis: the server is a standby; the worker waits for its promotion")));
+					(errmsg("the server is a standby; the worker waits for its promotion")));
 		waited = true;
 		pg2r_report_state(PG2R_STATE_STANDBY);
 		(void) WaitLatch(MyLatch,
@@ -566,7 +564,7 @@ wait_for_promotion(void)
 	if (waited)
 	{
 		ereport(LOG,
-				(errmsg("pg2redis: the server was promoted (timeline %u); the worker starts",
+				(errmsg("the server was promoted (timeline %u); the worker starts",
 						GetWALInsertionTimeLine())));
 		pg2r_report_state(PG2R_STATE_STARTING);
 	}
@@ -613,8 +611,7 @@ create_slot(void)
 	LoadOutcome				outcome;
 	bool					sweep;
 
-	ereport(LOG, (errmsg("pg2redis: creating replication slot \"%s\"",
-						 pg2r_slot_name)));
+	ereport(LOG, (errmsg("creating replication slot \"%s\"", pg2r_slot_name)));
 	pg2r_report_state(PG2R_STATE_STARTING);
 
 	/* the initial load needs Redis; do not hold a slot while waiting */
@@ -657,7 +654,7 @@ create_slot(void)
 	ReplicationSlotRelease();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(WorkerCxt);
-	ereport(LOG, (errmsg("pg2redis: replication slot \"%s\" created at %X/%X",
+	ereport(LOG, (errmsg("replication slot \"%s\" created at %X/%X",
 						 pg2r_slot_name, LSN_FORMAT_ARGS(start))));
 	if (outcome == LOAD_GAVE_UP)
 	{
@@ -691,7 +688,7 @@ wait_for_resync(void)
 	}
 	pg2r_clear_resync_request();
 	pg2r_clear_error();
-	ereport(LOG, (errmsg("pg2redis: resync requested")));
+	ereport(LOG, (errmsg("resync requested")));
 }
 
 /*
@@ -732,7 +729,8 @@ start_decoding(void)
 	{
 		/* invalidated (max_slot_wal_keep_size): the WAL it needs is gone */
 		ereport(WARNING,
-				(errmsg("pg2redis: replication slot \"%s\" was invalidated; the WAL it needed was removed",
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("replication slot \"%s\" was invalidated; the WAL it needed was removed",
 						pg2r_slot_name),
 				 errdetail("Changes made while the worker could not keep up are lost from the stream."),
 				 errhint("The worker recreates the slot and loads every mapped table again.")));
@@ -773,7 +771,7 @@ start_decoding(void)
 static void
 resync(void)
 {
-	ereport(LOG, (errmsg("pg2redis: resync requested")));
+	ereport(LOG, (errmsg("resync requested")));
 	pg2r_clear_resync_request();
 	if (decoding)
 	{
@@ -808,7 +806,7 @@ decode_available(void)
 		record = XLogReadRecord(decoding->reader, &errm);
 		if (errm)
 			ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED),
-							errmsg("pg2redis could not read WAL: %s", errm)));
+							errmsg("could not read WAL: %s", errm)));
 		if (record == NULL)
 			return true;
 		PG_TRY();
@@ -1001,7 +999,7 @@ pg2redis_worker_main(Datum arg)
 		pg2r_report_error("wal_level must be logical");
 		ereport(LOG,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("pg2redis cannot stream: \"wal_level\" is \"%s\"",
+				 errmsg("the worker cannot stream: \"wal_level\" is \"%s\"",
 						GetConfigOption("wal_level", false, false)),
 				 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
 		proc_exit(0); /* do not restart: the setting needs a restart */

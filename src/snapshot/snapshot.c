@@ -94,7 +94,6 @@
 #include "pg2redis/snapshot.h"
 #include "pg2redis/snapshot_filters.h"
 #include "pg2redis/state.h"
-#include "pg2redis/worker.h"
 
 /* the subtransaction the owner's statement timeout was armed in, if any */
 static SubTransactionId armed_in = InvalidSubTransactionId;
@@ -958,7 +957,7 @@ load_chunk_locked(Load *ld, LeafPos *pos)
 					 RelationGetRelationName(rel), edata->message);
 
 		ereport(WARNING,
-				(errcode(edata->sqlerrcode), errmsg("pg2redis: %s", msg),
+				(errcode(edata->sqlerrcode), errmsg("%s", msg),
 				 call.filter
 					 ? errhint("Fix or delete the filter in pg2redis.snapshot_filters, then run pg2redis_snapshot() for the table.")
 					 : errhint("The table is read as its owner; fix the cause, then run pg2redis_snapshot() for the table.")));
@@ -1137,7 +1136,7 @@ spill_leaves(Load *ld, List *keyless, BufFile *file)
 			ld->unspilled =
 				list_copy_tail(keyless, foreach_current_index(lc) + 1);
 			ereport(LOG,
-					(errmsg("pg2redis: the initial load's tables without a key take more than half of temp_file_limit; it reads the rest of them chunk by chunk"),
+					(errmsg("the initial load's tables without a key take more than half of temp_file_limit; it reads the rest of them chunk by chunk"),
 					 errdetail("A rewrite of one of them during the load now makes the load start over.")));
 			break;
 		}
@@ -1220,7 +1219,7 @@ load_keyless(Load *ld, List *leaves, bool *ok)
 	foreach(lc, leaves)
 	{
 		Relation rel = try_table_open(lfirst_oid(lc), AccessShareLock);
-		Oid		 idxoid = rel ? keyorder_index(rel) : InvalidOid;
+		Oid		 idxoid = rel ? pg2r_row_key_index(rel) : InvalidOid;
 
 		/*
 		 * A key index made after the load's snapshot does not make the rows
@@ -1344,7 +1343,7 @@ load_leaf_from(Load *ld, LeafPos *ppos)
 			char *name = get_rel_name(relid);
 
 			ereport(LOG,
-					(errmsg("pg2redis: table \"%s\" was rewritten or truncated during the initial load, or its key changed; a snapshot on demand loads the rest",
+					(errmsg("table \"%s\" was rewritten or truncated during the initial load, or its key changed; a snapshot on demand loads the rest",
 							name ? name : "?")));
 			state->deferred = true;
 			return true;
@@ -1497,7 +1496,7 @@ load_requests(Load *ld, bool *keyless)
 		request = palloc0(sizeof(LoadRequest));
 		request->relid = relid;
 		request->name = pstrdup(RelationGetRelationName(rel));
-		if (!OidIsValid(keyorder_index(rel)))
+		if (!OidIsValid(pg2r_row_key_index(rel)))
 			*keyless = true;
 		table_close(rel, AccessShareLock);
 		if (state != NULL && state->keyed)
@@ -1568,7 +1567,7 @@ request_snapshots(Load *ld, List *requests)
 						 OidIsValid(request->keyindex) ? " (the rest)" : "");
 	}
 	ereport(LOG,
-			(errmsg("pg2redis: the initial load left %d tables to snapshots on demand: %s",
+			(errmsg("the initial load left %d tables to snapshots on demand: %s",
 					list_length(requests), names.data)));
 }
 
@@ -1678,7 +1677,7 @@ snapshot_initial_load(XLogRecPtr start)
 								  : "; snapshots on demand load the rest");
 		ereport(WARNING,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("pg2redis: Redis acknowledged nothing for %d ms during the initial load",
+				 errmsg("Redis acknowledged nothing for %d ms during the initial load",
 						pg2r_load_stall_timeout_ms),
 				 errdetail(keyless
 							   ? "The load gives up, releasing its snapshot, and the next start loads every table again (a table to load has neither a primary key nor a replica identity index)."
@@ -1689,7 +1688,7 @@ snapshot_initial_load(XLogRecPtr start)
 	{
 		if (!ld.stalled)
 			ereport(LOG,
-					(errmsg("pg2redis: a table without a primary key or replica identity index was rewritten during the initial load; the load starts over")));
+					(errmsg("a table without a primary key or replica identity index was rewritten during the initial load; the load starts over")));
 		outcome = LOAD_START_OVER;
 	}
 	else
@@ -1701,7 +1700,7 @@ snapshot_initial_load(XLogRecPtr start)
 	}
 	pg2r_report_load_end();
 	if (outcome == LOAD_DONE)
-		ereport(LOG, (errmsg("pg2redis: initial load sent " UINT64_FORMAT
+		ereport(LOG, (errmsg("initial load sent " UINT64_FORMAT
 							 " rows of %d tables",
 							 ld.rows, list_length(leaves))));
 	SPI_finish();

@@ -35,6 +35,9 @@
 #include "pg2redis/compat.h"
 #include "pg2redis/state.h"
 
+/* True in the pg2redis worker process only (set by pg2redis_worker_main). */
+bool pg2r_in_worker = false;
+
 static Pg2rShared *pg2r_shared = NULL;
 
 /* Per-relation statistics: PG2R_RELSTATS_MAX entries, open addressing. */

@@ -143,7 +143,7 @@ pg2r_stage_report(void)
 						  : 0;
 	if (changes > 0)
 		ereport(LOG,
-				(errmsg("pg2redis stage times: " UINT64_FORMAT
+				(errmsg("stage times: " UINT64_FORMAT
 						" changes, %.2f us CPU per change: decode %.2f, map %.2f, append %.2f, io %.2f, other %.2f; wait %.3f s; busy %.3f s",
 						changes, cpu_us / (double) changes,
 						per[PG2R_STAGE_DECODE], per[PG2R_STAGE_MAP],

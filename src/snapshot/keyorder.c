@@ -39,20 +39,8 @@
 #include "utils/syscache.h"
 
 #include "pg2redis/keyorder.h"
+#include "pg2redis/relutil.h"
 #include "pg2redis/snapshot.h"
-
-/*
- * keyorder_index returns the index a table is read by: its replica identity
- * index, else its primary key, else InvalidOid.  The identity index comes
- * first because a decoded delete carries only its columns.
- */
-Oid
-keyorder_index(Relation rel)
-{
-	Oid idxoid = RelationGetReplicaIndex(rel);
-
-	return OidIsValid(idxoid) ? idxoid : RelationGetPrimaryKeyIndex(rel);
-}
 
 /*
  * key_operator returns the operator of btree opfamily for strategy on
@@ -107,13 +95,13 @@ key_collate(Oid collid)
 
 /*
  * keyorder_setup fills *ko, allocated in cxt, with the key of rel
- * (keyorder_index): its columns' types, and the operators of the index's
+ * (pg2r_row_key_index): its columns' types, and the operators of the index's
  * opfamilies; false if rel has no such index.
  */
 bool
 keyorder_setup(Relation rel, MemoryContext cxt, KeyOrder *ko)
 {
-	Oid			  idxoid = keyorder_index(rel);
+	Oid			  idxoid = pg2r_row_key_index(rel);
 	Relation	  idx;
 	int			  n;
 	MemoryContext old;
