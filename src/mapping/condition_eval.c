@@ -18,8 +18,9 @@
 #include "utils/numeric.h"
 
 #include "pg2redis/condition.h"
-#include "expand_int.h"
 #include "pg2redis/render.h"
+
+#include "expand_int.h"
 
 /*
  * pg2r_compare_values compares two values as conditions do: numerically

@@ -71,10 +71,11 @@
 
 #include "pg2redis/commands.h"
 #include "pg2redis/compat.h"
-#include "expand_int.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/relutil.h"
 #include "pg2redis/settings.h"
+
+#include "expand_int.h"
 
 static HTAB			*RelMaps = NULL;
 static RelMap		*LastMap = NULL; /* the entry mapping_get found last */

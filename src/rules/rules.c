@@ -66,8 +66,9 @@
 #include "pg2redis/commands.h"
 #include "pg2redis/relutil.h"
 #include "pg2redis/rules.h"
-#include "rules_int.h"
 #include "pg2redis/state.h"
+
+#include "rules_int.h"
 
 /* The rules of one relation, per op. */
 typedef struct RuleRel

@@ -37,6 +37,7 @@
 #include "pg2redis/commands.h"
 #include "pg2redis/relutil.h"
 #include "pg2redis/rules.h"
+
 #include "rules_int.h"
 
 PG_FUNCTION_INFO_V1(pg2redis_validate_rule);

@@ -56,10 +56,11 @@
 #include "pg2redis/keyslot.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/sender.h"
-#include "sender_int.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/stages.h"
 #include "pg2redis/state.h"
+
+#include "sender_int.h"
 
 #define MAP_REFRESH_MS 5000	   /* how often a cluster's slot map is checked */
 #define SENTINEL_CHECK_MS 1000 /* how often the sentinels are asked again */
@@ -153,9 +154,9 @@ link_close(Link *l)
 static void
 topo_close(void)
 {
-	for (int li = 0; li < topo.nlinks; li++)
-		link_close(&topo.links[li]);
-	link_close(&topo.maplink);
+	for (int li = 0; li < snd.topo.nlinks; li++)
+		link_close(&snd.topo.links[li]);
+	link_close(&snd.topo.maplink);
 }
 
 /*
@@ -165,10 +166,10 @@ topo_close(void)
 static void
 map_check_done(void)
 {
-	link_close(&topo.maplink);
-	MemoryContextReset(MapCxt);
-	pg2r_link_reset(&topo.maplink);
-	topo.map_read_at = GetCurrentTimestamp();
+	link_close(&snd.topo.maplink);
+	MemoryContextReset(snd.map_cxt);
+	pg2r_link_reset(&snd.topo.maplink);
+	snd.topo.map_read_at = GetCurrentTimestamp();
 }
 
 /*
@@ -213,17 +214,17 @@ map_check_start(void)
 	static int next = 0;
 	int		   i;
 
-	topo.maplink.is_map = true;
-	if (topo.sentinel)
+	snd.topo.maplink.is_map = true;
+	if (snd.topo.sentinel)
 	{
-		i = next++ % topo.target.nseeds;
-		(void) link_start(&topo.maplink, topo.target.seed_hosts[i],
-						  topo.target.seed_ports[i]);
+		i = next++ % snd.topo.target.nseeds;
+		(void) link_start(&snd.topo.maplink, snd.topo.target.seed_hosts[i],
+						  snd.topo.target.seed_ports[i]);
 		return;
 	}
-	i = next++ % topo.map->nnodes;
-	(void) link_start(&topo.maplink, topo.map->nodes[i].host,
-					  topo.map->nodes[i].port);
+	i = next++ % snd.topo.map->nnodes;
+	(void) link_start(&snd.topo.maplink, snd.topo.map->nodes[i].host,
+					  snd.topo.map->nodes[i].port);
 }
 
 /*
@@ -239,7 +240,7 @@ pg2r_topo_fail(Link *l, const char *fmt, ...)
 	long	delay;
 	bool	redirect = redirect_next;
 
-	if (l == &topo.maplink && topo.state == TOPO_READY)
+	if (l == &snd.topo.maplink && snd.topo.state == TOPO_READY)
 	{
 		/* a failed check of the slot map: the links are fine */
 		redirect_next = false;
@@ -252,50 +253,51 @@ pg2r_topo_fail(Link *l, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (topo.cluster && l && l->name)
+	if (snd.topo.cluster && l && l->name)
 		snprintf(full, sizeof(full), "%s: %s", l->name, msg);
 	else
 		strlcpy(full, msg, sizeof(full));
 
 	topo_close();
-	topo.state = TOPO_DOWN;
+	snd.topo.state = TOPO_DOWN;
 	delay = pg2r_retry_initial_ms;
 	if (redirect)
 	{
 		/* the cluster changes its map: back off gently, up to 16 x */
-		topo.redirects++;
-		delay = Min((long) delay << Min(topo.redirect_streak, 4),
+		snd.topo.redirects++;
+		delay = Min((long) delay << Min(snd.topo.redirect_streak, 4),
 					pg2r_retry_max_ms);
-		topo.redirect_streak++;
+		snd.topo.redirect_streak++;
 	}
 	else
 	{
-		for (int i = 0; i < topo.attempts && delay < pg2r_retry_max_ms; i++)
+		for (int i = 0; i < snd.topo.attempts && delay < pg2r_retry_max_ms;
+			 i++)
 			delay *= 2;
 		delay = Min(delay, pg2r_retry_max_ms);
-		topo.attempts++;
+		snd.topo.attempts++;
 	}
 	delay =
 		(long) (delay * (0.5 + 0.5 * pg_prng_double(&pg_global_prng_state)));
-	topo.next_attempt =
+	snd.topo.next_attempt =
 		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 	pg2r_inflight_restart();
 	pg2r_report_connected(false);
 	pg2r_report_retry();
 	pg2r_report_error("%s", full);
-	if (!stopped)
+	if (!snd.stopped)
 		pg2r_report_state(PG2R_STATE_REDIS_UNAVAILABLE);
-	if (redirect ? topo.redirects % 100 == 1
-				 : topo.attempts == 1 || topo.attempts % 20 == 0)
+	if (redirect ? snd.topo.redirects % 100 == 1
+				 : snd.topo.attempts == 1 || snd.topo.attempts % 20 == 0)
 		ereport(LOG,
-				(redirect && topo.sentinel
+				(redirect && snd.topo.sentinel
 					 ? errmsg("the Redis primary behind the sentinels at %s is failing over: %s",
-							  topo.target.display, full)
+							  snd.topo.target.display, full)
 				 : redirect
 					 ? errmsg("the Redis Cluster at %s is moving slots or failing over: %s",
-							  topo.target.display, full)
+							  snd.topo.target.display, full)
 					 : errmsg("Redis at %s is unavailable: %s",
-							  topo.target.display, full),
+							  snd.topo.target.display, full),
 				 errdetail("Retrying in %ld ms.", delay)));
 }
 
@@ -307,7 +309,8 @@ pg2r_topo_fail(Link *l, const char *fmt, ...)
 void
 pg2r_note_redirect(const char *err)
 {
-	redirect_next = pg2r_error_is_redirect(err, topo.cluster, topo.sentinel);
+	redirect_next =
+		pg2r_error_is_redirect(err, snd.topo.cluster, snd.topo.sentinel);
 }
 
 /*
@@ -319,15 +322,16 @@ client_slot(const char *name, bool add)
 {
 	static int next = 0;
 
-	for (int c = 0; c < (int) lengthof(topo.clients); c++)
-		if (topo.clients[c].name && strcmp(topo.clients[c].name, name) == 0)
+	for (int c = 0; c < (int) lengthof(snd.topo.clients); c++)
+		if (snd.topo.clients[c].name &&
+			strcmp(snd.topo.clients[c].name, name) == 0)
 			return c;
 	if (!add)
 		return -1;
-	for (int c = 0; c < (int) lengthof(topo.clients); c++)
-		if (topo.clients[c].name == NULL)
+	for (int c = 0; c < (int) lengthof(snd.topo.clients); c++)
+		if (snd.topo.clients[c].name == NULL)
 			return c;
-	return next++ % lengthof(topo.clients);
+	return next++ % lengthof(snd.topo.clients);
 }
 
 /*
@@ -349,7 +353,7 @@ info_field(const char *info, const char *key)
 
 			p += klen + 1;
 			len = strcspn(p, " \r\n");
-			v = MemoryContextAlloc(SenderCxt, len + 1);
+			v = MemoryContextAlloc(snd.cxt, len + 1);
 			memcpy(v, p, len);
 			v[len] = '\0';
 			return v;
@@ -383,7 +387,7 @@ client_name(void)
 static void
 link_named_kills(Link *l, const redisReply *r)
 {
-	MemoryContext old = MemoryContextSwitchTo(TopoCxt);
+	MemoryContext old = MemoryContextSwitchTo(snd.topo_cxt);
 	char		  key[CLUSTER_FENCE_KEY_LEN];
 	const char	 *name = client_name();
 	size_t		  nlen = strlen(name);
@@ -428,8 +432,9 @@ link_named_kills(Link *l, const redisReply *r)
 	for (int i = 0; i < l->hs_nslots; i++)
 		redis_append_cstrings(&l->hs, 2, "GET",
 							  cluster_fence_key(key, pg2r_slot_name,
-												topo.cluster ? l->hs_slots[i]
-															 : -1));
+												snd.topo.cluster
+													? l->hs_slots[i]
+													: -1));
 	MemoryContextSwitchTo(old);
 }
 
@@ -443,7 +448,7 @@ remember_client(Link *l, const redisReply *r)
 	if (r->type != REDIS_REPLY_STRING)
 		return; /* older than Redis 6.2, or not granted: nothing to end */
 	id = info_field(r->str, "id");
-	l->my_id = id ? MemoryContextStrdup(TopoCxt, id) : NULL;
+	l->my_id = id ? MemoryContextStrdup(snd.topo_cxt, id) : NULL;
 	addr = info_field(r->str, "addr");
 	if (id == NULL || addr == NULL)
 	{
@@ -454,19 +459,19 @@ remember_client(Link *l, const redisReply *r)
 		return;
 	}
 	c = client_slot(l->name, true);
-	if (topo.clients[c].name == NULL)
-		topo.clients[c].name = MemoryContextStrdup(SenderCxt, l->name);
-	else if (strcmp(topo.clients[c].name, l->name) != 0)
+	if (snd.topo.clients[c].name == NULL)
+		snd.topo.clients[c].name = MemoryContextStrdup(snd.cxt, l->name);
+	else if (strcmp(snd.topo.clients[c].name, l->name) != 0)
 	{
-		pfree(topo.clients[c].name);
-		topo.clients[c].name = MemoryContextStrdup(SenderCxt, l->name);
+		pfree(snd.topo.clients[c].name);
+		snd.topo.clients[c].name = MemoryContextStrdup(snd.cxt, l->name);
 	}
-	if (topo.clients[c].id)
-		pfree(topo.clients[c].id);
-	if (topo.clients[c].addr)
-		pfree(topo.clients[c].addr);
-	topo.clients[c].id = id;
-	topo.clients[c].addr = addr;
+	if (snd.topo.clients[c].id)
+		pfree(snd.topo.clients[c].id);
+	if (snd.topo.clients[c].addr)
+		pfree(snd.topo.clients[c].addr);
+	snd.topo.clients[c].id = id;
+	snd.topo.clients[c].addr = addr;
 }
 
 /*
@@ -477,21 +482,23 @@ remember_client(Link *l, const redisReply *r)
 static bool
 link_start(Link *l, const char *host, int port)
 {
-	MemoryContext old = MemoryContextSwitchTo(l->is_map ? MapCxt : TopoCxt);
+	MemoryContext old =
+		MemoryContextSwitchTo(l->is_map ? snd.map_cxt : snd.topo_cxt);
 
 
 	redis_conn_init(&l->conn);
-	if (l->is_map && topo.sentinel)
-		redis_sentinel_target(&topo.target, 0, &l->target); /* creds, db 0 */
+	if (l->is_map && snd.topo.sentinel)
+		redis_sentinel_target(&snd.topo.target, 0,
+							  &l->target); /* creds, db 0 */
 	else
-		l->target = topo.target;
-	if (!topo.target.unix_socket)
+		l->target = snd.topo.target;
+	if (!snd.topo.target.unix_socket)
 	{
 		l->target.host = pstrdup(host);
 		l->target.port = port;
 	}
-	l->name = topo.target.unix_socket ? pstrdup(topo.target.path)
-									  : psprintf("%s:%d", host, port);
+	l->name = snd.topo.target.unix_socket ? pstrdup(snd.topo.target.path)
+										  : psprintf("%s:%d", host, port);
 	initStringInfo(&l->hs);
 	initStringInfo(&l->out);
 	l->segs = NULL;
@@ -502,10 +509,10 @@ link_start(Link *l, const char *host, int port)
 	l->hs_extra = 0;
 
 	l->hs_role = -1;
-	if (l->is_map && topo.sentinel)
+	if (l->is_map && snd.topo.sentinel)
 	{
 		redis_append_cstrings(&l->hs, 3, "SENTINEL", "GET-MASTER-ADDR-BY-NAME",
-							  topo.target.master_name);
+							  snd.topo.target.master_name);
 	}
 	else if (l->is_map)
 		redis_append_cstrings(&l->hs, 2, "CLUSTER", "SLOTS");
@@ -522,11 +529,11 @@ link_start(Link *l, const char *host, int port)
 		 * unix socket: every client there has the address "<path>:0", and
 		 * after a restart of the server another client may have our old id.
 		 */
-		if (c >= 0 && topo.clients[c].id && !topo.target.unix_socket)
+		if (c >= 0 && snd.topo.clients[c].id && !snd.topo.target.unix_socket)
 		{
 			redis_append_cstrings(&l->hs, 6, "CLIENT", "KILL", "ID",
-								  topo.clients[c].id, "ADDR",
-								  topo.clients[c].addr);
+								  snd.topo.clients[c].id, "ADDR",
+								  snd.topo.clients[c].addr);
 
 			l->hs_extra++;
 		}
@@ -545,7 +552,7 @@ link_start(Link *l, const char *host, int port)
 		l->hs_list = l->hs_info + 1;
 		l->hs_extra += 3;
 		l->my_id = NULL;
-		if (!topo.cluster)
+		if (!snd.topo.cluster)
 		{
 			/* a replica must not be taken for the primary (a failover) */
 			redis_append_cstrings(&l->hs, 1, "ROLE");
@@ -578,47 +585,50 @@ topo_connect(void)
 
 
 	topo_close();
-	MemoryContextReset(TopoCxt);
-	MemoryContextReset(MapCxt);
+	MemoryContextReset(snd.topo_cxt);
+	MemoryContextReset(snd.map_cxt);
 	for (int li = 0; li < CLUSTER_MAX_NODES; li++)
-		pg2r_link_reset(&topo.links[li]);
-	pg2r_link_reset(&topo.maplink);
-	topo.nlinks = 0;
-	if (topo.sentinel)
+		pg2r_link_reset(&snd.topo.links[li]);
+	pg2r_link_reset(&snd.topo.maplink);
+	snd.topo.nlinks = 0;
+	if (snd.topo.sentinel)
 	{
 		/* ask a sentinel for the primary, one more each attempt */
-		i = (topo.attempts + topo.redirect_streak) % topo.target.nseeds;
-		topo.maplink.is_map = true;
-		topo.state = TOPO_MAP;
-		(void) link_start(&topo.maplink, topo.target.seed_hosts[i],
-						  topo.target.seed_ports[i]);
+		i = (snd.topo.attempts + snd.topo.redirect_streak) %
+			snd.topo.target.nseeds;
+		snd.topo.maplink.is_map = true;
+		snd.topo.state = TOPO_MAP;
+		(void) link_start(&snd.topo.maplink, snd.topo.target.seed_hosts[i],
+						  snd.topo.target.seed_ports[i]);
 		return;
 	}
-	if (!topo.cluster)
+	if (!snd.topo.cluster)
 	{
-		Link *l = &topo.links[0];
+		Link *l = &snd.topo.links[0];
 
-		topo.nlinks = 1;
-		old = MemoryContextSwitchTo(TopoCxt);
+		snd.topo.nlinks = 1;
+		old = MemoryContextSwitchTo(snd.topo_cxt);
 		l->hs_nslots = 1;
 		l->hs_slots = palloc0(sizeof(int));
 		MemoryContextSwitchTo(old);
-		topo.state = TOPO_LINKS;
-		(void) link_start(l, topo.target.host, topo.target.port);
+		snd.topo.state = TOPO_LINKS;
+		(void) link_start(l, snd.topo.target.host, snd.topo.target.port);
 		return;
 	}
 
 	/* link_start copies the host: the map may be replaced later */
-	known = topo.map ? topo.map->nnodes : 0;
-	i = (topo.attempts + topo.redirect_streak) % (known + topo.target.nseeds);
-	topo.maplink.is_map = true;
-	topo.state = TOPO_MAP;
+	known = snd.topo.map ? snd.topo.map->nnodes : 0;
+	i = (snd.topo.attempts + snd.topo.redirect_streak) %
+		(known + snd.topo.target.nseeds);
+	snd.topo.maplink.is_map = true;
+	snd.topo.state = TOPO_MAP;
 	if (i < known)
-		(void) link_start(&topo.maplink, topo.map->nodes[i].host,
-						  topo.map->nodes[i].port);
+		(void) link_start(&snd.topo.maplink, snd.topo.map->nodes[i].host,
+						  snd.topo.map->nodes[i].port);
 	else
-		(void) link_start(&topo.maplink, topo.target.seed_hosts[i - known],
-						  topo.target.seed_ports[i - known]);
+		(void) link_start(&snd.topo.maplink,
+						  snd.topo.target.seed_hosts[i - known],
+						  snd.topo.target.seed_ports[i - known]);
 }
 
 /*
@@ -628,11 +638,11 @@ topo_connect(void)
 static void
 forget_other_clients(const ClusterMap *map)
 {
-	for (int c = 0; c < (int) lengthof(topo.clients); c++)
+	for (int c = 0; c < (int) lengthof(snd.topo.clients); c++)
 	{
 		bool keep = false;
 
-		if (topo.clients[c].name == NULL)
+		if (snd.topo.clients[c].name == NULL)
 			continue;
 		for (int i = 0; i < map->nnodes && !keep; i++)
 		{
@@ -640,17 +650,17 @@ forget_other_clients(const ClusterMap *map)
 
 			snprintf(name, sizeof(name), "%s:%d", map->nodes[i].host,
 					 map->nodes[i].port);
-			keep = strcmp(name, topo.clients[c].name) == 0;
+			keep = strcmp(name, snd.topo.clients[c].name) == 0;
 		}
 		if (keep)
 			continue;
-		pfree(topo.clients[c].name);
-		if (topo.clients[c].id)
-			pfree(topo.clients[c].id);
-		if (topo.clients[c].addr)
-			pfree(topo.clients[c].addr);
-		topo.clients[c].name = topo.clients[c].id = topo.clients[c].addr =
-			NULL;
+		pfree(snd.topo.clients[c].name);
+		if (snd.topo.clients[c].id)
+			pfree(snd.topo.clients[c].id);
+		if (snd.topo.clients[c].addr)
+			pfree(snd.topo.clients[c].addr);
+		snd.topo.clients[c].name = snd.topo.clients[c].id =
+			snd.topo.clients[c].addr = NULL;
 	}
 }
 
@@ -658,36 +668,36 @@ forget_other_clients(const ClusterMap *map)
 static void
 topo_forget_map(void)
 {
-	if (topo.map == NULL)
+	if (snd.topo.map == NULL)
 		return;
-	for (int i = 0; i < topo.map->nnodes; i++)
-		pfree(topo.map->nodes[i].host);
-	pfree(topo.map);
-	topo.map = NULL;
+	for (int i = 0; i < snd.topo.map->nnodes; i++)
+		pfree(snd.topo.map->nodes[i].host);
+	pfree(snd.topo.map);
+	snd.topo.map = NULL;
 }
 
 /* topo_use_map starts a link to every primary of a new slot map. */
 static void
 topo_use_map(ClusterMap *map)
 {
-	MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+	MemoryContext old = MemoryContextSwitchTo(snd.cxt);
 
 	topo_forget_map();
-	topo.map = map;
+	snd.topo.map = map;
 	forget_other_clients(map);
 	for (int i = 0; i < map->nnodes; i++)
 		map->nodes[i].host = pstrdup(map->nodes[i].host);
 	MemoryContextSwitchTo(old);
 
-	link_close(&topo.maplink);
-	MemoryContextReset(MapCxt);
-	pg2r_link_reset(&topo.maplink);
-	topo.map_read_at = GetCurrentTimestamp();
-	topo.nlinks = map->nnodes;
-	old = MemoryContextSwitchTo(TopoCxt);
+	link_close(&snd.topo.maplink);
+	MemoryContextReset(snd.map_cxt);
+	pg2r_link_reset(&snd.topo.maplink);
+	snd.topo.map_read_at = GetCurrentTimestamp();
+	snd.topo.nlinks = map->nnodes;
+	old = MemoryContextSwitchTo(snd.topo_cxt);
 	for (int li = 0; li < map->nnodes; li++)
 	{
-		Link *l = &topo.links[li];
+		Link *l = &snd.topo.links[li];
 
 		l->hs_slots = palloc(sizeof(int) * REDIS_CLUSTER_SLOTS);
 		for (int s = 0; s < REDIS_CLUSTER_SLOTS; s++)
@@ -695,9 +705,9 @@ topo_use_map(ClusterMap *map)
 				l->hs_slots[l->hs_nslots++] = s;
 	}
 	MemoryContextSwitchTo(old);
-	topo.state = TOPO_LINKS;
+	snd.topo.state = TOPO_LINKS;
 	for (int li = 0; li < map->nnodes; li++)
-		if (!link_start(&topo.links[li], map->nodes[li].host,
+		if (!link_start(&snd.topo.links[li], map->nodes[li].host,
 						map->nodes[li].port))
 			return;
 }
@@ -718,7 +728,7 @@ handle_sentinel_reply(Link *l, redisReply *r)
 	{
 		pg2r_topo_fail(l,
 					   "the sentinel at %s refused to name the primary \"%s\": %s",
-					   l->name, topo.target.master_name, r->str);
+					   l->name, snd.topo.target.master_name, r->str);
 		return false;
 	}
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -727,14 +737,14 @@ handle_sentinel_reply(Link *l, redisReply *r)
 		(port = atoi(r->element[1]->str)) <= 0 || port > 65535)
 	{
 		pg2r_topo_fail(l, "the sentinel at %s knows no primary named \"%s\"",
-					   l->name, topo.target.master_name);
+					   l->name, snd.topo.target.master_name);
 		return false;
 	}
-	if (topo.state == TOPO_READY)
+	if (snd.topo.state == TOPO_READY)
 	{
-		bool same = topo.primary_host &&
-					strcmp(r->element[0]->str, topo.primary_host) == 0 &&
-					port == topo.primary_port;
+		bool same = snd.topo.primary_host &&
+					strcmp(r->element[0]->str, snd.topo.primary_host) == 0 &&
+					port == snd.topo.primary_port;
 
 		snprintf(name, sizeof(name), "%s:%d", r->element[0]->str, port);
 		map_check_done();
@@ -743,26 +753,26 @@ handle_sentinel_reply(Link *l, redisReply *r)
 			redirect_next = true;
 			pg2r_topo_fail(NULL,
 						   "the sentinels name a new primary for \"%s\": %s",
-						   topo.target.master_name, name);
+						   snd.topo.target.master_name, name);
 		}
 		return false; /* the map link is closed */
 	}
-	if (topo.primary_host)
-		pfree(topo.primary_host);
-	topo.primary_host = MemoryContextStrdup(SenderCxt, r->element[0]->str);
-	topo.primary_port = port;
+	if (snd.topo.primary_host)
+		pfree(snd.topo.primary_host);
+	snd.topo.primary_host = MemoryContextStrdup(snd.cxt, r->element[0]->str);
+	snd.topo.primary_port = port;
 	map_check_done();
 
 	{
-		Link		 *data = &topo.links[0];
-		MemoryContext old = MemoryContextSwitchTo(TopoCxt);
+		Link		 *data = &snd.topo.links[0];
+		MemoryContext old = MemoryContextSwitchTo(snd.topo_cxt);
 
-		topo.nlinks = 1;
+		snd.topo.nlinks = 1;
 		data->hs_nslots = 1;
 		data->hs_slots = palloc0(sizeof(int));
 		MemoryContextSwitchTo(old);
-		topo.state = TOPO_LINKS;
-		(void) link_start(data, topo.primary_host, topo.primary_port);
+		snd.topo.state = TOPO_LINKS;
+		(void) link_start(data, snd.topo.primary_host, snd.topo.primary_port);
 	}
 	return false; /* the map link is closed */
 }
@@ -777,7 +787,7 @@ handle_role_reply(Link *l, redisReply *r)
 {
 	if (r->type == REDIS_REPLY_ERROR)
 	{
-		if (!topo.sentinel)
+		if (!snd.topo.sentinel)
 			return true; /* not granted: writes to a replica fail anyway */
 		pg2r_topo_fail(l,
 					   "could not check that Redis at %s is the primary: %s (grant the Redis user +role)",
@@ -788,10 +798,11 @@ handle_role_reply(Link *l, redisReply *r)
 		r->element[0]->type == REDIS_REPLY_STRING &&
 		strcmp(r->element[0]->str, "master") != 0)
 	{
-		redirect_next = topo.sentinel;
+		redirect_next = snd.topo.sentinel;
 		pg2r_topo_fail(l, "Redis at %s is a %s, not a primary%s", l->name,
 					   r->element[0]->str,
-					   topo.sentinel ? "; asking the sentinels again" : "");
+					   snd.topo.sentinel ? "; asking the sentinels again"
+										 : "");
 		return false;
 	}
 	return true;
@@ -803,8 +814,8 @@ link_ready(Link *l)
 {
 	l->state = LINK_READY;
 	l->deadline = 0;
-	for (int i = 0; i < topo.nlinks; i++)
-		if (topo.links[i].state != LINK_READY)
+	for (int i = 0; i < snd.topo.nlinks; i++)
+		if (snd.topo.links[i].state != LINK_READY)
 			return;
 	pg2r_topo_ready();
 }
@@ -865,7 +876,7 @@ handshake_phase(const Link *l, int idx)
 	if (idx < l->hs_setup)
 		return HS_SETUP;
 	if (l->is_map)
-		return topo.sentinel ? HS_SENTINEL : HS_MAP;
+		return snd.topo.sentinel ? HS_SENTINEL : HS_MAP;
 	if (idx < l->hs_setup + l->hs_extra)
 		return HS_CLIENT;
 	if (idx < l->hs_setup + l->hs_extra + l->hs_nslots)
@@ -882,8 +893,8 @@ handle_setup_reply(Link *l, redisReply *r)
 {
 	/* a sentinel without a password may get the data nodes' AUTH */
 	if (r->type == REDIS_REPLY_ERROR &&
-		!(l->is_map && topo.sentinel &&
-		  topo.target.sentinel_password == NULL &&
+		!(l->is_map && snd.topo.sentinel &&
+		  snd.topo.target.sentinel_password == NULL &&
 		  redis_sentinel_auth_absent(r->str)))
 	{
 		pg2r_topo_fail(l, "Redis refused the connection setup: %s", r->str);
@@ -912,8 +923,8 @@ handle_map_reply(Link *l, redisReply *r)
 					   r->str);
 		return false;
 	}
-	old = MemoryContextSwitchTo(MapCxt);
-	map = MemoryContextAllocZero(SenderCxt, sizeof(ClusterMap));
+	old = MemoryContextSwitchTo(snd.map_cxt);
+	map = MemoryContextAllocZero(snd.cxt, sizeof(ClusterMap));
 	if (!cluster_parse_slots(r, l->target.host, map, err, sizeof(err)))
 	{
 		MemoryContextSwitchTo(old);
@@ -922,10 +933,10 @@ handle_map_reply(Link *l, redisReply *r)
 		return false;
 	}
 	MemoryContextSwitchTo(old);
-	if (topo.state == TOPO_READY)
+	if (snd.topo.state == TOPO_READY)
 	{
 		/* a periodic check: reconnect only if the map changed */
-		bool same = map_equal(map, topo.map);
+		bool same = map_equal(map, snd.topo.map);
 
 		pfree(map);
 		map_check_done();
@@ -966,7 +977,7 @@ handle_client_reply(Link *l, redisReply *r, int idx)
 static void
 fences_read(Link *l)
 {
-	if (!topo.fence_known && pg2r_link_wait_replicas(l) > 0 &&
+	if (!snd.topo.fence_known && pg2r_link_wait_replicas(l) > 0 &&
 		l->hs_nslots > 0)
 	{
 		/*
@@ -976,7 +987,7 @@ fences_read(Link *l)
 		 * WAIT for it, covers everything before it.
 		 */
 		char		  key[CLUSTER_FENCE_KEY_LEN];
-		MemoryContext old = MemoryContextSwitchTo(TopoCxt);
+		MemoryContext old = MemoryContextSwitchTo(snd.topo_cxt);
 
 		/* a key of its own, in a slot of this primary: fences untouched */
 		snprintf(key, sizeof(key), "pg2redis:%s:sync:{%d}", pg2r_slot_name,
@@ -997,7 +1008,7 @@ fences_read(Link *l)
 static bool
 handle_fence_reply(Link *l, redisReply *r, int i)
 {
-	int	  s = topo.cluster ? l->hs_slots[i] : 0;
+	int	  s = snd.topo.cluster ? l->hs_slots[i] : 0;
 	Fence f = {InvalidXLogRecPtr, FENCE_DONE};
 
 	if (r->type == REDIS_REPLY_ERROR)
@@ -1015,11 +1026,11 @@ handle_fence_reply(Link *l, redisReply *r, int i)
 		pg2r_topo_fail(l,
 					   "Redis key \"%s\" holds \"%s\", which is not a pg2redis stream position",
 					   cluster_fence_key(key, pg2r_slot_name,
-										 topo.cluster ? s : -1),
+										 snd.topo.cluster ? s : -1),
 					   r->str);
 		return false;
 	}
-	topo.read[s] = f;
+	snd.topo.read[s] = f;
 	if (i == l->hs_nslots - 1)
 		fences_read(l);
 	return true;
@@ -1064,9 +1075,10 @@ link_write_segs(Link *l)
 	while (l->seg < l->nsegs)
 	{
 		const OutSeg *sg = &l->segs[l->seg];
-		const char	 *base = sg->in_block ? inflight->resp.data : l->out.data;
-		ssize_t		  n = redis_send(&l->conn, base + sg->off + l->seg_sent,
-									 sg->len - l->seg_sent);
+		const char	 *base =
+			  sg->in_block ? snd.inflight->resp.data : l->out.data;
+		ssize_t n = redis_send(&l->conn, base + sg->off + l->seg_sent,
+							   sg->len - l->seg_sent);
 
 		if (n < 0)
 		{
@@ -1264,19 +1276,19 @@ sender_reconfigure(void)
 	MemoryContext	old;
 	int				nfences;
 
-	if (topo.url && strcmp(topo.url, signature) == 0 && !unusable)
+	if (snd.topo.url && strcmp(snd.topo.url, signature) == 0 && !unusable)
 	{
 		pfree(signature);
 		return;
 	}
 	/* an error about the old settings may quote them: forget it */
-	if (topo.url)
+	if (snd.topo.url)
 	{
 		pg2r_clear_error();
-		pfree(topo.url);
+		pfree(snd.topo.url);
 	}
-	old = MemoryContextSwitchTo(SenderCxt);
-	topo.url = pstrdup(signature);
+	old = MemoryContextSwitchTo(snd.cxt);
+	snd.topo.url = pstrdup(signature);
 	pfree(signature);
 	if (!pg2r_redis_target(&target, &err))
 	{
@@ -1294,10 +1306,11 @@ sender_reconfigure(void)
 		 * or until settings_check() sees the password file change.
 		 */
 		topo_close();
-		if (topo.state != TOPO_INIT)
-			topo.state = TOPO_DOWN;
-		topo.next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														pg2r_retry_max_ms);
+		if (snd.topo.state != TOPO_INIT)
+			snd.topo.state = TOPO_DOWN;
+		snd.topo.next_attempt =
+			TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										pg2r_retry_max_ms);
 		return;
 	}
 	unusable = false;
@@ -1311,11 +1324,11 @@ sender_reconfigure(void)
 							   ? "Anyone who can intercept the connection can impersonate the server and read the password and the data."
 							   : "Any server with a certificate from a trusted CA can impersonate the Redis server."),
 				 errhint("Use pg2redis.redis_tls_verify = full, with a certificate that names the host of pg2redis.redis_url.")));
-	if (topo.state != TOPO_DOWN && topo.state != TOPO_INIT)
+	if (snd.topo.state != TOPO_DOWN && snd.topo.state != TOPO_INIT)
 		ereport(LOG, (errmsg("Redis settings changed, connecting to %s",
 							 target.display)));
 	nfences = target.cluster ? REDIS_CLUSTER_SLOTS : 1;
-	if (topo.nfences != nfences && topo.state != TOPO_INIT)
+	if (snd.topo.nfences != nfences && snd.topo.state != TOPO_INIT)
 	{
 		/*
 		 * Standalone <-> cluster: the blocks decoded so far are cut for the
@@ -1327,35 +1340,35 @@ sender_reconfigure(void)
 		proc_exit(1);
 	}
 	topo_close();
-	topo.target = target;
-	if (topo.nfences != nfences)
+	snd.topo.target = target;
+	if (snd.topo.nfences != nfences)
 	{
-		pfree(topo.applied);
-		pfree(topo.read);
-		topo.applied = palloc(sizeof(Fence) * nfences);
-		topo.read = palloc(sizeof(Fence) * nfences);
+		pfree(snd.topo.applied);
+		pfree(snd.topo.read);
+		snd.topo.applied = palloc(sizeof(Fence) * nfences);
+		snd.topo.read = palloc(sizeof(Fence) * nfences);
 		for (int s = 0; s < nfences; s++)
 		{
-			topo.applied[s].lsn = InvalidXLogRecPtr;
-			topo.applied[s].seq = FENCE_DONE;
-			topo.read[s] = topo.applied[s];
+			snd.topo.applied[s].lsn = InvalidXLogRecPtr;
+			snd.topo.applied[s].seq = FENCE_DONE;
+			snd.topo.read[s] = snd.topo.applied[s];
 		}
-		topo.nfences = nfences;
+		snd.topo.nfences = nfences;
 	}
-	topo.cluster = target.cluster;
-	topo.sentinel = target.sentinel;
-	if (topo.primary_host)
-		pfree(topo.primary_host);
-	topo.primary_host = NULL;
+	snd.topo.cluster = target.cluster;
+	snd.topo.sentinel = target.sentinel;
+	if (snd.topo.primary_host)
+		pfree(snd.topo.primary_host);
+	snd.topo.primary_host = NULL;
 	/* another server: nothing is known about its positions or its map */
-	topo.fence_known = false;
-	topo.confirmed.lsn = InvalidXLogRecPtr;
-	topo.confirmed.seq = FENCE_DONE;
+	snd.topo.fence_known = false;
+	snd.topo.confirmed.lsn = InvalidXLogRecPtr;
+	snd.topo.confirmed.seq = FENCE_DONE;
 	topo_forget_map();
 	MemoryContextSwitchTo(old);
-	topo.state = TOPO_DOWN;
-	topo.attempts = 0;
-	topo.next_attempt = 0;
+	snd.topo.state = TOPO_DOWN;
+	snd.topo.attempts = 0;
+	snd.topo.next_attempt = 0;
 	pg2r_report_connected(false);
 	pg2r_inflight_restart();
 }
@@ -1371,24 +1384,25 @@ static void
 settings_check(void)
 {
 	char *signature = pg2r_redis_settings_signature();
-	bool  same = topo.url != NULL && strcmp(topo.url, signature) == 0;
+	bool  same = snd.topo.url != NULL && strcmp(snd.topo.url, signature) == 0;
 
 	pfree(signature);
 	if (!same)
 		sender_reconfigure();
 	else if (unusable)
-		topo.next_attempt = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														pg2r_retry_max_ms);
+		snd.topo.next_attempt =
+			TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										pg2r_retry_max_ms);
 }
 
 /* sender_disconnect closes the connections (worker exit). */
 void
 sender_disconnect(void)
 {
-	if (SenderCxt == NULL)
+	if (snd.cxt == NULL)
 		return;
 	topo_close();
-	topo.state = TOPO_DOWN;
+	snd.topo.state = TOPO_DOWN;
 }
 
 /*
@@ -1410,8 +1424,8 @@ sender_service(long timeout_ms)
 	int			  nev;
 	Pg2rStage	  back = pg2r_stage_enter(PG2R_STAGE_IO);
 
-	sender_hooks.interrupts();
-	if (stopped)
+	snd.hooks.interrupts();
+	if (snd.stopped)
 	{
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -1422,34 +1436,37 @@ sender_service(long timeout_ms)
 		return;
 	}
 
-	if ((topo.state == TOPO_DOWN || topo.state == TOPO_INIT) &&
-		topo.next_attempt <= now)
+	if ((snd.topo.state == TOPO_DOWN || snd.topo.state == TOPO_INIT) &&
+		snd.topo.next_attempt <= now)
 	{
 		settings_check();
-		if (topo.state == TOPO_DOWN && !unusable && topo.next_attempt <= now)
+		if (snd.topo.state == TOPO_DOWN && !unusable &&
+			snd.topo.next_attempt <= now)
 			topo_connect();
 	}
 
 	/* never sleep past a deadline or a reconnect attempt */
-	if ((topo.state == TOPO_DOWN || topo.state == TOPO_INIT) &&
-		topo.next_attempt != DT_NOEND)
+	if ((snd.topo.state == TOPO_DOWN || snd.topo.state == TOPO_INIT) &&
+		snd.topo.next_attempt != DT_NOEND)
 		timeout_ms =
 			Min(timeout_ms,
-				Max(TimestampDifferenceMilliseconds(now, topo.next_attempt),
+				Max(TimestampDifferenceMilliseconds(now,
+													snd.topo.next_attempt),
 					0));
-	if (topo.state == TOPO_READY && (topo.cluster || topo.sentinel) &&
-		topo.maplink.state == LINK_DOWN &&
-		TimestampDifferenceExceeds(topo.map_read_at, now,
-								   topo.sentinel ? SENTINEL_CHECK_MS
-												 : MAP_REFRESH_MS))
+	if (snd.topo.state == TOPO_READY &&
+		(snd.topo.cluster || snd.topo.sentinel) &&
+		snd.topo.maplink.state == LINK_DOWN &&
+		TimestampDifferenceExceeds(snd.topo.map_read_at, now,
+								   snd.topo.sentinel ? SENTINEL_CHECK_MS
+													 : MAP_REFRESH_MS))
 		map_check_start();
-	if (topo.state == TOPO_MAP)
-		all[nall++] = &topo.maplink;
-	else if (topo.state != TOPO_DOWN)
-		for (int li = 0; li < topo.nlinks; li++)
-			all[nall++] = &topo.links[li];
-	if (topo.state == TOPO_READY && topo.maplink.state != LINK_DOWN)
-		all[nall++] = &topo.maplink;
+	if (snd.topo.state == TOPO_MAP)
+		all[nall++] = &snd.topo.maplink;
+	else if (snd.topo.state != TOPO_DOWN)
+		for (int li = 0; li < snd.topo.nlinks; li++)
+			all[nall++] = &snd.topo.links[li];
+	if (snd.topo.state == TOPO_READY && snd.topo.maplink.state != LINK_DOWN)
+		all[nall++] = &snd.topo.maplink;
 	for (int i = 0; i < nall; i++)
 	{
 		long poll = redis_conn_poll_ms(&all[i]->conn);
@@ -1495,12 +1512,13 @@ sender_service(long timeout_ms)
 					 (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE))
 				events[(intptr_t) occurred[e].user_data] |= occurred[e].events;
 		}
-		sender_hooks.interrupts();
+		snd.hooks.interrupts();
 	}
 
 	/* a failure or a new map rebuilds the links: stop at the first */
 	for (int i = 0; i < nall; i++)
-		if (!link_step(all[i] == &topo.maplink ? -1 : i, all[i], events[i]))
+		if (!link_step(all[i] == &snd.topo.maplink ? -1 : i, all[i],
+					   events[i]))
 			break;
 	pg2r_stage_leave(back);
 }

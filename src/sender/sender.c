@@ -88,22 +88,17 @@
 #include "pg2redis/redis_errors.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/sender.h"
-#include "sender_int.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/state.h"
+
+#include "sender_int.h"
 
 #define MAX_DEAD_LETTERS 10000
 
 
-MemoryContext		 SenderCxt = NULL;
+SenderState			 snd;
 static MemoryContext DeadCxt = NULL;
-MemoryContext		 TopoCxt = NULL; /* links and the map: reset on refresh */
-MemoryContext		 MapCxt = NULL;	 /* the map link: reset after each use */
 static Block		 blocks[2];
-Block				*building = NULL;
-Block				*inflight = NULL;
-
-Topology topo;
 
 /* The transaction being decoded. */
 static struct
@@ -120,8 +115,6 @@ static struct
 	bool		  caller_parts; /* split only by sender_end_part */
 } cur;
 
-bool		  stopped = false;
-SenderHooks	  sender_hooks;
 static List	 *dead_letters = NIL;
 static uint64 dead_letters_dropped = 0;
 
@@ -154,10 +147,10 @@ report_pending(void)
 {
 	TimestampTz oldest = 0;
 
-	if (inflight != NULL && inflight->ncmds > 0)
-		oldest = inflight->first_commit_time;
-	else if (building != NULL && building->ncmds > 0)
-		oldest = building->first_commit_time;
+	if (snd.inflight != NULL && snd.inflight->ncmds > 0)
+		oldest = snd.inflight->first_commit_time;
+	else if (snd.building != NULL && snd.building->ncmds > 0)
+		oldest = snd.building->first_commit_time;
 	pg2r_report_pending(oldest);
 }
 
@@ -287,7 +280,7 @@ block_reset(Block *b)
 	if (b->resp.maxlen > 64 * 1024 * 1024)
 	{
 		/* do not keep a huge buffer around after a huge transaction */
-		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+		MemoryContext old = MemoryContextSwitchTo(snd.cxt);
 
 		pfree(b->resp.data);
 		initStringInfo(&b->resp);
@@ -295,7 +288,7 @@ block_reset(Block *b)
 	}
 	if (b->keys.maxlen > 64 * 1024 * 1024)
 	{
-		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+		MemoryContext old = MemoryContextSwitchTo(snd.cxt);
 
 		pfree(b->keys.data);
 		initStringInfo(&b->keys);
@@ -312,16 +305,16 @@ sender_init(const SenderHooks *hooks)
 {
 	MemoryContext old;
 
-	sender_hooks = *hooks;
-	SenderCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis sender",
-									  ALLOCSET_DEFAULT_SIZES);
+	snd.hooks = *hooks;
+	snd.cxt = AllocSetContextCreate(TopMemoryContext, "pg2redis sender",
+									ALLOCSET_DEFAULT_SIZES);
 	DeadCxt = AllocSetContextCreate(TopMemoryContext, "pg2redis dead letters",
 									ALLOCSET_DEFAULT_SIZES);
-	TopoCxt = AllocSetContextCreate(SenderCxt, "pg2redis Redis links",
-									ALLOCSET_DEFAULT_SIZES);
-	MapCxt = AllocSetContextCreate(SenderCxt, "pg2redis Redis Cluster map",
-								   ALLOCSET_DEFAULT_SIZES);
-	old = MemoryContextSwitchTo(SenderCxt);
+	snd.topo_cxt = AllocSetContextCreate(snd.cxt, "pg2redis Redis links",
+										 ALLOCSET_DEFAULT_SIZES);
+	snd.map_cxt = AllocSetContextCreate(snd.cxt, "pg2redis Redis Cluster map",
+										ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(snd.cxt);
 	for (int i = 0; i < 2; i++)
 	{
 		memset(&blocks[i], 0, sizeof(Block));
@@ -331,21 +324,21 @@ sender_init(const SenderHooks *hooks)
 	}
 	initStringInfo(&rowkey.ser);
 	rowkey.set = false;
-	building = &blocks[0];
-	inflight = NULL;
-	topo.state = TOPO_INIT;
+	snd.building = &blocks[0];
+	snd.inflight = NULL;
+	snd.topo.state = TOPO_INIT;
 	for (int li = 0; li < CLUSTER_MAX_NODES; li++)
-		pg2r_link_reset(&topo.links[li]);
-	pg2r_link_reset(&topo.maplink);
-	topo.acked.lsn = InvalidXLogRecPtr;
-	topo.acked.seq = FENCE_DONE;
-	topo.confirmed = topo.acked;
+		pg2r_link_reset(&snd.topo.links[li]);
+	pg2r_link_reset(&snd.topo.maplink);
+	snd.topo.acked.lsn = InvalidXLogRecPtr;
+	snd.topo.acked.seq = FENCE_DONE;
+	snd.topo.confirmed = snd.topo.acked;
 	/* one fence until the settings say more (an invalid URL says nothing) */
-	topo.nfences = 1;
-	topo.applied = palloc(sizeof(Fence));
-	topo.read = palloc(sizeof(Fence));
-	topo.applied[0] = topo.acked;
-	topo.read[0] = topo.acked;
+	snd.topo.nfences = 1;
+	snd.topo.applied = palloc(sizeof(Fence));
+	snd.topo.read = palloc(sizeof(Fence));
+	snd.topo.applied[0] = snd.topo.acked;
+	snd.topo.read[0] = snd.topo.acked;
 	MemoryContextSwitchTo(old);
 	sender_reconfigure();
 }
@@ -358,18 +351,18 @@ static void
 make_groups(Block *b)
 {
 	static int	  counts[REDIS_CLUSTER_SLOTS + 1];
-	MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+	MemoryContext old = MemoryContextSwitchTo(snd.cxt);
 
 	b->order = palloc(sizeof(int) * Max(b->ncmds, 1));
 	b->queue_errors = palloc0(sizeof(char *) * Max(b->ncmds, 1));
 	if (b->reset)
 	{
-		b->ngroups = topo.cluster ? REDIS_CLUSTER_SLOTS : 1;
+		b->ngroups = snd.topo.cluster ? REDIS_CLUSTER_SLOTS : 1;
 		b->groups = palloc0(sizeof(Group) * b->ngroups);
 		for (int g = 0; g < b->ngroups; g++)
-			b->groups[g].slot = topo.cluster ? g : -1;
+			b->groups[g].slot = snd.topo.cluster ? g : -1;
 	}
-	else if (!topo.cluster)
+	else if (!snd.topo.cluster)
 	{
 		b->ngroups = 1;
 		b->groups = palloc0(sizeof(Group));
@@ -417,23 +410,23 @@ make_groups(Block *b)
 static void
 push_building(Fence fence)
 {
-	Block *b = building;
+	Block *b = snd.building;
 
 	if (b->ncmds == 0 && !b->reset)
 		return;
 	b->fence = fence;
 	wait_for_room();
-	if (stopped)
+	if (snd.stopped)
 	{
 		/* not sent: decoded again when the stream restarts */
 		block_reset(b);
 		return;
 	}
-	inflight = b;
-	building = (b == &blocks[0]) ? &blocks[1] : &blocks[0];
-	block_reset(building);
-	make_groups(inflight);
-	if (topo.state == TOPO_READY)
+	snd.inflight = b;
+	snd.building = (b == &blocks[0]) ? &blocks[1] : &blocks[0];
+	block_reset(snd.building);
+	make_groups(snd.inflight);
+	if (snd.topo.state == TOPO_READY)
 		dispatch_inflight();
 	sender_service(0);
 }
@@ -461,12 +454,13 @@ sender_begin_txn(TransactionId xid, XLogRecPtr commit_lsn, XLogRecPtr end_lsn,
 	cur.changes = 0;
 	cur.caller_parts = false;
 	/* on a cluster, each command is checked against its slot's fence */
-	cur.skip = !topo.cluster && (end_lsn < topo.applied[0].lsn ||
-								 (end_lsn == topo.applied[0].lsn &&
-								  topo.applied[0].seq == FENCE_DONE));
-	cur.seen = cur.skip || (topo.cluster && topo.read_max.lsn >= end_lsn &&
-							topo.read_max.lsn != InvalidXLogRecPtr);
-	building->txn_cmds = 0;
+	cur.skip = !snd.topo.cluster && (end_lsn < snd.topo.applied[0].lsn ||
+									 (end_lsn == snd.topo.applied[0].lsn &&
+									  snd.topo.applied[0].seq == FENCE_DONE));
+	cur.seen =
+		cur.skip || (snd.topo.cluster && snd.topo.read_max.lsn >= end_lsn &&
+					 snd.topo.read_max.lsn != InvalidXLogRecPtr);
+	snd.building->txn_cmds = 0;
 }
 
 /* sender_txn_skipped tells whether Redis already has the transaction. */
@@ -559,7 +553,7 @@ row_key_in(Block *b)
 		return -1;
 	if (rowkey.block == b && rowkey.resets == b->resets)
 		return rowkey.off;
-	old = MemoryContextSwitchTo(SenderCxt);
+	old = MemoryContextSwitchTo(snd.cxt);
 	rowkey.off = b->keys.len;
 	appendBinaryStringInfo(&b->keys, rowkey.ser.data, rowkey.ser.len);
 	MemoryContextSwitchTo(old);
@@ -604,16 +598,16 @@ static void
 append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
 			   int argc, const char *const *argv, const size_t *argvlen)
 {
-	Block	*b = building;
+	Block	*b = snd.building;
 	CmdInfo *ci;
 
-	if (fence_covers(topo.applied[slot], cur.end_lsn, seq))
+	if (fence_covers(snd.topo.applied[slot], cur.end_lsn, seq))
 		return;
 	if (b->ncmds == 0)
 		b->opened_at = GetCurrentTimestamp();
 	if (b->ncmds == b->cmdcap)
 	{
-		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+		MemoryContext old = MemoryContextSwitchTo(snd.cxt);
 
 		b->cmdcap = b->cmdcap ? b->cmdcap * 2 : 1024;
 		b->cmds = b->cmds ? repalloc(b->cmds, sizeof(CmdInfo) * b->cmdcap)
@@ -637,7 +631,7 @@ append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
 							need),
 					 errhint("Lower pg2redis.max_argument_bytes or pg2redis.batch_bytes.")));
 		{
-			MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+			MemoryContext old = MemoryContextSwitchTo(snd.cxt);
 
 			enlargeStringInfo(&b->resp, (int) need);
 			MemoryContextSwitchTo(old);
@@ -657,7 +651,7 @@ append_command(const Rule *rule, Oid relid, Pg2rOp op, uint64 seq, int slot,
 	ci->key_off = row_key_in(b);
 	ci->offset = b->resp.len;
 	{
-		MemoryContext old = MemoryContextSwitchTo(SenderCxt);
+		MemoryContext old = MemoryContextSwitchTo(snd.cxt);
 
 		redis_append_command(&b->resp, argc, argv, argvlen);
 		MemoryContextSwitchTo(old);
@@ -747,11 +741,11 @@ sender_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 		Fence part = {cur.end_lsn, seq};
 
 		push_building(part);
-		building->txn_cmds = 0;
+		snd.building->txn_cmds = 0;
 	}
-	building->txn_cmds++;
+	snd.building->txn_cmds++;
 
-	if (topo.cluster)
+	if (snd.topo.cluster)
 	{
 		/* every rule (and every snapshot row's rule) carries its command */
 		slot = redis_command_def_slot(rule->def, argc, argv, argvlen);
@@ -826,7 +820,7 @@ sender_change_error(Oid relid, Pg2rOp op, const char *message)
 void
 sender_commit_txn(void)
 {
-	Block *b = building;
+	Block *b = snd.building;
 
 	cur.active = false;
 	if (cur.skip)
@@ -852,9 +846,9 @@ sender_commit_txn(void)
 void
 sender_flush(void)
 {
-	if (cur.active || building->ncmds == 0)
+	if (cur.active || snd.building->ncmds == 0)
 		return;
-	push_building(building->fence);
+	push_building(snd.building->fence);
 }
 
 /*
@@ -865,8 +859,9 @@ sender_flush(void)
 bool
 sender_part_full(void)
 {
-	return building->txn_cmds >= pg2r_max_transaction_commands ||
-		   (building->txn_cmds > 0 && building->resp.len >= pg2r_batch_bytes);
+	return snd.building->txn_cmds >= pg2r_max_transaction_commands ||
+		   (snd.building->txn_cmds > 0 &&
+			snd.building->resp.len >= pg2r_batch_bytes);
 }
 
 /*
@@ -892,17 +887,17 @@ sender_end_part(void)
 {
 	Fence part = {cur.end_lsn, cur.seq};
 
-	if (cur.skip || building->txn_cmds == 0)
+	if (cur.skip || snd.building->txn_cmds == 0)
 		return;
 	push_building(part);
-	building->txn_cmds = 0;
+	snd.building->txn_cmds = 0;
 }
 
 /* sender_inflight: a block is sent and not acknowledged yet. */
 bool
 sender_inflight(void)
 {
-	return inflight != NULL && !stopped;
+	return snd.inflight != NULL && !snd.stopped;
 }
 
 /* sender_txn_seq returns how many commands the current transaction has. */
@@ -919,18 +914,18 @@ sender_txn_seq(void)
 bool
 sender_applied_part(XLogRecPtr end_lsn, uint64 ncmds)
 {
-	if (ncmds == 0 || topo.acked.lsn > end_lsn)
+	if (ncmds == 0 || snd.topo.acked.lsn > end_lsn)
 		return true;
-	return topo.acked.lsn == end_lsn &&
-		   (topo.acked.seq == FENCE_DONE || topo.acked.seq >= ncmds);
+	return snd.topo.acked.lsn == end_lsn &&
+		   (snd.topo.acked.seq == FENCE_DONE || snd.topo.acked.seq >= ncmds);
 }
 
 /* sender_batch_open_longer_than: the block being built is older than ms. */
 bool
 sender_batch_open_longer_than(int ms)
 {
-	return building->ncmds > 0 &&
-		   TimestampDifferenceExceeds(building->opened_at,
+	return snd.building->ncmds > 0 &&
+		   TimestampDifferenceExceeds(snd.building->opened_at,
 									  GetCurrentTimestamp(), ms);
 }
 
@@ -938,7 +933,8 @@ sender_batch_open_longer_than(int ms)
 bool
 sender_ready(void)
 {
-	return topo.state == TOPO_READY && topo.fence_known && !stopped;
+	return snd.topo.state == TOPO_READY && snd.topo.fence_known &&
+		   !snd.stopped;
 }
 
 /* sender_idle: nothing built, nothing in flight, not stopped. */
@@ -946,7 +942,7 @@ bool
 sender_idle(void)
 {
 	/* a stopped stream discards what it decodes: nothing is "applied" */
-	return !stopped && inflight == NULL && building->ncmds == 0;
+	return !snd.stopped && snd.inflight == NULL && snd.building->ncmds == 0;
 }
 
 /*
@@ -956,15 +952,15 @@ sender_idle(void)
 bool
 sender_applied_through(XLogRecPtr lsn)
 {
-	return topo.acked.lsn > lsn ||
-		   (topo.acked.lsn == lsn && topo.acked.seq == FENCE_DONE);
+	return snd.topo.acked.lsn > lsn ||
+		   (snd.topo.acked.lsn == lsn && snd.topo.acked.seq == FENCE_DONE);
 }
 
 /* sender_stopped: a rejected command stopped the stream. */
 bool
 sender_stopped(void)
 {
-	return stopped;
+	return snd.stopped;
 }
 
 /* sender_has_dead_letters: dead letters wait to be recorded. */
@@ -1010,9 +1006,9 @@ pg2r_link_wait_replicas(const Link *l)
 	int n = pg2r_redis_wait_replicas;
 
 	if (n < 0) /* the default: the older, cluster-only setting */
-		n = topo.cluster ? pg2r_redis_cluster_wait_replicas : 0;
-	if (topo.cluster)
-		return Min(n, topo.map->nodes[l - topo.links].replicas);
+		n = snd.topo.cluster ? pg2r_redis_cluster_wait_replicas : 0;
+	if (snd.topo.cluster)
+		return Min(n, snd.topo.map->nodes[l - snd.topo.links].replicas);
 	return n;
 }
 
@@ -1102,9 +1098,9 @@ out_block_bytes(Link *l, const Block *b, size_t off, size_t len)
 static void
 link_build_out(int li)
 {
-	Link		 *l = &topo.links[li];
-	Block		 *b = inflight;
-	MemoryContext old = MemoryContextSwitchTo(TopoCxt);
+	Link		 *l = &snd.topo.links[li];
+	Block		 *b = snd.inflight;
+	MemoryContext old = MemoryContextSwitchTo(snd.topo_cxt);
 
 	if (l->out.maxlen > OUT_KEEP_MAX)
 	{
@@ -1180,13 +1176,14 @@ link_build_out(int li)
 static void
 dispatch_inflight(void)
 {
-	Block *b = inflight;
+	Block *b = snd.inflight;
 
 	for (int gi = 0; gi < b->ngroups; gi++)
 		if (b->groups[gi].state == GROUP_PENDING)
 			b->groups[gi].link =
-				topo.cluster ? topo.map->slot_node[b->groups[gi].slot] : 0;
-	for (int li = 0; li < topo.nlinks; li++)
+				snd.topo.cluster ? snd.topo.map->slot_node[b->groups[gi].slot]
+								 : 0;
+	for (int li = 0; li < snd.topo.nlinks; li++)
 		link_build_out(li);
 }
 
@@ -1194,16 +1191,16 @@ dispatch_inflight(void)
 static void
 inflight_acked(void)
 {
-	Block *b = inflight;
+	Block *b = snd.inflight;
 
 	if (b->reset)
 	{
-		for (int s = 0; s < topo.nfences; s++)
+		for (int s = 0; s < snd.topo.nfences; s++)
 		{
-			topo.applied[s].lsn = InvalidXLogRecPtr;
-			topo.applied[s].seq = FENCE_DONE;
+			snd.topo.applied[s].lsn = InvalidXLogRecPtr;
+			snd.topo.applied[s].seq = FENCE_DONE;
 		}
-		topo.read_max = topo.applied[0];
+		snd.topo.read_max = snd.topo.applied[0];
 	}
 	else
 	{
@@ -1215,32 +1212,32 @@ inflight_acked(void)
 													   : InvalidXLogRecPtr,
 							b->commit_time, b->ntxns, b->ncmds, b->nchanges);
 		if (b->fence.seq == FENCE_DONE)
-			sender_hooks.confirm(b->fence.lsn);
+			snd.hooks.confirm(b->fence.lsn);
 	}
-	topo.acked = b->fence;
+	snd.topo.acked = b->fence;
 	if (b->reset)
 	{
-		topo.confirmed.lsn = InvalidXLogRecPtr;
-		topo.confirmed.seq = FENCE_DONE;
+		snd.topo.confirmed.lsn = InvalidXLogRecPtr;
+		snd.topo.confirmed.seq = FENCE_DONE;
 	}
 	else
-		topo.confirmed = b->fence;
-	topo.redirect_streak = 0;
+		snd.topo.confirmed = b->fence;
+	snd.topo.redirect_streak = 0;
 	block_reset(b);
-	inflight = NULL;
+	snd.inflight = NULL;
 	report_pending();
-	for (int li = 0; li < topo.nlinks; li++)
-		topo.links[li].deadline = 0;
+	for (int li = 0; li < snd.topo.nlinks; li++)
+		snd.topo.links[li].deadline = 0;
 }
 
 /* inflight_check acknowledges the block in flight when all its groups are. */
 static void
 inflight_check(void)
 {
-	if (inflight == NULL)
+	if (snd.inflight == NULL)
 		return;
-	for (int gi = 0; gi < inflight->ngroups; gi++)
-		if (inflight->groups[gi].state != GROUP_DONE)
+	for (int gi = 0; gi < snd.inflight->ngroups; gi++)
+		if (snd.inflight->groups[gi].state != GROUP_DONE)
 			return;
 	inflight_acked();
 }
@@ -1253,18 +1250,18 @@ inflight_check(void)
 void
 pg2r_inflight_restart(void)
 {
-	if (inflight == NULL)
+	if (snd.inflight == NULL)
 		return;
-	for (int gi = 0; gi < inflight->ngroups; gi++)
+	for (int gi = 0; gi < snd.inflight->ngroups; gi++)
 	{
-		inflight->groups[gi].state = GROUP_PENDING;
-		inflight->groups[gi].any_queue_error = false;
+		snd.inflight->groups[gi].state = GROUP_PENDING;
+		snd.inflight->groups[gi].any_queue_error = false;
 	}
-	for (int c = 0; c < inflight->ncmds; c++)
-		if (inflight->queue_errors[c])
+	for (int c = 0; c < snd.inflight->ncmds; c++)
+		if (snd.inflight->queue_errors[c])
 		{
-			pfree(inflight->queue_errors[c]);
-			inflight->queue_errors[c] = NULL;
+			pfree(snd.inflight->queue_errors[c]);
+			snd.inflight->queue_errors[c] = NULL;
 		}
 }
 
@@ -1311,9 +1308,9 @@ dead_letter_cmd(Block *b, int i, const char *error)
 	for (int a = 0; a < argc; a++)
 		pfree(argv[a]);
 	pfree(argv);
-	if (pg2r_on_command_error == PG2R_ON_ERROR_STOP && !stopped)
+	if (pg2r_on_command_error == PG2R_ON_ERROR_STOP && !snd.stopped)
 	{
-		stopped = true;
+		snd.stopped = true;
 		pg2r_report_error("Redis rejected a command of rule " INT64_FORMAT
 						  ": %s; the stream stopped (pg2redis.on_command_error = stop)",
 						  ci->rule_id, error);
@@ -1328,7 +1325,7 @@ dead_letter_cmd(Block *b, int i, const char *error)
 static bool
 is_transient(const char *err)
 {
-	return pg2r_error_is_transient(err, topo.cluster);
+	return pg2r_error_is_transient(err, snd.topo.cluster);
 }
 
 /*
@@ -1338,14 +1335,14 @@ is_transient(const char *err)
 const char *
 pg2r_cluster_note(const char *err)
 {
-	return pg2r_redis_cluster_note(err, topo.cluster);
+	return pg2r_redis_cluster_note(err, snd.topo.cluster);
 }
 
 /* group_applied records that Redis ran a group's EXEC. */
 static void
 group_applied(Link *l, Group *g)
 {
-	topo.applied[fence_slot(g->slot)] = inflight->fence;
+	snd.topo.applied[fence_slot(g->slot)] = snd.inflight->fence;
 	g->state = l->wait_sent ? GROUP_APPLIED : GROUP_DONE;
 }
 
@@ -1356,14 +1353,14 @@ group_applied(Link *l, Group *g)
 static void
 link_pipeline_done(int li)
 {
-	Link *l = &topo.links[li];
+	Link *l = &snd.topo.links[li];
 	bool  again = false;
 
 	l->npend = 0;
 	l->deadline = 0;
-	for (int gi = 0; gi < inflight->ngroups; gi++)
-		if (inflight->groups[gi].link == li &&
-			inflight->groups[gi].state == GROUP_PENDING)
+	for (int gi = 0; gi < snd.inflight->ngroups; gi++)
+		if (snd.inflight->groups[gi].link == li &&
+			snd.inflight->groups[gi].state == GROUP_PENDING)
 			again = true;
 	if (again)
 		link_build_out(li);
@@ -1380,7 +1377,7 @@ link_pipeline_done(int li)
 static bool
 handle_exec_reply(Link *l, Group *g, redisReply *r)
 {
-	Block *b = inflight;
+	Block *b = snd.inflight;
 
 	if (r->type == REDIS_REPLY_ARRAY && !g->any_queue_error)
 	{
@@ -1414,7 +1411,7 @@ handle_exec_reply(Link *l, Group *g, redisReply *r)
 			b->queue_errors[c] = NULL;
 		}
 		g->any_queue_error = false;
-		if (stopped)
+		if (snd.stopped)
 		{
 			/* keep the position before the block; it is sent again on resume */
 			pg2r_topo_fail(l, "the stream stopped on a rejected command");
@@ -1439,8 +1436,8 @@ handle_exec_reply(Link *l, Group *g, redisReply *r)
 bool
 pg2r_handle_block_reply(int li, redisReply *r)
 {
-	Link  *l = &topo.links[li];
-	Block *b = inflight;
+	Link  *l = &snd.topo.links[li];
+	Block *b = snd.inflight;
 	Group *g;
 	int	   idx;
 
@@ -1497,7 +1494,7 @@ pg2r_handle_block_reply(int li, redisReply *r)
 			}
 			c = l->sent[g->sent_first + idx - 1];
 			if (b->queue_errors[c] == NULL)
-				b->queue_errors[c] = MemoryContextStrdup(SenderCxt, r->str);
+				b->queue_errors[c] = MemoryContextStrdup(snd.cxt, r->str);
 			g->any_queue_error = true;
 		}
 		return true;
@@ -1534,28 +1531,29 @@ pg2r_topo_ready(void)
 	Fence		lost_to = {InvalidXLogRecPtr, 0};
 
 	memset(in_doubt, 0, sizeof(in_doubt));
-	if (inflight)
+	if (snd.inflight)
 	{
-		for (int gi = 0; gi < inflight->ngroups; gi++)
+		for (int gi = 0; gi < snd.inflight->ngroups; gi++)
 		{
-			Group *g = &inflight->groups[gi];
-			Fence  r = topo.read[fence_slot(g->slot)];
-			bool   has = inflight->reset ? r.lsn == InvalidXLogRecPtr
-										 : fence_cmp(inflight->fence, r) <= 0;
-			int	   li = topo.cluster ? topo.map->slot_node[g->slot] : 0;
+			Group *g = &snd.inflight->groups[gi];
+			Fence  r = snd.topo.read[fence_slot(g->slot)];
+			bool   has = snd.inflight->reset
+							 ? r.lsn == InvalidXLogRecPtr
+							 : fence_cmp(snd.inflight->fence, r) <= 0;
+			int li = snd.topo.cluster ? snd.topo.map->slot_node[g->slot] : 0;
 
 			in_doubt[fence_slot(g->slot)] = true;
 			g->fence_only =
-				has && pg2r_link_wait_replicas(&topo.links[li]) > 0;
+				has && pg2r_link_wait_replicas(&snd.topo.links[li]) > 0;
 			g->state = has && !g->fence_only ? GROUP_DONE : GROUP_PENDING;
 		}
 	}
-	topo.read_max.lsn = InvalidXLogRecPtr;
-	topo.read_max.seq = 0;
-	for (int s = 0; s < topo.nfences; s++)
+	snd.topo.read_max.lsn = InvalidXLogRecPtr;
+	snd.topo.read_max.seq = 0;
+	for (int s = 0; s < snd.topo.nfences; s++)
 	{
-		if (fence_cmp(topo.read[s], topo.read_max) > 0)
-			topo.read_max = topo.read[s];
+		if (fence_cmp(snd.topo.read[s], snd.topo.read_max) > 0)
+			snd.topo.read_max = snd.topo.read[s];
 		/*
 		 * A slot's position went back: writes it acknowledged are gone.  A
 		 * slot of the block in flight may be behind what it applied of that
@@ -1563,27 +1561,29 @@ pg2r_topo_ready(void)
 		 * must not be behind the last block applied and replicated as
 		 * asked, whose position the replication slot may be confirmed past.
 		 */
-		if (topo.fence_known &&
-			(!in_doubt[s] ? fence_cmp(topo.read[s], topo.applied[s]) < 0
-						  : !topo.cluster &&
-								fence_cmp(topo.read[s], topo.confirmed) < 0))
+		if (snd.topo.fence_known &&
+			(!in_doubt[s]
+				 ? fence_cmp(snd.topo.read[s], snd.topo.applied[s]) < 0
+				 : !snd.topo.cluster &&
+					   fence_cmp(snd.topo.read[s], snd.topo.confirmed) < 0))
 		{
-			Fence to = in_doubt[s] ? topo.confirmed : topo.applied[s];
+			Fence to = in_doubt[s] ? snd.topo.confirmed : snd.topo.applied[s];
 
 			lost++;
-			if (fence_cmp(topo.read[s], lost_from) < 0)
-				lost_from = topo.read[s];
+			if (fence_cmp(snd.topo.read[s], lost_from) < 0)
+				lost_from = snd.topo.read[s];
 			if (fence_cmp(to, lost_to) > 0)
 				lost_to = to;
 		}
 	}
-	if (lost > 0 && (topo.cluster || topo.read[0].lsn != InvalidXLogRecPtr))
+	if (lost > 0 &&
+		(snd.topo.cluster || snd.topo.read[0].lsn != InvalidXLogRecPtr))
 	{
 		char from[64], to[64];
 
 		pg2r_fence_format(lost_from, from, sizeof(from));
 		pg2r_fence_format(lost_to, to, sizeof(to));
-		if (topo.cluster)
+		if (snd.topo.cluster)
 			ereport(WARNING,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("the Redis Cluster lost writes of %d hash slots that it had acknowledged",
@@ -1600,9 +1600,9 @@ pg2r_topo_ready(void)
 							   from, to, to),
 					 errhint("Run pg2redis_resync() to load every mapped table again, or pg2redis_verify() to list the keys that differ and pg2redis_redrive() to write them again. Set pg2redis.redis_wait_replicas so that a failover cannot lose acknowledged writes.")));
 	}
-	else if (!topo.cluster && topo.read[0].lsn == InvalidXLogRecPtr &&
-			 (topo.fence_known ||
-			  sender_hooks.confirmed_lsn() != InvalidXLogRecPtr))
+	else if (!snd.topo.cluster && snd.topo.read[0].lsn == InvalidXLogRecPtr &&
+			 (snd.topo.fence_known ||
+			  snd.hooks.confirmed_lsn() != InvalidXLogRecPtr))
 	{
 		char key[CLUSTER_FENCE_KEY_LEN];
 
@@ -1611,27 +1611,27 @@ pg2r_topo_ready(void)
 						cluster_fence_key(key, pg2r_slot_name, -1)),
 				 errhint("If Redis lost its data, run pg2redis_resync() to load every mapped table again, or pg2redis_snapshot() for one table.")));
 	}
-	memcpy(topo.applied, topo.read, sizeof(Fence) * topo.nfences);
-	if (!topo.cluster)
-		topo.acked = topo.read[0];
-	topo.fence_known = true;
-	topo.state = TOPO_READY;
-	topo.attempts = 0;
+	memcpy(snd.topo.applied, snd.topo.read, sizeof(Fence) * snd.topo.nfences);
+	if (!snd.topo.cluster)
+		snd.topo.acked = snd.topo.read[0];
+	snd.topo.fence_known = true;
+	snd.topo.state = TOPO_READY;
+	snd.topo.attempts = 0;
 	pg2r_report_connected(true);
-	if (!stopped)
+	if (!snd.stopped)
 		pg2r_report_state(PG2R_STATE_STREAMING);
-	if (topo.cluster)
+	if (snd.topo.cluster)
 		ereport(LOG, (errmsg("connected to Redis Cluster at %s (%d primaries)",
-							 topo.target.display, topo.nlinks)));
-	else if (topo.sentinel)
+							 snd.topo.target.display, snd.topo.nlinks)));
+	else if (snd.topo.sentinel)
 		ereport(LOG,
 				(errmsg("connected to Redis primary %s of \"%s\" (Sentinel at %s)",
-						topo.links[0].name, topo.target.master_name,
-						topo.target.display)));
+						snd.topo.links[0].name, snd.topo.target.master_name,
+						snd.topo.target.display)));
 	else
 		ereport(LOG,
-				(errmsg("connected to Redis at %s", topo.target.display)));
-	if (inflight)
+				(errmsg("connected to Redis at %s", snd.topo.target.display)));
+	if (snd.inflight)
 	{
 		dispatch_inflight();
 		inflight_check();
@@ -1647,7 +1647,7 @@ pg2r_topo_ready(void)
 static void
 wait_for_room(void)
 {
-	while (inflight != NULL && !stopped)
+	while (snd.inflight != NULL && !snd.stopped)
 		sender_service(1000);
 }
 
@@ -1669,9 +1669,9 @@ sender_set_idle_position(XLogRecPtr lsn)
 bool
 sender_has_position(void)
 {
-	for (int s = 0; s < topo.nfences; s++)
-		if (topo.read[s].lsn != InvalidXLogRecPtr ||
-			topo.applied[s].lsn != InvalidXLogRecPtr)
+	for (int s = 0; s < snd.topo.nfences; s++)
+		if (snd.topo.read[s].lsn != InvalidXLogRecPtr ||
+			snd.topo.applied[s].lsn != InvalidXLogRecPtr)
 			return true;
 	return false;
 }
@@ -1694,16 +1694,16 @@ sender_reset_fence(void)
 			return false;
 		sender_service(100);
 	}
-	building->reset = true;
-	push_building(building->fence);
-	while (inflight != NULL)
+	snd.building->reset = true;
+	push_building(snd.building->fence);
+	while (snd.inflight != NULL)
 	{
 		if (GetCurrentTimestamp() >= deadline)
 		{
 			pg2r_topo_fail(NULL,
 						   "could not reset the stream position in Redis");
-			block_reset(inflight);
-			inflight = NULL;
+			block_reset(snd.inflight);
+			snd.inflight = NULL;
 			return false;
 		}
 		sender_service(100);

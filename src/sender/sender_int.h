@@ -201,14 +201,24 @@ typedef struct Topology
 	TimestampTz next_attempt;
 } Topology;
 
-extern MemoryContext SenderCxt;
-extern MemoryContext TopoCxt; /* links and the map: reset on refresh */
-extern MemoryContext MapCxt;  /* the map link: reset after each use */
-extern Block		*building;
-extern Block		*inflight;
-extern Topology		 topo;
-extern bool			 stopped;	   /* a rejected command stopped the stream */
-extern SenderHooks	 sender_hooks; /* given to sender_init() */
+/*
+ * SenderState is everything sender.c and links.c share: one instance, snd,
+ * defined in sender.c and visible to no other folder (and, like every
+ * symbol but the entry points, not exported from the library: exports.map).
+ */
+typedef struct SenderState
+{
+	MemoryContext cxt; /* the sender's own: blocks, the last dead letters */
+	MemoryContext topo_cxt; /* links and the map: reset on refresh */
+	MemoryContext map_cxt;	/* the map link: reset after each use */
+	Block		 *building; /* the block being built */
+	Block		 *inflight; /* the block sent and not acknowledged, or NULL */
+	Topology	  topo;		/* the links and what they know */
+	bool		  stopped;	/* a rejected command stopped the stream */
+	SenderHooks	  hooks;	/* given to sender_init() */
+} SenderState;
+
+extern SenderState snd;
 
 /* src/sender/sender.c */
 extern char		  *pg2r_fence_format(Fence f, char *buf, size_t len);
