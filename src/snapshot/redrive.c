@@ -54,6 +54,7 @@
 #include "pg2redis/keyorder.h"
 #include "pg2redis/pgarray.h"
 #include "pg2redis/redrive.h"
+#include "pg2redis/render.h"
 #include "pg2redis/relutil.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
@@ -70,8 +71,8 @@ PG_FUNCTION_INFO_V1(pg2redis_redrive_relation);
 /*
  * redrive_note_row sets the sender's row key (sender_set_row_key) from a
  * tuple of rel, a table changes arrive for, with map (rel's): its key
- * index's columns (found once per relation, mapping.c) as text, by their
- * output functions.  Clears it when rel has no key index or the tuple no
+ * index's columns (found once per relation, mapping.c) as text, as their
+ * output functions write it (render_text).  Clears it when rel has no key index or the tuple no
  * readable key.
  */
 void
@@ -89,6 +90,7 @@ redrive_note_row(Relation rel, RelMap *map, HeapTuple tuple)
 		AttrNumber attnum = map->keyatts[k];
 		bool	   isnull;
 		Datum	   v;
+		int		   len;
 
 		if (attnum <= 0 || attnum > map->natts)
 			return;
@@ -97,7 +99,8 @@ redrive_note_row(Relation rel, RelMap *map, HeapTuple tuple)
 		if (isnull || (TupleDescAttr(desc, attnum - 1)->attlen == -1 &&
 					   VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(v))))
 			return;
-		key[k] = OutputFunctionCall(&map->cols[attnum - 1].outfunc, v);
+		/* render_text: the output function's text, byte for byte */
+		key[k] = (char *) render_text(&map->cols[attnum - 1], v, &len);
 	}
 	sender_set_row_key(map->keyindex, map->nkeys, key);
 }
