@@ -7,7 +7,8 @@
 # folder's private header, an upward symbol through an extern declaration
 # of its own; an ereport without errcode at a level given by an expression
 # or a variable, with errmsg_internal, and an elog(WARNING).
-# Prints one "ok"/"not ok" line per case and "checks: N cases, M missed".
+# Prints a "not ok" line per case missed (with VERBOSE=1 an "ok" line per
+# case passed too) and "checks: N cases, M missed".
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SCRATCH=$(mktemp -d /tmp/pg2redis-checks.XXXXXX)
@@ -28,7 +29,7 @@ expect() {
 	out=$(bash "$ROOT/test/$check.sh" "$SCRATCH/tree" 2>&1) || rc=$?
 	n=$((n + 1))
 	if [[ $rc -ne 0 ]] && grep -qE -- "$pat" <<<"$out"; then
-		echo "ok $n - $check: $name"
+		[[ -z ${VERBOSE:-} ]] || echo "ok $n - $check: $name"
 	else
 		echo "not ok $n - $check: $name"; echo "$out" | tail -n 5 | sed 's/^/#   /'
 		missed=$((missed + 1))
@@ -40,7 +41,7 @@ fresh
 for check in layers messages; do
 	n=$((n + 1))
 	if bash "$ROOT/test/$check.sh" "$SCRATCH/tree" >/dev/null 2>&1; then
-		echo "ok $n - $check: the tree as it is"
+		[[ -z ${VERBOSE:-} ]] || echo "ok $n - $check: the tree as it is"
 	else
 		echo "not ok $n - $check: the tree as it is"; missed=$((missed + 1))
 	fi
