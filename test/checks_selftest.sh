@@ -6,7 +6,8 @@
 # -I. forms, from a shared header and from a deeper folder, another
 # folder's private header, an upward symbol through an extern declaration
 # of its own; an ereport without errcode at a level given by an expression
-# or a variable, with errmsg_internal, and an elog(WARNING).
+# or a variable, with errmsg_internal, after a string holding "/*" or a
+# '"' character, and an elog(WARNING).
 # Prints a "not ok" line per case missed (with VERBOSE=1 an "ok" line per
 # case passed too) and "checks: N cases, M missed".
 set -euo pipefail
@@ -77,6 +78,12 @@ expect 'level by a variable' messages 'error.c:.*without errcode'
 fresh; plant src/common/error.c 'static void zz(void) { ereport(WARNING,
 		(errmsg_internal("x"))); }'
 expect 'errmsg_internal over two lines' messages 'error.c:.*without errcode'
+fresh; plant src/common/error.c 'static const char *zz_url = "unix://***";
+static void zz(void) { ereport(WARNING, (errmsg("x"))); }
+/* a comment */'
+expect 'after a string holding a comment opener' messages 'error.c:.*without errcode'
+fresh; plant src/common/error.c "static void zz(char c) { if (c == '\"') ereport(ERROR, (errmsg(\"x\"))); }"
+expect 'after a quote character' messages 'error.c:.*without errcode'
 fresh; plant src/common/error.c 'static void zz(void) { elog(WARNING, "x"); }'
 expect 'elog(WARNING)' messages 'error.c:.*elog\(WARNING\)'
 

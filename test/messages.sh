@@ -36,7 +36,9 @@ sub call_end {
 for my $f (@ARGV) {
 	open(my $fh, '<', $f) or die "$f: $!";
 	local $/; my $src = <$fh>; close $fh;
-	$src =~ s{/\*.*?\*/}{' ' x length($&)}gse;	# comments (lengths kept)
+	# comments become blanks (lines kept), skipping string and char literals
+	$src =~ s{("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')|(/\*.*?\*/)}
+			 {defined $1 ? $1 : $2 =~ s/[^\n]/ /gr}gse;
 	while ($src =~ /\bereport\s*\(/g) {
 		my $start = $-[0];
 		my $end = call_end($src, index($src, '(', $start));
