@@ -132,6 +132,8 @@ lint exports "$ROOT/test/exports.sh" "$ROOT/pg2redis.so"
 lint layers "$ROOT/test/layers.sh" "$ROOT"
 # Every ereport at WARNING or above carries an errcode.
 lint messages "$ROOT/test/messages.sh"
+# The two checks above catch each kind of violation they promise to.
+lint checks "$ROOT/test/checks_selftest.sh"
 
 WORK=$(mktemp -d /tmp/pg2redis-test.XXXXXX)
 if [[ $EUID -eq 0 ]]; then

@@ -49,6 +49,11 @@ SELECT pg2redis_redis('GET', 'k');
 SELECT pg2redis_add_rule('pg_class', 'insert', 'SET x 1');
 RESET ROLE;
 
+-- pg2redis_redis() refuses an empty command and a null argument first.
+SELECT pg2redis_redis(VARIADIC ARRAY[]::text[]);
+SELECT pg2redis_redis('GET', NULL);
+SELECT pg2redis_redis(VARIADIC ARRAY['SET', 'k', NULL, 'x']);
+
 -- An admin manages rules and dead letters (of tables it may read).
 CREATE ROLE regress_admin;
 GRANT pg2redis_admin TO regress_admin;

@@ -7,15 +7,21 @@
 #   common  redis  rules  mapping  sender  snapshot  decode  api
 #
 # and src/pg2redis.c (the module's entry) above them all.  Two checks:
-#  1. includes: a file in src/S/ includes only include/pg2redis/ headers of
-#     stages up to S, and private headers ("x.h") of its own folder.  A
-#     header of include/pg2redis/ belongs to the stage of the source file of
-#     the same name (src/*/NAME.c), or says so in a "Stage: S" line;
+#  1. includes: a file of src/S/ (at any depth) or a shared header of stage
+#     S includes only include/pg2redis/ headers of stages up to S, and
+#     private headers of its own folder.  Each #include, quoted or in angle
+#     brackets, is resolved as the compiler does (beside the file, then
+#     -I include, then -I .), so "include/pg2redis/x.h" is no way around.
+#     A header of include/pg2redis/ belongs to the stage of the source file
+#     of the same name (src/*/NAME.c), or says so in a "Stage: S" line;
 #  2. symbols (when the objects are built): no object of src/S/ refers to a
 #     function or variable defined in a later stage, not even through an
 #     extern declaration of its own.  A lower stage that must call up does
 #     so through a hooks struct the upper stage fills (SenderHooks,
 #     DecodeHooks).
+# A .c file below src/S/ is refused: the Makefile would not build it.
+# test/checks_selftest.sh plants each kind of violation and checks that
+# this script reports it.
 # Prints one line per violation and a summary; exits non-zero on any.
 set -euo pipefail
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
@@ -25,6 +31,12 @@ exec perl -x "$SELF" "$@"
 #!perl
 use strict;
 use warnings;
+use Cwd qw(abs_path getcwd);
+use File::Basename qw(dirname);
+use File::Find;
+use File::Spec;
+
+my $root = getcwd();
 
 my @order = qw(common redis rules mapping sender snapshot decode api top);
 my %rank;
@@ -35,8 +47,38 @@ my ($nfiles, $nincl, $nsyms) = (0, 0, 0);
 sub stage_of_file
 {
 	my ($path) = @_;
-	return 'top' if $path =~ m{^src/[^/]+\.[ch]$};
+	return 'top' if $path =~ m{^src/[^/]+\.[cho]$};
 	return $1 if $path =~ m{^src/([^/]+)/};
+	return undef;
+}
+
+# every file under src/, at any depth (a file of a deeper folder belongs to
+# the stage of its first folder)
+sub tree_files
+{
+	my ($re) = @_;
+	my @out;
+	find({ wanted => sub { push @out, $File::Find::name if /$re/ && -f $_ },
+		   no_chdir => 1 }, 'src');
+	return sort @out;
+}
+
+# resolve: the file an #include names, relative to the root, as the
+# compiler finds it (quoted: beside the including file first; then the
+# Makefile's -I include and -I .), or undef for a PostgreSQL, system or
+# library header.
+sub resolve
+{
+	my ($from, $quoted, $inc) = @_;
+	my @dirs = ('include', '.');
+	unshift @dirs, dirname($from) if $quoted;
+	for my $d (@dirs)
+	{
+		my $p = "$d/$inc";
+		next unless -f $p;
+		$p = File::Spec->abs2rel(abs_path($p), $root);
+		return $p;
+	}
 	return undef;
 }
 
@@ -57,10 +99,10 @@ for my $h (glob('include/pg2redis/*.h'))
 		$bad++;
 		next;
 	}
-	$hstage{$name} = $s;
+	$hstage{$h} = $s;
 }
 
-my @files = (glob('src/*.[ch]'), glob('src/*/*.[ch]'));
+my @files = tree_files(qr/\.[ch]$/);
 for my $f (@files)
 {
 	my $s = stage_of_file($f);
@@ -70,41 +112,58 @@ for my $f (@files)
 		$bad++;
 		next;
 	}
+	if ($f =~ m{^src/[^/]+/[^/]+/.*\.c$})
+	{
+		print "$f: not built (the Makefile compiles src/*.c and src/*/*.c)\n";
+		$bad++;
+	}
+}
+# the shared headers are checked too: one that includes a later stage's
+# header hands it to every file that includes it
+push @files, sort keys %hstage;
+for my $f (@files)
+{
+	my $s = $f =~ m{^include/} ? $hstage{$f} : stage_of_file($f);
+	next unless defined $s && exists $rank{$s};
 	$nfiles++;
 	open(my $fh, '<', $f) or die "$f: $!";
 	my $ln = 0;
 	while (my $line = <$fh>)
 	{
 		$ln++;
-		next unless $line =~ /^\s*#\s*include\s+"([^"]+)"/;
-		my $inc = $1;
+		next unless $line =~ /^\s*#\s*include\s*(["<])([^">]+)[">]/;
+		my ($quoted, $inc) = ($1 eq '"', $2);
+		my $p = resolve($f, $quoted, $inc);
+		next unless defined $p;	# a PostgreSQL or library header
 		$nincl++;
-		if ($inc =~ m{^pg2redis/(.+)$})
+		if (exists $hstage{$p})
 		{
-			my $hs = $hstage{$1};
-			next unless defined $hs;
+			my $hs = $hstage{$p};
 			if ($rank{$hs} > $rank{$s})
 			{
 				print "$f:$ln: stage $s includes $inc of the later stage $hs\n";
 				$bad++;
 			}
 		}
-		elsif ($inc !~ m{/} && (-e "src/$s/$inc" || $s eq 'top' && -e "src/$inc"))
+		elsif ($p =~ m{^src/})
 		{
-			next;				# a private header of its own folder
-		}
-		elsif (grep { -e $_ } glob("src/*/$inc"), glob("src/*/*/$inc"))
-		{
-			print "$f:$ln: includes \"$inc\", a private header of another folder\n";
+			my $t = stage_of_file($p);
+			next if defined $t && $t eq $s && $f =~ m{^src/};	# its own folder's
+			print "$f:$ln: includes \"$inc\", a private header of another folder ($p)\n";
 			$bad++;
 		}
-		# else a PostgreSQL or library header
+		elsif ($p !~ m{^include/pg2redis/[^/]+\.h$})
+		{
+			print "$f:$ln: includes \"$inc\" ($p), neither a header of include/pg2redis/ nor of its own folder\n";
+			$bad++;
+		}
 	}
 	close $fh;
 }
 
 # symbols: who defines what, who uses what
-my @objs = (glob('src/*.o'), glob('src/*/*.o'));
+# (an object whose source is gone is a leftover of an earlier layout)
+my @objs = grep { -f s/\.o$/.c/r } tree_files(qr/\.o$/);
 if (@objs)
 {
 	my (%def, %uses);

@@ -41,6 +41,7 @@
 
 #include "pg2redis/commands.h"
 #include "pg2redis/mapping.h"
+#include "pg2redis/pgarray.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/relutil.h"
 #include "pg2redis/session_redis.h"
@@ -483,12 +484,13 @@ check_redis_access(int argc, char **argv)
 Datum
 pg2redis_redis(PG_FUNCTION_ARGS)
 {
-	ArrayType  *args = PG_GETARG_ARRAYTYPE_P(0);
-	Datum	   *elems;
-	bool	   *elnulls;
-	int			n;
-	char	  **cargv;
-	RedisTarget target;
+	ArrayType	*args = PG_GETARG_ARRAYTYPE_P(0);
+	const char **argv;
+	size_t		*argvlen;
+	int			 null_at;
+	int			 n;
+	char	   **cargv;
+	RedisTarget	 target;
 
 	StringInfoData			 cmd;
 	redisReply				*reply = NULL;
@@ -499,20 +501,18 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 											"SSUBSCRIBE", "MONITOR",
 											"SYNC",		  "PSYNC"};
 
-	deconstruct_array(args, TEXTOID, -1, false, TYPALIGN_INT, &elems, &elnulls,
-					  &n);
+	n = pg2r_text_array_argv(args, &argv, &argvlen, &null_at);
 	if (n == 0)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						errmsg("a Redis command is needed")));
+	if (null_at >= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("Redis command argument %d is null", null_at + 1)));
+	/* the access checks read every argument as a C string */
 	cargv = palloc(sizeof(char *) * n);
 	for (int i = 0; i < n; i++)
-	{
-		if (elnulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("Redis command argument %d is null", i + 1)));
-		cargv[i] = TextDatumGetCString(elems[i]);
-	}
+		cargv[i] = pnstrdup(argv[i], argvlen[i]);
 	for (size_t i = 0; i < lengthof(streaming); i++)
 		if (pg_strcasecmp(cargv[0], streaming[i]) == 0)
 			ereport(ERROR,
@@ -524,17 +524,7 @@ pg2redis_redis(PG_FUNCTION_ARGS)
 	redis_session_target(&target);
 
 	initStringInfo(&cmd);
-	{
-		const char **argv = palloc(sizeof(char *) * n);
-		size_t		*argvlen = palloc(sizeof(size_t) * n);
-
-		for (int i = 0; i < n; i++)
-		{
-			argv[i] = VARDATA_ANY(DatumGetTextPP(elems[i]));
-			argvlen[i] = VARSIZE_ANY_EXHDR(DatumGetTextPP(elems[i]));
-		}
-		redis_append_command(&cmd, n, argv, argvlen);
-	}
+	redis_append_command(&cmd, n, argv, argvlen);
 
 	reply = redis_session_command(&target, &cmd);
 
