@@ -24,9 +24,9 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
+#include "pg2redis/common.h"
 #include "pg2redis/compat.h"
 #include "pg2redis/failover.h"
-#include "pg2redis/pg2redis.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/stages.h"

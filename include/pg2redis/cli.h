@@ -9,7 +9,7 @@
 #define PG2REDIS_CLI_H
 
 #include "nodes/pg_list.h"
-#include "pg2redis/pg2redis.h"
+#include "pg2redis/common.h"
 
 extern List *pg2r_split_cli(const char *command, Pg2rError *err);
 

@@ -12,7 +12,7 @@
 #include "access/xlogdefs.h"
 #include "utils/relcache.h"
 
-#include "pg2redis/pg2redis.h"
+#include "pg2redis/common.h"
 
 extern void ondemand_init(void);
 extern void ondemand_resolve_resumes(void);

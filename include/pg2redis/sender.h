@@ -11,7 +11,7 @@
 #include "access/xlogdefs.h"
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
-#include "pg2redis/pg2redis.h"
+#include "pg2redis/common.h"
 
 struct Rule;
 

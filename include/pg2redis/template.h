@@ -10,7 +10,7 @@
 
 #include "access/tupdesc.h"
 #include "nodes/bitmapset.h"
-#include "pg2redis/pg2redis.h"
+#include "pg2redis/common.h"
 
 typedef enum TplKind
 {

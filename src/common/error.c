@@ -14,7 +14,7 @@
 
 #include "lib/stringinfo.h"
 
-#include "pg2redis/pg2redis.h"
+#include "pg2redis/common.h"
 
 /*
  * pg2r_fail fills *err and returns false, so that callers can write

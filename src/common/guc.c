@@ -13,7 +13,7 @@
  */
 #include "postgres.h"
 
-#include "pg2redis/pg2redis.h"
+#include "pg2redis/common.h"
 #include "pg2redis/settings.h"
 
 int	  pg2r_numeric_mode = PG2R_NUMERIC_NUMBER;

@@ -7,8 +7,8 @@
  */
 #include "postgres.h"
 
+#include "pg2redis/common.h"
 #include "pg2redis/compat.h"
-#include "pg2redis/pg2redis.h"
 
 static const char *const op_names[PG2R_NUM_OPS] = {"insert", "update",
 												   "delete", "truncate",

@@ -21,7 +21,7 @@
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 
-#include "pg2redis/pg2redis.h"
+#include "pg2redis/common.h"
 
 /*
  * pg2r_run_guarded runs fn(arg) in an internal subtransaction and returns

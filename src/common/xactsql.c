@@ -26,7 +26,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "pg2redis/pg2redis.h"
+#include "pg2redis/common.h"
 #include "pg2redis/xactsql.h"
 
 static MemoryContext return_cxt = NULL;

@@ -18,12 +18,13 @@
  */
 #include "postgres.h"
 
-#include "pg2redis/decode.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/redrive.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/stages.h"
 #include "pg2redis/state.h"
+
+#include "decode.h"
 
 /*
  * worker_begin starts a transaction in the sender; it is mapped carefully

@@ -53,8 +53,8 @@
 #include "utils/timestamp.h"
 
 #include "pg2redis/cluster.h"
+#include "pg2redis/common.h"
 #include "pg2redis/failover.h"
-#include "pg2redis/pg2redis.h"
 #include "pg2redis/session_redis.h"
 #include "pg2redis/settings.h"
 #include "pg2redis/verify.h"

@@ -46,9 +46,10 @@
 #include "utils/rel.h"
 
 #include "pg2redis/compat.h"
-#include "pg2redis/decode.h"
 #include "pg2redis/mapping.h"
 #include "pg2redis/settings.h"
+
+#include "decode.h"
 
 typedef struct PluginState
 {

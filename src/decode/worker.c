@@ -89,7 +89,6 @@
 #include "utils/varlena.h"
 
 #include "pg2redis/compat.h"
-#include "pg2redis/decode.h"
 #include "pg2redis/failover.h"
 #include "pg2redis/ondemand.h"
 #include "pg2redis/render.h"
@@ -99,6 +98,8 @@
 #include "pg2redis/stages.h"
 #include "pg2redis/state.h"
 #include "pg2redis/xactsql.h"
+
+#include "decode.h"
 
 #define SLOT_SAVE_INTERVAL_MS 2000
 #define DEAD_LETTER_INTERVAL_MS 200

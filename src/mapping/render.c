@@ -50,7 +50,7 @@
 #include "utils/lsyscache.h"
 #include "utils/typcache.h"
 
-#include "pg2redis/pg2redis.h"
+#include "pg2redis/common.h"
 #include "pg2redis/render.h"
 #include "pg2redis/settings.h"
 

@@ -19,7 +19,7 @@
 
 #include "common/hashfn.h"
 
-#include "pg2redis/pg2redis.h"
+#include "pg2redis/common.h"
 #include "pg2redis/redis_io.h"
 #include "pg2redis/settings.h"
 

@@ -39,8 +39,9 @@
 #include "utils/syscache.h"
 
 #include "pg2redis/keyorder.h"
+#include "pg2redis/owner.h"
 #include "pg2redis/relutil.h"
-#include "pg2redis/snapshot.h"
+#include "pg2redis/snapshot_filters.h"
 
 /*
  * key_operator returns the operator of btree opfamily for strategy on

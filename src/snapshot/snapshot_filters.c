@@ -20,17 +20,22 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "common/keywords.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "parser/parser.h"
+#include "parser/scanner.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
 #include "pg2redis/mapping.h"
+#include "pg2redis/owner.h"
 #include "pg2redis/relutil.h"
 #include "pg2redis/rules.h"
-#include "pg2redis/snapshot.h"
 #include "pg2redis/snapshot_filters.h"
 #include "pg2redis/state.h"
 
@@ -228,4 +233,123 @@ ondemand_filter_for(Oid relid)
 	if (SPI_processed == 0)
 		return NULL;
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+#define FILTER_HINT                                                           \
+	"Write one condition on the table's columns, such as \"status <> "        \
+	"'archived'\", and schema-qualify your own functions and operators."
+
+/*
+ * filter_position reports the position of an error in a filter (or in the
+ * query around it) as a position in that text, not in the user's query, and
+ * gives a syntax error of the parser the hint on what a filter is.
+ */
+static void
+filter_position(void *arg)
+{
+	int pos = geterrposition();
+
+	if (pos > 0)
+	{
+		errposition(0);
+		internalerrposition(pos);
+		internalerrquery((const char *) arg);
+	}
+	if (geterrcode() == ERRCODE_SYNTAX_ERROR)
+		errhint(FILTER_HINT);
+}
+
+/*
+ * snapshot_check_filter refuses a snapshot filter of table relname (quoted,
+ * qualified) that is not one boolean expression.  The filter is pasted into
+ * SQL as "WHERE (<newline> filter <newline>)" (snapshot_filter_clause), so
+ * it is refused if its tokens close more parentheses than they open, leave
+ * one open, or hold a semicolon: nothing can then end the condition early
+ * (a comment ends at the newline).  The query is then parsed, and must be
+ * one plain SELECT whose only clauses are ours.  Whether the expression is
+ * boolean and names what exists is for the planner (the trigger prepares
+ * it).
+ */
+void
+snapshot_check_filter(const char *relname, const char *filter)
+{
+	core_yyscan_t		 scanner;
+	core_yy_extra_type	 yyextra;
+	core_YYSTYPE		 yylval;
+	YYLTYPE				 yylloc;
+	int					 depth = 0;
+	int					 ntokens = 0;
+	char				*sql;
+	List				*stmts;
+	Node				*stmt;
+	SelectStmt			*select;
+	ErrorContextCallback errcb;
+
+	errcb.callback = filter_position;
+	errcb.arg = (void *) filter;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	scanner = scanner_init(filter, &yyextra, &ScanKeywords, ScanKeywordTokens);
+	for (;;)
+	{
+		int tok = core_yylex(&yylval, &yylloc, scanner);
+
+		if (tok == 0)
+			break;
+		ntokens++;
+		if (tok == '(')
+			depth++;
+		else if ((tok == ')' && --depth < 0) || tok == ';')
+			ereport(ERROR,
+					(errcode(ERRCODE_SYNTAX_ERROR),
+					 errmsg("invalid snapshot filter: it must be one boolean expression"),
+					 errdetail(tok == ';'
+								   ? "A semicolon ends the condition."
+								   : "A closing parenthesis ends the condition early."),
+					 errhint(FILTER_HINT),
+					 errposition(pg_mbstrlen_with_len(filter, yylloc) + 1)));
+	}
+	scanner_finish(scanner);
+	if (ntokens == 0)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("invalid snapshot filter: it is empty"),
+						errhint(FILTER_HINT)));
+	if (depth > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("invalid snapshot filter: it must be one boolean expression"),
+				 errdetail("It leaves a parenthesis open."),
+				 errhint(FILTER_HINT)));
+
+	sql = psprintf("SELECT t FROM ONLY %s t WHERE %s", relname,
+				   snapshot_filter_clause(filter));
+	errcb.arg = sql;
+	stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
+	stmt =
+		list_length(stmts) == 1 ? linitial_node(RawStmt, stmts)->stmt : NULL;
+	select = stmt && IsA(stmt, SelectStmt) ? (SelectStmt *) stmt : NULL;
+	if (select == NULL || select->op != SETOP_NONE || select->withClause ||
+		select->intoClause || select->sortClause || select->limitCount ||
+		select->limitOffset || select->lockingClause || select->groupClause ||
+		select->havingClause || select->windowClause ||
+		select->distinctClause || select->valuesLists ||
+		list_length(select->targetList) != 1 ||
+		list_length(select->fromClause) != 1 || select->whereClause == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid snapshot filter: it must be one boolean expression"),
+				 errdetail("It adds to the query it is part of."),
+				 errhint(FILTER_HINT)));
+	error_context_stack = errcb.previous;
+}
+
+/*
+ * snapshot_filter_clause returns a checked filter as an SQL condition: in
+ * parentheses, on lines of its own so that a trailing comment ends there.
+ */
+char *
+snapshot_filter_clause(const char *filter)
+{
+	return psprintf("(\n%s\n)", filter);
 }

@@ -1,14 +1,14 @@
 /*-------------------------------------------------------------------------
  *
- * pg2redis.h
- *	  Settings and small shared definitions of pg2redis.
+ * common.h
+ *	  What every stage shares: operations, soft errors, guarded calls.
  *
  * Stage: common (every stage may include it)
  *
  *-------------------------------------------------------------------------
  */
-#ifndef PG2REDIS_PG2REDIS_H
-#define PG2REDIS_PG2REDIS_H
+#ifndef PG2REDIS_COMMON_H
+#define PG2REDIS_COMMON_H
 
 #include "postgres.h"
 
@@ -62,4 +62,4 @@ extern void pg2r_raise(const Pg2rError *err) pg_attribute_noreturn();
 
 extern ErrorData *pg2r_run_guarded(void (*fn)(void *arg), void *arg);
 
-#endif /* PG2REDIS_PG2REDIS_H */
+#endif /* PG2REDIS_COMMON_H */

@@ -9,8 +9,6 @@
  * truncate and message to the hooks, and commands to the hooks' sinks.
  * NULL hooks (the default) mean SQL mode.
  *
- * Stage: decode
- *
  *-------------------------------------------------------------------------
  */
 #ifndef PG2REDIS_DECODE_H
