@@ -12,6 +12,7 @@
 #include "utils/array.h"
 
 extern Datum pg2r_text_array(List *strings);
+extern Datum pg2r_cstring_array(const char *const *s, int n);
 extern Datum pg2r_text_array_2d(List *rows);
 extern Datum pg2r_oid_array(List *oids);
 extern List *pg2r_text_array_list(ArrayType *array);

@@ -25,6 +25,7 @@
 
 #include "pg2redis/cli.h"
 #include "pg2redis/mapping.h"
+#include "pg2redis/pgarray.h"
 #include "pg2redis/relutil.h"
 
 PG_FUNCTION_INFO_V1(pg2redis_add_rule_array);
@@ -67,16 +68,10 @@ split_or_error(text *command)
 {
 	Pg2rError err = {0};
 	List	 *args = pg2r_split_cli(text_to_cstring(command), &err);
-	Datum	 *elems;
-	int		  i = 0;
-	ListCell *lc;
 
 	if (args == NIL && err.message != NULL)
 		pg2r_raise(&err);
-	elems = palloc(sizeof(Datum) * Max(list_length(args), 1));
-	foreach(lc, args)
-		elems[i++] = CStringGetTextDatum(lfirst(lc));
-	return construct_array(elems, i, TEXTOID, -1, false, TYPALIGN_INT);
+	return DatumGetArrayTypeP(pg2r_text_array(args));
 }
 
 /*

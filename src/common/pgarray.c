@@ -29,13 +29,24 @@
 Datum
 pg2r_text_array(List *strings)
 {
-	Datum	 *elems = palloc(sizeof(Datum) * Max(list_length(strings), 1));
-	ListCell *lc;
+	const char **s = palloc(sizeof(char *) * Max(list_length(strings), 1));
+	ListCell	*lc;
 
 	foreach(lc, strings)
-		elems[foreach_current_index(lc)] = CStringGetTextDatum(lfirst(lc));
-	return PointerGetDatum(construct_array(elems, list_length(strings),
-										   TEXTOID, -1, false, TYPALIGN_INT));
+		s[foreach_current_index(lc)] = lfirst(lc);
+	return pg2r_cstring_array(s, list_length(strings));
+}
+
+/* pg2r_cstring_array returns a text[] of the n C strings s. */
+Datum
+pg2r_cstring_array(const char *const *s, int n)
+{
+	Datum *elems = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		elems[i] = CStringGetTextDatum(s[i]);
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false,
+										   TYPALIGN_INT));
 }
 
 /*

@@ -91,6 +91,7 @@
 #include "pg2redis/compat.h"
 #include "pg2redis/failover.h"
 #include "pg2redis/ondemand.h"
+#include "pg2redis/pgarray.h"
 #include "pg2redis/render.h"
 #include "pg2redis/sender.h"
 #include "pg2redis/settings.h"
@@ -289,30 +290,21 @@ insert_dead_letters(void *arg)
 		DeadLetter *dl = lfirst(lc);
 		Datum		values[8];
 		char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', 'n', 'n'};
-		Datum	   *elems = palloc(sizeof(Datum) * Max(dl->argc, 1));
-
-		for (int i = 0; i < dl->argc; i++)
-			elems[i] = CStringGetTextDatum(dl->argv[i]);
 		values[0] = LSNGetDatum(dl->lsn);
 		values[1] = TransactionIdGetDatum(dl->xid);
 		values[2] = ObjectIdGetDatum(dl->relid);
 		values[3] = CStringGetTextDatum(pg2r_op_name(dl->op));
-		values[4] = PointerGetDatum(construct_array(elems, dl->argc, TEXTOID,
-													-1, false, TYPALIGN_INT));
+		values[4] =
+			pg2r_cstring_array((const char *const *) dl->argv, dl->argc);
 		values[5] = CStringGetTextDatum(dl->error);
 		if (!TransactionIdIsValid(dl->xid))
 			nulls[1] = 'n';
 		if (OidIsValid(dl->keyindex))
 		{
 			/* the row's key, for pg2redis_redrive() */
-			Datum *key = palloc(sizeof(Datum) * Max(dl->nkeys, 1));
-
-			for (int k = 0; k < dl->nkeys; k++)
-				key[k] = CStringGetTextDatum(dl->key[k]);
 			values[6] = ObjectIdGetDatum(dl->keyindex);
 			values[7] =
-				PointerGetDatum(construct_array(key, dl->nkeys, TEXTOID, -1,
-												false, TYPALIGN_INT));
+				pg2r_cstring_array((const char *const *) dl->key, dl->nkeys);
 			nulls[6] = nulls[7] = ' ';
 		}
 		if (SPI_execute_with_args("INSERT INTO pg2redis.dead_letters "

@@ -763,10 +763,11 @@ node_of(RedisSession *s, const SessionCmd *c)
 static bool
 is_redirect(const redisReply *r)
 {
+	/* not CLUSTERDOWN: the round would only be refused again */
+	static const char *const codes[] = {"MOVED", "ASK", "TRYAGAIN"};
+
 	return r && r->type == REDIS_REPLY_ERROR &&
-		   (strncmp(r->str, "MOVED ", 6) == 0 ||
-			strncmp(r->str, "ASK ", 4) == 0 ||
-			strncmp(r->str, "TRYAGAIN", 8) == 0);
+		   pg2r_error_code_in(r->str, codes, lengthof(codes));
 }
 
 /*
