@@ -32,15 +32,7 @@ my $redis = start_redis();
 my $node  = new_node(
 	'load_stalled',
 	redis => $redis,
-	conf  => [
-		'pg2redis.enabled = off',
-		'pg2redis.redis_timeout = 2s',
-		'pg2redis.retry_max_backoff = 1s',
-		# many small blocks: the load takes a while and waits for Redis often
-		'pg2redis.max_transaction_commands = 100',
-		'pg2redis.snapshot_batch_size = 1000',
-		"pg2redis.load_stall_timeout = '10min'",
-	],
+	conf  => [paused_load_conf()],
 	wait_streaming => 0);
 
 $node->safe_psql('postgres', q{
@@ -82,7 +74,7 @@ sub check_redis
 sub stop_redis_mid_load
 {
 	my ($label) = @_;
-	ok(poll_until(120, sub { _state() eq 'snapshotting' }, 0.02),
+	ok(wait_for_load_start($node, 120),
 		"$label: the load starts");
 	$redis->pause;
 	sleep(1);

@@ -28,14 +28,7 @@ my $redis = start_redis();
 my $node  = new_node(
 	'load_rewrite_counter',
 	redis => $redis,
-	conf  => [
-		'pg2redis.enabled = off',
-		'pg2redis.redis_timeout = 2s',
-		'pg2redis.retry_max_backoff = 1s',
-		'pg2redis.max_transaction_commands = 100',
-		'pg2redis.snapshot_batch_size = 1000',
-		"pg2redis.load_stall_timeout = '10min'",
-	],
+	conf  => [paused_load_conf()],
 	wait_streaming => 0);
 
 my $rows = 60000;
@@ -60,7 +53,7 @@ sub _state
 
 $node->safe_psql('postgres', 'ALTER SYSTEM SET pg2redis.enabled = on');
 $node->reload;
-ok(poll_until(120, sub { _state() eq 'snapshotting' }, 0.02), 'the load starts');
+ok(wait_for_load_start($node, 120), 'the load starts');
 $redis->pause;
 sleep(1);
 is(_state(), 'snapshotting', 'Redis stopped in the middle of the load');
@@ -88,7 +81,7 @@ diag('count:big = ' . ($redis->call('GET', 'count:big') // 'nil') . " for $rows 
 $node->safe_psql('postgres', q{SELECT pg2redis_add_rule('logs', 'insert', 'INCRBY count:logs 1')});
 $redis->call('FLUSHALL');
 $node->safe_psql('postgres', 'SELECT pg2redis_resync()');
-ok(poll_until(120, sub { _state() eq 'snapshotting' }, 0.02), 'keyless: the load starts');
+ok(wait_for_load_start($node, 120), 'keyless: the load starts');
 $redis->pause;
 $node->safe_psql('postgres', 'VACUUM FULL logs');
 $redis->resume;
@@ -121,7 +114,7 @@ $node->reload;
 $redis->call('FLUSHALL');
 my $offset = -s $node->logfile;
 $node->safe_psql('postgres', 'SELECT pg2redis_resync()');
-ok(poll_until(120, sub { _state() eq 'snapshotting' }, 0.02), 'resync: the load starts');
+ok(wait_for_load_start($node, 120), 'resync: the load starts');
 $redis->pause;
 ok(poll_until(60, sub { log_lines($node, qr/Redis acknowledged nothing for 3000 ms during the initial load/, $offset) }),
 	'resync: the load gives up after pg2redis.load_stall_timeout');

@@ -34,14 +34,7 @@ my $redis = start_redis();
 my $node  = new_node(
 	'load_key_ddl',
 	redis => $redis,
-	conf  => [
-		'pg2redis.enabled = off',
-		'pg2redis.redis_timeout = 2s',
-		'pg2redis.retry_max_backoff = 1s',
-		'pg2redis.max_transaction_commands = 100',
-		'pg2redis.snapshot_batch_size = 1000',
-		"pg2redis.load_stall_timeout = '10min'",
-	],
+	conf  => [paused_load_conf()],
 	wait_streaming => 0);
 
 my $rows = 40000;
@@ -74,7 +67,7 @@ sub load_with_ddl
 	{
 		$node->safe_psql('postgres', 'SELECT pg2redis_resync()');
 	}
-	ok(poll_until(120, sub { _state() eq 'snapshotting' }, 0.02), "$name: the load starts");
+	ok(wait_for_load_start($node, 120), "$name: the load starts");
 	$redis->pause;
 	sleep(1);
 	is(_state(), 'snapshotting', "$name: Redis stopped in the middle of the load");

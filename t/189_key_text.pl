@@ -27,13 +27,8 @@ my $node  = new_node(
 	'key_text',
 	redis => $redis,
 	conf  => [
-		'pg2redis.enabled = off',
+		paused_load_conf(stall => '3s'),
 		'extra_float_digits = 0',
-		'pg2redis.redis_timeout = 2s',
-		'pg2redis.retry_max_backoff = 1s',
-		'pg2redis.max_transaction_commands = 100',
-		'pg2redis.snapshot_batch_size = 1000',
-		"pg2redis.load_stall_timeout = '3s'",
 	],
 	wait_streaming => 0);
 

@@ -61,6 +61,8 @@ our @EXPORT = qw(
   make_test_certs
   snapshot_reaches
   new_node
+  paused_load_conf
+  wait_for_load_start
   wait_for_redis
   poll_until
   poll_status
@@ -480,6 +482,68 @@ sub new_node
 		"node $name: worker streaming after CREATE EXTENSION")
 	  if $wait;
 	return $node;
+}
+
+=pod
+
+=over
+
+=item paused_load_conf(stall => '10min')
+
+The postgresql.conf lines of the initial-load tests: the worker paused until
+the test turns it on, short Redis timeouts and backoff, many small blocks
+(max_transaction_commands 100, snapshot_batch_size 1000) so that the load
+takes a while and waits for Redis often, and the given
+pg2redis.load_stall_timeout.
+
+=back
+
+=cut
+
+sub paused_load_conf
+{
+	my (%opts) = @_;
+	my $stall = $opts{stall} // '10min';
+
+	return (
+		'pg2redis.enabled = off',
+		'pg2redis.redis_timeout = 2s',
+		'pg2redis.retry_max_backoff = 1s',
+		'pg2redis.max_transaction_commands = 100',
+		'pg2redis.snapshot_batch_size = 1000',
+		"pg2redis.load_stall_timeout = '$stall'");
+}
+
+=pod
+
+=over
+
+=item wait_for_load_start($node, $timeout)
+
+Waits until the worker of $node is loading (pg2redis_status().state is
+'snapshotting'), for at most $timeout seconds; returns whether it is.  The
+state is polled every 5 ms by one statement in the server, not by a new
+psql per poll, so that a short load is not missed between two polls.
+
+=back
+
+=cut
+
+sub wait_for_load_start
+{
+	my ($node, $timeout) = @_;
+	my $polls = int($timeout * 200);
+
+	return $node->safe_psql('postgres', qq{
+		DO \$\$
+		BEGIN
+			FOR i IN 1 .. $polls LOOP
+				EXIT WHEN (SELECT state FROM pg2redis_status()) = 'snapshotting';
+				PERFORM pg_sleep(0.005);
+			END LOOP;
+		END \$\$;
+		SELECT state = 'snapshotting' FROM pg2redis_status();
+	}) eq 't';
 }
 
 =pod
