@@ -107,6 +107,10 @@ set_enabled() {
 }
 # worker_ticks: the worker's CPU time so far (user + system), in clock ticks
 worker_ticks() { awk '{print $14 + $15}' "/proc/$WORKER/stat"; }
+# redis_ticks: the Redis server's CPU time so far, in clock ticks
+redis_ticks() { awk '{print $14 + $15}' "/proc/$REDIS_PID/stat"; }
+# per_row TICKS ROWS: microseconds of CPU per row
+per_row() { awk -v t="$1" -v u="$TICK_US" -v n="$2" 'BEGIN { printf "%.2f", t * u / n }'; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 # catch_up [LABEL ROWS]: resume the paused worker, time until Redis has it
 # all; with LABEL, keeps the worker's CPU per row and its stage split
@@ -117,14 +121,14 @@ catch_up() {
 	local t0 t1 c0 c1 logged line
 	WORKER=$(sql -c "SELECT worker_pid FROM pg2redis_status()")
 	logged=$(grep -c 'LOG:  stage times: ' "$WORK/postgres.log" || true)
-	c0=$(worker_ticks)
+	c0=$(worker_ticks) r0=$(redis_ticks)
 	if [[ -n ${1:-} && ${PG2REDIS_BENCH_PERF:-} == "$1":* ]]; then
 		perf record -q -F 2000 -g -p "$WORKER" -o "${PG2REDIS_BENCH_PERF#*:}" >/dev/null 2>&1 &
 		PERF_PID=$!
 		sleep 0.5
 	fi
 	t0=$(now); set_enabled on; wait_caught_up; t1=$(now)
-	c1=$(worker_ticks)
+	c1=$(worker_ticks) r1=$(redis_ticks)
 	if [[ -n ${PERF_PID:-} ]]; then
 		kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=""
 	fi
@@ -135,7 +139,8 @@ catch_up() {
 			[[ -n $line ]] && break
 			sleep 0.05
 		done
-		echo "$(awk -v t="$((c1 - c0))" -v u="$TICK_US" -v n="$2" 'BEGIN { printf "%.2f", t * u / n }') ${line#*CPU per change: }" >"$WORK/cpu.$1"
+		echo "$(per_row "$((c1 - c0))" "$2") ${line#*CPU per change: }" >"$WORK/cpu.$1"
+		echo "$(per_row "$((r1 - r0))" "$2") $(awk -v a="$t0" -v b="$t1" -v n="$2" 'BEGIN { printf "%.2f", (b - a) * 1e6 / n }')" >"$WORK/redis.$1"
 	fi
 	secs "$t0" "$t1"
 }
@@ -243,11 +248,18 @@ for g in range(1, int(sys.argv[1]) + 1):
     cmd("SREM", "bench:all", s, out=dl)
 PY
 rcli flushall >/dev/null
-pipe_secs() { local t0 t1; t0=$(now); rcli --pipe <"$1" >/dev/null; t1=$(now); secs "$t0" "$t1"; }
-REDIS_S=$(pipe_secs "$WORK/pipe.resp")
-REDIS_UPD_S=$(pipe_secs "$WORK/pipe.resp")
+# pipe_secs FILE [LABEL ROWS]: seconds redis-cli --pipe takes to send FILE;
+# with LABEL, Redis's CPU per row goes to $WORK/pipe_cpu.LABEL
+pipe_secs() {
+	local t0 t1 r0 r1
+	r0=$(redis_ticks); t0=$(now); rcli --pipe <"$1" >/dev/null; t1=$(now); r1=$(redis_ticks)
+	[[ -n ${2:-} ]] && per_row "$((r1 - r0))" "$3" >"$WORK/pipe_cpu.$2"
+	secs "$t0" "$t1"
+}
+REDIS_S=$(pipe_secs "$WORK/pipe.resp" ins "$N")
+REDIS_UPD_S=$(pipe_secs "$WORK/pipe.resp" upd "$N")
 check_count "$N" "redis-cli --pipe"
-REDIS_DEL_S=$(pipe_secs "$WORK/pipe.del")
+REDIS_DEL_S=$(pipe_secs "$WORK/pipe.del" del "$N")
 rcli flushall >/dev/null
 
 # --- catch-up: 1000 x 1000-row transactions --------------------------------
@@ -329,10 +341,10 @@ with open(base + ".ins", "wb") as ins, open(base + ".del", "wb") as dl:
         cmd(dl, "SREM", "mixed:all", s)
 PY
 rcli flushall >/dev/null
-M_REDIS_S=$(pipe_secs "$WORK/mixed.ins")
-M_REDIS_UPD_S=$(pipe_secs "$WORK/mixed.ins")
+M_REDIS_S=$(pipe_secs "$WORK/mixed.ins" mins "$MN")
+M_REDIS_UPD_S=$(pipe_secs "$WORK/mixed.ins" mupd "$MN")
 [[ $(rcli scard mixed:all) == "$MN" ]] || die "mixed: redis-cli --pipe did not write every row"
-M_REDIS_DEL_S=$(pipe_secs "$WORK/mixed.del")
+M_REDIS_DEL_S=$(pipe_secs "$WORK/mixed.del" mdel "$MN")
 rcli flushall >/dev/null
 say "mixed table: pg2redis catch-up of $MTXNS x $PER inserts, updates, deletes"
 set_enabled off
@@ -514,5 +526,29 @@ cpu_line "bench, $TXNS x $PER deletes" del
 cpu_line "mixed, $MTXNS x $PER inserts" mins
 cpu_line "mixed, $MTXNS x $PER updates" mupd
 cpu_line "mixed, $MTXNS x $PER deletes" mdel
+echo
+echo "Overlap (us per row): wall time of the catch-up, the worker's CPU, Redis's CPU in the"
+echo "catch-up and under redis-cli --pipe of the same commands; Redis busy = its CPU / wall;"
+echo "wall / max = wall over the larger of worker and Redis CPU (1.00: bounded by the slower"
+echo "of the two; their sum would be (worker + Redis) / max)"
+echo
+printf '| %-26s | %6s | %6s | %6s | %6s | %6s | %6s |\n' "catch-up" "wall" "worker" "Redis" "--pipe" "busy" "w/max"
+printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "--------" "--------" "--------" "--------" "--------" "--------"
+overlap_line() {
+	local c="$WORK/cpu.$2" r="$WORK/redis.$2" p="$WORK/pipe_cpu.${3:-$2}"
+	[[ -f $c && -f $r ]] || return 0
+	awk -v label="$1" -v w="$(cut -d' ' -f1 "$c")" -v rc="$(cut -d' ' -f1 "$r")" \
+		-v wall="$(cut -d' ' -f2 "$r")" -v pc="$(cat "$p" 2>/dev/null || echo -)" 'BEGIN {
+		m = (w > rc) ? w : rc
+		printf "| %-26s | %6.2f | %6.2f | %6.2f | %6s | %5.0f%% | %6.2f |\n", label, wall, w, rc, pc, 100 * rc / wall, wall / m
+	}'
+}
+overlap_line "bench, $TXNS x $PER inserts" ins
+[[ $CPU_ONLY == 0 ]] && overlap_line "bench, 1 x $BIG inserts" big ins
+overlap_line "bench, $TXNS x $PER updates" upd
+overlap_line "bench, $TXNS x $PER deletes" del
+overlap_line "mixed, $MTXNS x $PER inserts" mins
+overlap_line "mixed, $MTXNS x $PER updates" mupd
+overlap_line "mixed, $MTXNS x $PER deletes" mdel
 echo
 if [[ $SMOKE == 1 ]]; then echo "bench smoke: everything ran and Redis matched PostgreSQL"; fi
