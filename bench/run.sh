@@ -26,6 +26,11 @@
 #   CPU        the worker's CPU time per row for every catch-up (from
 #              /proc/<pid>/stat) and its split by stage (decode, map and
 #              render, append, I/O, other) from pg2redis.stage_timing
+#   overlap    for every catch-up, its wall time per row beside the worker's
+#              and Redis's CPU per row (Redis's from /proc/<pid>/stat, also
+#              under redis-cli --pipe of the same commands): how busy Redis
+#              was, and whether the catch-up is bounded by the slower of the
+#              two (wall / max near 1) or by their sum
 #
 # The mapping (6-column table `bench`): insert/update HSET bench:<id> <row>
 # + SADD bench:all <id>; delete DEL + SREM; the same for `mixed`.  --smoke
@@ -34,7 +39,9 @@
 # of each table) with their ceilings and CPU figures, in about a minute.
 #
 # Environment: PG_CONFIG, PG2REDIS_TEST_SKIP_INSTALL=1, PG2REDIS_DEMO_SKIP_BUILD=1
-# as for scripts/demo.sh.
+# as for scripts/demo.sh; PG2REDIS_BENCH_SETTINGS="name=value ..." adds
+# settings (one word each, e.g. "pg2redis.batch_size=5000") to the bench's
+# PostgreSQL, to compare a setting with its default in two runs.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -87,7 +94,7 @@ make_workdir pg2redis-bench
 start_redis
 start_pg postgres "max_replication_slots = 10" "max_wal_senders = 10" \
 	"shared_buffers = 256MB" "max_wal_size = 4GB" "checkpoint_timeout = 30min" \
-	"pg2redis.stage_timing = on" "wal_sender_timeout = 10min"
+	"pg2redis.stage_timing = on" "wal_sender_timeout = 10min" ${PG2REDIS_BENCH_SETTINGS:-}
 export PGPORT PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=postgres REDIS_PORT
 sql() { "${AS_PG[@]}" "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres "$@"; }
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
@@ -464,7 +471,7 @@ RUC=$(rate "$N" "$REDIS_UPD_S") RDC=$(rate "$N" "$REDIS_DEL_S")
 MRC=$(rate "$MN" "$M_REDIS_S") MRUC=$(rate "$MN" "$M_REDIS_UPD_S") MRDC=$(rate "$MN" "$M_REDIS_DEL_S")
 MPR=$(rate "$MN" "$M_S") MPUR=$(rate "$MN" "$M_UPD_S") MPDR=$(rate "$MN" "$M_DEL_S")
 echo
-echo "pg2redis benchmark ($(nproc) cores, PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'), Redis $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/\1/'), loopback$([[ $SMOKE == 1 ]] && echo ', SMOKE sizes')$([[ $CPU_ONLY == 1 ]] && echo ', catch-ups only (--cpu)'))"
+echo "pg2redis benchmark ($(nproc) cores, PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'), Redis $(redis-server --version | sed -E 's/.*v=([0-9.]+).*/\1/'), loopback$([[ $SMOKE == 1 ]] && echo ', SMOKE sizes')$([[ $CPU_ONLY == 1 ]] && echo ', catch-ups only (--cpu)')$([[ -n ${PG2REDIS_BENCH_SETTINGS:-} ]] && echo ", with $PG2REDIS_BENCH_SETTINGS"))"
 echo
 printf '| %-58s | %12s | %-26s |\n' "measurement" "figure" "ratio"
 printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..60})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..28})"
