@@ -142,9 +142,9 @@ mask_reload_message(ErrorData *edata)
 		prev_emit_log_hook(edata);
 }
 
-/* define_settings defines every pg2redis.* setting. */
+/* define_redis_settings defines the settings of the database and of the connection to Redis: where, how securely, how patiently, how replicated. */
 static void
-define_settings(void)
+define_redis_settings(void)
 {
 	DefineCustomStringVariable("pg2redis.database",
 							   "Database whose changes pg2redis streams.",
@@ -188,39 +188,6 @@ define_settings(void)
 							 &pg2r_redis_tls_verify, REDIS_TLS_VERIFY_FULL,
 							 tls_verify_options, PGC_SIGHUP,
 							 GUC_SUPERUSER_ONLY, NULL, NULL, NULL);
-	DefineCustomStringVariable("pg2redis.slot_name",
-							   "Logical replication slot the pg2redis worker owns.",
-							   NULL, &pg2r_slot_name, "pg2redis",
-							   PGC_POSTMASTER, 0, check_slot_name, NULL, NULL);
-	DefineCustomBoolVariable("pg2redis.enabled",
-							 "Streams changes to Redis; off pauses (the slot keeps its position).",
-							 NULL, &pg2r_enabled, true, PGC_SIGHUP, 0, NULL,
-							 NULL, NULL);
-	DefineCustomBoolVariable("pg2redis.stage_timing",
-							 "Logs where the worker's time goes (decode, map, append, I/O, wait) whenever it catches up.",
-							 "For tuning: each stage switch reads the clock, a few times per row change.",
-							 &pg2r_stage_timing, false, PGC_SIGHUP, 0, NULL,
-							 NULL, NULL);
-	DefineCustomIntVariable("pg2redis.batch_size",
-							"Most commands in one pipeline round trip to Redis.",
-							"Several transactions share one MULTI/EXEC up to this many commands; one larger transaction is sent whole up to pg2redis.max_transaction_commands.",
-							&pg2r_batch_size, 1000, 1, 1000000, PGC_SIGHUP, 0,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("pg2redis.flush_interval",
-							"Longest a partial batch waits for more transactions while more WAL is pending.",
-							"An idle stream flushes at once.",
-							&pg2r_flush_interval_ms, 10, 0, 60000, PGC_SIGHUP,
-							GUC_UNIT_MS, NULL, NULL, NULL);
-	DefineCustomIntVariable("pg2redis.redis_wait_replicas",
-							"Replicas of the Redis primary that must have the stream's writes before they count as applied.",
-							"The stream confirms its replication slot past a change only once WAIT says this many replicas have it (in a cluster, or all the slot map lists, when fewer), so that a replica taking over a failed primary lacks nothing the slot no longer holds. 0 never waits; -1 (the default) is pg2redis.redis_cluster_wait_replicas on a Redis Cluster and 0 otherwise.",
-							&pg2r_redis_wait_replicas, -1, -1, 16, PGC_SIGHUP,
-							0, NULL, NULL, NULL);
-	DefineCustomIntVariable("pg2redis.redis_cluster_wait_replicas",
-							"Deprecated: pg2redis.redis_wait_replicas for a Redis Cluster, when that is -1.",
-							"Kept for configurations written before pg2redis.redis_wait_replicas, which replaces it for every topology.",
-							&pg2r_redis_cluster_wait_replicas, 1, 0, 16,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("pg2redis.redis_sentinel_user",
 							   "ACL user pg2redis authenticates as to the sentinels of a redis-sentinel:// URL.",
 							   "Used with pg2redis.redis_sentinel_password_file; without that file the sentinels get the credentials of the URL.",
@@ -245,6 +212,45 @@ define_settings(void)
 							"Longest wait between attempts to reconnect to Redis.",
 							NULL, &pg2r_retry_max_ms, 10000, 1, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.redis_wait_replicas",
+							"Replicas of the Redis primary that must have the stream's writes before they count as applied.",
+							"The stream confirms its replication slot past a change only once WAIT says this many replicas have it (in a cluster, or all the slot map lists, when fewer), so that a replica taking over a failed primary lacks nothing the slot no longer holds. 0 never waits; -1 (the default) is pg2redis.redis_cluster_wait_replicas on a Redis Cluster and 0 otherwise.",
+							&pg2r_redis_wait_replicas, -1, -1, 16, PGC_SIGHUP,
+							0, NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.redis_cluster_wait_replicas",
+							"Deprecated: pg2redis.redis_wait_replicas for a Redis Cluster, when that is -1.",
+							"Kept for configurations written before pg2redis.redis_wait_replicas, which replaces it for every topology.",
+							&pg2r_redis_cluster_wait_replicas, 1, 0, 16,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+}
+
+/* define_stream_settings defines the settings of the stream: the slot, batching, limits, rendering and what a refused command does. */
+static void
+define_stream_settings(void)
+{
+	DefineCustomStringVariable("pg2redis.slot_name",
+							   "Logical replication slot the pg2redis worker owns.",
+							   NULL, &pg2r_slot_name, "pg2redis",
+							   PGC_POSTMASTER, 0, check_slot_name, NULL, NULL);
+	DefineCustomBoolVariable("pg2redis.enabled",
+							 "Streams changes to Redis; off pauses (the slot keeps its position).",
+							 NULL, &pg2r_enabled, true, PGC_SIGHUP, 0, NULL,
+							 NULL, NULL);
+	DefineCustomBoolVariable("pg2redis.stage_timing",
+							 "Logs where the worker's time goes (decode, map, append, I/O, wait) whenever it catches up.",
+							 "For tuning: each stage switch reads the clock, a few times per row change.",
+							 &pg2r_stage_timing, false, PGC_SIGHUP, 0, NULL,
+							 NULL, NULL);
+	DefineCustomIntVariable("pg2redis.batch_size",
+							"Most commands in one pipeline round trip to Redis.",
+							"Several transactions share one MULTI/EXEC up to this many commands; one larger transaction is sent whole up to pg2redis.max_transaction_commands.",
+							&pg2r_batch_size, 1000, 1, 1000000, PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("pg2redis.flush_interval",
+							"Longest a partial batch waits for more transactions while more WAL is pending.",
+							"An idle stream flushes at once.",
+							&pg2r_flush_interval_ms, 10, 0, 60000, PGC_SIGHUP,
+							GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomEnumVariable("pg2redis.numeric_mode",
 							 "How {json:…} renders numeric and float values.",
 							 "\"number\" writes JSON numbers (exact digits as PostgreSQL prints them); \"string\" writes JSON strings.",
@@ -280,7 +286,12 @@ define_settings(void)
 							&pg2r_decoding_work_mem_kb, 16384, 64,
 							MAX_KILOBYTES, PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL,
 							NULL);
+}
 
+/* define_snapshot_settings defines the settings of snapshots, the initial load, schema checks and dead letters. */
+static void
+define_snapshot_settings(void)
+{
 	DefineCustomIntVariable("pg2redis.snapshot_statement_timeout",
 							"Longest a snapshot query run as a table's owner may take.",
 							"Bounds a table owner's code (snapshot filter, row-level security policy, domain check) in the worker; a query that takes longer fails its snapshot request, or its table in the initial load. 0 means no limit.",
@@ -307,6 +318,15 @@ define_settings(void)
 							"The load holds no table lock while it waits, but holds its snapshot and its new slot: past this, it gives up, leaves the tables Redis does not have yet to snapshots on demand (or, for a table without a primary key, starts over later). 0 means wait forever.",
 							&pg2r_load_stall_timeout_ms, 60000, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+}
+
+/* define_settings defines every pg2redis.* setting. */
+static void
+define_settings(void)
+{
+	define_redis_settings();
+	define_stream_settings();
+	define_snapshot_settings();
 	failover_define_settings();
 
 	MarkGUCPrefixReserved("pg2redis");
