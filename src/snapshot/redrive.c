@@ -195,21 +195,15 @@ check_dead_letter(int64 id, Oid relid, Oid keyindex, int nkeys)
 }
 
 /*
- * redrive_ids redrives the dead letters ids (SPI connected): checks each,
- * queues keys-only snapshot requests per table and key index, of at most
- * pg2redis.snapshot_batch_size distinct keys each, marks the dead letters, and returns a row per request in
- * fcinfo's result (request, relation, keys).  The dead letters are locked
- * first (FOR UPDATE), so that two sessions cannot redrive one twice.
+ * redrive_check_exist raises an ERROR naming the first of ids (an int8[]
+ * Datum) that is not a dead letter (SPI connected).
  */
 static void
-redrive_ids(FunctionCallInfo fcinfo, Datum ids)
+redrive_check_exist(Datum ids)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Oid			   types[3] = {INT8ARRAYOID, REGCLASSOID, TEXTARRAYOID};
-	Datum		   values[3];
-	bool		   isnull;
-	SPITupleTable *groups;
-	uint64		   ngroups;
+	Oid	  types[1] = {INT8ARRAYOID};
+	Datum values[1];
+	bool  isnull;
 
 	values[0] = ids;
 	if (SPI_execute_with_args("SELECT i FROM pg_catalog.unnest($1) i "
@@ -231,8 +225,21 @@ redrive_ids(FunctionCallInfo fcinfo, Datum ids)
 						errmsg("dead letter " INT64_FORMAT " does not exist",
 							   DatumGetInt64(missing))));
 	}
+}
 
-	/* lock them, then check each */
+/*
+ * redrive_lock_and_check locks the dead letters ids (FOR UPDATE), so that
+ * two sessions cannot redrive one twice, and raises an ERROR for the first
+ * that was redriven already or whose row cannot be read again (SPI
+ * connected).
+ */
+static void
+redrive_lock_and_check(Datum ids)
+{
+	Oid	  types[1] = {INT8ARRAYOID};
+	Datum values[1] = {ids};
+	bool  isnull;
+
 	if (SPI_execute_with_args("SELECT d.id, d.relation, d.key_index, "
 							  "pg_catalog.array_length(d.key, 1), d.redrive_request, "
 							  "d.redriven_at IS NOT NULL "
@@ -273,6 +280,25 @@ redrive_ids(FunctionCallInfo fcinfo, Datum ids)
 			idx = InvalidOid;
 		check_dead_letter(id, rel, idx, n);
 	}
+}
+
+/*
+ * redrive_queue queues keys-only snapshot requests for the dead letters ids
+ * (SPI connected, checked and locked), one per table and key index of at
+ * most pg2redis.snapshot_batch_size distinct keys, marks the dead letters,
+ * and returns a row per request in rsinfo (request, relation, keys);
+ * returns the number of requests.
+ */
+static uint64
+redrive_queue(ReturnSetInfo *rsinfo, Datum ids)
+{
+	Oid			   types[2] = {INT8ARRAYOID, INT8OID};
+	Datum		   values[2];
+	bool		   isnull;
+	SPITupleTable *groups;
+	uint64		   ngroups;
+
+	values[0] = ids;
 
 	/*
 	 * One request per table and key index, of at most
@@ -281,7 +307,6 @@ redrive_ids(FunctionCallInfo fcinfo, Datum ids)
 	 * would write them over and over (quadratic in their number), and hold
 	 * them all in memory at once.
 	 */
-	types[1] = INT8OID;
 	values[1] = Int64GetDatum((int64) Max(pg2r_snapshot_batch_size, 1));
 	if (SPI_execute_with_args("SELECT k.relation, k.key_index, "
 							  "pg_catalog.array_agg(DISTINCT k.key), "
@@ -336,7 +361,24 @@ redrive_ids(FunctionCallInfo fcinfo, Datum ids)
 		out[2] = Int32GetDatum(ARR_DIMS(DatumGetArrayTypeP(keys))[0]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, outnull);
 	}
+	return ngroups;
+}
 
+/*
+ * redrive_ids redrives the dead letters ids (SPI connected): checks each,
+ * queues keys-only snapshot requests per table and key index, marks the
+ * dead letters, and returns a row per request in fcinfo's result (request,
+ * relation, keys); then wakes the worker.
+ */
+static void
+redrive_ids(FunctionCallInfo fcinfo, Datum ids)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	uint64		   ngroups;
+
+	redrive_check_exist(ids);
+	redrive_lock_and_check(ids);
+	ngroups = redrive_queue(rsinfo, ids);
 	if (ngroups > 0)
 	{
 		/* the commit hook wakes the worker; the flag tells it to look */
