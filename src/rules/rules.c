@@ -305,6 +305,64 @@ rules_table_dropped(Oid relid)
 }
 
 /*
+ * rules_add compiles the rule in tuple (a row of pg2redis.rules, of
+ * descriptor desc) into the cache, in RulesCxt; a disabled rule only marks
+ * its relation as having one.
+ */
+static void
+rules_add(HeapTuple tuple, TupleDesc desc)
+{
+	Datum	 values[Natts_rules];
+	bool	 isnull[Natts_rules];
+	Rule	*rule;
+	RuleRel *entry;
+	bool	 found;
+	Pg2rOp	 op;
+
+	heap_deform_tuple(tuple, desc, values, isnull);
+	if (!DatumGetBool(values[Anum_rules_enabled - 1]))
+	{
+		Oid relid = DatumGetObjectId(values[Anum_rules_relation - 1]);
+
+		DisabledRels = list_append_unique_oid(DisabledRels, relid);
+		return;
+	}
+	if (!pg2r_op_parse(TextDatumGetCString(values[Anum_rules_op - 1]), &op))
+		return;
+
+	rule = palloc0(sizeof(Rule));
+	rule->id = DatumGetInt64(values[Anum_rules_id - 1]);
+	rule->relid = DatumGetObjectId(values[Anum_rules_relation - 1]);
+	rule->op = op;
+	rule->position = DatumGetInt32(values[Anum_rules_position - 1]);
+	compile_rule(rule, DatumGetArrayTypeP(values[Anum_rules_command - 1]),
+				 isnull[Anum_rules_condition - 1]
+					 ? NULL
+					 : DatumGetJsonbP(values[Anum_rules_condition - 1]));
+	if (rule->broken == NULL)
+		rule_writer_check(rule,
+						  DatumGetObjectId(values[Anum_rules_created_by - 1]));
+
+	entry = hash_search(RuleRels, &rule->relid, HASH_ENTER, &found);
+	if (!found)
+		memset(entry->byop, 0, sizeof(entry->byop));
+	entry->byop[op] = lappend(entry->byop[op], rule);
+}
+
+/* rules_sort puts each relation's rules of each op in their order. */
+static void
+rules_sort(void)
+{
+	HASH_SEQ_STATUS seq;
+	RuleRel		   *entry;
+
+	hash_seq_init(&seq, RuleRels);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		for (int op = 0; op < PG2R_NUM_OPS; op++)
+			list_sort(entry->byop[op], rule_cmp);
+}
+
+/*
  * rules_load reads every enabled rule into a fresh cache.  The cache is
  * marked valid before the scan, so that an invalidation arriving during the
  * scan makes the next caller load again.
@@ -374,57 +432,11 @@ rules_load(void)
 								  : NULL,
 							  0, NULL);
 	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
-	{
-		Datum	 values[Natts_rules];
-		bool	 isnull[Natts_rules];
-		Rule	*rule;
-		RuleRel *entry;
-		bool	 found;
-		Pg2rOp	 op;
-
-		heap_deform_tuple(tuple, RelationGetDescr(rel), values, isnull);
-		if (!DatumGetBool(values[Anum_rules_enabled - 1]))
-			DisabledRels =
-				list_append_unique_oid(DisabledRels,
-									   DatumGetObjectId(values
-															[Anum_rules_relation -
-															 1]));
-		if (!DatumGetBool(values[Anum_rules_enabled - 1]) ||
-			!pg2r_op_parse(TextDatumGetCString(values[Anum_rules_op - 1]),
-						   &op))
-			continue;
-
-		rule = palloc0(sizeof(Rule));
-		rule->id = DatumGetInt64(values[Anum_rules_id - 1]);
-		rule->relid = DatumGetObjectId(values[Anum_rules_relation - 1]);
-		rule->op = op;
-		rule->position = DatumGetInt32(values[Anum_rules_position - 1]);
-		compile_rule(rule, DatumGetArrayTypeP(values[Anum_rules_command - 1]),
-					 isnull[Anum_rules_condition - 1]
-						 ? NULL
-						 : DatumGetJsonbP(values[Anum_rules_condition - 1]));
-		if (rule->broken == NULL)
-			rule_writer_check(rule,
-							  DatumGetObjectId(values[Anum_rules_created_by -
-													  1]));
-
-		entry = hash_search(RuleRels, &rule->relid, HASH_ENTER, &found);
-		if (!found)
-			memset(entry->byop, 0, sizeof(entry->byop));
-		entry->byop[op] = lappend(entry->byop[op], rule);
-	}
+		rules_add(tuple, RelationGetDescr(rel));
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 
-	{
-		HASH_SEQ_STATUS seq;
-		RuleRel		   *entry;
-
-		hash_seq_init(&seq, RuleRels);
-		while ((entry = hash_seq_search(&seq)) != NULL)
-			for (int op = 0; op < PG2R_NUM_OPS; op++)
-				list_sort(entry->byop[op], rule_cmp);
-	}
+	rules_sort();
 	MemoryContextSwitchTo(old);
 }
 
