@@ -338,6 +338,66 @@ is_zadd_flag(const char *a, size_t len)
 	return false;
 }
 
+/* verify_hset checks HSET/HMSET key field value [field value ...]. */
+static void
+verify_hset(VerifyState *vs, int argc, const char *const *argv,
+			const size_t *argvlen)
+{
+	int			 n = (argc - 2) / 2;
+	const char **f = palloc(sizeof(char *) * n);
+	const char **v = palloc(sizeof(char *) * n);
+	size_t		*fl = palloc(sizeof(size_t) * n);
+	size_t		*vl = palloc(sizeof(size_t) * n);
+
+	for (int i = 0; i < n; i++)
+	{
+		f[i] = argv[2 + 2 * i], fl[i] = argvlen[2 + 2 * i];
+		v[i] = argv[3 + 2 * i], vl[i] = argvlen[3 + 2 * i];
+	}
+	note_key(vs->cur, argv[1], argvlen[1]);
+	make_check(vs, CK_HASH, argv[1], argvlen[1], n, f, fl, v, vl, NULL, 0);
+}
+
+/*
+ * verify_zadd checks ZADD key [flags] score member [score member ...]; ZADD
+ * INCR (an increment, not a score) and malformed ones are noted as skipped.
+ */
+static void
+verify_zadd(VerifyState *vs, int argc, const char *const *argv,
+			const size_t *argvlen)
+{
+	int			 a = 2, n;
+	const char **m, **sc;
+	size_t		*ml, *scl;
+
+	while (a < argc && is_zadd_flag(argv[a], argvlen[a]))
+	{
+		if (argvlen[a] == 4) /* INCR: the score is an increment */
+		{
+			note_skipped(vs->cur, "ZADD INCR");
+			return;
+		}
+		a++;
+	}
+	if ((argc - a) % 2 != 0 || argc - a == 0)
+	{
+		note_skipped(vs->cur, "ZADD");
+		return;
+	}
+	n = (argc - a) / 2;
+	m = palloc(sizeof(char *) * n);
+	sc = palloc(sizeof(char *) * n);
+	ml = palloc(sizeof(size_t) * n);
+	scl = palloc(sizeof(size_t) * n);
+	for (int i = 0; i < n; i++)
+	{
+		sc[i] = argv[a + 2 * i], scl[i] = argvlen[a + 2 * i];
+		m[i] = argv[a + 1 + 2 * i], ml[i] = argvlen[a + 1 + 2 * i];
+	}
+	note_key(vs->cur, argv[1], argvlen[1]);
+	make_check(vs, CK_ZSET, argv[1], argvlen[1], n, m, ml, sc, scl, NULL, 0);
+}
+
 /*
  * verify_command turns one rendered command into checks (CommandSink
  * callback); commands that cannot be read back are counted as skipped.
@@ -381,21 +441,7 @@ verify_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 	else if ((pg_strcasecmp(name, "HSET") == 0 ||
 			  pg_strcasecmp(name, "HMSET") == 0) &&
 			 argc >= 4 && (argc - 2) % 2 == 0)
-	{
-		int			 n = (argc - 2) / 2;
-		const char **f = palloc(sizeof(char *) * n);
-		const char **v = palloc(sizeof(char *) * n);
-		size_t		*fl = palloc(sizeof(size_t) * n);
-		size_t		*vl = palloc(sizeof(size_t) * n);
-
-		for (int i = 0; i < n; i++)
-		{
-			f[i] = argv[2 + 2 * i], fl[i] = argvlen[2 + 2 * i];
-			v[i] = argv[3 + 2 * i], vl[i] = argvlen[3 + 2 * i];
-		}
-		note_key(vs->cur, argv[1], argvlen[1]);
-		make_check(vs, CK_HASH, argv[1], argvlen[1], n, f, fl, v, vl, NULL, 0);
-	}
+		verify_hset(vs, argc, argv, argvlen);
 	else if (pg_strcasecmp(name, "SADD") == 0 && argc >= 3)
 	{
 		note_key(vs->cur, argv[1], argvlen[1]);
@@ -403,39 +449,7 @@ verify_command(void *arg, const Rule *rule, Pg2rOp op, int argc,
 				   &argvlen[2], NULL, NULL, NULL, 0);
 	}
 	else if (pg_strcasecmp(name, "ZADD") == 0 && argc >= 4)
-	{
-		int			 a = 2, n;
-		const char **m, **sc;
-		size_t		*ml, *scl;
-
-		while (a < argc && is_zadd_flag(argv[a], argvlen[a]))
-		{
-			if (argvlen[a] == 4) /* INCR: the score is an increment */
-			{
-				note_skipped(vs->cur, "ZADD INCR");
-				return;
-			}
-			a++;
-		}
-		if ((argc - a) % 2 != 0 || argc - a == 0)
-		{
-			note_skipped(vs->cur, "ZADD");
-			return;
-		}
-		n = (argc - a) / 2;
-		m = palloc(sizeof(char *) * n);
-		sc = palloc(sizeof(char *) * n);
-		ml = palloc(sizeof(size_t) * n);
-		scl = palloc(sizeof(size_t) * n);
-		for (int i = 0; i < n; i++)
-		{
-			sc[i] = argv[a + 2 * i], scl[i] = argvlen[a + 2 * i];
-			m[i] = argv[a + 1 + 2 * i], ml[i] = argvlen[a + 1 + 2 * i];
-		}
-		note_key(vs->cur, argv[1], argvlen[1]);
-		make_check(vs, CK_ZSET, argv[1], argvlen[1], n, m, ml, sc, scl, NULL,
-				   0);
-	}
+		verify_zadd(vs, argc, argv, argvlen);
 	else if (pg_strcasecmp(name, "JSON.SET") == 0 && argc >= 4 && vs->json_ok)
 	{
 		note_key(vs->cur, argv[1], argvlen[1]);
@@ -584,6 +598,66 @@ note_problem(VerifyState *vs, Check *c, int item, const char *problem,
 }
 
 /*
+ * compare_items compares the reply r to HMGET, SMISMEMBER or ZMSCORE with
+ * the fields or members of check c (a hash, set or sorted set), calling
+ * found_cb for what is missing or differs.
+ */
+static void
+compare_items(VerifyState *vs, Check *c, const redisReply *r,
+			  void (*found_cb)(VerifyState *, Check *, int, const char *,
+							   char *, char *))
+{
+	int nmissing = 0;
+
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY ||
+		r->elements != (size_t) c->nitems)
+	{
+		found_cb(vs, c, -1, "differing", NULL,
+				 "not a hash, set or sorted set");
+		return;
+	}
+	for (int i = 0; i < c->nitems; i++)
+	{
+		const redisReply *e = r->element[i];
+
+		if (c->kind == CK_SET ? e->integer == 0 : e->type == REDIS_REPLY_NIL)
+			nmissing++;
+	}
+	if (nmissing == c->nitems && c->nitems > 1)
+	{
+		found_cb(vs, c, -1, "missing",
+				 psprintf("%d %s", c->nitems,
+						  c->kind == CK_HASH ? "field(s)" : "member(s)"),
+				 NULL);
+		return;
+	}
+	for (int i = 0; i < c->nitems; i++)
+	{
+		const redisReply *e = r->element[i];
+		const char		 *what = c->kind == CK_HASH ? "field" : "member";
+
+		if (c->kind == CK_SET ? e->integer == 0 : e->type == REDIS_REPLY_NIL)
+			found_cb(vs, c, i, "missing", psprintf("%s %s", what, c->items[i]),
+					 NULL);
+		else if (c->kind == CK_HASH &&
+				 (e->len != strlen(c->vals[i]) ||
+				  memcmp(e->str, c->vals[i], e->len) != 0))
+			found_cb(vs, c, i, "differing",
+					 psprintf("%s: %s", c->items[i], c->vals[i]),
+					 psprintf("%s: %.*s", c->items[i], (int) e->len, e->str));
+		else if (c->kind == CK_ZSET)
+		{
+			char *got = reply_text(e);
+
+			if (got && !same_score(got, c->vals[i]))
+				found_cb(vs, c, i, "differing",
+						 psprintf("%s: %s", c->items[i], c->vals[i]),
+						 psprintf("%s: %s", c->items[i], got));
+		}
+	}
+}
+
+/*
  * compare checks one reply against its expectation; calls found_cb for each
  * problem (the first pass keeps them, the second reports those that
  * remain).  Returns false when the reply says the command is unknown.
@@ -644,61 +718,8 @@ compare(VerifyState *vs, Check *c, const redisReply *r,
 		case CK_HASH:
 		case CK_SET:
 		case CK_ZSET:
-		{
-			int nmissing = 0;
-
-			if (r == NULL || r->type != REDIS_REPLY_ARRAY ||
-				r->elements != (size_t) c->nitems)
-			{
-				found_cb(vs, c, -1, "differing", NULL,
-						 "not a hash, set or sorted set");
-				break;
-			}
-			for (int i = 0; i < c->nitems; i++)
-			{
-				const redisReply *e = r->element[i];
-
-				if (c->kind == CK_SET ? e->integer == 0
-									  : e->type == REDIS_REPLY_NIL)
-					nmissing++;
-			}
-			if (nmissing == c->nitems && c->nitems > 1)
-			{
-				found_cb(vs, c, -1, "missing",
-						 psprintf("%d %s", c->nitems,
-								  c->kind == CK_HASH ? "field(s)"
-													 : "member(s)"),
-						 NULL);
-				break;
-			}
-			for (int i = 0; i < c->nitems; i++)
-			{
-				const redisReply *e = r->element[i];
-				const char *what = c->kind == CK_HASH ? "field" : "member";
-
-				if (c->kind == CK_SET ? e->integer == 0
-									  : e->type == REDIS_REPLY_NIL)
-					found_cb(vs, c, i, "missing",
-							 psprintf("%s %s", what, c->items[i]), NULL);
-				else if (c->kind == CK_HASH &&
-						 (e->len != strlen(c->vals[i]) ||
-						  memcmp(e->str, c->vals[i], e->len) != 0))
-					found_cb(vs, c, i, "differing",
-							 psprintf("%s: %s", c->items[i], c->vals[i]),
-							 psprintf("%s: %.*s", c->items[i], (int) e->len,
-									  e->str));
-				else if (c->kind == CK_ZSET)
-				{
-					char *got = reply_text(e);
-
-					if (got && !same_score(got, c->vals[i]))
-						found_cb(vs, c, i, "differing",
-								 psprintf("%s: %s", c->items[i], c->vals[i]),
-								 psprintf("%s: %s", c->items[i], got));
-				}
-			}
+			compare_items(vs, c, r, found_cb);
 			break;
-		}
 	}
 	return true;
 }
