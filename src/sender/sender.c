@@ -34,16 +34,47 @@
  * whose keys span slots are dead letters.  A standalone server is the same
  * machinery with one group per block and one fence key.
  *
- * At most two blocks exist: one in flight (sent, not yet acknowledged) and
- * one being built.  The next block is built while Redis executes the
- * previous one, but a block is never sent before every group of the
- * previous one is acknowledged.  That keeps ordering simple under failures:
- * only the block in flight is ever in doubt, and each group's fence tells
- * whether Redis applied it.  If Redis refuses a command while queueing it
- * (EXECABORT), nothing of its group was applied, so the group is sent again
- * without it.  When the block being built is full and one is still in
- * flight, the caller (possibly a decoding callback in the middle of a huge
- * transaction) waits here: that is the back-pressure that bounds memory.
+ * At most two blocks exist: one in flight (its EXEC sent, not yet
+ * acknowledged) and one being built.  The next block is built while Redis
+ * executes the previous one, and its EXEC is never sent before every group
+ * of the previous one is acknowledged.  That keeps ordering simple under
+ * failures: only the block whose EXEC was sent is ever in doubt, and each
+ * group's fence tells whether Redis applied it.  If Redis refuses a command
+ * while queueing it (EXECABORT), nothing of its group was applied, so the
+ * group is sent again without it.  When the block being built is full and
+ * one is still in flight, the caller (possibly a decoding callback in the
+ * middle of a huge transaction) waits here: that is the back-pressure that
+ * bounds memory.
+ *
+ * The held EXEC.  On a standalone server (and Sentinel's primary: one link,
+ * one group per block), the closed block that waits does not wait idle: its
+ * MULTI, commands and fence SET are written on the link right behind the
+ * block in flight's output (held_write), and only its EXEC is held back.
+ * Redis parses and queues it while the worker reads the block in flight's
+ * replies, so that the hand-over between blocks costs Redis one small
+ * write and a round trip instead of a whole block's transfer.  Once the
+ * block in flight's outcome is known (its EXEC reply, and its WAIT reply
+ * when replicas must acknowledge it):
+ *	  - applied: it is acknowledged, and the held block becomes the block in
+ *		flight by sending EXEC (and WAIT) alone (held_release); its queue's
+ *		replies are read as any group's, and a command of it refused while
+ *		queueing aborts its EXEC (EXECABORT), handled as always: sending it
+ *		anyway costs nothing, while waiting for those replies would cost the
+ *		round trip the held EXEC saves;
+ *	  - refused while queueing: DISCARD drops the held queue (its replies,
+ *		and DISCARD's +OK, are skipped as they come: Link.skip), the block
+ *		in flight goes again without the refused commands, and the held
+ *		block is queued again behind it (held_discard);
+ *	  - the link lost: Redis drops the MULTI with the connection (the next
+ *		connection also ends the old one), so the held block is simply not
+ *		sent yet (pg2r_inflight_restart);
+ *	  - the stream stopped (pg2redis.on_command_error = stop): nothing more
+ *		is written; the worker restarts before it streams again.
+ * The held block is the block being built, closed: no third buffer.  The
+ * link's output pieces (OutSeg) name the block they point into, so that
+ * the held block's queue may follow a block in flight not yet fully
+ * written.  On a Redis Cluster, where a block is many groups on several
+ * links, blocks still go one at a time.
  *
   * Links.  A standalone server has one link; a cluster has a link to each
  * primary (src/sender/links.c: connections, handshakes, the slot map, reconnects).
