@@ -1179,8 +1179,23 @@ link_out_reopen(Link *l)
 		l->nsegs = l->seg = 0;
 		l->seg_sent = 0;
 	}
-	else if (l->seg > 0)
+	else
 	{
+		/* keep the own bytes from the first piece not written yet on */
+		size_t from = l->out.len;
+
+		for (int i = l->seg; i < l->nsegs; i++)
+			if (l->segs[i].block == NULL)
+				from = Min(from, l->segs[i].off);
+		if (from > 0)
+		{
+			memmove(l->out.data, l->out.data + from, l->out.len - from);
+			l->out.len -= from;
+			l->out.data[l->out.len] = '\0';
+			for (int i = l->seg; i < l->nsegs; i++)
+				if (l->segs[i].block == NULL)
+					l->segs[i].off -= from;
+		}
 		memmove(l->segs, l->segs + l->seg,
 				sizeof(OutSeg) * (l->nsegs - l->seg));
 		l->nsegs -= l->seg;
