@@ -4,7 +4,8 @@
 # block's MULTI, commands and fence SET are written right behind it, its
 # EXEC held back until N's outcome is known.  A proxy between the worker and
 # Redis logs what the worker sends and can hold Redis's replies back (SIGUSR1
-# holds, SIGUSR2 releases, SIGHUP cuts every connection), so that N's EXEC
+# holds, SIGUSR2 releases, SIGHUP cuts every connection, SIGWINCH stops or
+# resumes reading what the worker sends), so that N's EXEC
 # reply is withheld while N+1's queue is observed arriving:
 #   - N+1's MULTI and commands reach Redis before N's EXEC reply is read
 #     (and Redis shows the worker's connection inside a MULTI), but not its
@@ -20,7 +21,9 @@
 #   - pg2redis.redis_wait_replicas = 1 with a replica: N+1's EXEC and WAIT
 #     follow N's WAIT reply;
 #   - pg2redis.on_command_error = stop on an EXEC-time error of N while N+1
-#     is queued: N+1 is not applied until the stream restarts, then once.
+#     is queued: N+1 is not applied until the stream restarts, then once;
+#   - blocks larger than the socket buffers while the proxy reads nothing:
+#     N+1's queue is appended behind N's output not all written yet.
 # INCRBY counters and an RPUSH log list check exactly once and order.
 
 use strict;
@@ -60,7 +63,8 @@ my $proxy_pid  = fork();
 die "fork: $!" unless defined $proxy_pid;
 if ($proxy_pid == 0)
 {
-	my ($hold, $cut) = (0, 0);
+	my ($hold, $cut, $stall) = (0, 0, 0);
+	local $SIG{WINCH} = sub { $stall = !$stall };
 	local $SIG{USR1} = sub { $hold = 1 };
 	local $SIG{USR2} = sub { $hold = 0 };
 	local $SIG{HUP}  = sub { $cut  = 1 };
@@ -91,6 +95,7 @@ if ($proxy_pid == 0)
 				$c->{kept} = '';
 			}
 		}
+		sleep(0.01) if $stall;
 		foreach my $fh ($sel->can_read(0.02))
 		{
 			if ($fh == $listen)
@@ -107,6 +112,7 @@ if ($proxy_pid == 0)
 			}
 			my ($c) = grep { $_->{c} == $fh || $_->{u} == $fh } @conns;
 			next unless $c;
+			next if $stall && $fh == $c->{c};
 			my $n = sysread($fh, my $data, 65536);
 			if (!$n)
 			{
@@ -159,6 +165,9 @@ $node->safe_psql(
 	SELECT pg2redis_add_rule('w', 'insert', 'LPUSH w:{id} y');      -- WRONGTYPE
 	SELECT pg2redis_add_rule('w', 'insert', 'INCRBY total {id}');
 	SELECT pg2redis_add_rule('w', 'insert', 'RPUSH log {id}');
+	CREATE TABLE big (id int PRIMARY KEY, v text);
+	SELECT pg2redis_add_rule('big', 'insert', 'SET big:{id} {v}');
+	SELECT pg2redis_add_rule('big', 'insert', 'INCRBY bigtotal {id}');
 });
 wait_for_redis($node, 60, 'rules in place');
 
@@ -339,6 +348,24 @@ $node->safe_psql('postgres', $sql);
 push @applied, 100 .. 2399;
 wait_for_redis($node, 60, 'a stream of blocks: applied');
 check_log('a stream of blocks');
+
+# Blocks of 16 MB (pg2redis.batch_bytes) while the proxy reads nothing of
+# what the worker sends: block N stays partly written when N+1's queue is
+# appended behind it (its pieces point into N+1's own buffer).
+kill 'WINCH', $proxy_pid;
+$node->safe_psql('postgres',
+	"INSERT INTO big SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 40000) g; INSERT INTO t VALUES (3000)"
+);
+sleep(2);
+kill 'WINCH', $proxy_pid;
+push @applied, 3000;
+wait_for_redis($node, 120, 'large blocks: applied');
+check_log('large blocks');
+is($redis->call('GET', 'bigtotal'), 40000 * 40001 / 2,
+	'large blocks: INCRBY applied exactly once');
+is( $redis->call('GET', 'big:40000'),
+	$node->safe_psql('postgres', "SELECT repeat(md5('40000'), 30)"),
+	'large blocks: the last row applied');
 
 $node->stop;
 done_testing();
