@@ -328,6 +328,8 @@ $from = held_pair('INSERT INTO w VALUES (70)', 'INSERT INTO t VALUES (71)',
 	'stop');
 kill 'USR2', $proxy_pid;
 wait_for_status($node, 'state', 'stopped', 60, 'stop: the stream stopped');
+ok(poll_status($node, 'last_error', qr/rejected a command of rule .*WRONGTYPE.*the stream stopped/, 10),
+	'stop: the status says why');
 push @applied, 70;
 sleep(0.5);
 check_log('stop: N applied (but its refused command), N+1 not');

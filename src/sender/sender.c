@@ -1730,6 +1730,11 @@ pg2r_handle_block_reply(int li, redisReply *r)
 			l->deadline = 0;
 		return true;
 	}
+	if (snd.stopped && (b == NULL || (l->pos >= l->npend && !l->wait_sent)))
+	{
+		/* the queue of a held block not sent: the stream stopped before */
+		return true;
+	}
 	if (b == NULL || (l->pos >= l->npend && !l->wait_sent))
 	{
 		pg2r_topo_fail(l, "unexpected reply from Redis");
