@@ -1824,6 +1824,12 @@ pg2r_topo_ready(void)
 	Fence		lost_from = {PG_UINT64_MAX, FENCE_DONE};
 	Fence		lost_to = {InvalidXLogRecPtr, 0};
 
+	/*
+	 * A held block's queue died with the connection it was written on (any
+	 * path that closed it without pg2r_inflight_restart, too): it goes out
+	 * after the block in flight, from the start.
+	 */
+	held_forget();
 	memset(in_doubt, 0, sizeof(in_doubt));
 	if (snd.inflight)
 	{
