@@ -148,6 +148,7 @@ link_close(Link *l)
 	l->deadline = 0;
 	l->npend = 0;
 	l->wait_sent = false;
+	l->skip = 0;
 }
 
 /* topo_close closes every link. */
@@ -503,6 +504,8 @@ link_start(Link *l, const char *host, int port)
 	initStringInfo(&l->out);
 	l->segs = NULL;
 	l->nsegs = l->seg = 0;
+	l->segcap = 0;
+	l->skip = 0;
 	l->hs_written = 0;
 	l->hs_seen = 0;
 	l->hs_setup = redis_append_handshake(&l->hs, &l->target);
@@ -1075,10 +1078,9 @@ link_write_segs(Link *l)
 	while (l->seg < l->nsegs)
 	{
 		const OutSeg *sg = &l->segs[l->seg];
-		const char	 *base =
-			  sg->in_block ? snd.inflight->resp.data : l->out.data;
-		ssize_t n = redis_send(&l->conn, base + sg->off + l->seg_sent,
-							   sg->len - l->seg_sent);
+		const char	 *base = sg->block ? sg->block->resp.data : l->out.data;
+		ssize_t		  n = redis_send(&l->conn, base + sg->off + l->seg_sent,
+									 sg->len - l->seg_sent);
 
 		if (n < 0)
 		{
@@ -1184,7 +1186,8 @@ link_awaiting(const Link *l)
 {
 	if (l->state == LINK_HANDSHAKE || l->state == LINK_CONNECTING)
 		return true;
-	return l->state == LINK_READY && (l->pos < l->npend || l->wait_sent);
+	return l->state == LINK_READY &&
+		   (l->pos < l->npend || l->wait_sent || l->skip > 0);
 }
 
 /* link_events returns the socket events l waits for (0: none). */

@@ -34,16 +34,47 @@
  * whose keys span slots are dead letters.  A standalone server is the same
  * machinery with one group per block and one fence key.
  *
- * At most two blocks exist: one in flight (sent, not yet acknowledged) and
- * one being built.  The next block is built while Redis executes the
- * previous one, but a block is never sent before every group of the
- * previous one is acknowledged.  That keeps ordering simple under failures:
- * only the block in flight is ever in doubt, and each group's fence tells
- * whether Redis applied it.  If Redis refuses a command while queueing it
- * (EXECABORT), nothing of its group was applied, so the group is sent again
- * without it.  When the block being built is full and one is still in
- * flight, the caller (possibly a decoding callback in the middle of a huge
- * transaction) waits here: that is the back-pressure that bounds memory.
+ * At most two blocks exist: one in flight (its EXEC sent, not yet
+ * acknowledged) and one being built.  The next block is built while Redis
+ * executes the previous one, and its EXEC is never sent before every group
+ * of the previous one is acknowledged.  That keeps ordering simple under
+ * failures: only the block whose EXEC was sent is ever in doubt, and each
+ * group's fence tells whether Redis applied it.  If Redis refuses a command
+ * while queueing it (EXECABORT), nothing of its group was applied, so the
+ * group is sent again without it.  When the block being built is full and
+ * one is still in flight, the caller (possibly a decoding callback in the
+ * middle of a huge transaction) waits here: that is the back-pressure that
+ * bounds memory.
+ *
+ * The held EXEC.  On a standalone server (and Sentinel's primary: one link,
+ * one group per block), the closed block that waits does not wait idle: its
+ * MULTI, commands and fence SET are written on the link right behind the
+ * block in flight's output (held_write), and only its EXEC is held back.
+ * Redis parses and queues it while the worker reads the block in flight's
+ * replies, so that the hand-over between blocks costs Redis one small
+ * write and a round trip instead of a whole block's transfer.  Once the
+ * block in flight's outcome is known (its EXEC reply, and its WAIT reply
+ * when replicas must acknowledge it):
+ *	  - applied: it is acknowledged, and the held block becomes the block in
+ *		flight by sending EXEC (and WAIT) alone (held_release); its queue's
+ *		replies are read as any group's, and a command of it refused while
+ *		queueing aborts its EXEC (EXECABORT), handled as always: sending it
+ *		anyway costs nothing, while waiting for those replies would cost the
+ *		round trip the held EXEC saves;
+ *	  - refused while queueing: DISCARD drops the held queue (its replies,
+ *		and DISCARD's +OK, are skipped as they come: Link.skip), the block
+ *		in flight goes again without the refused commands, and the held
+ *		block is queued again behind it (held_discard);
+ *	  - the link lost: Redis drops the MULTI with the connection (the next
+ *		connection also ends the old one), so the held block is simply not
+ *		sent yet (pg2r_inflight_restart);
+ *	  - the stream stopped (pg2redis.on_command_error = stop): nothing more
+ *		is written; the worker restarts before it streams again.
+ * The held block is the block being built, closed: no third buffer.  The
+ * link's output pieces (OutSeg) name the block they point into, so that
+ * the held block's queue may follow a block in flight not yet fully
+ * written.  On a Redis Cluster, where a block is many groups on several
+ * links, blocks still go one at a time.
  *
   * Links.  A standalone server has one link; a cluster has a link to each
  * primary (src/sender/links.c: connections, handshakes, the slot map, reconnects).
@@ -134,8 +165,13 @@ static struct
 	int32		   off;	   /* and the copy's offset */
 } rowkey;
 
-static void wait_for_room(void);
 static void dispatch_inflight(void);
+static bool held_possible(const Block *b);
+static void held_write(Block *b);
+static void held_forget(void);
+static void held_release(void);
+static void held_discard(Link *l);
+static void held_abandon(void);
 
 /*
  * report_pending publishes the commit time of the oldest transaction decoded
@@ -415,19 +451,40 @@ push_building(Fence fence)
 	if (b->ncmds == 0 && !b->reset)
 		return;
 	b->fence = fence;
-	wait_for_room();
-	if (snd.stopped)
+
+	/*
+	 * Wait for the block in flight to be acknowledged, serving Redis; b is
+	 * queued behind it meanwhile whenever that is possible (held_write),
+	 * and then becomes the block in flight as the other is acknowledged.
+	 * Possibly inside a decoding callback: the back-pressure that bounds
+	 * memory.  A stopped stream returns at once, so that the worker's loop
+	 * records the dead letters.
+	 */
+	while (snd.inflight != NULL && snd.inflight != b && !snd.stopped)
+	{
+		if (held_possible(b))
+			held_write(b);
+		sender_service(1000);
+	}
+	if (snd.stopped && snd.inflight != b)
 	{
 		/* not sent: decoded again when the stream restarts */
+		if (snd.held == b)
+			held_abandon();
 		block_reset(b);
 		return;
 	}
-	snd.inflight = b;
+	Assert(snd.held == NULL);
 	snd.building = (b == &blocks[0]) ? &blocks[1] : &blocks[0];
 	block_reset(snd.building);
-	make_groups(snd.inflight);
-	if (snd.topo.state == TOPO_READY)
-		dispatch_inflight();
+	if (snd.inflight != b)
+	{
+		snd.inflight = b;
+		if (b->groups == NULL)
+			make_groups(b);
+		if (snd.topo.state == TOPO_READY)
+			dispatch_inflight();
+	}
 	sender_service(0);
 }
 
@@ -1037,13 +1094,26 @@ pg2r_append_wait(StringInfo buf, int n)
 /* a link's own buffer larger than this is not kept for the next block */
 #define OUT_KEEP_MAX (1024 * 1024)
 
-/* out_seg appends a piece to link l's output (OutSeg). */
+/*
+ * out_seg appends a piece to link l's output (OutSeg): len bytes at off of
+ * block b's RESP, or of the link's own buffer when b is NULL.
+ */
 static void
-out_seg(Link *l, bool in_block, size_t off, size_t len)
+out_seg(Link *l, const Block *b, size_t off, size_t len)
 {
-	OutSeg *sg = &l->segs[l->nsegs++];
+	OutSeg *sg;
 
-	sg->in_block = in_block;
+	if (l->nsegs == l->segcap)
+	{
+		MemoryContext old = MemoryContextSwitchTo(snd.topo_cxt);
+
+		l->segcap = l->segcap ? 2 * l->segcap : 64;
+		l->segs = l->segs ? repalloc(l->segs, sizeof(OutSeg) * l->segcap)
+						  : palloc(sizeof(OutSeg) * l->segcap);
+		MemoryContextSwitchTo(old);
+	}
+	sg = &l->segs[l->nsegs++];
+	sg->block = b;
 	sg->off = off;
 	sg->len = len;
 }
@@ -1053,7 +1123,7 @@ static void
 out_own_done(Link *l)
 {
 	if ((size_t) l->out.len > l->own_from)
-		out_seg(l, false, l->own_from, l->out.len - l->own_from);
+		out_seg(l, NULL, l->own_from, l->out.len - l->own_from);
 	l->own_from = l->out.len;
 }
 
@@ -1071,7 +1141,7 @@ out_run_done(Link *l, const Block *b)
 	else
 	{
 		out_own_done(l);
-		out_seg(l, true, l->run_off, l->run_len);
+		out_seg(l, b, l->run_off, l->run_len);
 	}
 	l->run_len = 0;
 }
@@ -1091,9 +1161,98 @@ out_block_bytes(Link *l, const Block *b, size_t off, size_t len)
 }
 
 /*
+ * link_out_reopen readies link l's output for more pieces: what is written
+ * already is forgotten, what is not (a held block's queue, or the DISCARD
+ * of one) stays ahead of what is appended next.  Call it in topo_cxt.
+ */
+static void
+link_out_reopen(Link *l)
+{
+	if (l->seg >= l->nsegs)
+	{
+		if (l->out.maxlen > OUT_KEEP_MAX)
+		{
+			pfree(l->out.data);
+			initStringInfo(&l->out);
+		}
+		resetStringInfo(&l->out);
+		l->nsegs = l->seg = 0;
+		l->seg_sent = 0;
+	}
+	else
+	{
+		/* keep the own bytes from the first piece not written yet on */
+		size_t from = l->out.len;
+
+		for (int i = l->seg; i < l->nsegs; i++)
+			if (l->segs[i].block == NULL)
+				from = Min(from, l->segs[i].off);
+		if (from > 0)
+		{
+			memmove(l->out.data, l->out.data + from, l->out.len - from);
+			l->out.len -= from;
+			l->out.data[l->out.len] = '\0';
+			for (int i = l->seg; i < l->nsegs; i++)
+				if (l->segs[i].block == NULL)
+					l->segs[i].off -= from;
+		}
+		memmove(l->segs, l->segs + l->seg,
+				sizeof(OutSeg) * (l->nsegs - l->seg));
+		l->nsegs -= l->seg;
+		l->seg = 0;
+	}
+	l->own_from = l->out.len;
+	l->run_len = 0;
+}
+
+/*
+ * link_sent_room makes room in l->sent for n more command indexes.  Call it
+ * in topo_cxt.
+ */
+static void
+link_sent_room(Link *l, int n)
+{
+	if (l->sent != NULL && l->nsent + n <= l->sentcap)
+		return;
+	l->sentcap = Max(l->nsent + n, 1);
+	l->sent = l->sent ? repalloc(l->sent, sizeof(int) * l->sentcap)
+					  : palloc(sizeof(int) * l->sentcap);
+}
+
+/*
+ * link_append_queue appends group g of block b to link l's output up to,
+ * not including, its EXEC: MULTI, its commands (sent from the block
+ * itself, OutSeg) and the SET of its fence.
+ */
+static void
+link_append_queue(Link *l, Block *b, Group *g)
+{
+	out_run_done(l, b);
+	redis_append_cstrings(&l->out, 1, "MULTI");
+	g->sent_first = l->nsent;
+	if (!g->fence_only)
+		for (int k = 0; k < g->n; k++)
+		{
+			int		 c = b->order[g->first + k];
+			CmdInfo *ci = &b->cmds[c];
+
+			if (ci->dropped)
+				continue;
+			out_block_bytes(l, b, ci->offset, ci->len);
+			l->sent[l->nsent++] = c;
+		}
+	g->sent_n = l->nsent - g->sent_first;
+	out_run_done(l, b);
+	append_fence_set(&l->out, g->slot, b->fence);
+	g->any_queue_error = false;
+}
+
+/*
  * link_build_out sets the output of link li: the pending groups of the
  * block in flight that belong on it, followed by WAIT when replicas must
  * acknowledge them.  Commands are sent from the block itself (OutSeg).
+ * Output not written yet (a discarded held block's, see link_pipeline_done)
+ * stays ahead of it.
  */
 static void
 link_build_out(int li)
@@ -1102,16 +1261,8 @@ link_build_out(int li)
 	Block		 *b = snd.inflight;
 	MemoryContext old = MemoryContextSwitchTo(snd.topo_cxt);
 
-	if (l->out.maxlen > OUT_KEEP_MAX)
-	{
-		pfree(l->out.data);
-		initStringInfo(&l->out);
-	}
-	resetStringInfo(&l->out);
-	l->nsegs = l->seg = 0;
-	l->seg_sent = 0;
-	l->own_from = 0;
-	l->run_len = 0;
+	Assert(snd.held == NULL);
+	link_out_reopen(l);
 	l->npend = 0;
 	l->nsent = 0;
 	l->pos = 0;
@@ -1119,40 +1270,17 @@ link_build_out(int li)
 	l->wait_sent = false;
 	if (l->pend)
 		pfree(l->pend);
-	if (l->sent)
-		pfree(l->sent);
-	if (l->segs)
-		pfree(l->segs);
 	l->pend = palloc(sizeof(int) * Max(b->ngroups, 1));
-	l->sent = palloc(sizeof(int) * Max(b->ncmds, 1));
-	/* a piece per command at most, and one of own bytes around each */
-	l->segs = palloc(sizeof(OutSeg) * (2 * (b->ncmds + b->ngroups) + 2));
+	link_sent_room(l, b->ncmds);
 	for (int gi = 0; gi < b->ngroups; gi++)
 	{
 		Group *g = &b->groups[gi];
 
 		if (g->link != li || g->state != GROUP_PENDING)
 			continue;
-		out_run_done(l, b);
-		redis_append_cstrings(&l->out, 1, "MULTI");
-		g->sent_first = l->nsent;
-		if (!g->fence_only)
-			for (int k = 0; k < g->n; k++)
-			{
-				int		 c = b->order[g->first + k];
-				CmdInfo *ci = &b->cmds[c];
-
-				if (ci->dropped)
-					continue;
-				out_block_bytes(l, b, ci->offset, ci->len);
-				l->sent[l->nsent++] = c;
-			}
-		g->sent_n = l->nsent - g->sent_first;
-		out_run_done(l, b);
-		append_fence_set(&l->out, g->slot, b->fence);
+		link_append_queue(l, b, g);
 		redis_append_cstrings(&l->out, 1, "EXEC");
 		g->state = GROUP_SENT;
-		g->any_queue_error = false;
 		l->pend[l->npend++] = gi;
 	}
 	l->wait_n = pg2r_link_wait_replicas(l);
@@ -1164,9 +1292,152 @@ link_build_out(int li)
 	out_run_done(l, b);
 	out_own_done(l);
 	l->deadline = 0;
-	if (l->npend > 0)
+	if (l->npend > 0 || l->skip > 0)
 		pg2r_link_arm_deadline(l);
 	MemoryContextSwitchTo(old);
+}
+
+/* ---------------------------------------------------------------------------
+ * The held block: the next one queued behind the block in flight
+ * ---------------------------------------------------------------------------
+ */
+
+/*
+ * held_possible tells whether closed block b (the one push_building waits
+ * to send) may be queued behind the block in flight now: a standalone
+ * server or Sentinel's primary (one link, one group per block), ready,
+ * with the block in flight's EXEC on the link, and neither block a reset.
+ */
+static bool
+held_possible(const Block *b)
+{
+	const Block *n = snd.inflight;
+
+	return snd.held == NULL && n != NULL && n != b && !snd.stopped &&
+		   !snd.topo.cluster && snd.topo.nlinks == 1 &&
+		   snd.topo.state == TOPO_READY &&
+		   snd.topo.links[0].state == LINK_READY && !n->reset && !b->reset &&
+		   n->ngroups == 1 &&
+		   (n->groups[0].state == GROUP_SENT ||
+			n->groups[0].state == GROUP_APPLIED) &&
+		   b->ncmds > 0;
+}
+
+/*
+ * held_write queues block b behind the block in flight: its MULTI,
+ * commands and fence go on the link right after the block in flight's
+ * output, its EXEC is held back until the block in flight's outcome is
+ * known (held_release, held_discard).  Redis parses and queues it
+ * meanwhile; nothing of it can be applied without the EXEC.
+ */
+static void
+held_write(Block *b)
+{
+	Link		 *l = &snd.topo.links[0];
+	Group		 *g;
+	MemoryContext old;
+
+	if (b->groups == NULL)
+		make_groups(b);
+	old = MemoryContextSwitchTo(snd.topo_cxt);
+	g = &b->groups[0];
+	g->link = 0;
+	g->fence_only = false;
+	link_out_reopen(l);
+	link_sent_room(l, b->ncmds);
+	link_append_queue(l, b, g);
+	out_run_done(l, b);
+	out_own_done(l);
+	g->state = GROUP_HELD;
+	snd.held = b;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * held_forget forgets the held block's groups: it is not sent (any more),
+ * and goes out whole after the block in flight (push_building).
+ */
+static void
+held_forget(void)
+{
+	if (snd.held == NULL)
+		return;
+	block_forget_groups(snd.held);
+	snd.held = NULL;
+}
+
+/*
+ * held_release makes the held block the block in flight, once the previous
+ * one is acknowledged: its EXEC (and WAIT) follow its queue on the link.
+ * Its queue's replies are read as any group's (pg2r_handle_block_reply): a
+ * command refused while queueing aborts its EXEC (EXECABORT), and the
+ * group is sent again without it, as always.
+ */
+static void
+held_release(void)
+{
+	Block		 *b = snd.held;
+	Link		 *l = &snd.topo.links[0];
+	Group		 *g = &b->groups[0];
+	MemoryContext old = MemoryContextSwitchTo(snd.topo_cxt);
+
+	snd.held = NULL;
+	snd.inflight = b;
+	link_out_reopen(l);
+	redis_append_cstrings(&l->out, 1, "EXEC");
+	if (l->pend)
+		pfree(l->pend);
+	l->pend = palloc(sizeof(int));
+	l->pend[0] = 0;
+	l->npend = 1;
+	l->pos = 0;
+	l->reply = 0;
+	g->state = GROUP_SENT;
+	l->wait_n = pg2r_link_wait_replicas(l);
+	l->wait_sent = l->wait_n > 0;
+	if (l->wait_sent)
+		pg2r_append_wait(&l->out, l->wait_n);
+	out_own_done(l);
+	pg2r_link_arm_deadline(l);
+	MemoryContextSwitchTo(old);
+	report_pending();
+}
+
+/*
+ * held_discard drops the held block's queue from Redis with DISCARD: the
+ * block in flight was refused while queueing and goes again first.  The
+ * replies of the discarded queue and DISCARD's own are skipped as they
+ * come (they precede the block in flight's new ones).
+ */
+static void
+held_discard(Link *l)
+{
+	Group		 *g = &snd.held->groups[0];
+	MemoryContext old = MemoryContextSwitchTo(snd.topo_cxt);
+
+	link_out_reopen(l);
+	redis_append_cstrings(&l->out, 1, "DISCARD");
+	out_own_done(l);
+	/* MULTI, the commands, the fence's SET, DISCARD */
+	l->skip += g->sent_n + 3;
+	MemoryContextSwitchTo(old);
+	held_forget();
+}
+
+/*
+ * held_abandon forgets the held block when the stream stopped on a rejected
+ * command: what of its queue is not written yet never will be (nothing is
+ * written while stopped, and the worker restarts before streaming again,
+ * its connection ending, which discards the queue in Redis).
+ */
+static void
+held_abandon(void)
+{
+	Link *l = &snd.topo.links[0];
+
+	l->nsegs = l->seg;
+	l->seg_sent = 0;
+	held_forget();
 }
 
 /*
@@ -1228,6 +1499,9 @@ inflight_acked(void)
 	report_pending();
 	for (int li = 0; li < snd.topo.nlinks; li++)
 		snd.topo.links[li].deadline = 0;
+	/* the next block, queued behind this one, goes (not once stopped) */
+	if (snd.held != NULL && !snd.stopped)
+		held_release();
 }
 
 /* inflight_check acknowledges the block in flight when all its groups are. */
@@ -1250,6 +1524,8 @@ inflight_check(void)
 void
 pg2r_inflight_restart(void)
 {
+	/* a held block's MULTI dies with its connection: it is not sent yet */
+	held_forget();
 	if (snd.inflight == NULL)
 		return;
 	for (int gi = 0; gi < snd.inflight->ngroups; gi++)
@@ -1363,7 +1639,12 @@ link_pipeline_done(int li)
 			snd.inflight->groups[gi].state == GROUP_PENDING)
 			again = true;
 	if (again)
+	{
+		/* refused while queueing: it goes again first, the held one after */
+		if (snd.held != NULL)
+			held_discard(l);
 		link_build_out(li);
+	}
 	else
 		inflight_check();
 }
@@ -1441,6 +1722,19 @@ pg2r_handle_block_reply(int li, redisReply *r)
 	Group *g;
 	int	   idx;
 
+	if (l->skip > 0)
+	{
+		/* of a discarded held block: its queue's and DISCARD's replies */
+		l->skip--;
+		if (l->skip == 0 && l->pos >= l->npend && !l->wait_sent)
+			l->deadline = 0;
+		return true;
+	}
+	if (snd.stopped && (b == NULL || (l->pos >= l->npend && !l->wait_sent)))
+	{
+		/* the queue of a held block not sent: the stream stopped before */
+		return true;
+	}
 	if (b == NULL || (l->pos >= l->npend && !l->wait_sent))
 	{
 		pg2r_topo_fail(l, "unexpected reply from Redis");
@@ -1530,6 +1824,12 @@ pg2r_topo_ready(void)
 	Fence		lost_from = {PG_UINT64_MAX, FENCE_DONE};
 	Fence		lost_to = {InvalidXLogRecPtr, 0};
 
+	/*
+	 * A held block's queue died with the connection it was written on (any
+	 * path that closed it without pg2r_inflight_restart, too): it goes out
+	 * after the block in flight, from the start.
+	 */
+	held_forget();
 	memset(in_doubt, 0, sizeof(in_doubt));
 	if (snd.inflight)
 	{
@@ -1636,19 +1936,6 @@ pg2r_topo_ready(void)
 		dispatch_inflight();
 		inflight_check();
 	}
-}
-
-/*
-  * wait_for_room waits until nothing is in flight, serving Redis; called
- * with a closed block that must go next, possibly inside a decoding
- * callback.  It returns at once when the stream stopped on a rejected
- * command, so that the worker's loop records the dead letters.
- */
-static void
-wait_for_room(void)
-{
-	while (snd.inflight != NULL && !snd.stopped)
-		sender_service(1000);
 }
 
 /*

@@ -51,6 +51,7 @@ typedef struct CmdInfo
 typedef enum GroupState
 {
 	GROUP_PENDING, /* to be sent */
+	GROUP_HELD,	   /* MULTI, commands and fence sent, EXEC held back */
 	GROUP_SENT,	   /* sent, EXEC not answered yet */
 	GROUP_APPLIED, /* EXEC answered, WAIT not yet */
 	GROUP_DONE	   /* applied (and replicated as configured) */
@@ -96,14 +97,14 @@ typedef struct Block
 
 /*
  * A piece of a link's output: bytes of its own buffer (MULTI, fences, EXEC,
- * WAIT, small commands copied), or a run of the block in flight's RESP, sent
- * from there without a copy.
+ * WAIT, DISCARD, small commands copied), or a run of a block's RESP (the
+ * block in flight's, or the held block's), sent from there without a copy.
  */
 typedef struct OutSeg
 {
-	bool   in_block;
-	size_t off;
-	size_t len;
+	const struct Block *block; /* whose RESP, or NULL: the link's own */
+	size_t				off;
+	size_t				len;
 } OutSeg;
 
 typedef enum LinkState
@@ -136,8 +137,10 @@ typedef struct Link
 	int			  *hs_slots;
 	int			   hs_seen;
 	StringInfoData out;	 /* the groups' own bytes, see OutSeg */
-	OutSeg		  *segs; /* what the groups of the block in flight send */
+	OutSeg		  *segs; /* what the groups of the block in flight (and
+						  * of the held block) send */
 	int			   nsegs;
+	int			   segcap;
 	int			   seg;		 /* segs[seg] is being sent, */
 	size_t		   seg_sent; /* this much of it already */
 	size_t		   own_from; /* while building: out bytes not in segs yet */
@@ -147,10 +150,13 @@ typedef struct Link
 	int			   npend;
 	int			  *sent; /* command indexes in the order sent */
 	int			   nsent;
+	int			   sentcap;
 	int			   pos;	  /* pend[pos] is the group being answered */
 	int			   reply; /* replies of that group so far */
 	int			   wait_n;
 	bool		   wait_sent;
+	int			   skip;	 /* replies still to come of a discarded held
+						  * block (its queue and DISCARD's +OK) */
 	TimestampTz	   deadline; /* of the current connect or reply */
 } Link;
 
@@ -213,6 +219,9 @@ typedef struct SenderState
 	MemoryContext map_cxt;	/* the map link: reset after each use */
 	Block		 *building; /* the block being built */
 	Block		 *inflight; /* the block sent and not acknowledged, or NULL */
+	Block		 *held;		/* the next block, queued behind the block in
+							 * flight with its EXEC held back, or NULL (it
+							 * is also snd.building: see sender.c) */
 	Topology	  topo;		/* the links and what they know */
 	bool		  stopped;	/* a rejected command stopped the stream */
 	SenderHooks	  hooks;	/* given to sender_init() */
