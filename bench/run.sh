@@ -36,7 +36,9 @@
 # + SADD bench:all <id>; delete DEL + SREM; the same for `mixed`.  --smoke
 # runs tiny sizes and only checks that everything runs and Redis matches
 # (scripts/test.sh runs it); --cpu runs only the catch-ups (300 x 1000 rows
-# of each table) with their ceilings and CPU figures, in about a minute.
+# of each table) with their ceilings and CPU figures, in about a minute;
+# --big runs only the Redis ceiling and the one 1,000,000-row transaction
+# (rows/s, x Redis, the worker's CPU per row and peak RSS).
 #
 # Environment: PG_CONFIG, PG2REDIS_TEST_SKIP_INSTALL=1, PG2REDIS_DEMO_SKIP_BUILD=1
 # as for scripts/demo.sh; PG2REDIS_BENCH_SETTINGS="name=value ..." adds
@@ -48,11 +50,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/common.sh
 source "$ROOT/scripts/common.sh"
 
-SMOKE=0 CPU_ONLY=0
+SMOKE=0 CPU_ONLY=0 BIG_ONLY=0
 [[ ${1:-} == --smoke ]] && SMOKE=1
 [[ ${1:-} == --cpu ]] && CPU_ONLY=1
+[[ ${1:-} == --big ]] && BIG_ONLY=1 CPU_ONLY=1
 if [[ $SMOKE == 1 ]]; then
 	TXNS=20 PER=100 BIG=5000 SNAP=5000 LAT_SECS=1 RATES="100" MTXNS=20
+elif [[ $BIG_ONLY == 1 ]]; then
+	TXNS=1000 PER=1000 BIG=1000000 MTXNS=300
 elif [[ $CPU_ONLY == 1 ]]; then
 	TXNS=300 PER=1000 MTXNS=300
 else
@@ -268,6 +273,30 @@ REDIS_UPD_S=$(pipe_secs "$WORK/pipe.resp" upd "$N")
 check_count "$N" "redis-cli --pipe"
 REDIS_DEL_S=$(pipe_secs "$WORK/pipe.del" del "$N")
 rcli flushall >/dev/null
+
+if [[ $BIG_ONLY == 1 ]]; then
+	say "one $BIG-row transaction while pg2redis is paused"
+	set_enabled off
+	sql -c "CALL fill(1, $BIG, 0)"
+	echo 0 >"$WORK/rss.max"
+	( m=0; while kill -0 "$WORKER" 2>/dev/null; do
+		r=$(awk '/VmRSS/ {print $2}' "/proc/$WORKER/status" 2>/dev/null || echo 0)
+		if [[ ${r:-0} -gt $m ]]; then m=$r; echo "$m" >"$WORK/rss.max"; fi
+		sleep 0.05
+	done ) &
+	SAMPLER_PID=$!
+	P2R_BIG_S=$(catch_up big "$BIG")
+	kill "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+	check_count "$BIG" "pg2redis, one big transaction"; check_rows "pg2redis, one big transaction"
+	RC=$(awk -v n="$N" -v s="$REDIS_S" 'BEGIN { printf "%.0f", n / s }')
+	PBR=$(awk -v n="$BIG" -v s="$P2R_BIG_S" 'BEGIN { printf "%.0f", n / s }')
+	echo
+	echo "Redis alone, redis-cli --pipe (HSET+SADD), rows/s: $RC"
+	echo "pg2redis catch-up, 1 x $BIG inserts, rows/s: $PBR ($(awk -v a="$PBR" -v b="$RC" 'BEGIN { printf "%.2f", a / b }') x Redis)"
+	echo "worker peak RSS, MiB: $(($(cat "$WORK/rss.max") / 1024))"
+	echo "worker CPU per row (us) and stage split: $(cat "$WORK/cpu.big")"
+	exit 0
+fi
 
 # --- catch-up: 1000 x 1000-row transactions --------------------------------
 say "committing $TXNS x $PER-row transactions while pg2redis is paused"
