@@ -295,6 +295,7 @@ if [[ $BIG_ONLY == 1 ]]; then
 	echo "pg2redis catch-up, 1 x $BIG inserts, rows/s: $PBR ($(awk -v a="$PBR" -v b="$RC" 'BEGIN { printf "%.2f", a / b }') x Redis)"
 	echo "worker peak RSS, MiB: $(($(cat "$WORK/rss.max") / 1024))"
 	echo "worker CPU per row (us) and stage split: $(cat "$WORK/cpu.big")"
+	echo "Redis CPU per row (us), under redis-cli --pipe: $(cat "$WORK/pipe_cpu.ins"), in the catch-up: $(cut -d' ' -f1 "$WORK/redis.big"); wall per row (us): $(cut -d' ' -f2 "$WORK/redis.big")"
 	exit 0
 fi
 
