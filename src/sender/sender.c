@@ -166,6 +166,7 @@ static struct
 } rowkey;
 
 static void dispatch_inflight(void);
+static void inflight_check(void);
 static bool held_possible(const Block *b);
 static void held_write(Block *b);
 static void held_forget(void);
@@ -483,7 +484,28 @@ push_building(Fence fence)
 		if (b->groups == NULL)
 			make_groups(b);
 		if (snd.topo.state == TOPO_READY)
+		{
+			/*
+			 * Redis may hold b's position already although b's EXEC was
+			 * never sent: b was queued behind the previous block (held_write)
+			 * and Redis refused its MULTI (an ACL), running its commands and
+			 * fence SET at once; the links were dropped and read the fence
+			 * again since.  Then b is applied, as pg2r_topo_ready decides
+			 * for the block in flight: sending it again would apply it
+			 * twice.
+			 */
+			if (!snd.topo.cluster && !b->reset &&
+				fence_cmp(b->fence, snd.topo.applied[0]) <= 0)
+			{
+				Group *g = &b->groups[0];
+
+				g->fence_only =
+					pg2r_link_wait_replicas(&snd.topo.links[0]) > 0;
+				g->state = g->fence_only ? GROUP_PENDING : GROUP_DONE;
+			}
 			dispatch_inflight();
+			inflight_check();
+		}
 	}
 	sender_service(0);
 }
