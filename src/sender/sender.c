@@ -461,12 +461,31 @@ push_building(Fence fence)
 	 * memory.  A stopped stream returns at once, so that the worker's loop
 	 * records the dead letters.
 	 */
-	while (snd.inflight != NULL && snd.inflight != b && !snd.stopped)
+	PG_TRY();
 	{
-		if (held_possible(b))
-			held_write(b);
-		sender_service(1000);
+		while (snd.inflight != NULL && snd.inflight != b && !snd.stopped)
+		{
+			if (held_possible(b))
+				held_write(b);
+			sender_service(1000);
+		}
 	}
+	PG_CATCH();
+	{
+		/*
+		 * An ERROR left the wait, and its caller may go on: a query cancel
+		 * inside a rule of a careful decode is that rule's dead letter
+		 * (pg2r_run_guarded).  b stays the block being built, closed, and
+		 * gets what is decoded next, so a queue of it held in Redis must
+		 * not be released as it is: drop it with the links (Redis drops a
+		 * MULTI with its connection), and b goes whole later.
+		 */
+		if (snd.held == b)
+			pg2r_topo_fail(NULL, "an error interrupted the wait for Redis: %s",
+						   "the block queued behind the one in flight goes again");
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	if (snd.stopped && snd.inflight != b)
 	{
 		/* not sent: decoded again when the stream restarts */
