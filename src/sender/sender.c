@@ -69,7 +69,13 @@
  *		connection also ends the old one), so the held block is simply not
  *		sent yet (pg2r_inflight_restart);
  *	  - the stream stopped (pg2redis.on_command_error = stop): nothing more
- *		is written; the worker restarts before it streams again.
+ *		is written; the worker restarts before it streams again;
+ *	  - an ERROR left the wait and its caller went on (a rule's, in a
+ *		careful decode): the links are dropped with the held queue, since
+ *		the held block goes on being built (push_building).
+ * When Redis refused the held block's MULTI (an ACL), it ran its commands
+ * and fence at once: the fence read after the reconnect says so, and the
+ * block is not sent again (push_building).
  * The held block is the block being built, closed: no third buffer.  The
  * link's output pieces (OutSeg) name the block they point into, so that
  * the held block's queue may follow a block in flight not yet fully
