@@ -69,7 +69,13 @@
  *		connection also ends the old one), so the held block is simply not
  *		sent yet (pg2r_inflight_restart);
  *	  - the stream stopped (pg2redis.on_command_error = stop): nothing more
- *		is written; the worker restarts before it streams again.
+ *		is written; the worker restarts before it streams again;
+ *	  - an ERROR left the wait and its caller went on (a rule's, in a
+ *		careful decode): the links are dropped with the held queue, since
+ *		the held block goes on being built (push_building).
+ * When Redis refused the held block's MULTI (an ACL), it ran its commands
+ * and fence at once: the fence read after the reconnect says so, and the
+ * block is not sent again (push_building).
  * The held block is the block being built, closed: no third buffer.  The
  * link's output pieces (OutSeg) name the block they point into, so that
  * the held block's queue may follow a block in flight not yet fully
@@ -166,6 +172,7 @@ static struct
 } rowkey;
 
 static void dispatch_inflight(void);
+static void inflight_check(void);
 static bool held_possible(const Block *b);
 static void held_write(Block *b);
 static void held_forget(void);
@@ -460,12 +467,31 @@ push_building(Fence fence)
 	 * memory.  A stopped stream returns at once, so that the worker's loop
 	 * records the dead letters.
 	 */
-	while (snd.inflight != NULL && snd.inflight != b && !snd.stopped)
+	PG_TRY();
 	{
-		if (held_possible(b))
-			held_write(b);
-		sender_service(1000);
+		while (snd.inflight != NULL && snd.inflight != b && !snd.stopped)
+		{
+			if (held_possible(b))
+				held_write(b);
+			sender_service(1000);
+		}
 	}
+	PG_CATCH();
+	{
+		/*
+		 * An ERROR left the wait, and its caller may go on: a query cancel
+		 * inside a rule of a careful decode is that rule's dead letter
+		 * (pg2r_run_guarded).  b stays the block being built, closed, and
+		 * gets what is decoded next, so a queue of it held in Redis must
+		 * not be released as it is: drop it with the links (Redis drops a
+		 * MULTI with its connection), and b goes whole later.
+		 */
+		if (snd.held == b)
+			pg2r_topo_fail(NULL, "an error interrupted the wait for Redis: %s",
+						   "the block queued behind the one in flight goes again");
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	if (snd.stopped && snd.inflight != b)
 	{
 		/* not sent: decoded again when the stream restarts */
@@ -483,7 +509,28 @@ push_building(Fence fence)
 		if (b->groups == NULL)
 			make_groups(b);
 		if (snd.topo.state == TOPO_READY)
+		{
+			/*
+			 * Redis may hold b's position already although b's EXEC was
+			 * never sent: b was queued behind the previous block (held_write)
+			 * and Redis refused its MULTI (an ACL), running its commands and
+			 * fence SET at once; the links were dropped and read the fence
+			 * again since.  Then b is applied, as pg2r_topo_ready decides
+			 * for the block in flight: sending it again would apply it
+			 * twice.
+			 */
+			if (!snd.topo.cluster && !b->reset &&
+				fence_cmp(b->fence, snd.topo.applied[0]) <= 0)
+			{
+				Group *g = &b->groups[0];
+
+				g->fence_only =
+					pg2r_link_wait_replicas(&snd.topo.links[0]) > 0;
+				g->state = g->fence_only ? GROUP_PENDING : GROUP_DONE;
+			}
 			dispatch_inflight();
+			inflight_check();
+		}
 	}
 	sender_service(0);
 }

@@ -1,0 +1,197 @@
+# Copyright (c) pg2redis developers
+#
+# The held EXEC and an ERROR that leaves the wait for the block in flight
+# (review of branch held-exec).  A transaction decoded carefully (after an
+# ERROR while decoding it, see t/134) maps each rule in a subtransaction of
+# its own: an ERROR raised while the sender waits inside a rule, here a
+# query cancel (pg_cancel_backend) while the closed part waits for the part
+# in flight, becomes that rule's dead letter and decoding goes on.  The
+# waiting part was already queued behind the part in flight (held_write):
+# the blocks decoded next are appended to it, and its held EXEC, once the
+# part in flight is applied, must not carry only what was queued before.
+#
+# pg2redis.max_transaction_commands = 2 cuts a transaction of seven rows
+# (one RPUSH each) into parts.  A proxy holds Redis's replies from the first
+# RPUSH it sees on a connection (SIGUSR1 arms it, SIGUSR2 releases).
+#   1. rows 1-7 in one transaction: part {1,2} in flight, {3,4} queued
+#      behind it; a cancel ends the worker (ERROR while decoding): the
+#      transaction is decoded carefully after the restart;
+#   2. after the restart, part {3,4} in flight, {5,6} queued behind it,
+#      row 7's rule waiting: a cancel is its dead letter; row 8, committed
+#      before the restart, is decoded next, into the block being built;
+#   3. the replies released: Redis has every row but 7, once, in order, and
+#      the worker is still there.  On held-exec the queued part {5,6} was
+#      released with what it held before row 8 was appended to it (row 8
+#      lost), and freeing its groups, cut for two commands, read past them:
+#      the worker died of a segmentation fault, restarting every session.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+
+use IO::Select;
+use IO::Socket::INET;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Pg2RedisTest;
+use Socket qw(IPPROTO_TCP TCP_NODELAY);
+use Test::More;
+use Time::HiRes qw(sleep);
+
+my $redis = start_redis(name => 'heldcancel');
+
+my $uplog  = PostgreSQL::Test::Utils::tempdir() . '/up.log';
+my $listen = IO::Socket::INET->new(
+	LocalAddr => '127.0.0.1',
+	LocalPort => 0,
+	Listen    => 16,
+	ReuseAddr => 1) or die "proxy: $!";
+my $proxy_port = $listen->sockport;
+my $proxy_pid  = fork();
+die "fork: $!" unless defined $proxy_pid;
+if ($proxy_pid == 0)
+{
+	my ($hold, $arm) = (0, 0);
+	local $SIG{USR1} = sub { $arm  = 1 };
+	local $SIG{USR2} = sub { ($hold, $arm) = (0, 0) };
+	open(my $log, '>>', $uplog) or die "log: $!";
+	$log->autoflush(1);
+	my $sel = IO::Select->new($listen);
+	my @conns;
+	my $deadline = time() + 600;    # never outlive the test
+	while (time() < $deadline)
+	{
+		if (!$hold)
+		{
+			foreach my $c (@conns)
+			{
+				syswrite($c->{c}, $c->{kept}) if length($c->{kept} // '');
+				$c->{kept} = '';
+			}
+		}
+		foreach my $fh ($sel->can_read(0.02))
+		{
+			if ($fh == $listen)
+			{
+				my $client = $listen->accept or next;
+				my $up     = IO::Socket::INET->new(
+					PeerAddr => '127.0.0.1',
+					PeerPort => $redis->port) or next;
+				setsockopt($client, IPPROTO_TCP, TCP_NODELAY, 1);
+				setsockopt($up,     IPPROTO_TCP, TCP_NODELAY, 1);
+				push @conns, { c => $client, u => $up, kept => '' };
+				$sel->add($client, $up);
+				$hold = 0;
+				next;
+			}
+			my ($c) = grep { $_->{c} == $fh || $_->{u} == $fh } @conns;
+			next unless $c;
+			my $n = sysread($fh, my $data, 65536);
+			if (!$n)
+			{
+				$sel->remove($c->{c}, $c->{u});
+				close($c->{u});
+				close($c->{c});
+				@conns = grep { $_ != $c } @conns;
+				next;
+			}
+			if ($fh == $c->{c})
+			{
+				print $log $data;
+				($hold, $arm) = (1, 0) if $arm && $data =~ /RPUSH/;
+				syswrite($c->{u}, $data);
+			}
+			elsif ($hold)
+			{
+				$c->{kept} .= $data;
+			}
+			else
+			{
+				syswrite($c->{c}, $data);
+			}
+		}
+	}
+	exit 0;
+}
+END { kill 'KILL', $proxy_pid if $proxy_pid; }
+
+my $node = new_node(
+	'heldcancel',
+	redis_url      => "redis://127.0.0.1:$proxy_port/0",
+	flush_interval => '3s',
+	conf           => [
+		"pg2redis.redis_timeout = '60s'",
+		'pg2redis.max_transaction_commands = 2',
+		"pg2redis.retry_initial_backoff = '50ms'",
+		"pg2redis.retry_max_backoff = '200ms'"
+	],
+	wait_streaming => 0);
+wait_for_status($node, 'state', 'streaming', 60, 'streaming through the proxy');
+$node->safe_psql(
+	'postgres', q{
+	CREATE TABLE t (id int PRIMARY KEY);
+	SELECT pg2redis_add_rule('t', 'insert', 'RPUSH log {id}');
+});
+wait_for_redis($node, 60, 'rules in place');
+
+# sent counts the commands named in what the worker wrote after byte $from.
+sub sent
+{
+	my ($from, $cmd) = @_;
+	open(my $fh, '<', $uplog) or return 0;
+	binmode $fh;
+	local $/;
+	my $all = <$fh> // '';
+	close $fh;
+	my $pat = '$' . length($cmd) . "\r\n$cmd\r\n";
+	my $n   = () = substr($all, $from) =~ /\Q$pat\E/g;
+	return $n;
+}
+
+# 1. The first cancel ends the worker inside the transaction's decoding.
+my $from = -s $uplog;
+kill 'USR1', $proxy_pid;
+sleep(0.1);
+$node->safe_psql('postgres',
+	'INSERT INTO t SELECT g FROM generate_series(1, 7) g');
+ok(poll_until(30, sub { sent($from, 'MULTI') >= 2 }),
+	'1: part {3,4} queued behind part {1,2}');
+my $pid = worker_pid($node);
+$from = -s $uplog;
+kill 'USR1', $proxy_pid;    # armed again for the next connection
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+# row 8 commits before the restarted worker decodes row 7: it is decoded
+# right after the first transaction, into the block being built
+$node->safe_psql('postgres', 'INSERT INTO t VALUES (8)');
+ok(poll_until(30, sub { (worker_pid($node) // $pid) != $pid }),
+	'1: the worker restarted');
+
+# 2. The second cancel, inside row 7's rule: a dead letter.
+ok(poll_until(60, sub { sent($from, 'MULTI') >= 2 }),
+	'2: part {5,6} queued behind part {3,4} after the restart');
+sleep(0.3);
+$pid = worker_pid($node);
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+sleep(0.5);
+is(worker_pid($node), $pid, '2: the worker goes on');
+sleep(0.5);
+
+# 3. Replies released.
+kill 'USR2', $proxy_pid;
+wait_for_redis($node, 60, '3: applied');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM pg2redis.dead_letters WHERE error LIKE '%cancel%' AND key = ARRAY['7']"),
+	"3: the cancel is row 7's dead letter");
+my $log = $redis->call('LRANGE', 'log', 0, -1);
+is(join(',', ref $log ? @$log : ()), '1,2,3,4,5,6,8',
+	'3: every row but the cancelled one, once, in order');
+is($node->safe_psql('postgres', 'SELECT worker_pid FROM pg2redis_status()'),
+	$pid, '3: the worker did not crash');
+# (the dead letter is written once the block is settled)
+
+
+$node->stop;
+done_testing();
