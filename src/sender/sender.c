@@ -489,6 +489,18 @@ push_building(Fence fence)
 		if (snd.held == b)
 			pg2r_topo_fail(NULL, "an error interrupted the wait for Redis: %s",
 						   "the block queued behind the one in flight goes again");
+
+		/*
+		 * b was released (it is in flight) before the ERROR, later in the
+		 * same service call (an out-of-memory, say): what is decoded next
+		 * goes into the other block, as on the way out below, never into
+		 * the block in flight.
+		 */
+		if (snd.inflight == b && snd.building == b)
+		{
+			snd.building = (b == &blocks[0]) ? &blocks[1] : &blocks[0];
+			block_reset(snd.building);
+		}
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
