@@ -268,11 +268,49 @@ pipe_secs() {
 	[[ -n ${2:-} ]] && per_row "$((r1 - r0))" "$3" >"$WORK/pipe_cpu.$2"
 	secs "$t0" "$t1"
 }
+# tx_wrap FILE PER: FILE.tx, FILE's commands in MULTI/EXEC blocks of PER
+# rows (2 commands a row), each with a fence SET, as pg2redis sends them
+tx_wrap() {
+	python3 - "$1" "$(($2 * 2))" <<'PY'
+import sys
+src, per = sys.argv[1], int(sys.argv[2])
+data = open(src, "rb").read()
+out = open(src + ".tx", "wb")
+multi, exec_ = b"*1\r\n$5\r\nMULTI\r\n", b"*1\r\n$4\r\nEXEC\r\n"
+pos, n, block = 0, 0, 0
+parts = [multi]
+while pos < len(data):
+    end = data.index(b"\r\n", pos)
+    argc = int(data[pos + 1:end])
+    p = end + 2
+    for _ in range(argc):
+        e = data.index(b"\r\n", p)
+        p = e + 2 + int(data[p + 1:e]) + 2
+    parts.append(data[pos:p])
+    pos, n = p, n + 1
+    if n % per == 0 or pos == len(data):
+        block += 1
+        fence = b"0/%X" % block
+        parts.append(b"*3\r\n$3\r\nSET\r\n$14\r\nbench:fence:tx\r\n$%d\r\n%s\r\n" % (len(fence), fence))
+        parts.append(exec_)
+        out.write(b"".join(parts))
+        parts = [multi]
+PY
+}
 REDIS_S=$(pipe_secs "$WORK/pipe.resp" ins "$N")
 REDIS_UPD_S=$(pipe_secs "$WORK/pipe.resp" upd "$N")
 check_count "$N" "redis-cli --pipe"
 REDIS_DEL_S=$(pipe_secs "$WORK/pipe.del" del "$N")
 rcli flushall >/dev/null
+if [[ $BIG_ONLY == 0 ]]; then
+	# the same in MULTI/EXEC blocks: what atomicity costs Redis itself
+	tx_wrap "$WORK/pipe.resp" "$PER"; tx_wrap "$WORK/pipe.del" "$PER"
+	TX_S=$(pipe_secs "$WORK/pipe.resp.tx" txins "$N")
+	TX_UPD_S=$(pipe_secs "$WORK/pipe.resp.tx" txupd "$N")
+	check_count "$N" "redis-cli --pipe in MULTI/EXEC blocks"
+	TX_DEL_S=$(pipe_secs "$WORK/pipe.del.tx" txdel "$N")
+	rcli flushall >/dev/null
+fi
 
 if [[ $BIG_ONLY == 1 ]]; then
 	say "one $BIG-row transaction while pg2redis is paused"
@@ -382,6 +420,12 @@ M_REDIS_S=$(pipe_secs "$WORK/mixed.ins" mins "$MN")
 M_REDIS_UPD_S=$(pipe_secs "$WORK/mixed.ins" mupd "$MN")
 [[ $(rcli scard mixed:all) == "$MN" ]] || die "mixed: redis-cli --pipe did not write every row"
 M_REDIS_DEL_S=$(pipe_secs "$WORK/mixed.del" mdel "$MN")
+rcli flushall >/dev/null
+tx_wrap "$WORK/mixed.ins" "$PER"; tx_wrap "$WORK/mixed.del" "$PER"
+M_TX_S=$(pipe_secs "$WORK/mixed.ins.tx" txmins "$MN")
+M_TX_UPD_S=$(pipe_secs "$WORK/mixed.ins.tx" txmupd "$MN")
+[[ $(rcli scard mixed:all) == "$MN" ]] || die "mixed: redis-cli --pipe in MULTI/EXEC blocks did not write every row"
+M_TX_DEL_S=$(pipe_secs "$WORK/mixed.del.tx" txmdel "$MN")
 rcli flushall >/dev/null
 say "mixed table: pg2redis catch-up of $MTXNS x $PER inserts, updates, deletes"
 set_enabled off
@@ -507,29 +551,32 @@ printf '| %-58s | %12s | %-26s |\n' "measurement" "figure" "ratio"
 printf '|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..60})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..28})"
 row() { printf '| %-58s | %12s | %-26s |\n' "$1" "$2" "$3"; }
 row "Redis alone, redis-cli --pipe (HSET+SADD), rows/s" "$RC" "ceiling"
+[[ $BIG_ONLY == 0 ]] && row "the same in MULTI/EXEC blocks of $PER rows, rows/s" "$(rate "$N" "$TX_S")" "ceiling with atomicity"
 if [[ $CPU_ONLY == 0 ]]; then
 	SR=$(rate "$N" "$SC_S") DR=$(rate "$DEC_CHANGES" "$DEC_S")
 	PBR=$(rate "$BIG" "$P2R_BIG_S") SBR=$(rate "$BIG" "$SC_BIG_S") DBR=$(rate "$BIG" "$DEC_BIG_S")
 	SNR=$(rate "$SNAP" "$SNAP_S") PCR=$(rate "$N" "$P2R_CL_S")
 	row "decoding alone, test_decoding, $TXNS x $PER, changes/s" "$DR" ""
-	row "pg2redis catch-up, $TXNS x $PER inserts, rows/s" "$PR" "$(ratio "$PR" "$RC") x Redis, $(ratio "$PR" "$SR") x sidecar"
+	row "pg2redis catch-up, $TXNS x $PER inserts, rows/s" "$PR" "$(ratio "$PR" "$RC") x Redis ($(ratio "$PR" "$(rate "$N" "$TX_S")") x MULTI), $(ratio "$PR" "$SR") x sidecar"
 	row "sidecar catch-up, $TXNS x $PER inserts, rows/s" "$SR" "$(ratio "$SR" "$RC") x Redis"
 	row "pg2redis catch-up, 1 x $BIG inserts, rows/s" "$PBR" "$(ratio "$PBR" "$RC") x Redis, $(ratio "$PBR" "$SBR") x sidecar"
 	row "sidecar catch-up, 1 x $BIG inserts, rows/s" "$SBR" ""
 	row "decoding alone, 1 x $BIG, changes/s" "$DBR" ""
 else
-	row "pg2redis catch-up, $TXNS x $PER inserts, rows/s" "$PR" "$(ratio "$PR" "$RC") x Redis"
+	row "pg2redis catch-up, $TXNS x $PER inserts, rows/s" "$PR" "$(ratio "$PR" "$RC") x Redis ($(ratio "$PR" "$(rate "$N" "$TX_S")") x MULTI)"
 fi
+# vs RATE CEILING_RATE TX_SECS ROWS: "x Redis (x MULTI)"
+vs() { echo "$(ratio "$1" "$2") x Redis ($(ratio "$1" "$(rate "$4" "$3")") x MULTI)"; }
 row "Redis alone, the same HSET+SADD again (updates), rows/s" "$RUC" "ceiling"
-row "pg2redis catch-up, $TXNS x $PER updates, rows/s" "$PUR" "$(ratio "$PUR" "$RUC") x Redis"
+row "pg2redis catch-up, $TXNS x $PER updates, rows/s" "$PUR" "$(vs "$PUR" "$RUC" "$TX_UPD_S" "$N")"
 row "Redis alone, DEL+SREM, rows/s" "$RDC" "ceiling"
-row "pg2redis catch-up, $TXNS x $PER deletes, rows/s" "$PDR" "$(ratio "$PDR" "$RDC") x Redis"
+row "pg2redis catch-up, $TXNS x $PER deletes, rows/s" "$PDR" "$(vs "$PDR" "$RDC" "$TX_DEL_S" "$N")"
 row "mixed: Redis alone, HSET (7 fields)+SADD, rows/s" "$MRC" "ceiling"
-row "mixed: pg2redis catch-up, $MTXNS x $PER inserts, rows/s" "$MPR" "$(ratio "$MPR" "$MRC") x Redis"
+row "mixed: pg2redis catch-up, $MTXNS x $PER inserts, rows/s" "$MPR" "$(vs "$MPR" "$MRC" "$M_TX_S" "$MN")"
 row "mixed: Redis alone, the same HSET+SADD again, rows/s" "$MRUC" "ceiling"
-row "mixed: pg2redis catch-up, $MTXNS x $PER updates, rows/s" "$MPUR" "$(ratio "$MPUR" "$MRUC") x Redis"
+row "mixed: pg2redis catch-up, $MTXNS x $PER updates, rows/s" "$MPUR" "$(vs "$MPUR" "$MRUC" "$M_TX_UPD_S" "$MN")"
 row "mixed: Redis alone, DEL+SREM, rows/s" "$MRDC" "ceiling"
-row "mixed: pg2redis catch-up, $MTXNS x $PER deletes, rows/s" "$MPDR" "$(ratio "$MPDR" "$MRDC") x Redis"
+row "mixed: pg2redis catch-up, $MTXNS x $PER deletes, rows/s" "$MPDR" "$(vs "$MPDR" "$MRDC" "$M_TX_DEL_S" "$MN")"
 if [[ $CPU_ONLY == 0 ]]; then
 	row "pg2redis catch-up, 3-primary Cluster, $TXNS x $PER inserts, rows/s" "$PCR" "$(ratio "$PCR" "$PR") x to one Redis"
 	for r in $RATES; do
@@ -565,19 +612,21 @@ cpu_line "mixed, $MTXNS x $PER updates" mupd
 cpu_line "mixed, $MTXNS x $PER deletes" mdel
 echo
 echo "Overlap (us per row): wall time of the catch-up, the worker's CPU, Redis's CPU in the"
-echo "catch-up and under redis-cli --pipe of the same commands; Redis busy = its CPU / wall;"
+echo "catch-up, under redis-cli --pipe of the same commands, and of them in MULTI/EXEC blocks;"
+echo "Redis busy = its CPU / wall;"
 echo "wall / max = wall over the larger of worker and Redis CPU (1.00: bounded by the slower"
 echo "of the two; their sum would be (worker + Redis) / max)"
 echo
-printf '| %-26s | %6s | %6s | %6s | %6s | %6s | %6s |\n' "catch-up" "wall" "worker" "Redis" "--pipe" "busy" "w/max"
-printf '|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "--------" "--------" "--------" "--------" "--------" "--------"
+printf '| %-26s | %6s | %6s | %6s | %6s | %6s | %6s | %6s |\n' "catch-up" "wall" "worker" "Redis" "--pipe" "MULTI" "busy" "w/max"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..28})" "--------" "--------" "--------" "--------" "--------" "--------" "--------"
 overlap_line() {
-	local c="$WORK/cpu.$2" r="$WORK/redis.$2" p="$WORK/pipe_cpu.${3:-$2}"
+	local c="$WORK/cpu.$2" r="$WORK/redis.$2" p="$WORK/pipe_cpu.${3:-$2}" x="$WORK/pipe_cpu.tx${3:-$2}"
 	[[ -f $c && -f $r ]] || return 0
 	awk -v label="$1" -v w="$(cut -d' ' -f1 "$c")" -v rc="$(cut -d' ' -f1 "$r")" \
-		-v wall="$(cut -d' ' -f2 "$r")" -v pc="$(cat "$p" 2>/dev/null || echo -)" 'BEGIN {
+		-v wall="$(cut -d' ' -f2 "$r")" -v pc="$(cat "$p" 2>/dev/null || echo -)" \
+		-v xc="$(cat "$x" 2>/dev/null || echo -)" 'BEGIN {
 		m = (w > rc) ? w : rc
-		printf "| %-26s | %6.2f | %6.2f | %6.2f | %6s | %5.0f%% | %6.2f |\n", label, wall, w, rc, pc, 100 * rc / wall, wall / m
+		printf "| %-26s | %6.2f | %6.2f | %6.2f | %6s | %6s | %5.0f%% | %6.2f |\n", label, wall, w, rc, pc, xc, 100 * rc / wall, wall / m
 	}'
 }
 overlap_line "bench, $TXNS x $PER inserts" ins
