@@ -639,7 +639,7 @@ overlap_line() {
 		-v wall="$(cut -d' ' -f2 "$r")" -v pc="$(cat "$p" 2>/dev/null || echo -)" \
 		-v xc="$(cat "$x" 2>/dev/null || echo -)" 'BEGIN {
 		m = (w > rc) ? w : rc
-		printf "| %-26s | %6.2f | %6.2f | %6.2f | %6s | %6s | %5.0f%% | %6s |\n", label, wall, w, rc, pc, xc, 100 * rc / wall, m > 0 ? sprintf("%.2f", wall / m) : "-"
+		printf "| %-26s | %6.2f | %6.2f | %6.2f | %6s | %6s | %5.0f%% | %6s |\n", label, wall, w, rc, pc, xc, 100 * rc / wall, (m > 0 ? sprintf("%.2f", wall / m) : "-")
 	}'
 }
 overlap_line "bench, $TXNS x $PER inserts" ins
