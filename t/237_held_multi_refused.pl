@@ -25,12 +25,10 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 
-use IO::Select;
-use IO::Socket::INET;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use HoldProxy;
 use Pg2RedisTest;
-use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use Test::More;
 use Time::HiRes qw(sleep);
 
@@ -38,93 +36,10 @@ my $redis = start_redis(name => 'heldmulti');
 $redis->call('ACL', 'SETUSER', 'app', 'on', '>app-secret', '~*', '&*',
 	'+@all');
 
-# The proxy.  Worker -> Redis: forwarded, and logged to $uplog.  Redis ->
-# worker: forwarded, or kept while held.
-my $uplog  = PostgreSQL::Test::Utils::tempdir() . '/up.log';
-my $listen = IO::Socket::INET->new(
-	LocalAddr => '127.0.0.1',
-	LocalPort => 0,
-	Listen    => 16,
-	ReuseAddr => 1) or die "proxy: $!";
-my $proxy_port = $listen->sockport;
-my $proxy_pid  = fork();
-die "fork: $!" unless defined $proxy_pid;
-if ($proxy_pid == 0)
-{
-	my ($hold, $cut, $stall) = (0, 0, 0);
-	local $SIG{WINCH} = sub { $stall = !$stall };
-	local $SIG{USR1} = sub { $hold = 1 };
-	local $SIG{USR2} = sub { $hold = 0 };
-	local $SIG{HUP}  = sub { $cut  = 1 };
-	open(my $log, '>>', $uplog) or die "log: $!";
-	$log->autoflush(1);
-	my $sel = IO::Select->new($listen);
-	my @conns;
-	my $deadline = time() + 600;    # never outlive the test
-	my $close = sub {
-		my ($c) = @_;
-		$sel->remove($c->{c}, $c->{u});
-		close($c->{u});
-		close($c->{c});
-		@conns = grep { $_ != $c } @conns;
-	};
-	while (time() < $deadline)
-	{
-		if ($cut)
-		{
-			$close->($_) foreach @conns;
-			($cut, $hold) = (0, 0);
-		}
-		if (!$hold)
-		{
-			foreach my $c (@conns)
-			{
-				syswrite($c->{c}, $c->{kept}) if length($c->{kept} // '');
-				$c->{kept} = '';
-			}
-		}
-		sleep(0.01) if $stall;
-		foreach my $fh ($sel->can_read(0.02))
-		{
-			if ($fh == $listen)
-			{
-				my $client = $listen->accept or next;
-				my $up     = IO::Socket::INET->new(
-					PeerAddr => '127.0.0.1',
-					PeerPort => $redis->port) or next;
-				setsockopt($client, IPPROTO_TCP, TCP_NODELAY, 1);
-				setsockopt($up,     IPPROTO_TCP, TCP_NODELAY, 1);
-				push @conns, { c => $client, u => $up, kept => '' };
-				$sel->add($client, $up);
-				next;
-			}
-			my ($c) = grep { $_->{c} == $fh || $_->{u} == $fh } @conns;
-			next unless $c;
-			next if $stall && $fh == $c->{c};
-			my $n = sysread($fh, my $data, 65536);
-			if (!$n)
-			{
-				$close->($c);
-				next;
-			}
-			if ($fh == $c->{c})
-			{
-				print $log $data;
-				syswrite($c->{u}, $data);
-			}
-			elsif ($hold)
-			{
-				$c->{kept} .= $data;
-			}
-			else
-			{
-				syswrite($c->{c}, $data);
-			}
-		}
-	}
-	exit 0;
-}
-END { kill 'KILL', $proxy_pid if $proxy_pid; }
+# The proxy (HoldProxy.pm): worker -> Redis forwarded and logged to
+# $uplog, Redis -> worker forwarded, or kept while held.
+my $proxy = start_hold_proxy($redis->port);
+my ($proxy_port, $proxy_pid, $uplog) = @$proxy{qw(port pid log)};
 
 my $node = new_node(
 	'heldmulti',

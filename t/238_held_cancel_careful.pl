@@ -31,91 +31,20 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 
-use IO::Select;
-use IO::Socket::INET;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
+use HoldProxy;
 use Pg2RedisTest;
-use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use Test::More;
 use Time::HiRes qw(sleep);
 
 my $redis = start_redis(name => 'heldcancel');
 
-my $uplog  = PostgreSQL::Test::Utils::tempdir() . '/up.log';
-my $listen = IO::Socket::INET->new(
-	LocalAddr => '127.0.0.1',
-	LocalPort => 0,
-	Listen    => 16,
-	ReuseAddr => 1) or die "proxy: $!";
-my $proxy_port = $listen->sockport;
-my $proxy_pid  = fork();
-die "fork: $!" unless defined $proxy_pid;
-if ($proxy_pid == 0)
-{
-	my ($hold, $arm) = (0, 0);
-	local $SIG{USR1} = sub { $arm  = 1 };
-	local $SIG{USR2} = sub { ($hold, $arm) = (0, 0) };
-	open(my $log, '>>', $uplog) or die "log: $!";
-	$log->autoflush(1);
-	my $sel = IO::Select->new($listen);
-	my @conns;
-	my $deadline = time() + 600;    # never outlive the test
-	while (time() < $deadline)
-	{
-		if (!$hold)
-		{
-			foreach my $c (@conns)
-			{
-				syswrite($c->{c}, $c->{kept}) if length($c->{kept} // '');
-				$c->{kept} = '';
-			}
-		}
-		foreach my $fh ($sel->can_read(0.02))
-		{
-			if ($fh == $listen)
-			{
-				my $client = $listen->accept or next;
-				my $up     = IO::Socket::INET->new(
-					PeerAddr => '127.0.0.1',
-					PeerPort => $redis->port) or next;
-				setsockopt($client, IPPROTO_TCP, TCP_NODELAY, 1);
-				setsockopt($up,     IPPROTO_TCP, TCP_NODELAY, 1);
-				push @conns, { c => $client, u => $up, kept => '' };
-				$sel->add($client, $up);
-				$hold = 0;
-				next;
-			}
-			my ($c) = grep { $_->{c} == $fh || $_->{u} == $fh } @conns;
-			next unless $c;
-			my $n = sysread($fh, my $data, 65536);
-			if (!$n)
-			{
-				$sel->remove($c->{c}, $c->{u});
-				close($c->{u});
-				close($c->{c});
-				@conns = grep { $_ != $c } @conns;
-				next;
-			}
-			if ($fh == $c->{c})
-			{
-				print $log $data;
-				($hold, $arm) = (1, 0) if $arm && $data =~ /RPUSH/;
-				syswrite($c->{u}, $data);
-			}
-			elsif ($hold)
-			{
-				$c->{kept} .= $data;
-			}
-			else
-			{
-				syswrite($c->{c}, $data);
-			}
-		}
-	}
-	exit 0;
-}
-END { kill 'KILL', $proxy_pid if $proxy_pid; }
+# The proxy (HoldProxy.pm): worker -> Redis forwarded and logged to
+# $uplog, Redis -> worker forwarded, or kept while held.
+my $proxy = start_hold_proxy($redis->port, arm_pattern => qr/RPUSH/,
+	release_on_connect => 1);
+my ($proxy_port, $proxy_pid, $uplog) = @$proxy{qw(port pid log)};
 
 my $node = new_node(
 	'heldcancel',
