@@ -88,21 +88,8 @@ wait_for_redis($node, 60, 'rules in place');
 
 my @applied;    # the ids in the order Redis must log them
 
-# sent counts, in what the worker wrote after byte $from of the log, the
-# commands named (RESP bulk strings: MULTI, EXEC, ...).
-sub sent
-{
-	my ($from, $cmd) = @_;
-	open(my $fh, '<', $uplog) or return 0;
-	binmode $fh;
-	local $/;
-	my $all = <$fh> // '';
-	close $fh;
-	my $tail = substr($all, $from);
-	my $pat  = '$' . length($cmd) . "\r\n$cmd\r\n";
-	my $n    = () = $tail =~ /\Q$pat\E/g;
-	return $n;
-}
+# sent counts the commands named in what the worker wrote after byte $from.
+sub sent { return proxy_sent($proxy, @_); }
 
 # held_pair sends $a (block N) with Redis's replies held back, then $b
 # (block N+1), and waits for N+1's queue to reach Redis.  Returns the log

@@ -69,18 +69,7 @@ $node->safe_psql('postgres', 'INSERT INTO t VALUES (1)');
 wait_for_redis($node, 60, 'first row applied');
 
 # sent counts the commands named in what the worker wrote after byte $from.
-sub sent
-{
-	my ($from, $cmd) = @_;
-	open(my $fh, '<', $uplog) or return 0;
-	binmode $fh;
-	local $/;
-	my $all = <$fh> // '';
-	close $fh;
-	my $pat = '$' . length($cmd) . "\r\n$cmd\r\n";
-	my $n   = () = substr($all, $from) =~ /\Q$pat\E/g;
-	return $n;
-}
+sub sent { return proxy_sent($proxy, @_); }
 
 $redis->call('ACL', 'SETUSER', 'app', '-multi');
 my $from = -s $uplog;

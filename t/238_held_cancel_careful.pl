@@ -66,18 +66,7 @@ $node->safe_psql(
 wait_for_redis($node, 60, 'rules in place');
 
 # sent counts the commands named in what the worker wrote after byte $from.
-sub sent
-{
-	my ($from, $cmd) = @_;
-	open(my $fh, '<', $uplog) or return 0;
-	binmode $fh;
-	local $/;
-	my $all = <$fh> // '';
-	close $fh;
-	my $pat = '$' . length($cmd) . "\r\n$cmd\r\n";
-	my $n   = () = substr($all, $from) =~ /\Q$pat\E/g;
-	return $n;
-}
+sub sent { return proxy_sent($proxy, @_); }
 
 # 1. The first cancel ends the worker inside the transaction's decoding.
 my $from = -s $uplog;

@@ -52,7 +52,7 @@ use PostgreSQL::Test::Utils;
 use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use Time::HiRes qw(sleep);
 
-our @EXPORT = qw(start_hold_proxy);
+our @EXPORT = qw(start_hold_proxy proxy_sent);
 
 my @pids;
 
@@ -78,6 +78,21 @@ sub start_hold_proxy
 	}
 	push @pids, $pid;
 	return { port => $listen->sockport, pid => $pid, log => $log };
+}
+
+# proxy_sent(PROXY, FROM, CMD) counts the commands CMD (a RESP bulk string:
+# MULTI, EXEC, ...) in what the worker wrote after byte FROM of the log.
+sub proxy_sent
+{
+	my ($proxy, $from, $cmd) = @_;
+	open(my $fh, '<', $proxy->{log}) or return 0;
+	binmode $fh;
+	local $/;
+	my $all = <$fh> // '';
+	close $fh;
+	my $pat = '$' . length($cmd) . "\r\n$cmd\r\n";
+	my $n   = () = substr($all, $from) =~ /\Q$pat\E/g;
+	return $n;
 }
 
 # serve runs the proxy (in the child) until its deadline.
