@@ -56,7 +56,11 @@ my $chaos = ChaosWorkload->new;
 sub workload_sql
 {
 	my ($n, $pause) = @_;
-	return join('', map { $chaos->transaction . "SELECT pg_sleep($pause);\n" } 1 .. $n);
+	my $sql = join('', map { $chaos->transaction . "SELECT pg_sleep($pause);\n" } 1 .. $n);
+	# kept in the log directory: a failed check names ids, found here
+	PostgreSQL::Test::Utils::append_to_file(
+		"$PostgreSQL::Test::Utils::log_path/110_cluster_workload.sql", "-- batch\n$sql");
+	return $sql;
 }
 
 sub run_batch
