@@ -312,10 +312,9 @@ if [[ $BIG_ONLY == 0 ]]; then
 	rcli flushall >/dev/null
 fi
 
-if [[ $BIG_ONLY == 1 ]]; then
-	say "one $BIG-row transaction while pg2redis is paused"
-	set_enabled off
-	sql -c "CALL fill(1, $BIG, 0)"
+# big_catch_up: the catch-up of the one big transaction (P2R_BIG_S), with
+# the worker's peak RSS sampled every 50 ms into $WORK/rss.max
+big_catch_up() {
 	echo 0 >"$WORK/rss.max"
 	( m=0; while kill -0 "$WORKER" 2>/dev/null; do
 		r=$(awk '/VmRSS/ {print $2}' "/proc/$WORKER/status" 2>/dev/null || echo 0)
@@ -325,6 +324,12 @@ if [[ $BIG_ONLY == 1 ]]; then
 	SAMPLER_PID=$!
 	P2R_BIG_S=$(catch_up big "$BIG")
 	kill "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+}
+if [[ $BIG_ONLY == 1 ]]; then
+	say "one $BIG-row transaction while pg2redis is paused"
+	set_enabled off
+	sql -c "CALL fill(1, $BIG, 0)"
+	big_catch_up
 	check_count "$BIG" "pg2redis, one big transaction"; check_rows "pg2redis, one big transaction"
 	RC=$(awk -v n="$N" -v s="$REDIS_S" 'BEGIN { printf "%.0f", n / s }')
 	PBR=$(awk -v n="$BIG" -v s="$P2R_BIG_S" 'BEGIN { printf "%.0f", n / s }')
@@ -363,15 +368,7 @@ set_enabled off
 sql -c "CALL fill(1, $BIG, $N)"
 # into an empty Redis, as its ceiling (the sidecar's rows are not needed)
 rcli flushall >/dev/null
-echo 0 >"$WORK/rss.max"
-( m=0; while kill -0 "$WORKER" 2>/dev/null; do
-	r=$(awk '/VmRSS/ {print $2}' "/proc/$WORKER/status" 2>/dev/null || echo 0)
-	if [[ ${r:-0} -gt $m ]]; then m=$r; echo "$m" >"$WORK/rss.max"; fi
-	sleep 0.05
-done ) &
-SAMPLER_PID=$!
-P2R_BIG_S=$(catch_up big "$BIG")
-kill "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+big_catch_up
 RSS_KB=$(cat "$WORK/rss.max")
 check_count "$BIG" "pg2redis, one big transaction"
 t0=$(now)
