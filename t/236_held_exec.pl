@@ -53,18 +53,8 @@ $redis->call('ACL', 'SETUSER', 'app', 'on', '>app-secret', '~*', '&*',
 my $proxy = start_hold_proxy($redis->port);
 my ($proxy_port, $proxy_pid, $uplog) = @$proxy{qw(port pid log)};
 
-my $node = new_node(
-	'held',
-	redis_url      => "redis://app:app-secret\@127.0.0.1:$proxy_port/0",
-	flush_interval => '1ms',
-	conf           => [
-		"pg2redis.redis_timeout = '60s'",
-		'restart_after_crash = on',
-		"pg2redis.retry_initial_backoff = '50ms'",
-		"pg2redis.retry_max_backoff = '200ms'"
-	],
-	wait_streaming => 0);
-wait_for_status($node, 'state', 'streaming', 60, 'streaming through the proxy');
+my $node = proxy_node('held', $proxy, auth => 'app:app-secret@',
+	conf => ['restart_after_crash = on']);
 
 $node->safe_psql(
 	'postgres', q{

@@ -46,18 +46,8 @@ my $proxy = start_hold_proxy($redis->port, arm_pattern => qr/RPUSH/,
 	release_on_connect => 1);
 my ($proxy_port, $proxy_pid, $uplog) = @$proxy{qw(port pid log)};
 
-my $node = new_node(
-	'heldcancel',
-	redis_url      => "redis://127.0.0.1:$proxy_port/0",
-	flush_interval => '3s',
-	conf           => [
-		"pg2redis.redis_timeout = '60s'",
-		'pg2redis.max_transaction_commands = 2',
-		"pg2redis.retry_initial_backoff = '50ms'",
-		"pg2redis.retry_max_backoff = '200ms'"
-	],
-	wait_streaming => 0);
-wait_for_status($node, 'state', 'streaming', 60, 'streaming through the proxy');
+my $node = proxy_node('heldcancel', $proxy, flush_interval => '3s',
+	conf => ['pg2redis.max_transaction_commands = 2']);
 $node->safe_psql(
 	'postgres', q{
 	CREATE TABLE t (id int PRIMARY KEY);

@@ -49,10 +49,11 @@ use IO::Select;
 use POSIX ();
 use IO::Socket::INET;
 use PostgreSQL::Test::Utils;
+use Pg2RedisTest;
 use Socket qw(IPPROTO_TCP TCP_NODELAY);
 use Time::HiRes qw(sleep);
 
-our @EXPORT = qw(start_hold_proxy proxy_sent);
+our @EXPORT = qw(start_hold_proxy proxy_sent proxy_node);
 
 my @pids;
 
@@ -78,6 +79,29 @@ sub start_hold_proxy
 	}
 	push @pids, $pid;
 	return { port => $listen->sockport, pid => $pid, log => $log };
+}
+
+# proxy_node(NAME, PROXY, %opts) starts a node streaming through the proxy
+# (reconnects retried every 50-200 ms, replies awaited up to 60 s) and waits
+# until it streams.  Options: auth ('user:password@'), flush_interval
+# (default 1ms), conf (more settings).
+sub proxy_node
+{
+	my ($name, $proxy, %opts) = @_;
+	my $node = new_node(
+		$name,
+		redis_url      => "redis://" . ($opts{auth} // '') . "127.0.0.1:$proxy->{port}/0",
+		flush_interval => $opts{flush_interval} // '1ms',
+		conf           => [
+			"pg2redis.redis_timeout = '60s'",
+			"pg2redis.retry_initial_backoff = '50ms'",
+			"pg2redis.retry_max_backoff = '200ms'",
+			@{ $opts{conf} // [] }
+		],
+		wait_streaming => 0);
+	wait_for_status($node, 'state', 'streaming', 60,
+		'streaming through the proxy');
+	return $node;
 }
 
 # proxy_sent(PROXY, FROM, CMD) counts the commands CMD (a RESP bulk string:
